@@ -1,0 +1,377 @@
+//! The inode record: a file's attributes packed into at most 60 bytes.
+//!
+//! Layout (little-endian), shared with `src/lua/prelude.lua`:
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 2 | mode (type bits and permissions) |
+//! | 2 | 4 | nlink |
+//! | 6 | 4 | uid |
+//! | 10 | 4 | gid |
+//! | 14 | 8 | size |
+//! | 22 | 10 | atime: seconds (signed, 48 bits) then nanoseconds (32 bits) |
+//! | 32 | 10 | mtime |
+//! | 42 | 10 | ctime |
+//! | 52 | 8 or 4 | directories: parent inode; device nodes: rdev |
+//!
+//! A record stays under Redis's 64-byte `hash-max-listpack-value`, so 64 records share one
+//! compact hash (see `docs/design.md` for the memory figures that chose this).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Bytes of the fixed part of a record.
+pub const FIXED_LEN: usize = 52;
+/// Offset of the 20 bytes holding mtime then ctime.
+pub const MTIME_OFFSET: usize = 32;
+
+/// The kinds of inode a filesystem holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+    /// A Unix socket.
+    Socket,
+}
+
+impl FileKind {
+    /// The kind named by the `S_IFMT` bits of `mode`.
+    pub fn from_mode(mode: u32) -> Option<FileKind> {
+        Some(match mode & libc::S_IFMT {
+            libc::S_IFREG => FileKind::File,
+            libc::S_IFDIR => FileKind::Dir,
+            libc::S_IFLNK => FileKind::Symlink,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFCHR => FileKind::CharDevice,
+            libc::S_IFBLK => FileKind::BlockDevice,
+            libc::S_IFSOCK => FileKind::Socket,
+            _ => return None,
+        })
+    }
+
+    /// The `S_IFMT` bits of this kind.
+    pub fn mode_bits(self) -> u32 {
+        match self {
+            FileKind::File => libc::S_IFREG,
+            FileKind::Dir => libc::S_IFDIR,
+            FileKind::Symlink => libc::S_IFLNK,
+            FileKind::Fifo => libc::S_IFIFO,
+            FileKind::CharDevice => libc::S_IFCHR,
+            FileKind::BlockDevice => libc::S_IFBLK,
+            FileKind::Socket => libc::S_IFSOCK,
+        }
+    }
+
+    /// The letter that stands for this kind in a directory entry.
+    pub fn letter(self) -> char {
+        match self {
+            FileKind::File => 'f',
+            FileKind::Dir => 'd',
+            FileKind::Symlink => 'l',
+            FileKind::Fifo => 'p',
+            FileKind::CharDevice => 'c',
+            FileKind::BlockDevice => 'b',
+            FileKind::Socket => 's',
+        }
+    }
+
+    /// The kind a directory-entry letter stands for.
+    pub fn from_letter(letter: u8) -> Option<FileKind> {
+        Some(match letter {
+            b'f' => FileKind::File,
+            b'd' => FileKind::Dir,
+            b'l' => FileKind::Symlink,
+            b'p' => FileKind::Fifo,
+            b'c' => FileKind::CharDevice,
+            b'b' => FileKind::BlockDevice,
+            b's' => FileKind::Socket,
+            _ => return None,
+        })
+    }
+
+    /// The kind as fuser names it.
+    pub fn to_fuser(self) -> fuser::FileType {
+        match self {
+            FileKind::File => fuser::FileType::RegularFile,
+            FileKind::Dir => fuser::FileType::Directory,
+            FileKind::Symlink => fuser::FileType::Symlink,
+            FileKind::Fifo => fuser::FileType::NamedPipe,
+            FileKind::CharDevice => fuser::FileType::CharDevice,
+            FileKind::BlockDevice => fuser::FileType::BlockDevice,
+            FileKind::Socket => fuser::FileType::Socket,
+        }
+    }
+}
+
+/// A point in time with nanosecond precision, as stored in a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Timestamp {
+    /// Seconds since the epoch (may be negative).
+    pub sec: i64,
+    /// Nanoseconds within the second.
+    pub nsec: u32,
+}
+
+/// The largest magnitude of seconds the 48-bit field holds.
+const SEC_LIMIT: i64 = 1 << 47;
+
+impl Timestamp {
+    /// The current time of this machine.
+    pub fn now() -> Timestamp {
+        Timestamp::from_system(SystemTime::now())
+    }
+
+    /// Converts from `SystemTime`, clamping to what the record can hold.
+    pub fn from_system(time: SystemTime) -> Timestamp {
+        let (sec, nsec) = match time.duration_since(UNIX_EPOCH) {
+            Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+            Err(e) => {
+                let d = e.duration();
+                let (s, n) = (d.as_secs() as i64, d.subsec_nanos());
+                if n == 0 {
+                    (-s, 0)
+                } else {
+                    (-s - 1, 1_000_000_000 - n)
+                }
+            }
+        };
+        Timestamp {
+            sec: sec.clamp(-SEC_LIMIT, SEC_LIMIT - 1),
+            nsec,
+        }
+    }
+
+    /// Converts to `SystemTime`.
+    pub fn to_system(self) -> SystemTime {
+        if self.sec >= 0 {
+            UNIX_EPOCH + Duration::new(self.sec as u64, self.nsec)
+        } else {
+            UNIX_EPOCH - Duration::from_secs(self.sec.unsigned_abs())
+                + Duration::from_nanos(u64::from(self.nsec))
+        }
+    }
+
+    /// The 10-byte form stored in records and passed to scripts.
+    pub fn encode(self) -> [u8; 10] {
+        let mut out = [0u8; 10];
+        out[..6].copy_from_slice(&self.sec.to_le_bytes()[..6]);
+        out[6..].copy_from_slice(&self.nsec.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Timestamp {
+        let mut sec = [0u8; 8];
+        sec[..6].copy_from_slice(&bytes[..6]);
+        if bytes[5] & 0x80 != 0 {
+            sec[6] = 0xff;
+            sec[7] = 0xff;
+        }
+        Timestamp {
+            sec: i64::from_le_bytes(sec),
+            nsec: u32::from_le_bytes([bytes[6], bytes[7], bytes[8], bytes[9]]),
+        }
+    }
+}
+
+/// A decoded inode record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: u64,
+    /// Type and permission bits.
+    pub mode: u32,
+    /// Hard link count.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes (for symlinks, the target's length).
+    pub size: u64,
+    /// Last access.
+    pub atime: Timestamp,
+    /// Last data change.
+    pub mtime: Timestamp,
+    /// Last status change.
+    pub ctime: Timestamp,
+    /// For directories, the parent's inode number (the root is its own parent).
+    pub parent: u64,
+    /// For device nodes, the device number.
+    pub rdev: u32,
+}
+
+impl Attr {
+    /// A fresh record for a new inode, all three times set to `now`.
+    pub fn new(kind: FileKind, perm: u32, uid: u32, gid: u32, now: Timestamp) -> Attr {
+        Attr {
+            ino: 0,
+            mode: kind.mode_bits() | (perm & 0o7777),
+            nlink: if kind == FileKind::Dir { 2 } else { 1 },
+            uid,
+            gid,
+            size: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            parent: 0,
+            rdev: 0,
+        }
+    }
+
+    /// The kind of inode; records always carry a valid one (checked on decode).
+    pub fn kind(&self) -> FileKind {
+        FileKind::from_mode(self.mode).unwrap_or(FileKind::File)
+    }
+
+    /// Packs the record for Redis.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(FIXED_LEN + 8);
+        out.extend_from_slice(&(self.mode as u16).to_le_bytes());
+        out.extend_from_slice(&self.nlink.to_le_bytes());
+        out.extend_from_slice(&self.uid.to_le_bytes());
+        out.extend_from_slice(&self.gid.to_le_bytes());
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&self.atime.encode());
+        out.extend_from_slice(&self.mtime.encode());
+        out.extend_from_slice(&self.ctime.encode());
+        match self.kind() {
+            FileKind::Dir => out.extend_from_slice(&self.parent.to_le_bytes()),
+            FileKind::CharDevice | FileKind::BlockDevice => {
+                out.extend_from_slice(&self.rdev.to_le_bytes())
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// Unpacks a record read from Redis; `None` if it is not a valid record.
+    pub fn decode(ino: u64, bytes: &[u8]) -> Option<Attr> {
+        if bytes.len() < FIXED_LEN {
+            return None;
+        }
+        let u32_at =
+            |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+        let mode = u32::from(u16::from_le_bytes([bytes[0], bytes[1]]));
+        let kind = FileKind::from_mode(mode)?;
+        let mut size = [0u8; 8];
+        size.copy_from_slice(&bytes[14..22]);
+        let tail = &bytes[FIXED_LEN..];
+        let (parent, rdev) = match kind {
+            FileKind::Dir if tail.len() == 8 => {
+                let mut p = [0u8; 8];
+                p.copy_from_slice(tail);
+                (u64::from_le_bytes(p), 0)
+            }
+            FileKind::Dir => return None,
+            FileKind::CharDevice | FileKind::BlockDevice if tail.len() == 4 => {
+                (0, u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]))
+            }
+            FileKind::CharDevice | FileKind::BlockDevice => return None,
+            _ if tail.is_empty() => (0, 0),
+            _ => return None,
+        };
+        Some(Attr {
+            ino,
+            mode,
+            nlink: u32_at(2),
+            uid: u32_at(6),
+            gid: u32_at(10),
+            size: u64::from_le_bytes(size),
+            atime: Timestamp::decode(&bytes[22..32]),
+            mtime: Timestamp::decode(&bytes[32..42]),
+            ctime: Timestamp::decode(&bytes[42..52]),
+            parent,
+            rdev,
+        })
+    }
+
+    /// The attributes as the kernel wants them.
+    pub fn to_fuser(&self, block_size: u32) -> fuser::FileAttr {
+        fuser::FileAttr {
+            ino: fuser::INodeNo(self.ino),
+            size: self.size,
+            blocks: self.size.div_ceil(512),
+            atime: self.atime.to_system(),
+            mtime: self.mtime.to_system(),
+            ctime: self.ctime.to_system(),
+            crtime: self.ctime.to_system(),
+            kind: self.kind().to_fuser(),
+            perm: (self.mode & 0o7777) as u16,
+            nlink: self.nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: self.rdev,
+            blksize: block_size.next_power_of_two(),
+            flags: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_for_every_kind() {
+        let now = Timestamp {
+            sec: -5,
+            nsec: 999_999_999,
+        };
+        for kind in [
+            FileKind::File,
+            FileKind::Dir,
+            FileKind::Symlink,
+            FileKind::Fifo,
+            FileKind::CharDevice,
+            FileKind::BlockDevice,
+            FileKind::Socket,
+        ] {
+            let mut attr = Attr::new(kind, 0o4755, 1000, 100, now);
+            attr.ino = 77;
+            attr.size = (1 << 50) + 3;
+            attr.parent = if kind == FileKind::Dir { 12 } else { 0 };
+            attr.rdev = if matches!(kind, FileKind::CharDevice | FileKind::BlockDevice) {
+                0x0801
+            } else {
+                0
+            };
+            let bytes = attr.encode();
+            assert!(bytes.len() <= 60, "record must stay a listpack value");
+            assert_eq!(Attr::decode(77, &bytes), Some(attr));
+        }
+    }
+
+    #[test]
+    fn timestamps_keep_nanoseconds_and_sign() {
+        for t in [
+            Timestamp { sec: 0, nsec: 1 },
+            Timestamp { sec: -1, nsec: 5 },
+            Timestamp {
+                sec: 1 << 40,
+                nsec: 999_999_999,
+            },
+            Timestamp {
+                sec: -(1 << 40),
+                nsec: 0,
+            },
+        ] {
+            assert_eq!(Timestamp::decode(&t.encode()), t);
+            assert_eq!(Timestamp::from_system(t.to_system()), t);
+        }
+    }
+
+    #[test]
+    fn garbage_is_not_a_record() {
+        assert_eq!(Attr::decode(1, b"short"), None);
+        assert_eq!(Attr::decode(1, &[0u8; 52]), None);
+    }
+}

@@ -1,0 +1,197 @@
+//! Blocks: immutable values named by ids, fetched and stored in pipelines, cached by id.
+//!
+//! A block id never changes meaning, so cached blocks never go stale; only block maps do.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use crate::codec::{self, Codec};
+use crate::error::FsError;
+use crate::meta::redis_failure;
+use crate::store::Store;
+
+/// Block ids reserved from Redis at a time, so that writers rarely wait for an id.
+const ID_BATCH: u64 = 256;
+/// Blocks per pipelined GET or SET round trip.
+const PIPELINE_BLOCKS: usize = 32;
+
+/// A decoded block, shared between the cache and readers.
+pub type Block = Arc<Vec<u8>>;
+
+/// A least-recently-used cache of decoded blocks, bounded in bytes.
+struct BlockCache {
+    entries: HashMap<u64, (Block, u64)>,
+    by_age: BTreeMap<u64, u64>,
+    tick: u64,
+    bytes: u64,
+    limit: u64,
+}
+
+impl BlockCache {
+    fn get(&mut self, id: u64) -> Option<Block> {
+        let (block, age) = self.entries.get_mut(&id)?;
+        self.by_age.remove(age);
+        self.tick += 1;
+        *age = self.tick;
+        self.by_age.insert(self.tick, id);
+        Some(block.clone())
+    }
+
+    fn insert(&mut self, id: u64, block: Block) {
+        if self.limit == 0 || self.entries.contains_key(&id) {
+            return;
+        }
+        self.tick += 1;
+        self.bytes += block.len() as u64;
+        self.entries.insert(id, (block, self.tick));
+        self.by_age.insert(self.tick, id);
+        while self.bytes > self.limit {
+            let Some((_, oldest)) = self.by_age.pop_first() else {
+                break;
+            };
+            if let Some((b, _)) = self.entries.remove(&oldest) {
+                self.bytes -= b.len() as u64;
+            }
+        }
+    }
+}
+
+/// Reads and writes the blocks of one filesystem.
+pub struct BlockStore {
+    store: Store,
+    /// Data bytes per block.
+    pub block_size: usize,
+    codec: Codec,
+    cache: Mutex<BlockCache>,
+    ids: tokio::sync::Mutex<(u64, u64)>,
+}
+
+impl BlockStore {
+    /// A block store with a cache of `cache_bytes`.
+    pub fn new(store: Store, block_size: u32, codec: Codec, cache_bytes: u64) -> BlockStore {
+        BlockStore {
+            store,
+            block_size: block_size as usize,
+            codec,
+            cache: Mutex::new(BlockCache {
+                entries: HashMap::new(),
+                by_age: BTreeMap::new(),
+                tick: 0,
+                bytes: 0,
+                limit: cache_bytes,
+            }),
+            ids: tokio::sync::Mutex::new((0, 0)),
+        }
+    }
+
+    /// Encodes a block image with the filesystem's codec.
+    pub fn encode(&self, image: &[u8]) -> Vec<u8> {
+        self.codec.encode(image)
+    }
+
+    /// Remembers a block this mount just wrote, so that reading it back costs nothing.
+    pub fn remember(&self, id: u64, image: Block) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, image);
+    }
+
+    /// `count` fresh block ids.
+    pub async fn allocate(&self, count: usize) -> Result<Vec<u64>, FsError> {
+        let mut range = self.ids.lock().await;
+        let mut out = Vec::with_capacity(count);
+        while out.len() < count {
+            if range.0 == range.1 {
+                let want = ID_BATCH.max((count - out.len()) as u64);
+                let end: u64 = self
+                    .store
+                    .cmd(
+                        redis::cmd("INCRBY")
+                            .arg(self.store.keys.next_block())
+                            .arg(want),
+                    )
+                    .await
+                    .map_err(|e| redis_failure("allocate block ids", &e))?;
+                *range = (end - want + 1, end + 1);
+            }
+            out.push(range.0);
+            range.0 += 1;
+        }
+        Ok(out)
+    }
+
+    /// Stores encoded blocks under their ids, in pipelines.
+    pub async fn put(&self, blocks: &[(u64, Vec<u8>)]) -> Result<(), FsError> {
+        for chunk in blocks.chunks(PIPELINE_BLOCKS) {
+            let mut pipe = redis::pipe();
+            for (id, data) in chunk {
+                pipe.cmd("SET")
+                    .arg(self.store.keys.block(*id))
+                    .arg(data.as_slice())
+                    .ignore();
+            }
+            self.store
+                .pipe::<()>(&pipe)
+                .await
+                .map_err(|e| redis_failure("write blocks", &e))?;
+        }
+        Ok(())
+    }
+
+    /// Fetches blocks by id (cache first, then pipelined GETs); `None` where a block is
+    /// missing, which means the map that named it has changed since it was read.
+    pub async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Block>>, FsError> {
+        let mut out: Vec<Option<Block>> = {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            ids.iter().map(|&id| cache.get(id)).collect()
+        };
+        let missing: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none()).collect();
+        for chunk in missing.chunks(PIPELINE_BLOCKS) {
+            let mut pipe = redis::pipe();
+            for &i in chunk {
+                pipe.cmd("GET").arg(self.store.keys.block(ids[i]));
+            }
+            let values: Vec<Option<Vec<u8>>> = self
+                .store
+                .pipe(&pipe)
+                .await
+                .map_err(|e| redis_failure("read blocks", &e))?;
+            for (&i, value) in chunk.iter().zip(values) {
+                let Some(stored) = value else { continue };
+                let image = codec::decode(&stored, self.block_size).map_err(|e| {
+                    tracing::error!("block {}: {e}", self.store.keys.block(ids[i]));
+                    FsError::Io
+                })?;
+                let block = Arc::new(image);
+                self.remember(ids[i], block.clone());
+                out[i] = Some(block);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_evicts_least_recently_used() {
+        let mut cache = BlockCache {
+            entries: HashMap::new(),
+            by_age: BTreeMap::new(),
+            tick: 0,
+            bytes: 0,
+            limit: 30,
+        };
+        for id in 0..3 {
+            cache.insert(id, Arc::new(vec![0; 10]));
+        }
+        assert!(cache.get(0).is_some());
+        cache.insert(3, Arc::new(vec![0; 10]));
+        assert!(cache.get(1).is_none(), "1 was the least recently used");
+        assert!(cache.get(0).is_some() && cache.get(2).is_some() && cache.get(3).is_some());
+        assert_eq!(cache.bytes, 30);
+    }
+}

@@ -1,0 +1,279 @@
+//! The filesystem's identity (`P:meta`): creating a filesystem, and checking one before use.
+
+use std::collections::HashMap;
+
+use redis::Value;
+
+use crate::attr::{Attr, FileKind, Timestamp};
+use crate::codec::Codec;
+use crate::error::Error;
+use crate::scripts::Scripts;
+use crate::store::{ScriptArgs, Store};
+
+/// The newest format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Bytes a block leaves free in its Redis value: the tag byte, Redis's string header and the
+/// protocol's line ending all fit, so a full block is exactly one allocator size class.
+pub const VALUE_OVERHEAD: u64 = 64;
+
+/// The settings a filesystem was created with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsConfig {
+    /// Data bytes per block.
+    pub block_size: u32,
+    /// Compression of new blocks.
+    pub codec: Codec,
+    /// The filesystem's unique id.
+    pub uuid: String,
+}
+
+/// Settings for a filesystem that does not exist yet.
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    /// Size of one block's Redis value (data capacity is 64 bytes less).
+    pub value_size: u64,
+    /// Block compression.
+    pub codec: Codec,
+}
+
+impl CreateOptions {
+    fn block_size(&self) -> Result<u32, Error> {
+        if !(4096..=(64 << 20)).contains(&self.value_size) {
+            return Err(Error::Setting(format!(
+                "--block-size {} is outside 4K..64M",
+                self.value_size
+            )));
+        }
+        Ok((self.value_size - VALUE_OVERHEAD) as u32)
+    }
+}
+
+fn redis_err(store: &Store, context: &str) -> impl FnOnce(redis::RedisError) -> Error {
+    let address = store.address.clone();
+    let context = context.to_string();
+    move |source| Error::Redis {
+        address,
+        context,
+        source,
+    }
+}
+
+/// Reads the filesystem under the store's prefix; creates it when the prefix is empty and
+/// `create` is given. Refuses foreign keys, newer formats and unfinished restores.
+pub async fn open(
+    store: &Store,
+    scripts: &Scripts,
+    create: Option<&CreateOptions>,
+) -> Result<FsConfig, Error> {
+    let keys = &store.keys;
+    let meta_key = keys.meta();
+    let kind: String = store
+        .cmd(redis::cmd("TYPE").arg(&meta_key))
+        .await
+        .map_err(redis_err(store, "TYPE"))?;
+    match kind.as_str() {
+        "hash" => {}
+        "none" => {
+            if let Some(example) = any_key(store).await? {
+                return Err(Error::NotAFilesystem {
+                    prefix: keys.prefix().to_string(),
+                    example,
+                });
+            }
+            let Some(create) = create else {
+                return Err(Error::Setting(format!(
+                    "there is no filesystem under prefix '{}' (a read-only mount cannot create one)",
+                    keys.prefix()
+                )));
+            };
+            format(store, scripts, create).await?;
+        }
+        other => {
+            return Err(Error::CorruptKey {
+                key: meta_key,
+                reason: format!("expected a hash, found a {other}"),
+            })
+        }
+    }
+    let meta: HashMap<String, String> = store
+        .cmd(redis::cmd("HGETALL").arg(&meta_key))
+        .await
+        .map_err(redis_err(store, "HGETALL"))?;
+    parse_meta(keys.prefix(), &meta_key, &meta)
+}
+
+fn parse_meta(prefix: &str, key: &str, meta: &HashMap<String, String>) -> Result<FsConfig, Error> {
+    let field = |name: &str| {
+        meta.get(name).ok_or_else(|| Error::CorruptKey {
+            key: key.to_string(),
+            reason: format!("field '{name}' is missing"),
+        })
+    };
+    let version = field("version")?;
+    if version.parse::<u32>().ok() != Some(FORMAT_VERSION) {
+        return Err(Error::FormatVersion {
+            prefix: prefix.to_string(),
+            found: version.clone(),
+            supported: FORMAT_VERSION,
+        });
+    }
+    let state = field("state")?;
+    if state != "ready" {
+        return Err(Error::Incomplete {
+            prefix: prefix.to_string(),
+            state: state.clone(),
+        });
+    }
+    let block_size = field("block_size")?
+        .parse::<u32>()
+        .ok()
+        .filter(|b| *b >= 1024)
+        .ok_or_else(|| Error::CorruptKey {
+            key: key.to_string(),
+            reason: "block_size is not a number of at least 1024".into(),
+        })?;
+    let codec = field("codec")?
+        .parse()
+        .map_err(|reason| Error::CorruptKey {
+            key: key.to_string(),
+            reason,
+        })?;
+    Ok(FsConfig {
+        block_size,
+        codec,
+        uuid: field("uuid")?.clone(),
+    })
+}
+
+/// The first key found under the prefix, if any (SCAN, never KEYS).
+async fn any_key(store: &Store) -> Result<Option<String>, Error> {
+    let pattern = store.keys.scan_pattern();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, found): (u64, Vec<String>) = store
+            .cmd(
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000),
+            )
+            .await
+            .map_err(redis_err(store, "SCAN"))?;
+        if let Some(k) = found.into_iter().next() {
+            return Ok(Some(k));
+        }
+        if next == 0 {
+            return Ok(None);
+        }
+        cursor = next;
+    }
+}
+
+async fn format(store: &Store, scripts: &Scripts, create: &CreateOptions) -> Result<(), Error> {
+    let block_size = create.block_size()?;
+    let now = Timestamp::now();
+    // SAFETY of ownership: the root belongs to whoever creates the filesystem.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let mut root = Attr::new(FileKind::Dir, 0o755, uid, gid, now);
+    root.ino = 1;
+    root.parent = 1;
+    let args = ScriptArgs::default()
+        .num(FORMAT_VERSION)
+        .num(block_size)
+        .bytes(create.codec.name())
+        .bytes(new_uuid())
+        .num(now.sec)
+        .bytes(root.encode());
+    let reply = store
+        .script(&scripts.format, &args)
+        .await
+        .map_err(redis_err(store, "creating the filesystem"))?;
+    // Another mount may have created it at the same moment: that is fine.
+    if !matches!(reply.first(), Some(Value::Int(0)) | Some(Value::Int(17))) {
+        return Err(Error::CorruptKey {
+            key: store.keys.meta(),
+            reason: format!("unexpected reply while creating: {reply:?}"),
+        });
+    }
+    tracing::info!(
+        "created filesystem '{}' ({} byte blocks, {} compression)",
+        store.keys.prefix(),
+        block_size,
+        create.codec.name()
+    );
+    Ok(())
+}
+
+/// A random version-4 UUID.
+fn new_uuid() -> String {
+    let mut b = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn meta_is_checked() {
+        let good = [
+            ("version", "1"),
+            ("state", "ready"),
+            ("block_size", "65472"),
+            ("codec", "lz4"),
+            ("uuid", "u"),
+        ];
+        assert_eq!(
+            parse_meta("p", "p:meta", &meta(&good)).unwrap().block_size,
+            65472
+        );
+        let mut newer = good;
+        newer[0] = ("version", "2");
+        assert!(matches!(
+            parse_meta("p", "p:meta", &meta(&newer)),
+            Err(Error::FormatVersion { .. })
+        ));
+        let mut restoring = good;
+        restoring[1] = ("state", "restoring");
+        assert!(matches!(
+            parse_meta("p", "p:meta", &meta(&restoring)),
+            Err(Error::Incomplete { .. })
+        ));
+        let err = parse_meta("p", "p:meta", &meta(&good[..2]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("p:meta") && err.contains("block_size"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn uuids_look_like_uuids() {
+        let u = new_uuid();
+        assert_eq!(u.len(), 36);
+        assert_ne!(u, new_uuid());
+    }
+}

@@ -1,0 +1,79 @@
+//! Directory handles: a listing taken at opendir, served page by page.
+//!
+//! Offsets are positions in that listing, so a directory changing during a scan never makes
+//! readdir skip or repeat an entry that existed throughout.
+
+use std::sync::{Arc, Mutex};
+
+use crate::attr::{Attr, FileKind};
+use crate::error::FsError;
+use crate::meta::DirEntry;
+
+use super::{lock, Core};
+
+/// Records fetched per round trip for readdirplus.
+const RECORDS_PER_CALL: usize = 2048;
+
+/// An open directory.
+pub struct DirHandle {
+    /// `.`, `..` and the entries, in a fixed order.
+    pub entries: Vec<DirEntry>,
+    /// Attributes of the entries, loaded at the first readdirplus.
+    pub attrs: Option<Vec<Option<Attr>>>,
+}
+
+impl Core {
+    /// Opens a directory, taking its listing.
+    pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        let (attr, list) = self.meta.read_dir(ino).await?;
+        let mut entries = Vec::with_capacity(list.len() + 2);
+        entries.push(DirEntry {
+            name: b".".to_vec(),
+            kind: FileKind::Dir,
+            ino,
+        });
+        entries.push(DirEntry {
+            name: b"..".to_vec(),
+            kind: FileKind::Dir,
+            ino: attr.parent,
+        });
+        entries.extend(list);
+        let fh = self.new_handle();
+        lock(&self.dirs).insert(
+            fh,
+            Arc::new(Mutex::new(DirHandle {
+                entries,
+                attrs: None,
+            })),
+        );
+        Ok(fh)
+    }
+
+    /// The handle of an open directory.
+    pub fn dir_handle(&self, fh: u64) -> Result<Arc<Mutex<DirHandle>>, FsError> {
+        lock(&self.dirs).get(&fh).cloned().ok_or(FsError::BadHandle)
+    }
+
+    /// Makes sure the handle holds its entries' attributes.
+    pub async fn load_dir_attrs(&self, fh: u64) -> Result<Arc<Mutex<DirHandle>>, FsError> {
+        let handle = self.dir_handle(fh)?;
+        let inos: Option<Vec<u64>> = {
+            let h = lock(&handle);
+            h.attrs
+                .is_none()
+                .then(|| h.entries.iter().map(|e| e.ino).collect())
+        };
+        let Some(inos) = inos else { return Ok(handle) };
+        let mut attrs = Vec::with_capacity(inos.len());
+        for chunk in inos.chunks(RECORDS_PER_CALL) {
+            attrs.extend(self.meta.records(chunk).await?);
+        }
+        lock(&handle).attrs = Some(attrs);
+        Ok(handle)
+    }
+
+    /// Closes a directory handle.
+    pub fn releasedir(&self, fh: u64) {
+        lock(&self.dirs).remove(&fh);
+    }
+}

@@ -1,0 +1,554 @@
+//! Open files: the write buffer, the read path and flushing.
+//!
+//! Writes land in per-block buffers that remember which byte ranges they hold, so a write
+//! never has to read first. A flush merges partial blocks onto their stored version, writes
+//! new blocks, then swaps the block-map entries in one script that checks each entry still
+//! names the block the merge started from (compare-and-swap). A writer that loses the race
+//! re-reads and merges again, so two mounts writing different bytes of one block lose nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::attr::{Attr, Timestamp};
+use crate::blocks::Block;
+use crate::error::FsError;
+
+use super::Core;
+
+/// Largest file size: sizes travel through Lua, whose numbers are exact up to 2^53.
+pub const MAX_FILE_SIZE: u64 = 1 << 52;
+/// Full buffered blocks that make a write start storing them.
+const FLUSH_FULL_BLOCKS: usize = 16;
+/// Buffered blocks of one file after which writes wait for a flush.
+const MAX_DIRTY_BLOCKS: usize = 256;
+/// Blocks stored per commit.
+const FLUSH_BATCH: usize = 64;
+/// Block-map entries fetched at once when reading a file whose map is not known.
+const MAP_WINDOW: u64 = 64;
+/// Blocks read ahead of a sequential reader.
+const READ_AHEAD: u64 = 16;
+/// Attempts before a lost compare-and-swap becomes an error.
+const ATTEMPTS: usize = 16;
+
+/// Sorted, disjoint byte ranges of a block.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ranges(Vec<(usize, usize)>);
+
+impl Ranges {
+    /// Adds `[start, end)`, merging neighbours.
+    pub fn add(&mut self, start: usize, end: usize) {
+        let (mut s, mut e) = (start, end);
+        self.0.retain(|&(a, b)| {
+            if b < s || a > e {
+                true
+            } else {
+                s = s.min(a);
+                e = e.max(b);
+                false
+            }
+        });
+        let at = self.0.partition_point(|&(a, _)| a < s);
+        self.0.insert(at, (s, e));
+    }
+
+    /// Whether `[start, end)` is wholly inside the ranges.
+    pub fn covers(&self, start: usize, end: usize) -> bool {
+        start >= end || self.0.iter().any(|&(a, b)| a <= start && end <= b)
+    }
+
+    /// The ranges in order.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.0.iter().copied()
+    }
+}
+
+/// Bytes written into one block and not yet stored.
+#[derive(Clone, Debug)]
+pub struct Pending {
+    data: Vec<u8>,
+    ranges: Ranges,
+}
+
+impl Pending {
+    fn new(block_size: usize) -> Pending {
+        Pending {
+            data: vec![0; block_size],
+            ranges: Ranges::default(),
+        }
+    }
+
+    fn write(&mut self, offset: usize, bytes: &[u8]) {
+        self.data[offset..offset + bytes.len()].copy_from_slice(bytes);
+        self.ranges.add(offset, offset + bytes.len());
+    }
+
+    fn is_full(&self) -> bool {
+        self.ranges.covers(0, self.data.len())
+    }
+
+    /// Copies the written bytes over `image`.
+    fn overlay(&self, image: &mut [u8]) {
+        for (s, e) in self.ranges.iter() {
+            image[s..e].copy_from_slice(&self.data[s..e]);
+        }
+    }
+
+    /// Folds a newer buffer over this one.
+    fn absorb(&mut self, newer: &Pending) {
+        newer.overlay(&mut self.data);
+        for (s, e) in newer.ranges.iter() {
+            self.ranges.add(s, e);
+        }
+    }
+}
+
+/// What this mount knows of one open inode.
+pub struct FileState {
+    /// Attributes, with the size and times of buffered writes.
+    pub attr: Attr,
+    /// Known block-map entries (0: hole).
+    map: HashMap<u64, u64>,
+    /// Whether `map` holds every entry (true for files this mount created).
+    map_complete: bool,
+    /// Bumped whenever this mount changes the map, so a slower map read cannot undo it.
+    map_version: u64,
+    dirty: BTreeMap<u64, Arc<Pending>>,
+    inflight: BTreeMap<u64, Arc<Pending>>,
+    /// The last link is gone; reclaim the inode at the last close.
+    pub orphaned: bool,
+    /// Where the last sequential read ended.
+    read_end: u64,
+}
+
+impl FileState {
+    /// Whether writes are buffered or being stored.
+    pub fn has_pending(&self) -> bool {
+        !self.dirty.is_empty() || !self.inflight.is_empty()
+    }
+
+    /// Takes attributes read from Redis, keeping the size and times of buffered writes.
+    pub fn refresh(&mut self, remote: Attr) {
+        if self.has_pending() {
+            let (size, mtime, ctime) = (self.attr.size, self.attr.mtime, self.attr.ctime);
+            self.attr = remote;
+            self.attr.size = size.max(remote.size);
+            self.attr.mtime = mtime;
+            self.attr.ctime = ctime.max(remote.ctime);
+        } else {
+            self.attr = remote;
+        }
+    }
+
+    /// Forgets the block map (after a truncate or a change by another mount).
+    pub fn forget_map(&mut self, now_empty: bool) {
+        self.map.clear();
+        self.map_complete = now_empty;
+        self.map_version += 1;
+    }
+
+    fn known_id(&self, idx: u64) -> Option<u64> {
+        self.map
+            .get(&idx)
+            .copied()
+            .or(if self.map_complete { Some(0) } else { None })
+    }
+}
+
+/// An inode open on this mount, shared by all its handles.
+pub struct OpenFile {
+    /// Its inode number.
+    pub ino: u64,
+    state: Mutex<FileState>,
+    flush_lock: tokio::sync::Mutex<()>,
+}
+
+impl OpenFile {
+    /// A newly opened inode; `created` means this mount just made it (its map is empty).
+    pub fn new(attr: Attr, created: bool) -> OpenFile {
+        OpenFile {
+            ino: attr.ino,
+            state: Mutex::new(FileState {
+                attr,
+                map: HashMap::new(),
+                map_complete: created,
+                map_version: 0,
+                dirty: BTreeMap::new(),
+                inflight: BTreeMap::new(),
+                orphaned: false,
+                read_end: 0,
+            }),
+            flush_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Locks the state (a poisoned lock still holds consistent data: no code panics under it).
+    pub fn state(&self) -> MutexGuard<'_, FileState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One block of a read: what the buffers hold and what must come from Redis.
+struct BlockPlan {
+    idx: u64,
+    layers: Vec<Arc<Pending>>,
+    need_base: bool,
+}
+
+impl Core {
+    /// Buffers a write; returns true when the caller should start storing full blocks.
+    pub fn buffer_write(&self, file: &OpenFile, offset: u64, data: &[u8]) -> Result<bool, FsError> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(FsError::FileTooBig)?;
+        if end > MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
+        let bs = self.block_size as u64;
+        let mut st = file.state();
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let abs = offset + pos as u64;
+            let (idx, off) = (abs / bs, (abs % bs) as usize);
+            let n = (bs as usize - off).min(data.len() - pos);
+            let pending = st
+                .dirty
+                .entry(idx)
+                .or_insert_with(|| Arc::new(Pending::new(bs as usize)));
+            Arc::make_mut(pending).write(off, &data[pos..pos + n]);
+            pos += n;
+        }
+        let now = Timestamp::now();
+        st.attr.size = st.attr.size.max(end);
+        st.attr.mtime = now;
+        st.attr.ctime = now;
+        let full = st.dirty.values().filter(|p| p.is_full()).count();
+        Ok(full >= FLUSH_FULL_BLOCKS || st.dirty.len() >= MAX_DIRTY_BLOCKS)
+    }
+
+    /// Stores buffered blocks: all of them, or with `only_full` just the complete ones.
+    pub async fn flush_file(&self, file: &OpenFile, only_full: bool) -> Result<(), FsError> {
+        let _one_flush_at_a_time = file.flush_lock.lock().await;
+        loop {
+            let (batch, mtime, size) = {
+                let mut st = file.state();
+                let picked: Vec<u64> = st
+                    .dirty
+                    .iter()
+                    .filter(|(_, p)| !only_full || p.is_full())
+                    .map(|(&i, _)| i)
+                    .take(FLUSH_BATCH)
+                    .collect();
+                let mut batch = Vec::with_capacity(picked.len());
+                for idx in picked {
+                    if let Some(p) = st.dirty.remove(&idx) {
+                        st.inflight.insert(idx, p.clone());
+                        batch.push((idx, p));
+                    }
+                }
+                (batch, st.attr.mtime, st.attr.size)
+            };
+            if batch.is_empty() {
+                return Ok(());
+            }
+            if let Err(e) = self.store_batch(file, &batch, mtime, size).await {
+                // Keep the data buffered (under anything written since) and report the error.
+                let mut st = file.state();
+                for (idx, older) in batch {
+                    st.inflight.remove(&idx);
+                    let merged = match st.dirty.remove(&idx) {
+                        Some(newer) => {
+                            let mut m = (*older).clone();
+                            m.absorb(&newer);
+                            Arc::new(m)
+                        }
+                        None => older,
+                    };
+                    st.dirty.insert(idx, merged);
+                }
+                return Err(e);
+            }
+        }
+    }
+
+    /// Writes one batch of blocks and commits it, merging again where another writer won.
+    async fn store_batch(
+        &self,
+        file: &OpenFile,
+        batch: &[(u64, Arc<Pending>)],
+        mtime: Timestamp,
+        size: u64,
+    ) -> Result<(), FsError> {
+        let bs = self.block_size as u64;
+        let mut todo: Vec<&(u64, Arc<Pending>)> = batch.iter().collect();
+        for _ in 0..ATTEMPTS {
+            let idxs: Vec<u64> = todo.iter().map(|(i, _)| *i).collect();
+            let old_ids = self.map_ids(file, &idxs).await?;
+            // Partial blocks are merged onto what Redis holds now.
+            let base_ids: Vec<u64> = todo
+                .iter()
+                .zip(&old_ids)
+                .filter(|((_, p), &id)| !p.is_full() && id != 0)
+                .map(|(_, &id)| id)
+                .collect();
+            let bases: HashMap<u64, Option<Block>> = base_ids
+                .iter()
+                .copied()
+                .zip(self.blocks.get(&base_ids).await?)
+                .collect();
+            if bases.values().any(Option::is_none) {
+                file.state().forget_map(false);
+                continue;
+            }
+            let mut images = Vec::with_capacity(todo.len());
+            for ((_, pending), old) in todo.iter().zip(&old_ids) {
+                let image = match bases.get(old) {
+                    Some(Some(base)) if !pending.is_full() => {
+                        let mut image = (**base).clone();
+                        pending.overlay(&mut image);
+                        image
+                    }
+                    _ => pending.data.clone(),
+                };
+                images.push(image);
+            }
+            let encoded: Vec<Option<Vec<u8>>> = images
+                .iter()
+                .map(|img| (img.iter().any(|&b| b != 0)).then(|| self.blocks.encode(img)))
+                .collect();
+            let ids = self
+                .blocks
+                .allocate(encoded.iter().flatten().count())
+                .await?;
+            let mut id_iter = ids.into_iter();
+            let new_ids: Vec<u64> = encoded
+                .iter()
+                .map(|e| {
+                    if e.is_some() {
+                        id_iter.next().unwrap_or(0)
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            let puts: Vec<(u64, Vec<u8>)> = new_ids
+                .iter()
+                .zip(encoded)
+                .filter_map(|(&id, e)| e.map(|e| (id, e)))
+                .collect();
+            self.blocks.put(&puts).await?;
+            let last = idxs.iter().max().copied().unwrap_or(0);
+            let end = size.min((last + 1) * bs);
+            let swaps: Vec<(u64, u64, u64)> = idxs
+                .iter()
+                .zip(&old_ids)
+                .zip(&new_ids)
+                .map(|((&i, &o), &n)| (i, o, n))
+                .collect();
+            let lost = match self.meta.commit(file.ino, Some(mtime), end, &swaps).await {
+                Ok((_, lost)) => lost,
+                Err(FsError::NotFound) => {
+                    // The inode was deleted under us (the script dropped the new blocks).
+                    let mut st = file.state();
+                    for idx in &idxs {
+                        st.inflight.remove(idx);
+                    }
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            {
+                let mut st = file.state();
+                st.map_version += 1;
+                for (((idx, _), image), &new_id) in todo.iter().zip(images).zip(&new_ids) {
+                    if lost.contains(idx) {
+                        st.map.remove(idx);
+                        continue;
+                    }
+                    st.inflight.remove(idx);
+                    st.map.insert(*idx, new_id);
+                    if new_id != 0 {
+                        self.blocks.remember(new_id, Arc::new(image));
+                    }
+                }
+            }
+            todo.retain(|(i, _)| lost.contains(i));
+            if todo.is_empty() {
+                return Ok(());
+            }
+        }
+        tracing::error!(
+            "inode {}: gave up after {ATTEMPTS} lost block-map races",
+            file.ino
+        );
+        Err(FsError::Io)
+    }
+
+    /// Current block ids for `idxs`, from the cached map or Redis.
+    async fn map_ids(&self, file: &OpenFile, idxs: &[u64]) -> Result<Vec<u64>, FsError> {
+        let (known, version): (Vec<Option<u64>>, u64) = {
+            let st = file.state();
+            (
+                idxs.iter().map(|&i| st.known_id(i)).collect(),
+                st.map_version,
+            )
+        };
+        if known.iter().all(Option::is_some) {
+            return Ok(known.into_iter().flatten().collect());
+        }
+        let lo = idxs.iter().min().copied().unwrap_or(0);
+        let hi = idxs.iter().max().copied().unwrap_or(0);
+        let count = (hi - lo + 1).max(MAP_WINDOW);
+        let fetched = self.meta.map_range(file.ino, lo, count).await?;
+        let mut st = file.state();
+        if st.map_version == version {
+            for (k, &id) in fetched.iter().enumerate() {
+                st.map.entry(lo + k as u64).or_insert(id);
+            }
+        }
+        Ok(idxs
+            .iter()
+            .zip(known)
+            .map(|(&i, k)| k.unwrap_or(fetched[(i - lo) as usize]))
+            .collect())
+    }
+
+    /// Reads up to `size` bytes at `offset`, seeing buffered writes.
+    pub async fn read_file(
+        self: &Arc<Self>,
+        file: &Arc<OpenFile>,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, FsError> {
+        let bs = self.block_size as u64;
+        for _ in 0..ATTEMPTS {
+            let (end, plans, sequential) = {
+                let mut st = file.state();
+                let end = (offset + u64::from(size)).min(st.attr.size);
+                if offset >= end {
+                    return Ok(Vec::new());
+                }
+                let sequential = st.read_end == offset;
+                st.read_end = end;
+                let plans: Vec<BlockPlan> = (offset / bs..=(end - 1) / bs)
+                    .map(|idx| {
+                        let layers: Vec<Arc<Pending>> = [st.inflight.get(&idx), st.dirty.get(&idx)]
+                            .into_iter()
+                            .flatten()
+                            .cloned()
+                            .collect();
+                        let lo = offset.max(idx * bs) - idx * bs;
+                        let hi = end.min((idx + 1) * bs) - idx * bs;
+                        let mut covered = Ranges::default();
+                        for l in &layers {
+                            for (s, e) in l.ranges.iter() {
+                                covered.add(s, e);
+                            }
+                        }
+                        BlockPlan {
+                            idx,
+                            need_base: !covered.covers(lo as usize, hi as usize),
+                            layers,
+                        }
+                    })
+                    .collect();
+                (end, plans, sequential)
+            };
+            let needed: Vec<u64> = plans
+                .iter()
+                .filter(|p| p.need_base)
+                .map(|p| p.idx)
+                .collect();
+            let ids = if needed.is_empty() {
+                Vec::new()
+            } else {
+                self.map_ids(file, &needed).await?
+            };
+            let fetch: Vec<u64> = ids.iter().copied().filter(|&id| id != 0).collect();
+            let blocks = self.blocks.get(&fetch).await?;
+            if blocks.iter().any(Option::is_none) {
+                file.state().forget_map(false);
+                continue;
+            }
+            let by_id: HashMap<u64, Block> = fetch
+                .into_iter()
+                .zip(blocks.into_iter().flatten())
+                .collect();
+            let base_of: HashMap<u64, u64> = needed.into_iter().zip(ids).collect();
+            let mut out = Vec::with_capacity((end - offset) as usize);
+            for plan in &plans {
+                let mut image = match base_of.get(&plan.idx).and_then(|id| by_id.get(id)) {
+                    Some(block) if plan.layers.is_empty() => {
+                        let lo = (offset.max(plan.idx * bs) - plan.idx * bs) as usize;
+                        let hi = (end.min((plan.idx + 1) * bs) - plan.idx * bs) as usize;
+                        out.extend_from_slice(&block[lo..hi]);
+                        continue;
+                    }
+                    Some(block) => (**block).clone(),
+                    None => vec![0; bs as usize],
+                };
+                for layer in &plan.layers {
+                    layer.overlay(&mut image);
+                }
+                let lo = (offset.max(plan.idx * bs) - plan.idx * bs) as usize;
+                let hi = (end.min((plan.idx + 1) * bs) - plan.idx * bs) as usize;
+                out.extend_from_slice(&image[lo..hi]);
+            }
+            if sequential {
+                self.read_ahead(file, end.div_ceil(bs));
+            }
+            return Ok(out);
+        }
+        tracing::error!("inode {}: block map kept changing during a read", file.ino);
+        Err(FsError::Io)
+    }
+
+    /// Starts fetching the blocks after `from` into the cache.
+    fn read_ahead(self: &Arc<Self>, file: &Arc<OpenFile>, from: u64) {
+        let ids: Vec<u64> = {
+            let st = file.state();
+            let last = st.attr.size.div_ceil(self.block_size as u64);
+            (from..(from + READ_AHEAD).min(last))
+                .filter_map(|i| st.known_id(i))
+                .filter(|&id| id != 0)
+                .collect()
+        };
+        if ids.is_empty() {
+            return;
+        }
+        let core = self.clone();
+        tokio::spawn(async move {
+            let _ = core.blocks.get(&ids).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge_and_cover() {
+        let mut r = Ranges::default();
+        r.add(10, 20);
+        r.add(30, 40);
+        assert!(r.covers(12, 18) && !r.covers(15, 35));
+        r.add(20, 30);
+        assert_eq!(r.0, vec![(10, 40)]);
+        r.add(0, 5);
+        r.add(50, 60);
+        r.add(4, 55);
+        assert_eq!(r.0, vec![(0, 60)]);
+        assert!(r.covers(5, 5));
+    }
+
+    #[test]
+    fn newer_writes_win_when_buffers_merge() {
+        let mut old = Pending::new(8);
+        old.write(0, b"aaaa");
+        let mut new = Pending::new(8);
+        new.write(2, b"bbbb");
+        old.absorb(&new);
+        assert_eq!(&old.data, b"aabbbb\0\0");
+        assert_eq!(old.ranges.0, vec![(0, 6)]);
+    }
+}

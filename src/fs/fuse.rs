@@ -1,0 +1,664 @@
+//! The fuser adapter: every request that needs Redis moves its reply into a task on the
+//! mount's runtime and answers from there, so FUSE threads never wait on the network.
+
+use std::ffi::OsStr;
+use std::future::Future;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use fuser::{
+    AccessFlags, CopyFileRangeFlags, Errno, FileHandle, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use tokio::sync::Semaphore;
+
+use crate::attr::{Attr, FileKind, Timestamp};
+use crate::error::FsError;
+use crate::meta::{AttrChange, Usage};
+
+use super::ops::{Caller, XattrReply, NAME_MAX};
+use super::{lock, Core};
+
+/// Requests served at once; more wait for a slot (bounding memory under a flood of writes).
+const MAX_IN_FLIGHT: usize = 512;
+/// Largest write the kernel sends in one request.
+const MAX_WRITE: u32 = 1 << 20;
+/// Unit of the block counts statfs reports.
+const STATFS_UNIT: u64 = 4096;
+
+/// A mounted filesystem as fuser sees it.
+pub struct RedisFs {
+    core: Arc<Core>,
+    runtime: tokio::runtime::Handle,
+    slots: Arc<Semaphore>,
+}
+
+fn errno(e: FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+/// A fuser reply that can carry a `T`.
+trait Respond<T>: Send + 'static {
+    fn answer(self, value: T, core: &Core);
+    fn fail(self, err: Errno);
+}
+
+impl Respond<Attr> for ReplyAttr {
+    fn answer(self, a: Attr, core: &Core) {
+        self.attr(&core.settings.ttl, &a.to_fuser(core.block_size));
+    }
+    fn fail(self, err: Errno) {
+        self.error(err);
+    }
+}
+
+impl Respond<Attr> for ReplyEntry {
+    fn answer(self, a: Attr, core: &Core) {
+        self.entry(
+            &core.settings.ttl,
+            &a.to_fuser(core.block_size),
+            Generation(0),
+        );
+    }
+    fn fail(self, err: Errno) {
+        self.error(err);
+    }
+}
+
+impl Respond<()> for ReplyEmpty {
+    fn answer(self, _: (), _: &Core) {
+        self.ok();
+    }
+    fn fail(self, err: Errno) {
+        self.error(err);
+    }
+}
+
+impl Respond<Vec<u8>> for ReplyData {
+    fn answer(self, data: Vec<u8>, _: &Core) {
+        self.data(&data);
+    }
+    fn fail(self, err: Errno) {
+        self.error(err);
+    }
+}
+
+impl Respond<u32> for ReplyWrite {
+    fn answer(self, n: u32, _: &Core) {
+        self.written(n);
+    }
+    fn fail(self, err: Errno) {
+        self.error(err);
+    }
+}
+
+impl Respond<u64> for ReplyOpen {
+    fn answer(self, fh: u64, _: &Core) {
+        self.opened(FileHandle(fh), FopenFlags::empty());
+    }
+    fn fail(self, err: Errno) {
+        self.error(err);
+    }
+}
+
+impl Respond<(Attr, u64)> for ReplyCreate {
+    fn answer(self, (a, fh): (Attr, u64), core: &Core) {
+        self.created(
+            &core.settings.ttl,
+            &a.to_fuser(core.block_size),
+            Generation(0),
+            FileHandle(fh),
+            FopenFlags::empty(),
+        );
+    }
+    fn fail(self, err: Errno) {
+        self.error(err);
+    }
+}
+
+impl Respond<i64> for ReplyLseek {
+    fn answer(self, offset: i64, _: &Core) {
+        self.offset(offset);
+    }
+    fn fail(self, err: Errno) {
+        self.error(err);
+    }
+}
+
+impl Respond<XattrReply> for ReplyXattr {
+    fn answer(self, r: XattrReply, _: &Core) {
+        match r {
+            XattrReply::Size(n) => self.size(n),
+            XattrReply::Data(d) => self.data(&d),
+        }
+    }
+    fn fail(self, err: Errno) {
+        self.error(err);
+    }
+}
+
+impl Respond<Usage> for ReplyStatfs {
+    fn answer(self, u: Usage, core: &Core) {
+        let used = u.blocks * u64::from(core.block_size) / STATFS_UNIT;
+        let free = u.available / STATFS_UNIT;
+        // Inodes cost about 150 bytes of Redis each: offer what the free memory would hold.
+        let free_inodes = u.available / 150;
+        self.statfs(
+            used + free,
+            free,
+            free,
+            u.inodes + free_inodes,
+            free_inodes,
+            STATFS_UNIT as u32,
+            NAME_MAX as u32,
+            STATFS_UNIT as u32,
+        );
+    }
+    fn fail(self, err: Errno) {
+        self.error(err);
+    }
+}
+
+fn time(t: TimeOrNow) -> Timestamp {
+    match t {
+        TimeOrNow::Now => Timestamp::now(),
+        TimeOrNow::SpecificTime(s) => Timestamp::from_system(s),
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+impl RedisFs {
+    /// The adapter for `core`, running its tasks on `runtime`.
+    pub fn new(core: Arc<Core>, runtime: tokio::runtime::Handle) -> RedisFs {
+        RedisFs {
+            core,
+            runtime,
+            slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        }
+    }
+
+    /// Runs `op` on the runtime and answers `reply` with its outcome.
+    fn serve<T, R, F, Fut>(&self, reply: R, op: F)
+    where
+        T: Send + 'static,
+        R: Respond<T>,
+        F: FnOnce(Arc<Core>) -> Fut,
+        Fut: Future<Output = Result<T, FsError>> + Send + 'static,
+    {
+        let core = self.core.clone();
+        let work = op(core.clone());
+        let slots = self.slots.clone();
+        self.runtime.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            match work.await {
+                Ok(v) => reply.answer(v, &core),
+                Err(e) => reply.fail(errno(e)),
+            }
+        });
+    }
+}
+
+fn bytes(name: &OsStr) -> Vec<u8> {
+    name.as_bytes().to_vec()
+}
+
+impl fuser::Filesystem for RedisFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_ASYNC_DIO;
+        if self.core.settings.writeback && !self.core.settings.read_only {
+            wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
+        for flag in wanted.iter() {
+            if config.add_capabilities(flag).is_err() {
+                tracing::debug!("kernel lacks {flag:?}");
+            }
+        }
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_WRITE);
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = bytes(name);
+        self.serve(
+            reply,
+            move |c| async move { c.lookup(parent.0, &name).await },
+        );
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.serve(reply, move |c| async move { c.getattr(ino.0).await });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let change = AttrChange {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time),
+            mtime: mtime.map(time),
+            ctime: ctime.map(Timestamp::from_system),
+        };
+        self.serve(
+            reply,
+            move |c| async move { c.setattr(ino.0, change).await },
+        );
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.serve(reply, move |c| async move { c.readlink(ino.0).await });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let (name, who) = (bytes(name), caller(req));
+        let Some(kind) = FileKind::from_mode(mode) else {
+            return reply.error(Errno::EINVAL);
+        };
+        self.serve(reply, move |c| async move {
+            c.make(parent.0, &name, kind, mode & !umask, rdev, &[], who)
+                .await
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (name, who) = (bytes(name), caller(req));
+        self.serve(reply, move |c| async move {
+            c.make(parent.0, &name, FileKind::Dir, mode & !umask, 0, &[], who)
+                .await
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = bytes(name);
+        self.serve(reply, move |c| async move {
+            c.remove(parent.0, &name, false).await
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = bytes(name);
+        self.serve(reply, move |c| async move {
+            c.remove(parent.0, &name, true).await
+        });
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (name, target, who) = (bytes(link_name), bytes(target.as_os_str()), caller(req));
+        self.serve(reply, move |c| async move {
+            c.make(parent.0, &name, FileKind::Symlink, 0o777, 0, &target, who)
+                .await
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (name, newname) = (bytes(name), bytes(newname));
+        self.serve(reply, move |c| async move {
+            c.rename(parent.0, &name, newparent.0, &newname, flags.bits())
+                .await
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let name = bytes(newname);
+        self.serve(reply, move |c| async move {
+            c.link(ino.0, newparent.0, &name).await
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        self.serve(reply, move |c| async move { c.open(ino.0, write).await });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.serve(
+            reply,
+            move |c| async move { c.read(fh.0, offset, size).await },
+        );
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        self.serve(
+            reply,
+            move |c| async move { c.write(fh.0, offset, &data).await },
+        );
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.serve(reply, move |c| async move { c.flush(fh.0).await });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.serve(reply, move |c| async move { c.release(fh.0).await });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.serve(reply, move |c| async move { c.flush(fh.0).await });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.serve(reply, move |c| async move { c.opendir(ino.0).await });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let handle = match self.core.dir_handle(fh.0) {
+            Ok(h) => h,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let h = lock(&handle);
+        for (i, e) in h.entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(
+                INodeNo(e.ino),
+                i as u64 + 1,
+                e.kind.to_fuser(),
+                OsStr::from_bytes(&e.name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        let core = self.core.clone();
+        let slots = self.slots.clone();
+        self.runtime.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let handle = match core.load_dir_attrs(fh.0).await {
+                Ok(h) => h,
+                Err(e) => return reply.error(errno(e)),
+            };
+            let mut reply = reply;
+            let h = lock(&handle);
+            let attrs = h.attrs.as_deref().unwrap_or_default();
+            for (i, e) in h.entries.iter().enumerate().skip(offset as usize) {
+                // An entry whose inode vanished since opendir is skipped, not reported broken.
+                let Some(Some(attr)) = attrs.get(i) else {
+                    continue;
+                };
+                let full = reply.add(
+                    INodeNo(e.ino),
+                    i as u64 + 1,
+                    OsStr::from_bytes(&e.name),
+                    &core.settings.ttl,
+                    &attr.to_fuser(core.block_size),
+                    Generation(0),
+                );
+                if full {
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.core.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Directory changes are committed to Redis before they are answered.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.serve(reply, move |c| async move { c.usage().await });
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (name, value) = (bytes(name), value.to_vec());
+        self.serve(reply, move |c| async move {
+            c.setxattr(ino.0, &name, &value, flags).await
+        });
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = bytes(name);
+        self.serve(reply, move |c| async move {
+            c.getxattr(ino.0, &name, size).await
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.serve(
+            reply,
+            move |c| async move { c.listxattr(ino.0, size).await },
+        );
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = bytes(name);
+        self.serve(
+            reply,
+            move |c| async move { c.removexattr(ino.0, &name).await },
+        );
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let who = caller(req);
+        self.serve(reply, move |c| async move {
+            c.access(ino.0, mask.bits(), who).await
+        });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (name, who) = (bytes(name), caller(req));
+        self.serve(reply, move |c| async move {
+            c.create(parent.0, &name, mode & !umask, who).await
+        });
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.serve(reply, move |c| async move {
+            c.fallocate(fh.0, offset, length, mode).await
+        });
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        self.serve(reply, move |c| async move {
+            c.lseek(fh.0, offset, whence).await
+        });
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        self.serve(reply, move |c| async move {
+            c.copy_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+                .await
+        });
+    }
+}

@@ -1,0 +1,196 @@
+//! The filesystem as the kernel sees it.
+//!
+//! [`Core`] holds a mount's state and implements each operation as an async function that
+//! returns an [`FsError`] on failure; [`fuse::RedisFs`] adapts it to fuser, moving each
+//! request's reply into a task so that no FUSE thread waits on the network.
+
+mod dir;
+mod file;
+pub mod fuse;
+mod ops;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::attr::Attr;
+use crate::blocks::BlockStore;
+use crate::error::FsError;
+use crate::meta::Meta;
+
+pub use dir::DirHandle;
+pub use file::{OpenFile, MAX_FILE_SIZE};
+
+/// How a mount behaves, fixed when it starts.
+#[derive(Clone, Debug)]
+pub struct MountSettings {
+    /// Refuse every change with EROFS.
+    pub read_only: bool,
+    /// How long the kernel may cache attributes and names.
+    pub ttl: Duration,
+    /// Whether the kernel's writeback cache is on.
+    pub writeback: bool,
+}
+
+/// A mount's state: Redis access, open files and handles.
+pub struct Core {
+    /// Metadata operations.
+    pub meta: Meta,
+    /// Block storage and cache.
+    pub blocks: BlockStore,
+    /// Data bytes per block.
+    pub block_size: u32,
+    /// Fixed settings.
+    pub settings: MountSettings,
+    /// Inodes open on this mount, with how many handles share each.
+    files: Mutex<HashMap<u64, (Arc<OpenFile>, usize)>>,
+    /// File handles.
+    handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// Directory handles.
+    dirs: Mutex<HashMap<u64, Arc<Mutex<DirHandle>>>>,
+    next_handle: std::sync::atomic::AtomicU64,
+    /// Orphaned inodes waiting to be deleted.
+    reclaim_queue: mpsc::UnboundedSender<u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Core {
+    /// A mount's core, and the receiving end of its reclaim queue (see [`Core::reclaimer`]).
+    pub fn new(
+        meta: Meta,
+        blocks: BlockStore,
+        settings: MountSettings,
+    ) -> (Arc<Core>, mpsc::UnboundedReceiver<u64>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let core = Core {
+            block_size: blocks.block_size as u32,
+            meta,
+            blocks,
+            settings,
+            files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_handle: std::sync::atomic::AtomicU64::new(1),
+            reclaim_queue: tx,
+        };
+        (Arc::new(core), rx)
+    }
+
+    fn writable(&self) -> Result<(), FsError> {
+        if self.settings.read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn new_handle(&self) -> u64 {
+        self.next_handle
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The open state of `ino`, if it is open on this mount.
+    fn open_file(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        lock(&self.files).get(&ino).map(|(f, _)| f.clone())
+    }
+
+    /// Registers a new handle on `attr`'s inode.
+    fn attach(&self, attr: Attr, created: bool) -> (u64, Arc<OpenFile>) {
+        let file = {
+            let mut files = lock(&self.files);
+            let entry = files
+                .entry(attr.ino)
+                .or_insert_with(|| (Arc::new(OpenFile::new(attr, created)), 0));
+            entry.1 += 1;
+            if entry.1 == 1 {
+                // First open: what Redis says now is the truth (close-to-open).
+                let mut st = entry.0.state();
+                st.refresh(attr);
+                if !st.has_pending() {
+                    st.forget_map(created);
+                }
+            }
+            entry.0.clone()
+        };
+        let fh = self.new_handle();
+        lock(&self.handles).insert(fh, file.clone());
+        (fh, file)
+    }
+
+    /// The file behind a handle.
+    fn file(&self, fh: u64) -> Result<Arc<OpenFile>, FsError> {
+        lock(&self.handles)
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
+    }
+
+    /// Drops a handle; returns the inode's state when it was the last handle.
+    fn detach(&self, fh: u64) -> Option<Arc<OpenFile>> {
+        let file = lock(&self.handles).remove(&fh)?;
+        let mut files = lock(&self.files);
+        let entry = files.get_mut(&file.ino)?;
+        entry.1 -= 1;
+        if entry.1 == 0 {
+            files.remove(&file.ino).map(|(f, _)| f)
+        } else {
+            None
+        }
+    }
+
+    /// Deals with an inode whose last link a removal took: it is deleted once not open here.
+    fn orphaned(&self, ino: u64) {
+        if let Some(file) = self.open_file(ino) {
+            file.state().orphaned = true;
+        } else {
+            let _ = self.reclaim_queue.send(ino);
+        }
+    }
+
+    /// Deletes queued orphans in batches until the queue closes.
+    pub async fn reclaimer(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<u64>) {
+        while let Some(first) = queue.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < 256 {
+                match queue.try_recv() {
+                    Ok(ino) => batch.push(ino),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = self.meta.reclaim(&batch).await {
+                tracing::warn!(
+                    "reclaiming {} deleted inodes failed ({e}); they stay recorded for fsck",
+                    batch.len()
+                );
+            }
+        }
+    }
+
+    /// Frees queued blocks of large deleted files, a batch at a time.
+    pub async fn free_queued_blocks(&self) {
+        while let Ok(n) = self.meta.free_batch(2048).await {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
+    /// Stores every buffered write of every open file (at unmount).
+    pub async fn flush_all(&self) -> Result<(), FsError> {
+        let files: Vec<Arc<OpenFile>> =
+            lock(&self.files).values().map(|(f, _)| f.clone()).collect();
+        let mut result = Ok(());
+        for f in files {
+            if let Err(e) = self.flush_file(&f, false).await {
+                tracing::error!("inode {}: buffered data could not be stored: {e}", f.ino);
+                result = Err(e);
+            }
+        }
+        result
+    }
+}

@@ -1,0 +1,539 @@
+//! The operations of [`Core`], one async function each.
+
+use std::sync::Arc;
+
+use crate::attr::{Attr, FileKind, Timestamp};
+use crate::error::FsError;
+use crate::meta::{AttrChange, Usage};
+
+use super::{Core, OpenFile, MAX_FILE_SIZE};
+
+/// Longest name in a directory.
+pub const NAME_MAX: usize = 255;
+/// Longest symlink target.
+const PATH_MAX: usize = 4095;
+/// Largest extended attribute value (as Linux's XATTR_SIZE_MAX).
+const XATTR_SIZE_MAX: usize = 65536;
+/// Copy granularity of copy_file_range.
+const COPY_CHUNK: u64 = 1 << 20;
+
+fn check_name(name: &[u8]) -> Result<(), FsError> {
+    if name.len() > NAME_MAX {
+        Err(FsError::NameTooLong)
+    } else {
+        Ok(())
+    }
+}
+
+/// Who asks for an operation.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+}
+
+/// The answer to getxattr/listxattr: a size probe or the bytes.
+pub enum XattrReply {
+    /// The caller asked for the size only.
+    Size(u32),
+    /// The value (or the NUL-separated names).
+    Data(Vec<u8>),
+}
+
+fn xattr_reply(bytes: Vec<u8>, size: u32) -> Result<XattrReply, FsError> {
+    if size == 0 {
+        Ok(XattrReply::Size(bytes.len() as u32))
+    } else if bytes.len() > size as usize {
+        Err(FsError::Range)
+    } else {
+        Ok(XattrReply::Data(bytes))
+    }
+}
+
+impl Core {
+    /// Resolves a name.
+    pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+        check_name(name)?;
+        match name {
+            b"." => self.getattr(parent).await,
+            b".." => {
+                let dir = self.getattr(parent).await?;
+                self.getattr(dir.parent).await
+            }
+            _ => self.meta.lookup(parent, name).await,
+        }
+    }
+
+    /// Current attributes, including buffered writes of this mount.
+    pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        let open = self.open_file(ino);
+        if let Some(f) = &open {
+            let st = f.state();
+            if st.has_pending() {
+                return Ok(st.attr);
+            }
+        }
+        let attr = self.meta.getattr(ino).await?;
+        if let Some(f) = open {
+            let mut st = f.state();
+            st.refresh(attr);
+            return Ok(st.attr);
+        }
+        Ok(attr)
+    }
+
+    /// Changes attributes; a size change stores buffered writes first.
+    pub async fn setattr(&self, ino: u64, change: AttrChange) -> Result<Attr, FsError> {
+        self.writable()?;
+        let open = self.open_file(ino);
+        if let Some(size) = change.size {
+            if size > MAX_FILE_SIZE {
+                return Err(FsError::FileTooBig);
+            }
+            if let Some(f) = &open {
+                self.flush_file(f, false).await?;
+            }
+        }
+        let mut attempts = 0;
+        let attr = loop {
+            let tail = match change.size {
+                Some(size) => self.zeroed_tail(ino, size).await?,
+                None => None,
+            };
+            match self.meta.setattr(ino, &change, self.block_size, tail).await {
+                Err(FsError::Again) if attempts < 16 => attempts += 1,
+                other => break other?,
+            }
+        };
+        if let Some(f) = open {
+            let mut st = f.state();
+            st.refresh(attr);
+            if let Some(size) = change.size {
+                st.forget_map(size == 0);
+            }
+            return Ok(st.attr);
+        }
+        Ok(attr)
+    }
+
+    /// For a cut to `size` inside a block: that block rewritten with zeros past the new end,
+    /// as (index, old id, new id), so that growing the file again reads zeros there.
+    async fn zeroed_tail(&self, ino: u64, size: u64) -> Result<Option<(u64, u64, u64)>, FsError> {
+        let bs = u64::from(self.block_size);
+        let current = self.meta.getattr(ino).await?;
+        if size >= current.size || size % bs == 0 {
+            return Ok(None);
+        }
+        let idx = size / bs;
+        let old = self.meta.map_range(ino, idx, 1).await?[0];
+        if old == 0 {
+            return Ok(None);
+        }
+        let Some(Some(block)) = self.blocks.get(&[old]).await?.pop() else {
+            return Err(FsError::Again);
+        };
+        let mut image = (*block).clone();
+        image[(size % bs) as usize..].fill(0);
+        if image.iter().all(|&b| b == 0) {
+            return Ok(Some((idx, old, 0)));
+        }
+        let new = self.blocks.allocate(1).await?[0];
+        self.blocks
+            .put(&[(new, self.blocks.encode(&image))])
+            .await?;
+        self.blocks.remember(new, Arc::new(image));
+        Ok(Some((idx, old, new)))
+    }
+
+    /// Creates an inode of any kind.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn make(
+        &self,
+        parent: u64,
+        name: &[u8],
+        kind: FileKind,
+        perm: u32,
+        rdev: u32,
+        target: &[u8],
+        caller: Caller,
+    ) -> Result<Attr, FsError> {
+        self.writable()?;
+        check_name(name)?;
+        let mut attr = Attr::new(kind, perm, caller.uid, caller.gid, Timestamp::now());
+        match kind {
+            FileKind::Dir => attr.parent = parent,
+            FileKind::Symlink => {
+                if target.len() > PATH_MAX {
+                    return Err(FsError::NameTooLong);
+                }
+                attr.size = target.len() as u64;
+            }
+            FileKind::CharDevice | FileKind::BlockDevice => attr.rdev = rdev,
+            _ => {}
+        }
+        self.meta.create(parent, name, &attr, target).await
+    }
+
+    /// Creates and opens a regular file.
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        perm: u32,
+        caller: Caller,
+    ) -> Result<(Attr, u64), FsError> {
+        let attr = self
+            .make(parent, name, FileKind::File, perm, 0, &[], caller)
+            .await?;
+        let (fh, _) = self.attach(attr, true);
+        Ok((attr, fh))
+    }
+
+    /// Opens a file.
+    pub async fn open(&self, ino: u64, write: bool) -> Result<u64, FsError> {
+        if write {
+            self.writable()?;
+        }
+        let attr = self.meta.getattr(ino).await?;
+        Ok(self.attach(attr, false).0)
+    }
+
+    /// Adds a hard link.
+    pub async fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+        self.writable()?;
+        check_name(name)?;
+        let attr = self.meta.link(ino, parent, name).await?;
+        match self.open_file(ino) {
+            Some(f) => {
+                let mut st = f.state();
+                st.refresh(attr);
+                Ok(st.attr)
+            }
+            None => Ok(attr),
+        }
+    }
+
+    /// Unlinks a file or removes an empty directory.
+    pub async fn remove(&self, parent: u64, name: &[u8], dir: bool) -> Result<(), FsError> {
+        self.writable()?;
+        check_name(name)?;
+        let (ino, orphaned) = self.meta.remove(parent, name, dir).await?;
+        if orphaned {
+            self.orphaned(ino);
+        }
+        Ok(())
+    }
+
+    /// Renames.
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Result<(), FsError> {
+        self.writable()?;
+        check_name(name)?;
+        check_name(new_name)?;
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0
+            || flags & libc::RENAME_NOREPLACE != 0 && flags & libc::RENAME_EXCHANGE != 0
+        {
+            return Err(FsError::Invalid);
+        }
+        if let Some(victim) = self
+            .meta
+            .rename(parent, name, new_parent, new_name, flags)
+            .await?
+        {
+            self.orphaned(victim);
+        }
+        Ok(())
+    }
+
+    /// A symlink's target.
+    pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        self.meta.readlink(ino).await
+    }
+
+    /// Reads through a handle.
+    pub async fn read(
+        self: &Arc<Self>,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, FsError> {
+        let file = self.file(fh)?;
+        self.read_file(&file, offset, size).await
+    }
+
+    /// Writes through a handle.
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        self.writable()?;
+        let file = self.file(fh)?;
+        if self.buffer_write(&file, offset, data)? {
+            self.flush_file(&file, true).await?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Stores a handle's buffered writes (close, fsync).
+    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
+        let file = self.file(fh)?;
+        self.flush_file(&file, false).await
+    }
+
+    /// Closes a handle; the last close of an unlinked file deletes it.
+    pub async fn release(&self, fh: u64) -> Result<(), FsError> {
+        let file = self.file(fh)?;
+        let flushed = self.flush_file(&file, false).await;
+        if let Some(last) = self.detach(fh) {
+            if last.state().orphaned {
+                let _ = self.reclaim_queue.send(last.ino);
+            }
+        }
+        flushed
+    }
+
+    /// Preallocates, punches holes or zeroes ranges.
+    pub async fn fallocate(
+        &self,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> Result<(), FsError> {
+        self.writable()?;
+        let file = self.file(fh)?;
+        let end = offset.checked_add(length).ok_or(FsError::FileTooBig)?;
+        if end > MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let supported =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !supported != 0 {
+            return Err(FsError::NotSupported);
+        }
+        if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
+            let size = self.getattr(file.ino).await?.size;
+            let zero_end = if keep_size { end.min(size) } else { end };
+            if offset < zero_end {
+                self.zero_range(&file, offset, zero_end).await?;
+            }
+        }
+        if !keep_size {
+            let size = self.getattr(file.ino).await?.size;
+            if end > size {
+                self.setattr(
+                    file.ino,
+                    AttrChange {
+                        size: Some(end),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `[start, end)` read as zeros: whole blocks become holes, edges are rewritten.
+    async fn zero_range(&self, file: &Arc<OpenFile>, start: u64, end: u64) -> Result<(), FsError> {
+        let bs = u64::from(self.block_size);
+        let first_full = start.div_ceil(bs);
+        let last_full = end / bs;
+        let edges = [
+            (start, end.min(first_full * bs)),
+            ((last_full * bs).max(start), end),
+        ];
+        for (s, e) in edges {
+            if s < e {
+                self.buffer_write(file, s, &vec![0; (e - s) as usize])?;
+            }
+        }
+        self.flush_file(file, false).await?;
+        if first_full < last_full {
+            for _ in 0..16 {
+                let map = self.meta.map_all(file.ino).await?;
+                let swaps: Vec<(u64, u64, u64)> = map
+                    .iter()
+                    .filter(|(&i, _)| (first_full..last_full).contains(&i))
+                    .map(|(&i, &id)| (i, id, 0))
+                    .collect();
+                file.state().forget_map(false);
+                if swaps.is_empty() {
+                    break;
+                }
+                let (_, lost) = self
+                    .meta
+                    .commit(file.ino, Some(Timestamp::now()), 0, &swaps)
+                    .await?;
+                if lost.is_empty() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// SEEK_DATA and SEEK_HOLE.
+    pub async fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64, FsError> {
+        let file = self.file(fh)?;
+        if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
+            return Err(FsError::Invalid);
+        }
+        self.flush_file(&file, false).await?;
+        let size = self.getattr(file.ino).await?.size;
+        let offset = u64::try_from(offset).map_err(|_| FsError::NoSuchOffset)?;
+        if offset >= size {
+            return Err(FsError::NoSuchOffset);
+        }
+        let bs = u64::from(self.block_size);
+        let map = self.meta.map_all(file.ino).await?;
+        let mut idx = offset / bs;
+        let found = loop {
+            let start = (idx * bs).max(offset);
+            if start >= size {
+                break if whence == libc::SEEK_HOLE {
+                    Some(size)
+                } else {
+                    None
+                };
+            }
+            let has_data = map.get(&idx).is_some_and(|&id| id != 0);
+            if has_data == (whence == libc::SEEK_DATA) {
+                break Some(start);
+            }
+            idx += 1;
+        };
+        found.map(|o| o as i64).ok_or(FsError::NoSuchOffset)
+    }
+
+    /// Copies bytes between two open files inside redisfs.
+    pub async fn copy_range(
+        self: &Arc<Self>,
+        fh_in: u64,
+        offset_in: u64,
+        fh_out: u64,
+        offset_out: u64,
+        len: u64,
+    ) -> Result<u32, FsError> {
+        self.writable()?;
+        let (src, dst) = (self.file(fh_in)?, self.file(fh_out)?);
+        // The reply carries a 32-bit count; the kernel asks again for the rest.
+        let len = len.min(u64::from(u32::MAX) & !(COPY_CHUNK - 1));
+        let mut done = 0u64;
+        while done < len {
+            let want = (len - done).min(COPY_CHUNK) as u32;
+            let data = self.read_file(&src, offset_in + done, want).await?;
+            if data.is_empty() {
+                break;
+            }
+            if self.buffer_write(&dst, offset_out + done, &data)? {
+                self.flush_file(&dst, true).await?;
+            }
+            done += data.len() as u64;
+        }
+        Ok(done as u32)
+    }
+
+    /// Reads an extended attribute.
+    pub async fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> Result<XattrReply, FsError> {
+        check_xattr_name(name)?;
+        xattr_reply(self.meta.xattr_get(ino, name).await?, size)
+    }
+
+    /// Lists extended attribute names.
+    pub async fn listxattr(&self, ino: u64, size: u32) -> Result<XattrReply, FsError> {
+        let mut out = Vec::new();
+        for name in self.meta.xattr_list(ino).await? {
+            out.extend_from_slice(&name);
+            out.push(0);
+        }
+        xattr_reply(out, size)
+    }
+
+    /// Sets an extended attribute.
+    pub async fn setxattr(
+        &self,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> Result<(), FsError> {
+        self.writable()?;
+        check_xattr_name(name)?;
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(FsError::TooBig);
+        }
+        let mode = match flags {
+            0 => 0,
+            libc::XATTR_CREATE => 1,
+            libc::XATTR_REPLACE => 2,
+            _ => return Err(FsError::Invalid),
+        };
+        self.meta.xattr_set(ino, name, value, mode).await
+    }
+
+    /// Removes an extended attribute.
+    pub async fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), FsError> {
+        self.writable()?;
+        check_xattr_name(name)?;
+        self.meta.xattr_remove(ino, name).await
+    }
+
+    /// access(2) when the kernel leaves permission checks to us.
+    pub async fn access(&self, ino: u64, mask: i32, caller: Caller) -> Result<(), FsError> {
+        let attr = self.getattr(ino).await?;
+        if mask == libc::F_OK {
+            return Ok(());
+        }
+        if mask & libc::W_OK != 0 && self.settings.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        let mode = attr.mode;
+        if caller.uid == 0 {
+            let any_exec = mode & 0o111 != 0 || attr.kind() == FileKind::Dir;
+            return if mask & libc::X_OK != 0 && !any_exec {
+                Err(FsError::Access)
+            } else {
+                Ok(())
+            };
+        }
+        let bits = if caller.uid == attr.uid {
+            (mode >> 6) & 7
+        } else if caller.gid == attr.gid {
+            (mode >> 3) & 7
+        } else {
+            mode & 7
+        };
+        if (mask as u32 & 7) & !bits != 0 {
+            Err(FsError::Access)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Counters for statfs.
+    pub async fn usage(&self) -> Result<Usage, FsError> {
+        self.meta.usage().await
+    }
+}
+
+/// Names the kernel passes on that this filesystem refuses.
+fn check_xattr_name(name: &[u8]) -> Result<(), FsError> {
+    if name.is_empty() {
+        return Err(FsError::Invalid);
+    }
+    if name.len() > NAME_MAX {
+        return Err(FsError::Range);
+    }
+    // POSIX ACLs would be stored but never enforced: refuse them, as a filesystem without ACLs.
+    if name.starts_with(b"system.posix_acl_") {
+        return Err(FsError::NotSupported);
+    }
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! redisfs: a shared POSIX filesystem kept entirely in Redis.
+//!
+//! All file data and metadata live under one key prefix in Redis, so any number of machines
+//! can mount the same filesystem, and it can be copied, backed up and checked with Redis's own
+//! means. The binaries in `src/bin` only parse arguments and call into this library.
+//!
+//! # Module map
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`options`] | command-line options, the Redis connection shared by every binary |
+//! | [`store`] | the connection to Redis and the retry policy when it is lost |
+//! | [`keys`] | the only Rust code that builds key names |
+//! | [`scripts`] | the Lua scripts that make each metadata change atomic |
+//! | [`attr`] | the packed inode record and timestamps |
+//! | [`meta`] | typed metadata operations, one round trip each |
+//! | [`codec`] | block compression |
+//! | [`blocks`] | block storage and the block cache |
+//! | [`format`] | creating a filesystem and checking one before use |
+//! | [`server`] | what a Redis server says of itself, and the checks made on it |
+//! | [`session`] | a mount's registration, heartbeat and held inodes |
+//! | [`fs`] | the filesystem operations and the FUSE adapter |
+//! | [`local_redis`] | a private redis-server when none is reachable |
+//! | [`mount`] | mounting, serving and unmounting |
+//! | [`error`] | the error policy: errno-shaped [`error::FsError`], typed [`error::Error`] |
+
+pub mod attr;
+pub mod blocks;
+pub mod codec;
+pub mod error;
+pub mod format;
+pub mod fs;
+pub mod keys;
+pub mod local_redis;
+pub mod meta;
+pub mod mount;
+pub mod options;
+pub mod scripts;
+pub mod server;
+pub mod session;
+pub mod store;

@@ -1,0 +1,75 @@
+-- Shared by every script (prepended by src/scripts.rs). ARGV[1] is the prefix with its ':'.
+-- Inode records are packed as described in src/attr.rs; these helpers read and patch them
+-- without unpacking the timestamps, which Lua's doubles could not hold exactly.
+local P = ARGV[1]
+local E = { PERM = 1, NOENT = 2, AGAIN = 11, EXIST = 17, NOTDIR = 20, ISDIR = 21, INVAL = 22,
+            MLINK = 31, NOTEMPTY = 39, NODATA = 61 }
+local S_IFMT, S_IFDIR = 61440, 16384
+local LETTER = { [32768] = 'f', [16384] = 'd', [40960] = 'l', [4096] = 'p', [8192] = 'c',
+                 [24576] = 'b', [49152] = 's' }
+local PER_BUCKET = 64
+
+local records, changed = {}, {}
+
+local function bucket(ino) return P .. 'i:' .. math.floor(ino / PER_BUCKET) end
+local function rec(ino)
+  local r = records[ino]
+  if r == nil then
+    r = redis.call('HGET', bucket(ino), ino % PER_BUCKET)
+    records[ino] = r
+  end
+  return r
+end
+local function put(ino, r) records[ino] = r; changed[ino] = true end
+local function update(ino, f) local r = rec(ino); if r then put(ino, f(r)) end end
+local function save()
+  for ino in pairs(changed) do redis.call('HSET', bucket(ino), ino % PER_BUCKET, records[ino]) end
+end
+
+local function splice(r, off, bytes) return string.sub(r, 1, off) .. bytes .. string.sub(r, off + #bytes + 1) end
+local function mode(r) return (struct.unpack('<I2', r, 1)) end
+local function is_dir(r) return bit.band(mode(r), S_IFMT) == S_IFDIR end
+local function letter(r) return LETTER[bit.band(mode(r), S_IFMT)] end
+local function nlink(r) return (struct.unpack('<I4', r, 3)) end
+local function set_nlink(r, n) return splice(r, 2, struct.pack('<I4', n)) end
+local function size(r) return (struct.unpack('<I8', r, 15)) end
+local function set_size(r, s) return splice(r, 14, struct.pack('<I8', s)) end
+local function touch_mc(r, ts) return splice(r, 32, ts .. ts) end
+local function touch_c(r, ts) return splice(r, 42, ts) end
+local function parent_of(r) return (struct.unpack('<I8', r, 53)) end
+local function set_parent(r, p) return splice(r, 52, struct.pack('<I8', p)) end
+
+local function split_entry(e) return string.sub(e, 1, 1), tonumber(string.sub(e, 2)) end
+local function live_dir(ino)
+  local r = rec(ino)
+  if not r then return nil, E.NOENT end
+  if not is_dir(r) then return nil, E.NOTDIR end
+  if nlink(r) == 0 then return nil, E.NOENT end
+  return r
+end
+local function stat_add(field, n)
+  if n ~= 0 then redis.call('HINCRBY', P .. 'stat', field, n) end
+end
+-- The last link is gone: the removing session reclaims the inode once nothing holds it open.
+local function orphan(ino, sid) redis.call('SADD', P .. 'session:' .. sid .. ':held', ino) end
+local function delete_blocks(ids)
+  for i = 1, #ids, 500 do
+    local keys = {}
+    for j = i, math.min(i + 499, #ids) do keys[#keys + 1] = P .. 'b:' .. ids[j] end
+    redis.call('DEL', unpack(keys))
+  end
+end
+-- Small maps are freed at once; large ones are queued so that no script runs for long.
+local function free_data(ino)
+  local map = P .. 'm:' .. ino
+  local n = redis.call('HLEN', map)
+  if n == 0 then return end
+  if n <= 512 then
+    delete_blocks(redis.call('HVALS', map))
+    redis.call('DEL', map)
+    stat_add('blocks', -n)
+  else
+    redis.call('RENAME', map, P .. 'free:' .. ino)
+    redis.call('SADD', P .. 'freeing', ino)
+  end
+end

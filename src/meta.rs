@@ -1,0 +1,507 @@
+//! Typed metadata operations: each is one script call or one pipelined read.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use redis::{RedisError, Value};
+
+use crate::attr::{Attr, FileKind, Timestamp};
+use crate::error::FsError;
+use crate::scripts::Scripts;
+use crate::store::{ScriptArgs, Store};
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The entry's name (any bytes but `/` and NUL).
+    pub name: Vec<u8>,
+    /// What kind of inode it names.
+    pub kind: FileKind,
+    /// The inode it names.
+    pub ino: u64,
+}
+
+/// Attribute changes requested by setattr; `None` leaves a field alone.
+#[derive(Clone, Debug, Default)]
+pub struct AttrChange {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size.
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<Timestamp>,
+    /// New modification time.
+    pub mtime: Option<Timestamp>,
+    /// New change time (otherwise: now).
+    pub ctime: Option<Timestamp>,
+}
+
+/// A block that replaces the last one on a size cut: (index, expected old id, new id).
+pub type TailSwap = (u64, u64, u64);
+
+/// Filesystem-wide counters for statfs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    /// Inodes in use.
+    pub inodes: u64,
+    /// Blocks stored.
+    pub blocks: u64,
+    /// Bytes Redis may still use.
+    pub available: u64,
+}
+
+/// Metadata operations on one filesystem.
+#[derive(Clone)]
+pub struct Meta {
+    /// The connection and key names.
+    pub store: Store,
+    scripts: Arc<Scripts>,
+    /// This mount's session id (owner of the inodes it orphans).
+    pub session: u64,
+}
+
+/// Logs a Redis failure with its context and maps it to an errno.
+pub fn redis_failure(what: &str, err: &RedisError) -> FsError {
+    let text = err.to_string();
+    if text.contains("READONLY") {
+        return FsError::ReadOnly;
+    }
+    if text.contains("OOM") {
+        tracing::error!("{what}: Redis is out of memory: {text}");
+        return FsError::NoSpace;
+    }
+    tracing::error!("{what}: {text}");
+    FsError::Io
+}
+
+fn int(v: Option<&Value>) -> Option<i64> {
+    match v? {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn bytes(v: Option<&Value>) -> Option<&[u8]> {
+    match v? {
+        Value::BulkString(b) => Some(b),
+        _ => None,
+    }
+}
+
+/// Checks a script reply's leading errno.
+fn checked(reply: Vec<Value>) -> Result<Vec<Value>, FsError> {
+    match int(reply.first()) {
+        Some(0) => Ok(reply),
+        Some(errno) => Err(FsError::from_errno(errno)),
+        None => {
+            tracing::error!("script reply without a status: {reply:?}");
+            Err(FsError::Io)
+        }
+    }
+}
+
+fn record(ino: u64, v: Option<&Value>) -> Result<Attr, FsError> {
+    let raw = bytes(v).ok_or(FsError::Io)?;
+    Attr::decode(ino, raw).ok_or_else(|| {
+        tracing::error!("inode {ino}: record of {} bytes does not decode", raw.len());
+        FsError::Io
+    })
+}
+
+/// Parses a directory entry value: a kind letter followed by the inode number.
+pub fn parse_entry(value: &[u8]) -> Option<(FileKind, u64)> {
+    let (&letter, digits) = value.split_first()?;
+    let ino = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some((FileKind::from_letter(letter)?, ino))
+}
+
+impl Meta {
+    /// Metadata operations for `store`, orphaning inodes into `session`.
+    pub fn new(store: Store, scripts: Arc<Scripts>, session: u64) -> Meta {
+        Meta {
+            store,
+            scripts,
+            session,
+        }
+    }
+
+    async fn run(
+        &self,
+        what: &str,
+        script: &redis::Script,
+        args: ScriptArgs,
+    ) -> Result<Vec<Value>, FsError> {
+        let reply = self
+            .store
+            .script(script, &args)
+            .await
+            .map_err(|e| redis_failure(what, &e))?;
+        checked(reply)
+    }
+
+    /// Resolves `name` in directory `parent`.
+    pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+        let reply = self
+            .run(
+                "lookup",
+                &self.scripts.lookup,
+                ScriptArgs::default().num(parent).bytes(name),
+            )
+            .await?;
+        let ino = int(reply.get(1)).ok_or(FsError::Io)? as u64;
+        record(ino, reply.get(2))
+    }
+
+    /// Reads one inode's record.
+    pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        let (key, field) = self.store.keys.inode(ino);
+        let raw: Option<Vec<u8>> = self
+            .store
+            .cmd(redis::cmd("HGET").arg(key).arg(field))
+            .await
+            .map_err(|e| redis_failure("getattr", &e))?;
+        let raw = raw.ok_or(FsError::NotFound)?;
+        Attr::decode(ino, &raw).ok_or(FsError::Io)
+    }
+
+    /// Reads many records in one round trip; missing inodes are `None`.
+    pub async fn records(&self, inos: &[u64]) -> Result<Vec<Option<Attr>>, FsError> {
+        let args = inos.iter().fold(ScriptArgs::default(), |a, i| a.num(i));
+        let reply = self.run("records", &self.scripts.records, args).await?;
+        Ok(inos
+            .iter()
+            .enumerate()
+            .map(|(i, &ino)| bytes(reply.get(i + 1)).and_then(|raw| Attr::decode(ino, raw)))
+            .collect())
+    }
+
+    /// Creates an inode described by `attr` under `parent` as `name`.
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        attr: &Attr,
+        target: &[u8],
+    ) -> Result<Attr, FsError> {
+        let args = ScriptArgs::default()
+            .num(parent)
+            .bytes(name)
+            .bytes(attr.encode())
+            .bytes(attr.kind().letter().to_string())
+            .bytes(attr.ctime.encode())
+            .bytes(target);
+        let reply = self.run("create", &self.scripts.create, args).await?;
+        let mut created = *attr;
+        created.ino = int(reply.get(1)).ok_or(FsError::Io)? as u64;
+        Ok(created)
+    }
+
+    /// Adds the hard link `parent/name` to `ino`.
+    pub async fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+        let args = ScriptArgs::default()
+            .num(ino)
+            .num(parent)
+            .bytes(name)
+            .bytes(Timestamp::now().encode());
+        let reply = self.run("link", &self.scripts.link, args).await?;
+        record(ino, reply.get(1))
+    }
+
+    /// Unlinks (or, with `dir`, removes an empty directory); returns the inode and whether its
+    /// last link went (it is then held by this session until reclaimed).
+    pub async fn remove(
+        &self,
+        parent: u64,
+        name: &[u8],
+        dir: bool,
+    ) -> Result<(u64, bool), FsError> {
+        let args = ScriptArgs::default()
+            .num(parent)
+            .bytes(name)
+            .num(u8::from(dir))
+            .bytes(Timestamp::now().encode())
+            .num(self.session);
+        let reply = self.run("remove", &self.scripts.remove, args).await?;
+        let ino = int(reply.get(1)).ok_or(FsError::Io)? as u64;
+        Ok((ino, int(reply.get(2)) == Some(1)))
+    }
+
+    /// Renames; `flags` are the kernel's RENAME_* bits. Returns an inode whose last link the
+    /// rename removed, if any.
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Result<Option<u64>, FsError> {
+        let mode = if flags & libc::RENAME_EXCHANGE != 0 {
+            2
+        } else if flags & libc::RENAME_NOREPLACE != 0 {
+            1
+        } else {
+            0
+        };
+        let args = ScriptArgs::default()
+            .num(parent)
+            .bytes(name)
+            .num(new_parent)
+            .bytes(new_name)
+            .num(mode)
+            .bytes(Timestamp::now().encode())
+            .num(self.session);
+        let reply = self.run("rename", &self.scripts.rename, args).await?;
+        Ok(int(reply.get(1)).filter(|&i| i > 0).map(|i| i as u64))
+    }
+
+    /// Applies attribute changes; a size cut may carry a re-written last block.
+    pub async fn setattr(
+        &self,
+        ino: u64,
+        change: &AttrChange,
+        block_size: u32,
+        tail: Option<TailSwap>,
+    ) -> Result<Attr, FsError> {
+        let mut mask = 0u32;
+        let mut bit = |present: bool, b: u32| {
+            if present {
+                mask |= b
+            }
+        };
+        bit(change.mode.is_some(), 1);
+        bit(change.uid.is_some(), 2);
+        bit(change.gid.is_some(), 4);
+        bit(change.size.is_some(), 8);
+        bit(change.atime.is_some(), 16);
+        bit(change.mtime.is_some(), 32);
+        bit(change.ctime.is_some(), 64);
+        let time = |t: Option<Timestamp>| t.unwrap_or_default().encode();
+        let (tail_idx, tail_old, tail_new) = match tail {
+            Some((i, o, n)) => (i.to_string(), o, n),
+            None => (String::new(), 0, 0),
+        };
+        let args = ScriptArgs::default()
+            .num(ino)
+            .bytes(Timestamp::now().encode())
+            .num(mask)
+            .num(change.mode.unwrap_or(0))
+            .num(change.uid.unwrap_or(0))
+            .num(change.gid.unwrap_or(0))
+            .bytes(time(change.atime))
+            .bytes(time(change.mtime))
+            .bytes(time(change.ctime))
+            .num(change.size.unwrap_or(0))
+            .num(block_size)
+            .bytes(tail_idx)
+            .num(tail_old)
+            .num(tail_new);
+        let reply = self.run("setattr", &self.scripts.setattr, args).await?;
+        record(ino, reply.get(1))
+    }
+
+    /// Swaps block-map entries `(index, expected old id, new id)`; id 0 is a hole. Returns the
+    /// new record and the indexes whose expected id no longer held (their new blocks are gone).
+    pub async fn commit(
+        &self,
+        ino: u64,
+        mtime: Option<Timestamp>,
+        end: u64,
+        swaps: &[(u64, u64, u64)],
+    ) -> Result<(Attr, Vec<u64>), FsError> {
+        let mut args = ScriptArgs::default()
+            .num(ino)
+            .bytes(mtime.map(|t| t.encode().to_vec()).unwrap_or_default())
+            .num(end);
+        for (idx, old, new) in swaps {
+            args = args.num(idx).num(old).num(new);
+        }
+        let reply = self.run("commit", &self.scripts.commit, args).await?;
+        let attr = record(ino, reply.get(1))?;
+        let lost = reply[2..]
+            .iter()
+            .filter_map(|v| int(Some(v)))
+            .map(|i| i as u64)
+            .collect();
+        Ok((attr, lost))
+    }
+
+    /// A directory's record and its entries, in one round trip.
+    pub async fn read_dir(&self, ino: u64) -> Result<(Attr, Vec<DirEntry>), FsError> {
+        let (key, field) = self.store.keys.inode(ino);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGET").arg(key).arg(field);
+        pipe.cmd("HGETALL").arg(self.store.keys.dir(ino));
+        let (raw, entries): (Option<Vec<u8>>, Vec<(Vec<u8>, Vec<u8>)>) = self
+            .store
+            .pipe(&pipe)
+            .await
+            .map_err(|e| redis_failure("readdir", &e))?;
+        let attr = Attr::decode(ino, &raw.ok_or(FsError::NotFound)?).ok_or(FsError::Io)?;
+        if attr.kind() != FileKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let mut list = Vec::with_capacity(entries.len());
+        for (name, value) in entries {
+            match parse_entry(&value) {
+                Some((kind, child)) => list.push(DirEntry {
+                    name,
+                    kind,
+                    ino: child,
+                }),
+                None => tracing::error!(
+                    "directory {ino}: entry {:?} has a corrupt value; skipped",
+                    String::from_utf8_lossy(&name)
+                ),
+            }
+        }
+        Ok((attr, list))
+    }
+
+    /// A symlink's target.
+    pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let target: Option<Vec<u8>> = self
+            .store
+            .cmd(redis::cmd("GET").arg(self.store.keys.symlink(ino)))
+            .await
+            .map_err(|e| redis_failure("readlink", &e))?;
+        target.ok_or(FsError::Invalid)
+    }
+
+    /// One extended attribute's value.
+    pub async fn xattr_get(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, FsError> {
+        let value: Option<Vec<u8>> = self
+            .store
+            .cmd(
+                redis::cmd("HGET")
+                    .arg(self.store.keys.xattrs(ino))
+                    .arg(name),
+            )
+            .await
+            .map_err(|e| redis_failure("getxattr", &e))?;
+        value.ok_or(FsError::NoData)
+    }
+
+    /// The names of all extended attributes.
+    pub async fn xattr_list(&self, ino: u64) -> Result<Vec<Vec<u8>>, FsError> {
+        self.store
+            .cmd(redis::cmd("HKEYS").arg(self.store.keys.xattrs(ino)))
+            .await
+            .map_err(|e| redis_failure("listxattr", &e))
+    }
+
+    /// Sets an extended attribute; `flags` 1 = create only, 2 = replace only.
+    pub async fn xattr_set(
+        &self,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: u8,
+    ) -> Result<(), FsError> {
+        let args = ScriptArgs::default()
+            .num(ino)
+            .bytes(name)
+            .bytes(value)
+            .num(flags)
+            .bytes(Timestamp::now().encode());
+        self.run("setxattr", &self.scripts.xattr_set, args)
+            .await
+            .map(drop)
+    }
+
+    /// Removes an extended attribute.
+    pub async fn xattr_remove(&self, ino: u64, name: &[u8]) -> Result<(), FsError> {
+        let args = ScriptArgs::default()
+            .num(ino)
+            .bytes(name)
+            .bytes(Timestamp::now().encode());
+        self.run("removexattr", &self.scripts.xattr_remove, args)
+            .await
+            .map(drop)
+    }
+
+    /// Deletes orphaned inodes that this session held; returns how many were deleted.
+    pub async fn reclaim(&self, inos: &[u64]) -> Result<u64, FsError> {
+        let args = inos
+            .iter()
+            .fold(ScriptArgs::default().num(self.session), |a, i| a.num(i));
+        let reply = self.run("reclaim", &self.scripts.reclaim, args).await?;
+        Ok(int(reply.get(1)).unwrap_or(0) as u64)
+    }
+
+    /// Frees up to `count` blocks of a large deleted file; returns how many were freed.
+    pub async fn free_batch(&self, count: u32) -> Result<u64, FsError> {
+        let reply = self
+            .run(
+                "free blocks",
+                &self.scripts.free_batch,
+                ScriptArgs::default().num(count),
+            )
+            .await?;
+        Ok(int(reply.get(1)).unwrap_or(0) as u64)
+    }
+
+    /// Block ids for `count` indexes from `first` (0 for holes), in one round trip.
+    pub async fn map_range(&self, ino: u64, first: u64, count: u64) -> Result<Vec<u64>, FsError> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.store.keys.map(ino));
+        for idx in first..first + count {
+            cmd.arg(idx);
+        }
+        let ids: Vec<Option<u64>> = self
+            .store
+            .cmd(&cmd)
+            .await
+            .map_err(|e| redis_failure("read block map", &e))?;
+        Ok(ids.into_iter().map(|i| i.unwrap_or(0)).collect())
+    }
+
+    /// The whole block map of a file.
+    pub async fn map_all(&self, ino: u64) -> Result<HashMap<u64, u64>, FsError> {
+        self.store
+            .cmd(redis::cmd("HGETALL").arg(self.store.keys.map(ino)))
+            .await
+            .map_err(|e| redis_failure("read block map", &e))
+    }
+
+    /// Inode and block counters, and how much memory Redis has left.
+    pub async fn usage(&self) -> Result<Usage, FsError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET")
+            .arg(self.store.keys.stat())
+            .arg("inodes")
+            .arg("blocks");
+        pipe.cmd("INFO").arg("memory");
+        let ((inodes, blocks), info): ((Option<u64>, Option<u64>), String) = self
+            .store
+            .pipe(&pipe)
+            .await
+            .map_err(|e| redis_failure("statfs", &e))?;
+        let server = crate::server::ServerInfo::parse(&info);
+        Ok(Usage {
+            inodes: inodes.unwrap_or(0),
+            blocks: blocks.unwrap_or(0),
+            available: server.capacity().saturating_sub(server.used_memory),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_parse() {
+        assert_eq!(parse_entry(b"f12"), Some((FileKind::File, 12)));
+        assert_eq!(parse_entry(b"d1"), Some((FileKind::Dir, 1)));
+        assert_eq!(parse_entry(b"x1"), None);
+        assert_eq!(parse_entry(b"f"), None);
+        assert_eq!(parse_entry(b""), None);
+    }
+}

@@ -1,0 +1,380 @@
+//! Mounting: checks, set-up, serving until unmounted, and a clean shutdown.
+
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{MountOption, SessionACL};
+
+use crate::blocks::BlockStore;
+use crate::error::Error;
+use crate::format::{self, CreateOptions};
+use crate::fs::fuse::RedisFs;
+use crate::fs::{Core, MountSettings};
+use crate::local_redis::{self, LocalRedis};
+use crate::meta::Meta;
+use crate::options::MountArgs;
+use crate::scripts::Scripts;
+use crate::server::ServerInfo;
+use crate::session::{Session, HEARTBEAT_SECS};
+use crate::store::Store;
+
+/// Environment variable naming the pipe a daemonised child reports readiness on.
+const READY_FD: &str = "REDISFS_READY_FD";
+/// How long the kernel caches names and attributes.
+const TTL: Duration = Duration::from_secs(1);
+
+/// Sets up tracing to stderr or a file; `--debug` logs every operation.
+pub fn init_logging(debug: bool, file: Option<&Path>) -> Result<(), Error> {
+    let default = if debug {
+        "redisfs=debug,fuser=debug"
+    } else {
+        "redisfs=info,fuser=error"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    match file {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| Error::Setting(format!("--log-file {}: {e}", path.display())))?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(f))
+                .init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}
+
+fn check_mount_point(path: &Path) -> Result<PathBuf, Error> {
+    let fail = |reason: &str| Error::MountPoint {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    };
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => fail("does not exist"),
+        _ => fail(&e.to_string()),
+    })?;
+    if !meta.is_dir() {
+        return Err(fail("is not a directory"));
+    }
+    path.canonicalize().map_err(|e| fail(&e.to_string()))
+}
+
+/// Starts this program again without `--daemon` and waits until it reports the mount ready.
+fn daemonize() -> Result<(), Error> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(Error::Setting(format!(
+            "pipe: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: both descriptors were just created and are owned here.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Setting(format!("cannot find own binary: {e}")))?;
+    let args = std::env::args_os()
+        .skip(1)
+        .filter(|a| a != "-d" && a != "--daemon");
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(args)
+        .env(READY_FD, fds[1].to_string())
+        .stdin(std::process::Stdio::null());
+    let read_fd = fds[0];
+    // SAFETY: between fork and exec the child only calls async-signal-safe functions.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            libc::close(read_fd);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::Setting(format!("cannot start the background mount: {e}")))?;
+    drop(write_end);
+    let mut answer = String::new();
+    let _ = std::fs::File::from(read_end).read_to_string(&mut answer);
+    if answer.trim() == "ready" {
+        return Ok(());
+    }
+    let status = child.wait().ok();
+    Err(Error::Setting(format!(
+        "the background mount failed ({})",
+        status.map_or("unknown status".into(), |s| s.to_string())
+    )))
+}
+
+/// Tells a waiting parent (see [`daemonize`]) that the mount is ready.
+fn report_ready() {
+    let Some(fd) = std::env::var(READY_FD)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return;
+    };
+    std::env::remove_var(READY_FD);
+    // SAFETY: the descriptor was inherited from the parent for exactly this purpose.
+    let mut pipe = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let _ = pipe.write_all(b"ready\n");
+    // The parent has gone; later messages must not fail on a closed terminal.
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto the standard descriptors with a valid open file.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 1);
+        }
+    }
+}
+
+fn fuse_options(args: &MountArgs, prefix: &str, read_only: bool) -> Result<fuser::Config, Error> {
+    let mut options = vec![
+        MountOption::FSName(format!("redisfs:{prefix}")),
+        MountOption::CUSTOM("subtype=redisfs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    // SAFETY: geteuid has no preconditions.
+    let mut acl = if unsafe { libc::geteuid() } == 0 {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    for opt in args.mount_options() {
+        let parsed = match opt {
+            "allow_other" => {
+                acl = SessionACL::All;
+                continue;
+            }
+            "allow_root" => {
+                acl = SessionACL::RootAndOwner;
+                continue;
+            }
+            "default_permissions" | "rw" => continue,
+            "ro" => MountOption::RO,
+            "dev" => MountOption::Dev,
+            "nodev" => MountOption::NoDev,
+            "suid" => MountOption::Suid,
+            "nosuid" => MountOption::NoSuid,
+            "exec" => MountOption::Exec,
+            "noexec" => MountOption::NoExec,
+            "atime" => MountOption::Atime,
+            "noatime" => MountOption::NoAtime,
+            "sync" => MountOption::Sync,
+            "async" => MountOption::Async,
+            "dirsync" => MountOption::DirSync,
+            "auto_unmount" => {
+                return Err(Error::Setting(
+                    "-o auto_unmount is not supported; redisfs unmounts itself on SIGINT/SIGTERM"
+                        .into(),
+                ))
+            }
+            other if other.starts_with("fsname=") => MountOption::FSName(other[7..].to_string()),
+            other => MountOption::CUSTOM(other.to_string()),
+        };
+        options.push(parsed);
+    }
+    if read_only && !options.contains(&MountOption::RO) {
+        options.push(MountOption::RO);
+    }
+    let mut config = fuser::Config::default();
+    config.mount_options = options;
+    config.acl = acl;
+    config.n_threads = Some(4);
+    config.clone_fd = true;
+    Ok(config)
+}
+
+/// Mounts the filesystem and serves it until it is unmounted (or, with `--daemon`, returns
+/// once it is mounted, leaving a background process to serve it).
+pub fn run(args: MountArgs) -> Result<(), Error> {
+    let mount_point = check_mount_point(&args.mount_point())?;
+    if args.daemon && std::env::var_os(READY_FD).is_none() {
+        return daemonize();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .thread_name("redisfs")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Setting(format!("cannot start the runtime: {e}")))?;
+
+    let mut target = args.connection.target()?;
+    let mut local = None;
+    if !target.explicit && !local_redis::default_server_reachable() {
+        let dir = args
+            .state_dir
+            .clone()
+            .unwrap_or_else(local_redis::default_state_dir);
+        let server = LocalRedis::start(&dir)?;
+        target = server.target()?;
+        local = Some(server);
+    }
+
+    let result = runtime
+        .block_on(prepare(&args, &target, &mount_point))
+        .and_then(|mounted| serve(&runtime, mounted, &mount_point));
+    if let Some(mut server) = local {
+        server.stop();
+    }
+    result
+}
+
+/// Everything a running mount needs.
+struct Mounted {
+    core: Arc<Core>,
+    session: Option<Session>,
+    config: fuser::Config,
+}
+
+async fn prepare(
+    args: &MountArgs,
+    target: &crate::options::RedisTarget,
+    mount_point: &Path,
+) -> Result<Mounted, Error> {
+    let store = Store::connect(target, &args.prefix, args.io_timeout).await?;
+    let server = ServerInfo::read(&store).await?;
+    server.check(&store.address, args.force)?;
+    let read_only = args.read_only || server.is_replica || args.mount_options().any(|o| o == "ro");
+    if server.is_replica && !args.read_only {
+        tracing::warn!("{} is a replica: mounting read-only", store.address);
+    }
+    let scripts = Arc::new(Scripts::new());
+    let create = CreateOptions {
+        value_size: args.block_size,
+        codec: args.compression,
+    };
+    let fs_config = format::open(&store, &scripts, (!read_only).then_some(&create)).await?;
+    let session = if read_only {
+        None
+    } else {
+        Some(Session::register(&store, mount_point).await?)
+    };
+    let meta = Meta::new(store.clone(), scripts, session.as_ref().map_or(0, |s| s.id));
+    let blocks = BlockStore::new(
+        store.clone(),
+        fs_config.block_size,
+        fs_config.codec,
+        args.cache_size,
+    );
+    let settings = MountSettings {
+        read_only,
+        ttl: TTL,
+        writeback: !args.no_writeback,
+    };
+    let (core, reclaims) = Core::new(meta, blocks, settings);
+    tokio::spawn(core.clone().reclaimer(reclaims));
+    let config = fuse_options(args, &args.prefix, read_only)?;
+    tracing::info!(
+        "mounting '{}' from {} on {}{}",
+        args.prefix,
+        store.address,
+        mount_point.display(),
+        if read_only { " (read-only)" } else { "" }
+    );
+    Ok(Mounted {
+        core,
+        session,
+        config,
+    })
+}
+
+fn serve(
+    runtime: &tokio::runtime::Runtime,
+    mounted: Mounted,
+    mount_point: &Path,
+) -> Result<(), Error> {
+    let Mounted {
+        core,
+        session,
+        config,
+    } = mounted;
+    let session = session.map(Arc::new);
+    let fs = RedisFs::new(core.clone(), runtime.handle().clone());
+    let mut fuse = fuser::Session::new(fs, mount_point, &config).map_err(|source| Error::Fuse {
+        context: format!("mounting on {}", mount_point.display()),
+        source,
+    })?;
+    report_ready();
+
+    let background = runtime.spawn(maintain(core.clone(), session.clone()));
+    let mut unmounter = fuse.unmount_callable();
+    let path = mount_point.to_path_buf();
+    runtime.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("unmounting {}", path.display());
+        let busy = tokio::task::spawn_blocking(move || unmounter.unmount()).await;
+        if !matches!(busy, Ok(Ok(()))) {
+            // Files are still open: detach now; the kernel finishes when they close.
+            lazy_unmount(&path);
+        }
+    });
+
+    let served = fuse.run();
+    background.abort();
+    runtime.block_on(shutdown(&core, session.as_deref()));
+    served.map_err(|source| Error::Fuse {
+        context: "serving requests".into(),
+        source,
+    })
+}
+
+fn lazy_unmount(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) {
+        // SAFETY: c is a valid NUL-terminated path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Heartbeats and frees blocks of large deleted files while mounted.
+async fn maintain(core: Arc<Core>, session: Option<Arc<Session>>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(HEARTBEAT_SECS));
+    loop {
+        tick.tick().await;
+        if let Some(s) = &session {
+            s.heartbeat().await;
+            core.free_queued_blocks().await;
+        }
+    }
+}
+
+/// Stores what is still buffered, deletes the unlinked files this mount held, and removes the
+/// session.
+async fn shutdown(core: &Core, session: Option<&Session>) {
+    if let Err(e) = core.flush_all().await {
+        tracing::error!("unmounted with unstored data: {e}");
+    }
+    if let Some(session) = session {
+        let held = session.held().await;
+        if !held.is_empty() {
+            if let Err(e) = core.meta.reclaim(&held).await {
+                tracing::warn!("{} unlinked inodes left for fsck: {e}", held.len());
+            }
+        }
+        core.free_queued_blocks().await;
+        session.close().await;
+    }
+}

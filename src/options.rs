@@ -1,0 +1,269 @@
+//! Command-line options: the Redis connection every binary shares, and the mount's own.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser};
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
+
+use crate::codec::Codec;
+use crate::error::Error;
+
+/// Default Redis host when neither `--redis` nor `--host` is given.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+/// Default Redis port.
+pub const DEFAULT_PORT: u16 = 6379;
+
+/// Where Redis is and how to log in: flattened into every binary's options.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ConnectionArgs {
+    /// Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, or
+    /// redis+unix:///path/to/socket?db=N. Overrides --host/--port/--db.
+    #[arg(long, value_name = "URL", env = "REDISFS_URL", hide_env_values = true)]
+    pub redis: Option<String>,
+    /// Redis host [default: 127.0.0.1].
+    #[arg(long, visible_alias = "redis-host", value_name = "HOST")]
+    pub host: Option<String>,
+    /// Redis port [default: 6379].
+    #[arg(long, visible_alias = "redis-port", value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Redis database number [default: 0].
+    #[arg(long, visible_alias = "redis-db", value_name = "N")]
+    pub db: Option<i64>,
+}
+
+/// A resolved Redis address, with a form that is safe to print.
+#[derive(Clone, Debug)]
+pub struct RedisTarget {
+    /// What the client connects with (may hold a password).
+    pub info: ConnectionInfo,
+    /// The address without credentials, for messages and logs.
+    pub display: String,
+    /// Whether the user named a server (otherwise a private one may be started).
+    pub explicit: bool,
+}
+
+impl ConnectionArgs {
+    /// Resolves the options and the `REDISFS_PASSWORD` / `REDISCLI_AUTH` environment into an
+    /// address; a bad URL is an error naming it.
+    pub fn target(&self) -> Result<RedisTarget, Error> {
+        let explicit =
+            self.redis.is_some() || self.host.is_some() || self.port.is_some() || self.db.is_some();
+        let mut info = match &self.redis {
+            Some(url) => url
+                .as_str()
+                .into_connection_info()
+                .map_err(|e| Error::BadAddress {
+                    address: redact_url(url),
+                    reason: e.to_string(),
+                })?,
+            None => {
+                let host = self.host.as_deref().unwrap_or(DEFAULT_HOST);
+                let port = self.port.unwrap_or(DEFAULT_PORT);
+                let info = ConnectionAddr::Tcp(host.to_string(), port)
+                    .into_connection_info()
+                    .map_err(|e| Error::BadAddress {
+                        address: format!("{host}:{port}"),
+                        reason: e.to_string(),
+                    })?;
+                let settings = info.redis_settings().clone().set_db(self.db.unwrap_or(0));
+                info.set_redis_settings(settings)
+            }
+        };
+        if info.redis_settings().password().is_none() {
+            let from_env = std::env::var("REDISFS_PASSWORD")
+                .or_else(|_| std::env::var("REDISCLI_AUTH"))
+                .ok()
+                .filter(|p| !p.is_empty());
+            if let Some(password) = from_env {
+                let settings = info.redis_settings().clone().set_password(password);
+                info = info.set_redis_settings(settings);
+            }
+        }
+        let display = describe(&info);
+        Ok(RedisTarget {
+            info,
+            display,
+            explicit,
+        })
+    }
+}
+
+/// An address in URL form with no credentials.
+pub fn describe(info: &ConnectionInfo) -> String {
+    let db = info.redis_settings().db();
+    let user = info
+        .redis_settings()
+        .username()
+        .map(|u| format!("{u}@"))
+        .unwrap_or_default();
+    match info.addr() {
+        ConnectionAddr::Tcp(host, port) => format!("redis://{user}{host}:{port}/{db}"),
+        ConnectionAddr::TcpTls { host, port, .. } => format!("rediss://{user}{host}:{port}/{db}"),
+        ConnectionAddr::Unix(path) => format!("redis+unix://{user}{}?db={db}", path.display()),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A URL as typed, with any password replaced, for error messages about unparsable URLs.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let creds = &url[scheme_end + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Parses sizes such as `65536`, `64K`, `1M`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, ""),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("'{s}' is not a size"))?;
+    let mult = match unit
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        _ => return Err(format!("'{s}': unknown unit (use K, M or G)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("'{s}' is not a number of seconds"))
+}
+
+/// `redisfs`: mount a filesystem kept in Redis.
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "redisfs",
+    version,
+    about = "Mount a POSIX filesystem kept entirely in Redis",
+    long_about = "Mount a POSIX filesystem kept entirely in Redis. Every file, directory and \
+                  attribute lives in Redis under a key prefix, so any number of machines can mount \
+                  the same filesystem. The first mount of an empty prefix creates the filesystem.\n\n\
+                  With no Redis options and nothing listening on 127.0.0.1:6379, a private \
+                  redis-server (with AOF persistence) is started for the mount and stopped at unmount."
+)]
+pub struct MountArgs {
+    /// Directory to mount on.
+    #[arg(value_name = "MOUNTPOINT", required_unless_present = "mount")]
+    pub mountpoint: Option<PathBuf>,
+    /// Directory to mount on (alternative to the positional argument).
+    #[arg(long = "mount", value_name = "DIR", conflicts_with = "mountpoint")]
+    pub mount: Option<PathBuf>,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// Key prefix of the filesystem; many filesystems can share one Redis.
+    #[arg(long, default_value = "skx", value_name = "NAME")]
+    pub prefix: String,
+    /// Mount read-only: every write fails with EROFS.
+    #[arg(long, visible_alias = "ro")]
+    pub read_only: bool,
+    /// Block size of a new filesystem: the size of one Redis value; a block holds 64 bytes
+    /// less than this so that a value fits its allocator size class exactly.
+    #[arg(long, default_value = "64K", value_parser = parse_size, value_name = "SIZE")]
+    pub block_size: u64,
+    /// Compression of a new filesystem's blocks: none, lz4, zstd or zlib.
+    #[arg(long, default_value = "lz4", value_name = "CODEC")]
+    pub compression: Codec,
+    /// Mount options, comma separated (allow_other, default_permissions, ro, noatime,
+    /// nosuid, nodev, noexec, …).
+    #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
+    pub options: Vec<String>,
+    /// Return once the filesystem is mounted and keep serving it in the background.
+    #[arg(short = 'd', long)]
+    pub daemon: bool,
+    /// Log every operation (tracing at debug level).
+    #[arg(long)]
+    pub debug: bool,
+    /// Write logs to FILE instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// How long an operation waits for a lost Redis to come back before failing with EIO.
+    #[arg(long, default_value = "60", value_parser = parse_seconds, value_name = "SECONDS")]
+    pub io_timeout: Duration,
+    /// Memory for cached blocks.
+    #[arg(long, default_value = "256M", value_parser = parse_size, value_name = "SIZE")]
+    pub cache_size: u64,
+    /// Disable the kernel's writeback cache (writes then reach redisfs one by one).
+    #[arg(long)]
+    pub no_writeback: bool,
+    /// Mount even if Redis may evict keys (maxmemory-policy allkeys-*), which destroys files.
+    #[arg(long)]
+    pub force: bool,
+    /// Directory for the private redis-server's data [default: /var/lib/redisfs as root,
+    /// else $XDG_STATE_HOME/redisfs].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl MountArgs {
+    /// The mount point, whichever way it was given.
+    pub fn mount_point(&self) -> PathBuf {
+        self.mountpoint
+            .clone()
+            .or_else(|| self.mount.clone())
+            .unwrap_or_default()
+    }
+
+    /// The individual `-o` options.
+    pub fn mount_options(&self) -> impl Iterator<Item = &str> {
+        self.options
+            .iter()
+            .flat_map(|o| o.split(','))
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("512"), Ok(512));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn passwords_never_show() {
+        let args = ConnectionArgs {
+            redis: Some("redis://bob:s3cret@example:7000/2".into()),
+            ..Default::default()
+        };
+        let target = args.target().unwrap();
+        assert!(!target.display.contains("s3cret"));
+        assert_eq!(target.display, "redis://bob@example:7000/2");
+        assert!(!redact_url("redis://bob:s3cret@h").contains("s3cret"));
+    }
+
+    #[test]
+    fn bad_urls_are_named_errors() {
+        let args = ConnectionArgs {
+            redis: Some("http://nope".into()),
+            ..Default::default()
+        };
+        let err = args.target().unwrap_err().to_string();
+        assert!(err.contains("http://nope"), "{err}");
+    }
+}

@@ -1,0 +1,73 @@
+//! The Lua scripts that make every metadata change atomic, one round trip each.
+//!
+//! Each script is `src/lua/prelude.lua` followed by its own file. Read-only scripts carry the
+//! `no-writes` flag so that they also run on replicas.
+
+use redis::Script;
+
+/// Every script the filesystem runs.
+pub struct Scripts {
+    /// Creates a new filesystem's meta key and root inode.
+    pub format: Script,
+    /// Resolves a name in a directory to an inode and its record.
+    pub lookup: Script,
+    /// Reads several inode records at once.
+    pub records: Script,
+    /// Creates a file, directory, symlink or special file.
+    pub create: Script,
+    /// Adds a hard link.
+    pub link: Script,
+    /// Unlinks a file or removes an empty directory.
+    pub remove: Script,
+    /// Renames, with replace, no-replace and exchange semantics.
+    pub rename: Script,
+    /// Changes attributes, including the size.
+    pub setattr: Script,
+    /// Swaps block-map entries after new blocks were written.
+    pub commit: Script,
+    /// Sets an extended attribute.
+    pub xattr_set: Script,
+    /// Removes an extended attribute.
+    pub xattr_remove: Script,
+    /// Deletes unlinked inodes that are no longer open.
+    pub reclaim: Script,
+    /// Frees a batch of blocks of a large deleted file.
+    pub free_batch: Script,
+}
+
+const PRELUDE: &str = include_str!("lua/prelude.lua");
+
+fn writing(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+fn read_only(body: &str) -> Script {
+    Script::new(&format!("#!lua flags=no-writes\n{PRELUDE}\n{body}"))
+}
+
+impl Scripts {
+    /// Builds every script (hashing them; nothing is sent yet).
+    pub fn new() -> Scripts {
+        Scripts {
+            format: writing(include_str!("lua/format.lua")),
+            lookup: read_only(include_str!("lua/lookup.lua")),
+            records: read_only(include_str!("lua/records.lua")),
+            create: writing(include_str!("lua/create.lua")),
+            link: writing(include_str!("lua/link.lua")),
+            remove: writing(include_str!("lua/remove.lua")),
+            rename: writing(include_str!("lua/rename.lua")),
+            setattr: writing(include_str!("lua/setattr.lua")),
+            commit: writing(include_str!("lua/commit.lua")),
+            xattr_set: writing(include_str!("lua/xattr_set.lua")),
+            xattr_remove: writing(include_str!("lua/xattr_remove.lua")),
+            reclaim: writing(include_str!("lua/reclaim.lua")),
+            free_batch: writing(include_str!("lua/free_batch.lua")),
+        }
+    }
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Scripts::new()
+    }
+}

@@ -1,0 +1,127 @@
+//! What a Redis server says of itself (INFO), and the checks a mount makes before trusting it.
+
+use std::collections::HashMap;
+
+use crate::error::Error;
+use crate::store::Store;
+
+/// The INFO fields redisfs cares about.
+#[derive(Debug, Clone, Default)]
+pub struct ServerInfo {
+    /// `redis_version`.
+    pub version: String,
+    /// `maxmemory_policy`.
+    pub maxmemory_policy: String,
+    /// Whether the server is a replica (`role:slave`).
+    pub is_replica: bool,
+    /// `maxmemory` (0: unlimited).
+    pub maxmemory: u64,
+    /// `total_system_memory` of the server's machine.
+    pub total_system_memory: u64,
+    /// `used_memory`.
+    pub used_memory: u64,
+}
+
+impl ServerInfo {
+    /// Reads INFO from the server.
+    pub async fn read(store: &Store) -> Result<ServerInfo, Error> {
+        let text: String = store
+            .cmd(
+                redis::cmd("INFO")
+                    .arg("server")
+                    .arg("memory")
+                    .arg("replication"),
+            )
+            .await
+            .map_err(|source| Error::Redis {
+                address: store.address.clone(),
+                context: "INFO".into(),
+                source,
+            })?;
+        Ok(ServerInfo::parse(&text))
+    }
+
+    /// Parses INFO's `field:value` lines.
+    pub fn parse(text: &str) -> ServerInfo {
+        let fields: HashMap<&str, &str> = text
+            .lines()
+            .filter_map(|l| l.trim_end().split_once(':'))
+            .collect();
+        let num = |k: &str| fields.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        ServerInfo {
+            version: fields.get("redis_version").unwrap_or(&"").to_string(),
+            maxmemory_policy: fields
+                .get("maxmemory_policy")
+                .unwrap_or(&"noeviction")
+                .to_string(),
+            is_replica: fields.get("role") == Some(&"slave"),
+            maxmemory: num("maxmemory"),
+            total_system_memory: num("total_system_memory"),
+            used_memory: num("used_memory"),
+        }
+    }
+
+    /// The memory Redis may use: `maxmemory`, or the machine's memory when unlimited.
+    pub fn capacity(&self) -> u64 {
+        if self.maxmemory > 0 {
+            self.maxmemory
+        } else {
+            self.total_system_memory
+        }
+    }
+
+    /// Refuses servers that are too old for the scripts, or that may evict keys.
+    pub fn check(&self, address: &str, force: bool) -> Result<(), Error> {
+        let major: u32 = self
+            .version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        if major < 7 {
+            return Err(Error::RedisTooOld {
+                address: address.to_string(),
+                version: self.version.clone(),
+            });
+        }
+        // volatile-* policies only evict keys with a TTL, and redisfs sets none.
+        if self.maxmemory_policy.starts_with("allkeys") && !force {
+            return Err(Error::EvictingPolicy {
+                address: address.to_string(),
+                policy: self.maxmemory_policy.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_is_parsed_and_checked() {
+        let info = ServerInfo::parse(
+            "# Server\r\nredis_version:7.0.15\r\n# Memory\r\nused_memory:1000\r\nmaxmemory:0\r\n\
+             total_system_memory:5000\r\nmaxmemory_policy:allkeys-lru\r\nrole:slave\r\n",
+        );
+        assert_eq!(info.version, "7.0.15");
+        assert!(info.is_replica);
+        assert_eq!(info.capacity(), 5000);
+        assert!(info
+            .check("x", false)
+            .unwrap_err()
+            .to_string()
+            .contains("allkeys-lru"));
+        assert!(info.check("x", true).is_ok());
+        let old = ServerInfo {
+            version: "6.2.1".into(),
+            ..info
+        };
+        assert!(old
+            .check("x", true)
+            .unwrap_err()
+            .to_string()
+            .contains("6.2.1"));
+    }
+}

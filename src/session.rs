@@ -1,0 +1,108 @@
+//! Sessions: each writable mount registers itself, heartbeats, and owns the unlinked inodes
+//! it still holds open, so that they can be reclaimed even if the mount dies.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::Error;
+use crate::store::Store;
+
+/// Seconds between heartbeats.
+pub const HEARTBEAT_SECS: u64 = 5;
+
+/// A registered mount.
+pub struct Session {
+    store: Store,
+    /// The session's id.
+    pub id: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length and gethostname NUL-terminates within it.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(0);
+    if ok {
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "unknown".into()
+    }
+}
+
+impl Session {
+    /// Registers a mount of `mount_point`.
+    pub async fn register(store: &Store, mount_point: &Path) -> Result<Session, Error> {
+        let keys = &store.keys;
+        let fail = |source| Error::Redis {
+            address: store.address.clone(),
+            context: "registering the session".into(),
+            source,
+        };
+        let id: u64 = store
+            .cmd(redis::cmd("INCR").arg(keys.next_session()))
+            .await
+            .map_err(fail)?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(keys.session_info(id))
+            .arg("host")
+            .arg(host_name())
+            .arg("pid")
+            .arg(std::process::id())
+            .arg("mount_point")
+            .arg(mount_point.to_string_lossy().as_ref())
+            .arg("version")
+            .arg(env!("CARGO_PKG_VERSION"))
+            .arg("started_ms")
+            .arg(now_ms())
+            .ignore();
+        pipe.cmd("ZADD")
+            .arg(keys.sessions())
+            .arg(now_ms())
+            .arg(id)
+            .ignore();
+        store.pipe::<()>(&pipe).await.map_err(fail)?;
+        Ok(Session {
+            store: store.clone(),
+            id,
+        })
+    }
+
+    /// Tells other mounts this one is alive.
+    pub async fn heartbeat(&self) {
+        let cmd = redis::cmd("ZADD")
+            .arg(self.store.keys.sessions())
+            .arg(now_ms())
+            .arg(self.id)
+            .clone();
+        if let Err(e) = self.store.cmd::<()>(&cmd).await {
+            tracing::warn!("session heartbeat failed: {e}");
+        }
+    }
+
+    /// Unlinked inodes this session still owns.
+    pub async fn held(&self) -> Vec<u64> {
+        self.store
+            .cmd(redis::cmd("SMEMBERS").arg(self.store.keys.session_held(self.id)))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Removes the session (at a clean unmount, after its held inodes were reclaimed).
+    pub async fn close(&self) {
+        let keys = &self.store.keys;
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(keys.session_info(self.id)).ignore();
+        pipe.cmd("ZREM").arg(keys.sessions()).arg(self.id).ignore();
+        if let Err(e) = self.store.pipe::<()>(&pipe).await {
+            tracing::warn!("removing session {} failed: {e}", self.id);
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The connection to Redis: one multiplexed, reconnecting connection, and the retry policy.
+//!
+//! A lost connection is treated like a hard NFS mount: a request waits and retries with
+//! back-off until the I/O timeout passes, and only then fails. Retrying is ours to do: the
+//! client's `ConnectionManager` reconnects in the background but fails the request in flight.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError, RedisResult, Script, ServerErrorKind, Value};
+
+use crate::error::Error;
+use crate::keys::Keys;
+use crate::options::RedisTarget;
+
+/// Arguments of one script call, after the prefix.
+#[derive(Default, Debug, Clone)]
+pub struct ScriptArgs(Vec<Vec<u8>>);
+
+impl ScriptArgs {
+    /// Appends a number.
+    pub fn num(mut self, n: impl ToString) -> Self {
+        self.0.push(n.to_string().into_bytes());
+        self
+    }
+
+    /// Appends bytes (names, records, timestamps).
+    pub fn bytes(mut self, b: impl AsRef<[u8]>) -> Self {
+        self.0.push(b.as_ref().to_vec());
+        self
+    }
+}
+
+/// A connected Redis, the filesystem's key names, and the retry policy.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    /// Key names of the filesystem.
+    pub keys: Keys,
+    /// The server's address, safe to print.
+    pub address: String,
+    io_timeout: Duration,
+}
+
+/// Whether an error means "Redis is away for now" rather than "the request is wrong".
+pub fn is_transient(err: &RedisError) -> bool {
+    err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_timeout()
+        || matches!(
+            err.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ClusterDown
+            )
+        )
+}
+
+impl Store {
+    /// Connects to `target` for the filesystem under `prefix`.
+    pub async fn connect(
+        target: &RedisTarget,
+        prefix: &str,
+        io_timeout: Duration,
+    ) -> Result<Store, Error> {
+        // TLS (rediss://) needs a process-wide crypto provider; installing twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let redis_err = |context: &str, source| Error::Redis {
+            address: target.display.clone(),
+            context: context.to_string(),
+            source,
+        };
+        let client =
+            redis::Client::open(target.info.clone()).map_err(|e| redis_err("bad address", e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(
+                io_timeout.clamp(Duration::from_secs(5), Duration::from_secs(30)),
+            ))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| redis_err("cannot connect", e))?;
+        Ok(Store {
+            conn,
+            keys: Keys::new(prefix),
+            address: target.display.clone(),
+            io_timeout,
+        })
+    }
+
+    /// A handle on the shared connection (cheap to clone).
+    pub fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Runs `op`, retrying with back-off while Redis is unreachable, up to the I/O timeout.
+    pub async fn retry<T, F, Fut>(&self, op: F) -> RedisResult<T>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(5);
+        loop {
+            match op(self.conn.clone()).await {
+                Err(e) if is_transient(&e) && start.elapsed() < self.io_timeout => {
+                    tracing::warn!("Redis at {} unavailable ({e}); retrying", self.address);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Runs a command with retries.
+    pub async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> RedisResult<T> {
+        self.retry(|mut c| async move { cmd.query_async(&mut c).await })
+            .await
+    }
+
+    /// Runs a pipeline with retries.
+    pub async fn pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> RedisResult<T> {
+        self.retry(|mut c| async move { pipe.query_async(&mut c).await })
+            .await
+    }
+
+    /// Runs a script with the prefix as its first argument; loads it when Redis lacks it.
+    pub async fn script(&self, script: &Script, args: &ScriptArgs) -> RedisResult<Vec<Value>> {
+        let meta = self.keys.meta();
+        let base = self.keys.base();
+        self.retry(|mut c| {
+            let mut inv = script.key(&meta);
+            inv.arg(base);
+            for a in &args.0 {
+                inv.arg(a.as_slice());
+            }
+            async move { inv.invoke_async(&mut c).await }
+        })
+        .await
+    }
+}
