@@ -1,0 +1,434 @@
+//! Test harness: real redis-server processes and real FUSE mounts of the built binary.
+//!
+//! Every test starts its own redis-server on a free port in a temporary directory and mounts
+//! `redisfs` on a temporary mount point. Both are torn down on drop, also when a test panics.
+//! A test that cannot run here (no /dev/fuse, no redis-server) says so on stderr and returns;
+//! under CI (`CI=true`) that is a failure instead.
+
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::net::TcpListener;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Whether the machine can run mount tests. Prints why not; panics under CI.
+pub fn ready() -> bool {
+    let mut missing = Vec::new();
+    if !Path::new("/dev/fuse").exists() {
+        missing.push("/dev/fuse");
+    }
+    if which("redis-server").is_none() {
+        missing.push("redis-server");
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!(
+        "cannot run: {} missing (run tests/run to install)",
+        missing.join(", ")
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    false
+}
+
+/// The full path of a program on PATH.
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([
+            PathBuf::from("/root/.cargo/bin"),
+            PathBuf::from("/usr/sbin"),
+        ])
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A private redis-server, killed on drop.
+pub struct Redis {
+    child: Option<Child>,
+    /// Its TCP port on 127.0.0.1.
+    pub port: u16,
+    /// Its working directory (AOF and RDB files).
+    pub dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+impl Redis {
+    /// A server with no persistence.
+    pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// A server with extra `redis-server` arguments (e.g. `--appendonly yes`).
+    pub fn start_with(extra: &[&str]) -> Redis {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut redis = Redis {
+            child: None,
+            port: free_port(),
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        redis.launch();
+        redis
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for("redis-server", Duration::from_secs(10), || {
+            redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+        });
+    }
+
+    /// Stops the server (SIGTERM: it saves its AOF first) and starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill with our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>/`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// A plain connection for inspecting or damaging keys.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("connect to test redis")
+    }
+
+    /// Runs one command and returns its reply.
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut self.conn()).expect("redis command")
+    }
+
+    /// Every key under `prefix:`.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let mut conn = self.conn();
+        let mut keys: Vec<String> = redis::cmd("SCAN")
+            .cursor_arg(0)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .clone()
+            .iter(&mut conn)
+            .expect("scan")
+            .map(|k| k.expect("key name"))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Redis's `used_memory`.
+    pub fn used_memory(&self) -> u64 {
+        let info: String = self.cmd(&["INFO", "memory"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("used_memory in INFO")
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The path of the built `redisfs` binary.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_redisfs"))
+}
+
+/// Whether `path` is a mount point of a redisfs filesystem right now.
+pub fn is_mounted(path: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = path.to_string_lossy();
+    info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.len() > 4 && f[4] == want && l.contains("fuse.redisfs")
+    })
+}
+
+/// The options `mount` shows for `path` (e.g. to find `ro`).
+pub fn mount_options(path: &Path) -> String {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = path.to_string_lossy();
+    info.lines()
+        .find(|l| l.split(' ').nth(4) == Some(&want))
+        .and_then(|l| l.split(' ').nth(5))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// A running `redisfs` mount, unmounted and killed on drop.
+pub struct Mount {
+    child: Option<Child>,
+    /// The mount point.
+    pub path: PathBuf,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+/// What a mount attempt that was expected to fail printed.
+pub struct Refusal {
+    /// Exit code.
+    pub code: Option<i32>,
+    /// Everything on stderr.
+    pub stderr: String,
+}
+
+impl Mount {
+    /// Mounts `prefix` of `redis` with extra arguments; panics with the log if it fails.
+    pub fn new(redis: &Redis, prefix: &str, extra: &[&str]) -> Mount {
+        let mut args = vec![
+            "--redis".to_string(),
+            redis.url(),
+            "--prefix".to_string(),
+            prefix.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Mount::with_args(&args)
+            .unwrap_or_else(|r| panic!("mount failed ({:?}):\n{}", r.code, r.stderr))
+    }
+
+    /// Mounts with exactly these arguments (the mount point is appended).
+    pub fn with_args(args: &[String]) -> Result<Mount, Refusal> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).expect("mount point");
+        Mount::at(dir, path, args, &[])
+    }
+
+    /// Mounts at a given point with extra environment variables.
+    pub fn at(
+        dir: tempfile::TempDir,
+        path: PathBuf,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<Mount, Refusal> {
+        let log = dir.path().join("redisfs.log");
+        let child = Command::new(binary())
+            .args(args)
+            .arg(&path)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start redisfs");
+        let mut mount = Mount {
+            child: Some(child),
+            path,
+            dir,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if is_mounted(&mount.path) {
+                return Ok(mount);
+            }
+            if let Some(child) = mount.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    mount.child = None;
+                    return Err(Refusal {
+                        code: status.code(),
+                        stderr: mount.log_text(),
+                    });
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(Refusal {
+                    code: None,
+                    stderr: format!("not mounted after 20 s\n{}", mount.log_text()),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A path inside the mount.
+    pub fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// What the mount logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Unmounts with `fusermount3 -u` (or umount) and waits for a clean exit.
+    pub fn unmount(mut self) {
+        let ok = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.path)
+            .status()
+            .is_ok_and(|s| s.success())
+            || Command::new("umount")
+                .arg(&self.path)
+                .status()
+                .is_ok_and(|s| s.success());
+        assert!(ok, "unmount of {} failed", self.path.display());
+        let mut child = self.child.take().expect("mount process");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redisfs did not exit after unmount:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            status.success(),
+            "redisfs exited with {status}:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Kills the mount process with SIGKILL, as a crash would (the kernel mount is detached).
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        lazy_unmount(&self.path);
+    }
+
+    /// Sends a signal to the mount process and waits for it to exit.
+    pub fn signal_and_wait(mut self, signal: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("mount process");
+        // SAFETY: kill with our own child's pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let status = child.wait().expect("wait for redisfs");
+        lazy_unmount(&self.path);
+        status
+    }
+}
+
+fn lazy_unmount(path: &Path) {
+    if let Ok(c) = CString::new(path.as_os_str().as_bytes()) {
+        // SAFETY: valid C string.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            lazy_unmount(&self.path);
+            // SAFETY: kill with our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A C string of a path, for raw system calls.
+pub fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("path without NUL")
+}
+
+/// Turns a libc return value into a Result with errno.
+pub fn check(ret: i64) -> Result<i64, i32> {
+    if ret < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Deterministic pseudo-random bytes (incompressible).
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// Compressible text.
+pub fn text_bytes(n: usize) -> Vec<u8> {
+    let words = b"lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor\n";
+    let mut out = Vec::with_capacity(n);
+    let mut i = 0u64;
+    while out.len() < n {
+        out.extend_from_slice(format!("{i:08} ").as_bytes());
+        out.extend_from_slice(words);
+        i += 1;
+    }
+    out.truncate(n);
+    out
+}

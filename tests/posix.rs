@@ -1,0 +1,591 @@
+//! Every filesystem operation and its error cases, on a real mount.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+
+use common::{check, cpath, Mount, Redis};
+
+fn setup() -> Option<(Redis, Mount)> {
+    if !common::ready() {
+        return None;
+    }
+    let redis = Redis::start();
+    let mount = Mount::new(&redis, "skx", &[]);
+    Some((redis, mount))
+}
+
+fn errno_of(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(0)
+}
+
+#[test]
+fn files_directories_and_their_errors() {
+    let Some((_r, m)) = setup() else { return };
+    let f = m.join("a.txt");
+    fs::write(&f, b"hello world").unwrap();
+    assert_eq!(fs::read(&f).unwrap(), b"hello world");
+    assert_eq!(fs::metadata(&f).unwrap().len(), 11);
+
+    fs::create_dir(m.join("d")).unwrap();
+    assert_eq!(
+        errno_of(fs::create_dir(m.join("d")).unwrap_err()),
+        libc::EEXIST
+    );
+    fs::write(m.join("d/inner"), b"x").unwrap();
+    assert_eq!(
+        errno_of(fs::remove_dir(m.join("d")).unwrap_err()),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(
+        errno_of(fs::remove_file(m.join("d")).unwrap_err()),
+        libc::EISDIR
+    );
+    assert_eq!(errno_of(fs::remove_dir(&f).unwrap_err()), libc::ENOTDIR);
+    assert_eq!(
+        errno_of(fs::read(m.join("missing")).unwrap_err()),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno_of(fs::write(m.join("a.txt/x"), b"").unwrap_err()),
+        libc::ENOTDIR
+    );
+    let long = "n".repeat(256);
+    assert_eq!(
+        errno_of(fs::write(m.join(&long), b"").unwrap_err()),
+        libc::ENAMETOOLONG
+    );
+    fs::write(m.join("n".repeat(255)), b"ok").unwrap();
+
+    // Directory link counts: 2 + subdirectories.
+    fs::create_dir(m.join("d/sub")).unwrap();
+    assert_eq!(fs::metadata(m.join("d")).unwrap().nlink(), 3);
+    fs::remove_dir(m.join("d/sub")).unwrap();
+    assert_eq!(fs::metadata(m.join("d")).unwrap().nlink(), 2);
+    fs::remove_file(m.join("d/inner")).unwrap();
+    fs::remove_dir(m.join("d")).unwrap();
+    assert!(!m.join("d").exists());
+
+    let mut names: Vec<String> = fs::read_dir(&m.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["a.txt".to_string(), "n".repeat(255)]);
+}
+
+#[test]
+fn links_symlinks_and_special_files() {
+    let Some((_r, m)) = setup() else { return };
+    fs::write(m.join("f"), b"data").unwrap();
+    fs::hard_link(m.join("f"), m.join("g")).unwrap();
+    assert_eq!(fs::metadata(m.join("f")).unwrap().nlink(), 2);
+    assert_eq!(
+        fs::metadata(m.join("f")).unwrap().ino(),
+        fs::metadata(m.join("g")).unwrap().ino()
+    );
+    fs::remove_file(m.join("f")).unwrap();
+    assert_eq!(fs::read(m.join("g")).unwrap(), b"data");
+    assert_eq!(fs::metadata(m.join("g")).unwrap().nlink(), 1);
+    fs::create_dir(m.join("dir")).unwrap();
+    assert_eq!(
+        errno_of(fs::hard_link(m.join("dir"), m.join("dir2")).unwrap_err()),
+        libc::EPERM
+    );
+
+    let target = "some/where/".repeat(300);
+    std::os::unix::fs::symlink(&target[..3000], m.join("long")).unwrap();
+    assert_eq!(
+        fs::read_link(m.join("long")).unwrap().to_str().unwrap(),
+        &target[..3000]
+    );
+    std::os::unix::fs::symlink("g", m.join("s")).unwrap();
+    assert_eq!(fs::read(m.join("s")).unwrap(), b"data");
+    let meta = fs::symlink_metadata(m.join("s")).unwrap();
+    assert!(meta.file_type().is_symlink());
+    assert_eq!(meta.len(), 1);
+
+    let mk = |name: &str, mode: u32, dev: u64| {
+        // SAFETY: valid path and mode.
+        check(unsafe { libc::mknod(cpath(&m.join(name)).as_ptr(), mode, dev) } as i64)
+    };
+    mk("fifo", libc::S_IFIFO | 0o640, 0).unwrap();
+    mk("chr", libc::S_IFCHR | 0o600, libc::makedev(1, 3)).unwrap();
+    mk("blk", libc::S_IFBLK | 0o600, libc::makedev(8, 1)).unwrap();
+    let sock = std::os::unix::net::UnixListener::bind(m.join("sock")).unwrap();
+    drop(sock);
+    let ft = |n: &str| fs::symlink_metadata(m.join(n)).unwrap().file_type();
+    assert!(ft("fifo").is_fifo());
+    assert!(ft("chr").is_char_device());
+    assert!(ft("blk").is_block_device());
+    assert!(ft("sock").is_socket());
+    assert_eq!(
+        fs::metadata(m.join("chr")).unwrap().rdev(),
+        libc::makedev(1, 3)
+    );
+    assert_eq!(
+        fs::metadata(m.join("blk")).unwrap().rdev(),
+        libc::makedev(8, 1)
+    );
+    assert_eq!(fs::metadata(m.join("fifo")).unwrap().mode() & 0o7777, 0o640);
+}
+
+#[test]
+fn permissions_ownership_and_times() {
+    let Some((_r, m)) = setup() else { return };
+    let f = m.join("f");
+    fs::write(&f, b"x").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o6755)).unwrap();
+    assert_eq!(fs::metadata(&f).unwrap().mode() & 0o7777, 0o6755);
+    std::os::unix::fs::chown(&f, Some(1000), Some(1000)).unwrap();
+    let meta = fs::metadata(&f).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+    assert_eq!(
+        meta.mode() & 0o6000,
+        0,
+        "chown clears set-user-id and set-group-id"
+    );
+
+    // Nanosecond times, UTIME_OMIT and UTIME_NOW.
+    let times = [
+        libc::timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 123_456_789,
+        },
+        libc::timespec {
+            tv_sec: 1_500_000_000,
+            tv_nsec: 987_654_321,
+        },
+    ];
+    // SAFETY: valid path and two timespecs.
+    check(unsafe { libc::utimensat(libc::AT_FDCWD, cpath(&f).as_ptr(), times.as_ptr(), 0) } as i64)
+        .unwrap();
+    let meta = fs::metadata(&f).unwrap();
+    assert_eq!(
+        (meta.atime(), meta.atime_nsec()),
+        (1_000_000_000, 123_456_789)
+    );
+    assert_eq!(
+        (meta.mtime(), meta.mtime_nsec()),
+        (1_500_000_000, 987_654_321)
+    );
+    let omit_now = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+    ];
+    // SAFETY: as above.
+    check(
+        unsafe { libc::utimensat(libc::AT_FDCWD, cpath(&f).as_ptr(), omit_now.as_ptr(), 0) } as i64,
+    )
+    .unwrap();
+    let meta = fs::metadata(&f).unwrap();
+    assert_eq!(
+        (meta.atime(), meta.atime_nsec()),
+        (1_000_000_000, 123_456_789),
+        "atime omitted"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((meta.mtime() - now).abs() < 5, "mtime set to now");
+
+    // Writing updates mtime and ctime.
+    let before = fs::metadata(&f).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .unwrap()
+        .write_all(b"more")
+        .unwrap();
+    let after = fs::metadata(&f).unwrap();
+    assert!((after.mtime(), after.mtime_nsec()) > (before.mtime(), before.mtime_nsec()));
+    assert!((after.ctime(), after.ctime_nsec()) > (before.ctime(), before.ctime_nsec()));
+}
+
+#[test]
+fn truncate_up_and_down_reads_zeros() {
+    let Some((_r, m)) = setup() else { return };
+    let f = m.join("t");
+    let data = common::random_bytes(200_000, 7);
+    fs::write(&f, &data).unwrap();
+    let file = fs::OpenOptions::new().write(true).open(&f).unwrap();
+    file.set_len(70_000).unwrap();
+    assert_eq!(fs::read(&f).unwrap(), &data[..70_000]);
+    file.set_len(300_000).unwrap();
+    let back = fs::read(&f).unwrap();
+    assert_eq!(back.len(), 300_000);
+    assert_eq!(&back[..70_000], &data[..70_000]);
+    assert!(
+        back[70_000..].iter().all(|&b| b == 0),
+        "bytes past an old end read as zeros"
+    );
+    file.set_len(0).unwrap();
+    assert_eq!(fs::read(&f).unwrap().len(), 0);
+    drop(file);
+    // O_TRUNC on open.
+    fs::write(&f, b"abc").unwrap();
+    fs::write(&f, b"d").unwrap();
+    assert_eq!(fs::read(&f).unwrap(), b"d");
+}
+
+fn renameat2(from: &std::path::Path, to: &std::path::Path, flags: u32) -> Result<i64, i32> {
+    // SAFETY: valid paths; renameat2 through syscall since not every libc wraps it.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            cpath(from).as_ptr(),
+            libc::AT_FDCWD,
+            cpath(to).as_ptr(),
+            flags,
+        )
+    })
+}
+
+#[test]
+fn rename_in_all_its_forms() {
+    let Some((_r, m)) = setup() else { return };
+    fs::write(m.join("a"), b"A").unwrap();
+    fs::write(m.join("b"), b"B").unwrap();
+    fs::create_dir_all(m.join("x/y")).unwrap();
+    fs::create_dir(m.join("empty")).unwrap();
+    fs::create_dir(m.join("full")).unwrap();
+    fs::write(m.join("full/f"), b"").unwrap();
+
+    // Replace a file; the replaced inode is gone.
+    let dir_before = fs::metadata(&m.path).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::rename(m.join("a"), m.join("b")).unwrap();
+    assert_eq!(fs::read(m.join("b")).unwrap(), b"A");
+    assert!(!m.join("a").exists());
+    let dir_after = fs::metadata(&m.path).unwrap();
+    assert!(
+        (dir_after.mtime(), dir_after.mtime_nsec()) > (dir_before.mtime(), dir_before.mtime_nsec())
+    );
+
+    // Directories: replace an empty one, refuse a full one, refuse a file.
+    fs::rename(m.join("x"), m.join("empty")).unwrap();
+    assert!(m.join("empty/y").is_dir());
+    fs::create_dir(m.join("x")).unwrap();
+    assert_eq!(
+        errno_of(fs::rename(m.join("x"), m.join("full")).unwrap_err()),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(
+        errno_of(fs::rename(m.join("x"), m.join("b")).unwrap_err()),
+        libc::ENOTDIR
+    );
+    assert_eq!(
+        errno_of(fs::rename(m.join("b"), m.join("x")).unwrap_err()),
+        libc::EISDIR
+    );
+    // Into itself.
+    assert_eq!(
+        errno_of(fs::rename(m.join("empty"), m.join("empty/y/z")).unwrap_err()),
+        libc::EINVAL
+    );
+
+    // Across directories, with link counts following.
+    fs::rename(m.join("empty/y"), m.join("full/y")).unwrap();
+    assert_eq!(fs::metadata(m.join("empty")).unwrap().nlink(), 2);
+    assert_eq!(fs::metadata(m.join("full")).unwrap().nlink(), 3);
+    fs::rename(m.join("b"), m.join("full/b")).unwrap();
+    assert_eq!(fs::read(m.join("full/b")).unwrap(), b"A");
+
+    // RENAME_NOREPLACE and RENAME_EXCHANGE.
+    fs::write(m.join("p"), b"P").unwrap();
+    fs::write(m.join("q"), b"Q").unwrap();
+    assert_eq!(
+        renameat2(&m.join("p"), &m.join("q"), libc::RENAME_NOREPLACE),
+        Err(libc::EEXIST)
+    );
+    renameat2(&m.join("p"), &m.join("new"), libc::RENAME_NOREPLACE).unwrap();
+    renameat2(&m.join("new"), &m.join("q"), libc::RENAME_EXCHANGE).unwrap();
+    assert_eq!(fs::read(m.join("q")).unwrap(), b"P");
+    assert_eq!(fs::read(m.join("new")).unwrap(), b"Q");
+    assert_eq!(
+        renameat2(&m.join("new"), &m.join("nothing"), libc::RENAME_EXCHANGE),
+        Err(libc::ENOENT)
+    );
+    // Exchange a file with a directory across parents.
+    renameat2(&m.join("q"), &m.join("full/y"), libc::RENAME_EXCHANGE).unwrap();
+    assert!(m.join("q").is_dir() && m.join("full/y").is_file());
+    assert_eq!(fs::metadata(m.join("full")).unwrap().nlink(), 2);
+
+    // ctime of the moved inode changes.
+    let before = fs::metadata(m.join("new")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::rename(m.join("new"), m.join("renamed")).unwrap();
+    let after = fs::metadata(m.join("renamed")).unwrap();
+    assert!((after.ctime(), after.ctime_nsec()) > (before.ctime(), before.ctime_nsec()));
+}
+
+fn setxattr(p: &std::path::Path, name: &str, value: &[u8], flags: i32) -> Result<i64, i32> {
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid strings and buffer.
+    check(unsafe {
+        libc::setxattr(
+            cpath(p).as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    } as i64)
+}
+
+fn getxattr(p: &std::path::Path, name: &str) -> Result<Vec<u8>, i32> {
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 70_000];
+    // SAFETY: valid strings and buffer.
+    let len = check(unsafe {
+        libc::getxattr(
+            cpath(p).as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    } as i64)?;
+    buf.truncate(len as usize);
+    Ok(buf)
+}
+
+fn listxattr(p: &std::path::Path) -> Vec<String> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid path and buffer.
+    let len =
+        check(
+            unsafe { libc::listxattr(cpath(p).as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
+                as i64,
+        )
+        .unwrap();
+    let mut names: Vec<String> = buf[..len as usize]
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8(s.to_vec()).unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn extended_attributes() {
+    let Some((_r, m)) = setup() else { return };
+    let f = m.join("f");
+    fs::write(&f, b"").unwrap();
+    setxattr(&f, "user.a", b"1", 0).unwrap();
+    setxattr(&f, "user.b", &[0, 255, 7], 0).unwrap();
+    assert_eq!(getxattr(&f, "user.a").unwrap(), b"1");
+    assert_eq!(getxattr(&f, "user.b").unwrap(), vec![0, 255, 7]);
+    assert_eq!(
+        setxattr(&f, "user.a", b"2", libc::XATTR_CREATE),
+        Err(libc::EEXIST)
+    );
+    assert_eq!(
+        setxattr(&f, "user.c", b"2", libc::XATTR_REPLACE),
+        Err(libc::ENODATA)
+    );
+    setxattr(&f, "user.a", b"22", libc::XATTR_REPLACE).unwrap();
+    assert_eq!(getxattr(&f, "user.a").unwrap(), b"22");
+    assert_eq!(listxattr(&f), vec!["user.a", "user.b"]);
+    let big = vec![7u8; 65536];
+    setxattr(&f, "user.big", &big, 0).unwrap();
+    assert_eq!(getxattr(&f, "user.big").unwrap(), big);
+    assert_eq!(getxattr(&f, "user.none"), Err(libc::ENODATA));
+    let n = std::ffi::CString::new("user.a").unwrap();
+    // SAFETY: valid strings.
+    check(unsafe { libc::removexattr(cpath(&f).as_ptr(), n.as_ptr()) } as i64).unwrap();
+    assert_eq!(getxattr(&f, "user.a"), Err(libc::ENODATA));
+    // SAFETY: as above.
+    assert_eq!(
+        check(unsafe { libc::removexattr(cpath(&f).as_ptr(), n.as_ptr()) } as i64),
+        Err(libc::ENODATA)
+    );
+    // Small buffer: ERANGE.
+    let name = std::ffi::CString::new("user.big").unwrap();
+    let mut small = [0u8; 10];
+    // SAFETY: valid buffer of its length.
+    let r = unsafe {
+        libc::getxattr(
+            cpath(&f).as_ptr(),
+            name.as_ptr(),
+            small.as_mut_ptr().cast(),
+            small.len(),
+        )
+    };
+    assert_eq!(check(r as i64), Err(libc::ERANGE));
+}
+
+#[test]
+fn statfs_reports_real_figures() {
+    let Some((_r, m)) = setup() else { return };
+    fs::write(m.join("f"), common::random_bytes(1 << 20, 3)).unwrap();
+    // SAFETY: zeroed statvfs is a valid out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out-parameter.
+    check(unsafe { libc::statvfs(cpath(&m.path).as_ptr(), &mut st) } as i64).unwrap();
+    assert!(st.f_blocks > 0 && st.f_bavail > 0 && st.f_bavail <= st.f_blocks);
+    let used = (st.f_blocks - st.f_bfree) * st.f_frsize;
+    assert!(used >= 1 << 20, "1 MiB written shows as used ({used})");
+    assert!(st.f_files > st.f_ffree && st.f_ffree > 0);
+    assert_eq!(st.f_namemax, 255);
+}
+
+#[test]
+fn unlinked_open_file_stays_usable_until_closed() {
+    let Some((r, m)) = setup() else { return };
+    let f = m.join("ghost");
+    fs::write(&f, b"still here").unwrap();
+    let mut handle = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&f)
+        .unwrap();
+    fs::remove_file(&f).unwrap();
+    assert!(!f.exists());
+    let mut s = String::new();
+    handle.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "still here");
+    handle.write_all(b" and more").unwrap();
+    handle.seek(SeekFrom::Start(0)).unwrap();
+    s.clear();
+    handle.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "still here and more");
+    handle.sync_all().unwrap();
+    let inodes = |r: &Redis| r.cmd::<u64>(&["HGET", "skx:stat", "inodes"]);
+    assert_eq!(inodes(&r), 2, "root and the open orphan");
+    drop(handle);
+    for _ in 0..100 {
+        if inodes(&r) == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(inodes(&r), 1, "the last close deleted the orphan");
+    assert!(
+        r.keys("skx")
+            .iter()
+            .all(|k| !k.starts_with("skx:b:") && !k.starts_with("skx:m:")),
+        "its blocks are gone"
+    );
+}
+
+#[test]
+fn fallocate_holes_seek_and_copy_range() {
+    let Some((_r, m)) = setup() else { return };
+    let f = m.join("f");
+    let data = common::random_bytes(600_000, 9);
+    fs::write(&f, &data).unwrap();
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&f)
+        .unwrap();
+    let fd = file.as_raw_fd();
+    // Punch a hole spanning whole blocks and partial edges.
+    // SAFETY: valid fd.
+    check(unsafe {
+        libc::fallocate(
+            fd,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            100_000,
+            300_000,
+        )
+    } as i64)
+    .unwrap();
+    let back = fs::read(&f).unwrap();
+    assert_eq!(back.len(), 600_000);
+    assert_eq!(&back[..100_000], &data[..100_000]);
+    assert!(back[100_000..400_000].iter().all(|&b| b == 0));
+    assert_eq!(&back[400_000..], &data[400_000..]);
+    // SEEK_HOLE finds the punched whole blocks; SEEK_DATA skips them.
+    // SAFETY: valid fd.
+    let hole = unsafe { libc::lseek(fd, 0, libc::SEEK_HOLE) };
+    assert!(hole > 100_000 && hole < 400_000, "hole at {hole}");
+    // SAFETY: valid fd.
+    let data_at = unsafe { libc::lseek(fd, hole, libc::SEEK_DATA) };
+    assert!(data_at > hole && data_at <= 400_000, "data at {data_at}");
+    // SAFETY: valid fd.
+    assert_eq!(
+        check(unsafe { libc::lseek(fd, 700_000, libc::SEEK_DATA) }),
+        Err(libc::ENXIO)
+    );
+    // Preallocation grows the size; KEEP_SIZE does not.
+    // SAFETY: valid fd.
+    check(unsafe { libc::fallocate(fd, 0, 600_000, 100_000) } as i64).unwrap();
+    assert_eq!(fs::metadata(&f).unwrap().len(), 700_000);
+    // SAFETY: valid fd.
+    check(unsafe { libc::fallocate(fd, libc::FALLOC_FL_KEEP_SIZE, 700_000, 100_000) } as i64)
+        .unwrap();
+    assert_eq!(fs::metadata(&f).unwrap().len(), 700_000);
+
+    // copy_file_range within the filesystem.
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .read(true)
+        .open(m.join("copy"))
+        .unwrap();
+    let (mut off_in, mut off_out) = (0i64, 0i64);
+    let mut left = 700_000usize;
+    while left > 0 {
+        // SAFETY: valid fds and offsets.
+        let n = check(unsafe {
+            libc::copy_file_range(fd, &mut off_in, out.as_raw_fd(), &mut off_out, left, 0)
+        } as i64)
+        .unwrap();
+        assert!(n > 0);
+        left -= n as usize;
+    }
+    drop(out);
+    assert_eq!(fs::read(m.join("copy")).unwrap(), fs::read(&f).unwrap());
+}
+
+#[test]
+fn access_checks_mode_bits() {
+    let Some((_r, m)) = setup() else { return };
+    let f = m.join("f");
+    fs::write(&f, b"").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+    // SAFETY: valid path.
+    assert_eq!(
+        check(unsafe { libc::access(cpath(&f).as_ptr(), libc::R_OK | libc::W_OK) } as i64),
+        Ok(0)
+    );
+    // SAFETY: valid path.
+    assert_eq!(
+        check(unsafe { libc::access(cpath(&f).as_ptr(), libc::X_OK) } as i64),
+        Err(libc::EACCES)
+    );
+    // SAFETY: valid path.
+    assert_eq!(
+        check(unsafe { libc::access(cpath(&m.join("none")).as_ptr(), libc::F_OK) } as i64),
+        Err(libc::ENOENT)
+    );
+}
+
+#[test]
+fn many_entries_list_completely() {
+    let Some((_r, m)) = setup() else { return };
+    for i in 0..3000 {
+        fs::write(m.join(format!("file-{i:05}")), b"").unwrap();
+    }
+    let mut n = 0;
+    for e in fs::read_dir(&m.path).unwrap() {
+        let e = e.unwrap();
+        assert!(e.file_type().unwrap().is_file());
+        n += 1;
+    }
+    assert_eq!(n, 3000);
+}
