@@ -118,6 +118,8 @@ pub struct FileState {
     pub orphaned: bool,
     /// Where the last sequential read ended.
     read_end: u64,
+    /// Whether this mount sets mtime/ctime on writes (the kernel does with its writeback cache).
+    stamps_times: bool,
 }
 
 impl FileState {
@@ -128,14 +130,14 @@ impl FileState {
 
     /// Takes attributes read from Redis, keeping the size and times of buffered writes.
     pub fn refresh(&mut self, remote: Attr) {
+        let local = self.attr;
+        self.attr = remote;
         if self.has_pending() {
-            let (size, mtime, ctime) = (self.attr.size, self.attr.mtime, self.attr.ctime);
-            self.attr = remote;
-            self.attr.size = size.max(remote.size);
-            self.attr.mtime = mtime;
-            self.attr.ctime = ctime.max(remote.ctime);
-        } else {
-            self.attr = remote;
+            self.attr.size = local.size.max(remote.size);
+            if self.stamps_times {
+                self.attr.mtime = local.mtime.max(remote.mtime);
+                self.attr.ctime = local.ctime.max(remote.ctime);
+            }
         }
     }
 
@@ -164,7 +166,7 @@ pub struct OpenFile {
 
 impl OpenFile {
     /// A newly opened inode; `created` means this mount just made it (its map is empty).
-    pub fn new(attr: Attr, created: bool) -> OpenFile {
+    pub fn new(attr: Attr, created: bool, stamps_times: bool) -> OpenFile {
         OpenFile {
             ino: attr.ino,
             state: Mutex::new(FileState {
@@ -176,6 +178,7 @@ impl OpenFile {
                 inflight: BTreeMap::new(),
                 orphaned: false,
                 read_end: 0,
+                stamps_times,
             }),
             flush_lock: tokio::sync::Mutex::new(()),
         }
@@ -217,10 +220,14 @@ impl Core {
             Arc::make_mut(pending).write(off, &data[pos..pos + n]);
             pos += n;
         }
-        let now = Timestamp::now();
         st.attr.size = st.attr.size.max(end);
-        st.attr.mtime = now;
-        st.attr.ctime = now;
+        // With the writeback cache the kernel owns the times of regular files and sends them
+        // with SETATTR; stamping them here as well would make the two disagree.
+        if st.stamps_times {
+            let now = Timestamp::now();
+            st.attr.mtime = now;
+            st.attr.ctime = now;
+        }
         let full = st.dirty.values().filter(|p| p.is_full()).count();
         Ok(full >= FLUSH_FULL_BLOCKS || st.dirty.len() >= MAX_DIRTY_BLOCKS)
     }
@@ -245,7 +252,8 @@ impl Core {
                         batch.push((idx, p));
                     }
                 }
-                (batch, st.attr.mtime, st.attr.size)
+                let mtime = st.stamps_times.then_some(st.attr.mtime);
+                (batch, mtime, st.attr.size)
             };
             if batch.is_empty() {
                 return Ok(());
@@ -275,7 +283,7 @@ impl Core {
         &self,
         file: &OpenFile,
         batch: &[(u64, Arc<Pending>)],
-        mtime: Timestamp,
+        mtime: Option<Timestamp>,
         size: u64,
     ) -> Result<(), FsError> {
         let bs = self.block_size as u64;
@@ -344,7 +352,7 @@ impl Core {
                 .zip(&new_ids)
                 .map(|((&i, &o), &n)| (i, o, n))
                 .collect();
-            let lost = match self.meta.commit(file.ino, Some(mtime), end, &swaps).await {
+            let lost = match self.meta.commit(file.ino, mtime, end, &swaps).await {
                 Ok((_, lost)) => lost,
                 Err(FsError::NotFound) => {
                     // The inode was deleted under us (the script dropped the new blocks).

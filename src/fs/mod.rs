@@ -103,9 +103,12 @@ impl Core {
     fn attach(&self, attr: Attr, created: bool) -> (u64, Arc<OpenFile>) {
         let file = {
             let mut files = lock(&self.files);
-            let entry = files
-                .entry(attr.ino)
-                .or_insert_with(|| (Arc::new(OpenFile::new(attr, created)), 0));
+            let entry = files.entry(attr.ino).or_insert_with(|| {
+                (
+                    Arc::new(OpenFile::new(attr, created, !self.settings.writeback)),
+                    0,
+                )
+            });
             entry.1 += 1;
             if entry.1 == 1 {
                 // First open: what Redis says now is the truth (close-to-open).

@@ -110,6 +110,13 @@ impl Core {
         if let Some(f) = open {
             let mut st = f.state();
             st.refresh(attr);
+            // Explicitly set times win over those of buffered writes.
+            if change.mtime.is_some() {
+                st.attr.mtime = attr.mtime;
+            }
+            if change.ctime.is_some() {
+                st.attr.ctime = attr.ctime;
+            }
             if let Some(size) = change.size {
                 st.forget_map(size == 0);
             }

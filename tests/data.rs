@@ -1,0 +1,182 @@
+//! File data: large files, holes, compression with every codec, and Redis memory per byte.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use common::{Mount, Redis};
+use sha2::{Digest, Sha256};
+
+/// Total bytes stored in block values of `prefix`.
+fn stored_block_bytes(redis: &Redis, prefix: &str) -> u64 {
+    redis
+        .keys(prefix)
+        .iter()
+        .filter(|k| k.starts_with(&format!("{prefix}:b:")))
+        .map(|k| redis.cmd::<u64>(&["STRLEN", k]))
+        .sum()
+}
+
+#[test]
+fn a_256_mib_file_round_trips_by_sha256() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let m = Mount::new(&redis, "skx", &[]);
+    let path = m.join("big");
+    let mut hasher = Sha256::new();
+    {
+        let mut f = fs::File::create(&path).unwrap();
+        for i in 0..256u64 {
+            let chunk = common::random_bytes(1 << 20, i + 1);
+            hasher.update(&chunk);
+            f.write_all(&chunk).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    let written = hasher.finalize();
+    assert_eq!(fs::metadata(&path).unwrap().len(), 256 << 20);
+    // Read back through a fresh mount, so nothing comes from this mount's caches.
+    m.unmount();
+    let m = Mount::new(&redis, "skx", &[]);
+    let mut hasher = Sha256::new();
+    let mut f = fs::File::open(m.join("big")).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    assert_eq!(hasher.finalize(), written);
+}
+
+#[test]
+fn sparse_files_read_zeros_in_holes_and_store_nothing_there() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let m = Mount::new(&redis, "skx", &[]);
+    let path = m.join("sparse");
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    f.seek(SeekFrom::Start(100 << 20)).unwrap();
+    f.write_all(b"end").unwrap();
+    f.seek(SeekFrom::Start(5000)).unwrap();
+    f.write_all(b"start").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(fs::metadata(&path).unwrap().len(), (100 << 20) + 3);
+    let blocks = redis
+        .keys("skx")
+        .iter()
+        .filter(|k| k.starts_with("skx:b:"))
+        .count();
+    assert_eq!(blocks, 2, "only the two written blocks are stored");
+    let mut f = fs::File::open(&path).unwrap();
+    let mut buf = vec![0u8; 10_000];
+    f.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf[5000..5005], b"start");
+    assert!(buf[..5000].iter().chain(&buf[5005..]).all(|&b| b == 0));
+    f.seek(SeekFrom::Start(50 << 20)).unwrap();
+    f.read_exact(&mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0), "the middle is a hole");
+    f.seek(SeekFrom::Start(100 << 20)).unwrap();
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).unwrap();
+    assert_eq!(tail, b"end");
+    // Writing zeros stores nothing either.
+    fs::write(m.join("zeros"), vec![0u8; 1 << 20]).unwrap();
+    let after = redis
+        .keys("skx")
+        .iter()
+        .filter(|k| k.starts_with("skx:b:"))
+        .count();
+    assert_eq!(after, 2);
+}
+
+#[test]
+fn every_codec_stores_text_compactly_and_random_data_intact() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let text = common::text_bytes(4 << 20);
+    let random = common::random_bytes(4 << 20, 42);
+    for codec in ["none", "lz4", "zstd", "zlib"] {
+        let prefix = format!("fs-{codec}");
+        let m = Mount::new(&redis, &prefix, &["--compression", codec]);
+        assert_eq!(
+            redis.cmd::<String>(&["HGET", &format!("{prefix}:meta"), "codec"]),
+            codec
+        );
+        fs::write(m.join("text"), &text).unwrap();
+        let text_stored = stored_block_bytes(&redis, &prefix);
+        fs::write(m.join("random"), &random).unwrap();
+        let random_stored = stored_block_bytes(&redis, &prefix) - text_stored;
+        if codec == "none" {
+            assert!(text_stored >= text.len() as u64);
+        } else {
+            assert!(
+                text_stored * 2 < text.len() as u64,
+                "{codec}: text stored in {text_stored} bytes"
+            );
+        }
+        let overhead = random_stored as f64 / random.len() as f64;
+        assert!(overhead < 1.001, "{codec}: random data grew by {overhead}");
+        m.unmount();
+        let m = Mount::new(&redis, &prefix, &[]);
+        assert_eq!(fs::read(m.join("text")).unwrap(), text, "{codec}");
+        assert_eq!(fs::read(m.join("random")).unwrap(), random, "{codec}");
+    }
+}
+
+#[test]
+fn redis_memory_stays_close_to_the_data() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let m = Mount::new(&redis, "skx", &[]);
+    let before = redis.used_memory();
+    fs::write(m.join("random"), common::random_bytes(64 << 20, 5)).unwrap();
+    let per_byte = (redis.used_memory() - before) as f64 / (64 << 20) as f64;
+    assert!(
+        per_byte <= 1.03,
+        "incompressible data costs {per_byte} bytes of Redis per byte"
+    );
+}
+
+#[test]
+fn concurrent_writers_to_different_files_and_overlapping_reads() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let m = Mount::new(&redis, "skx", &[]);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let path = m.join(format!("f{t}"));
+            std::thread::spawn(move || {
+                let data = common::random_bytes(3 << 20, t + 100);
+                let mut f = fs::File::create(&path).unwrap();
+                for chunk in data.chunks(4096 * 3 + 17) {
+                    f.write_all(chunk).unwrap();
+                }
+                drop(f);
+                assert_eq!(fs::read(&path).unwrap(), data);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
