@@ -130,12 +130,14 @@ fn report_ready() {
     // SAFETY: the descriptor was inherited from the parent for exactly this purpose.
     let mut pipe = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     let _ = pipe.write_all(b"ready\n");
-    // The parent has gone; later messages must not fail on a closed terminal.
+    // Detach from the caller's terminal or pipes, as a daemon does: whoever started us may
+    // be waiting for them to close. Logs go to --log-file.
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
         use std::os::fd::AsRawFd;
         // SAFETY: dup2 onto the standard descriptors with a valid open file.
         unsafe {
             libc::dup2(null.as_raw_fd(), 1);
+            libc::dup2(null.as_raw_fd(), 2);
         }
     }
 }

@@ -1,0 +1,197 @@
+//! How the mount binary starts, refuses, runs read-only, and stops.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+
+use common::{Mount, Redis};
+
+fn refused(args: &[String]) -> common::Refusal {
+    match Mount::with_args(args) {
+        Ok(m) => panic!("mount with {args:?} should have been refused; it mounted at {}", m.path.display()),
+        Err(r) => r,
+    }
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn assert_clear(r: &common::Refusal, needle: &str) {
+    assert_ne!(r.code, Some(0));
+    assert!(r.code.is_some(), "killed by a signal:\n{}", r.stderr);
+    assert!(r.stderr.contains(needle), "expected '{needle}' in:\n{}", r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+}
+
+#[test]
+fn bad_mount_points_and_addresses_are_refused_clearly() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let out = Command::new(common::binary()).args(["--redis", &redis.url(), "/nonexistent/redisfs-mnt"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("/nonexistent/redisfs-mnt") && stderr.contains("does not exist"), "{stderr}");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new(common::binary()).arg("--redis").arg(redis.url()).arg(file.path()).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a directory"));
+
+    assert_clear(&refused(&args(&["--redis", "http://example"])), "bad Redis address");
+    assert_clear(&refused(&args(&["--redis", "redis://user:hunter2@127.0.0.1:1/"])), "cannot connect");
+    let r = refused(&args(&["--redis", "redis://user:hunter2@127.0.0.1:1/"]));
+    assert!(!r.stderr.contains("hunter2"), "password printed:\n{}", r.stderr);
+    assert_clear(&refused(&args(&["--port", "1"])), "127.0.0.1:1");
+}
+
+#[test]
+fn foreign_corrupt_newer_and_incomplete_prefixes_are_refused() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let base = |prefix: &str| args(&["--redis", &redis.url(), "--prefix", prefix]);
+    let _: () = redis.cmd(&["SET", "app:config", "x"]);
+    assert_clear(&refused(&base("app")), "not a redisfs filesystem");
+    let _: () = redis.cmd(&["SET", "odd:meta", "x"]);
+    assert_clear(&refused(&base("odd")), "odd:meta");
+
+    Mount::new(&redis, "newer", &[]).unmount();
+    let _: () = redis.cmd(&["HSET", "newer:meta", "version", "2"]);
+    assert_clear(&refused(&base("newer")), "format version 2");
+
+    Mount::new(&redis, "half", &[]).unmount();
+    let _: () = redis.cmd(&["HSET", "half:meta", "state", "restoring"]);
+    assert_clear(&refused(&base("half")), "incomplete");
+
+    let _: () = redis.cmd(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    assert_clear(&refused(&base("fresh")), "allkeys-lru");
+    let m = Mount::new(&redis, "fresh", &["--force"]);
+    fs::write(m.join("f"), b"1").unwrap();
+    m.unmount();
+    // Nothing of the refused prefixes was changed.
+    assert_eq!(redis.cmd::<String>(&["GET", "app:config"]), "x");
+    assert_eq!(redis.keys("app"), vec!["app:config"]);
+}
+
+#[test]
+fn read_only_mounts_refuse_every_write() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let m = Mount::new(&redis, "skx", &[]);
+    fs::create_dir(m.join("d")).unwrap();
+    fs::write(m.join("d/f"), b"content").unwrap();
+    m.unmount();
+    let before = redis.keys("skx").len();
+    let m = Mount::new(&redis, "skx", &["--read-only"]);
+    assert!(common::mount_options(&m.path).split(',').any(|o| o == "ro"), "{}", common::mount_options(&m.path));
+    assert_eq!(fs::read(m.join("d/f")).unwrap(), b"content");
+    let erofs = |r: std::io::Result<()>| assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    erofs(fs::write(m.join("new"), b""));
+    erofs(fs::write(m.join("d/f"), b"x"));
+    erofs(fs::create_dir(m.join("e")));
+    erofs(fs::remove_file(m.join("d/f")));
+    erofs(fs::rename(m.join("d/f"), m.join("g")));
+    erofs(std::os::unix::fs::symlink("x", m.join("l")));
+    m.unmount();
+    assert_eq!(redis.keys("skx").len(), before);
+    // A read-only mount cannot create a filesystem either.
+    assert_clear(&refused(&args(&["--redis", &redis.url(), "--prefix", "none", "--read-only"])), "no filesystem");
+}
+
+#[test]
+fn signals_unmount_cleanly_after_storing_buffered_data() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let m = Mount::new(&redis, "skx", &[]);
+        let data = common::random_bytes(5 << 20, signal as u64);
+        fs::write(m.join(format!("f{signal}")), &data).unwrap();
+        let path = m.path.clone();
+        let status = m.signal_and_wait(signal);
+        assert!(status.success(), "exit after signal {signal}: {status}");
+        assert!(!common::is_mounted(&path));
+        let m = Mount::new(&redis, "skx", &[]);
+        assert_eq!(fs::read(m.join(format!("f{signal}"))).unwrap(), data);
+        m.unmount();
+    }
+    assert_eq!(redis.cmd::<u64>(&["ZCARD", "skx:sessions"]), 0, "clean unmounts remove their sessions");
+}
+
+#[test]
+fn daemon_mode_returns_once_mounted() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(common::binary())
+        .args(["--redis", &redis.url(), "-d", "--mount"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(common::is_mounted(dir.path()), "mounted when the command returns");
+    fs::write(dir.path().join("f"), b"daemon").unwrap();
+    assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"daemon");
+    assert!(Command::new("fusermount3").arg("-u").arg(dir.path()).status().unwrap().success());
+    for _ in 0..200 {
+        if redis.cmd::<u64>(&["ZCARD", "skx:sessions"]) == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    assert_eq!(redis.cmd::<u64>(&["ZCARD", "skx:sessions"]), 0, "the background mount exited cleanly");
+}
+
+#[test]
+fn without_redis_options_a_private_persistent_server_is_started() {
+    if !common::ready() {
+        return;
+    }
+    // A network namespace of our own, so that nothing listens on 127.0.0.1:6379 there.
+    if !Command::new("unshare").args(["--net", "true"]).status().is_ok_and(|s| s.success()) {
+        panic!("unshare --net is needed to isolate 127.0.0.1:6379 for this test");
+    }
+    let state = tempfile::tempdir().unwrap();
+    let run = |mnt: &std::path::Path| {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let child = Command::new("unshare")
+            .args(["--net", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+            .arg(common::binary())
+            .arg("--state-dir")
+            .arg(state.path())
+            .arg(mnt)
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        for _ in 0..500 {
+            if common::is_mounted(mnt) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(common::is_mounted(mnt), "{}", fs::read_to_string(&log).unwrap());
+        (child, log, dir)
+    };
+    let mnt = tempfile::tempdir().unwrap();
+    let (mut child, log, _d) = run(mnt.path());
+    assert!(fs::read_to_string(&log).unwrap().contains("started a private redis-server"));
+    fs::write(mnt.path().join("kept"), b"across remounts").unwrap();
+    assert!(Command::new("fusermount3").arg("-u").arg(mnt.path()).status().unwrap().success());
+    assert!(child.wait().unwrap().success(), "{}", fs::read_to_string(&log).unwrap());
+    assert!(state.path().join("appendonlydir").exists() || state.path().join("appendonly.aof").exists(), "AOF written");
+    assert!(std::os::unix::net::UnixStream::connect(state.path().join("redis.sock")).is_err(), "server stopped at unmount");
+    let (mut child, log, _d) = run(mnt.path());
+    assert_eq!(fs::read(mnt.path().join("kept")).unwrap(), b"across remounts");
+    assert!(Command::new("fusermount3").arg("-u").arg(mnt.path()).status().unwrap().success());
+    assert!(child.wait().unwrap().success(), "{}", fs::read_to_string(&log).unwrap());
+    let _ = fs::metadata(state.path()).unwrap().mode();
+}
