@@ -40,6 +40,9 @@ pub struct AttrChange {
     pub ctime: Option<Timestamp>,
 }
 
+/// Directory entries as Redis returns them: name, then kind letter and inode number.
+type RawEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A block that replaces the last one on a size cut: (index, expected old id, new id).
 pub type TailSwap = (u64, u64, u64);
 
@@ -338,7 +341,7 @@ impl Meta {
         let mut pipe = redis::pipe();
         pipe.cmd("HGET").arg(key).arg(field);
         pipe.cmd("HGETALL").arg(self.store.keys.dir(ino));
-        let (raw, entries): (Option<Vec<u8>>, Vec<(Vec<u8>, Vec<u8>)>) = self
+        let (raw, entries): (Option<Vec<u8>>, RawEntries) = self
             .store
             .pipe(&pipe)
             .await

@@ -64,6 +64,7 @@ fn sparse_files_read_zeros_in_holes_and_store_nothing_there() {
     let path = m.join("sparse");
     let mut f = fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(&path)

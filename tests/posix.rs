@@ -533,6 +533,7 @@ fn fallocate_holes_seek_and_copy_range() {
     // copy_file_range within the filesystem.
     let out = fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .write(true)
         .read(true)
         .open(m.join("copy"))
