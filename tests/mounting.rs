@@ -10,7 +10,10 @@ use common::{Mount, Redis};
 
 fn refused(args: &[String]) -> common::Refusal {
     match Mount::with_args(args) {
-        Ok(m) => panic!("mount with {args:?} should have been refused; it mounted at {}", m.path.display()),
+        Ok(m) => panic!(
+            "mount with {args:?} should have been refused; it mounted at {}",
+            m.path.display()
+        ),
         Err(r) => r,
     }
 }
@@ -22,7 +25,11 @@ fn args(list: &[&str]) -> Vec<String> {
 fn assert_clear(r: &common::Refusal, needle: &str) {
     assert_ne!(r.code, Some(0));
     assert!(r.code.is_some(), "killed by a signal:\n{}", r.stderr);
-    assert!(r.stderr.contains(needle), "expected '{needle}' in:\n{}", r.stderr);
+    assert!(
+        r.stderr.contains(needle),
+        "expected '{needle}' in:\n{}",
+        r.stderr
+    );
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
 }
 
@@ -32,17 +39,40 @@ fn bad_mount_points_and_addresses_are_refused_clearly() {
         return;
     }
     let redis = Redis::start();
-    let out = Command::new(common::binary()).args(["--redis", &redis.url(), "/nonexistent/redisfs-mnt"]).output().unwrap();
+    let out = Command::new(common::binary())
+        .args(["--redis", &redis.url(), "/nonexistent/redisfs-mnt"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("/nonexistent/redisfs-mnt") && stderr.contains("does not exist"), "{stderr}");
+    assert!(
+        !out.status.success()
+            && stderr.contains("/nonexistent/redisfs-mnt")
+            && stderr.contains("does not exist"),
+        "{stderr}"
+    );
     let file = tempfile::NamedTempFile::new().unwrap();
-    let out = Command::new(common::binary()).arg("--redis").arg(redis.url()).arg(file.path()).output().unwrap();
+    let out = Command::new(common::binary())
+        .arg("--redis")
+        .arg(redis.url())
+        .arg(file.path())
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a directory"));
 
-    assert_clear(&refused(&args(&["--redis", "http://example"])), "bad Redis address");
-    assert_clear(&refused(&args(&["--redis", "redis://user:hunter2@127.0.0.1:1/"])), "cannot connect");
+    assert_clear(
+        &refused(&args(&["--redis", "http://example"])),
+        "bad Redis address",
+    );
+    assert_clear(
+        &refused(&args(&["--redis", "redis://user:hunter2@127.0.0.1:1/"])),
+        "cannot connect",
+    );
     let r = refused(&args(&["--redis", "redis://user:hunter2@127.0.0.1:1/"]));
-    assert!(!r.stderr.contains("hunter2"), "password printed:\n{}", r.stderr);
+    assert!(
+        !r.stderr.contains("hunter2"),
+        "password printed:\n{}",
+        r.stderr
+    );
     assert_clear(&refused(&args(&["--port", "1"])), "127.0.0.1:1");
 }
 
@@ -88,9 +118,14 @@ fn read_only_mounts_refuse_every_write() {
     m.unmount();
     let before = redis.keys("skx").len();
     let m = Mount::new(&redis, "skx", &["--read-only"]);
-    assert!(common::mount_options(&m.path).split(',').any(|o| o == "ro"), "{}", common::mount_options(&m.path));
+    assert!(
+        common::mount_options(&m.path).split(',').any(|o| o == "ro"),
+        "{}",
+        common::mount_options(&m.path)
+    );
     assert_eq!(fs::read(m.join("d/f")).unwrap(), b"content");
-    let erofs = |r: std::io::Result<()>| assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    let erofs =
+        |r: std::io::Result<()>| assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
     erofs(fs::write(m.join("new"), b""));
     erofs(fs::write(m.join("d/f"), b"x"));
     erofs(fs::create_dir(m.join("e")));
@@ -100,7 +135,16 @@ fn read_only_mounts_refuse_every_write() {
     m.unmount();
     assert_eq!(redis.keys("skx").len(), before);
     // A read-only mount cannot create a filesystem either.
-    assert_clear(&refused(&args(&["--redis", &redis.url(), "--prefix", "none", "--read-only"])), "no filesystem");
+    assert_clear(
+        &refused(&args(&[
+            "--redis",
+            &redis.url(),
+            "--prefix",
+            "none",
+            "--read-only",
+        ])),
+        "no filesystem",
+    );
 }
 
 #[test]
@@ -121,7 +165,11 @@ fn signals_unmount_cleanly_after_storing_buffered_data() {
         assert_eq!(fs::read(m.join(format!("f{signal}"))).unwrap(), data);
         m.unmount();
     }
-    assert_eq!(redis.cmd::<u64>(&["ZCARD", "skx:sessions"]), 0, "clean unmounts remove their sessions");
+    assert_eq!(
+        redis.cmd::<u64>(&["ZCARD", "skx:sessions"]),
+        0,
+        "clean unmounts remove their sessions"
+    );
 }
 
 #[test]
@@ -136,18 +184,34 @@ fn daemon_mode_returns_once_mounted() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(common::is_mounted(dir.path()), "mounted when the command returns");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        common::is_mounted(dir.path()),
+        "mounted when the command returns"
+    );
     fs::write(dir.path().join("f"), b"daemon").unwrap();
     assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"daemon");
-    assert!(Command::new("fusermount3").arg("-u").arg(dir.path()).status().unwrap().success());
+    assert!(Command::new("fusermount3")
+        .arg("-u")
+        .arg(dir.path())
+        .status()
+        .unwrap()
+        .success());
     for _ in 0..200 {
         if redis.cmd::<u64>(&["ZCARD", "skx:sessions"]) == 0 {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
-    assert_eq!(redis.cmd::<u64>(&["ZCARD", "skx:sessions"]), 0, "the background mount exited cleanly");
+    assert_eq!(
+        redis.cmd::<u64>(&["ZCARD", "skx:sessions"]),
+        0,
+        "the background mount exited cleanly"
+    );
 }
 
 #[test]
@@ -156,7 +220,11 @@ fn without_redis_options_a_private_persistent_server_is_started() {
         return;
     }
     // A network namespace of our own, so that nothing listens on 127.0.0.1:6379 there.
-    if !Command::new("unshare").args(["--net", "true"]).status().is_ok_and(|s| s.success()) {
+    if !Command::new("unshare")
+        .args(["--net", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
         panic!("unshare --net is needed to isolate 127.0.0.1:6379 for this test");
     }
     let state = tempfile::tempdir().unwrap();
@@ -164,7 +232,12 @@ fn without_redis_options_a_private_persistent_server_is_started() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
         let child = Command::new("unshare")
-            .args(["--net", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+            .args([
+                "--net",
+                "sh",
+                "-c",
+                "ip link set lo up && exec \"$0\" \"$@\"",
+            ])
             .arg(common::binary())
             .arg("--state-dir")
             .arg(state.path())
@@ -178,20 +251,53 @@ fn without_redis_options_a_private_persistent_server_is_started() {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        assert!(common::is_mounted(mnt), "{}", fs::read_to_string(&log).unwrap());
+        assert!(
+            common::is_mounted(mnt),
+            "{}",
+            fs::read_to_string(&log).unwrap()
+        );
         (child, log, dir)
     };
     let mnt = tempfile::tempdir().unwrap();
     let (mut child, log, _d) = run(mnt.path());
-    assert!(fs::read_to_string(&log).unwrap().contains("started a private redis-server"));
+    assert!(fs::read_to_string(&log)
+        .unwrap()
+        .contains("started a private redis-server"));
     fs::write(mnt.path().join("kept"), b"across remounts").unwrap();
-    assert!(Command::new("fusermount3").arg("-u").arg(mnt.path()).status().unwrap().success());
-    assert!(child.wait().unwrap().success(), "{}", fs::read_to_string(&log).unwrap());
-    assert!(state.path().join("appendonlydir").exists() || state.path().join("appendonly.aof").exists(), "AOF written");
-    assert!(std::os::unix::net::UnixStream::connect(state.path().join("redis.sock")).is_err(), "server stopped at unmount");
+    assert!(Command::new("fusermount3")
+        .arg("-u")
+        .arg(mnt.path())
+        .status()
+        .unwrap()
+        .success());
+    assert!(
+        child.wait().unwrap().success(),
+        "{}",
+        fs::read_to_string(&log).unwrap()
+    );
+    assert!(
+        state.path().join("appendonlydir").exists() || state.path().join("appendonly.aof").exists(),
+        "AOF written"
+    );
+    assert!(
+        std::os::unix::net::UnixStream::connect(state.path().join("redis.sock")).is_err(),
+        "server stopped at unmount"
+    );
     let (mut child, log, _d) = run(mnt.path());
-    assert_eq!(fs::read(mnt.path().join("kept")).unwrap(), b"across remounts");
-    assert!(Command::new("fusermount3").arg("-u").arg(mnt.path()).status().unwrap().success());
-    assert!(child.wait().unwrap().success(), "{}", fs::read_to_string(&log).unwrap());
+    assert_eq!(
+        fs::read(mnt.path().join("kept")).unwrap(),
+        b"across remounts"
+    );
+    assert!(Command::new("fusermount3")
+        .arg("-u")
+        .arg(mnt.path())
+        .status()
+        .unwrap()
+        .success());
+    assert!(
+        child.wait().unwrap().success(),
+        "{}",
+        fs::read_to_string(&log).unwrap()
+    );
     let _ = fs::metadata(state.path()).unwrap().mode();
 }

@@ -21,13 +21,29 @@ fn tool(name: &str) -> Option<std::path::PathBuf> {
 
 /// pjdfstest runs some checks as these users.
 fn ensure_users() {
-    for (user, args) in [("tests", vec!["-M", "-s", "/usr/sbin/nologin", "-U", "tests"])] {
-        if !Command::new("id").arg(user).output().is_ok_and(|o| o.status.success()) {
-            let ok = Command::new("useradd").args(&args).status().is_ok_and(|s| s.success());
+    for (user, args) in [(
+        "tests",
+        vec!["-M", "-s", "/usr/sbin/nologin", "-U", "tests"],
+    )] {
+        if !Command::new("id")
+            .arg(user)
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            let ok = Command::new("useradd")
+                .args(&args)
+                .status()
+                .is_ok_and(|s| s.success());
             assert!(ok, "could not create user {user} for pjdfstest");
         }
     }
-    assert!(Command::new("id").arg("nobody").output().is_ok_and(|o| o.status.success()), "user nobody is missing");
+    assert!(
+        Command::new("id")
+            .arg("nobody")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "user nobody is missing"
+    );
 }
 
 #[test]
@@ -35,7 +51,9 @@ fn pjdfstest_passes_everything_tmpfs_passes() {
     if !common::ready() {
         return;
     }
-    let Some(pjdfstest) = tool("pjdfstest") else { return };
+    let Some(pjdfstest) = tool("pjdfstest") else {
+        return;
+    };
     ensure_users();
     let redis = Redis::start();
     let m = Mount::new(&redis, "skx", &[]);
@@ -61,14 +79,31 @@ fn pjdfstest_passes_everything_tmpfs_passes() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let summary = stdout.lines().find(|l| l.starts_with("Summary:")).unwrap_or_else(|| {
-        panic!("no summary from pjdfstest:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr))
-    });
-    let failures: Vec<&str> = stdout.lines().filter(|l| l.trim_end().ends_with("FAILED")).collect();
-    assert!(summary.contains(" 0 failed"), "{summary}\n{}", failures.join("\n"));
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("Summary:"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no summary from pjdfstest:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let failures: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.trim_end().ends_with("FAILED"))
+        .collect();
+    assert!(
+        summary.contains(" 0 failed"),
+        "{summary}\n{}",
+        failures.join("\n")
+    );
     let passed: u32 = summary
         .split(',')
-        .find_map(|p| p.trim().strip_suffix(" passed").and_then(|n| n.trim().parse().ok()))
+        .find_map(|p| {
+            p.trim()
+                .strip_suffix(" passed")
+                .and_then(|n| n.trim().parse().ok())
+        })
         .unwrap_or(0);
     assert!(passed >= 384, "{summary}");
 }
@@ -83,8 +118,20 @@ fn fsx(seed: u32) {
     let work = tempfile::tempdir().unwrap();
     let config = work.path().join("fsx.toml");
     let ops = [
-        "close_open", "invalidate", "mapread", "mapwrite", "read", "write", "truncate", "fsync", "fdatasync",
-        "posix_fallocate", "punch_hole", "sendfile", "posix_fadvise", "copy_file_range",
+        "close_open",
+        "invalidate",
+        "mapread",
+        "mapwrite",
+        "read",
+        "write",
+        "truncate",
+        "fsync",
+        "fdatasync",
+        "posix_fallocate",
+        "punch_hole",
+        "sendfile",
+        "posix_fadvise",
+        "copy_file_range",
     ];
     let weights: String = ops.iter().map(|o| format!("{o} = 1\n")).collect();
     std::fs::write(&config, format!("[weights]\n{weights}")).unwrap();
