@@ -187,7 +187,7 @@ async fn format(store: &Store, scripts: &Scripts, create: &CreateOptions) -> Res
         .num(now.sec)
         .bytes(root.encode());
     let reply = store
-        .script(&scripts.format, &args)
+        .script(&scripts.format, 0, &args)
         .await
         .map_err(redis_err(store, "creating the filesystem"))?;
     // Another mount may have created it at the same moment: that is fine.

@@ -100,6 +100,11 @@ impl Keys {
         format!("{}l:{ino}", self.base)
     }
 
+    /// `P:events`: the Pub/Sub channel of change events.
+    pub fn events(&self) -> String {
+        format!("{}events", self.base)
+    }
+
     /// `P:freeing`: inodes whose large block maps are being freed in the background.
     pub fn freeing(&self) -> String {
         format!("{}freeing", self.base)

@@ -18,7 +18,8 @@
 //! | [`blocks`] | block storage and the block cache |
 //! | [`format`] | creating a filesystem and checking one before use |
 //! | [`server`] | what a Redis server says of itself, and the checks made on it |
-//! | [`session`] | a mount's registration, heartbeat and held inodes |
+//! | [`session`] | a mount's registration, heartbeat, held inodes, and expiring dead mounts |
+//! | [`events`] | change events between mounts |
 //! | [`fs`] | the filesystem operations and the FUSE adapter |
 //! | [`local_redis`] | a private redis-server when none is reachable |
 //! | [`mount`] | mounting, serving and unmounting |
@@ -28,6 +29,7 @@ pub mod attr;
 pub mod blocks;
 pub mod codec;
 pub mod error;
+pub mod events;
 pub mod format;
 pub mod fs;
 pub mod keys;

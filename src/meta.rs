@@ -142,7 +142,7 @@ impl Meta {
     ) -> Result<Vec<Value>, FsError> {
         let reply = self
             .store
-            .script(script, &args)
+            .script(script, self.session, &args)
             .await
             .map_err(|e| redis_failure(what, &e))?;
         checked(reply)
@@ -228,8 +228,7 @@ impl Meta {
             .num(parent)
             .bytes(name)
             .num(u8::from(dir))
-            .bytes(Timestamp::now().encode())
-            .num(self.session);
+            .bytes(Timestamp::now().encode());
         let reply = self.run("remove", &self.scripts.remove, args).await?;
         let ino = int(reply.get(1)).ok_or(FsError::Io)? as u64;
         Ok((ino, int(reply.get(2)) == Some(1)))
@@ -258,8 +257,7 @@ impl Meta {
             .num(new_parent)
             .bytes(new_name)
             .num(mode)
-            .bytes(Timestamp::now().encode())
-            .num(self.session);
+            .bytes(Timestamp::now().encode());
         let reply = self.run("rename", &self.scripts.rename, args).await?;
         Ok(int(reply.get(1)).filter(|&i| i > 0).map(|i| i as u64))
     }
@@ -431,11 +429,26 @@ impl Meta {
 
     /// Deletes orphaned inodes that this session held; returns how many were deleted.
     pub async fn reclaim(&self, inos: &[u64]) -> Result<u64, FsError> {
+        self.reclaim_for(self.session, inos).await
+    }
+
+    /// Deletes orphaned inodes recorded by session `holder` (this one, or a dead one).
+    pub async fn reclaim_for(&self, holder: u64, inos: &[u64]) -> Result<u64, FsError> {
         let args = inos
             .iter()
-            .fold(ScriptArgs::default().num(self.session), |a, i| a.num(i));
+            .fold(ScriptArgs::default().num(holder), |a, i| a.num(i));
         let reply = self.run("reclaim", &self.scripts.reclaim, args).await?;
         Ok(int(reply.get(1)).unwrap_or(0) as u64)
+    }
+
+    /// Expires session `dead` if it has not heartbeaten since `cutoff_ms`; returns how many
+    /// inodes it held were deleted, or `None` if it turned out to be alive.
+    pub async fn expire_session(&self, dead: u64, cutoff_ms: u64) -> Result<Option<u64>, FsError> {
+        let args = ScriptArgs::default().num(dead).num(cutoff_ms);
+        let reply = self
+            .run("expire session", &self.scripts.expire_session, args)
+            .await?;
+        Ok(int(reply.get(1)).filter(|&n| n >= 0).map(|n| n as u64))
     }
 
     /// Frees up to `count` blocks of a large deleted file; returns how many were freed.

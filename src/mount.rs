@@ -11,15 +11,17 @@ use fuser::{MountOption, SessionACL};
 
 use crate::blocks::BlockStore;
 use crate::error::Error;
+use crate::events::{self, Listener};
 use crate::format::{self, CreateOptions};
 use crate::fs::fuse::RedisFs;
+use crate::fs::notify::KernelNotifier;
 use crate::fs::{Core, MountSettings};
 use crate::local_redis::{self, LocalRedis};
 use crate::meta::Meta;
 use crate::options::MountArgs;
 use crate::scripts::Scripts;
 use crate::server::ServerInfo;
-use crate::session::{Session, HEARTBEAT_SECS};
+use crate::session::Session;
 use crate::store::Store;
 
 /// Environment variable naming the pipe a daemonised child reports readiness on.
@@ -239,6 +241,8 @@ struct Mounted {
     core: Arc<Core>,
     session: Option<Session>,
     config: fuser::Config,
+    store: Store,
+    session_timeout: Duration,
 }
 
 async fn prepare(
@@ -274,7 +278,7 @@ async fn prepare(
     let settings = MountSettings {
         read_only,
         ttl: TTL,
-        writeback: !args.no_writeback,
+        writeback: args.writeback,
     };
     let (core, reclaims) = Core::new(meta, blocks, settings);
     tokio::spawn(core.clone().reclaimer(reclaims));
@@ -290,6 +294,8 @@ async fn prepare(
         core,
         session,
         config,
+        store,
+        session_timeout: args.session_timeout,
     })
 }
 
@@ -302,6 +308,8 @@ fn serve(
         core,
         session,
         config,
+        store,
+        session_timeout,
     } = mounted;
     let session = session.map(Arc::new);
     let fs = RedisFs::new(core.clone(), runtime.handle().clone());
@@ -309,9 +317,19 @@ fn serve(
         context: format!("mounting on {}", mount_point.display()),
         source,
     })?;
+    core.attach_kernel(KernelNotifier::start(fuse.notifier()));
+    // Read-only mounts publish nothing; u64::MAX never names a session.
+    let own = session.as_ref().map_or(u64::MAX, |s| s.id);
+    let listener: Arc<dyn Listener> = core.clone();
+    let following = runtime.spawn(events::follow(
+        store.client.clone(),
+        store.keys.events(),
+        own,
+        listener,
+    ));
     report_ready();
 
-    let background = runtime.spawn(maintain(core.clone(), session.clone()));
+    let background = runtime.spawn(maintain(core.clone(), session.clone(), session_timeout));
     let mut unmounter = fuse.unmount_callable();
     let path = mount_point.to_path_buf();
     runtime.spawn(async move {
@@ -336,6 +354,7 @@ fn serve(
 
     let served = fuse.run();
     background.abort();
+    following.abort();
     runtime.block_on(shutdown(&core, session.as_deref()));
     served.map_err(|source| Error::Fuse {
         context: "serving requests".into(),
@@ -351,15 +370,23 @@ fn lazy_unmount(path: &Path) {
     }
 }
 
-/// Heartbeats and frees blocks of large deleted files while mounted.
-async fn maintain(core: Arc<Core>, session: Option<Arc<Session>>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(HEARTBEAT_SECS));
+/// While mounted: heartbeats, expires dead mounts, and frees blocks of large deleted files.
+async fn maintain(core: Arc<Core>, session: Option<Arc<Session>>, timeout: Duration) {
+    let Some(session) = session else { return };
+    let period = (timeout / 6).clamp(Duration::from_millis(200), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
-        if let Some(s) = &session {
-            s.heartbeat().await;
-            core.free_queued_blocks().await;
+        session.heartbeat().await;
+        let (stale, cutoff) = session.stale(timeout).await;
+        for dead in stale {
+            match core.meta.expire_session(dead, cutoff).await {
+                Ok(Some(n)) => tracing::info!("session {dead} stopped heartbeating: expired it and deleted {n} unlinked inodes it held"),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("expiring session {dead}: {e}"),
+            }
         }
+        core.free_queued_blocks().await;
     }
 }
 

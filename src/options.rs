@@ -198,12 +198,18 @@ pub struct MountArgs {
     /// How long an operation waits for a lost Redis to come back before failing with EIO.
     #[arg(long, default_value = "60", value_parser = parse_seconds, value_name = "SECONDS")]
     pub io_timeout: Duration,
+    /// A mount silent for this long is dead: its locks are released and the unlinked files it
+    /// held open are deleted.
+    #[arg(long, default_value = "30", value_parser = parse_seconds, value_name = "SECONDS")]
+    pub session_timeout: Duration,
     /// Memory for cached blocks.
     #[arg(long, default_value = "256M", value_parser = parse_size, value_name = "SIZE")]
     pub cache_size: u64,
-    /// Disable the kernel's writeback cache (writes then reach redisfs one by one).
+    /// Let the kernel cache writes and file sizes (faster small writes). Only for a filesystem
+    /// mounted once: with it the kernel ignores size and time changes made by other mounts to
+    /// files it caches.
     #[arg(long)]
-    pub no_writeback: bool,
+    pub writeback: bool,
     /// Mount even if Redis may evict keys (maxmemory-policy allkeys-*), which destroys files.
     #[arg(long)]
     pub force: bool,

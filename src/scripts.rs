@@ -33,6 +33,8 @@ pub struct Scripts {
     pub reclaim: Script,
     /// Frees a batch of blocks of a large deleted file.
     pub free_batch: Script,
+    /// Forgets a dead mount and deletes the unlinked inodes it held.
+    pub expire_session: Script,
 }
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
@@ -62,6 +64,7 @@ impl Scripts {
             xattr_remove: writing(include_str!("lua/xattr_remove.lua")),
             reclaim: writing(include_str!("lua/reclaim.lua")),
             free_batch: writing(include_str!("lua/free_batch.lua")),
+            expire_session: writing(include_str!("lua/expire_session.lua")),
         }
     }
 }

@@ -7,9 +7,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::error::Error;
 use crate::store::Store;
 
-/// Seconds between heartbeats.
-pub const HEARTBEAT_SECS: u64 = 5;
-
 /// A registered mount.
 pub struct Session {
     store: Store,
@@ -85,6 +82,26 @@ impl Session {
         if let Err(e) = self.store.cmd::<()>(&cmd).await {
             tracing::warn!("session heartbeat failed: {e}");
         }
+    }
+
+    /// Sessions other than this one whose last heartbeat is older than `timeout`, with the
+    /// cutoff used (ms since the epoch).
+    pub async fn stale(&self, timeout: std::time::Duration) -> (Vec<u64>, u64) {
+        let cutoff = now_ms().saturating_sub(timeout.as_millis() as u64);
+        let ids: Vec<u64> = self
+            .store
+            .cmd(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.store.keys.sessions())
+                    .arg("-inf")
+                    .arg(format!("({cutoff}")),
+            )
+            .await
+            .unwrap_or_default();
+        (
+            ids.into_iter().filter(|&id| id != self.id).collect(),
+            cutoff,
+        )
     }
 
     /// Unlinked inodes this session still owns.

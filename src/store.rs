@@ -36,6 +36,8 @@ impl ScriptArgs {
 #[derive(Clone)]
 pub struct Store {
     conn: ConnectionManager,
+    /// The client the connection came from (Pub/Sub opens its own connection with it).
+    pub client: redis::Client,
     /// Key names of the filesystem.
     pub keys: Keys,
     /// The server's address, safe to print.
@@ -83,11 +85,12 @@ impl Store {
             ))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client, config)
+        let conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|e| redis_err("cannot connect", e))?;
         Ok(Store {
             conn,
+            client,
             keys: Keys::new(prefix),
             address: target.display.clone(),
             io_timeout,
@@ -131,13 +134,19 @@ impl Store {
             .await
     }
 
-    /// Runs a script with the prefix as its first argument; loads it when Redis lacks it.
-    pub async fn script(&self, script: &Script, args: &ScriptArgs) -> RedisResult<Vec<Value>> {
+    /// Runs a script with the prefix and the calling session as its first two arguments;
+    /// loads it when Redis lacks it.
+    pub async fn script(
+        &self,
+        script: &Script,
+        session: u64,
+        args: &ScriptArgs,
+    ) -> RedisResult<Vec<Value>> {
         let meta = self.keys.meta();
         let base = self.keys.base();
         self.retry(|mut c| {
             let mut inv = script.key(&meta);
-            inv.arg(base);
+            inv.arg(base).arg(session);
             for a in &args.0 {
                 inv.arg(a.as_slice());
             }

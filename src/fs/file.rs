@@ -352,8 +352,8 @@ impl Core {
                 .zip(&new_ids)
                 .map(|((&i, &o), &n)| (i, o, n))
                 .collect();
-            let lost = match self.meta.commit(file.ino, mtime, end, &swaps).await {
-                Ok((_, lost)) => lost,
+            let (stored, lost) = match self.meta.commit(file.ino, mtime, end, &swaps).await {
+                Ok((attr, lost)) => (Some(attr), lost),
                 Err(FsError::NotFound) => {
                     // The inode was deleted under us (the script dropped the new blocks).
                     let mut st = file.state();
@@ -366,6 +366,9 @@ impl Core {
             };
             {
                 let mut st = file.state();
+                if let Some(attr) = stored {
+                    st.refresh(attr);
+                }
                 st.map_version += 1;
                 for (((idx, _), image), &new_id) in todo.iter().zip(images).zip(&new_ids) {
                     if lost.contains(idx) {

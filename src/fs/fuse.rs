@@ -96,9 +96,14 @@ impl Respond<u32> for ReplyWrite {
     }
 }
 
-impl Respond<u64> for ReplyOpen {
-    fn answer(self, fh: u64, _: &Core) {
-        self.opened(FileHandle(fh), FopenFlags::empty());
+impl Respond<(u64, bool)> for ReplyOpen {
+    fn answer(self, (fh, keep_cache): (u64, bool), _: &Core) {
+        let flags = if keep_cache {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        self.opened(FileHandle(fh), flags);
     }
     fn fail(self, err: Errno) {
         self.error(err);
@@ -456,7 +461,9 @@ impl fuser::Filesystem for RedisFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.serve(reply, move |c| async move { c.opendir(ino.0).await });
+        self.serve(reply, move |c| async move {
+            c.opendir(ino.0).await.map(|fh| (fh, false))
+        });
     }
 
     fn readdir(

@@ -7,18 +7,21 @@
 mod dir;
 mod file;
 pub mod fuse;
+pub mod notify;
 mod ops;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::attr::Attr;
+use crate::attr::{Attr, Timestamp};
 use crate::blocks::BlockStore;
 use crate::error::FsError;
+use crate::events::{Change, Listener};
 use crate::meta::Meta;
+use notify::{Invalidation, KernelNotifier};
 
 pub use dir::DirHandle;
 pub use file::{OpenFile, MAX_FILE_SIZE};
@@ -53,7 +56,22 @@ pub struct Core {
     next_handle: std::sync::atomic::AtomicU64,
     /// Orphaned inodes waiting to be deleted.
     reclaim_queue: mpsc::UnboundedSender<u64>,
+    /// The kernel's caches, once mounted.
+    kernel: OnceLock<KernelNotifier>,
+    /// What each inode looked like (mtime, ctime, size) when this mount last had it open and
+    /// the kernel cached its pages: an open that finds it unchanged keeps those pages.
+    seen: Mutex<HashMap<u64, Version>>,
 }
+
+/// What tells one state of a file's data from another, for close-to-open consistency.
+type Version = (Timestamp, Timestamp, u64);
+
+fn version(a: &Attr) -> Version {
+    (a.mtime, a.ctime, a.size)
+}
+
+/// Inodes remembered in `seen` before the oldest memories are dropped.
+const SEEN_LIMIT: usize = 100_000;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -77,8 +95,38 @@ impl Core {
             dirs: Mutex::new(HashMap::new()),
             next_handle: std::sync::atomic::AtomicU64::new(1),
             reclaim_queue: tx,
+            kernel: OnceLock::new(),
+            seen: Mutex::new(HashMap::new()),
         };
         (Arc::new(core), rx)
+    }
+
+    /// Connects the kernel's caches, so that changes by other mounts invalidate them.
+    pub fn attach_kernel(&self, notifier: KernelNotifier) {
+        let _ = self.kernel.set(notifier);
+    }
+
+    fn invalidate(&self, item: Invalidation) {
+        if let Some(k) = self.kernel.get() {
+            k.send(item);
+        }
+    }
+
+    /// Whether the kernel may keep cached pages of a file being opened, whose attributes are
+    /// `attr` now: only if nothing changed since this mount last had it open.
+    fn keeps_pages(&self, attr: &Attr) -> bool {
+        let mut seen = lock(&self.seen);
+        let same = seen.get(&attr.ino) == Some(&version(attr));
+        if seen.len() >= SEEN_LIMIT {
+            seen.clear();
+        }
+        seen.insert(attr.ino, version(attr));
+        same
+    }
+
+    /// Remembers the state of a file whose last handle closed.
+    fn closed(&self, attr: &Attr) {
+        lock(&self.seen).insert(attr.ino, version(attr));
     }
 
     fn writable(&self) -> Result<(), FsError> {
@@ -195,5 +243,33 @@ impl Core {
             }
         }
         result
+    }
+}
+
+impl Listener for Core {
+    fn changed(&self, change: Change) {
+        match change {
+            Change::Attr(ino) => self.invalidate(Invalidation::Attr(ino)),
+            Change::Entry(dir, name) => self.invalidate(Invalidation::Entry(dir, name)),
+            Change::Data(ino, blocks) => {
+                if let Some(f) = self.open_file(ino) {
+                    f.state().forget_map(false);
+                }
+                lock(&self.seen).remove(&ino);
+                let bs = i64::from(self.block_size);
+                let (offset, len) = match blocks {
+                    Some((lo, hi)) => (lo as i64 * bs, (hi - lo + 1) as i64 * bs),
+                    None => (0, 0),
+                };
+                self.invalidate(Invalidation::Data(ino, offset, len));
+            }
+        }
+    }
+
+    fn missed(&self) {
+        for (f, _) in lock(&self.files).values() {
+            f.state().forget_map(false);
+        }
+        lock(&self.seen).clear();
     }
 }

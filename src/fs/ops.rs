@@ -198,13 +198,21 @@ impl Core {
         Ok((attr, fh))
     }
 
-    /// Opens a file.
-    pub async fn open(&self, ino: u64, write: bool) -> Result<u64, FsError> {
+    /// Opens a file; also says whether the kernel may keep its cached pages.
+    pub async fn open(&self, ino: u64, write: bool) -> Result<(u64, bool), FsError> {
         if write {
             self.writable()?;
         }
         let attr = self.meta.getattr(ino).await?;
-        Ok(self.attach(attr, false).0)
+        let keep = self.keeps_pages(&attr);
+        if !keep {
+            // Another mount may have changed the file: the kernel must not go on with the size
+            // it cached (close-to-open).
+            if let Some(k) = self.kernel.get() {
+                k.attributes_now(ino);
+            }
+        }
+        Ok((self.attach(attr, false).0, keep))
     }
 
     /// Adds a hard link.
@@ -297,8 +305,11 @@ impl Core {
         let file = self.file(fh)?;
         let flushed = self.flush_file(&file, false).await;
         if let Some(last) = self.detach(fh) {
-            if last.state().orphaned {
+            let st = last.state();
+            if st.orphaned {
                 let _ = self.reclaim_queue.send(last.ino);
+            } else if flushed.is_ok() {
+                self.closed(&st.attr);
             }
         }
         flushed

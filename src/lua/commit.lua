@@ -1,12 +1,12 @@
--- Swap block-map entries written by a mount. ARGV: P, ino, ts, end_size, then triples
+-- Swap block-map entries written by a mount. ARGV: P, sid, ino, ts, end_size, then triples
 -- (index, expected_old_id, new_id); id 0 means "no block" (a hole).  ->  {0, record, lost...}
 -- An entry that no longer holds expected_old_id is not touched; its index is returned so the
 -- writer re-reads it and tries again, and its new block is deleted here.
-local ino = tonumber(ARGV[2])
+local ino = tonumber(ARGV[3])
 local r = rec(ino)
 local map = P .. 'm:' .. ino
-local lost, added, won = {}, 0, 0
-for i = 5, #ARGV, 3 do
+local lost, added, won, lo, hi = {}, 0, 0, nil, nil
+for i = 6, #ARGV, 3 do
   local idx, old, new = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local cur = r and (redis.call('HGET', map, idx) or '0')
   if cur ~= old then
@@ -17,15 +17,19 @@ for i = 5, #ARGV, 3 do
     if old ~= '0' then redis.call('DEL', P .. 'b:' .. old); added = added - 1 end
     if new ~= '0' then added = added + 1 end
     won = won + 1
+    local n = tonumber(idx)
+    if lo == nil or n < lo then lo = n end
+    if hi == nil or n > hi then hi = n end
   end
 end
 if not r then return { E.NOENT } end
 stat_add('blocks', added)
 if won > 0 then
-  local target = tonumber(ARGV[4])
+  local target = tonumber(ARGV[5])
   if target > size(r) then r = set_size(r, target) end
-  if ARGV[3] ~= '' then r = touch_mc(r, ARGV[3]) end
+  if ARGV[4] ~= '' then r = touch_mc(r, ARGV[4]) end
   put(ino, r)
+  data_changed(ino, lo, hi)
   save()
 end
 local out = { 0, r }

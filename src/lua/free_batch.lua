@@ -1,8 +1,8 @@
--- Free up to ARGV[2] blocks of one queued large map.  ->  {0, freed}
+-- ARGV: P, sid, count. Free up to count blocks of one queued large map.  ->  {0, freed}
 local ino = redis.call('SRANDMEMBER', P .. 'freeing')
 if not ino then return { 0, 0 } end
 local map = P .. 'free:' .. ino
-local want = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
 local fields, ids, cursor = {}, {}, '0'
 repeat
   local res = redis.call('HSCAN', map, cursor, 'COUNT', want)

@@ -1,7 +1,8 @@
--- Shared by every script (prepended by src/scripts.rs). ARGV[1] is the prefix with its ':'.
+-- Shared by every script (prepended by src/scripts.rs). ARGV[1] is the prefix with its ':',
+-- ARGV[2] the session id of the mount running the script (0 for tools).
 -- Inode records are packed as described in src/attr.rs; these helpers read and patch them
 -- without unpacking the timestamps, which Lua's doubles could not hold exactly.
-local P = ARGV[1]
+local P, SID = ARGV[1], ARGV[2]
 local E = { PERM = 1, NOENT = 2, AGAIN = 11, EXIST = 17, NOTDIR = 20, ISDIR = 21, INVAL = 22,
             MLINK = 31, NOTEMPTY = 39, NODATA = 61 }
 local S_IFMT, S_IFDIR = 61440, 16384
@@ -9,7 +10,16 @@ local LETTER = { [32768] = 'f', [16384] = 'd', [40960] = 'l', [4096] = 'p', [819
                  [24576] = 'b', [49152] = 's' }
 local PER_BUCKET = 64
 
-local records, changed = {}, {}
+local records, changed, events = {}, {}, {}
+
+-- Change events, published on P..'events' by save() as one message: the session id, then
+-- records separated by NUL bytes (names never contain NUL): 'a<ino>' attributes changed,
+-- 'e<dir>/<name>' an entry changed, 'd<ino>' data changed, 'd<ino>:<lo>:<hi>' blocks lo..hi.
+local function entry_changed(dir, name) events[#events + 1] = 'e' .. dir .. '/' .. name end
+local function data_changed(ino, lo, hi)
+  if lo then events[#events + 1] = 'd' .. ino .. ':' .. lo .. ':' .. hi
+  else events[#events + 1] = 'd' .. ino end
+end
 
 local function bucket(ino) return P .. 'i:' .. math.floor(ino / PER_BUCKET) end
 local function rec(ino)
@@ -23,7 +33,13 @@ end
 local function put(ino, r) records[ino] = r; changed[ino] = true end
 local function update(ino, f) local r = rec(ino); if r then put(ino, f(r)) end end
 local function save()
-  for ino in pairs(changed) do redis.call('HSET', bucket(ino), ino % PER_BUCKET, records[ino]) end
+  for ino in pairs(changed) do
+    redis.call('HSET', bucket(ino), ino % PER_BUCKET, records[ino])
+    events[#events + 1] = 'a' .. ino
+  end
+  if #events > 0 then
+    redis.call('PUBLISH', P .. 'events', SID .. '\0' .. table.concat(events, '\0'))
+  end
 end
 
 local function splice(r, off, bytes) return string.sub(r, 1, off) .. bytes .. string.sub(r, off + #bytes + 1) end
@@ -51,7 +67,7 @@ local function stat_add(field, n)
   if n ~= 0 then redis.call('HINCRBY', P .. 'stat', field, n) end
 end
 -- The last link is gone: the removing session reclaims the inode once nothing holds it open.
-local function orphan(ino, sid) redis.call('SADD', P .. 'session:' .. sid .. ':held', ino) end
+local function orphan(ino) redis.call('SADD', P .. 'session:' .. SID .. ':held', ino) end
 local function delete_blocks(ids)
   for i = 1, #ids, 500 do
     local keys = {}
@@ -72,4 +88,11 @@ local function free_data(ino)
     redis.call('RENAME', map, P .. 'free:' .. ino)
     redis.call('SADD', P .. 'freeing', ino)
   end
+end
+-- Deletes an inode whose last link is gone and that nothing holds open any more.
+local function delete_inode(ino)
+  free_data(ino)
+  redis.call('DEL', P .. 'd:' .. ino, P .. 'x:' .. ino, P .. 'l:' .. ino)
+  redis.call('HDEL', bucket(ino), ino % PER_BUCKET)
+  stat_add('inodes', -1)
 end

@@ -1,14 +1,12 @@
--- Delete unlinked inodes once nothing holds them open. ARGV: P, sid, ino...  ->  {0, deleted}
-local held = P .. 'session:' .. ARGV[2] .. ':held'
+-- Delete unlinked inodes once nothing holds them open.
+-- ARGV: P, sid, holder (the session that recorded them), ino...  ->  {0, deleted}
+local held = P .. 'session:' .. ARGV[3] .. ':held'
 local deleted = 0
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local ino = tonumber(ARGV[i])
   local r = rec(ino)
   if r and nlink(r) == 0 then
-    free_data(ino)
-    redis.call('DEL', P .. 'd:' .. ino, P .. 'x:' .. ino, P .. 'l:' .. ino)
-    redis.call('HDEL', bucket(ino), ino % PER_BUCKET)
-    stat_add('inodes', -1)
+    delete_inode(ino)
     deleted = deleted + 1
   end
   redis.call('SREM', held, ino)

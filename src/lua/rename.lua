@@ -1,7 +1,7 @@
--- ARGV: P, src_parent, src_name, dst_parent, dst_name, flags (1 noreplace, 2 exchange), ts, sid
+-- ARGV: P, sid, src_parent, src_name, dst_parent, dst_name, flags (1 noreplace, 2 exchange), ts
 --   ->  {0, orphaned_ino or 0}
-local sp, dp = tonumber(ARGV[2]), tonumber(ARGV[4])
-local sname, dname, flags, ts = ARGV[3], ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local sp, dp = tonumber(ARGV[3]), tonumber(ARGV[5])
+local sname, dname, flags, ts = ARGV[4], ARGV[6], tonumber(ARGV[7]), ARGV[8]
 local _, err = live_dir(sp)
 if err then return { err } end
 _, err = live_dir(dp)
@@ -41,6 +41,8 @@ if flags == 2 then
   end
   redis.call('HSET', sdir, sname, de)
   redis.call('HSET', ddir, dname, se)
+  entry_changed(sp, sname)
+  entry_changed(dp, dname)
   if sp ~= dp then
     if skind == 'd' then
       update(sino, function(r) return set_parent(r, dp) end)
@@ -71,6 +73,8 @@ end
 if skind == 'd' and sp ~= dp and inside(dp, sino) then return { E.INVAL } end
 redis.call('HDEL', sdir, sname)
 redis.call('HSET', ddir, dname, se)
+entry_changed(sp, sname)
+entry_changed(dp, dname)
 local orphaned = 0
 if de then
   update(dino, function(r)
@@ -79,7 +83,7 @@ if de then
     return touch_c(set_nlink(r, left), ts)
   end)
   local victim = rec(dino)
-  if victim and nlink(victim) == 0 then orphan(dino, ARGV[8]); orphaned = dino end
+  if victim and nlink(victim) == 0 then orphan(dino); orphaned = dino end
   if dkind == 'd' then add_links(dp, -1) end
 end
 if skind == 'd' and sp ~= dp then

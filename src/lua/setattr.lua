@@ -1,24 +1,24 @@
--- ARGV: P, ino, ts, mask, mode, uid, gid, atime, mtime, ctime, size, block_size,
+-- ARGV: P, sid, ino, ts, mask, mode, uid, gid, atime, mtime, ctime, size, block_size,
 --       tail_index, tail_old, tail_new                                 ->  {0, record}
 -- mask bits: 1 mode, 2 uid, 4 gid, 8 size, 16 atime, 32 mtime, 64 ctime.
 -- On a size cut that ends inside a block, the caller passes that block re-written with zeros
 -- past the new end (tail_new) in place of tail_old; a lost race answers EAGAIN.
-local ino, ts, mask = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local ino, ts, mask = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local r = rec(ino)
 if not r then return { E.NOENT } end
 local function has(b) return bit.band(mask, b) ~= 0 end
-local function drop_new_tail() if ARGV[15] ~= '0' then redis.call('DEL', P .. 'b:' .. ARGV[15]) end end
+local function drop_new_tail() if ARGV[16] ~= '0' then redis.call('DEL', P .. 'b:' .. ARGV[16]) end end
 if has(8) then
   if is_dir(r) then drop_new_tail(); return { E.ISDIR } end
-  local new, bs, map = tonumber(ARGV[11]), tonumber(ARGV[12]), P .. 'm:' .. ino
+  local new, bs, map = tonumber(ARGV[12]), tonumber(ARGV[13]), P .. 'm:' .. ino
   if new < size(r) then
-    if ARGV[13] ~= '' then
-      local cur = redis.call('HGET', map, ARGV[13]) or '0'
-      if cur ~= ARGV[14] then drop_new_tail(); return { E.AGAIN } end
-      if ARGV[15] ~= '0' then redis.call('HSET', map, ARGV[13], ARGV[15]) else redis.call('HDEL', map, ARGV[13]) end
+    if ARGV[14] ~= '' then
+      local cur = redis.call('HGET', map, ARGV[14]) or '0'
+      if cur ~= ARGV[15] then drop_new_tail(); return { E.AGAIN } end
+      if ARGV[16] ~= '0' then redis.call('HSET', map, ARGV[14], ARGV[16]) else redis.call('HDEL', map, ARGV[14]) end
       if cur ~= '0' then redis.call('DEL', P .. 'b:' .. cur) end
-      if cur == '0' and ARGV[15] ~= '0' then stat_add('blocks', 1) end
-      if cur ~= '0' and ARGV[15] == '0' then stat_add('blocks', -1) end
+      if cur == '0' and ARGV[16] ~= '0' then stat_add('blocks', 1) end
+      if cur ~= '0' and ARGV[16] == '0' then stat_add('blocks', -1) end
     end
     if new == 0 then
       free_data(ino)
@@ -38,16 +38,17 @@ if has(8) then
   else
     drop_new_tail()
   end
+  if new ~= size(r) then data_changed(ino) end
   r = set_size(r, new)
 end
 if has(1) then
-  r = splice(r, 0, struct.pack('<I2', bit.bor(bit.band(mode(r), S_IFMT), bit.band(tonumber(ARGV[5]), 4095))))
+  r = splice(r, 0, struct.pack('<I2', bit.bor(bit.band(mode(r), S_IFMT), bit.band(tonumber(ARGV[6]), 4095))))
 end
-if has(2) then r = splice(r, 6, struct.pack('<I4', tonumber(ARGV[6]))) end
-if has(4) then r = splice(r, 10, struct.pack('<I4', tonumber(ARGV[7]))) end
-if has(16) then r = splice(r, 22, ARGV[8]) end
-if has(32) then r = splice(r, 32, ARGV[9]) end
-if has(64) then r = splice(r, 42, ARGV[10]) else r = touch_c(r, ts) end
+if has(2) then r = splice(r, 6, struct.pack('<I4', tonumber(ARGV[7]))) end
+if has(4) then r = splice(r, 10, struct.pack('<I4', tonumber(ARGV[8]))) end
+if has(16) then r = splice(r, 22, ARGV[9]) end
+if has(32) then r = splice(r, 32, ARGV[10]) end
+if has(64) then r = splice(r, 42, ARGV[11]) else r = touch_c(r, ts) end
 put(ino, r)
 save()
 return { 0, r }

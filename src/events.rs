@@ -1,0 +1,124 @@
+//! Change events between mounts.
+//!
+//! Every script that changes something publishes one message on `<prefix>:events` in the same
+//! atomic step (see `src/lua/prelude.lua`): the session id of the mount that made the change,
+//! then NUL-separated records. Each mount follows the channel and drops what it, and the
+//! kernel, cached about what changed.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+/// One change named by an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The attributes of an inode changed.
+    Attr(u64),
+    /// An entry of a directory was added, removed or replaced.
+    Entry(u64, Vec<u8>),
+    /// Data of an inode changed: in blocks `lo..=hi`, or anywhere when `None`.
+    Data(u64, Option<(u64, u64)>),
+}
+
+/// Splits a message into the session that caused it and its changes; `None` if malformed.
+pub fn parse(message: &[u8]) -> Option<(u64, Vec<Change>)> {
+    let mut parts = message.split(|&b| b == 0);
+    let session = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let num = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<u64>().ok();
+    let mut changes = Vec::new();
+    for part in parts {
+        let (&kind, rest) = part.split_first()?;
+        changes.push(match kind {
+            b'a' => Change::Attr(num(rest)?),
+            b'e' => {
+                let slash = rest.iter().position(|&b| b == b'/')?;
+                Change::Entry(num(&rest[..slash])?, rest[slash + 1..].to_vec())
+            }
+            b'd' => {
+                let mut fields = rest.split(|&b| b == b':');
+                let ino = num(fields.next()?)?;
+                match (fields.next(), fields.next()) {
+                    (Some(lo), Some(hi)) => Change::Data(ino, Some((num(lo)?, num(hi)?))),
+                    _ => Change::Data(ino, None),
+                }
+            }
+            _ => return None,
+        });
+    }
+    Some((session, changes))
+}
+
+/// What a mount does with the events of other mounts.
+pub trait Listener: Send + Sync + 'static {
+    /// A change made by another session.
+    fn changed(&self, change: Change);
+    /// The subscription was lost and is back: changes may have been missed.
+    fn missed(&self);
+}
+
+/// Follows `channel` for as long as the runtime runs, reconnecting with back-off; calls
+/// `listener` for every change not made by session `own`.
+pub async fn follow(
+    client: redis::Client,
+    channel: String,
+    own: u64,
+    listener: std::sync::Arc<dyn Listener>,
+) {
+    let mut delay = Duration::from_millis(50);
+    let mut first = true;
+    loop {
+        let subscribed = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        }
+        .await;
+        let pubsub = match subscribed {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("subscribing to {channel}: {e}; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        if !first {
+            tracing::info!("events of {channel} followed again; dropping caches");
+            listener.missed();
+        }
+        first = false;
+        delay = Duration::from_millis(50);
+        let mut messages = pubsub.into_on_message();
+        while let Some(msg) = messages.next().await {
+            match parse(msg.get_payload_bytes()) {
+                Some((session, _)) if session == own => {}
+                Some((_, changes)) => changes.into_iter().for_each(|c| listener.changed(c)),
+                None => tracing::warn!("ignoring a malformed event on {channel}"),
+            }
+        }
+        tracing::warn!("lost the subscription to {channel}; reconnecting");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_parse() {
+        let (sid, changes) = parse(b"7\0a12\0e1/na me\0d12:0:3\0d9").unwrap();
+        assert_eq!(sid, 7);
+        assert_eq!(
+            changes,
+            vec![
+                Change::Attr(12),
+                Change::Entry(1, b"na me".to_vec()),
+                Change::Data(12, Some((0, 3))),
+                Change::Data(9, None)
+            ]
+        );
+        assert_eq!(parse(b"x\0a1"), None);
+        assert_eq!(parse(b"1\0q1"), None);
+        assert_eq!(parse(b"1\0e5"), None);
+    }
+}
