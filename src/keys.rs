@@ -120,6 +120,12 @@ impl Keys {
         format!("{}session:{sid}", self.base)
     }
 
+    /// `P:session:<sid>:replies`: recent replies of the session's scripts, so that a retry after
+    /// a lost connection does not run a change twice.
+    pub fn session_replies(&self, sid: u64) -> String {
+        format!("{}session:{sid}:replies", self.base)
+    }
+
     /// `P:session:<sid>:held`: unlinked inodes that mount still holds open.
     pub fn session_held(&self, sid: u64) -> String {
         format!("{}session:{sid}:held", self.base)

@@ -39,8 +39,27 @@ pub struct Scripts {
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
+/// Wraps a changing script so that a retry after a lost reply returns the reply of the run
+/// that happened instead of running again (a create must not answer EEXIST to its own retry).
+/// Replies are kept in a ring of slots per session, overwritten as requests go on.
+const ONCE: &str = "
+local RING = P .. 'session:' .. SID .. ':replies'
+local SLOT = tonumber(REQ) % 4096
+if RETRY == '1' then
+  local done = redis.call('HGET', RING, SLOT)
+  if done and string.sub(done, 1, #REQ + 1) == REQ .. ':' then
+    return cmsgpack.unpack(string.sub(done, #REQ + 2))
+  end
+end
+local reply = main()
+if REQ ~= '0' then redis.call('HSET', RING, SLOT, REQ .. ':' .. cmsgpack.pack(reply)) end
+return reply
+";
+
 fn writing(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}\n{body}"))
+    Script::new(&format!(
+        "{PRELUDE}\nlocal function main()\n{body}\nend\n{ONCE}"
+    ))
 }
 
 fn read_only(body: &str) -> Script {

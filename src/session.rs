@@ -116,7 +116,10 @@ impl Session {
     pub async fn close(&self) {
         let keys = &self.store.keys;
         let mut pipe = redis::pipe();
-        pipe.cmd("DEL").arg(keys.session_info(self.id)).ignore();
+        pipe.cmd("DEL")
+            .arg(keys.session_info(self.id))
+            .arg(keys.session_replies(self.id))
+            .ignore();
         pipe.cmd("ZREM").arg(keys.sessions()).arg(self.id).ignore();
         if let Err(e) = self.store.pipe::<()>(&pipe).await {
             tracing::warn!("removing session {} failed: {e}", self.id);

@@ -43,6 +43,7 @@ pub struct Store {
     /// The server's address, safe to print.
     pub address: String,
     io_timeout: Duration,
+    requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Whether an error means "Redis is away for now" rather than "the request is wrong".
@@ -94,6 +95,7 @@ impl Store {
             keys: Keys::new(prefix),
             address: target.display.clone(),
             io_timeout,
+            requests: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1)),
         })
     }
 
@@ -105,13 +107,16 @@ impl Store {
     /// Runs `op`, retrying with back-off while Redis is unreachable, up to the I/O timeout.
     pub async fn retry<T, F, Fut>(&self, op: F) -> RedisResult<T>
     where
-        F: Fn(ConnectionManager) -> Fut,
+        F: Fn(ConnectionManager, bool) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let start = Instant::now();
         let mut delay = Duration::from_millis(5);
+        let mut again = false;
         loop {
-            match op(self.conn.clone()).await {
+            let attempt = op(self.conn.clone(), again).await;
+            again = true;
+            match attempt {
                 Err(e) if is_transient(&e) && start.elapsed() < self.io_timeout => {
                     tracing::warn!("Redis at {} unavailable ({e}); retrying", self.address);
                     tokio::time::sleep(delay).await;
@@ -124,13 +129,13 @@ impl Store {
 
     /// Runs a command with retries.
     pub async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> RedisResult<T> {
-        self.retry(|mut c| async move { cmd.query_async(&mut c).await })
+        self.retry(|mut c, _| async move { cmd.query_async(&mut c).await })
             .await
     }
 
     /// Runs a pipeline with retries.
     pub async fn pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> RedisResult<T> {
-        self.retry(|mut c| async move { pipe.query_async(&mut c).await })
+        self.retry(|mut c, _| async move { pipe.query_async(&mut c).await })
             .await
     }
 
@@ -144,9 +149,17 @@ impl Store {
     ) -> RedisResult<Vec<Value>> {
         let meta = self.keys.meta();
         let base = self.keys.base();
-        self.retry(|mut c| {
+        // Tools (session 0) have no ring of replies to consult.
+        let request = if session == 0 {
+            0
+        } else {
+            self.requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        };
+        self.retry(|mut c, again| {
             let mut inv = script.key(&meta);
-            inv.arg(base).arg(session);
+            inv.arg(base)
+                .arg(format!("{session}:{request}:{}", u8::from(again)));
             for a in &args.0 {
                 inv.arg(a.as_slice());
             }

@@ -14,6 +14,6 @@ for _, member in ipairs(redis.call('SMEMBERS', held)) do
     deleted = deleted + 1
   end
 end
-redis.call('DEL', held, P .. 'session:' .. dead)
+redis.call('DEL', held, P .. 'session:' .. dead, P .. 'session:' .. dead .. ':replies')
 redis.call('ZREM', P .. 'sessions', dead)
 return { 0, deleted }

@@ -49,19 +49,57 @@ pub fn which(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// A free port below the ephemeral range. A port from that range can be taken by a client
+/// reconnecting to it while the server restarts (TCP self-connect), and the server then cannot
+/// bind it again.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    let ephemeral_start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .unwrap_or(32768);
+    let span = u32::from(ephemeral_start.saturating_sub(10_000).max(1));
+    let mut seed = u32::from(std::process::id() as u16)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    for _ in 0..1000 {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        let port = 10_000 + (seed >> 8) % span;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free port below the ephemeral range");
 }
 
 fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            let log = what
+                .split("log: ")
+                .nth(1)
+                .map(|p| p.trim_end_matches(')'))
+                .unwrap_or("");
+            panic!(
+                "timed out waiting for {what}:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether a Redis answers PING on `port`, waiting at most a moment.
+fn ping(port: u16) -> bool {
+    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) else {
+        return false;
+    };
+    let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(300)) else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+    redis::cmd("PING").query::<String>(&mut conn).is_ok()
 }
 
 /// A private redis-server, killed on drop.
@@ -93,8 +131,17 @@ impl Redis {
         redis
     }
 
+    /// Starts a supervisor that runs redis-server and starts it again whenever it exits (until
+    /// told to stop). Restarts come from the supervisor, not from the test: a process the test
+    /// forks later would inherit its open files on a mount, and closing them at exec would wait
+    /// for the very server being restarted.
     fn launch(&mut self) {
-        let child = Command::new("redis-server")
+        let stop = self.dir.path().join("stop");
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg("while :; do redis-server \"$@\"; [ -e \"$0\" ] && exit 0; sleep 0.02; done")
+            .arg(&stop)
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -105,33 +152,46 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.dir.path().join("redis.log"))
             .args(&self.extra)
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
+            .stderr(Stdio::null());
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        self.child = Some(command.spawn().expect("start redis-server"));
+        self.wait_until_up();
+    }
+
+    fn wait_until_up(&self) {
         let port = self.port;
-        wait_for("redis-server", Duration::from_secs(10), || {
-            redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok()
-        });
+        let log = self.dir.path().join("redis.log");
+        wait_for(
+            &format!("redis-server (log: {})", log.display()),
+            Duration::from_secs(20),
+            || ping(port),
+        );
     }
 
-    /// Stops the server (SIGTERM: it saves its AOF first) and starts it again on the same port.
+    /// The server's own process id.
+    fn server_pid(&self) -> i32 {
+        let info: String = self.cmd(&["INFO", "server"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|p| p.trim().parse().ok())
+            .expect("process_id in INFO")
+    }
+
+    /// Stops the server with SIGTERM (it writes its AOF first) and waits until it is back on
+    /// the same port with the same data directory.
     pub fn restart(&mut self) {
-        self.stop();
-        self.launch();
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill with our own child's pid.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let _ = child.wait();
-        }
+        let old = self.server_pid();
+        // SAFETY: kill with the server's pid.
+        unsafe { libc::kill(old, libc::SIGTERM) };
+        wait_for("redis-server to stop", Duration::from_secs(20), || {
+            !Path::new(&format!("/proc/{old}")).exists() || !ping(self.port)
+        });
+        self.wait_until_up();
     }
 
     /// `redis://127.0.0.1:<port>/`
@@ -185,8 +245,10 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
+        let _ = std::fs::write(self.dir.path().join("stop"), b"");
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
+            // SAFETY: the supervisor leads its own process group: kill it and its server.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             let _ = child.wait();
         }
     }

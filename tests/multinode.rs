@@ -1,0 +1,338 @@
+//! Several mounts of one filesystem (separate processes and mount points), as on several nodes.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{cpath, Mount, Redis};
+
+/// Waits until `seen` holds (changes propagate within milliseconds; the deadline is generous
+/// so that a slow machine does not fail the test).
+fn eventually(what: &str, mut seen: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen() {
+        assert!(Instant::now() < deadline, "never seen: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut n: Vec<String> = fs::read_dir(dir)
+        .map(|r| {
+            r.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    n.sort();
+    n
+}
+
+fn getxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid strings and buffer.
+    let len = unsafe {
+        libc::getxattr(
+            cpath(p).as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    (len >= 0).then(|| buf[..len as usize].to_vec())
+}
+
+#[test]
+fn changes_on_one_mount_are_seen_on_the_others() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &[]);
+    let b = Mount::new(&redis, "skx", &[]);
+    let c = Mount::new(&redis, "skx", &[]);
+    let others = [&b, &c];
+    // Each other mount first caches the current state, so that staleness would show.
+    for m in others {
+        assert!(names(&m.path).is_empty());
+    }
+    fs::write(a.join("f"), b"one").unwrap();
+    for m in others {
+        eventually("create", || names(&m.path) == ["f"]);
+        assert_eq!(fs::read(m.join("f")).unwrap(), b"one");
+    }
+    fs::write(a.join("f"), b"second version").unwrap();
+    for m in others {
+        eventually("write", || {
+            fs::read(m.join("f")).unwrap() == b"second version"
+        });
+    }
+    fs::set_permissions(a.join("f"), fs::Permissions::from_mode(0o640)).unwrap();
+    for m in others {
+        eventually("chmod", || {
+            fs::metadata(m.join("f")).unwrap().mode() & 0o777 == 0o640
+        });
+    }
+    let name = std::ffi::CString::new("user.k").unwrap();
+    // SAFETY: valid strings and buffer.
+    unsafe {
+        libc::setxattr(
+            cpath(&a.join("f")).as_ptr(),
+            name.as_ptr(),
+            b"v".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    for m in others {
+        eventually("setxattr", || {
+            getxattr(&m.join("f"), "user.k") == Some(b"v".to_vec())
+        });
+    }
+    fs::create_dir(a.join("d")).unwrap();
+    fs::rename(a.join("f"), a.join("d/g")).unwrap();
+    for m in others {
+        eventually("rename", || {
+            names(&m.path) == ["d"] && names(&m.join("d")) == ["g"]
+        });
+        assert_eq!(fs::read(m.join("d/g")).unwrap(), b"second version");
+    }
+    fs::remove_file(a.join("d/g")).unwrap();
+    for m in others {
+        eventually("unlink", || {
+            names(&m.join("d")).is_empty() && !m.join("d/g").exists()
+        });
+    }
+}
+
+#[test]
+fn close_to_open_reads_the_new_bytes_even_with_old_pages_cached() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &[]);
+    let b = Mount::new(&redis, "skx", &[]);
+    fs::write(a.join("f"), b"version 0").unwrap();
+    for round in 1..=30u32 {
+        // B reads (and caches) the current version...
+        let mut cached = String::new();
+        fs::File::open(b.join("f"))
+            .unwrap()
+            .read_to_string(&mut cached)
+            .unwrap();
+        assert_eq!(cached, format!("version {}", round - 1));
+        // ...A writes a longer one and closes; an open on B that follows sees it at once.
+        let text = format!("version {round}{}", "!".repeat(round as usize));
+        let mut f = fs::File::create(a.join("f")).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        drop(f);
+        let mut now = String::new();
+        fs::File::open(b.join("f"))
+            .unwrap()
+            .read_to_string(&mut now)
+            .unwrap();
+        assert_eq!(now, text, "round {round}");
+        fs::write(a.join("f"), format!("version {round}")).unwrap();
+    }
+}
+
+#[test]
+fn concurrent_writers_of_disjoint_ranges_lose_nothing() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &[]);
+    let b = Mount::new(&redis, "skx", &[]);
+    const CHUNK: usize = 1000;
+    const CHUNKS: usize = 600;
+    fs::write(a.join("shared"), vec![0u8; CHUNK * CHUNKS]).unwrap();
+    let writer = |path: std::path::PathBuf, parity: usize| {
+        std::thread::spawn(move || {
+            let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+            for i in (parity..CHUNKS).step_by(2) {
+                f.write_all_at(&[b'a' + (i % 26) as u8; CHUNK], (i * CHUNK) as u64)
+                    .unwrap();
+                if i % 20 == parity {
+                    f.sync_data().unwrap();
+                }
+            }
+            f.sync_all().unwrap();
+        })
+    };
+    let (ta, tb) = (writer(a.join("shared"), 0), writer(b.join("shared"), 1));
+    ta.join().unwrap();
+    tb.join().unwrap();
+    let c = Mount::new(&redis, "skx", &[]);
+    let data = fs::read(c.join("shared")).unwrap();
+    assert_eq!(data.len(), CHUNK * CHUNKS);
+    for i in 0..CHUNKS {
+        let want = b'a' + (i % 26) as u8;
+        assert!(
+            data[i * CHUNK..(i + 1) * CHUNK].iter().all(|&x| x == want),
+            "chunk {i} lost a write"
+        );
+    }
+}
+
+#[test]
+fn a_killed_mounts_unlinked_open_files_are_reclaimed_by_a_live_one() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &["--session-timeout", "2"]);
+    let b = Mount::new(&redis, "skx", &["--session-timeout", "2"]);
+    fs::write(a.join("ghost"), common::random_bytes(300_000, 1)).unwrap();
+    let mut held = fs::File::open(a.join("ghost")).unwrap();
+    fs::remove_file(a.join("ghost")).unwrap();
+    let mut buf = [0u8; 10];
+    held.read_exact(&mut buf).unwrap();
+    assert_eq!(
+        redis.cmd::<u64>(&["HGET", "skx:stat", "inodes"]),
+        2,
+        "root and the open orphan"
+    );
+    assert_eq!(redis.cmd::<u64>(&["ZCARD", "skx:sessions"]), 2);
+    // A dies without closing; the kernel detaches its mount.
+    std::mem::forget(held);
+    a.kill();
+    eventually("reclaim", || {
+        redis.cmd::<u64>(&["HGET", "skx:stat", "inodes"]) == 1
+    });
+    assert_eq!(
+        redis.cmd::<u64>(&["ZCARD", "skx:sessions"]),
+        1,
+        "the dead session is gone"
+    );
+    assert!(
+        !redis
+            .keys("skx")
+            .iter()
+            .any(|k| k.starts_with("skx:b:") || k.starts_with("skx:m:")),
+        "its blocks are freed"
+    );
+    drop(b);
+}
+
+#[test]
+fn a_mount_of_a_replica_is_read_only_and_follows_the_primary() {
+    if !common::ready() {
+        return;
+    }
+    let primary = Redis::start();
+    let port = primary.port.to_string();
+    let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &port]);
+    let a = Mount::new(&primary, "skx", &[]);
+    fs::write(a.join("before"), b"1").unwrap();
+    eventually("replication", || {
+        replica.keys("skx").contains(&"skx:meta".to_string())
+    });
+    let b = Mount::new(&replica, "skx", &[]);
+    assert!(
+        common::mount_options(&b.path).split(',').any(|o| o == "ro"),
+        "{}",
+        common::mount_options(&b.path)
+    );
+    eventually("existing file", || {
+        fs::read(b.join("before")).is_ok_and(|d| d == b"1")
+    });
+    let erofs = fs::write(b.join("x"), b"").unwrap_err();
+    assert_eq!(erofs.raw_os_error(), Some(libc::EROFS));
+    assert_eq!(
+        fs::create_dir(b.join("y")).unwrap_err().raw_os_error(),
+        Some(libc::EROFS)
+    );
+    fs::write(a.join("after"), b"live").unwrap();
+    eventually("a file created on the primary", || {
+        fs::read(b.join("after")).is_ok_and(|d| d == b"live")
+    });
+    assert!(
+        b.log_text().contains("replica"),
+        "the mount says why it is read-only"
+    );
+}
+
+#[test]
+fn a_redis_restart_mid_workload_loses_nothing_and_fails_nothing() {
+    if !common::ready() {
+        return;
+    }
+    let mut redis = Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let m = Mount::new(&redis, "skx", &[]);
+    let dir = m.path.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (dir, stop) = (dir.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            let mut log = fs::File::create(dir.join("log")).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                fs::write(
+                    dir.join(format!("file-{n:05}")),
+                    common::random_bytes(20_000, n + 1),
+                )
+                .unwrap();
+                writeln!(log, "record {n}").unwrap();
+                log.sync_data().unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let lister = {
+        let (dir, stop) = (dir.clone(), stop.clone());
+        std::thread::spawn(move || {
+            // Files are only added: a listing that shrinks would be a lost connection answered
+            // with a partial or empty directory.
+            let mut largest = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let count = fs::read_dir(&dir).unwrap().count();
+                if count < largest {
+                    // Let the mount's log show what happened before failing.
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                assert!(
+                    count >= largest,
+                    "a listing shrank from {largest} to {count}"
+                );
+                largest = count;
+            }
+            largest
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    redis.restart();
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join();
+    let listed = lister.join();
+    assert!(
+        written.is_ok() && listed.is_ok(),
+        "errors during the restart; mount log:\n{}",
+        m.log_text()
+    );
+    let written = written.unwrap_or_default();
+    assert!(written > 5, "the workload ran ({written} files)");
+    m.unmount();
+    let m = Mount::new(&redis, "skx", &[]);
+    for n in 0..written {
+        assert_eq!(
+            fs::read(m.join(format!("file-{n:05}"))).unwrap(),
+            common::random_bytes(20_000, n + 1),
+            "file {n}"
+        );
+    }
+    let mut log = String::new();
+    fs::File::open(m.join("log"))
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let expected: String = (0..written).map(|n| format!("record {n}\n")).collect();
+    assert_eq!(log, expected);
+}
