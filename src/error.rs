@@ -61,6 +61,8 @@ pub enum FsError {
     NotSupported,
     /// `ENXIO`: no data or hole past this offset (lseek).
     NoSuchOffset,
+    /// `EINTR`: a signal interrupted a wait (for a lock).
+    Interrupted,
 }
 
 impl FsError {
@@ -90,12 +92,13 @@ impl FsError {
             FsError::NoData => libc::ENODATA,
             FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::NoSuchOffset => libc::ENXIO,
+            FsError::Interrupted => libc::EINTR,
         }
     }
 
     /// The error for an errno returned by a metadata script; unknown values become `EIO`.
     pub fn from_errno(errno: i64) -> FsError {
-        const ALL: [FsError; 23] = [
+        const ALL: [FsError; 24] = [
             FsError::NotPermitted,
             FsError::NotFound,
             FsError::Io,
@@ -119,6 +122,7 @@ impl FsError {
             FsError::NoData,
             FsError::NotSupported,
             FsError::NoSuchOffset,
+            FsError::Interrupted,
         ];
         ALL.into_iter()
             .find(|e| i64::from(e.errno()) == errno)

@@ -46,6 +46,19 @@ type RawEntries = Vec<(Vec<u8>, Vec<u8>)>;
 /// A block that replaces the last one on a size cut: (index, expected old id, new id).
 pub type TailSwap = (u64, u64, u64);
 
+/// A lock reported by a test (F_GETLK).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LockState {
+    /// 0 read, 1 write, 2 none.
+    pub kind: i32,
+    /// First byte.
+    pub start: u64,
+    /// Last byte; `None`: to the end of the file.
+    pub end: Option<u64>,
+    /// The holder's pid (on its own machine).
+    pub pid: u32,
+}
+
 /// Filesystem-wide counters for statfs.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Usage {
@@ -449,6 +462,38 @@ impl Meta {
             .run("expire session", &self.scripts.expire_session, args)
             .await?;
         Ok(int(reply.get(1)).filter(|&n| n >= 0).map(|n| n as u64))
+    }
+
+    /// Takes (`kind` 0 read, 1 write) or releases (2) the lock of `owner` on `range` (end
+    /// `None`: to the end of the file); with `test`, only reports a conflicting lock as
+    /// (kind, start, end, pid), kind 2 meaning none.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn lock(
+        &self,
+        ino: u64,
+        owner: u64,
+        kind: i32,
+        start: u64,
+        end: Option<u64>,
+        pid: u32,
+        test: bool,
+    ) -> Result<LockState, FsError> {
+        let args = ScriptArgs::default()
+            .num(ino)
+            .num(owner)
+            .num(kind)
+            .num(start)
+            .num(end.map_or(-1, |e| e as i64))
+            .num(pid)
+            .num(u8::from(test));
+        let reply = self.run("lock", &self.scripts.lock, args).await?;
+        let field = |i: usize| int(reply.get(i)).unwrap_or(0);
+        Ok(LockState {
+            kind: field(1) as i32,
+            start: field(2).max(0) as u64,
+            end: u64::try_from(field(3)).ok(),
+            pid: field(4) as u32,
+        })
     }
 
     /// Frees up to `count` blocks of a large deleted file; returns how many were freed.

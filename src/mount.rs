@@ -390,20 +390,19 @@ async fn maintain(core: Arc<Core>, session: Option<Arc<Session>>, timeout: Durat
     }
 }
 
-/// Stores what is still buffered, deletes the unlinked files this mount held, and removes the
-/// session.
+/// Stores what is still buffered, then ends the session as a dead one would be ended: its
+/// unlinked files are deleted, its locks released and its keys removed.
 async fn shutdown(core: &Core, session: Option<&Session>) {
     if let Err(e) = core.flush_all().await {
         tracing::error!("unmounted with unstored data: {e}");
     }
     if let Some(session) = session {
-        let held = session.held().await;
-        if !held.is_empty() {
-            if let Err(e) = core.meta.reclaim(&held).await {
-                tracing::warn!("{} unlinked inodes left for fsck: {e}", held.len());
-            }
+        if let Err(e) = core.meta.expire_session(session.id, u64::MAX).await {
+            tracing::warn!(
+                "session {} is left for another mount or fsck to expire: {e}",
+                session.id
+            );
         }
         core.free_queued_blocks().await;
-        session.close().await;
     }
 }

@@ -33,8 +33,10 @@ pub struct Scripts {
     pub reclaim: Script,
     /// Frees a batch of blocks of a large deleted file.
     pub free_batch: Script,
-    /// Forgets a dead mount and deletes the unlinked inodes it held.
+    /// Forgets a dead mount, deletes the unlinked inodes it held and releases its locks.
     pub expire_session: Script,
+    /// Takes, releases or tests a byte-range lock.
+    pub lock: Script,
 }
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
@@ -84,6 +86,7 @@ impl Scripts {
             reclaim: writing(include_str!("lua/reclaim.lua")),
             free_batch: writing(include_str!("lua/free_batch.lua")),
             expire_session: writing(include_str!("lua/expire_session.lua")),
+            lock: writing(include_str!("lua/lock.lua")),
         }
     }
 }

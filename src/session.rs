@@ -103,26 +103,4 @@ impl Session {
             cutoff,
         )
     }
-
-    /// Unlinked inodes this session still owns.
-    pub async fn held(&self) -> Vec<u64> {
-        self.store
-            .cmd(redis::cmd("SMEMBERS").arg(self.store.keys.session_held(self.id)))
-            .await
-            .unwrap_or_default()
-    }
-
-    /// Removes the session (at a clean unmount, after its held inodes were reclaimed).
-    pub async fn close(&self) {
-        let keys = &self.store.keys;
-        let mut pipe = redis::pipe();
-        pipe.cmd("DEL")
-            .arg(keys.session_info(self.id))
-            .arg(keys.session_replies(self.id))
-            .ignore();
-        pipe.cmd("ZREM").arg(keys.sessions()).arg(self.id).ignore();
-        if let Err(e) = self.store.pipe::<()>(&pipe).await {
-            tracing::warn!("removing session {} failed: {e}", self.id);
-        }
-    }
 }

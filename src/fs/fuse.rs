@@ -11,14 +11,14 @@ use std::time::SystemTime;
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileHandle, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::sync::Semaphore;
 
 use crate::attr::{Attr, FileKind, Timestamp};
 use crate::error::FsError;
-use crate::meta::{AttrChange, Usage};
+use crate::meta::{AttrChange, LockState, Usage};
 
 use super::ops::{Caller, XattrReply, NAME_MAX};
 use super::{lock, Core};
@@ -125,6 +125,15 @@ impl Respond<(Attr, u64)> for ReplyCreate {
     }
 }
 
+impl Respond<LockState> for ReplyLock {
+    fn answer(self, l: LockState, _: &Core) {
+        self.locked(l.start, l.end.unwrap_or(i64::MAX as u64), l.kind, l.pid);
+    }
+    fn fail(self, err: Errno) {
+        self.error(err);
+    }
+}
+
 impl Respond<i64> for ReplyLseek {
     fn answer(self, offset: i64, _: &Core) {
         self.offset(offset);
@@ -224,8 +233,13 @@ impl fuser::Filesystem for RedisFs {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_ASYNC_DIO;
-        if self.core.settings.writeback && !self.core.settings.read_only {
-            wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
+        if !self.core.settings.read_only {
+            // Locks live in Redis and a read-only mount (maybe of a replica) cannot write
+            // them: there the kernel keeps locks local.
+            wanted |= InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS;
+            if self.core.settings.writeback {
+                wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
+            }
         }
         for flag in wanted.iter() {
             if config.add_capabilities(flag).is_err() {
@@ -428,25 +442,71 @@ impl fuser::Filesystem for RedisFs {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.serve(reply, move |c| async move { c.flush(fh.0).await });
+        self.serve(reply, move |c| async move {
+            // close(2) drops the process's fcntl locks on the file.
+            c.release_locks(ino.0, lock_owner.0).await?;
+            c.flush(fh.0).await
+        });
     }
 
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.serve(reply, move |c| async move { c.release(fh.0).await });
+        self.serve(reply, move |c| async move {
+            // The last close of an open file description drops its flock.
+            if let Some(owner) = lock_owner {
+                c.release_locks(ino.0, owner.0).await?;
+            }
+            c.release(fh.0).await
+        });
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        self.serve(reply, move |c| async move {
+            c.getlk(ino.0, lock_owner.0, start, end, typ, pid).await
+        });
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.serve(reply, move |c| async move {
+            c.setlk(ino.0, lock_owner.0, start, end, typ, pid, sleep)
+                .await
+        });
     }
 
     fn fsync(

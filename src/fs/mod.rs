@@ -7,10 +7,11 @@
 mod dir;
 mod file;
 pub mod fuse;
+mod locks;
 pub mod notify;
 mod ops;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -61,6 +62,9 @@ pub struct Core {
     /// What each inode looked like (mtime, ctime, size) when this mount last had it open and
     /// the kernel cached its pages: an open that finds it unchanged keeps those pages.
     seen: Mutex<HashMap<u64, Version>>,
+    /// (inode, lock owner) pairs that may hold locks, so that a close without locks costs
+    /// no round trip.
+    lock_holders: Mutex<HashSet<(u64, u64)>>,
 }
 
 /// What tells one state of a file's data from another, for close-to-open consistency.
@@ -97,6 +101,7 @@ impl Core {
             reclaim_queue: tx,
             kernel: OnceLock::new(),
             seen: Mutex::new(HashMap::new()),
+            lock_holders: Mutex::new(HashSet::new()),
         };
         (Arc::new(core), rx)
     }

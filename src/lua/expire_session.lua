@@ -1,5 +1,6 @@
 -- A mount that has not heartbeaten since the cutoff is dead: delete the unlinked inodes it
--- held open and forget the session. Re-checked here, so a late heartbeat wins the race.
+-- held open, release its locks and forget the session. Re-checked here, so a late heartbeat
+-- wins the race. A mount ending cleanly expires itself the same way.
 -- ARGV: P, sid, dead_sid, cutoff_ms  ->  {0, inodes deleted} or {0, -1} if it lives after all
 local dead = ARGV[3]
 local beat = redis.call('ZSCORE', P .. 'sessions', dead)
@@ -14,6 +15,14 @@ for _, member in ipairs(redis.call('SMEMBERS', held)) do
     deleted = deleted + 1
   end
 end
-redis.call('DEL', held, P .. 'session:' .. dead, P .. 'session:' .. dead .. ':replies')
+local locks = P .. 'session:' .. dead .. ':locks'
+for _, ino in ipairs(redis.call('SMEMBERS', locks)) do
+  local key = P .. 'lk:' .. ino
+  local all = redis.call('HGETALL', key)
+  for i = 1, #all, 2 do
+    if string.sub(all[i], 1, #dead + 1) == dead .. ':' then redis.call('HDEL', key, all[i]) end
+  end
+end
+redis.call('DEL', held, locks, P .. 'session:' .. dead, P .. 'session:' .. dead .. ':replies')
 redis.call('ZREM', P .. 'sessions', dead)
 return { 0, deleted }

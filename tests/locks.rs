@@ -1,0 +1,225 @@
+//! flock and fcntl locks exclude each other across mounts as on one machine.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Mount, Redis};
+
+/// `flock -n FILE true`: whether the lock could be taken at once.
+fn flock_now(path: &std::path::Path, shared: bool) -> bool {
+    let mut cmd = Command::new("flock");
+    if shared {
+        cmd.arg("-s");
+    }
+    cmd.arg("-n")
+        .arg(path)
+        .arg("true")
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// A process holding a flock on `path` (exclusive unless `shared`) until it is killed. One
+/// process, so that killing it closes the descriptor and so releases the lock.
+fn hold_flock(path: &std::path::Path, shared: bool) -> Child {
+    let kind = if shared { "LOCK_SH" } else { "LOCK_EX" };
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import fcntl, sys, time\nf = open(sys.argv[1])\nfcntl.flock(f, fcntl.{kind})\nprint('locked', flush=True)\ntime.sleep(600)"
+        ))
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    child
+}
+
+fn eventually(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn flock_excludes_across_mounts_and_ends_with_its_process() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &[]);
+    let b = Mount::new(&redis, "skx", &[]);
+    std::fs::write(a.join("lock"), b"").unwrap();
+    let mut holder = hold_flock(&a.join("lock"), false);
+    assert!(
+        !flock_now(&b.join("lock"), false),
+        "exclusive lock held on the other mount"
+    );
+    assert!(
+        !flock_now(&b.join("lock"), true),
+        "a shared lock conflicts with an exclusive one"
+    );
+    // A blocked waiter on B gets the lock when the holder on A exits.
+    let waiter = Command::new("flock")
+        .arg(b.join("lock"))
+        .arg("true")
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // While it waits, B serves everything else.
+    assert!(b.join("lock").exists() && std::fs::read_dir(&b.path).unwrap().count() == 1);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let mut waiter = waiter;
+    let status = waiter.wait().unwrap();
+    assert!(status.success());
+    // Shared locks coexist.
+    let mut reader = hold_flock(&a.join("lock"), true);
+    assert!(
+        !flock_now(&b.join("lock"), false),
+        "an exclusive lock conflicts with a shared one"
+    );
+    assert!(
+        flock_now(&b.join("lock"), true),
+        "shared locks do not conflict"
+    );
+    reader.kill().unwrap();
+    reader.wait().unwrap();
+    eventually("release on exit", Duration::from_secs(10), || {
+        flock_now(&b.join("lock"), false)
+    });
+}
+
+#[test]
+fn a_blocked_waiter_can_be_interrupted() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &[]);
+    let b = Mount::new(&redis, "skx", &[]);
+    std::fs::write(a.join("lock"), b"").unwrap();
+    let mut holder = hold_flock(&a.join("lock"), false);
+    let mut waiter = Command::new("flock")
+        .arg(b.join("lock"))
+        .arg("true")
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        waiter.try_wait().unwrap().is_none(),
+        "waits while the lock is held"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(waiter.id() as i32, libc::SIGTERM) };
+    let started = Instant::now();
+    let status = waiter.wait().unwrap();
+    assert!(!status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the signal ended the wait"
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
+
+const FCNTL_SCRIPT: &str = r#"
+import fcntl, os, struct, sys
+a = os.open(sys.argv[1], os.O_RDWR)
+b = os.open(sys.argv[2], os.O_RDWR)
+def try_lock(fd, kind, start, length):
+    try:
+        fcntl.lockf(fd, kind | fcntl.LOCK_NB, length, start)
+        return True
+    except OSError as e:
+        assert e.errno in (11, 13), e
+        return False
+def getlk(fd, kind, start, length):
+    fl = struct.pack('hhqqi', kind, 0, start, length, 0)
+    return struct.unpack('hhqqi', fcntl.fcntl(fd, fcntl.F_GETLK, fl))
+assert try_lock(a, fcntl.LOCK_EX, 0, 100)
+assert not try_lock(b, fcntl.LOCK_EX, 50, 10), "overlapping write lock"
+assert not try_lock(b, fcntl.LOCK_SH, 99, 1), "read lock over a write lock"
+assert try_lock(b, fcntl.LOCK_EX, 100, 50), "the byte after the range is free"
+t, _, start, length, pid = getlk(b, fcntl.F_WRLCK, 0, 10)
+assert (t, start, length) == (fcntl.F_WRLCK, 0, 100), (t, start, length)
+assert pid > 0
+# Unlocking the middle splits A's lock.
+fcntl.lockf(a, fcntl.LOCK_UN, 20, 40)
+assert try_lock(b, fcntl.LOCK_EX, 45, 10)
+assert not try_lock(b, fcntl.LOCK_EX, 30, 5)
+assert not try_lock(b, fcntl.LOCK_EX, 70, 5)
+# Downgrade to a read lock: others may read-lock, not write-lock.
+fcntl.lockf(a, fcntl.LOCK_SH, 20, 0)
+assert try_lock(b, fcntl.LOCK_SH, 0, 10)
+assert not try_lock(b, fcntl.LOCK_EX, 0, 10)
+t = getlk(b, fcntl.F_RDLCK, 0, 10)[0]
+assert t == fcntl.F_UNLCK, "read locks do not conflict with a read lock"
+# Closing any descriptor of the file drops the process's locks there.
+os.close(a)
+assert try_lock(b, fcntl.LOCK_EX, 0, 40)
+print("fcntl ok")
+"#;
+
+#[test]
+fn fcntl_byte_range_locks_across_mounts() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &[]);
+    let b = Mount::new(&redis, "skx", &[]);
+    std::fs::write(a.join("ranges"), vec![0u8; 200]).unwrap();
+    let holder = Command::new("python3")
+        .arg("-c")
+        .arg(FCNTL_SCRIPT)
+        .arg(a.join("ranges"))
+        .arg(b.join("ranges"))
+        .output()
+        .unwrap();
+    // One process holds both descriptors, yet its two sides conflict: they go through two mounts,
+    // as two machines would.
+    let out = String::from_utf8_lossy(&holder.stdout);
+    assert!(
+        holder.status.success() && out.contains("fcntl ok"),
+        "{out}\n{}",
+        String::from_utf8_lossy(&holder.stderr)
+    );
+}
+
+#[test]
+fn a_killed_holders_locks_go_when_its_session_expires() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &["--session-timeout", "2"]);
+    let b = Mount::new(&redis, "skx", &["--session-timeout", "2"]);
+    std::fs::write(a.join("lock"), b"").unwrap();
+    let mut holder = hold_flock(&a.join("lock"), false);
+    assert!(!flock_now(&b.join("lock"), false));
+    a.kill();
+    eventually(
+        "the dead mount's lock is released",
+        Duration::from_secs(20),
+        || flock_now(&b.join("lock"), false),
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(
+        redis.keys("skx").iter().all(|k| !k.starts_with("skx:lk:")),
+        "no lock keys left"
+    );
+}
