@@ -47,135 +47,92 @@ trait Respond<T>: Send + 'static {
     fn fail(self, err: Errno);
 }
 
-impl Respond<Attr> for ReplyAttr {
-    fn answer(self, a: Attr, core: &Core) {
-        self.attr(&core.settings.ttl, &a.to_fuser(core.block_size));
-    }
-    fn fail(self, err: Errno) {
-        self.error(err);
-    }
-}
-
-impl Respond<Attr> for ReplyEntry {
-    fn answer(self, a: Attr, core: &Core) {
-        self.entry(
-            &core.settings.ttl,
-            &a.to_fuser(core.block_size),
-            Generation(0),
-        );
-    }
-    fn fail(self, err: Errno) {
-        self.error(err);
-    }
-}
-
-impl Respond<()> for ReplyEmpty {
-    fn answer(self, _: (), _: &Core) {
-        self.ok();
-    }
-    fn fail(self, err: Errno) {
-        self.error(err);
-    }
-}
-
-impl Respond<Vec<u8>> for ReplyData {
-    fn answer(self, data: Vec<u8>, _: &Core) {
-        self.data(&data);
-    }
-    fn fail(self, err: Errno) {
-        self.error(err);
-    }
-}
-
-impl Respond<u32> for ReplyWrite {
-    fn answer(self, n: u32, _: &Core) {
-        self.written(n);
-    }
-    fn fail(self, err: Errno) {
-        self.error(err);
-    }
-}
-
-impl Respond<(u64, bool)> for ReplyOpen {
-    fn answer(self, (fh, keep_cache): (u64, bool), _: &Core) {
-        let flags = if keep_cache {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
-        };
-        self.opened(FileHandle(fh), flags);
-    }
-    fn fail(self, err: Errno) {
-        self.error(err);
-    }
-}
-
-impl Respond<(Attr, u64)> for ReplyCreate {
-    fn answer(self, (a, fh): (Attr, u64), core: &Core) {
-        self.created(
-            &core.settings.ttl,
-            &a.to_fuser(core.block_size),
-            Generation(0),
-            FileHandle(fh),
-            FopenFlags::empty(),
-        );
-    }
-    fn fail(self, err: Errno) {
-        self.error(err);
-    }
-}
-
-impl Respond<LockState> for ReplyLock {
-    fn answer(self, l: LockState, _: &Core) {
-        self.locked(l.start, l.end.unwrap_or(i64::MAX as u64), l.kind, l.pid);
-    }
-    fn fail(self, err: Errno) {
-        self.error(err);
-    }
-}
-
-impl Respond<i64> for ReplyLseek {
-    fn answer(self, offset: i64, _: &Core) {
-        self.offset(offset);
-    }
-    fn fail(self, err: Errno) {
-        self.error(err);
-    }
-}
-
-impl Respond<XattrReply> for ReplyXattr {
-    fn answer(self, r: XattrReply, _: &Core) {
-        match r {
-            XattrReply::Size(n) => self.size(n),
-            XattrReply::Data(d) => self.data(&d),
+/// Implements [`Respond`] for a reply type: how it carries a value (every reply fails alike).
+macro_rules! respond {
+    ($reply:ty, $value:ty, |$this:ident, $v:pat_param, $core:pat_param| $answer:block) => {
+        impl Respond<$value> for $reply {
+            fn answer($this, $v: $value, $core: &Core) $answer
+            fn fail(self, err: Errno) {
+                self.error(err);
+            }
         }
-    }
-    fn fail(self, err: Errno) {
-        self.error(err);
-    }
+    };
 }
 
-impl Respond<Usage> for ReplyStatfs {
-    fn answer(self, u: Usage, core: &Core) {
-        let used = u.blocks * u64::from(core.block_size) / STATFS_UNIT;
-        let free = u.available / STATFS_UNIT;
-        // Inodes cost about 150 bytes of Redis each: offer what the free memory would hold.
-        let free_inodes = u.available / 150;
-        self.statfs(
-            used + free,
-            free,
-            free,
-            u.inodes + free_inodes,
-            free_inodes,
-            STATFS_UNIT as u32,
-            NAME_MAX as u32,
-            STATFS_UNIT as u32,
-        );
+respond!(ReplyAttr, Attr, |self, a, core| {
+    self.attr(&core.settings.ttl, &a.to_fuser(core.block_size));
+});
+
+respond!(ReplyEntry, Attr, |self, a, core| {
+    self.entry(
+        &core.settings.ttl,
+        &a.to_fuser(core.block_size),
+        Generation(0),
+    );
+});
+
+respond!(ReplyEmpty, (), |self, _, _| {
+    self.ok();
+});
+
+respond!(ReplyData, Vec<u8>, |self, data, _| {
+    self.data(&data);
+});
+
+respond!(ReplyWrite, u32, |self, n, _| {
+    self.written(n);
+});
+
+respond!(ReplyOpen, (u64, bool), |self, (fh, keep_cache), _| {
+    let flags = if keep_cache {
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
+    };
+    self.opened(FileHandle(fh), flags);
+});
+
+respond!(ReplyCreate, (Attr, u64), |self, (a, fh), core| {
+    self.created(
+        &core.settings.ttl,
+        &a.to_fuser(core.block_size),
+        Generation(0),
+        FileHandle(fh),
+        FopenFlags::empty(),
+    );
+});
+
+respond!(ReplyLock, LockState, |self, l, _| {
+    self.locked(l.start, l.end.unwrap_or(i64::MAX as u64), l.kind, l.pid);
+});
+
+respond!(ReplyLseek, i64, |self, offset, _| {
+    self.offset(offset);
+});
+
+respond!(ReplyXattr, XattrReply, |self, r, _| {
+    match r {
+        XattrReply::Size(n) => self.size(n),
+        XattrReply::Data(d) => self.data(&d),
     }
-    fn fail(self, err: Errno) {
-        self.error(err);
-    }
-}
+});
+
+respond!(ReplyStatfs, Usage, |self, u, core| {
+    let used = u.blocks * u64::from(core.block_size) / STATFS_UNIT;
+    let free = u.available / STATFS_UNIT;
+    // Inodes cost about 150 bytes of Redis each: offer what the free memory would hold.
+    let free_inodes = u.available / 150;
+    self.statfs(
+        used + free,
+        free,
+        free,
+        u.inodes + free_inodes,
+        free_inodes,
+        STATFS_UNIT as u32,
+        NAME_MAX as u32,
+        STATFS_UNIT as u32,
+    );
+});
 
 fn time(t: TimeOrNow) -> Timestamp {
     match t {
