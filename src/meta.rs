@@ -248,7 +248,7 @@ impl Meta {
     }
 
     /// Renames; `flags` are the kernel's RENAME_* bits. Returns an inode whose last link the
-    /// rename removed, if any.
+    /// rename removed, if any, and the inodes it changed (the moved one, a replaced one).
     pub async fn rename(
         &self,
         parent: u64,
@@ -256,7 +256,7 @@ impl Meta {
         new_parent: u64,
         new_name: &[u8],
         flags: u32,
-    ) -> Result<Option<u64>, FsError> {
+    ) -> Result<(Option<u64>, [u64; 2]), FsError> {
         let mode = if flags & libc::RENAME_EXCHANGE != 0 {
             2
         } else if flags & libc::RENAME_NOREPLACE != 0 {
@@ -272,7 +272,8 @@ impl Meta {
             .num(mode)
             .bytes(Timestamp::now().encode());
         let reply = self.run("rename", &self.scripts.rename, args).await?;
-        Ok(int(reply.get(1)).filter(|&i| i > 0).map(|i| i as u64))
+        let ino = |i: usize| int(reply.get(i)).unwrap_or(0).max(0) as u64;
+        Ok(((ino(1) > 0).then(|| ino(1)), [ino(2), ino(3)]))
     }
 
     /// Applies attribute changes; a size cut may carry a re-written last block.

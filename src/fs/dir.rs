@@ -64,11 +64,21 @@ impl Core {
                 .then(|| h.entries.iter().map(|e| e.ino).collect())
         };
         let Some(inos) = inos else { return Ok(handle) };
+        let epoch = self.cache.epoch();
         let mut attrs = Vec::with_capacity(inos.len());
         for chunk in inos.chunks(RECORDS_PER_CALL) {
             attrs.extend(self.meta.records(chunk).await?);
         }
-        lock(&handle).attrs = Some(attrs);
+        let mut h = lock(&handle);
+        let dir = h.entries[0].ino;
+        // `ls -l` and friends stat every entry next: answer those from memory.
+        for (entry, attr) in h.entries.iter().zip(&attrs).skip(2) {
+            if let Some(attr) = attr {
+                self.cache.remember(epoch, Some((dir, &entry.name)), *attr);
+            }
+        }
+        h.attrs = Some(attrs);
+        drop(h);
         Ok(handle)
     }
 

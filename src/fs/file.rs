@@ -364,6 +364,7 @@ impl Core {
                 }
                 Err(e) => return Err(e),
             };
+            self.cache.forget_attr(file.ino);
             {
                 let mut st = file.state();
                 if let Some(attr) = stored {

@@ -4,6 +4,7 @@
 //! returns an [`FsError`] on failure; [`fuse::RedisFs`] adapts it to fuser, moving each
 //! request's reply into a task so that no FUSE thread waits on the network.
 
+mod cache;
 mod dir;
 mod file;
 pub mod fuse;
@@ -65,6 +66,8 @@ pub struct Core {
     /// (inode, lock owner) pairs that may hold locks, so that a close without locks costs
     /// no round trip.
     lock_holders: Mutex<HashSet<(u64, u64)>>,
+    /// Names and attributes remembered between requests.
+    cache: cache::MetaCache,
 }
 
 /// What tells one state of a file's data from another, for close-to-open consistency.
@@ -102,6 +105,7 @@ impl Core {
             kernel: OnceLock::new(),
             seen: Mutex::new(HashMap::new()),
             lock_holders: Mutex::new(HashSet::new()),
+            cache: cache::MetaCache::default(),
         };
         (Arc::new(core), rx)
     }
@@ -254,8 +258,14 @@ impl Core {
 impl Listener for Core {
     fn changed(&self, change: Change) {
         match change {
-            Change::Attr(ino) => self.invalidate(Invalidation::Attr(ino)),
-            Change::Entry(dir, name) => self.invalidate(Invalidation::Entry(dir, name)),
+            Change::Attr(ino) => {
+                self.cache.forget_attr(ino);
+                self.invalidate(Invalidation::Attr(ino));
+            }
+            Change::Entry(dir, name) => {
+                self.cache.forget_name(dir, &name);
+                self.invalidate(Invalidation::Entry(dir, name));
+            }
             Change::Data(ino, blocks) => {
                 if let Some(f) = self.open_file(ino) {
                     f.state().forget_map(false);
@@ -272,6 +282,7 @@ impl Listener for Core {
     }
 
     fn missed(&self) {
+        self.cache.clear();
         for (f, _) in lock(&self.files).values() {
             f.state().forget_map(false);
         }

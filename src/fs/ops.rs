@@ -62,7 +62,15 @@ impl Core {
                 let dir = self.getattr(parent).await?;
                 self.getattr(dir.parent).await
             }
-            _ => self.meta.lookup(parent, name).await,
+            _ => {
+                if let Some(attr) = self.cache.entry(parent, name) {
+                    return Ok(attr);
+                }
+                let epoch = self.cache.epoch();
+                let attr = self.meta.lookup(parent, name).await?;
+                self.cache.remember(epoch, Some((parent, name)), attr);
+                Ok(attr)
+            }
         }
     }
 
@@ -75,7 +83,15 @@ impl Core {
                 return Ok(st.attr);
             }
         }
-        let attr = self.meta.getattr(ino).await?;
+        let attr = match self.cache.attr(ino) {
+            Some(attr) => attr,
+            None => {
+                let epoch = self.cache.epoch();
+                let attr = self.meta.getattr(ino).await?;
+                self.cache.remember(epoch, None, attr);
+                attr
+            }
+        };
         if let Some(f) = open {
             let mut st = f.state();
             st.refresh(attr);
@@ -107,6 +123,7 @@ impl Core {
                 other => break other?,
             }
         };
+        self.cache.forget_attr(ino);
         if let Some(f) = open {
             let mut st = f.state();
             st.refresh(attr);
@@ -180,7 +197,11 @@ impl Core {
             FileKind::CharDevice | FileKind::BlockDevice => attr.rdev = rdev,
             _ => {}
         }
-        self.meta.create(parent, name, &attr, target).await
+        let created = self.meta.create(parent, name, &attr, target).await?;
+        self.cache.forget_attr(parent);
+        self.cache
+            .remember(self.cache.epoch(), Some((parent, name)), created);
+        Ok(created)
     }
 
     /// Creates and opens a regular file.
@@ -203,7 +224,9 @@ impl Core {
         if write {
             self.writable()?;
         }
+        let epoch = self.cache.epoch();
         let attr = self.meta.getattr(ino).await?;
+        self.cache.remember(epoch, None, attr);
         let keep = self.keeps_pages(&attr);
         if !keep {
             // Another mount may have changed the file: the kernel must not go on with the size
@@ -220,6 +243,8 @@ impl Core {
         self.writable()?;
         check_name(name)?;
         let attr = self.meta.link(ino, parent, name).await?;
+        self.cache.forget_attr(parent);
+        self.cache.forget_attr(ino);
         match self.open_file(ino) {
             Some(f) => {
                 let mut st = f.state();
@@ -235,6 +260,9 @@ impl Core {
         self.writable()?;
         check_name(name)?;
         let (ino, orphaned) = self.meta.remove(parent, name, dir).await?;
+        self.cache.forget_name(parent, name);
+        self.cache.forget_attr(parent);
+        self.cache.forget_attr(ino);
         if orphaned {
             self.orphaned(ino);
         }
@@ -258,11 +286,16 @@ impl Core {
         {
             return Err(FsError::Invalid);
         }
-        if let Some(victim) = self
+        let (victim, touched) = self
             .meta
             .rename(parent, name, new_parent, new_name, flags)
-            .await?
-        {
+            .await?;
+        self.cache.forget_name(parent, name);
+        self.cache.forget_name(new_parent, new_name);
+        for ino in [parent, new_parent].into_iter().chain(touched) {
+            self.cache.forget_attr(ino);
+        }
+        if let Some(victim) = victim {
             self.orphaned(victim);
         }
         Ok(())
@@ -389,6 +422,7 @@ impl Core {
                     .meta
                     .commit(file.ino, Some(Timestamp::now()), 0, &swaps)
                     .await?;
+                self.cache.forget_attr(file.ino);
                 if lost.is_empty() {
                     break;
                 }
@@ -493,14 +527,18 @@ impl Core {
             libc::XATTR_REPLACE => 2,
             _ => return Err(FsError::Invalid),
         };
-        self.meta.xattr_set(ino, name, value, mode).await
+        self.meta.xattr_set(ino, name, value, mode).await?;
+        self.cache.forget_attr(ino);
+        Ok(())
     }
 
     /// Removes an extended attribute.
     pub async fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), FsError> {
         self.writable()?;
         check_xattr_name(name)?;
-        self.meta.xattr_remove(ino, name).await
+        self.meta.xattr_remove(ino, name).await?;
+        self.cache.forget_attr(ino);
+        Ok(())
     }
 
     /// access(2) when the kernel leaves permission checks to us.

@@ -1,5 +1,5 @@
 -- ARGV: P, sid, src_parent, src_name, dst_parent, dst_name, flags (1 noreplace, 2 exchange), ts
---   ->  {0, orphaned_ino or 0}
+--   ->  {0, orphaned_ino or 0, moved_ino, replaced_ino or 0}
 local sp, dp = tonumber(ARGV[3]), tonumber(ARGV[5])
 local sname, dname, flags, ts = ARGV[4], ARGV[6], tonumber(ARGV[7]), ARGV[8]
 local _, err = live_dir(sp)
@@ -34,7 +34,7 @@ end
 
 if flags == 2 then
   if not de then return { E.NOENT } end
-  if sino == dino then return { 0, 0 } end
+  if sino == dino then return { 0, 0, sino, dino } end
   if sp ~= dp then
     if skind == 'd' and inside(dp, sino) then return { E.INVAL } end
     if dkind == 'd' and inside(sp, dino) then return { E.INVAL } end
@@ -57,12 +57,12 @@ if flags == 2 then
   update(dino, function(r) return touch_c(r, ts) end)
   stamp_parents()
   save()
-  return { 0, 0 }
+  return { 0, 0, sino, dino }
 end
 
 if de then
   if flags == 1 then return { E.EXIST } end
-  if dino == sino then return { 0, 0 } end
+  if dino == sino then return { 0, 0, sino, dino } end
   if skind == 'd' then
     if dkind ~= 'd' then return { E.NOTDIR } end
     if redis.call('EXISTS', P .. 'd:' .. dino) == 1 then return { E.NOTEMPTY } end
@@ -93,4 +93,4 @@ end
 update(sino, function(r) return touch_c(r, ts) end)
 stamp_parents()
 save()
-return { 0, orphaned }
+return { 0, orphaned, sino, dino or 0 }
