@@ -174,7 +174,8 @@ async fn any_key(store: &Store) -> Result<Option<String>, Error> {
 async fn format(store: &Store, scripts: &Scripts, create: &CreateOptions) -> Result<(), Error> {
     let block_size = create.block_size()?;
     let now = Timestamp::now();
-    // SAFETY of ownership: the root belongs to whoever creates the filesystem.
+    // The root directory belongs to whoever creates the filesystem.
+    // SAFETY: geteuid and getegid have no preconditions and cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let mut root = Attr::new(FileKind::Dir, 0o755, uid, gid, now);
     root.ino = 1;

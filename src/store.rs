@@ -99,11 +99,6 @@ impl Store {
         })
     }
 
-    /// A handle on the shared connection (cheap to clone).
-    pub fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
-    }
-
     /// Runs `op`, retrying with back-off while Redis is unreachable, up to the I/O timeout.
     pub async fn retry<T, F, Fut>(&self, op: F) -> RedisResult<T>
     where
