@@ -17,10 +17,21 @@ use super::Core;
 
 /// Largest file size: sizes travel through Lua, whose numbers are exact up to 2^53.
 pub const MAX_FILE_SIZE: u64 = 1 << 52;
-/// Full buffered blocks that make a write start storing them.
+/// Full buffered blocks that start storing them in the background.
 const FLUSH_FULL_BLOCKS: usize = 16;
-/// Buffered blocks of one file after which writes wait for a flush.
+/// Buffered blocks of one file after which writes wait for them to be stored.
 const MAX_DIRTY_BLOCKS: usize = 256;
+
+/// What a buffered write asks of its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backlog {
+    /// Nothing to do yet.
+    Fine,
+    /// Enough full blocks: start storing them, without waiting.
+    StoreSoon,
+    /// Too much is buffered: store before accepting more.
+    StoreNow,
+}
 /// Blocks stored per commit.
 const FLUSH_BATCH: usize = 64;
 /// Block-map entries fetched at once when reading a file whose map is not known.
@@ -162,6 +173,8 @@ pub struct OpenFile {
     pub ino: u64,
     state: Mutex<FileState>,
     flush_lock: tokio::sync::Mutex<()>,
+    /// A background store of full blocks is under way.
+    pub storing: std::sync::atomic::AtomicBool,
 }
 
 impl OpenFile {
@@ -181,6 +194,7 @@ impl OpenFile {
                 stamps_times,
             }),
             flush_lock: tokio::sync::Mutex::new(()),
+            storing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -198,8 +212,13 @@ struct BlockPlan {
 }
 
 impl Core {
-    /// Buffers a write; returns true when the caller should start storing full blocks.
-    pub fn buffer_write(&self, file: &OpenFile, offset: u64, data: &[u8]) -> Result<bool, FsError> {
+    /// Buffers a write; says whether the caller should store what is buffered.
+    pub fn buffer_write(
+        &self,
+        file: &OpenFile,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<Backlog, FsError> {
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or(FsError::FileTooBig)?;
@@ -228,8 +247,15 @@ impl Core {
             st.attr.mtime = now;
             st.attr.ctime = now;
         }
+        if st.dirty.len() >= MAX_DIRTY_BLOCKS {
+            return Ok(Backlog::StoreNow);
+        }
         let full = st.dirty.values().filter(|p| p.is_full()).count();
-        Ok(full >= FLUSH_FULL_BLOCKS || st.dirty.len() >= MAX_DIRTY_BLOCKS)
+        Ok(if full >= FLUSH_FULL_BLOCKS {
+            Backlog::StoreSoon
+        } else {
+            Backlog::Fine
+        })
     }
 
     /// Stores buffered blocks: all of them, or with `only_full` just the complete ones.

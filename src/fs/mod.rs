@@ -26,7 +26,7 @@ use crate::meta::Meta;
 use notify::{Invalidation, KernelNotifier};
 
 pub use dir::DirHandle;
-pub use file::{OpenFile, MAX_FILE_SIZE};
+pub use file::{Backlog, OpenFile, MAX_FILE_SIZE};
 
 /// How a mount behaves, fixed when it starts.
 #[derive(Clone, Debug)]

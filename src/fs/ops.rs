@@ -6,7 +6,7 @@ use crate::attr::{Attr, FileKind, Timestamp};
 use crate::error::FsError;
 use crate::meta::{AttrChange, Usage};
 
-use super::{Core, OpenFile, MAX_FILE_SIZE};
+use super::{Backlog, Core, OpenFile, MAX_FILE_SIZE};
 
 /// Longest name in a directory.
 pub const NAME_MAX: usize = 255;
@@ -318,11 +318,34 @@ impl Core {
     }
 
     /// Writes through a handle.
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+    pub async fn write(
+        self: &Arc<Self>,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u32, FsError> {
         self.writable()?;
         let file = self.file(fh)?;
-        if self.buffer_write(&file, offset, data)? {
-            self.flush_file(&file, true).await?;
+        match self.buffer_write(&file, offset, data)? {
+            Backlog::Fine => {}
+            Backlog::StoreNow => self.flush_file(&file, true).await?,
+            Backlog::StoreSoon => {
+                // Store full blocks while the writer goes on filling the buffer. A failure
+                // leaves them buffered: the next flush retries and reports it.
+                if !file.storing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    let core = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = core.flush_file(&file, true).await {
+                            tracing::warn!(
+                                "inode {}: storing in the background failed ({e}); kept buffered",
+                                file.ino
+                            );
+                        }
+                        file.storing
+                            .store(false, std::sync::atomic::Ordering::Release);
+                    });
+                }
+            }
         }
         Ok(data.len() as u32)
     }
@@ -484,7 +507,7 @@ impl Core {
             if data.is_empty() {
                 break;
             }
-            if self.buffer_write(&dst, offset_out + done, &data)? {
+            if self.buffer_write(&dst, offset_out + done, &data)? != Backlog::Fine {
                 self.flush_file(&dst, true).await?;
             }
             done += data.len() as u64;
