@@ -129,6 +129,8 @@ pub struct FileState {
     pub orphaned: bool,
     /// Where the last sequential read ended.
     read_end: u64,
+    /// The block index up to which read-ahead has been started.
+    ahead_to: u64,
     /// Whether this mount sets mtime/ctime on writes (the kernel does with its writeback cache).
     stamps_times: bool,
 }
@@ -191,6 +193,7 @@ impl OpenFile {
                 inflight: BTreeMap::new(),
                 orphaned: false,
                 read_end: 0,
+                ahead_to: 0,
                 stamps_times,
             }),
             flush_lock: tokio::sync::Mutex::new(()),
@@ -540,12 +543,18 @@ impl Core {
         Err(FsError::Io)
     }
 
-    /// Starts fetching the blocks after `from` into the cache.
+    /// Starts fetching the blocks after `from` into the cache, each block once.
     fn read_ahead(self: &Arc<Self>, file: &Arc<OpenFile>, from: u64) {
         let ids: Vec<u64> = {
-            let st = file.state();
+            let mut st = file.state();
             let last = st.attr.size.div_ceil(self.block_size as u64);
-            (from..(from + READ_AHEAD).min(last))
+            let start = from.max(st.ahead_to);
+            let end = (from + READ_AHEAD).min(last);
+            if start >= end {
+                return;
+            }
+            st.ahead_to = end;
+            (start..end)
                 .filter_map(|i| st.known_id(i))
                 .filter(|&id| id != 0)
                 .collect()
