@@ -1,6 +1,6 @@
 //! Mounting: checks, set-up, serving until unmounted, and a clean shutdown.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -108,8 +108,12 @@ fn daemonize() -> Result<(), Error> {
         .spawn()
         .map_err(|e| Error::Setting(format!("cannot start the background mount: {e}")))?;
     drop(write_end);
+    // One line, not EOF: processes the mount starts (a private redis-server) may hold the pipe.
     let mut answer = String::new();
-    let _ = std::fs::File::from(read_end).read_to_string(&mut answer);
+    let _ = std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(std::fs::File::from(read_end)),
+        &mut answer,
+    );
     if answer.trim() == "ready" {
         return Ok(());
     }
@@ -118,6 +122,17 @@ fn daemonize() -> Result<(), Error> {
         "the background mount failed ({})",
         status.map_or("unknown status".into(), |s| s.to_string())
     )))
+}
+
+/// Marks the readiness pipe close-on-exec, so that programs this mount starts do not keep it.
+fn keep_ready_pipe_to_ourselves() {
+    if let Some(fd) = std::env::var(READY_FD)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    {
+        // SAFETY: fcntl on a descriptor number; an invalid one only returns an error.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
 }
 
 /// Tells a waiting parent (see [`daemonize`]) that the mount is ready.
@@ -208,6 +223,7 @@ pub fn run(args: MountArgs) -> Result<(), Error> {
     if args.daemon && std::env::var_os(READY_FD).is_none() {
         return daemonize();
     }
+    keep_ready_pipe_to_ourselves();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .thread_name("redisfs")

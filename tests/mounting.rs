@@ -3,7 +3,6 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
 use common::{Mount, Redis};
@@ -228,7 +227,7 @@ fn without_redis_options_a_private_persistent_server_is_started() {
         panic!("unshare --net is needed to isolate 127.0.0.1:6379 for this test");
     }
     let state = tempfile::tempdir().unwrap();
-    let run = |mnt: &std::path::Path| {
+    let run = |mnt: &std::path::Path, extra: &[&str]| {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
         let child = Command::new("unshare")
@@ -241,6 +240,7 @@ fn without_redis_options_a_private_persistent_server_is_started() {
             .arg(common::binary())
             .arg("--state-dir")
             .arg(state.path())
+            .args(extra)
             .arg(mnt)
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
@@ -259,7 +259,7 @@ fn without_redis_options_a_private_persistent_server_is_started() {
         (child, log, dir)
     };
     let mnt = tempfile::tempdir().unwrap();
-    let (mut child, log, _d) = run(mnt.path());
+    let (mut child, log, _d) = run(mnt.path(), &[]);
     assert!(fs::read_to_string(&log)
         .unwrap()
         .contains("started a private redis-server"));
@@ -283,7 +283,21 @@ fn without_redis_options_a_private_persistent_server_is_started() {
         std::os::unix::net::UnixStream::connect(state.path().join("redis.sock")).is_err(),
         "server stopped at unmount"
     );
-    let (mut child, log, _d) = run(mnt.path());
+    // The quick start's way: in the background (-d), the command returns once mounted even
+    // though the private server it started lives on.
+    let (mut child, log, _d) = run(mnt.path(), &["-d"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redisfs -d did not return once mounted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{}", fs::read_to_string(&log).unwrap());
     assert_eq!(
         fs::read(mnt.path().join("kept")).unwrap(),
         b"across remounts"
@@ -294,10 +308,12 @@ fn without_redis_options_a_private_persistent_server_is_started() {
         .status()
         .unwrap()
         .success());
-    assert!(
-        child.wait().unwrap().success(),
-        "{}",
-        fs::read_to_string(&log).unwrap()
-    );
-    let _ = fs::metadata(state.path()).unwrap().mode();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(state.path().join("redis.sock")).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background mount did not stop its server"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
