@@ -45,14 +45,6 @@ fn hold_flock(path: &std::path::Path, shared: bool) -> Child {
     child
 }
 
-fn eventually(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn flock_excludes_across_mounts_and_ends_with_its_process() {
     if !common::ready() {
@@ -97,7 +89,7 @@ fn flock_excludes_across_mounts_and_ends_with_its_process() {
     );
     reader.kill().unwrap();
     reader.wait().unwrap();
-    eventually("release on exit", Duration::from_secs(10), || {
+    common::eventually("release on exit", Duration::from_secs(10), || {
         flock_now(&b.join("lock"), false)
     });
 }
@@ -211,7 +203,7 @@ fn a_killed_holders_locks_go_when_its_session_expires() {
     let mut holder = hold_flock(&a.join("lock"), false);
     assert!(!flock_now(&b.join("lock"), false));
     a.kill();
-    eventually(
+    common::eventually(
         "the dead mount's lock is released",
         Duration::from_secs(20),
         || flock_now(&b.join("lock"), false),

@@ -6,19 +6,13 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{cpath, Mount, Redis};
 
-/// Waits until `seen` holds (changes propagate within milliseconds; the deadline is generous
-/// so that a slow machine does not fail the test).
-fn eventually(what: &str, mut seen: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !seen() {
-        assert!(Instant::now() < deadline, "never seen: {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+/// How long a change may take to be seen elsewhere (it takes milliseconds; the deadline is
+/// generous so that a slow machine does not fail the test).
+const PROPAGATION: Duration = Duration::from_secs(10);
 
 fn names(dir: &Path) -> Vec<String> {
     let mut n: Vec<String> = fs::read_dir(dir)
@@ -62,18 +56,18 @@ fn changes_on_one_mount_are_seen_on_the_others() {
     }
     fs::write(a.join("f"), b"one").unwrap();
     for m in others {
-        eventually("create", || names(&m.path) == ["f"]);
+        common::eventually("create", PROPAGATION, || names(&m.path) == ["f"]);
         assert_eq!(fs::read(m.join("f")).unwrap(), b"one");
     }
     fs::write(a.join("f"), b"second version").unwrap();
     for m in others {
-        eventually("write", || {
+        common::eventually("write", PROPAGATION, || {
             fs::read(m.join("f")).unwrap() == b"second version"
         });
     }
     fs::set_permissions(a.join("f"), fs::Permissions::from_mode(0o640)).unwrap();
     for m in others {
-        eventually("chmod", || {
+        common::eventually("chmod", PROPAGATION, || {
             fs::metadata(m.join("f")).unwrap().mode() & 0o777 == 0o640
         });
     }
@@ -89,21 +83,21 @@ fn changes_on_one_mount_are_seen_on_the_others() {
         )
     };
     for m in others {
-        eventually("setxattr", || {
+        common::eventually("setxattr", PROPAGATION, || {
             getxattr(&m.join("f"), "user.k") == Some(b"v".to_vec())
         });
     }
     fs::create_dir(a.join("d")).unwrap();
     fs::rename(a.join("f"), a.join("d/g")).unwrap();
     for m in others {
-        eventually("rename", || {
+        common::eventually("rename", PROPAGATION, || {
             names(&m.path) == ["d"] && names(&m.join("d")) == ["g"]
         });
         assert_eq!(fs::read(m.join("d/g")).unwrap(), b"second version");
     }
     fs::remove_file(a.join("d/g")).unwrap();
     for m in others {
-        eventually("unlink", || {
+        common::eventually("unlink", PROPAGATION, || {
             names(&m.join("d")).is_empty() && !m.join("d/g").exists()
         });
     }
@@ -202,7 +196,7 @@ fn a_killed_mounts_unlinked_open_files_are_reclaimed_by_a_live_one() {
     // A dies without closing; the kernel detaches its mount.
     std::mem::forget(held);
     a.kill();
-    eventually("reclaim", || {
+    common::eventually("reclaim", PROPAGATION, || {
         redis.cmd::<u64>(&["HGET", "skx:stat", "inodes"]) == 1
     });
     assert_eq!(
@@ -230,7 +224,7 @@ fn a_mount_of_a_replica_is_read_only_and_follows_the_primary() {
     let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &port]);
     let a = Mount::new(&primary, "skx", &[]);
     fs::write(a.join("before"), b"1").unwrap();
-    eventually("replication", || {
+    common::eventually("replication", PROPAGATION, || {
         replica.keys("skx").contains(&"skx:meta".to_string())
     });
     let b = Mount::new(&replica, "skx", &[]);
@@ -239,7 +233,7 @@ fn a_mount_of_a_replica_is_read_only_and_follows_the_primary() {
         "{}",
         common::mount_options(&b.path)
     );
-    eventually("existing file", || {
+    common::eventually("existing file", PROPAGATION, || {
         fs::read(b.join("before")).is_ok_and(|d| d == b"1")
     });
     let erofs = fs::write(b.join("x"), b"").unwrap_err();
@@ -249,7 +243,7 @@ fn a_mount_of_a_replica_is_read_only_and_follows_the_primary() {
         Some(libc::EROFS)
     );
     fs::write(a.join("after"), b"live").unwrap();
-    eventually("a file created on the primary", || {
+    common::eventually("a file created on the primary", PROPAGATION, || {
         fs::read(b.join("after")).is_ok_and(|d| d == b"live")
     });
     assert!(

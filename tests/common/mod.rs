@@ -102,6 +102,15 @@ fn ping(port: u16) -> bool {
     redis::cmd("PING").query::<String>(&mut conn).is_ok()
 }
 
+/// Waits until `done` holds, failing the test with `what` after `timeout`.
+pub fn eventually(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// A private redis-server, killed on drop.
 pub struct Redis {
     child: Option<Child>,
