@@ -226,6 +226,9 @@ pub enum Error {
         /// Why it cannot be used.
         reason: String,
     },
+    /// Something else is using the filesystem in a way that excludes this operation.
+    #[error("{0}")]
+    Busy(String),
     /// A setting given at creation time is invalid.
     #[error("invalid setting: {0}")]
     Setting(String),

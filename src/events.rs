@@ -18,6 +18,10 @@ pub enum Change {
     Entry(u64, Vec<u8>),
     /// Data of an inode changed: in blocks `lo..=hi`, or anywhere when `None`.
     Data(u64, Option<(u64, u64)>),
+    /// A tool asks every mount to store its buffers and hold still (see `src/freeze.rs`).
+    Freeze(String),
+    /// The tool is done; held mounts may go on.
+    Thaw,
 }
 
 /// Splits a message into the session that caused it and its changes; `None` if malformed.
@@ -42,6 +46,8 @@ pub fn parse(message: &[u8]) -> Option<(u64, Vec<Change>)> {
                     _ => Change::Data(ino, None),
                 }
             }
+            b'F' => Change::Freeze(String::from_utf8(rest.to_vec()).ok()?),
+            b'T' => Change::Thaw,
             _ => return None,
         });
     }
@@ -116,6 +122,10 @@ mod tests {
                 Change::Data(12, Some((0, 3))),
                 Change::Data(9, None)
             ]
+        );
+        assert_eq!(
+            parse(b"0\0Fab-1").unwrap().1,
+            vec![Change::Freeze("ab-1".into())]
         );
         assert_eq!(parse(b"x\0a1"), None);
         assert_eq!(parse(b"1\0q1"), None);

@@ -48,16 +48,6 @@ impl CreateOptions {
     }
 }
 
-fn redis_err(store: &Store, context: &str) -> impl FnOnce(redis::RedisError) -> Error {
-    let address = store.address.clone();
-    let context = context.to_string();
-    move |source| Error::Redis {
-        address,
-        context,
-        source,
-    }
-}
-
 /// Reads the filesystem under the store's prefix; creates it when the prefix is empty and
 /// `create` is given. Refuses foreign keys, newer formats and unfinished restores.
 pub async fn open(
@@ -70,11 +60,11 @@ pub async fn open(
     let kind: String = store
         .cmd(redis::cmd("TYPE").arg(&meta_key))
         .await
-        .map_err(redis_err(store, "TYPE"))?;
+        .map_err(store.failed("TYPE"))?;
     match kind.as_str() {
         "hash" => {}
         "none" => {
-            if let Some(example) = any_key(store).await? {
+            if let Some(example) = crate::scan::any_key(store).await? {
                 return Err(Error::NotAFilesystem {
                     prefix: keys.prefix().to_string(),
                     example,
@@ -98,7 +88,7 @@ pub async fn open(
     let meta: HashMap<String, String> = store
         .cmd(redis::cmd("HGETALL").arg(&meta_key))
         .await
-        .map_err(redis_err(store, "HGETALL"))?;
+        .map_err(store.failed("HGETALL"))?;
     parse_meta(keys.prefix(), &meta_key, &meta)
 }
 
@@ -145,30 +135,43 @@ fn parse_meta(prefix: &str, key: &str, meta: &HashMap<String, String>) -> Result
     })
 }
 
-/// The first key found under the prefix, if any (SCAN, never KEYS).
-async fn any_key(store: &Store) -> Result<Option<String>, Error> {
-    let pattern = store.keys.scan_pattern();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, found): (u64, Vec<String>) = store
-            .cmd(
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000),
-            )
-            .await
-            .map_err(redis_err(store, "SCAN"))?;
-        if let Some(k) = found.into_iter().next() {
-            return Ok(Some(k));
-        }
-        if next == 0 {
-            return Ok(None);
-        }
-        cursor = next;
-    }
+/// Claims an empty prefix for a filesystem being copied or restored into it: mounts and
+/// tools refuse it until [`finish_copy`] marks it ready.
+pub async fn mark_unfinished(store: &Store, state: &str) -> Result<(), Error> {
+    let cmd = redis::cmd("HSET")
+        .arg(store.keys.meta())
+        .arg("version")
+        .arg(FORMAT_VERSION)
+        .arg("state")
+        .arg(state)
+        .clone();
+    store
+        .cmd::<()>(&cmd)
+        .await
+        .map_err(store.failed("marking the filesystem unfinished"))
+}
+
+/// Writes the settings of a copied or restored filesystem and marks it ready to mount.
+pub async fn finish_copy(store: &Store, config: &FsConfig) -> Result<(), Error> {
+    let cmd = redis::cmd("HSET")
+        .arg(store.keys.meta())
+        .arg("version")
+        .arg(FORMAT_VERSION)
+        .arg("block_size")
+        .arg(config.block_size)
+        .arg("codec")
+        .arg(config.codec.name())
+        .arg("uuid")
+        .arg(&config.uuid)
+        .arg("created")
+        .arg(Timestamp::now().sec)
+        .arg("state")
+        .arg("ready")
+        .clone();
+    store
+        .cmd::<()>(&cmd)
+        .await
+        .map_err(store.failed("marking the filesystem ready"))
 }
 
 async fn format(store: &Store, scripts: &Scripts, create: &CreateOptions) -> Result<(), Error> {
@@ -190,7 +193,7 @@ async fn format(store: &Store, scripts: &Scripts, create: &CreateOptions) -> Res
     let reply = store
         .script(&scripts.format, 0, &args)
         .await
-        .map_err(redis_err(store, "creating the filesystem"))?;
+        .map_err(store.failed("creating the filesystem"))?;
     // Another mount may have created it at the same moment: that is fine.
     if !matches!(reply.first(), Some(Value::Int(0)) | Some(Value::Int(17))) {
         return Err(Error::CorruptKey {
@@ -208,7 +211,7 @@ async fn format(store: &Store, scripts: &Scripts, create: &CreateOptions) -> Res
 }
 
 /// A random version-4 UUID.
-fn new_uuid() -> String {
+pub fn new_uuid() -> String {
     let mut b = [0u8; 16];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         let _ = std::io::Read::read_exact(&mut f, &mut b);

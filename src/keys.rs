@@ -62,6 +62,11 @@ impl Keys {
         format!("{}next:blk", self.base)
     }
 
+    /// `P:next:ino`: the inode number counter.
+    pub fn next_inode(&self) -> String {
+        format!("{}next:ino", self.base)
+    }
+
     /// `P:next:sid`: the session id counter.
     pub fn next_session(&self) -> String {
         format!("{}next:sid", self.base)
@@ -105,6 +110,26 @@ impl Keys {
         format!("{}events", self.base)
     }
 
+    /// `P:free:<ino>`: the block map of a large deleted file, freed in the background.
+    pub fn freed_map(&self, ino: u64) -> String {
+        format!("{}free:{ino}", self.base)
+    }
+
+    /// `P:lk:<ino>`: the byte-range locks held on an inode.
+    pub fn locks(&self, ino: u64) -> String {
+        format!("{}lk:{ino}", self.base)
+    }
+
+    /// `P:freeze`: set while a snapshot or dump holds the filesystem still (see `freeze.rs`).
+    pub fn freeze(&self) -> String {
+        format!("{}freeze", self.base)
+    }
+
+    /// `P:freeze:acks`: the sessions that have stored their buffers and hold their changes.
+    pub fn freeze_acks(&self) -> String {
+        format!("{}freeze:acks", self.base)
+    }
+
     /// `P:freeing`: inodes whose large block maps are being freed in the background.
     pub fn freeing(&self) -> String {
         format!("{}freeing", self.base)
@@ -132,6 +157,125 @@ impl Keys {
     }
 }
 
+/// What a key of a filesystem is, read back from its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    /// `meta`
+    Meta,
+    /// `stat`
+    Stat,
+    /// `next:ino`, `next:blk`, `next:sid`
+    Counter,
+    /// `i:<bucket>`
+    Inodes(u64),
+    /// `d:<ino>`
+    Dir(u64),
+    /// `m:<ino>`
+    Map(u64),
+    /// `b:<id>`
+    Block(u64),
+    /// `x:<ino>`
+    Xattrs(u64),
+    /// `l:<ino>`
+    Symlink(u64),
+    /// `free:<ino>`
+    FreedMap(u64),
+    /// `freeing`
+    Freeing,
+    /// `lk:<ino>`
+    Locks(u64),
+    /// `sessions`
+    Sessions,
+    /// `session:<sid>` and its `:held`, `:locks`, `:replies`
+    Session(u64),
+    /// `freeze`, `freeze:acks`
+    Freeze,
+}
+
+impl KeyKind {
+    /// The Redis type a key of this kind must have.
+    pub fn redis_type(self) -> &'static str {
+        match self {
+            KeyKind::Meta
+            | KeyKind::Stat
+            | KeyKind::Inodes(_)
+            | KeyKind::Dir(_)
+            | KeyKind::Map(_)
+            | KeyKind::Xattrs(_)
+            | KeyKind::FreedMap(_)
+            | KeyKind::Locks(_) => "hash",
+            KeyKind::Counter | KeyKind::Block(_) | KeyKind::Symlink(_) => "string",
+            KeyKind::Freeing => "set",
+            KeyKind::Sessions => "zset",
+            // A session's info and reply ring are hashes, its held inodes and locks sets.
+            KeyKind::Session(_) | KeyKind::Freeze => "",
+        }
+    }
+
+    /// Whether the key belongs to the filesystem's content (what a snapshot copies), rather
+    /// than to the mounts using it.
+    pub fn is_content(self) -> bool {
+        !matches!(
+            self,
+            KeyKind::Locks(_) | KeyKind::Sessions | KeyKind::Session(_) | KeyKind::Freeze
+        )
+    }
+}
+
+impl Keys {
+    /// The kind of `key`, or `None` if it is not a name this format uses (or not under the
+    /// prefix at all).
+    pub fn classify(&self, key: &[u8]) -> Option<KeyKind> {
+        let rest = std::str::from_utf8(key.strip_prefix(self.base.as_bytes())?).ok()?;
+        let number = |s: &str| -> Option<u64> {
+            (!s.is_empty()
+                && s.bytes().all(|b| b.is_ascii_digit())
+                && (s == "0" || !s.starts_with('0')))
+            .then(|| s.parse().ok())
+            .flatten()
+        };
+        Some(match rest {
+            "meta" => KeyKind::Meta,
+            "stat" => KeyKind::Stat,
+            "next:ino" | "next:blk" | "next:sid" => KeyKind::Counter,
+            "freeing" => KeyKind::Freeing,
+            "sessions" => KeyKind::Sessions,
+            "freeze" | "freeze:acks" => KeyKind::Freeze,
+            _ => {
+                let (kind, arg) = rest.split_once(':')?;
+                if kind == "session" {
+                    let sid = arg.split_once(':').map_or(arg, |(sid, part)| {
+                        if matches!(part, "held" | "locks" | "replies") {
+                            sid
+                        } else {
+                            ""
+                        }
+                    });
+                    return number(sid).map(KeyKind::Session);
+                }
+                let n = number(arg)?;
+                match kind {
+                    "i" => KeyKind::Inodes(n),
+                    "d" => KeyKind::Dir(n),
+                    "m" => KeyKind::Map(n),
+                    "b" => KeyKind::Block(n),
+                    "x" => KeyKind::Xattrs(n),
+                    "l" => KeyKind::Symlink(n),
+                    "free" => KeyKind::FreedMap(n),
+                    "lk" => KeyKind::Locks(n),
+                    _ => return None,
+                }
+            }
+        })
+    }
+
+    /// The same key under another filesystem's prefix.
+    pub fn rebase(&self, key: &[u8], to: &Keys) -> Option<Vec<u8>> {
+        let rest = key.strip_prefix(self.base.as_bytes())?;
+        Some([to.base.as_bytes(), rest].concat())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +288,25 @@ mod tests {
         assert_eq!(keys.inode(130), ("skx:i:2".to_string(), 2));
         assert_eq!(keys.block(7), "skx:b:7");
         assert_eq!(keys.prefix(), "skx");
+    }
+
+    #[test]
+    fn keys_are_classified() {
+        let keys = Keys::new("skx");
+        assert_eq!(keys.classify(b"skx:i:3"), Some(KeyKind::Inodes(3)));
+        assert_eq!(keys.classify(b"skx:b:70"), Some(KeyKind::Block(70)));
+        assert_eq!(
+            keys.classify(b"skx:session:4:held"),
+            Some(KeyKind::Session(4))
+        );
+        assert_eq!(keys.classify(b"skx:session:4:other"), None);
+        assert_eq!(keys.classify(b"skx:b:07"), None);
+        assert_eq!(keys.classify(b"skx:zz"), None);
+        assert_eq!(keys.classify(b"skx2:meta"), None);
+        assert_eq!(
+            keys.rebase(b"skx:d:1", &Keys::new("copy")),
+            Some(b"copy:d:1".to_vec())
+        );
     }
 
     #[test]

@@ -23,6 +23,10 @@
 //! | [`fs`] | the filesystem operations and the FUSE adapter |
 //! | [`local_redis`] | a private redis-server when none is reachable |
 //! | [`mount`] | mounting, serving and unmounting |
+//! | [`scan`] | walking a filesystem's keys with SCAN |
+//! | [`freeze`] | holding a filesystem still for a point-in-time copy |
+//! | [`tool`] | what the tools share: options, connection, progress, summaries |
+//! | [`snapshot`] | `redisfs-snapshot`: a point-in-time copy under another prefix |
 //! | [`error`] | the error policy: errno-shaped [`error::FsError`], typed [`error::Error`] |
 
 pub mod attr;
@@ -31,13 +35,17 @@ pub mod codec;
 pub mod error;
 pub mod events;
 pub mod format;
+pub mod freeze;
 pub mod fs;
 pub mod keys;
 pub mod local_redis;
 pub mod meta;
 pub mod mount;
 pub mod options;
+pub mod scan;
 pub mod scripts;
 pub mod server;
 pub mod session;
+pub mod snapshot;
 pub mod store;
+pub mod tool;

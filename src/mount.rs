@@ -296,8 +296,8 @@ async fn prepare(
         ttl: TTL,
         writeback: args.writeback,
     };
-    let (core, reclaims) = Core::new(meta, blocks, settings);
-    tokio::spawn(core.clone().reclaimer(reclaims));
+    let (core, queues) = Core::new(meta, blocks, settings);
+    core.start_workers(queues);
     let config = fuse_options(args, &args.prefix, read_only)?;
     tracing::info!(
         "mounting '{}' from {} on {}{}",

@@ -44,7 +44,11 @@ const PRELUDE: &str = include_str!("lua/prelude.lua");
 /// Wraps a changing script so that a retry after a lost reply returns the reply of the run
 /// that happened instead of running again (a create must not answer EEXIST to its own retry).
 /// Replies are kept in a ring of slots per session, overwritten as requests go on.
+/// While a snapshot holds the filesystem (see `src/freeze.rs`) it changes nothing and answers
+/// `{-1}`, and the caller waits and tries again.
 const ONCE: &str = "
+local FROZEN = redis.call('GET', P .. 'freeze')
+if FROZEN and string.sub(FROZEN, 1, 5) == 'hold ' then return { -1 } end
 local RING = P .. 'session:' .. SID .. ':replies'
 local SLOT = tonumber(REQ) % 4096
 if RETRY == '1' then

@@ -20,6 +20,8 @@ pub struct ServerInfo {
     pub total_system_memory: u64,
     /// `used_memory`.
     pub used_memory: u64,
+    /// `run_id`: tells two connections to one server from connections to two.
+    pub run_id: String,
 }
 
 impl ServerInfo {
@@ -33,11 +35,7 @@ impl ServerInfo {
                     .arg("replication"),
             )
             .await
-            .map_err(|source| Error::Redis {
-                address: store.address.clone(),
-                context: "INFO".into(),
-                source,
-            })?;
+            .map_err(store.failed("INFO"))?;
         Ok(ServerInfo::parse(&text))
     }
 
@@ -58,6 +56,7 @@ impl ServerInfo {
             maxmemory: num("maxmemory"),
             total_system_memory: num("total_system_memory"),
             used_memory: num("used_memory"),
+            run_id: fields.get("run_id").unwrap_or(&"").to_string(),
         }
     }
 

@@ -7,6 +7,23 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::error::Error;
 use crate::store::Store;
 
+/// A mount silent for this long is dead, unless configured otherwise (`--session-timeout`).
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The sessions that heartbeated within `timeout`: the live mounts.
+pub async fn live(store: &Store, timeout: std::time::Duration) -> Result<Vec<u64>, Error> {
+    let cutoff = now_ms().saturating_sub(timeout.as_millis() as u64);
+    store
+        .cmd(
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(store.keys.sessions())
+                .arg(cutoff)
+                .arg("+inf"),
+        )
+        .await
+        .map_err(store.failed("listing the live mounts"))
+}
+
 /// A registered mount.
 pub struct Session {
     store: Store,
@@ -37,11 +54,7 @@ impl Session {
     /// Registers a mount of `mount_point`.
     pub async fn register(store: &Store, mount_point: &Path) -> Result<Session, Error> {
         let keys = &store.keys;
-        let fail = |source| Error::Redis {
-            address: store.address.clone(),
-            context: "registering the session".into(),
-            source,
-        };
+        let fail = |e| store.failed("registering the session")(e);
         let id: u64 = store
             .cmd(redis::cmd("INCR").arg(keys.next_session()))
             .await

@@ -42,6 +42,8 @@ pub struct Store {
     pub keys: Keys,
     /// The server's address, safe to print.
     pub address: String,
+    /// The database number selected.
+    pub db: i64,
     io_timeout: Duration,
     requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -94,9 +96,21 @@ impl Store {
             client,
             keys: Keys::new(prefix),
             address: target.display.clone(),
+            db: target.info.redis_settings().db(),
             io_timeout,
             requests: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1)),
         })
+    }
+
+    /// Turns a Redis error into the library's error, saying what was being done.
+    pub fn failed(&self, context: &str) -> impl FnOnce(RedisError) -> Error {
+        let address = self.address.clone();
+        let context = context.to_string();
+        move |source| Error::Redis {
+            address,
+            context,
+            source,
+        }
     }
 
     /// Runs `op`, retrying with back-off while Redis is unreachable, up to the I/O timeout.
@@ -135,7 +149,7 @@ impl Store {
     }
 
     /// Runs a script with the prefix and the calling session as its first two arguments;
-    /// loads it when Redis lacks it.
+    /// loads it when Redis lacks it. While a snapshot holds the filesystem still, waits.
     pub async fn script(
         &self,
         script: &Script,
@@ -151,15 +165,24 @@ impl Store {
             self.requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         };
-        self.retry(|mut c, again| {
-            let mut inv = script.key(&meta);
-            inv.arg(base)
-                .arg(format!("{session}:{request}:{}", u8::from(again)));
-            for a in &args.0 {
-                inv.arg(a.as_slice());
+        let mut held = Duration::from_millis(1);
+        loop {
+            let reply = self
+                .retry(|mut c, again| {
+                    let mut inv = script.key(&meta);
+                    inv.arg(base)
+                        .arg(format!("{session}:{request}:{}", u8::from(again)));
+                    for a in &args.0 {
+                        inv.arg(a.as_slice());
+                    }
+                    async move { inv.invoke_async::<Vec<Value>>(&mut c).await }
+                })
+                .await?;
+            if !matches!(reply.first(), Some(Value::Int(-1))) {
+                return Ok(reply);
             }
-            async move { inv.invoke_async(&mut c).await }
-        })
-        .await
+            tokio::time::sleep(held).await;
+            held = (held * 2).min(Duration::from_millis(20));
+        }
     }
 }

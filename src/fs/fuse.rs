@@ -179,6 +179,23 @@ impl RedisFs {
     }
 }
 
+impl RedisFs {
+    /// Like [`RedisFs::serve`], for an operation that changes the filesystem or stores
+    /// buffered data: it waits while a snapshot holds the filesystem still.
+    fn serve_change<T, R, F, Fut>(&self, reply: R, op: F)
+    where
+        T: Send + 'static,
+        R: Respond<T>,
+        F: FnOnce(Arc<Core>) -> Fut,
+        Fut: Future<Output = Result<T, FsError>> + Send + 'static,
+    {
+        self.serve(reply, move |c| {
+            let work = op(c.clone());
+            async move { c.change(work).await }
+        });
+    }
+}
+
 fn bytes(name: &OsStr) -> Vec<u8> {
     name.as_bytes().to_vec()
 }
@@ -249,7 +266,7 @@ impl fuser::Filesystem for RedisFs {
             mtime: mtime.map(time),
             ctime: ctime.map(Timestamp::from_system),
         };
-        self.serve(
+        self.serve_change(
             reply,
             move |c| async move { c.setattr(ino.0, change).await },
         );
@@ -273,7 +290,7 @@ impl fuser::Filesystem for RedisFs {
         let Some(kind) = FileKind::from_mode(mode) else {
             return reply.error(Errno::EINVAL);
         };
-        self.serve(reply, move |c| async move {
+        self.serve_change(reply, move |c| async move {
             c.make(parent.0, &name, kind, mode & !umask, rdev, &[], who)
                 .await
         });
@@ -289,7 +306,7 @@ impl fuser::Filesystem for RedisFs {
         reply: ReplyEntry,
     ) {
         let (name, who) = (bytes(name), caller(req));
-        self.serve(reply, move |c| async move {
+        self.serve_change(reply, move |c| async move {
             c.make(parent.0, &name, FileKind::Dir, mode & !umask, 0, &[], who)
                 .await
         });
@@ -297,14 +314,14 @@ impl fuser::Filesystem for RedisFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = bytes(name);
-        self.serve(reply, move |c| async move {
+        self.serve_change(reply, move |c| async move {
             c.remove(parent.0, &name, false).await
         });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = bytes(name);
-        self.serve(reply, move |c| async move {
+        self.serve_change(reply, move |c| async move {
             c.remove(parent.0, &name, true).await
         });
     }
@@ -318,7 +335,7 @@ impl fuser::Filesystem for RedisFs {
         reply: ReplyEntry,
     ) {
         let (name, target, who) = (bytes(link_name), bytes(target.as_os_str()), caller(req));
-        self.serve(reply, move |c| async move {
+        self.serve_change(reply, move |c| async move {
             c.make(parent.0, &name, FileKind::Symlink, 0o777, 0, &target, who)
                 .await
         });
@@ -335,7 +352,7 @@ impl fuser::Filesystem for RedisFs {
         reply: ReplyEmpty,
     ) {
         let (name, newname) = (bytes(name), bytes(newname));
-        self.serve(reply, move |c| async move {
+        self.serve_change(reply, move |c| async move {
             c.rename(parent.0, &name, newparent.0, &newname, flags.bits())
                 .await
         });
@@ -350,7 +367,7 @@ impl fuser::Filesystem for RedisFs {
         reply: ReplyEntry,
     ) {
         let name = bytes(newname);
-        self.serve(reply, move |c| async move {
+        self.serve_change(reply, move |c| async move {
             c.link(ino.0, newparent.0, &name).await
         });
     }
@@ -390,7 +407,7 @@ impl fuser::Filesystem for RedisFs {
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
-        self.serve(
+        self.serve_change(
             reply,
             move |c| async move { c.write(fh.0, offset, &data).await },
         );
@@ -404,7 +421,7 @@ impl fuser::Filesystem for RedisFs {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.serve(reply, move |c| async move {
+        self.serve_change(reply, move |c| async move {
             // close(2) drops the process's fcntl locks on the file.
             c.release_locks(ino.0, lock_owner.0).await?;
             c.flush(fh.0).await
@@ -421,7 +438,7 @@ impl fuser::Filesystem for RedisFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.serve(reply, move |c| async move {
+        self.serve_change(reply, move |c| async move {
             // The last close of an open file description drops its flock.
             if let Some(owner) = lock_owner {
                 c.release_locks(ino.0, owner.0).await?;
@@ -474,7 +491,7 @@ impl fuser::Filesystem for RedisFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.serve(reply, move |c| async move { c.flush(fh.0).await });
+        self.serve_change(reply, move |c| async move { c.flush(fh.0).await });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -588,7 +605,7 @@ impl fuser::Filesystem for RedisFs {
         reply: ReplyEmpty,
     ) {
         let (name, value) = (bytes(name), value.to_vec());
-        self.serve(reply, move |c| async move {
+        self.serve_change(reply, move |c| async move {
             c.setxattr(ino.0, &name, &value, flags).await
         });
     }
@@ -609,7 +626,7 @@ impl fuser::Filesystem for RedisFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = bytes(name);
-        self.serve(
+        self.serve_change(
             reply,
             move |c| async move { c.removexattr(ino.0, &name).await },
         );
@@ -633,7 +650,7 @@ impl fuser::Filesystem for RedisFs {
         reply: ReplyCreate,
     ) {
         let (name, who) = (bytes(name), caller(req));
-        self.serve(reply, move |c| async move {
+        self.serve_change(reply, move |c| async move {
             c.create(parent.0, &name, mode & !umask, who).await
         });
     }
@@ -648,7 +665,7 @@ impl fuser::Filesystem for RedisFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.serve(reply, move |c| async move {
+        self.serve_change(reply, move |c| async move {
             c.fallocate(fh.0, offset, length, mode).await
         });
     }
@@ -680,7 +697,7 @@ impl fuser::Filesystem for RedisFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        self.serve(reply, move |c| async move {
+        self.serve_change(reply, move |c| async move {
             c.copy_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
                 .await
         });

@@ -8,6 +8,7 @@ mod cache;
 mod dir;
 mod file;
 pub mod fuse;
+mod hold;
 mod locks;
 pub mod notify;
 mod ops;
@@ -58,6 +59,12 @@ pub struct Core {
     next_handle: std::sync::atomic::AtomicU64,
     /// Orphaned inodes waiting to be deleted.
     reclaim_queue: mpsc::UnboundedSender<u64>,
+    /// Freeze requests of snapshot and dump tools, answered one at a time.
+    hold_requests: mpsc::UnboundedSender<String>,
+    /// Changes take it shared; a freeze request takes it alone (see `hold.rs`).
+    gate: tokio::sync::RwLock<()>,
+    /// Woken when a tool ends a hold.
+    thawed: tokio::sync::Notify,
     /// The kernel's caches, once mounted.
     kernel: OnceLock<KernelNotifier>,
     /// What each inode looked like (mtime, ctime, size) when this mount last had it open and
@@ -84,14 +91,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The receiving ends of a core's queues, for [`Core::start_workers`].
+pub struct Queues {
+    reclaims: mpsc::UnboundedReceiver<u64>,
+    holds: mpsc::UnboundedReceiver<String>,
+}
+
 impl Core {
-    /// A mount's core, and the receiving end of its reclaim queue (see [`Core::reclaimer`]).
-    pub fn new(
-        meta: Meta,
-        blocks: BlockStore,
-        settings: MountSettings,
-    ) -> (Arc<Core>, mpsc::UnboundedReceiver<u64>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// A mount's core, and the receiving ends of its queues.
+    pub fn new(meta: Meta, blocks: BlockStore, settings: MountSettings) -> (Arc<Core>, Queues) {
+        let (tx, reclaims) = mpsc::unbounded_channel();
+        let (hold_requests, holds) = mpsc::unbounded_channel();
         let core = Core {
             block_size: blocks.block_size as u32,
             meta,
@@ -102,12 +112,21 @@ impl Core {
             dirs: Mutex::new(HashMap::new()),
             next_handle: std::sync::atomic::AtomicU64::new(1),
             reclaim_queue: tx,
+            hold_requests,
+            gate: tokio::sync::RwLock::new(()),
+            thawed: tokio::sync::Notify::new(),
             kernel: OnceLock::new(),
             seen: Mutex::new(HashMap::new()),
             lock_holders: Mutex::new(HashSet::new()),
             cache: cache::MetaCache::default(),
         };
-        (Arc::new(core), rx)
+        (Arc::new(core), Queues { reclaims, holds })
+    }
+
+    /// Starts the tasks that work off the core's queues.
+    pub fn start_workers(self: &Arc<Self>, queues: Queues) {
+        tokio::spawn(self.clone().reclaimer(queues.reclaims));
+        tokio::spawn(self.clone().holder(queues.holds));
     }
 
     /// Connects the kernel's caches, so that changes by other mounts invalidate them.
@@ -213,7 +232,7 @@ impl Core {
     }
 
     /// Deletes queued orphans in batches until the queue closes.
-    pub async fn reclaimer(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<u64>) {
+    async fn reclaimer(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<u64>) {
         while let Some(first) = queue.recv().await {
             let mut batch = vec![first];
             while batch.len() < 256 {
@@ -278,6 +297,10 @@ impl Listener for Core {
                 };
                 self.invalidate(Invalidation::Data(ino, offset, len));
             }
+            Change::Freeze(token) => {
+                let _ = self.hold_requests.send(token);
+            }
+            Change::Thaw => self.thawed.notify_waiters(),
         }
     }
 

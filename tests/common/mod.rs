@@ -503,3 +503,79 @@ pub fn text_bytes(n: usize) -> Vec<u8> {
     out.truncate(n);
     out
 }
+
+/// Runs one of the tools (`snapshot`, `dump`, `restore`, `fsck`) with `args`.
+pub fn tool(name: &str, args: &[&str]) -> std::process::Output {
+    let program = match name {
+        "snapshot" => env!("CARGO_BIN_EXE_redisfs-snapshot"),
+        "dump" => env!("CARGO_BIN_EXE_redisfs-dump"),
+        "restore" => env!("CARGO_BIN_EXE_redisfs-restore"),
+        "fsck" => env!("CARGO_BIN_EXE_redisfs-fsck"),
+        other => panic!("no tool named {other}"),
+    };
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tool")
+}
+
+/// Runs a tool that must succeed; returns its stdout.
+pub fn tool_ok(name: &str, args: &[&str]) -> String {
+    let out = tool(name, args);
+    assert!(
+        out.status.success(),
+        "redisfs-{name} {args:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every file, directory and link under `root`, with what a user would compare: kind, mode,
+/// owner, size, modification time (ns), link count, link target and content digest.
+pub fn tree_listing(root: &Path) -> Vec<String> {
+    use sha2::Digest;
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let m = std::fs::symlink_metadata(&path).expect("lstat");
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let detail = if m.file_type().is_symlink() {
+                std::fs::read_link(&path).unwrap().display().to_string()
+            } else if m.is_file() {
+                format!(
+                    "{:x}",
+                    sha2::Sha256::digest(std::fs::read(&path).expect("read"))
+                )
+            } else {
+                String::new()
+            };
+            let mtime = if m.file_type().is_symlink() {
+                0
+            } else {
+                m.mtime() * 1_000_000_000 + m.mtime_nsec()
+            };
+            out.push(format!(
+                "{rel} mode={:o} uid={} gid={} size={} nlink={} rdev={} mtime={mtime} {detail}",
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                if m.is_dir() { 0 } else { m.size() },
+                m.nlink(),
+                m.rdev(),
+            ));
+            if m.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    out
+}

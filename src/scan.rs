@@ -1,0 +1,84 @@
+//! Walking the keys of a filesystem with SCAN (never KEYS, which blocks Redis), in batches.
+//!
+//! The pattern always comes from [`crate::keys::Keys::scan_pattern`] or names one kind of key
+//! under it, so a walk never sees a key outside the prefix.
+
+use crate::error::Error;
+use crate::store::Store;
+
+/// Keys asked for per SCAN call.
+const SCAN_COUNT: u64 = 1000;
+
+/// A walk over the keys matching a pattern. Keys that exist for the whole walk are returned
+/// at least once (SCAN may return a key twice; callers that count deduplicate).
+pub struct Scan<'a> {
+    store: &'a Store,
+    pattern: String,
+    cursor: u64,
+    finished: bool,
+}
+
+impl<'a> Scan<'a> {
+    /// A walk over every key of the store's filesystem.
+    pub fn all(store: &'a Store) -> Scan<'a> {
+        Scan::matching(store, store.keys.scan_pattern())
+    }
+
+    /// A walk over the keys matching `pattern`.
+    pub fn matching(store: &'a Store, pattern: String) -> Scan<'a> {
+        Scan {
+            store,
+            pattern,
+            cursor: 0,
+            finished: false,
+        }
+    }
+
+    /// The next batch of key names; `None` once the walk is over.
+    pub async fn next_batch(&mut self) -> Result<Option<Vec<Vec<u8>>>, Error> {
+        while !self.finished {
+            let (next, keys): (u64, Vec<Vec<u8>>) = self
+                .store
+                .cmd(
+                    redis::cmd("SCAN")
+                        .arg(self.cursor)
+                        .arg("MATCH")
+                        .arg(&self.pattern)
+                        .arg("COUNT")
+                        .arg(SCAN_COUNT),
+                )
+                .await
+                .map_err(self.store.failed("SCAN"))?;
+            self.cursor = next;
+            self.finished = next == 0;
+            if !keys.is_empty() {
+                return Ok(Some(keys));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The first key found under the store's prefix, if any.
+pub async fn any_key(store: &Store) -> Result<Option<String>, Error> {
+    let mut scan = Scan::all(store);
+    Ok(scan
+        .next_batch()
+        .await?
+        .and_then(|keys| keys.into_iter().next())
+        .map(|k| String::from_utf8_lossy(&k).into_owned()))
+}
+
+/// Deletes every key under the store's prefix (UNLINK, in batches); returns how many.
+pub async fn delete_all(store: &Store) -> Result<u64, Error> {
+    let mut scan = Scan::all(store);
+    let mut deleted = 0;
+    while let Some(keys) = scan.next_batch().await? {
+        let n: u64 = store
+            .cmd(redis::cmd("UNLINK").arg(&keys))
+            .await
+            .map_err(store.failed("UNLINK"))?;
+        deleted += n;
+    }
+    Ok(deleted)
+}

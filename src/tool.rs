@@ -1,0 +1,186 @@
+//! What the four tools (snapshot, dump, restore, fsck) share: their common options, the
+//! connection, progress reporting, and the summary they print.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::error::Error;
+use crate::options::{parse_seconds, ConnectionArgs, RedisTarget};
+use crate::server::ServerInfo;
+use crate::store::Store;
+
+/// Options every tool takes besides its own.
+#[derive(Args, Clone, Debug)]
+pub struct ToolArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// Print a machine-readable summary (JSON) on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Print nothing but errors (no progress, no summary).
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// How long to wait for a lost Redis to come back before giving up.
+    #[arg(long, default_value = "60", value_parser = parse_seconds, value_name = "SECONDS")]
+    pub io_timeout: Duration,
+}
+
+impl ToolArgs {
+    /// Connects to the Redis these options name, for the filesystem under `prefix`; checks
+    /// that the server can run the filesystem's scripts.
+    pub async fn connect(&self, prefix: &str) -> Result<Store, Error> {
+        connect(&self.connection.target()?, prefix, self.io_timeout).await
+    }
+
+    /// Progress reporting suited to where the tool's output goes.
+    pub fn progress(&self, what: &str) -> Progress {
+        Progress::new(what, self.quiet || self.json)
+    }
+}
+
+/// Connects to `target` for the filesystem under `prefix` and checks the server's version.
+pub async fn connect(
+    target: &RedisTarget,
+    prefix: &str,
+    io_timeout: Duration,
+) -> Result<Store, Error> {
+    validate_prefix(prefix)?;
+    let store = Store::connect(target, prefix, io_timeout).await?;
+    // Tools never evict anything themselves: the eviction policy is the mount's concern.
+    ServerInfo::read(&store)
+        .await?
+        .check(&store.address, true)?;
+    Ok(store)
+}
+
+/// Refuses prefixes that cannot name a filesystem.
+pub fn validate_prefix(prefix: &str) -> Result<(), Error> {
+    if prefix.is_empty() || prefix.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(Error::Setting(format!(
+            "prefix '{prefix}' must be non-empty, without spaces or control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Runs a tool's async body on a small runtime.
+pub fn block_on<T>(work: impl std::future::Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Setting(format!("cannot start the runtime: {e}")))?
+        .block_on(work)
+}
+
+/// Sets up logging for a tool: warnings and errors on stderr (progress lines too when stderr
+/// is not a terminal), everything with `RUST_LOG`.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("redisfs=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Prints a tool's summary: JSON on stdout with `--json`, else its text form (unless quiet).
+pub fn print_summary<R: serde::Serialize + std::fmt::Display>(args: &ToolArgs, report: &R) {
+    if args.json {
+        match serde_json::to_string_pretty(report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("cannot render the summary as JSON: {e}"),
+        }
+    } else if !args.quiet {
+        println!("{report}");
+    }
+}
+
+/// Progress of a long piece of work: a bar on a terminal, a log line every few seconds
+/// otherwise, nothing when quiet.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    what: String,
+    done: AtomicU64,
+    total: AtomicU64,
+    quiet: bool,
+    last_line: Mutex<Instant>,
+}
+
+/// How often a progress line is logged when there is no terminal.
+const LINE_EVERY: Duration = Duration::from_secs(5);
+
+impl Progress {
+    /// Progress of `what` (e.g. "copying keys"); `quiet` shows nothing.
+    pub fn new(what: &str, quiet: bool) -> Progress {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("{msg}: {human_pos} {wide_bar} {elapsed}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_message(what.to_string());
+            bar
+        });
+        Progress {
+            bar,
+            what: what.to_string(),
+            done: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            quiet,
+            last_line: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// A progress that shows nothing (for library callers without a user).
+    pub fn hidden() -> Progress {
+        Progress::new("", true)
+    }
+
+    /// Sets how much work there is, when known.
+    pub fn set_total(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            bar.set_length(total);
+        }
+    }
+
+    /// Counts `n` more units done.
+    pub fn advance(&self, n: u64) {
+        let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+            return;
+        }
+        if self.quiet {
+            return;
+        }
+        let mut last = self.last_line.lock().unwrap_or_else(|p| p.into_inner());
+        if last.elapsed() >= LINE_EVERY {
+            *last = Instant::now();
+            match self.total.load(Ordering::Relaxed) {
+                0 => tracing::info!("{}: {done}", self.what),
+                total => tracing::info!("{}: {done} of {total}", self.what),
+            }
+        }
+    }
+
+    /// Ends the display.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
