@@ -226,6 +226,26 @@ pub enum Error {
         /// Why it cannot be used.
         reason: String,
     },
+    /// A dump file is unreadable, damaged or of an unknown version.
+    #[error("dump {file}: record {record} at byte {offset}: {reason}")]
+    BadDump {
+        /// The file (or `-` for standard input).
+        file: String,
+        /// The record at fault (1 is the header).
+        record: u64,
+        /// Its offset in the uncompressed stream.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A local file or directory could not be read or written.
+    #[error("{path}: {reason}")]
+    Local {
+        /// The path.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// Something else is using the filesystem in a way that excludes this operation.
     #[error("{0}")]
     Busy(String),

@@ -37,7 +37,8 @@ pub struct CreateOptions {
 }
 
 impl CreateOptions {
-    fn block_size(&self) -> Result<u32, Error> {
+    /// The data bytes per block these settings give, or why they are invalid.
+    pub fn block_size(&self) -> Result<u32, Error> {
         if !(4096..=(64 << 20)).contains(&self.value_size) {
             return Err(Error::Setting(format!(
                 "--block-size {} is outside 4K..64M",

@@ -26,12 +26,14 @@
 //! | [`scan`] | walking a filesystem's keys with SCAN |
 //! | [`freeze`] | holding a filesystem still for a point-in-time copy |
 //! | [`tool`] | what the tools share: options, connection, progress, summaries |
+//! | [`dump`] | `redisfs-dump` and `redisfs-restore`: portable backups, local trees |
 //! | [`snapshot`] | `redisfs-snapshot`: a point-in-time copy under another prefix |
 //! | [`error`] | the error policy: errno-shaped [`error::FsError`], typed [`error::Error`] |
 
 pub mod attr;
 pub mod blocks;
 pub mod codec;
+pub mod dump;
 pub mod error;
 pub mod events;
 pub mod format;

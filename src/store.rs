@@ -102,6 +102,14 @@ impl Store {
         })
     }
 
+    /// The same connection, for the filesystem under another prefix.
+    pub fn with_prefix(&self, prefix: &str) -> Store {
+        Store {
+            keys: Keys::new(prefix),
+            ..self.clone()
+        }
+    }
+
     /// Turns a Redis error into the library's error, saying what was being done.
     pub fn failed(&self, context: &str) -> impl FnOnce(RedisError) -> Error {
         let address = self.address.clone();

@@ -90,15 +90,56 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// Prints a tool's summary: JSON on stdout with `--json`, else its text form (unless quiet).
-pub fn print_summary<R: serde::Serialize + std::fmt::Display>(args: &ToolArgs, report: &R) {
-    if args.json {
+/// Ends a tool's run: prints its summary (on stderr when stdout carries its data), or its
+/// error; returns the exit code.
+pub fn finish<R: serde::Serialize + std::fmt::Display>(
+    tool: &str,
+    args: &ToolArgs,
+    outcome: Result<R, Error>,
+    stdout_busy: bool,
+) -> std::process::ExitCode {
+    match outcome {
+        Ok(report) => {
+            print_summary(args, &report, stdout_busy);
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => fail(tool, &e, 1),
+    }
+}
+
+/// Reports a tool's failure as one line on stderr, with its causes; returns the exit code.
+pub fn fail(tool: &str, err: &Error, code: u8) -> std::process::ExitCode {
+    let mut text = format!("{tool}: {err}");
+    let mut cause = std::error::Error::source(err);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    eprintln!("{text}");
+    std::process::ExitCode::from(code)
+}
+
+/// Prints a tool's summary: JSON with `--json`, else its text form (unless quiet); on stdout,
+/// or on stderr when stdout carries the tool's data.
+pub fn print_summary<R: serde::Serialize + std::fmt::Display>(
+    args: &ToolArgs,
+    report: &R,
+    stdout_busy: bool,
+) {
+    let text = if args.json {
         match serde_json::to_string_pretty(report) {
-            Ok(text) => println!("{text}"),
-            Err(e) => eprintln!("cannot render the summary as JSON: {e}"),
+            Ok(text) => text,
+            Err(e) => format!("cannot render the summary as JSON: {e}"),
         }
     } else if !args.quiet {
-        println!("{report}");
+        report.to_string()
+    } else {
+        return;
+    };
+    if stdout_busy {
+        eprintln!("{text}");
+    } else {
+        println!("{text}");
     }
 }
 

@@ -1,11 +1,14 @@
 //! `redisfs-snapshot`: copy a filesystem, at one point in time, to a new prefix.
 
-use clap::Parser;
+use std::process::ExitCode;
 
-fn main() -> anyhow::Result<()> {
-    let args = redisfs::snapshot::SnapshotArgs::parse();
-    redisfs::tool::init_logging();
-    let report = redisfs::snapshot::run(&args)?;
-    redisfs::tool::print_summary(&args.tool, &report);
-    Ok(())
+use clap::Parser;
+use redisfs::snapshot::{run, SnapshotArgs};
+use redisfs::tool;
+
+fn main() -> ExitCode {
+    let args = SnapshotArgs::parse();
+    tool::init_logging();
+    let stdout_busy = false;
+    tool::finish("redisfs-snapshot", &args.tool, run(&args), stdout_busy)
 }

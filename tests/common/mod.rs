@@ -564,18 +564,50 @@ pub fn tree_listing(root: &Path) -> Vec<String> {
                 m.mtime() * 1_000_000_000 + m.mtime_nsec()
             };
             out.push(format!(
-                "{rel} mode={:o} uid={} gid={} size={} nlink={} rdev={} mtime={mtime} {detail}",
+                "{rel} mode={:o} uid={} gid={} size={} nlink={} rdev={} mtime={mtime} {detail} xattrs={:?}",
                 m.mode(),
                 m.uid(),
                 m.gid(),
                 if m.is_dir() { 0 } else { m.size() },
                 m.nlink(),
                 m.rdev(),
+                xattrs(&path),
             ));
             if m.is_dir() {
                 stack.push(path);
             }
         }
     }
+    out
+}
+
+/// The extended attributes of `path` (not following symlinks), sorted by name.
+pub fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let c = cpath(path);
+    let mut names = vec![0u8; 65536];
+    // SAFETY: valid C string and buffer.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    assert!(n >= 0, "llistxattr {}", path.display());
+    let mut out: Vec<(String, Vec<u8>)> = names[..n as usize]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|name| {
+            let cname = CString::new(name).unwrap();
+            let mut value = vec![0u8; 65536];
+            // SAFETY: valid C strings and buffer.
+            let len = unsafe {
+                libc::lgetxattr(
+                    c.as_ptr(),
+                    cname.as_ptr(),
+                    value.as_mut_ptr().cast(),
+                    value.len(),
+                )
+            };
+            assert!(len >= 0, "lgetxattr {}", path.display());
+            value.truncate(len as usize);
+            (String::from_utf8_lossy(name).into_owned(), value)
+        })
+        .collect();
+    out.sort();
     out
 }
