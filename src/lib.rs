@@ -27,6 +27,7 @@
 //! | [`freeze`] | holding a filesystem still for a point-in-time copy |
 //! | [`tool`] | what the tools share: options, connection, progress, summaries |
 //! | [`dump`] | `redisfs-dump` and `redisfs-restore`: portable backups, local trees |
+//! | [`fsck`] | `redisfs-fsck`: checks and repairs |
 //! | [`snapshot`] | `redisfs-snapshot`: a point-in-time copy under another prefix |
 //! | [`error`] | the error policy: errno-shaped [`error::FsError`], typed [`error::Error`] |
 
@@ -39,6 +40,7 @@ pub mod events;
 pub mod format;
 pub mod freeze;
 pub mod fs;
+pub mod fsck;
 pub mod keys;
 pub mod local_redis;
 pub mod meta;

@@ -509,6 +509,16 @@ impl Meta {
         Ok(int(reply.get(1)).unwrap_or(0) as u64)
     }
 
+    /// Frees the queued blocks of large deleted files, a batch at a time, until none are left
+    /// (or Redis fails: the queue stays for the next try).
+    pub async fn free_queued(&self) {
+        while let Ok(n) = self.free_batch(2048).await {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
     /// Block ids for `count` indexes from `first` (0 for holes), in one round trip.
     pub async fn map_range(&self, ino: u64, first: u64, count: u64) -> Result<Vec<u64>, FsError> {
         let mut cmd = redis::cmd("HMGET");

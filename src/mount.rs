@@ -413,12 +413,15 @@ async fn shutdown(core: &Core, session: Option<&Session>) {
         tracing::error!("unmounted with unstored data: {e}");
     }
     if let Some(session) = session {
-        if let Err(e) = core.meta.expire_session(session.id, u64::MAX).await {
+        // Run as a tool (session 0): the session's own ring of replies must not outlive it.
+        let mut as_tool = core.meta.clone();
+        as_tool.session = 0;
+        if let Err(e) = as_tool.expire_session(session.id, u64::MAX).await {
             tracing::warn!(
                 "session {} is left for another mount or fsck to expire: {e}",
                 session.id
             );
         }
-        core.free_queued_blocks().await;
+        as_tool.free_queued().await;
     }
 }

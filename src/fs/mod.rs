@@ -252,11 +252,7 @@ impl Core {
 
     /// Frees queued blocks of large deleted files, a batch at a time.
     pub async fn free_queued_blocks(&self) {
-        while let Ok(n) = self.meta.free_batch(2048).await {
-            if n == 0 {
-                break;
-            }
-        }
+        self.meta.free_queued().await;
     }
 
     /// Stores every buffered write of every open file (at unmount).
