@@ -26,6 +26,7 @@ use crate::tool::{self, Progress, ToolArgs};
 /// `redisfs-snapshot`: copy a filesystem, at one point in time, to a new prefix.
 #[derive(Parser, Clone, Debug)]
 #[command(
+    after_help = "Examples:\n  redisfs-snapshot --from skx --to copy          # then: redisfs --prefix copy /mnt/copy\n  redisfs-snapshot --from skx --to nightly --replace\n  redisfs-snapshot --from skx --to skx --to-redis redis://backup-host:6379/0",
     name = "redisfs-snapshot",
     version,
     about = "Copy a redisfs filesystem, at one point in time, to a new prefix",

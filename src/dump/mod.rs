@@ -38,6 +38,7 @@ const CHANNEL: usize = 64;
 /// `redisfs-dump`: write a filesystem to a portable file, or to a local directory.
 #[derive(Parser, Clone, Debug)]
 #[command(
+    after_help = "Examples:\n  redisfs-dump --prefix skx backup.rfs.gz\n  redisfs-dump --prefix skx --format json backup.json\n  redisfs-dump --prefix skx - | ssh host redisfs-restore --prefix skx -\n  redisfs-dump --prefix skx --to-dir /srv/export",
     name = "redisfs-dump",
     version,
     about = "Write a redisfs filesystem to a portable backup file (or a local directory)",
@@ -75,6 +76,7 @@ pub struct DumpArgs {
 /// `redisfs-restore`: load a dump file, or a local directory, into an empty prefix.
 #[derive(Parser, Clone, Debug)]
 #[command(
+    after_help = "Examples:\n  redisfs-restore --prefix restored backup.rfs.gz\n  redisfs-restore --prefix skx - < backup.rfs\n  redisfs-restore --prefix photos --from-dir /home/me/photos",
     name = "redisfs-restore",
     version,
     about = "Load a redisfs dump (or a local directory tree) into an empty prefix",

@@ -25,6 +25,7 @@ use crate::tool::{self, Progress, ToolArgs};
 /// `redisfs-fsck`: check a filesystem and repair it.
 #[derive(Parser, Clone, Debug)]
 #[command(
+    after_help = "Examples:\n  redisfs-fsck --prefix skx                      # check only\n  redisfs-fsck --prefix skx --repair --verify-data\n  redisfs-fsck --prefix skx --json | jq .exit_code",
     name = "redisfs-fsck",
     version,
     about = "Check a redisfs filesystem and, with --repair, fix it",

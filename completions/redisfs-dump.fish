@@ -1,0 +1,14 @@
+complete -c redisfs-dump -l prefix -d 'Prefix of the filesystem to dump' -r
+complete -c redisfs-dump -l format -d 'Record encoding' -r -f -a "msgpack\t'MessagePack: compact, the default'
+json\t'JSON, one record per line, bytes in base64'"
+complete -c redisfs-dump -l to-dir -d 'Write the files themselves into DIR (created if missing, must be empty) instead' -r -F
+complete -c redisfs-dump -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, or redis+unix:///path/to/socket?db=N. Overrides --host/--port/--db' -r
+complete -c redisfs-dump -l host -l redis-host -d 'Redis host [default: 127.0.0.1]' -r
+complete -c redisfs-dump -l port -l redis-port -d 'Redis port [default: 6379]' -r
+complete -c redisfs-dump -l db -l redis-db -d 'Redis database number [default: 0]' -r
+complete -c redisfs-dump -l io-timeout -d 'How long to wait for a lost Redis to come back before giving up' -r
+complete -c redisfs-dump -l gzip -d 'Compress with gzip (implied by a FILE name ending in .gz)'
+complete -c redisfs-dump -l json -d 'Print a machine-readable summary (JSON) on stdout instead of text'
+complete -c redisfs-dump -s q -l quiet -d 'Print nothing but errors (no progress, no summary)'
+complete -c redisfs-dump -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c redisfs-dump -s V -l version -d 'Print version'

@@ -1,0 +1,13 @@
+complete -c redisfs-restore -l prefix -d 'Prefix to restore into; must hold no keys' -r
+complete -c redisfs-restore -l from-dir -d 'Import the local directory tree DIR instead' -r -F
+complete -c redisfs-restore -l compression -d 'Compression of the restored blocks [default: the dump\'s; lz4 for --from-dir]' -r
+complete -c redisfs-restore -l block-size -d 'Block size (Redis value size) of a filesystem imported with --from-dir' -r
+complete -c redisfs-restore -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, or redis+unix:///path/to/socket?db=N. Overrides --host/--port/--db' -r
+complete -c redisfs-restore -l host -l redis-host -d 'Redis host [default: 127.0.0.1]' -r
+complete -c redisfs-restore -l port -l redis-port -d 'Redis port [default: 6379]' -r
+complete -c redisfs-restore -l db -l redis-db -d 'Redis database number [default: 0]' -r
+complete -c redisfs-restore -l io-timeout -d 'How long to wait for a lost Redis to come back before giving up' -r
+complete -c redisfs-restore -l json -d 'Print a machine-readable summary (JSON) on stdout instead of text'
+complete -c redisfs-restore -s q -l quiet -d 'Print nothing but errors (no progress, no summary)'
+complete -c redisfs-restore -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c redisfs-restore -s V -l version -d 'Print version'

@@ -1,0 +1,13 @@
+complete -c redisfs-snapshot -l from -d 'Prefix of the filesystem to copy' -r
+complete -c redisfs-snapshot -l to -d 'Prefix of the copy; must hold no keys' -r
+complete -c redisfs-snapshot -l to-redis -d 'Redis URL for the copy, when it goes to another server [default: the source\'s]' -r
+complete -c redisfs-snapshot -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, or redis+unix:///path/to/socket?db=N. Overrides --host/--port/--db' -r
+complete -c redisfs-snapshot -l host -l redis-host -d 'Redis host [default: 127.0.0.1]' -r
+complete -c redisfs-snapshot -l port -l redis-port -d 'Redis port [default: 6379]' -r
+complete -c redisfs-snapshot -l db -l redis-db -d 'Redis database number [default: 0]' -r
+complete -c redisfs-snapshot -l io-timeout -d 'How long to wait for a lost Redis to come back before giving up' -r
+complete -c redisfs-snapshot -l replace -d 'Delete whatever DST holds first (refused while DST is mounted)'
+complete -c redisfs-snapshot -l json -d 'Print a machine-readable summary (JSON) on stdout instead of text'
+complete -c redisfs-snapshot -s q -l quiet -d 'Print nothing but errors (no progress, no summary)'
+complete -c redisfs-snapshot -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c redisfs-snapshot -s V -l version -d 'Print version'

@@ -1,0 +1,21 @@
+complete -c redisfs -l mount -d 'Directory to mount on (alternative to the positional argument)' -r -F
+complete -c redisfs -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, or redis+unix:///path/to/socket?db=N. Overrides --host/--port/--db' -r
+complete -c redisfs -l host -l redis-host -d 'Redis host [default: 127.0.0.1]' -r
+complete -c redisfs -l port -l redis-port -d 'Redis port [default: 6379]' -r
+complete -c redisfs -l db -l redis-db -d 'Redis database number [default: 0]' -r
+complete -c redisfs -l prefix -d 'Key prefix of the filesystem; many filesystems can share one Redis' -r
+complete -c redisfs -l block-size -d 'Block size of a new filesystem: the size of one Redis value; a block holds 64 bytes less than this so that a value fits its allocator size class exactly' -r
+complete -c redisfs -l compression -d 'Compression of a new filesystem\'s blocks: none, lz4, zstd or zlib' -r
+complete -c redisfs -s o -d 'Mount options, comma separated (allow_other, default_permissions, ro, noatime, nosuid, nodev, noexec, …)' -r
+complete -c redisfs -l log-file -d 'Write logs to FILE instead of stderr' -r -F
+complete -c redisfs -l io-timeout -d 'How long an operation waits for a lost Redis to come back before failing with EIO' -r
+complete -c redisfs -l session-timeout -d 'A mount silent for this long is dead: its locks are released and the unlinked files it held open are deleted' -r
+complete -c redisfs -l cache-size -d 'Memory for cached blocks' -r
+complete -c redisfs -l state-dir -d 'Directory for the private redis-server\'s data [default: /var/lib/redisfs as root, else $XDG_STATE_HOME/redisfs]' -r -F
+complete -c redisfs -l read-only -l ro -d 'Mount read-only: every write fails with EROFS'
+complete -c redisfs -s d -l daemon -d 'Return once the filesystem is mounted and keep serving it in the background'
+complete -c redisfs -l debug -d 'Log every operation (tracing at debug level)'
+complete -c redisfs -l writeback -d 'Let the kernel cache writes and file sizes (faster small writes). Only for a filesystem mounted once: with it the kernel ignores size and time changes made by other mounts to files it caches'
+complete -c redisfs -l force -d 'Mount even if Redis may evict keys (maxmemory-policy allkeys-*), which destroys files'
+complete -c redisfs -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c redisfs -s V -l version -d 'Print version'
