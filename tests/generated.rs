@@ -24,7 +24,9 @@ fn generated() -> Vec<(PathBuf, Vec<u8>)> {
     for mut cmd in commands() {
         let name = cmd.get_name().to_string();
         let mut page = Vec::new();
-        clap_mangen::Man::new(cmd.clone()).render(&mut page).expect("render man page");
+        clap_mangen::Man::new(cmd.clone())
+            .render(&mut page)
+            .expect("render man page");
         out.push((root.join(format!("man/{name}.1")), page));
         for (shell, file) in [
             (Shell::Bash, format!("{name}.bash")),
