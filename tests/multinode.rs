@@ -330,3 +330,29 @@ fn a_redis_restart_mid_workload_loses_nothing_and_fails_nothing() {
     let expected: String = (0..written).map(|n| format!("record {n}\n")).collect();
     assert_eq!(log, expected);
 }
+
+#[test]
+fn names_created_elsewhere_appear_in_directories_this_mount_created() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &[]);
+    let b = Mount::new(&redis, "skx", &[]);
+    // A knows every name of a directory it created, and answers misses there itself.
+    fs::create_dir(a.join("fresh")).unwrap();
+    assert!(!a.join("fresh/x").exists());
+    common::eventually("mkdir", PROPAGATION, || b.join("fresh").is_dir());
+    fs::write(b.join("fresh/x"), b"from b").unwrap();
+    common::eventually("a name made elsewhere", PROPAGATION, || {
+        fs::read(a.join("fresh/x")).ok().as_deref() == Some(b"from b".as_slice())
+    });
+    // A's own removals and renames keep what it knows right.
+    fs::write(a.join("fresh/y"), b"y").unwrap();
+    fs::rename(a.join("fresh/y"), a.join("fresh/z")).unwrap();
+    assert!(!a.join("fresh/y").exists());
+    assert_eq!(fs::read(a.join("fresh/z")).unwrap(), b"y");
+    fs::remove_file(a.join("fresh/z")).unwrap();
+    assert!(!a.join("fresh/z").exists());
+    common::eventually("removal", PROPAGATION, || !b.join("fresh/z").exists());
+}

@@ -5,7 +5,7 @@
 //! a change does not store what it read: every drop bumps an epoch, and a result is kept only
 //! if the epoch it started in is still current.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -16,12 +16,17 @@ use super::lock;
 /// Entries kept before the cache starts over (bounds memory on huge trees).
 const LIMIT: usize = 500_000;
 
-/// Names (parent, name) → inode, and inode → attributes.
+/// Names (parent, name) → inode, and inode → attributes; and the directories whose every
+/// name is known, so that a name missing there is known not to exist (a create's look-up then
+/// costs no round trip).
 #[derive(Default)]
 pub struct MetaCache {
     names: Mutex<HashMap<(u64, Vec<u8>), u64>>,
     attrs: Mutex<HashMap<u64, Attr>>,
+    complete: Mutex<HashSet<u64>>,
     epoch: AtomicU64,
+    /// Bumped whenever a name may have appeared without this cache learning it.
+    names_epoch: AtomicU64,
 }
 
 impl MetaCache {
@@ -41,11 +46,37 @@ impl MetaCache {
         lock(&self.attrs).get(&ino).copied()
     }
 
+    /// The epoch of name knowledge, taken before creating a directory (see [`Self::created_dir`]).
+    pub fn names_epoch(&self) -> u64 {
+        self.names_epoch.load(Ordering::Acquire)
+    }
+
+    /// Whether `parent/name` is known not to exist.
+    pub fn absent(&self, parent: u64, name: &[u8]) -> bool {
+        let _attrs = lock(&self.attrs);
+        lock(&self.complete).contains(&parent)
+            && !lock(&self.names).contains_key(&(parent, name.to_vec()))
+    }
+
+    /// Records that this mount created the empty directory `dir`, having read the names
+    /// epoch before: its names are then all known, unless one may have appeared since.
+    pub fn created_dir(&self, names_epoch: u64, dir: u64) {
+        let _attrs = lock(&self.attrs);
+        if self.names_epoch() == names_epoch {
+            lock(&self.complete).insert(dir);
+        }
+    }
+
     /// Remembers what was read in `epoch` (and the name it was found under), unless something
     /// changed since.
     pub fn remember(&self, epoch: u64, name: Option<(u64, &[u8])>, attr: Attr) {
         let mut attrs = lock(&self.attrs);
         if self.epoch() != epoch {
+            if let Some((parent, _)) = name {
+                // The name exists but is not recorded: the directory is no longer fully known.
+                self.names_epoch.fetch_add(1, Ordering::AcqRel);
+                lock(&self.complete).remove(&parent);
+            }
             return;
         }
         if attrs.len() >= LIMIT {
@@ -56,6 +87,7 @@ impl MetaCache {
             let mut names = lock(&self.names);
             if names.len() >= LIMIT {
                 names.clear();
+                lock(&self.complete).clear();
             }
             names.insert((parent, name.to_vec()), attr.ino);
         }
@@ -68,9 +100,18 @@ impl MetaCache {
         attrs.remove(&ino);
     }
 
-    /// Forgets a name.
+    /// Forgets a name whose entry may now name anything, or nothing (changed elsewhere).
     pub fn forget_name(&self, parent: u64, name: &[u8]) {
         // Taken in the same order as `remember`, so that the epoch check there is exact.
+        let _attrs = lock(&self.attrs);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.names_epoch.fetch_add(1, Ordering::AcqRel);
+        lock(&self.names).remove(&(parent, name.to_vec()));
+        lock(&self.complete).remove(&parent);
+    }
+
+    /// Forgets a name this mount removed: it is known not to exist now.
+    pub fn removed(&self, parent: u64, name: &[u8]) {
         let _attrs = lock(&self.attrs);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         lock(&self.names).remove(&(parent, name.to_vec()));
@@ -80,7 +121,9 @@ impl MetaCache {
     pub fn clear(&self) {
         let mut attrs = lock(&self.attrs);
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.names_epoch.fetch_add(1, Ordering::AcqRel);
         attrs.clear();
         lock(&self.names).clear();
+        lock(&self.complete).clear();
     }
 }

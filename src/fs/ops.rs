@@ -66,6 +66,9 @@ impl Core {
                 if let Some(attr) = self.cache.entry(parent, name) {
                     return Ok(attr);
                 }
+                if self.cache.absent(parent, name) {
+                    return Err(FsError::NotFound);
+                }
                 let epoch = self.cache.epoch();
                 let attr = self.meta.lookup(parent, name).await?;
                 self.cache.remember(epoch, Some((parent, name)), attr);
@@ -197,10 +200,14 @@ impl Core {
             FileKind::CharDevice | FileKind::BlockDevice => attr.rdev = rdev,
             _ => {}
         }
+        let names_epoch = self.cache.names_epoch();
         let created = self.meta.create(parent, name, &attr, target).await?;
         self.cache.forget_attr(parent);
         self.cache
             .remember(self.cache.epoch(), Some((parent, name)), created);
+        if kind == FileKind::Dir {
+            self.cache.created_dir(names_epoch, created.ino);
+        }
         Ok(created)
     }
 
@@ -243,6 +250,7 @@ impl Core {
         self.writable()?;
         check_name(name)?;
         let attr = self.meta.link(ino, parent, name).await?;
+        self.cache.forget_name(parent, name);
         self.cache.forget_attr(parent);
         self.cache.forget_attr(ino);
         match self.open_file(ino) {
@@ -260,7 +268,7 @@ impl Core {
         self.writable()?;
         check_name(name)?;
         let (ino, orphaned) = self.meta.remove(parent, name, dir).await?;
-        self.cache.forget_name(parent, name);
+        self.cache.removed(parent, name);
         self.cache.forget_attr(parent);
         self.cache.forget_attr(ino);
         if orphaned {
@@ -290,7 +298,11 @@ impl Core {
             .meta
             .rename(parent, name, new_parent, new_name, flags)
             .await?;
-        self.cache.forget_name(parent, name);
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            self.cache.forget_name(parent, name);
+        } else {
+            self.cache.removed(parent, name);
+        }
         self.cache.forget_name(new_parent, new_name);
         for ino in [parent, new_parent].into_iter().chain(touched) {
             self.cache.forget_attr(ino);
