@@ -73,7 +73,7 @@ pub async fn open(
             }
             let Some(create) = create else {
                 return Err(Error::Setting(format!(
-                    "there is no filesystem under prefix '{}' (a read-only mount cannot create one)",
+                    "there is no filesystem under prefix '{}' (a writable mount of an empty prefix creates one)",
                     keys.prefix()
                 )));
             };

@@ -107,15 +107,10 @@ pub fn finish<R: serde::Serialize + std::fmt::Display>(
     }
 }
 
-/// Reports a tool's failure as one line on stderr, with its causes; returns the exit code.
+/// Reports a tool's failure as one line on stderr; returns the exit code.
 pub fn fail(tool: &str, err: &Error, code: u8) -> std::process::ExitCode {
-    let mut text = format!("{tool}: {err}");
-    let mut cause = std::error::Error::source(err);
-    while let Some(c) = cause {
-        text.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    eprintln!("{text}");
+    // The library's messages already carry their causes.
+    eprintln!("{tool}: {err}");
     std::process::ExitCode::from(code)
 }
 

@@ -242,6 +242,10 @@ fn restore_refuses_a_non_empty_prefix_and_a_mount_refuses_an_unfinished_one() {
     .err()
     .expect("mounted an unfinished restore");
     assert!(refusal.stderr.contains("incomplete"), "{}", refusal.stderr);
+    let out = tool("fsck", &["--redis", &url, "--prefix", "half"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{report}");
+    assert!(report.contains("incomplete"), "{report}");
 }
 
 #[test]
