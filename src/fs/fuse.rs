@@ -180,6 +180,14 @@ impl RedisFs {
 }
 
 impl RedisFs {
+    /// Answers on the FUSE thread, with what this mount already knows.
+    fn answer_now<T, R: Respond<T>>(&self, reply: R, result: Result<T, FsError>) {
+        match result {
+            Ok(v) => reply.answer(v, &self.core),
+            Err(e) => reply.fail(errno(e)),
+        }
+    }
+
     /// Like [`RedisFs::serve`], for an operation that changes the filesystem or stores
     /// buffered data: it waits while a snapshot holds the filesystem still.
     fn serve_change<T, R, F, Fut>(&self, reply: R, op: F)
@@ -228,6 +236,9 @@ impl fuser::Filesystem for RedisFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if let Some(known) = self.core.lookup_cached(parent.0, name.as_bytes()) {
+            return self.answer_now(reply, known);
+        }
         let name = bytes(name);
         self.serve(
             reply,
@@ -236,6 +247,9 @@ impl fuser::Filesystem for RedisFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(attr) = self.core.getattr_cached(ino.0) {
+            return self.answer_now(reply, Ok(attr));
+        }
         self.serve(reply, move |c| async move { c.getattr(ino.0).await });
     }
 
@@ -421,6 +435,9 @@ impl fuser::Filesystem for RedisFs {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        if let Some(done) = self.core.flush_at_once(fh.0, ino.0, lock_owner.0) {
+            return self.answer_now(reply, done);
+        }
         self.serve_change(reply, move |c| async move {
             // close(2) drops the process's fcntl locks on the file.
             c.release_locks(ino.0, lock_owner.0).await?;
@@ -438,6 +455,10 @@ impl fuser::Filesystem for RedisFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let owner = lock_owner.map(|o| o.0);
+        if let Some(done) = self.core.release_at_once(fh.0, ino.0, owner) {
+            return self.answer_now(reply, done);
+        }
         self.serve_change(reply, move |c| async move {
             // The last close of an open file description drops its flock.
             if let Some(owner) = lock_owner {

@@ -6,6 +6,7 @@
 
 mod cache;
 mod dir;
+mod fast;
 mod file;
 pub mod fuse;
 mod hold;

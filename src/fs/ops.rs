@@ -17,7 +17,7 @@ const XATTR_SIZE_MAX: usize = 65536;
 /// Copy granularity of copy_file_range.
 const COPY_CHUNK: u64 = 1 << 20;
 
-fn check_name(name: &[u8]) -> Result<(), FsError> {
+pub(super) fn check_name(name: &[u8]) -> Result<(), FsError> {
     if name.len() > NAME_MAX {
         Err(FsError::NameTooLong)
     } else {
@@ -372,6 +372,12 @@ impl Core {
     pub async fn release(&self, fh: u64) -> Result<(), FsError> {
         let file = self.file(fh)?;
         let flushed = self.flush_file(&file, false).await;
+        self.detached(fh, flushed)
+    }
+
+    /// Drops a handle whose data was stored (or not: `flushed`); the last close of an
+    /// unlinked file queues it for deletion.
+    pub(super) fn detached(&self, fh: u64, flushed: Result<(), FsError>) -> Result<(), FsError> {
         if let Some(last) = self.detach(fh) {
             let st = last.state();
             if st.orphaned {

@@ -1,0 +1,56 @@
+//! Answers that need nothing but this mount's memory, given on the FUSE thread itself: a task
+//! hand-off and two thread switches cost more than the work (a cached look-up, a close with
+//! nothing to store).
+
+use super::Core;
+use crate::attr::Attr;
+use crate::error::FsError;
+
+impl Core {
+    /// A look-up answered from the name cache: known (`Ok`), known absent (`NotFound`), or
+    /// `None` when Redis must be asked.
+    pub fn lookup_cached(&self, parent: u64, name: &[u8]) -> Option<Result<Attr, FsError>> {
+        if name == b"." || name == b".." || super::ops::check_name(name).is_err() {
+            return None;
+        }
+        if let Some(attr) = self.cache.entry(parent, name) {
+            return Some(Ok(attr));
+        }
+        self.cache
+            .absent(parent, name)
+            .then_some(Err(FsError::NotFound))
+    }
+
+    /// Attributes of an inode not open here, if remembered.
+    pub fn getattr_cached(&self, ino: u64) -> Option<Attr> {
+        if self.open_file(ino).is_some() {
+            return None;
+        }
+        self.cache.attr(ino)
+    }
+
+    /// Whether closing `fh` (for lock owner `owner`) has nothing to store or unlock.
+    fn closes_quietly(&self, fh: u64, ino: u64, owner: Option<u64>) -> bool {
+        let holds_locks =
+            owner.is_some_and(|o| super::lock(&self.lock_holders).contains(&(ino, o)));
+        !holds_locks && self.file(fh).is_ok_and(|f| !f.state().has_pending())
+    }
+
+    /// A flush with nothing to store or unlock: done.
+    pub fn flush_at_once(&self, fh: u64, ino: u64, owner: u64) -> Option<Result<(), FsError>> {
+        self.closes_quietly(fh, ino, Some(owner)).then_some(Ok(()))
+    }
+
+    /// A release with nothing to store or unlock, done here.
+    pub fn release_at_once(
+        &self,
+        fh: u64,
+        ino: u64,
+        owner: Option<u64>,
+    ) -> Option<Result<(), FsError>> {
+        if !self.closes_quietly(fh, ino, owner) {
+            return None;
+        }
+        Some(self.detached(fh, Ok(())))
+    }
+}
