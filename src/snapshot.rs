@@ -127,6 +127,8 @@ pub async fn snapshot(
             "--from and --to name the same filesystem".into(),
         ));
     }
+    // Keys to copy: about one per block, plus inode buckets, directories and maps.
+    progress.total_from_counters(src, 1, 1).await;
     let replaced = make_room(dst, replace).await?;
     format::mark_unfinished(dst, "snapshotting").await?;
     let copier = Copier {

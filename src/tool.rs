@@ -158,9 +158,10 @@ impl Progress {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
             bar.set_style(
-                ProgressStyle::with_template("{msg}: {human_pos} {wide_bar} {elapsed}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template("{spinner} {msg}: {human_pos} ({per_sec}, {elapsed})")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
+            bar.enable_steady_tick(Duration::from_millis(200));
             bar.set_message(what.to_string());
             bar
         });
@@ -179,11 +180,36 @@ impl Progress {
         Progress::new("", true)
     }
 
-    /// Sets how much work there is, when known.
+    /// Sets how much work there is, when known (an estimate is fine: the bar stops at full).
     pub fn set_total(&self, total: u64) {
         self.total.store(total, Ordering::Relaxed);
         if let Some(bar) = &self.bar {
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg}: {human_pos}/{human_len} {wide_bar} {eta} left",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
             bar.set_length(total);
+        }
+    }
+
+    /// Sets the total from the filesystem's counters: `inodes` and `blocks` weighted as the
+    /// work counts them.
+    pub async fn total_from_counters(&self, store: &Store, per_inode: u64, per_block: u64) {
+        let counts: Result<(Option<u64>, Option<u64>), _> = store
+            .cmd(
+                redis::cmd("HMGET")
+                    .arg(store.keys.stat())
+                    .arg("inodes")
+                    .arg("blocks"),
+            )
+            .await;
+        if let Ok((inodes, blocks)) = counts {
+            let total = inodes.unwrap_or(0) * per_inode + blocks.unwrap_or(0) * per_block;
+            if total > 0 {
+                self.set_total(total);
+            }
         }
     }
 

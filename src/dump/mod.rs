@@ -200,6 +200,7 @@ pub async fn dump(
         created: crate::attr::Timestamp::now().sec,
         writer: env!("CARGO_PKG_VERSION").into(),
     };
+    progress.total_from_counters(store, 1, 0).await;
     let (tx, rx) = mpsc::channel(CHANNEL);
     let (output, sink) = match (&args.to_dir, &args.file) {
         (Some(dir), _) => (

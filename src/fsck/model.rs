@@ -63,6 +63,8 @@ pub async fn read(
     let mut picture = Picture::default();
     let mut scan = Scan::all(store);
     let mut seen = HashSet::new();
+    let mut progress_done = 0;
+    progress.total_from_counters(store, 1, 1).await;
     while let Some(batch) = scan.next_batch().await? {
         let fresh: Vec<Vec<u8>> = batch
             .into_iter()
@@ -130,7 +132,8 @@ pub async fn read(
                     .await?;
             }
         }
-        progress.advance(1);
+        progress.advance(seen.len() as u64 - progress_done);
+        progress_done = seen.len() as u64;
     }
     Ok(picture)
 }
