@@ -171,6 +171,12 @@ pub enum Error {
         /// One of the keys found.
         example: String,
     },
+    /// The prefix holds no keys at all.
+    #[error("there is no filesystem under prefix '{prefix}' (a writable mount of an empty prefix creates one)")]
+    NoFilesystem {
+        /// The prefix.
+        prefix: String,
+    },
     /// A key of the filesystem has the wrong type or an undecodable value.
     #[error("key '{key}' is corrupt: {reason}")]
     CorruptKey {

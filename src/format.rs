@@ -72,10 +72,9 @@ pub async fn open(
                 });
             }
             let Some(create) = create else {
-                return Err(Error::Setting(format!(
-                    "there is no filesystem under prefix '{}' (a writable mount of an empty prefix creates one)",
-                    keys.prefix()
-                )));
+                return Err(Error::NoFilesystem {
+                    prefix: keys.prefix().to_string(),
+                });
             };
             format(store, scripts, create).await?;
         }
