@@ -28,6 +28,32 @@ const RENEW_EVERY: Duration = Duration::from_secs(2);
 /// How long live mounts get to store their buffers and answer.
 const ANSWER_TIME: Duration = Duration::from_secs(10);
 
+/// Compare-and-set of the freeze key, so that a tool only ever changes its own hold.
+/// KEYS: freeze, acks. ARGV: expected value, new value ('' deletes both keys), lease (ms).
+const SWAP: &str = "
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1], KEYS[2])
+else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+return 1";
+
+/// Replaces the freeze key's value `from` by `to` (`""`: deletes it); false if it no longer
+/// held `from`.
+async fn swap(store: &Store, from: &str, to: &str) -> Result<bool, Error> {
+    let script = redis::Script::new(SWAP);
+    let keys = &store.keys;
+    let (freeze, acks) = (keys.freeze(), keys.freeze_acks());
+    let lease = HOLD_LEASE.as_millis() as u64;
+    let done: i64 = store
+        .retry(|mut c, _| {
+            let mut inv = script.key(&freeze);
+            inv.key(&acks).arg(from).arg(to).arg(lease);
+            async move { inv.invoke_async(&mut c).await }
+        })
+        .await
+        .map_err(store.failed("updating the freeze key"))?;
+    Ok(done == 1)
+}
+
 /// What a hold did, for the tool's summary.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct HoldReport {
@@ -91,37 +117,31 @@ where
         if !live.is_empty() {
             report.silent = ask_mounts(store, &token, &live).await?;
         }
-        let _: () = store
-            .cmd(
-                redis::cmd("SET")
-                    .arg(keys.freeze())
-                    .arg(format!("hold {token}"))
-                    .arg("PX")
-                    .arg(lease),
-            )
-            .await
-            .map_err(store.failed("holding changes"))?;
+        if !swap(store, &format!("flush {token}"), &format!("hold {token}")).await? {
+            return Err(lapsed(keys.prefix()));
+        }
         let renewing = tokio::spawn(renew(store.clone(), token.clone()));
         let outcome = work().await;
         renewing.abort();
-        let still: Option<String> = store
-            .cmd(redis::cmd("GET").arg(keys.freeze()))
-            .await
-            .map_err(store.failed("checking the hold"))?;
-        if still.as_deref() != Some(format!("hold {token}").as_str()) {
-            return Err(Error::Busy(format!(
-                "the hold on '{}' lapsed during the copy (was the tool stalled for over {} s?); \
-                 the copy is not a point in time",
-                keys.prefix(),
-                HOLD_LEASE.as_secs()
-            )));
+        // Renewing the lease once more proves it never lapsed (else another tool could have
+        // taken the key, and changes could have run).
+        if !swap(store, &format!("hold {token}"), &format!("hold {token}")).await? {
+            return Err(lapsed(keys.prefix()));
         }
         outcome
     }
     .await;
     report.held_ms = started.elapsed().as_millis() as u64;
-    release(store).await;
+    release(store, &token).await;
     result.map(|v| (v, report))
+}
+
+fn lapsed(prefix: &str) -> Error {
+    Error::Busy(format!(
+        "the hold on '{prefix}' lapsed during the copy (was the tool stalled for over {} s?); \
+         the copy is not a point in time",
+        HOLD_LEASE.as_secs()
+    ))
 }
 
 /// Publishes the request and waits for every live session to answer; returns the silent ones.
@@ -141,14 +161,14 @@ async fn ask_mounts(store: &Store, token: &str, live: &[u64]) -> Result<Vec<u64>
         .map_err(store.failed("asking mounts to hold still"))?;
     let deadline = Instant::now() + ANSWER_TIME;
     loop {
-        let answered: Vec<u64> = store
+        let answered: Vec<String> = store
             .cmd(redis::cmd("SMEMBERS").arg(keys.freeze_acks()))
             .await
             .map_err(store.failed("SMEMBERS"))?;
         let silent: Vec<u64> = live
             .iter()
             .copied()
-            .filter(|s| !answered.contains(s))
+            .filter(|s| !answered.contains(&format!("{s}:{token}")))
             .collect();
         if silent.is_empty() {
             return Ok(silent);
@@ -166,36 +186,36 @@ async fn ask_mounts(store: &Store, token: &str, live: &[u64]) -> Result<Vec<u64>
 }
 
 async fn renew(store: Store, token: String) {
-    let key = store.keys.freeze();
     let value = format!("hold {token}");
     loop {
         tokio::time::sleep(RENEW_EVERY).await;
-        let cmd = redis::cmd("SET")
-            .arg(&key)
-            .arg(&value)
-            .arg("XX")
-            .arg("PX")
-            .arg(HOLD_LEASE.as_millis() as u64)
-            .clone();
-        if let Err(e) = store.cmd::<Option<String>>(&cmd).await {
-            tracing::warn!("renewing the hold: {e}");
+        match swap(&store, &value, &value).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => tracing::warn!("renewing the hold: {e}"),
         }
     }
 }
 
-async fn release(store: &Store) {
+/// Ends this tool's hold (in whichever phase) and tells the mounts.
+async fn release(store: &Store, token: &str) {
     let keys = &store.keys;
-    let mut pipe = redis::pipe();
-    pipe.cmd("DEL")
-        .arg(keys.freeze())
-        .arg(keys.freeze_acks())
-        .ignore();
-    pipe.cmd("PUBLISH").arg(keys.events()).arg("0\0T").ignore();
-    if let Err(e) = store.pipe::<()>(&pipe).await {
+    let mut released = Ok(false);
+    for phase in ["hold", "flush"] {
+        released = swap(store, &format!("{phase} {token}"), "").await;
+        if !matches!(released, Ok(false)) {
+            break;
+        }
+    }
+    if let Err(e) = released {
         tracing::warn!(
             "releasing the hold failed ({e}); mounts resume when {} expires",
             keys.freeze()
         );
+    }
+    let thaw = redis::cmd("PUBLISH").arg(keys.events()).arg("0\0T").clone();
+    if let Err(e) = store.cmd::<()>(&thaw).await {
+        tracing::warn!("telling the mounts the hold ended: {e}");
     }
 }
 
@@ -205,19 +225,20 @@ pub async fn still_held(store: &Store, token: &str) -> bool {
         .cmd::<Option<String>>(&redis::cmd("GET").arg(store.keys.freeze()).clone())
         .await
     {
-        Ok(Some(v)) => v.ends_with(token),
+        Ok(Some(v)) => v.split_once(' ').map(|(_, t)| t) == Some(token),
         Ok(None) => false,
         // Redis away: keep waiting; the key's lease decides once it is back.
         Err(_) => true,
     }
 }
 
-/// Mount side: tells the tool that session `sid` stored its buffers and holds still.
-pub async fn answer(store: &Store, sid: u64) -> Result<(), redis::RedisError> {
+/// Mount side: tells the tool that session `sid` stored its buffers and holds still for the
+/// request `token`.
+pub async fn answer(store: &Store, sid: u64, token: &str) -> Result<(), redis::RedisError> {
     let mut pipe = redis::pipe();
     pipe.cmd("SADD")
         .arg(store.keys.freeze_acks())
-        .arg(sid)
+        .arg(format!("{sid}:{token}"))
         .ignore();
     pipe.cmd("PEXPIRE")
         .arg(store.keys.freeze_acks())

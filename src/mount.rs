@@ -266,6 +266,7 @@ async fn prepare(
     target: &crate::options::RedisTarget,
     mount_point: &Path,
 ) -> Result<Mounted, Error> {
+    crate::tool::validate_prefix(&args.prefix)?;
     let store = Store::connect(target, &args.prefix, args.io_timeout).await?;
     let server = ServerInfo::read(&store).await?;
     server.check(&store.address, args.force)?;

@@ -47,8 +47,6 @@ const PRELUDE: &str = include_str!("lua/prelude.lua");
 /// While a snapshot holds the filesystem (see `src/freeze.rs`) it changes nothing and answers
 /// `{-1}`, and the caller waits and tries again.
 const ONCE: &str = "
-local FROZEN = redis.call('GET', P .. 'freeze')
-if FROZEN and string.sub(FROZEN, 1, 5) == 'hold ' then return { -1 } end
 local RING = P .. 'session:' .. SID .. ':replies'
 local SLOT = tonumber(REQ) % 4096
 if RETRY == '1' then
@@ -57,6 +55,8 @@ if RETRY == '1' then
     return cmsgpack.unpack(string.sub(done, #REQ + 2))
   end
 end
+local FROZEN = redis.call('GET', P .. 'freeze')
+if FROZEN and string.sub(FROZEN, 1, 5) == 'hold ' then return { -1 } end
 local reply = main()
 if REQ ~= '0' then redis.call('HSET', RING, SLOT, REQ .. ':' .. cmsgpack.pack(reply)) end
 return reply

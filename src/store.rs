@@ -174,9 +174,13 @@ impl Store {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         };
         let mut held = Duration::from_millis(1);
+        // Once an attempt may have reached Redis, every later one is a retry: it must find the
+        // reply of a run that happened rather than run again (also across a hold).
+        let sent = std::sync::atomic::AtomicBool::new(false);
         loop {
             let reply = self
                 .retry(|mut c, again| {
+                    let again = again || sent.swap(true, std::sync::atomic::Ordering::Relaxed);
                     let mut inv = script.key(&meta);
                     inv.arg(base)
                         .arg(format!("{session}:{request}:{}", u8::from(again)));

@@ -60,9 +60,12 @@ pub async fn connect(
 
 /// Refuses prefixes that cannot name a filesystem.
 pub fn validate_prefix(prefix: &str) -> Result<(), Error> {
-    if prefix.is_empty() || prefix.contains(|c: char| c.is_whitespace() || c.is_control()) {
+    // A ':' would let one filesystem's keys (`a:…`) cover another's (`a:b:…`).
+    if prefix.is_empty()
+        || prefix.contains(|c: char| c == ':' || c.is_whitespace() || c.is_control())
+    {
         return Err(Error::Setting(format!(
-            "prefix '{prefix}' must be non-empty, without spaces or control characters"
+            "prefix '{prefix}' must be non-empty, without ':', spaces or control characters"
         )));
     }
     Ok(())

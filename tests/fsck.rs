@@ -202,6 +202,19 @@ fn every_kind_of_damage_is_found_and_repaired() {
         assert_eq!(fs::metadata(m.join("small-link")).unwrap().nlink(), 1);
     }
 
+    // A loop: `dir` loses its entry in the root and gains one inside its own subdirectory.
+    let sub = ino_of(&redis, "base", "dir/sub");
+    case(&redis, "loop", "unreachable_inode", &[], |p| {
+        redis.cmd::<()>(&["HDEL", &format!("{p}:d:1"), "dir"]);
+        redis.cmd::<()>(&["HSET", &format!("{p}:d:{sub}"), "back", &format!("d{dir}")]);
+    });
+    {
+        let m = Mount::new(&redis, "loop", &["--read-only"]);
+        let found = m.join(format!("lost+found/#{dir}"));
+        assert_eq!(fs::read(found.join("sub/deep")).unwrap(), b"deep");
+        assert!(!found.join("sub/back").exists(), "the loop is still there");
+    }
+
     // Repair is refused while the filesystem is mounted.
     let _mounted = Mount::new(&redis, "base", &[]);
     let (code, text) = fsck(&redis, "base", &["--repair"]);

@@ -166,6 +166,11 @@ fn snapshots_refuse_what_they_must_not_touch() {
         &["--redis", &url, "--from", "skx", "--to", "skx"],
         "same filesystem",
     );
+    // `skx:old` would overlap the keys of `skx`.
+    refused(
+        &["--redis", &url, "--from", "skx", "--to", "skx:old"],
+        "without ':'",
+    );
     refused(
         &["--redis", "http://x", "--from", "skx", "--to", "c"],
         "http://x",

@@ -63,6 +63,20 @@ impl<'de> Deserialize<'de> for Bytes {
     }
 }
 
+/// Longest name a directory entry may have.
+const NAME_MAX: usize = 255;
+
+/// Whether `name` can name a directory entry: not empty, not `.` or `..`, no `/` or NUL, at
+/// most 255 bytes. Checked before a name is stored or used as a path.
+pub fn valid_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= NAME_MAX
+        && !name.contains(&b'/')
+        && !name.contains(&0)
+        && name != b"."
+        && name != b".."
+}
+
 /// A point in time: seconds since the epoch and nanoseconds.
 pub type Time = (i64, u32);
 

@@ -7,7 +7,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::format::{timestamp, ContentHash, Data, Entry, FileEnd, Header, Inode, Record};
+use super::format::{
+    timestamp, valid_name, ContentHash, Data, Entry, FileEnd, Header, Inode, Record,
+};
 use crate::attr::{Attr, FileKind};
 use crate::codec::Codec;
 use crate::error::Error;
@@ -18,8 +20,6 @@ use crate::store::Store;
 const PIPE_COMMANDS: usize = 512;
 /// Bytes per pipeline before it is sent.
 const PIPE_BYTES: usize = 4 << 20;
-/// Longest name a directory entry may have.
-const NAME_MAX: usize = 255;
 
 /// What a restore wrote.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -49,6 +49,10 @@ pub struct Importer<'a> {
     /// The entry just read, whose inode may follow: (parent, inode).
     last_entry: Option<(u64, u64)>,
     directories: HashSet<u64>,
+    /// Every inode written, so that an entry names one that exists (8 bytes per inode).
+    inodes: HashSet<u64>,
+    /// Directories that have their entry already.
+    named_directories: HashSet<u64>,
     /// Inodes with several links: (links declared, entries seen).
     links: HashMap<u64, (u32, u32)>,
     stats: ImportStats,
@@ -93,6 +97,8 @@ impl<'a> Importer<'a> {
             file: None,
             last_entry: None,
             directories: HashSet::new(),
+            inodes: HashSet::new(),
+            named_directories: HashSet::new(),
             links: HashMap::new(),
             stats: ImportStats::default(),
         })
@@ -102,6 +108,15 @@ impl<'a> Importer<'a> {
     pub async fn add(&mut self, record: Record, what: &dyn Fn(&str) -> Error) -> Result<(), Error> {
         if self.file.is_some() && !matches!(record, Record::Data(_) | Record::FileEnd(_)) {
             return Err(what("a file's blocks are not followed by its end record"));
+        }
+        // An entry naming an inode not written yet must be followed by that inode.
+        if let Some((_, ino)) = self.last_entry {
+            let follows = matches!(&record, Record::Inode(i) if i.ino == ino);
+            if !follows && !self.inodes.contains(&ino) {
+                return Err(what(&format!(
+                    "an entry names inode {ino}, which is not in the dump"
+                )));
+            }
         }
         match record {
             Record::Inode(inode) => self.inode(inode, what)?,
@@ -216,6 +231,9 @@ impl<'a> Importer<'a> {
             FileKind::File => self.file = Some((inode.ino, inode.size, ContentHash::default())),
             _ => {}
         }
+        if !self.inodes.insert(inode.ino) {
+            return Err(what(&format!("inode {} appears twice", inode.ino)));
+        }
         if kind != FileKind::Dir && inode.nlink != 1 {
             // The entry just read is its first link.
             self.links.insert(inode.ino, (inode.nlink, 1));
@@ -227,13 +245,7 @@ impl<'a> Importer<'a> {
 
     fn entry(&mut self, entry: Entry, what: &dyn Fn(&str) -> Error) -> Result<(), Error> {
         let name = &entry.name.0;
-        if name.is_empty()
-            || name.len() > NAME_MAX
-            || name.contains(&b'/')
-            || name.contains(&0)
-            || name == b"."
-            || name == b".."
-        {
+        if !valid_name(name) {
             return Err(what(&format!(
                 "invalid name {:?}",
                 String::from_utf8_lossy(name)
@@ -250,6 +262,9 @@ impl<'a> Importer<'a> {
                 "entry names inode {} of kind '{}'",
                 entry.ino, entry.kind
             )));
+        }
+        if entry.kind == 'd' && !self.named_directories.insert(entry.ino) {
+            return Err(what(&format!("a second entry for directory {}", entry.ino)));
         }
         if let Some((_, seen)) = self.links.get_mut(&entry.ino) {
             *seen += 1;
@@ -325,6 +340,14 @@ impl<'a> Importer<'a> {
             return Err(what(
                 "the input ended inside a file, or held no root directory",
             ));
+        }
+        if let Some((_, ino)) = self
+            .last_entry
+            .filter(|(_, ino)| !self.inodes.contains(ino))
+        {
+            return Err(what(&format!(
+                "an entry names inode {ino}, which is not in the dump"
+            )));
         }
         self.send().await?;
         let keys = &self.store.keys;

@@ -274,6 +274,13 @@ impl TreeWriter {
     pub fn add(&mut self, record: Record) -> Result<(), Error> {
         match record {
             Record::Entry(e) => {
+                if !super::format::valid_name(&e.name.0) {
+                    let shown = String::from_utf8_lossy(&e.name.0).into_owned();
+                    return Err(local(
+                        &self.root,
+                        format!("refusing the entry name {shown:?}"),
+                    ));
+                }
                 let dir = self.directories.get(&e.parent).ok_or_else(|| {
                     local(
                         &self.root,

@@ -29,7 +29,9 @@ impl Core {
     /// Answers freeze requests, one at a time, for as long as the mount runs.
     pub(super) async fn holder(self: Arc<Self>, mut requests: mpsc::UnboundedReceiver<String>) {
         while let Some(token) = requests.recv().await {
-            if self.settings.read_only {
+            let store = &self.meta.store;
+            // A request whose tool is already done (or gone) needs no answer.
+            if self.settings.read_only || !freeze::still_held(store, &token).await {
                 continue;
             }
             let _closed = self.gate.write().await;
@@ -39,8 +41,7 @@ impl Core {
                     "freeze: buffered data could not be stored ({e}); the copy lacks it"
                 );
             }
-            let store = &self.meta.store;
-            if let Err(e) = freeze::answer(store, self.meta.session).await {
+            if let Err(e) = freeze::answer(store, self.meta.session, &token).await {
                 tracing::warn!("freeze: could not answer the tool: {e}");
             }
             tracing::debug!("freeze {token}: buffers stored, holding changes");

@@ -201,7 +201,11 @@ impl Core {
             _ => {}
         }
         let names_epoch = self.cache.names_epoch();
-        let created = self.meta.create(parent, name, &attr, target).await?;
+        let created = self
+            .meta
+            .create(parent, name, &attr, target)
+            .await
+            .inspect_err(|_| self.cache.forget_name(parent, name))?;
         self.cache.forget_attr(parent);
         self.cache
             .remember(self.cache.epoch(), Some((parent, name)), created);
@@ -249,7 +253,12 @@ impl Core {
     pub async fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
         self.writable()?;
         check_name(name)?;
-        let attr = self.meta.link(ino, parent, name).await?;
+        // On any failure (a lost reply too) the name's state is unknown here.
+        let attr = self
+            .meta
+            .link(ino, parent, name)
+            .await
+            .inspect_err(|_| self.cache.forget_name(parent, name))?;
         self.cache.forget_name(parent, name);
         self.cache.forget_attr(parent);
         self.cache.forget_attr(ino);
@@ -267,7 +276,11 @@ impl Core {
     pub async fn remove(&self, parent: u64, name: &[u8], dir: bool) -> Result<(), FsError> {
         self.writable()?;
         check_name(name)?;
-        let (ino, orphaned) = self.meta.remove(parent, name, dir).await?;
+        let (ino, orphaned) = self
+            .meta
+            .remove(parent, name, dir)
+            .await
+            .inspect_err(|_| self.cache.forget_name(parent, name))?;
         self.cache.removed(parent, name);
         self.cache.forget_attr(parent);
         self.cache.forget_attr(ino);
@@ -297,7 +310,11 @@ impl Core {
         let (victim, touched) = self
             .meta
             .rename(parent, name, new_parent, new_name, flags)
-            .await?;
+            .await
+            .inspect_err(|_| {
+                self.cache.forget_name(parent, name);
+                self.cache.forget_name(new_parent, new_name);
+            })?;
         if flags & libc::RENAME_EXCHANGE != 0 {
             self.cache.forget_name(parent, name);
         } else {

@@ -39,6 +39,9 @@ struct Checker<'a> {
     refs: HashMap<u64, u32>,
     /// The directory whose entry names each directory.
     parent_of: HashMap<u64, u64>,
+    /// For a directory named more than once, the entry to keep: the one in the directory its
+    /// record names as parent.
+    preferred_parent: HashMap<u64, u64>,
     lost_found: Option<u64>,
 }
 
@@ -84,6 +87,7 @@ pub async fn check(
         held_live,
         refs: HashMap::new(),
         parent_of: HashMap::new(),
+        preferred_parent: HashMap::new(),
         lost_found: None,
     };
     c.symlinks().await?;
@@ -327,6 +331,13 @@ impl Checker<'_> {
 
     /// Entries must name existing inodes of the kind they claim; a directory has one entry.
     async fn entries(&mut self) -> Result<(), Error> {
+        for (&dir, entries) in &self.pic.dirs {
+            for e in entries.iter().filter(|e| e.kind == FileKind::Dir) {
+                if self.pic.inodes.get(&e.ino).is_some_and(|a| a.parent == dir) {
+                    self.preferred_parent.insert(e.ino, dir);
+                }
+            }
+        }
         let dirs: Vec<u64> = self.pic.dirs.keys().copied().collect();
         for dir in dirs {
             let dir_key = self.store.keys.dir(dir);
@@ -371,10 +382,15 @@ impl Checker<'_> {
                 format!("names inode {}, which does not exist", e.ino),
             )),
             Some(_) if e.ino == 1 => Some(("entry_names_root", "names the root directory".into())),
-            Some(FileKind::Dir) if self.parent_of.contains_key(&e.ino) => Some((
-                "extra_directory_link",
-                format!("a second entry for directory {}", e.ino),
-            )),
+            Some(FileKind::Dir)
+                if self.parent_of.contains_key(&e.ino)
+                    || self.preferred_parent.get(&e.ino).is_some_and(|&p| p != dir) =>
+            {
+                Some((
+                    "extra_directory_link",
+                    format!("a second entry for directory {}", e.ino),
+                ))
+            }
             Some(_) => None,
         };
         let (Some(kind), None) = (kind, &wrong) else {
@@ -413,9 +429,10 @@ impl Checker<'_> {
         Ok(Some(e))
     }
 
-    fn reachable(&self) -> HashSet<u64> {
-        let mut seen = HashSet::from([1u64]);
-        let mut queue = vec![1u64];
+    /// Inodes reachable from the root or from `extra` starting points.
+    fn reachable(&self, extra: &[u64]) -> HashSet<u64> {
+        let mut seen: HashSet<u64> = extra.iter().copied().chain([1]).collect();
+        let mut queue: Vec<u64> = seen.iter().copied().collect();
         while let Some(dir) = queue.pop() {
             for e in self.pic.dirs.get(&dir).into_iter().flatten() {
                 if seen.insert(e.ino) && e.kind == FileKind::Dir {
@@ -426,81 +443,133 @@ impl Checker<'_> {
         seen
     }
 
+    fn named(&self, ino: u64) -> bool {
+        self.refs.contains_key(&ino) || self.parent_of.contains_key(&ino)
+    }
+
     /// Deleted inodes nobody holds are deleted; inodes with links but no path go to
-    /// /lost+found (only the top of an unreachable subtree: the rest comes with it).
+    /// /lost+found: the top of each unreachable subtree (the rest comes with it), and one
+    /// directory of each loop of directories that only name each other.
     async fn unreachable(&mut self) -> Result<(), Error> {
-        let reachable = self.reachable();
-        let lost: Vec<Attr> = self
+        let reachable = self.reachable(&[]);
+        let deleted: Vec<u64> = self
             .pic
             .inodes
             .values()
-            .filter(|a| !reachable.contains(&a.ino))
-            .copied()
+            .filter(|a| !reachable.contains(&a.ino) && a.nlink == 0 && !self.named(a.ino))
+            .map(|a| a.ino)
             .collect();
-        for attr in lost {
-            let ino = attr.ino;
-            let named = self.refs.contains_key(&ino) || self.parent_of.contains_key(&ino);
-            if attr.nlink == 0 && !named {
-                if self.held_live.contains(&ino) {
-                    continue;
-                }
-                let meta = self.meta.clone();
-                self.findings
-                    .problem(
-                        "unreclaimed_inode",
-                        &self.inode_key(ino),
-                        "deleted, and no mount holds it open",
-                    )
-                    .fix("deleted with its data", async move {
-                        meta.reclaim_for(0, &[ino])
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| Error::Setting(format!("deleting inode {ino}: {e}")))
-                    })
-                    .await?;
-                if self.findings.repairing() {
-                    self.forget(ino);
-                }
+        for ino in deleted {
+            if self.held_live.contains(&ino) {
                 continue;
             }
-            if named {
-                continue;
-            }
-            let name = format!("#{ino}");
+            let meta = self.meta.clone();
             self.findings
                 .problem(
-                    "unreachable_inode",
+                    "unreclaimed_inode",
                     &self.inode_key(ino),
-                    "no directory entry leads to it",
+                    "deleted, and no mount holds it open",
                 )
-                .fix(
-                    &format!("linked as /lost+found/{name}"),
-                    std::future::ready(Ok(())),
-                )
+                .fix("deleted with its data", async move {
+                    meta.reclaim_for(0, &[ino])
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| Error::Setting(format!("deleting inode {ino}: {e}")))
+                })
                 .await?;
             if self.findings.repairing() {
-                let lf = self.lost_found().await?;
-                let value = format!("{}{ino}", attr.kind().letter());
-                command(
-                    self.store,
-                    redis::cmd("HSET")
-                        .arg(self.store.keys.dir(lf))
-                        .arg(&name)
-                        .arg(value),
-                )
-                .await?;
-                self.pic.dirs.entry(lf).or_default().push(Entry {
-                    name: name.into_bytes(),
-                    kind: attr.kind(),
-                    ino,
-                });
-                if attr.kind() == FileKind::Dir {
-                    self.parent_of.insert(ino, lf);
-                } else {
-                    *self.refs.entry(ino).or_default() += 1;
-                }
+                self.forget(ino);
             }
         }
+        // Tops found so far: linked into /lost+found on repair, else only reported; either way
+        // they count as reachable for the next round.
+        let mut tops: Vec<u64> = Vec::new();
+        loop {
+            let reachable = self.reachable(&tops);
+            let lost: Vec<Attr> = self
+                .pic
+                .inodes
+                .values()
+                .filter(|a| !reachable.contains(&a.ino))
+                .filter(|a| a.nlink != 0 || self.named(a.ino))
+                .copied()
+                .collect();
+            let mut round: Vec<Attr> = lost
+                .iter()
+                .filter(|a| !self.named(a.ino))
+                .copied()
+                .collect();
+            if round.is_empty() {
+                // What is left names itself in a loop: break it at one directory.
+                let dir = lost.iter().find(|a| a.kind() == FileKind::Dir);
+                round.extend(dir.or(lost.first()).copied());
+            }
+            if round.is_empty() {
+                return Ok(());
+            }
+            for attr in round {
+                tops.push(attr.ino);
+                self.adopt(attr).await?;
+            }
+        }
+    }
+
+    /// Reports an unreachable inode and, on repair, links it into /lost+found (taking a
+    /// directory out of the loop that named it).
+    async fn adopt(&mut self, attr: Attr) -> Result<(), Error> {
+        let ino = attr.ino;
+        let name = format!("#{ino}");
+        self.findings
+            .problem(
+                "unreachable_inode",
+                &self.inode_key(ino),
+                "no path from the root leads to it",
+            )
+            .fix(
+                &format!("linked as /lost+found/{name}"),
+                std::future::ready(Ok(())),
+            )
+            .await?;
+        if !self.findings.repairing() {
+            return Ok(());
+        }
+        let lf = self.lost_found().await?;
+        if attr.kind() == FileKind::Dir {
+            if let Some(old) = self.parent_of.insert(ino, lf) {
+                let old_key = self.store.keys.dir(old);
+                let names: Vec<Vec<u8>> = self
+                    .pic
+                    .dirs
+                    .get(&old)
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| e.ino == ino)
+                    .map(|e| e.name.clone())
+                    .collect();
+                for n in &names {
+                    command(self.store, redis::cmd("HDEL").arg(&old_key).arg(n)).await?;
+                }
+                if let Some(es) = self.pic.dirs.get_mut(&old) {
+                    es.retain(|e| e.ino != ino);
+                }
+            }
+        } else {
+            *self.refs.entry(ino).or_default() += 1;
+        }
+        let value = format!("{}{ino}", attr.kind().letter());
+        command(
+            self.store,
+            redis::cmd("HSET")
+                .arg(self.store.keys.dir(lf))
+                .arg(&name)
+                .arg(value),
+        )
+        .await?;
+        self.pic.dirs.entry(lf).or_default().push(Entry {
+            name: name.into_bytes(),
+            kind: attr.kind(),
+            ino,
+        });
         Ok(())
     }
 
