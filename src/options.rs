@@ -169,7 +169,7 @@ pub struct MountArgs {
     pub mount: Option<PathBuf>,
     #[command(flatten)]
     pub connection: ConnectionArgs,
-    /// Key prefix of the filesystem; many filesystems can share one Redis.
+    /// Key prefix of the filesystem (no ':'); many filesystems can share one Redis.
     #[arg(long, default_value = "skx", value_name = "NAME")]
     pub prefix: String,
     /// Mount read-only: every write fails with EROFS.
