@@ -321,21 +321,28 @@ impl Meta {
         record(ino, reply.get(1))
     }
 
-    /// Swaps block-map entries `(index, expected old id, new id)`; id 0 is a hole. Returns the
-    /// new record and the indexes whose expected id no longer held (their new blocks are gone).
+    /// Swaps block-map entries `(index, expected old id, new id)`; id 0 is a hole. New blocks
+    /// are stored already, or travel as `inline` (id, stored bytes) and are stored first.
+    /// Returns the new record and the indexes whose expected id no longer held (their new
+    /// blocks are gone).
     pub async fn commit(
         &self,
         ino: u64,
         mtime: Option<Timestamp>,
         end: u64,
         swaps: &[(u64, u64, u64)],
+        inline: &[(u64, Vec<u8>)],
     ) -> Result<(Attr, Vec<u64>), FsError> {
         let mut args = ScriptArgs::default()
             .num(ino)
             .bytes(mtime.map(|t| t.encode().to_vec()).unwrap_or_default())
-            .num(end);
+            .num(end)
+            .num(inline.len());
         for (idx, old, new) in swaps {
             args = args.num(idx).num(old).num(new);
+        }
+        for (id, stored) in inline {
+            args = args.num(id).bytes(stored);
         }
         let reply = self.run("commit", &self.scripts.commit, args).await?;
         let attr = record(ino, reply.get(1))?;

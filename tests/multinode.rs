@@ -356,3 +356,32 @@ fn names_created_elsewhere_appear_in_directories_this_mount_created() {
     assert!(!a.join("fresh/z").exists());
     common::eventually("removal", PROPAGATION, || !b.join("fresh/z").exists());
 }
+
+#[test]
+fn attributes_set_elsewhere_on_a_file_this_mount_created_appear() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &[]);
+    let b = Mount::new(&redis, "skx", &[]);
+    // B created the file, so it knows it has no extended attributes until told otherwise.
+    fs::write(b.join("f"), b"x").unwrap();
+    assert_eq!(getxattr(&b.join("f"), "user.k"), None);
+    common::eventually("create", PROPAGATION, || a.join("f").exists());
+    let n = std::ffi::CString::new("user.k").unwrap();
+    // SAFETY: valid C strings and buffer.
+    let r = unsafe {
+        libc::setxattr(
+            cpath(&a.join("f")).as_ptr(),
+            n.as_ptr(),
+            b"v".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    assert_eq!(r, 0);
+    common::eventually("an attribute set elsewhere", PROPAGATION, || {
+        getxattr(&b.join("f"), "user.k") == Some(b"v".to_vec())
+    });
+}

@@ -24,6 +24,10 @@ pub struct MetaCache {
     names: Mutex<HashMap<(u64, Vec<u8>), u64>>,
     attrs: Mutex<HashMap<u64, Attr>>,
     complete: Mutex<HashSet<u64>>,
+    /// Inodes known to have no extended attributes (this mount created them, and no change
+    /// to them was announced since): the kernel asks for `security.capability` before every
+    /// write, and this answers it without a round trip.
+    no_xattrs: Mutex<HashSet<u64>>,
     epoch: AtomicU64,
     /// Bumped whenever a name may have appeared without this cache learning it.
     names_epoch: AtomicU64,
@@ -117,6 +121,25 @@ impl MetaCache {
         lock(&self.names).remove(&(parent, name.to_vec()));
     }
 
+    /// Records that `ino` has no extended attributes (it was just created here).
+    pub fn created_without_xattrs(&self, ino: u64) {
+        let mut set = lock(&self.no_xattrs);
+        if set.len() >= LIMIT {
+            set.clear();
+        }
+        set.insert(ino);
+    }
+
+    /// Whether `ino` is known to have no extended attributes.
+    pub fn has_no_xattrs(&self, ino: u64) -> bool {
+        lock(&self.no_xattrs).contains(&ino)
+    }
+
+    /// Forgets what was known of `ino`'s extended attributes (they, or its attributes, changed).
+    pub fn xattrs_changed(&self, ino: u64) {
+        lock(&self.no_xattrs).remove(&ino);
+    }
+
     /// Forgets everything (events may have been missed).
     pub fn clear(&self) {
         let mut attrs = lock(&self.attrs);
@@ -125,5 +148,6 @@ impl MetaCache {
         attrs.clear();
         lock(&self.names).clear();
         lock(&self.complete).clear();
+        lock(&self.no_xattrs).clear();
     }
 }

@@ -29,6 +29,11 @@ impl Core {
         self.cache.attr(ino)
     }
 
+    /// Whether `ino` is known to have no extended attributes (a look-up of one is `ENODATA`).
+    pub fn xattr_known_absent(&self, ino: u64) -> bool {
+        self.cache.has_no_xattrs(ino)
+    }
+
     /// Whether closing `fh` (for lock owner `owner`) has nothing to store or unlock.
     fn closes_quietly(&self, fh: u64, ino: u64, owner: Option<u64>) -> bool {
         let holds_locks =

@@ -38,6 +38,8 @@ const FLUSH_BATCH: usize = 64;
 const MAP_WINDOW: u64 = 64;
 /// Blocks read ahead of a sequential reader.
 const READ_AHEAD: u64 = 16;
+/// Stored bytes a batch may carry inside its commit call rather than in SETs before it.
+const INLINE_BYTES: usize = 256 << 10;
 /// Attempts before a lost compare-and-swap becomes an error.
 const ATTEMPTS: usize = 16;
 
@@ -372,7 +374,15 @@ impl Core {
                 .zip(encoded)
                 .filter_map(|(&id, e)| e.map(|e| (id, e)))
                 .collect();
-            self.blocks.put(&puts).await?;
+            // A small batch travels with the commit (one round trip); a large one first, in
+            // pipelined SETs, so that no script carries megabytes.
+            let small = puts.iter().map(|(_, b)| b.len()).sum::<usize>() <= INLINE_BYTES;
+            let inline = if small {
+                puts
+            } else {
+                self.blocks.put(&puts).await?;
+                Vec::new()
+            };
             let last = idxs.iter().max().copied().unwrap_or(0);
             let end = size.min((last + 1) * bs);
             let swaps: Vec<(u64, u64, u64)> = idxs
@@ -381,7 +391,11 @@ impl Core {
                 .zip(&new_ids)
                 .map(|((&i, &o), &n)| (i, o, n))
                 .collect();
-            let (stored, lost) = match self.meta.commit(file.ino, mtime, end, &swaps).await {
+            let committed = self
+                .meta
+                .commit(file.ino, mtime, end, &swaps, &inline)
+                .await;
+            let (stored, lost) = match committed {
                 Ok((attr, lost)) => (Some(attr), lost),
                 Err(FsError::NotFound) => {
                     // The inode was deleted under us (the script dropped the new blocks).

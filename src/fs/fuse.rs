@@ -420,6 +420,22 @@ impl fuser::Filesystem for RedisFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        // Most writes only fill the buffer: answered here unless a freeze holds changes or the
+        // buffer is full enough that the writer must wait for a store.
+        let written = data.len() as u32;
+        let must_store = match self.core.open_gate() {
+            Some(_open) => match self.core.write_buffered(fh.0, offset, data, &self.runtime) {
+                Ok(None) => return reply.written(written),
+                Ok(Some(file)) => Some(file),
+                Err(e) => return reply.error(errno(e)),
+            },
+            None => None,
+        };
+        if let Some(file) = must_store {
+            return self.serve_change(reply, move |c| async move {
+                c.flush_file(&file, true).await.map(|_| written)
+            });
+        }
         let data = data.to_vec();
         self.serve_change(
             reply,
@@ -632,6 +648,9 @@ impl fuser::Filesystem for RedisFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if self.core.xattr_known_absent(ino.0) {
+            return reply.error(Errno::from_i32(libc::ENODATA));
+        }
         let name = bytes(name);
         self.serve(reply, move |c| async move {
             c.getxattr(ino.0, &name, size).await

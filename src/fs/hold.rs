@@ -26,6 +26,12 @@ impl Core {
         op.await
     }
 
+    /// The gate for a change made on the spot, unless a freeze holds it (then the change
+    /// must wait in a task, see [`Core::change`]).
+    pub fn open_gate(&self) -> Option<tokio::sync::RwLockReadGuard<'_, ()>> {
+        self.gate.try_read().ok()
+    }
+
     /// Answers freeze requests, one at a time, for as long as the mount runs.
     pub(super) async fn holder(self: Arc<Self>, mut requests: mpsc::UnboundedReceiver<String>) {
         while let Some(token) = requests.recv().await {

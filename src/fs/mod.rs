@@ -276,6 +276,7 @@ impl Listener for Core {
         match change {
             Change::Attr(ino) => {
                 self.cache.forget_attr(ino);
+                self.cache.xattrs_changed(ino);
                 self.invalidate(Invalidation::Attr(ino));
             }
             Change::Entry(dir, name) => {

@@ -212,6 +212,7 @@ impl Core {
         if kind == FileKind::Dir {
             self.cache.created_dir(names_epoch, created.ino);
         }
+        self.cache.created_without_xattrs(created.ino);
         Ok(created)
     }
 
@@ -353,17 +354,34 @@ impl Core {
         offset: u64,
         data: &[u8],
     ) -> Result<u32, FsError> {
+        let spawner = tokio::runtime::Handle::current();
+        if let Some(file) = self.write_buffered(fh, offset, data, &spawner)? {
+            self.flush_file(&file, true).await?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Buffers a write, starting a background store of full blocks on `spawner` when it is
+    /// time; returns the file when the buffer is so full that the writer must wait for a
+    /// store (see [`Backlog`]).
+    pub fn write_buffered(
+        self: &Arc<Self>,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        spawner: &tokio::runtime::Handle,
+    ) -> Result<Option<Arc<OpenFile>>, FsError> {
         self.writable()?;
         let file = self.file(fh)?;
         match self.buffer_write(&file, offset, data)? {
             Backlog::Fine => {}
-            Backlog::StoreNow => self.flush_file(&file, true).await?,
+            Backlog::StoreNow => return Ok(Some(file)),
             Backlog::StoreSoon => {
                 // Store full blocks while the writer goes on filling the buffer. A failure
                 // leaves them buffered: the next flush retries and reports it.
                 if !file.storing.swap(true, std::sync::atomic::Ordering::AcqRel) {
                     let core = self.clone();
-                    tokio::spawn(async move {
+                    spawner.spawn(async move {
                         if let Err(e) = core.flush_file(&file, true).await {
                             tracing::warn!(
                                 "inode {}: storing in the background failed ({e}); kept buffered",
@@ -376,7 +394,7 @@ impl Core {
                 }
             }
         }
-        Ok(data.len() as u32)
+        Ok(None)
     }
 
     /// Stores a handle's buffered writes (close, fsync).
@@ -478,7 +496,7 @@ impl Core {
                 }
                 let (_, lost) = self
                     .meta
-                    .commit(file.ino, Some(Timestamp::now()), 0, &swaps)
+                    .commit(file.ino, Some(Timestamp::now()), 0, &swaps, &[])
                     .await?;
                 self.cache.forget_attr(file.ino);
                 if lost.is_empty() {
@@ -585,6 +603,7 @@ impl Core {
             libc::XATTR_REPLACE => 2,
             _ => return Err(FsError::Invalid),
         };
+        self.cache.xattrs_changed(ino);
         self.meta.xattr_set(ino, name, value, mode).await?;
         self.cache.forget_attr(ino);
         Ok(())
@@ -594,6 +613,7 @@ impl Core {
     pub async fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), FsError> {
         self.writable()?;
         check_xattr_name(name)?;
+        self.cache.xattrs_changed(ino);
         self.meta.xattr_remove(ino, name).await?;
         self.cache.forget_attr(ino);
         Ok(())

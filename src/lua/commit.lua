@@ -1,12 +1,17 @@
--- Swap block-map entries written by a mount. ARGV: P, sid, ino, ts, end_size, then triples
--- (index, expected_old_id, new_id); id 0 means "no block" (a hole).  ->  {0, record, lost...}
+-- Swap block-map entries written by a mount. ARGV: P, sid, ino, ts, end_size, inline count K,
+-- then triples (index, expected_old_id, new_id), then K pairs (block id, stored bytes) of new
+-- blocks sent with the call (a small batch: one round trip instead of two); id 0 means
+-- "no block" (a hole).  ->  {0, record, lost...}
 -- An entry that no longer holds expected_old_id is not touched; its index is returned so the
 -- writer re-reads it and tries again, and its new block is deleted here.
 local ino = tonumber(ARGV[3])
 local r = rec(ino)
 local map = P .. 'm:' .. ino
 local lost, added, won, lo, hi = {}, 0, 0, nil, nil
-for i = 6, #ARGV, 3 do
+local last_triple = #ARGV - 2 * tonumber(ARGV[6])
+-- Blocks first, as a mount that stores them separately does: a map never names a missing one.
+for i = last_triple + 1, #ARGV, 2 do redis.call('SET', P .. 'b:' .. ARGV[i], ARGV[i + 1]) end
+for i = 7, last_triple, 3 do
   local idx, old, new = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local cur = r and (redis.call('HGET', map, idx) or '0')
   if cur ~= old then
