@@ -39,7 +39,9 @@ return 1";
 /// Replaces the freeze key's value `from` by `to` (`""`: deletes it); false if it no longer
 /// held `from`.
 async fn swap(store: &Store, from: &str, to: &str) -> Result<bool, Error> {
-    let script = redis::Script::new(SWAP);
+    static SCRIPT: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(SWAP));
+    let script = &*SCRIPT;
     let keys = &store.keys;
     let (freeze, acks) = (keys.freeze(), keys.freeze_acks());
     let lease = HOLD_LEASE.as_millis() as u64;

@@ -31,7 +31,8 @@ pub struct Session {
     pub id: u64,
 }
 
-fn now_ms() -> u64 {
+/// Now, in milliseconds since the epoch: the unit of heartbeats.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -63,11 +63,8 @@ impl Core {
                 self.getattr(dir.parent).await
             }
             _ => {
-                if let Some(attr) = self.cache.entry(parent, name) {
-                    return Ok(attr);
-                }
-                if self.cache.absent(parent, name) {
-                    return Err(FsError::NotFound);
+                if let Some(known) = self.lookup_cached(parent, name) {
+                    return known;
                 }
                 let epoch = self.cache.epoch();
                 let attr = self.meta.lookup(parent, name).await?;

@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::model::{self, Entry, Picture};
 use super::{command, Findings, FsckArgs};
@@ -16,6 +15,7 @@ use crate::error::Error;
 use crate::format;
 use crate::meta::Meta;
 use crate::scripts::Scripts;
+use crate::session::now_ms;
 use crate::store::Store;
 use crate::tool::Progress;
 
@@ -117,12 +117,6 @@ async fn write_record(store: &Store, attr: &Attr) -> Result<(), Error> {
     .await
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Expires dead sessions and clears keys of forgotten ones; returns the inodes live mounts
 /// hold open, and whether anything was expired.
 async fn sessions(
@@ -155,7 +149,7 @@ async fn sessions(
             held_live.extend(held);
             continue;
         }
-        let silent = (now_ms() - beat) / 1000;
+        let silent = now_ms().saturating_sub(beat) / 1000;
         findings
             .problem(
                 "stale_session",
