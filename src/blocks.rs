@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use crate::codec::{self, Codec};
+use crate::codec::{self, Codec, Encoded};
 use crate::error::FsError;
 use crate::meta::redis_failure;
 use crate::store::Store;
@@ -64,6 +64,8 @@ pub struct BlockStore {
     codec: Codec,
     cache: Mutex<BlockCache>,
     ids: tokio::sync::Mutex<(u64, u64)>,
+    /// Blocks being fetched, with what their fetch's end wakes.
+    loading: Mutex<HashMap<u64, Done>>,
 }
 
 impl BlockStore {
@@ -81,12 +83,13 @@ impl BlockStore {
                 limit: cache_bytes,
             }),
             ids: tokio::sync::Mutex::new((0, 0)),
+            loading: Mutex::new(HashMap::new()),
         }
     }
 
     /// Encodes a block image with the filesystem's codec.
-    pub fn encode(&self, image: &[u8]) -> Vec<u8> {
-        self.codec.encode(image)
+    pub fn encode(&self, image: &Block) -> Encoded {
+        self.codec.encode_shared(image)
     }
 
     /// Remembers a block this mount just wrote, so that reading it back costs nothing.
@@ -122,13 +125,13 @@ impl BlockStore {
     }
 
     /// Stores encoded blocks under their ids, in pipelines.
-    pub async fn put(&self, blocks: &[(u64, Vec<u8>)]) -> Result<(), FsError> {
+    pub async fn put(&self, blocks: &[(u64, Encoded)]) -> Result<(), FsError> {
         for chunk in blocks.chunks(PIPELINE_BLOCKS) {
             let mut pipe = redis::pipe();
             for (id, data) in chunk {
                 pipe.cmd("SET")
                     .arg(self.store.keys.block(*id))
-                    .arg(data.as_slice())
+                    .arg(data)
                     .ignore();
             }
             self.store
@@ -139,15 +142,84 @@ impl BlockStore {
         Ok(())
     }
 
+    /// A block from the cache, if it is there.
+    pub fn cached(&self, id: u64) -> Option<Block> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(id)
+    }
+
     /// Fetches blocks by id (cache first, then pipelined GETs); `None` where a block is
     /// missing, which means the map that named it has changed since it was read.
+    ///
+    /// A block another task is already fetching (read-ahead, a concurrent read) is waited
+    /// for rather than fetched twice.
     pub async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Block>>, FsError> {
         let mut out: Vec<Option<Block>> = {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             ids.iter().map(|&id| cache.get(id)).collect()
         };
         let missing: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none()).collect();
-        for chunk in missing.chunks(PIPELINE_BLOCKS) {
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let (mine, theirs, loading) = self.claim(ids, &missing);
+        let fetched = self.fetch(ids, &mine, &mut out).await;
+        // Released before waiting on others: two tasks each waiting for the other's blocks
+        // while holding their own would wait forever.
+        drop(loading);
+        fetched?;
+        let mut after_wait = Vec::new();
+        for (i, mut done) in theirs {
+            // The fetcher drops its sender when it ends, however it ends.
+            let _ = done.changed().await;
+            match self.cached(ids[i]) {
+                Some(block) => out[i] = Some(block),
+                None => after_wait.push(i),
+            }
+        }
+        // The other fetch failed, found nothing or its block was evicted: fetch it here.
+        self.fetch(ids, &after_wait, &mut out).await?;
+        Ok(out)
+    }
+
+    /// Splits the positions of `missing` ids into those this caller fetches (registered as
+    /// loading until the returned guard drops) and those another task is fetching.
+    fn claim(
+        &self,
+        ids: &[u64],
+        missing: &[usize],
+    ) -> (Vec<usize>, Vec<(usize, Done)>, Loading<'_>) {
+        let (sender, receiver) = tokio::sync::watch::channel(());
+        let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+        for &i in missing {
+            match loading.get(&ids[i]) {
+                Some(done) => theirs.push((i, done.clone())),
+                None => {
+                    loading.insert(ids[i], receiver.clone());
+                    mine.push(i);
+                }
+            }
+        }
+        let claimed = mine.iter().map(|&i| ids[i]).collect();
+        (
+            mine,
+            theirs,
+            Loading {
+                store: self,
+                ids: claimed,
+                _sender: sender,
+            },
+        )
+    }
+
+    /// GETs the blocks at positions `which` of `ids` into `out`, in pipelines.
+    async fn fetch(
+        &self,
+        ids: &[u64],
+        which: &[usize],
+        out: &mut [Option<Block>],
+    ) -> Result<(), FsError> {
+        for chunk in which.chunks(PIPELINE_BLOCKS) {
             let mut pipe = redis::pipe();
             for &i in chunk {
                 pipe.cmd("GET").arg(self.store.keys.block(ids[i]));
@@ -168,7 +240,26 @@ impl BlockStore {
                 out[i] = Some(block);
             }
         }
-        Ok(out)
+        Ok(())
+    }
+}
+
+/// Wakes the waiters of a fetch when dropped (its sender goes with it).
+type Done = tokio::sync::watch::Receiver<()>;
+
+/// Block ids one task is fetching; dropping it (done, failed or cancelled) releases them.
+struct Loading<'a> {
+    store: &'a BlockStore,
+    ids: Vec<u64>,
+    _sender: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        let mut loading = self.store.loading.lock().unwrap_or_else(|p| p.into_inner());
+        for id in &self.ids {
+            loading.remove(id);
+        }
     }
 }
 

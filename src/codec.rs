@@ -7,6 +7,7 @@
 
 use std::io::{Read, Write};
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// Compression applied to blocks, chosen when a filesystem is created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,21 +56,40 @@ impl Codec {
 
     /// Encodes one block image for storage.
     pub fn encode(self, block: &[u8]) -> Vec<u8> {
-        let data = &block[..block.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1)];
-        if self != Codec::None && data.len() > 64 && worth_compressing(data) {
-            if let Some(packed) = self.compress(data) {
-                if packed.len() + 1 < data.len() {
-                    let mut out = Vec::with_capacity(packed.len() + 1);
-                    out.push(self.tag());
-                    out.extend_from_slice(&packed);
-                    return out;
-                }
-            }
+        let data = trimmed(block);
+        self.pack(data).unwrap_or_else(|| {
+            let mut out = Vec::with_capacity(data.len() + 1);
+            out.push(TAG_RAW);
+            out.extend_from_slice(data);
+            out
+        })
+    }
+
+    /// Encodes a shared block image; one that does not compress is not copied.
+    pub fn encode_shared(self, image: &Arc<Vec<u8>>) -> Encoded {
+        let len = trimmed(image).len();
+        match self.pack(&image[..len]) {
+            Some(packed) => Encoded::Laid(packed),
+            None => Encoded::Raw {
+                image: image.clone(),
+                len,
+            },
         }
-        let mut out = Vec::with_capacity(data.len() + 1);
-        out.push(TAG_RAW);
-        out.extend_from_slice(data);
-        out
+    }
+
+    /// The tagged, compressed form of `data`, when compressing is worth it.
+    fn pack(self, data: &[u8]) -> Option<Vec<u8>> {
+        if self == Codec::None || data.len() <= 64 || !worth_compressing(data) {
+            return None;
+        }
+        let packed = self.compress(data)?;
+        if packed.len() + 1 >= data.len() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(packed.len() + 1);
+        out.push(self.tag());
+        out.extend_from_slice(&packed);
+        Some(out)
     }
 
     fn compress(self, data: &[u8]) -> Option<Vec<u8>> {
@@ -97,6 +117,58 @@ impl FromStr for Codec {
             .into_iter()
             .find(|c| c.name() == s)
             .ok_or_else(|| format!("unknown compression '{s}' (use none, lz4, zstd or zlib)"))
+    }
+}
+
+/// A block ready to store: the stored value laid out, or an uncompressed image that is
+/// written with its tag straight into the request, saving a copy of every incompressible block.
+#[derive(Clone, Debug)]
+pub enum Encoded {
+    /// The stored value itself.
+    Laid(Vec<u8>),
+    /// The raw tag, then the first `len` bytes of `image`.
+    Raw {
+        /// The block image.
+        image: Arc<Vec<u8>>,
+        /// Bytes kept (trailing zeros are dropped).
+        len: usize,
+    },
+}
+
+impl Encoded {
+    /// The stored value's length in bytes.
+    pub fn stored_len(&self) -> usize {
+        match self {
+            Encoded::Laid(bytes) => bytes.len(),
+            Encoded::Raw { len, .. } => len + 1,
+        }
+    }
+
+    /// The stored value as one buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        match self {
+            Encoded::Laid(bytes) => bytes.clone(),
+            Encoded::Raw { image, len } => {
+                let mut out = Vec::with_capacity(len + 1);
+                out.push(TAG_RAW);
+                out.extend_from_slice(&image[..*len]);
+                out
+            }
+        }
+    }
+}
+
+impl redis::ToRedisArgs for Encoded {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        match self {
+            Encoded::Laid(bytes) => out.write_arg(bytes),
+            Encoded::Raw { image, len } => {
+                let mut arg = out.writer_for_next_arg();
+                // Writing into the request's own buffer cannot fail.
+                let _ = arg.write_all(&[TAG_RAW]);
+                let _ = arg.write_all(&image[..*len]);
+            }
+        }
     }
 }
 
@@ -128,7 +200,12 @@ pub fn decode(stored: &[u8], block_size: usize) -> Result<Vec<u8>, DecodeError> 
         limit: block_size,
     };
     let mut out = match codec {
-        Codec::None => payload.to_vec(),
+        Codec::None => {
+            // Room for the zero tail at once: growing later would copy the block again.
+            let mut out = Vec::with_capacity(block_size.max(payload.len()));
+            out.extend_from_slice(payload);
+            out
+        }
         Codec::Lz4 => {
             let mut out = vec![0u8; block_size];
             let n = lz4_flex::block::decompress_into(payload, &mut out).map_err(|_| corrupt)?;
@@ -155,6 +232,11 @@ pub fn decode(stored: &[u8], block_size: usize) -> Result<Vec<u8>, DecodeError> 
     }
     out.resize(block_size, 0);
     Ok(out)
+}
+
+/// The block without its trailing zero bytes.
+fn trimmed(block: &[u8]) -> &[u8] {
+    &block[..block.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1)]
 }
 
 /// A cheap trial: does LZ4 shrink the first few KiB by at least 1/16?

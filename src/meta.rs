@@ -6,6 +6,7 @@ use std::sync::Arc;
 use redis::{RedisError, Value};
 
 use crate::attr::{Attr, FileKind, Timestamp};
+use crate::codec::Encoded;
 use crate::error::FsError;
 use crate::scripts::Scripts;
 use crate::store::{ScriptArgs, Store};
@@ -331,7 +332,7 @@ impl Meta {
         mtime: Option<Timestamp>,
         end: u64,
         swaps: &[(u64, u64, u64)],
-        inline: &[(u64, Vec<u8>)],
+        inline: &[(u64, Encoded)],
     ) -> Result<(Attr, Vec<u64>), FsError> {
         let mut args = ScriptArgs::default()
             .num(ino)
@@ -342,7 +343,7 @@ impl Meta {
             args = args.num(idx).num(old).num(new);
         }
         for (id, stored) in inline {
-            args = args.num(id).bytes(stored);
+            args = args.num(id).owned(stored.to_vec());
         }
         let reply = self.run("commit", &self.scripts.commit, args).await?;
         let attr = record(ino, reply.get(1))?;

@@ -30,6 +30,12 @@ impl ScriptArgs {
         self.0.push(b.as_ref().to_vec());
         self
     }
+
+    /// Appends bytes already in a buffer of their own (block values), without copying.
+    pub fn owned(mut self, b: Vec<u8>) -> Self {
+        self.0.push(b);
+        self
+    }
 }
 
 /// A connected Redis, the filesystem's key names, and the retry policy.

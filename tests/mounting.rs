@@ -317,3 +317,24 @@ fn without_redis_options_a_private_persistent_server_is_started() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+#[test]
+fn the_kernel_reads_ahead_a_whole_mebibyte() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let mount = Mount::new(&redis, "skx", &[]);
+    let out = Command::new("mountpoint")
+        .arg("-d")
+        .arg(&mount.path)
+        .output()
+        .unwrap();
+    let device = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let knob = format!("/sys/class/bdi/{device}/read_ahead_kb");
+    assert_eq!(
+        fs::read_to_string(&knob).unwrap().trim(),
+        "1024",
+        "{knob}: the kernel's 128 KiB default makes sequential reads pay per request"
+    );
+}

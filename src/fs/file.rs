@@ -9,8 +9,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
 use crate::attr::{Attr, Timestamp};
 use crate::blocks::Block;
+use crate::codec::Encoded;
 use crate::error::FsError;
 
 use super::Core;
@@ -34,6 +37,8 @@ pub enum Backlog {
 }
 /// Blocks stored per commit.
 const FLUSH_BATCH: usize = 64;
+/// Batches of one file stored at once.
+const BATCHES_IN_FLIGHT: usize = 3;
 /// Block-map entries fetched at once when reading a file whose map is not known.
 const MAP_WINDOW: u64 = 64;
 /// Blocks read ahead of a sequential reader.
@@ -78,20 +83,21 @@ impl Ranges {
 /// Bytes written into one block and not yet stored.
 #[derive(Clone, Debug)]
 pub struct Pending {
-    data: Vec<u8>,
+    /// Shared, so that a full block is stored and cached without copying it.
+    data: Block,
     ranges: Ranges,
 }
 
 impl Pending {
     fn new(block_size: usize) -> Pending {
         Pending {
-            data: vec![0; block_size],
+            data: Arc::new(vec![0; block_size]),
             ranges: Ranges::default(),
         }
     }
 
     fn write(&mut self, offset: usize, bytes: &[u8]) {
-        self.data[offset..offset + bytes.len()].copy_from_slice(bytes);
+        Arc::make_mut(&mut self.data)[offset..offset + bytes.len()].copy_from_slice(bytes);
         self.ranges.add(offset, offset + bytes.len());
     }
 
@@ -108,7 +114,7 @@ impl Pending {
 
     /// Folds a newer buffer over this one.
     fn absorb(&mut self, newer: &Pending) {
-        newer.overlay(&mut self.data);
+        newer.overlay(Arc::make_mut(&mut self.data).as_mut_slice());
         for (s, e) in newer.ranges.iter() {
             self.ranges.add(s, e);
         }
@@ -209,6 +215,23 @@ impl OpenFile {
     }
 }
 
+/// Blocks moved in flight for one store, with the mtime to store and the file size.
+type PickedBatch = (Vec<(u64, Arc<Pending>)>, Option<Timestamp>, u64);
+
+/// A read: the blocks it spans, where it ends, and whether it follows the previous one.
+struct ReadPlan {
+    end: u64,
+    blocks: Vec<BlockPlan>,
+    sequential: bool,
+}
+
+impl ReadPlan {
+    /// Indexes of the blocks whose stored image the read needs.
+    fn bases_needed(&self) -> impl Iterator<Item = u64> + '_ {
+        self.blocks.iter().filter(|b| b.need_base).map(|b| b.idx)
+    }
+}
+
 /// One block of a read: what the buffers hold and what must come from Redis.
 struct BlockPlan {
     idx: u64,
@@ -264,32 +287,28 @@ impl Core {
     }
 
     /// Stores buffered blocks: all of them, or with `only_full` just the complete ones.
+    ///
+    /// Up to `BATCHES_IN_FLIGHT` batches are stored at once, so that encoding one overlaps the
+    /// network time of another. A block already being stored is not picked again until its
+    /// store ends: two commits of one block in flight could land out of order.
     pub async fn flush_file(&self, file: &OpenFile, only_full: bool) -> Result<(), FsError> {
         let _one_flush_at_a_time = file.flush_lock.lock().await;
+        let mut running = FuturesUnordered::new();
+        let mut failure = None;
         loop {
-            let (batch, mtime, size) = {
-                let mut st = file.state();
-                let picked: Vec<u64> = st
-                    .dirty
-                    .iter()
-                    .filter(|(_, p)| !only_full || p.is_full())
-                    .map(|(&i, _)| i)
-                    .take(FLUSH_BATCH)
-                    .collect();
-                let mut batch = Vec::with_capacity(picked.len());
-                for idx in picked {
-                    if let Some(p) = st.dirty.remove(&idx) {
-                        st.inflight.insert(idx, p.clone());
-                        batch.push((idx, p));
-                    }
-                }
-                let mtime = st.stamps_times.then_some(st.attr.mtime);
-                (batch, mtime, st.attr.size)
-            };
-            if batch.is_empty() {
-                return Ok(());
+            while failure.is_none() && running.len() < BATCHES_IN_FLIGHT {
+                let Some((batch, mtime, size)) = self.pick_batch(file, only_full) else {
+                    break;
+                };
+                running.push(async move {
+                    let stored = self.store_batch(file, &batch, mtime, size).await;
+                    (batch, stored)
+                });
             }
-            if let Err(e) = self.store_batch(file, &batch, mtime, size).await {
+            let Some((batch, stored)) = running.next().await else {
+                return failure.map_or(Ok(()), Err);
+            };
+            if let Err(e) = stored {
                 // Keep the data buffered (under anything written since) and report the error.
                 let mut st = file.state();
                 for (idx, older) in batch {
@@ -304,9 +323,34 @@ impl Core {
                     };
                     st.dirty.insert(idx, merged);
                 }
-                return Err(e);
+                failure.get_or_insert(e);
             }
         }
+    }
+
+    /// Moves the next batch of buffered blocks to the in-flight set, with the file's mtime to
+    /// store (when this mount stamps times) and its size.
+    fn pick_batch(&self, file: &OpenFile, only_full: bool) -> Option<PickedBatch> {
+        let mut st = file.state();
+        let picked: Vec<u64> = st
+            .dirty
+            .iter()
+            .filter(|(i, p)| (!only_full || p.is_full()) && !st.inflight.contains_key(i))
+            .map(|(&i, _)| i)
+            .take(FLUSH_BATCH)
+            .collect();
+        if picked.is_empty() {
+            return None;
+        }
+        let mut batch = Vec::with_capacity(picked.len());
+        for idx in picked {
+            if let Some(p) = st.dirty.remove(&idx) {
+                st.inflight.insert(idx, p.clone());
+                batch.push((idx, p));
+            }
+        }
+        let mtime = st.stamps_times.then_some(st.attr.mtime);
+        Some((batch, mtime, st.attr.size))
     }
 
     /// Writes one batch of blocks and commits it, merging again where another writer won.
@@ -338,19 +382,19 @@ impl Core {
                 file.state().forget_map(false);
                 continue;
             }
-            let mut images = Vec::with_capacity(todo.len());
+            let mut images: Vec<Block> = Vec::with_capacity(todo.len());
             for ((_, pending), old) in todo.iter().zip(&old_ids) {
                 let image = match bases.get(old) {
                     Some(Some(base)) if !pending.is_full() => {
                         let mut image = (**base).clone();
                         pending.overlay(&mut image);
-                        image
+                        Arc::new(image)
                     }
                     _ => pending.data.clone(),
                 };
                 images.push(image);
             }
-            let encoded: Vec<Option<Vec<u8>>> = images
+            let encoded: Vec<Option<Encoded>> = images
                 .iter()
                 .map(|img| (img.iter().any(|&b| b != 0)).then(|| self.blocks.encode(img)))
                 .collect();
@@ -369,14 +413,14 @@ impl Core {
                     }
                 })
                 .collect();
-            let puts: Vec<(u64, Vec<u8>)> = new_ids
+            let puts: Vec<(u64, Encoded)> = new_ids
                 .iter()
                 .zip(encoded)
                 .filter_map(|(&id, e)| e.map(|e| (id, e)))
                 .collect();
             // A small batch travels with the commit (one round trip); a large one first, in
             // pipelined SETs, so that no script carries megabytes.
-            let small = puts.iter().map(|(_, b)| b.len()).sum::<usize>() <= INLINE_BYTES;
+            let small = puts.iter().map(|(_, b)| b.stored_len()).sum::<usize>() <= INLINE_BYTES;
             let inline = if small {
                 puts
             } else {
@@ -422,7 +466,7 @@ impl Core {
                     st.inflight.remove(idx);
                     st.map.insert(*idx, new_id);
                     if new_id != 0 {
-                        self.blocks.remember(new_id, Arc::new(image));
+                        self.blocks.remember(new_id, image);
                     }
                 }
             }
@@ -474,45 +518,16 @@ impl Core {
         offset: u64,
         size: u32,
     ) -> Result<Vec<u8>, FsError> {
-        let bs = self.block_size as u64;
         for _ in 0..ATTEMPTS {
-            let (end, plans, sequential) = {
+            let plan = {
                 let mut st = file.state();
-                let end = (offset + u64::from(size)).min(st.attr.size);
-                if offset >= end {
+                let Some(plan) = st.plan_read(offset, size, self.block_size as u64) else {
                     return Ok(Vec::new());
-                }
-                let sequential = st.read_end == offset;
-                st.read_end = end;
-                let plans: Vec<BlockPlan> = (offset / bs..=(end - 1) / bs)
-                    .map(|idx| {
-                        let layers: Vec<Arc<Pending>> = [st.inflight.get(&idx), st.dirty.get(&idx)]
-                            .into_iter()
-                            .flatten()
-                            .cloned()
-                            .collect();
-                        let lo = offset.max(idx * bs) - idx * bs;
-                        let hi = end.min((idx + 1) * bs) - idx * bs;
-                        let mut covered = Ranges::default();
-                        for l in &layers {
-                            for (s, e) in l.ranges.iter() {
-                                covered.add(s, e);
-                            }
-                        }
-                        BlockPlan {
-                            idx,
-                            need_base: !covered.covers(lo as usize, hi as usize),
-                            layers,
-                        }
-                    })
-                    .collect();
-                (end, plans, sequential)
+                };
+                st.read_end = plan.end;
+                plan
             };
-            let needed: Vec<u64> = plans
-                .iter()
-                .filter(|p| p.need_base)
-                .map(|p| p.idx)
-                .collect();
+            let needed: Vec<u64> = plan.bases_needed().collect();
             let ids = if needed.is_empty() {
                 Vec::new()
             } else {
@@ -528,28 +543,14 @@ impl Core {
                 .into_iter()
                 .zip(blocks.into_iter().flatten())
                 .collect();
-            let base_of: HashMap<u64, u64> = needed.into_iter().zip(ids).collect();
-            let mut out = Vec::with_capacity((end - offset) as usize);
-            for plan in &plans {
-                let mut image = match base_of.get(&plan.idx).and_then(|id| by_id.get(id)) {
-                    Some(block) if plan.layers.is_empty() => {
-                        let lo = (offset.max(plan.idx * bs) - plan.idx * bs) as usize;
-                        let hi = (end.min((plan.idx + 1) * bs) - plan.idx * bs) as usize;
-                        out.extend_from_slice(&block[lo..hi]);
-                        continue;
-                    }
-                    Some(block) => (**block).clone(),
-                    None => vec![0; bs as usize],
-                };
-                for layer in &plan.layers {
-                    layer.overlay(&mut image);
-                }
-                let lo = (offset.max(plan.idx * bs) - plan.idx * bs) as usize;
-                let hi = (end.min((plan.idx + 1) * bs) - plan.idx * bs) as usize;
-                out.extend_from_slice(&image[lo..hi]);
-            }
-            if sequential {
-                self.read_ahead(file, end.div_ceil(bs));
+            let bases: HashMap<u64, Block> = needed
+                .into_iter()
+                .zip(ids)
+                .filter_map(|(idx, id)| Some((idx, by_id.get(&id)?.clone())))
+                .collect();
+            let out = self.assemble(offset, &plan, &bases);
+            if plan.sequential {
+                self.read_ahead(file, plan.end, &tokio::runtime::Handle::current());
             }
             return Ok(out);
         }
@@ -557,8 +558,71 @@ impl Core {
         Err(FsError::Io)
     }
 
-    /// Starts fetching the blocks after `from` into the cache, each block once.
-    fn read_ahead(self: &Arc<Self>, file: &Arc<OpenFile>, from: u64) {
+    /// A read answered from memory alone (known block map, cached blocks), or `None` when
+    /// Redis must be asked. Read-ahead keeps a sequential reader on this path.
+    pub fn read_cached(
+        self: &Arc<Self>,
+        file: &Arc<OpenFile>,
+        offset: u64,
+        size: u32,
+        runtime: &tokio::runtime::Handle,
+    ) -> Option<Vec<u8>> {
+        let (plan, bases) = {
+            let mut st = file.state();
+            let Some(plan) = st.plan_read(offset, size, self.block_size as u64) else {
+                return Some(Vec::new());
+            };
+            let mut bases = HashMap::new();
+            for idx in plan.bases_needed() {
+                let id = st.known_id(idx)?;
+                if id != 0 {
+                    bases.insert(idx, self.blocks.cached(id)?);
+                }
+            }
+            st.read_end = plan.end;
+            (plan, bases)
+        };
+        let out = self.assemble(offset, &plan, &bases);
+        if plan.sequential {
+            self.read_ahead(file, plan.end, runtime);
+        }
+        Some(out)
+    }
+
+    /// The bytes of a planned read: each block's stored image (`bases`, by block index; zeros
+    /// where absent) under what the buffers hold.
+    fn assemble(&self, offset: u64, plan: &ReadPlan, bases: &HashMap<u64, Block>) -> Vec<u8> {
+        let bs = self.block_size as u64;
+        let mut out = Vec::with_capacity((plan.end - offset) as usize);
+        for block in &plan.blocks {
+            let lo = (offset.max(block.idx * bs) - block.idx * bs) as usize;
+            let hi = (plan.end.min((block.idx + 1) * bs) - block.idx * bs) as usize;
+            let base = bases.get(&block.idx);
+            if block.layers.is_empty() {
+                match base {
+                    Some(image) => out.extend_from_slice(&image[lo..hi]),
+                    None => out.resize(out.len() + hi - lo, 0),
+                }
+                continue;
+            }
+            let mut image = base.map_or_else(|| vec![0; bs as usize], |b| (**b).clone());
+            for layer in &block.layers {
+                layer.overlay(&mut image);
+            }
+            out.extend_from_slice(&image[lo..hi]);
+        }
+        out
+    }
+
+    /// Starts fetching the blocks from the one holding byte `from` into the cache, each block
+    /// once.
+    fn read_ahead(
+        self: &Arc<Self>,
+        file: &Arc<OpenFile>,
+        from: u64,
+        runtime: &tokio::runtime::Handle,
+    ) {
+        let from = from.div_ceil(self.block_size as u64);
         let ids: Vec<u64> = {
             let mut st = file.state();
             let last = st.attr.size.div_ceil(self.block_size as u64);
@@ -577,9 +641,46 @@ impl Core {
             return;
         }
         let core = self.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let _ = core.blocks.get(&ids).await;
         });
+    }
+}
+
+impl FileState {
+    /// Plans a read of up to `size` bytes at `offset`; `None` at or past the end of the file.
+    fn plan_read(&self, offset: u64, size: u32, bs: u64) -> Option<ReadPlan> {
+        let end = (offset + u64::from(size)).min(self.attr.size);
+        if offset >= end {
+            return None;
+        }
+        let blocks = (offset / bs..=(end - 1) / bs)
+            .map(|idx| {
+                let layers: Vec<Arc<Pending>> = [self.inflight.get(&idx), self.dirty.get(&idx)]
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .collect();
+                let lo = offset.max(idx * bs) - idx * bs;
+                let hi = end.min((idx + 1) * bs) - idx * bs;
+                let mut covered = Ranges::default();
+                for l in &layers {
+                    for (s, e) in l.ranges.iter() {
+                        covered.add(s, e);
+                    }
+                }
+                BlockPlan {
+                    idx,
+                    need_base: !covered.covers(lo as usize, hi as usize),
+                    layers,
+                }
+            })
+            .collect();
+        Some(ReadPlan {
+            end,
+            blocks,
+            sequential: self.read_end == offset,
+        })
     }
 }
 
@@ -609,7 +710,7 @@ mod tests {
         let mut new = Pending::new(8);
         new.write(2, b"bbbb");
         old.absorb(&new);
-        assert_eq!(&old.data, b"aabbbb\0\0");
+        assert_eq!(old.data.as_slice(), b"aabbbb\0\0");
         assert_eq!(old.ranges.0, vec![(0, 6)]);
     }
 }

@@ -25,8 +25,8 @@ use super::{lock, Core};
 
 /// Requests served at once; more wait for a slot (bounding memory under a flood of writes).
 const MAX_IN_FLIGHT: usize = 512;
-/// Largest write the kernel sends in one request.
-const MAX_WRITE: u32 = 1 << 20;
+/// Largest write the kernel sends in one request, and the read-ahead window asked for.
+pub const MAX_WRITE: u32 = 1 << 20;
 /// Unit of the block counts statfs reports.
 const STATFS_UNIT: u64 = 4096;
 
@@ -402,6 +402,11 @@ impl fuser::Filesystem for RedisFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if let Ok(file) = self.core.file(fh.0) {
+            if let Some(data) = self.core.read_cached(&file, offset, size, &self.runtime) {
+                return self.answer_now(reply, Ok(data));
+            }
+        }
         self.serve(
             reply,
             move |c| async move { c.read(fh.0, offset, size).await },

@@ -163,11 +163,12 @@ impl Core {
         if image.iter().all(|&b| b == 0) {
             return Ok(Some((idx, old, 0)));
         }
+        let image = Arc::new(image);
         let new = self.blocks.allocate(1).await?[0];
         self.blocks
             .put(&[(new, self.blocks.encode(&image))])
             .await?;
-        self.blocks.remember(new, Arc::new(image));
+        self.blocks.remember(new, image);
         Ok(Some((idx, old, new)))
     }
 
