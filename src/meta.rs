@@ -237,12 +237,14 @@ impl Meta {
         parent: u64,
         name: &[u8],
         dir: bool,
+        closed: u64,
     ) -> Result<(u64, bool), FsError> {
         let args = ScriptArgs::default()
             .num(parent)
             .bytes(name)
             .num(u8::from(dir))
-            .bytes(Timestamp::now().encode());
+            .bytes(Timestamp::now().encode())
+            .num(closed);
         let reply = self.run("remove", &self.scripts.remove, args).await?;
         let ino = int(reply.get(1)).ok_or(FsError::Io)? as u64;
         Ok((ino, int(reply.get(2)) == Some(1)))

@@ -225,7 +225,10 @@ pub fn run(args: MountArgs) -> Result<(), Error> {
     }
     keep_ready_pipe_to_ourselves();
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
+        // One worker: a request's task, the Redis connection and the event listener then share
+        // a thread, and a metadata operation costs 9 context switches instead of 13 (measured:
+        // ~25% less CPU per create). Byte copying is mostly on the FUSE threads anyway.
+        .worker_threads(1)
         .thread_name("redisfs")
         .enable_all()
         .build()

@@ -482,6 +482,85 @@ fn unlinked_open_file_stays_usable_until_closed() {
 }
 
 #[test]
+fn removing_a_closed_file_deletes_it_at_once_and_racing_opens_see_whole_files() {
+    let Some((r, m)) = setup() else { return };
+    let f = m.join("f");
+    fs::write(&f, common::random_bytes(300_000, 4)).unwrap();
+    fs::remove_file(&f).unwrap();
+    // The removal deletes the inode, its block map and its blocks (itself, or at the release
+    // the kernel sends after close(2) returns, if that comes later).
+    let inodes = || r.cmd::<u64>(&["HGET", "skx:stat", "inodes"]);
+    for _ in 0..100 {
+        if inodes() == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(inodes(), 1);
+    let left: Vec<String> = r
+        .keys("skx")
+        .into_iter()
+        .filter(|k| k.starts_with("skx:b:") || k.starts_with("skx:m:") || k.ends_with(":held"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+
+    // Opens racing removals get a whole generation of the file or ENOENT, never a handle on an
+    // inode deleted under it. Each generation is written under another name and renamed into
+    // place after the removal, so no reader can see one half written.
+    let generation = |n: u32| format!("generation {n:06} ").repeat(4000).into_bytes();
+    fs::write(&f, generation(0)).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (f, stop) = (f.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut whole = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match fs::read(&f) {
+                    Ok(bytes) => {
+                        let n = std::str::from_utf8(bytes.get(11..17).unwrap_or_default())
+                            .ok()
+                            .and_then(|n| n.parse().ok());
+                        let want = n.map(generation).unwrap_or_default();
+                        let first_difference = bytes.iter().zip(&want).position(|(a, b)| a != b);
+                        assert!(
+                            bytes == want,
+                            "not a whole generation: {} bytes, generation {n:?}, first \
+                             difference at {first_difference:?}: {:?}",
+                            bytes.len(),
+                            String::from_utf8_lossy(&bytes[first_difference.unwrap_or(0)..][..40])
+                        );
+                        whole += 1;
+                    }
+                    Err(e) => assert_eq!(errno_of(e), libc::ENOENT),
+                }
+            }
+            whole
+        })
+    };
+    let next = m.join("next");
+    for n in 1..=300 {
+        fs::write(&next, generation(n)).unwrap();
+        fs::remove_file(&f).unwrap();
+        fs::rename(&next, &f).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let whole = reader.join().unwrap();
+    assert!(whole > 0, "the reader saw the file at least once");
+    assert_eq!(fs::read(&f).unwrap(), generation(300));
+    for _ in 0..100 {
+        if inodes() == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        inodes(),
+        2,
+        "root and the last generation: every removed one was deleted"
+    );
+}
+
+#[test]
 fn fallocate_holes_seek_and_copy_range() {
     let Some((_r, m)) = setup() else { return };
     let f = m.join("f");

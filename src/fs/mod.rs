@@ -12,6 +12,7 @@ pub mod fuse;
 mod hold;
 mod locks;
 pub mod notify;
+mod opening;
 mod ops;
 
 use std::collections::{HashMap, HashSet};
@@ -76,6 +77,12 @@ pub struct Core {
     lock_holders: Mutex<HashSet<(u64, u64)>>,
     /// Names and attributes remembered between requests.
     cache: cache::MetaCache,
+    /// Opens under way and removals that may delete their inode (see `opening.rs`).
+    open_guard: Mutex<opening::OpenGuard>,
+    /// Woken when such a removal ends.
+    removal_ended: tokio::sync::Notify,
+    /// Woken when an open under way ends.
+    open_ended: tokio::sync::Notify,
 }
 
 /// What tells one state of a file's data from another, for close-to-open consistency.
@@ -120,6 +127,9 @@ impl Core {
             seen: Mutex::new(HashMap::new()),
             lock_holders: Mutex::new(HashSet::new()),
             cache: cache::MetaCache::default(),
+            open_guard: Mutex::default(),
+            removal_ended: tokio::sync::Notify::new(),
+            open_ended: tokio::sync::Notify::new(),
         };
         (Arc::new(core), Queues { reclaims, holds })
     }
@@ -224,7 +234,10 @@ impl Core {
     }
 
     /// Deals with an inode whose last link a removal took: it is deleted once not open here.
-    fn orphaned(&self, ino: u64) {
+    /// Opens already past their look-up in Redis are waited for (they will register a
+    /// handle); later ones find no link and fail (see [`Core::open`]).
+    async fn orphaned(&self, ino: u64) {
+        self.no_open_under_way(ino).await;
         if let Some(file) = self.open_file(ino) {
             file.state().orphaned = true;
         } else {

@@ -234,8 +234,14 @@ impl Core {
         if write {
             self.writable()?;
         }
+        let _opening = self.opening(ino).await;
         let epoch = self.cache.epoch();
         let attr = self.meta.getattr(ino).await?;
+        if attr.nlink == 0 && self.open_file(ino).is_none() {
+            // The kernel resolved the name before a removal took the last link: the removal
+            // came first. (A file open here stays reachable, through /proc/self/fd.)
+            return Err(FsError::NotFound);
+        }
         self.cache.remember(epoch, None, attr);
         let keep = self.keeps_pages(&attr);
         if !keep {
@@ -275,16 +281,26 @@ impl Core {
     pub async fn remove(&self, parent: u64, name: &[u8], dir: bool) -> Result<(), FsError> {
         self.writable()?;
         check_name(name)?;
+        // A file not open here is deleted by the removal itself when it takes the last link.
+        let deleting = if dir {
+            None
+        } else {
+            self.cache
+                .entry(parent, name)
+                .and_then(|attr| self.deleting(attr.ino))
+        };
+        let closed = deleting.as_ref().map_or(0, |d| d.ino);
         let (ino, orphaned) = self
             .meta
-            .remove(parent, name, dir)
+            .remove(parent, name, dir, closed)
             .await
             .inspect_err(|_| self.cache.forget_name(parent, name))?;
+        drop(deleting);
         self.cache.removed(parent, name);
         self.cache.forget_attr(parent);
         self.cache.forget_attr(ino);
         if orphaned {
-            self.orphaned(ino);
+            self.orphaned(ino).await;
         }
         Ok(())
     }
@@ -324,7 +340,7 @@ impl Core {
             self.cache.forget_attr(ino);
         }
         if let Some(victim) = victim {
-            self.orphaned(victim);
+            self.orphaned(victim).await;
         }
         Ok(())
     }

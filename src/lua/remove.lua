@@ -1,4 +1,7 @@
--- unlink and rmdir. ARGV: P, sid, parent, name, want_dir (0/1), ts  ->  {0, ino, orphaned}
+-- unlink and rmdir. ARGV: P, sid, parent, name, want_dir (0/1), ts, closed  ->  {0, ino, orphaned}
+-- closed: an inode the calling mount does not have open (0: none). If the removal takes the
+-- last link of that very inode, it is deleted here; otherwise the mount's session holds it
+-- (orphaned) until its last close.
 local parent = tonumber(ARGV[3])
 local pr, err = live_dir(parent)
 if not pr then return { err } end
@@ -21,8 +24,13 @@ local r = rec(ino)
 if r then
   local left = 0
   if kind ~= 'd' then left = nlink(r) - 1 end
-  put(ino, touch_c(set_nlink(r, left), ARGV[6]))
-  if left == 0 then orphan(ino); orphaned = 1 end
+  if left == 0 and kind ~= 'd' and tonumber(ARGV[7]) == ino then
+    delete_inode(ino)
+    events[#events + 1] = 'a' .. ino
+  else
+    put(ino, touch_c(set_nlink(r, left), ARGV[6]))
+    if left == 0 then orphan(ino); orphaned = 1 end
+  end
 end
 save()
 return { 0, ino, orphaned }
