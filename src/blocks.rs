@@ -15,6 +15,9 @@ const ID_BATCH: u64 = 256;
 /// Blocks per pipelined GET or SET round trip.
 const PIPELINE_BLOCKS: usize = 32;
 
+/// Blocks in a batch from which encoding moves off the runtime's worker.
+const ENCODE_APART_BLOCKS: usize = 8;
+
 /// A decoded block, shared between the cache and readers.
 pub type Block = Arc<Vec<u8>>;
 
@@ -90,6 +93,20 @@ impl BlockStore {
     /// Encodes a block image with the filesystem's codec.
     pub fn encode(&self, image: &Block) -> Encoded {
         self.codec.encode_shared(image)
+    }
+
+    /// Encodes block images, `None` for all-zero ones (stored as holes). A large batch is
+    /// encoded on a blocking thread: compressing megabytes must not stall the runtime's worker,
+    /// which also drives the Redis connection for every other request.
+    pub async fn encode_all(&self, images: &[Block]) -> Vec<Option<Encoded>> {
+        let codec = self.codec;
+        if images.len() < ENCODE_APART_BLOCKS {
+            return encode_images(codec, images);
+        }
+        let owned = images.to_vec();
+        tokio::task::spawn_blocking(move || encode_images(codec, &owned))
+            .await
+            .unwrap_or_else(|_| encode_images(codec, images))
     }
 
     /// Remembers a block this mount just wrote, so that reading it back costs nothing.
@@ -242,6 +259,17 @@ impl BlockStore {
         }
         Ok(())
     }
+}
+
+fn encode_images(codec: Codec, images: &[Block]) -> Vec<Option<Encoded>> {
+    images
+        .iter()
+        .map(|img| {
+            img.iter()
+                .any(|&b| b != 0)
+                .then(|| codec.encode_shared(img))
+        })
+        .collect()
 }
 
 /// Wakes the waiters of a fetch when dropped (its sender goes with it).

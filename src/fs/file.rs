@@ -183,6 +183,8 @@ pub struct OpenFile {
     pub ino: u64,
     state: Mutex<FileState>,
     flush_lock: tokio::sync::Mutex<()>,
+    /// Orders the commits of batches stored at once.
+    commit_lock: tokio::sync::Mutex<()>,
     /// A background store of full blocks is under way.
     pub storing: std::sync::atomic::AtomicBool,
 }
@@ -205,6 +207,7 @@ impl OpenFile {
                 stamps_times,
             }),
             flush_lock: tokio::sync::Mutex::new(()),
+            commit_lock: tokio::sync::Mutex::new(()),
             storing: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -215,8 +218,8 @@ impl OpenFile {
     }
 }
 
-/// Blocks moved in flight for one store, with the mtime to store and the file size.
-type PickedBatch = (Vec<(u64, Arc<Pending>)>, Option<Timestamp>, u64);
+/// Blocks moved in flight for one store, with the file size.
+type PickedBatch = (Vec<(u64, Arc<Pending>)>, u64);
 
 /// A read: the blocks it spans, where it ends, and whether it follows the previous one.
 struct ReadPlan {
@@ -297,11 +300,11 @@ impl Core {
         let mut failure = None;
         loop {
             while failure.is_none() && running.len() < BATCHES_IN_FLIGHT {
-                let Some((batch, mtime, size)) = self.pick_batch(file, only_full) else {
+                let Some((batch, size)) = self.pick_batch(file, only_full) else {
                     break;
                 };
                 running.push(async move {
-                    let stored = self.store_batch(file, &batch, mtime, size).await;
+                    let stored = self.store_batch(file, &batch, size).await;
                     (batch, stored)
                 });
             }
@@ -312,6 +315,15 @@ impl Core {
                 // Keep the data buffered (under anything written since) and report the error.
                 let mut st = file.state();
                 for (idx, older) in batch {
+                    // A block this batch committed before failing has left the in-flight set,
+                    // and a later batch may be storing newer bytes of it now: leave it alone.
+                    if !st
+                        .inflight
+                        .get(&idx)
+                        .is_some_and(|p| Arc::ptr_eq(p, &older))
+                    {
+                        continue;
+                    }
                     st.inflight.remove(&idx);
                     let merged = match st.dirty.remove(&idx) {
                         Some(newer) => {
@@ -328,8 +340,7 @@ impl Core {
         }
     }
 
-    /// Moves the next batch of buffered blocks to the in-flight set, with the file's mtime to
-    /// store (when this mount stamps times) and its size.
+    /// Moves the next batch of buffered blocks to the in-flight set, with the file's size.
     fn pick_batch(&self, file: &OpenFile, only_full: bool) -> Option<PickedBatch> {
         let mut st = file.state();
         let picked: Vec<u64> = st
@@ -349,8 +360,7 @@ impl Core {
                 batch.push((idx, p));
             }
         }
-        let mtime = st.stamps_times.then_some(st.attr.mtime);
-        Some((batch, mtime, st.attr.size))
+        Some((batch, st.attr.size))
     }
 
     /// Writes one batch of blocks and commits it, merging again where another writer won.
@@ -358,7 +368,6 @@ impl Core {
         &self,
         file: &OpenFile,
         batch: &[(u64, Arc<Pending>)],
-        mtime: Option<Timestamp>,
         size: u64,
     ) -> Result<(), FsError> {
         let bs = self.block_size as u64;
@@ -394,10 +403,7 @@ impl Core {
                 };
                 images.push(image);
             }
-            let encoded: Vec<Option<Encoded>> = images
-                .iter()
-                .map(|img| (img.iter().any(|&b| b != 0)).then(|| self.blocks.encode(img)))
-                .collect();
+            let encoded = self.blocks.encode_all(&images).await;
             let ids = self
                 .blocks
                 .allocate(encoded.iter().flatten().count())
@@ -435,6 +441,13 @@ impl Core {
                 .zip(&new_ids)
                 .map(|((&i, &o), &n)| (i, o, n))
                 .collect();
+            // Commits of one file go one at a time, each with the file's mtime as it is then:
+            // batches finishing out of order never store an older mtime over a newer one.
+            let _in_order = file.commit_lock.lock().await;
+            let mtime = {
+                let st = file.state();
+                st.stamps_times.then_some(st.attr.mtime)
+            };
             let committed = self
                 .meta
                 .commit(file.ino, mtime, end, &swaps, &inline)

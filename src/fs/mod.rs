@@ -238,11 +238,16 @@ impl Core {
     /// handle); later ones find no link and fail (see [`Core::open`]).
     async fn orphaned(&self, ino: u64) {
         self.no_open_under_way(ino).await;
-        if let Some(file) = self.open_file(ino) {
-            file.state().orphaned = true;
-        } else {
-            let _ = self.reclaim_queue.send(ino);
+        {
+            // Marked under the table's lock: a last close takes the file out of the table
+            // under it too, so it either sees the mark or leaves the inode to be queued here.
+            let files = lock(&self.files);
+            if let Some((file, _)) = files.get(&ino) {
+                file.state().orphaned = true;
+                return;
+            }
         }
+        let _ = self.reclaim_queue.send(ino);
     }
 
     /// Deletes queued orphans in batches until the queue closes.
