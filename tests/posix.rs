@@ -482,10 +482,14 @@ fn unlinked_open_file_stays_usable_until_closed() {
 }
 
 #[test]
-fn removing_a_closed_file_deletes_it_at_once_and_racing_opens_see_whole_files() {
+fn removed_files_and_directories_are_deleted_and_racing_opens_see_whole_files() {
     let Some((r, m)) = setup() else { return };
     let f = m.join("f");
+    fs::create_dir(m.join("sub")).unwrap();
+    fs::write(m.join("sub/x"), b"x").unwrap();
     fs::write(&f, common::random_bytes(300_000, 4)).unwrap();
+    fs::remove_file(m.join("sub/x")).unwrap();
+    fs::remove_dir(m.join("sub")).unwrap();
     fs::remove_file(&f).unwrap();
     // The removal deletes the inode, its block map and its blocks (itself, or at the release
     // the kernel sends after close(2) returns, if that comes later).
@@ -500,7 +504,12 @@ fn removing_a_closed_file_deletes_it_at_once_and_racing_opens_see_whole_files() 
     let left: Vec<String> = r
         .keys("skx")
         .into_iter()
-        .filter(|k| k.starts_with("skx:b:") || k.starts_with("skx:m:") || k.ends_with(":held"))
+        .filter(|k| {
+            ["skx:b:", "skx:m:", "skx:d:"]
+                .iter()
+                .any(|p| k.starts_with(p))
+                || k.ends_with(":held")
+        })
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 

@@ -281,14 +281,12 @@ impl Core {
     pub async fn remove(&self, parent: u64, name: &[u8], dir: bool) -> Result<(), FsError> {
         self.writable()?;
         check_name(name)?;
-        // A file not open here is deleted by the removal itself when it takes the last link.
-        let deleting = if dir {
-            None
-        } else {
-            self.cache
-                .entry(parent, name)
-                .and_then(|attr| self.deleting(attr.ino))
-        };
+        // An inode not open here is deleted by the removal itself when it takes the last link
+        // (directories are never open in that sense: the kernel ends reads of a removed one).
+        let deleting = self
+            .cache
+            .entry(parent, name)
+            .and_then(|attr| self.deleting(attr.ino));
         let closed = deleting.as_ref().map_or(0, |d| d.ino);
         let (ino, orphaned) = self
             .meta

@@ -24,7 +24,7 @@ local r = rec(ino)
 if r then
   local left = 0
   if kind ~= 'd' then left = nlink(r) - 1 end
-  if left == 0 and kind ~= 'd' and tonumber(ARGV[7]) == ino then
+  if left == 0 and tonumber(ARGV[7]) == ino then
     delete_inode(ino)
     events[#events + 1] = 'a' .. ino
   else
