@@ -14,6 +14,17 @@ use common::{cpath, Mount, Redis};
 /// generous so that a slow machine does not fail the test).
 const PROPAGATION: Duration = Duration::from_secs(10);
 
+/// A Redis and two mounts of one filesystem on it, or `None` where tests cannot run.
+fn two_mounts() -> Option<(Redis, Mount, Mount)> {
+    if !common::ready() {
+        return None;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &[]);
+    let b = Mount::new(&redis, "skx", &[]);
+    Some((redis, a, b))
+}
+
 fn names(dir: &Path) -> Vec<String> {
     let mut n: Vec<String> = fs::read_dir(dir)
         .map(|r| {
@@ -42,12 +53,9 @@ fn getxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
 
 #[test]
 fn changes_on_one_mount_are_seen_on_the_others() {
-    if !common::ready() {
+    let Some((redis, a, b)) = two_mounts() else {
         return;
-    }
-    let redis = Redis::start();
-    let a = Mount::new(&redis, "skx", &[]);
-    let b = Mount::new(&redis, "skx", &[]);
+    };
     let c = Mount::new(&redis, "skx", &[]);
     let others = [&b, &c];
     // Each other mount first caches the current state, so that staleness would show.
@@ -105,12 +113,9 @@ fn changes_on_one_mount_are_seen_on_the_others() {
 
 #[test]
 fn close_to_open_reads_the_new_bytes_even_with_old_pages_cached() {
-    if !common::ready() {
+    let Some((_redis, a, b)) = two_mounts() else {
         return;
-    }
-    let redis = Redis::start();
-    let a = Mount::new(&redis, "skx", &[]);
-    let b = Mount::new(&redis, "skx", &[]);
+    };
     fs::write(a.join("f"), b"version 0").unwrap();
     for round in 1..=30u32 {
         // B reads (and caches) the current version...
@@ -137,12 +142,9 @@ fn close_to_open_reads_the_new_bytes_even_with_old_pages_cached() {
 
 #[test]
 fn concurrent_writers_of_disjoint_ranges_lose_nothing() {
-    if !common::ready() {
+    let Some((redis, a, b)) = two_mounts() else {
         return;
-    }
-    let redis = Redis::start();
-    let a = Mount::new(&redis, "skx", &[]);
-    let b = Mount::new(&redis, "skx", &[]);
+    };
     const CHUNK: usize = 1000;
     const CHUNKS: usize = 600;
     fs::write(a.join("shared"), vec![0u8; CHUNK * CHUNKS]).unwrap();
@@ -333,12 +335,9 @@ fn a_redis_restart_mid_workload_loses_nothing_and_fails_nothing() {
 
 #[test]
 fn names_created_elsewhere_appear_in_directories_this_mount_created() {
-    if !common::ready() {
+    let Some((_redis, a, b)) = two_mounts() else {
         return;
-    }
-    let redis = Redis::start();
-    let a = Mount::new(&redis, "skx", &[]);
-    let b = Mount::new(&redis, "skx", &[]);
+    };
     // A knows every name of a directory it created, and answers misses there itself.
     fs::create_dir(a.join("fresh")).unwrap();
     assert!(!a.join("fresh/x").exists());
@@ -359,12 +358,9 @@ fn names_created_elsewhere_appear_in_directories_this_mount_created() {
 
 #[test]
 fn attributes_set_elsewhere_on_a_file_this_mount_created_appear() {
-    if !common::ready() {
+    let Some((_redis, a, b)) = two_mounts() else {
         return;
-    }
-    let redis = Redis::start();
-    let a = Mount::new(&redis, "skx", &[]);
-    let b = Mount::new(&redis, "skx", &[]);
+    };
     // B created the file, so it knows it has no extended attributes until told otherwise.
     fs::write(b.join("f"), b"x").unwrap();
     assert_eq!(getxattr(&b.join("f"), "user.k"), None);
