@@ -299,6 +299,7 @@ async fn prepare(
         read_only,
         ttl: TTL,
         writeback: args.writeback,
+        write_buffer: args.write_buffer,
     };
     let (core, queues) = Core::new(meta, blocks, settings);
     core.start_workers(queues);

@@ -205,6 +205,11 @@ pub struct MountArgs {
     /// Memory for cached blocks.
     #[arg(long, default_value = "256M", value_parser = parse_size, value_name = "SIZE")]
     pub cache_size: u64,
+    /// Memory for written bytes not yet stored, across all files. Whole blocks are stored as
+    /// soon as they fill; partial ones wait (up to 5 seconds, or until close or fsync), so
+    /// that random writes into one block are stored once.
+    #[arg(long, default_value = "512M", value_parser = parse_size, value_name = "SIZE")]
+    pub write_buffer: u64,
     /// Let the kernel cache writes and file sizes (faster small writes). Only for a filesystem
     /// mounted once: with it the kernel ignores size and time changes made by other mounts to
     /// files it caches.

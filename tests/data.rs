@@ -181,3 +181,48 @@ fn concurrent_writers_to_different_files_and_overlapping_reads() {
         t.join().unwrap();
     }
 }
+
+#[test]
+fn random_writes_into_blocks_survive_a_write_buffer_smaller_than_the_file() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    // 16 blocks of buffer for a 128-block file: partial blocks are stored under pressure.
+    let m = Mount::new(&redis, "skx", &["--write-buffer", "1M"]);
+    let path = m.join("random");
+    let mut expected = common::random_bytes(8 << 20, 7);
+    fs::write(&path, &expected).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..3000u64 {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let len = 1 + (seed >> 52) as usize % 9000;
+        let offset = (seed >> 8) as usize % (expected.len() - len);
+        let bytes = common::random_bytes(len, i);
+        f.seek(SeekFrom::Start(offset as u64)).unwrap();
+        f.write_all(&bytes).unwrap();
+        expected[offset..offset + len].copy_from_slice(&bytes);
+        if i % 1000 == 999 {
+            let mut seen = Vec::new();
+            f.seek(SeekFrom::Start(0)).unwrap();
+            f.read_to_end(&mut seen).unwrap();
+            assert!(
+                seen == expected,
+                "read back through the writer's handle after {i} writes"
+            );
+        }
+    }
+    drop(f);
+    let other = Mount::new(&redis, "skx", &[]);
+    assert!(
+        fs::read(other.join("random")).unwrap() == expected,
+        "another mount reads every random write after the close"
+    );
+}

@@ -381,3 +381,25 @@ fn attributes_set_elsewhere_on_a_file_this_mount_created_appear() {
         getxattr(&b.join("f"), "user.k") == Some(b"v".to_vec())
     });
 }
+
+#[test]
+fn bytes_written_into_a_file_kept_open_reach_other_mounts_without_a_close() {
+    let Some((_redis, a, b)) = two_mounts() else {
+        return;
+    };
+    let mut log = fs::File::create(a.join("log")).unwrap();
+    log.write_all(b"first line\n").unwrap();
+    // No fsync, no close: the mount stores a partial block once it has waited a few seconds.
+    common::eventually(
+        "another mount reads what a writer still holding its file open wrote",
+        PROPAGATION,
+        || fs::read(b.join("log")).is_ok_and(|d| d == b"first line\n"),
+    );
+    log.write_all(b"second line\n").unwrap();
+    common::eventually(
+        "another mount reads a later write into the same partial block",
+        PROPAGATION,
+        || fs::read(b.join("log")).is_ok_and(|d| d == b"first line\nsecond line\n"),
+    );
+    drop(log);
+}

@@ -7,7 +7,9 @@
 //! re-reads and merges again, so two mounts writing different bytes of one block lose nothing.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
@@ -20,10 +22,14 @@ use super::Core;
 
 /// Largest file size: sizes travel through Lua, whose numbers are exact up to 2^53.
 pub const MAX_FILE_SIZE: u64 = 1 << 52;
-/// Full buffered blocks that start storing them in the background.
+/// Full buffered blocks of one file that start storing them in the background.
 const FLUSH_FULL_BLOCKS: usize = 16;
-/// Buffered blocks of one file after which writes wait for them to be stored.
-const MAX_DIRTY_BLOCKS: usize = 256;
+/// Full buffered blocks of one file after which its writer waits for them to be stored: a
+/// full block gains nothing by waiting, so a writer faster than Redis is held to its pace.
+const MAX_FULL_BLOCKS: usize = 256;
+/// How long written bytes may wait in a buffer. Partial blocks are kept so that further
+/// writes into them cost no second store, but not for longer than this.
+pub const WRITE_BACK_AFTER: Duration = Duration::from_secs(5);
 
 /// What a buffered write asks of its caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,8 +38,53 @@ pub enum Backlog {
     Fine,
     /// Enough full blocks: start storing them, without waiting.
     StoreSoon,
-    /// Too much is buffered: store before accepting more.
-    StoreNow,
+    /// Too many full blocks: store them before accepting more.
+    StoreFull,
+    /// The mount's write buffers are over budget: store all of this file's before accepting
+    /// more.
+    StoreAll,
+}
+
+impl Backlog {
+    /// What the writer must store before its write is answered: `Some(only_full)`, or `None`.
+    pub fn wait_for(self) -> Option<bool> {
+        match self {
+            Backlog::Fine | Backlog::StoreSoon => None,
+            Backlog::StoreFull => Some(true),
+            Backlog::StoreAll => Some(false),
+        }
+    }
+}
+
+/// One block buffer's share of the mount's write-buffer budget, given back when the buffer
+/// is dropped: the count stays right however buffers move between the buffered, in-flight
+/// and failed-and-requeued states.
+#[derive(Debug)]
+struct Charge {
+    total: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Charge {
+    fn new(total: &Arc<AtomicUsize>, bytes: usize) -> Charge {
+        total.fetch_add(bytes, Ordering::Relaxed);
+        Charge {
+            total: total.clone(),
+            bytes,
+        }
+    }
+}
+
+impl Clone for Charge {
+    fn clone(&self) -> Charge {
+        Charge::new(&self.total, self.bytes)
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 /// Blocks stored per commit.
 const FLUSH_BATCH: usize = 64;
@@ -86,13 +137,15 @@ pub struct Pending {
     /// Shared, so that a full block is stored and cached without copying it.
     data: Block,
     ranges: Ranges,
+    _charge: Charge,
 }
 
 impl Pending {
-    fn new(block_size: usize) -> Pending {
+    fn new(block_size: usize, buffered: &Arc<AtomicUsize>) -> Pending {
         Pending {
             data: Arc::new(vec![0; block_size]),
             ranges: Ranges::default(),
+            _charge: Charge::new(buffered, block_size),
         }
     }
 
@@ -132,6 +185,10 @@ pub struct FileState {
     /// Bumped whenever this mount changes the map, so a slower map read cannot undo it.
     map_version: u64,
     dirty: BTreeMap<u64, Arc<Pending>>,
+    /// How many of the `dirty` blocks are full.
+    full_dirty: usize,
+    /// When the oldest bytes in `dirty` were written.
+    dirty_since: Option<Instant>,
     inflight: BTreeMap<u64, Arc<Pending>>,
     /// The last link is gone; reclaim the inode at the last close.
     pub orphaned: bool,
@@ -169,6 +226,27 @@ impl FileState {
         self.map_version += 1;
     }
 
+    /// Takes one block's buffer out of `dirty`.
+    fn take_dirty(&mut self, idx: u64) -> Option<Arc<Pending>> {
+        let taken = self.dirty.remove(&idx)?;
+        if taken.is_full() {
+            self.full_dirty -= 1;
+        }
+        if self.dirty.is_empty() {
+            self.dirty_since = None;
+        }
+        Some(taken)
+    }
+
+    /// Puts a block's buffer (back) into `dirty`, where there is none.
+    fn put_dirty(&mut self, idx: u64, pending: Arc<Pending>) {
+        if pending.is_full() {
+            self.full_dirty += 1;
+        }
+        self.dirty_since.get_or_insert_with(Instant::now);
+        self.dirty.insert(idx, pending);
+    }
+
     fn known_id(&self, idx: u64) -> Option<u64> {
         self.map
             .get(&idx)
@@ -200,6 +278,8 @@ impl OpenFile {
                 map_complete: created,
                 map_version: 0,
                 dirty: BTreeMap::new(),
+                full_dirty: 0,
+                dirty_since: None,
                 inflight: BTreeMap::new(),
                 orphaned: false,
                 read_end: 0,
@@ -257,19 +337,26 @@ impl Core {
             return Err(FsError::FileTooBig);
         }
         let bs = self.block_size as u64;
-        let mut st = file.state();
+        let mut guard = file.state();
+        let st = &mut *guard;
         let mut pos = 0usize;
         while pos < data.len() {
             let abs = offset + pos as u64;
             let (idx, off) = (abs / bs, (abs % bs) as usize);
             let n = (bs as usize - off).min(data.len() - pos);
-            let pending = st
-                .dirty
-                .entry(idx)
-                .or_insert_with(|| Arc::new(Pending::new(bs as usize)));
-            Arc::make_mut(pending).write(off, &data[pos..pos + n]);
+            let pending = Arc::make_mut(
+                st.dirty
+                    .entry(idx)
+                    .or_insert_with(|| Arc::new(Pending::new(bs as usize, &self.buffered))),
+            );
+            let was_full = pending.is_full();
+            pending.write(off, &data[pos..pos + n]);
+            if !was_full && pending.is_full() {
+                st.full_dirty += 1;
+            }
             pos += n;
         }
+        st.dirty_since.get_or_insert_with(Instant::now);
         st.attr.size = st.attr.size.max(end);
         // With the writeback cache the kernel owns the times of regular files and sends them
         // with SETATTR; stamping them here as well would make the two disagree.
@@ -278,15 +365,17 @@ impl Core {
             st.attr.mtime = now;
             st.attr.ctime = now;
         }
-        if st.dirty.len() >= MAX_DIRTY_BLOCKS {
-            return Ok(Backlog::StoreNow);
-        }
-        let full = st.dirty.values().filter(|p| p.is_full()).count();
-        Ok(if full >= FLUSH_FULL_BLOCKS {
-            Backlog::StoreSoon
-        } else {
-            Backlog::Fine
-        })
+        Ok(
+            if self.buffered.load(Ordering::Relaxed) as u64 > self.settings.write_buffer {
+                Backlog::StoreAll
+            } else if st.full_dirty >= MAX_FULL_BLOCKS {
+                Backlog::StoreFull
+            } else if st.full_dirty >= FLUSH_FULL_BLOCKS {
+                Backlog::StoreSoon
+            } else {
+                Backlog::Fine
+            },
+        )
     }
 
     /// Stores buffered blocks: all of them, or with `only_full` just the complete ones.
@@ -325,7 +414,7 @@ impl Core {
                         continue;
                     }
                     st.inflight.remove(&idx);
-                    let merged = match st.dirty.remove(&idx) {
+                    let merged = match st.take_dirty(idx) {
                         Some(newer) => {
                             let mut m = (*older).clone();
                             m.absorb(&newer);
@@ -333,9 +422,32 @@ impl Core {
                         }
                         None => older,
                     };
-                    st.dirty.insert(idx, merged);
+                    st.put_dirty(idx, merged);
                 }
                 failure.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Stores the buffers of files written to more than `WRITE_BACK_AFTER` ago, for as long as
+    /// the mount runs.
+    pub(super) async fn write_back(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(WRITE_BACK_AFTER / 5);
+        loop {
+            tick.tick().await;
+            let due: Vec<Arc<OpenFile>> = super::lock(&self.files)
+                .values()
+                .map(|(f, _)| f.clone())
+                .filter(|f| {
+                    f.state()
+                        .dirty_since
+                        .is_some_and(|t| t.elapsed() >= WRITE_BACK_AFTER)
+                })
+                .collect();
+            for file in due {
+                if let Err(e) = self.change(self.flush_file(&file, false)).await {
+                    tracing::warn!("inode {}: write-back failed ({e}); kept buffered", file.ino);
+                }
             }
         }
     }
@@ -343,6 +455,9 @@ impl Core {
     /// Moves the next batch of buffered blocks to the in-flight set, with the file's size.
     fn pick_batch(&self, file: &OpenFile, only_full: bool) -> Option<PickedBatch> {
         let mut st = file.state();
+        if only_full && st.full_dirty == 0 {
+            return None;
+        }
         let picked: Vec<u64> = st
             .dirty
             .iter()
@@ -355,7 +470,7 @@ impl Core {
         }
         let mut batch = Vec::with_capacity(picked.len());
         for idx in picked {
-            if let Some(p) = st.dirty.remove(&idx) {
+            if let Some(p) = st.take_dirty(idx) {
                 st.inflight.insert(idx, p.clone());
                 batch.push((idx, p));
             }
@@ -718,12 +833,27 @@ mod tests {
 
     #[test]
     fn newer_writes_win_when_buffers_merge() {
-        let mut old = Pending::new(8);
+        let buffered = Arc::default();
+        let mut old = Pending::new(8, &buffered);
         old.write(0, b"aaaa");
-        let mut new = Pending::new(8);
+        let mut new = Pending::new(8, &buffered);
         new.write(2, b"bbbb");
         old.absorb(&new);
         assert_eq!(old.data.as_slice(), b"aabbbb\0\0");
         assert_eq!(old.ranges.0, vec![(0, 6)]);
+    }
+
+    #[test]
+    fn buffers_count_against_the_budget_while_they_live() {
+        let buffered = Arc::new(AtomicUsize::new(0));
+        let first = Arc::new(Pending::new(8, &buffered));
+        let mut shared = first.clone();
+        assert_eq!(buffered.load(Ordering::Relaxed), 8);
+        // Writing to a buffer a reader still holds copies it: two buffers now.
+        Arc::make_mut(&mut shared).write(0, b"x");
+        assert_eq!(buffered.load(Ordering::Relaxed), 16);
+        drop(first);
+        drop(shared);
+        assert_eq!(buffered.load(Ordering::Relaxed), 0);
     }
 }

@@ -431,14 +431,14 @@ impl fuser::Filesystem for RedisFs {
         let must_store = match self.core.open_gate() {
             Some(_open) => match self.core.write_buffered(fh.0, offset, data, &self.runtime) {
                 Ok(None) => return reply.written(written),
-                Ok(Some(file)) => Some(file),
+                Ok(Some(store)) => Some(store),
                 Err(e) => return reply.error(errno(e)),
             },
             None => None,
         };
-        if let Some(file) = must_store {
+        if let Some((file, only_full)) = must_store {
             return self.serve_change(reply, move |c| async move {
-                c.flush_file(&file, true).await.map(|_| written)
+                c.flush_file(&file, only_full).await.map(|_| written)
             });
         }
         let data = data.to_vec();

@@ -16,6 +16,7 @@ mod opening;
 mod ops;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -40,6 +41,8 @@ pub struct MountSettings {
     pub ttl: Duration,
     /// Whether the kernel's writeback cache is on.
     pub writeback: bool,
+    /// Bytes of unstored writes the mount may hold before writers must wait for stores.
+    pub write_buffer: u64,
 }
 
 /// A mount's state: Redis access, open files and handles.
@@ -77,6 +80,8 @@ pub struct Core {
     lock_holders: Mutex<HashSet<(u64, u64)>>,
     /// Names and attributes remembered between requests.
     cache: cache::MetaCache,
+    /// Bytes held in write buffers, counted by the buffers themselves (see `file::Charge`).
+    buffered: Arc<AtomicUsize>,
     /// Opens under way and removals that may delete their inode (see `opening.rs`).
     open_guard: Mutex<opening::OpenGuard>,
     /// Woken when such a removal ends.
@@ -127,6 +132,7 @@ impl Core {
             seen: Mutex::new(HashMap::new()),
             lock_holders: Mutex::new(HashSet::new()),
             cache: cache::MetaCache::default(),
+            buffered: Arc::default(),
             open_guard: Mutex::default(),
             removal_ended: tokio::sync::Notify::new(),
             open_ended: tokio::sync::Notify::new(),
@@ -138,6 +144,7 @@ impl Core {
     pub fn start_workers(self: &Arc<Self>, queues: Queues) {
         tokio::spawn(self.clone().reclaimer(queues.reclaims));
         tokio::spawn(self.clone().holder(queues.holds));
+        tokio::spawn(self.clone().write_back());
     }
 
     /// Connects the kernel's caches, so that changes by other mounts invalidate them.

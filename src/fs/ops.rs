@@ -367,44 +367,44 @@ impl Core {
         data: &[u8],
     ) -> Result<u32, FsError> {
         let spawner = tokio::runtime::Handle::current();
-        if let Some(file) = self.write_buffered(fh, offset, data, &spawner)? {
-            self.flush_file(&file, true).await?;
+        if let Some((file, only_full)) = self.write_buffered(fh, offset, data, &spawner)? {
+            self.flush_file(&file, only_full).await?;
         }
         Ok(data.len() as u32)
     }
 
     /// Buffers a write, starting a background store of full blocks on `spawner` when it is
-    /// time; returns the file when the buffer is so full that the writer must wait for a
-    /// store (see [`Backlog`]).
+    /// time; returns the file, and whether only its full blocks need storing, when the writer
+    /// must wait for a store (see [`Backlog`]).
     pub fn write_buffered(
         self: &Arc<Self>,
         fh: u64,
         offset: u64,
         data: &[u8],
         spawner: &tokio::runtime::Handle,
-    ) -> Result<Option<Arc<OpenFile>>, FsError> {
+    ) -> Result<Option<(Arc<OpenFile>, bool)>, FsError> {
         self.writable()?;
         let file = self.file(fh)?;
-        match self.buffer_write(&file, offset, data)? {
-            Backlog::Fine => {}
-            Backlog::StoreNow => return Ok(Some(file)),
-            Backlog::StoreSoon => {
-                // Store full blocks while the writer goes on filling the buffer. A failure
-                // leaves them buffered: the next flush retries and reports it.
-                if !file.storing.swap(true, std::sync::atomic::Ordering::AcqRel) {
-                    let core = self.clone();
-                    spawner.spawn(async move {
-                        if let Err(e) = core.flush_file(&file, true).await {
-                            tracing::warn!(
-                                "inode {}: storing in the background failed ({e}); kept buffered",
-                                file.ino
-                            );
-                        }
-                        file.storing
-                            .store(false, std::sync::atomic::Ordering::Release);
-                    });
+        let backlog = self.buffer_write(&file, offset, data)?;
+        if let Some(only_full) = backlog.wait_for() {
+            return Ok(Some((file, only_full)));
+        }
+        // Store full blocks while the writer goes on filling the buffer. A failure leaves them
+        // buffered: the next flush retries and reports it.
+        if backlog == Backlog::StoreSoon
+            && !file.storing.swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            let core = self.clone();
+            spawner.spawn(async move {
+                if let Err(e) = core.flush_file(&file, true).await {
+                    tracing::warn!(
+                        "inode {}: storing in the background failed ({e}); kept buffered",
+                        file.ino
+                    );
                 }
-            }
+                file.storing
+                    .store(false, std::sync::atomic::Ordering::Release);
+            });
         }
         Ok(None)
     }
@@ -572,8 +572,11 @@ impl Core {
             if data.is_empty() {
                 break;
             }
-            if self.buffer_write(&dst, offset_out + done, &data)? != Backlog::Fine {
-                self.flush_file(&dst, true).await?;
+            // No background stores here: the copy waits for what it buffered.
+            match self.buffer_write(&dst, offset_out + done, &data)? {
+                Backlog::Fine => {}
+                Backlog::StoreAll => self.flush_file(&dst, false).await?,
+                Backlog::StoreSoon | Backlog::StoreFull => self.flush_file(&dst, true).await?,
             }
             done += data.len() as u64;
         }
