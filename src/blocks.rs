@@ -90,8 +90,8 @@ impl BlockStore {
         }
     }
 
-    /// Encodes a block image with the filesystem's codec.
-    pub fn encode(&self, image: &Block) -> Encoded {
+    /// Encodes a block image with the filesystem's codec, `None` for an all-zero one.
+    pub fn encode(&self, image: &Block) -> Option<Encoded> {
         self.codec.encode_shared(image)
     }
 
@@ -262,14 +262,7 @@ impl BlockStore {
 }
 
 fn encode_images(codec: Codec, images: &[Block]) -> Vec<Option<Encoded>> {
-    images
-        .iter()
-        .map(|img| {
-            img.iter()
-                .any(|&b| b != 0)
-                .then(|| codec.encode_shared(img))
-        })
-        .collect()
+    images.iter().map(|img| codec.encode_shared(img)).collect()
 }
 
 /// Wakes the waiters of a fetch when dropped (its sender goes with it).

@@ -65,16 +65,20 @@ impl Codec {
         })
     }
 
-    /// Encodes a shared block image; one that does not compress is not copied.
-    pub fn encode_shared(self, image: &Arc<Vec<u8>>) -> Encoded {
+    /// Encodes a shared block image, `None` for an all-zero one (stored as a hole); an image
+    /// that does not compress is not copied.
+    pub fn encode_shared(self, image: &Arc<Vec<u8>>) -> Option<Encoded> {
         let len = trimmed(image).len();
-        match self.pack(&image[..len]) {
+        if len == 0 {
+            return None;
+        }
+        Some(match self.pack(&image[..len]) {
             Some(packed) => Encoded::Laid(packed),
             None => Encoded::Raw {
                 image: image.clone(),
                 len,
             },
-        }
+        })
     }
 
     /// The tagged, compressed form of `data`, when compressing is worth it.

@@ -160,14 +160,12 @@ impl Core {
         };
         let mut image = (*block).clone();
         image[(size % bs) as usize..].fill(0);
-        if image.iter().all(|&b| b == 0) {
-            return Ok(Some((idx, old, 0)));
-        }
         let image = Arc::new(image);
+        let Some(encoded) = self.blocks.encode(&image) else {
+            return Ok(Some((idx, old, 0)));
+        };
         let new = self.blocks.allocate(1).await?[0];
-        self.blocks
-            .put(&[(new, self.blocks.encode(&image))])
-            .await?;
+        self.blocks.put(&[(new, encoded)]).await?;
         self.blocks.remember(new, image);
         Ok(Some((idx, old, new)))
     }
