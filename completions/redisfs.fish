@@ -17,6 +17,7 @@ complete -c redisfs -l read-only -l ro -d 'Mount read-only: every write fails wi
 complete -c redisfs -s d -l daemon -d 'Return once the filesystem is mounted and keep serving it in the background'
 complete -c redisfs -l debug -d 'Log every operation (tracing at debug level)'
 complete -c redisfs -l writeback -d 'Let the kernel cache writes and file sizes (faster small writes). Only for a filesystem mounted once: with it the kernel ignores size and time changes made by other mounts to files it caches'
+complete -c redisfs -l no-delegation -d 'Have every create and removal in Redis before it is answered. By default a directory this mount creates is leased to it until another mount looks into it, and creates and removals in it are answered at once and sent within 20 ms (a crash loses those 20 ms, as a local disk loses what it had not written)'
 complete -c redisfs -l force -d 'Mount even if Redis may evict keys (maxmemory-policy allkeys-*), which destroys files'
 complete -c redisfs -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c redisfs -s V -l version -d 'Print version'

@@ -22,6 +22,8 @@ pub enum Change {
     Freeze(String),
     /// The tool is done; held mounts may go on.
     Thaw,
+    /// Another mount asks for a directory leased to this one (see `src/delegation.rs`).
+    Recall(u64),
 }
 
 /// Splits a message into the session that caused it and its changes; `None` if malformed.
@@ -48,6 +50,7 @@ pub fn parse(message: &[u8]) -> Option<(u64, Vec<Change>)> {
             }
             b'F' => Change::Freeze(String::from_utf8(rest.to_vec()).ok()?),
             b'T' => Change::Thaw,
+            b'r' => Change::Recall(num(rest)?),
             _ => return None,
         });
     }

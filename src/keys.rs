@@ -151,6 +151,16 @@ impl Keys {
         format!("{}session:{sid}:replies", self.base)
     }
 
+    /// `P:lease`: directories leased to a session, directory → session id.
+    pub fn lease(&self) -> String {
+        format!("{}lease", self.base)
+    }
+
+    /// `P:session:<sid>:leases`: the directories leased to that session.
+    pub fn session_leases(&self, sid: u64) -> String {
+        format!("{}session:{sid}:leases", self.base)
+    }
+
     /// `P:session:<sid>:held`: unlinked inodes that mount still holds open.
     pub fn session_held(&self, sid: u64) -> String {
         format!("{}session:{sid}:held", self.base)
@@ -186,8 +196,10 @@ pub enum KeyKind {
     Locks(u64),
     /// `sessions`
     Sessions,
-    /// `session:<sid>` and its `:held`, `:locks`, `:replies`
+    /// `session:<sid>` and its `:held`, `:locks`, `:leases`, `:replies`
     Session(u64),
+    /// `lease`
+    Leases,
     /// `freeze`, `freeze:acks`
     Freeze,
 }
@@ -203,7 +215,8 @@ impl KeyKind {
             | KeyKind::Map(_)
             | KeyKind::Xattrs(_)
             | KeyKind::FreedMap(_)
-            | KeyKind::Locks(_) => "hash",
+            | KeyKind::Locks(_)
+            | KeyKind::Leases => "hash",
             KeyKind::Counter | KeyKind::Block(_) | KeyKind::Symlink(_) => "string",
             KeyKind::Freeing => "set",
             KeyKind::Sessions => "zset",
@@ -217,7 +230,11 @@ impl KeyKind {
     pub fn is_content(self) -> bool {
         !matches!(
             self,
-            KeyKind::Locks(_) | KeyKind::Sessions | KeyKind::Session(_) | KeyKind::Freeze
+            KeyKind::Locks(_)
+                | KeyKind::Sessions
+                | KeyKind::Session(_)
+                | KeyKind::Freeze
+                | KeyKind::Leases
         )
     }
 }
@@ -240,12 +257,13 @@ impl Keys {
             "next:ino" | "next:blk" | "next:sid" => KeyKind::Counter,
             "freeing" => KeyKind::Freeing,
             "sessions" => KeyKind::Sessions,
+            "lease" => KeyKind::Leases,
             "freeze" | "freeze:acks" => KeyKind::Freeze,
             _ => {
                 let (kind, arg) = rest.split_once(':')?;
                 if kind == "session" {
                     let sid = arg.split_once(':').map_or(arg, |(sid, part)| {
-                        if matches!(part, "held" | "locks" | "replies") {
+                        if matches!(part, "held" | "locks" | "leases" | "replies") {
                             sid
                         } else {
                             ""

@@ -14,6 +14,7 @@
 //! | [`scripts`] | the Lua scripts that make each metadata change atomic |
 //! | [`attr`] | the packed inode record and timestamps |
 //! | [`meta`] | typed metadata operations, one round trip each |
+//! | [`delegation`] | directories leased to a mount, and the changes it defers in them |
 //! | [`codec`] | block compression |
 //! | [`blocks`] | block storage and the block cache |
 //! | [`format`] | creating a filesystem and checking one before use |
@@ -34,6 +35,7 @@
 pub mod attr;
 pub mod blocks;
 pub mod codec;
+pub mod delegation;
 pub mod dump;
 pub mod error;
 pub mod events;

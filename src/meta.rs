@@ -7,6 +7,7 @@ use redis::{RedisError, Value};
 
 use crate::attr::{Attr, FileKind, Timestamp};
 use crate::codec::Encoded;
+use crate::delegation::{leased_dir, Delegation};
 use crate::error::FsError;
 use crate::scripts::Scripts;
 use crate::store::{ScriptArgs, Store};
@@ -76,9 +77,11 @@ pub struct Usage {
 pub struct Meta {
     /// The connection and key names.
     pub store: Store,
-    scripts: Arc<Scripts>,
+    pub(crate) scripts: Arc<Scripts>,
     /// This mount's session id (owner of the inodes it orphans).
     pub session: u64,
+    /// Directories leased to this mount and the changes deferred in them.
+    pub delegation: Arc<Delegation>,
 }
 
 /// Logs a Redis failure with its context and maps it to an errno.
@@ -112,7 +115,7 @@ fn bytes(v: Option<&Value>) -> Option<&[u8]> {
 }
 
 /// Checks a script reply's leading errno.
-fn checked(reply: Vec<Value>) -> Result<Vec<Value>, FsError> {
+pub(crate) fn checked(reply: Vec<Value>) -> Result<Vec<Value>, FsError> {
     match int(reply.first()) {
         Some(0) => Ok(reply),
         Some(errno) => Err(FsError::from_errno(errno)),
@@ -145,6 +148,16 @@ impl Meta {
             store,
             scripts,
             session,
+            delegation: Arc::new(Delegation::new(false)),
+        }
+    }
+
+    /// The same, leasing the directories this mount creates to its session (see
+    /// [`crate::delegation`]).
+    pub fn delegating(self) -> Meta {
+        Meta {
+            delegation: Arc::new(Delegation::new(self.session != 0)),
+            ..self
         }
     }
 
@@ -154,12 +167,46 @@ impl Meta {
         script: &redis::Script,
         args: ScriptArgs,
     ) -> Result<Vec<Value>, FsError> {
-        let reply = self
-            .store
-            .script(script, self.session, &args)
-            .await
-            .map_err(|e| redis_failure(what, &e))?;
-        checked(reply)
+        self.send_deferred().await?;
+        let started = std::time::Instant::now();
+        let mut delay = std::time::Duration::from_millis(1);
+        loop {
+            match self.store.script(script, self.session, &args).await {
+                Ok(reply) => return checked(reply),
+                Err(e) => match leased_dir(&e) {
+                    Some(dir) => self.recall(dir, started, &mut delay).await?,
+                    None => return Err(redis_failure(what, &e)),
+                },
+            }
+        }
+    }
+
+    /// Runs a pipeline whose last command reads the lease of `dir`, after sending this
+    /// mount's deferred changes; while another mount holds `dir`, recalls it and runs again.
+    /// Returns the replies before the lease.
+    async fn read_unleased(
+        &self,
+        what: &str,
+        dir: u64,
+        pipe: &mut redis::Pipeline,
+    ) -> Result<Vec<Value>, FsError> {
+        self.send_deferred().await?;
+        pipe.cmd("HGET").arg(self.store.keys.lease()).arg(dir);
+        let started = std::time::Instant::now();
+        let mut delay = std::time::Duration::from_millis(1);
+        loop {
+            let mut reply: Vec<Value> = self
+                .store
+                .pipe(pipe)
+                .await
+                .map_err(|e| redis_failure(what, &e))?;
+            let holder = int(reply.last()).map_or(self.session, |h| h as u64);
+            if holder == self.session || self.session == 0 {
+                reply.pop();
+                return Ok(reply);
+            }
+            self.recall(dir, started, &mut delay).await?;
+        }
     }
 
     /// Resolves `name` in directory `parent`.
@@ -178,13 +225,13 @@ impl Meta {
     /// Reads one inode's record.
     pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         let (key, field) = self.store.keys.inode(ino);
-        let raw: Option<Vec<u8>> = self
-            .store
-            .cmd(redis::cmd("HGET").arg(key).arg(field))
-            .await
-            .map_err(|e| redis_failure("getattr", &e))?;
-        let raw = raw.ok_or(FsError::NotFound)?;
-        Attr::decode(ino, &raw).ok_or(FsError::Io)
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGET").arg(key).arg(field);
+        let reply = self.read_unleased("getattr", ino, &mut pipe).await?;
+        match reply.first() {
+            Some(Value::Nil) | None => Err(FsError::NotFound),
+            raw => record(ino, raw),
+        }
     }
 
     /// Reads many records in one round trip; missing inodes are `None`.
@@ -206,16 +253,21 @@ impl Meta {
         attr: &Attr,
         target: &[u8],
     ) -> Result<Attr, FsError> {
+        let leased = attr.kind() == FileKind::Dir && self.delegation.enabled();
         let args = ScriptArgs::default()
             .num(parent)
             .bytes(name)
             .bytes(attr.encode())
             .bytes(attr.kind().letter().to_string())
             .bytes(attr.ctime.encode())
-            .bytes(target);
+            .bytes(target)
+            .num(u8::from(leased));
         let reply = self.run("create", &self.scripts.create, args).await?;
         let mut created = *attr;
         created.ino = int(reply.get(1)).ok_or(FsError::Io)? as u64;
+        if leased {
+            self.delegation.leased(created.ino);
+        }
         Ok(created)
     }
 
@@ -363,11 +415,12 @@ impl Meta {
         let mut pipe = redis::pipe();
         pipe.cmd("HGET").arg(key).arg(field);
         pipe.cmd("HGETALL").arg(self.store.keys.dir(ino));
-        let (raw, entries): (Option<Vec<u8>>, RawEntries) = self
-            .store
-            .pipe(&pipe)
-            .await
-            .map_err(|e| redis_failure("readdir", &e))?;
+        let reply = self.read_unleased("readdir", ino, &mut pipe).await?;
+        let (raw, entries): (Option<Vec<u8>>, RawEntries) =
+            redis::from_redis_value(Value::Array(reply)).map_err(|e| {
+                tracing::error!("readdir of {ino}: unexpected reply: {e}");
+                FsError::Io
+            })?;
         let attr = Attr::decode(ino, &raw.ok_or(FsError::NotFound)?).ok_or(FsError::Io)?;
         if attr.kind() != FileKind::Dir {
             return Err(FsError::NotDir);
@@ -554,6 +607,7 @@ impl Meta {
 
     /// Inode and block counters, and how much memory Redis has left.
     pub async fn usage(&self) -> Result<Usage, FsError> {
+        self.send_deferred().await?;
         let mut pipe = redis::pipe();
         pipe.cmd("HMGET")
             .arg(self.store.keys.stat())

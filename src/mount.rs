@@ -288,7 +288,10 @@ async fn prepare(
     } else {
         Some(Session::register(&store, mount_point).await?)
     };
-    let meta = Meta::new(store.clone(), scripts, session.as_ref().map_or(0, |s| s.id));
+    let mut meta = Meta::new(store.clone(), scripts, session.as_ref().map_or(0, |s| s.id));
+    if !args.no_delegation {
+        meta = meta.delegating();
+    }
     let blocks = BlockStore::new(
         store.clone(),
         fs_config.block_size,
@@ -457,6 +460,7 @@ async fn maintain(core: Arc<Core>, session: Option<Arc<Session>>, timeout: Durat
 /// Stores what is still buffered, then ends the session as a dead one would be ended: its
 /// unlinked files are deleted, its locks released and its keys removed.
 async fn shutdown(core: &Core, session: Option<&Session>) {
+    core.meta.delegation.release_all();
     if let Err(e) = core.flush_all().await {
         tracing::error!("unmounted with unstored data: {e}");
     }

@@ -215,6 +215,12 @@ pub struct MountArgs {
     /// files it caches.
     #[arg(long)]
     pub writeback: bool,
+    /// Have every create and removal in Redis before it is answered. By default a directory
+    /// this mount creates is leased to it until another mount looks into it, and creates and
+    /// removals in it are answered at once and sent within 20 ms (a crash loses those 20 ms,
+    /// as a local disk loses what it had not written).
+    #[arg(long)]
+    pub no_delegation: bool,
     /// Mount even if Redis may evict keys (maxmemory-policy allkeys-*), which destroys files.
     #[arg(long)]
     pub force: bool,

@@ -37,6 +37,8 @@ pub struct Scripts {
     pub expire_session: Script,
     /// Takes, releases or tests a byte-range lock.
     pub lock: Script,
+    /// Applies a batch of deferred changes in leased directories.
+    pub deferred: Script,
 }
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
@@ -91,6 +93,7 @@ impl Scripts {
             free_batch: writing(include_str!("lua/free_batch.lua")),
             expire_session: writing(include_str!("lua/expire_session.lua")),
             lock: writing(include_str!("lua/lock.lua")),
+            deferred: writing(include_str!("lua/deferred.lua")),
         }
     }
 }

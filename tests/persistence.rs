@@ -216,7 +216,8 @@ fn prefixes_never_see_each_other() {
 /// The commands a mount needs, for a user confined to its prefix.
 const COMMANDS: &str = "+ping +hello +auth +select +client|setname +info +type +scan +exists \
      +get +set +del +incr +incrby +strlen +hget +hset +hdel +hgetall +hmget +hkeys +hvals +hlen +hexists \
-     +hincrby +hscan +sadd +srem +smembers +srandmember +zadd +zrem +rename +evalsha +eval +script|load \
+     +hincrby +hscan +sadd +srem +smembers +srandmember +zadd +zrem +zscore +zrange +zrangebyscore \
+     +rename +evalsha +eval +script|load \
      +publish +subscribe +unsubscribe";
 
 #[test]
@@ -273,6 +274,11 @@ fn a_user_confined_to_the_prefix_can_run_the_whole_flow() {
     assert_eq!(fs::read(m.join("a/b/random")).unwrap().len(), 10);
     assert_eq!(observe(&m.path).len(), before.len() - 1);
     m.unmount();
+    assert_eq!(
+        redis.cmd::<u64>(&["ZCARD", "skx:sessions"]),
+        0,
+        "each unmount ended its own session"
+    );
     let _: String = redis.cmd(&["GET", "outside"]);
     assert_eq!(redis.cmd::<String>(&["GET", "outside"]), "untouched");
 }

@@ -83,6 +83,18 @@ impl MetaCache {
             }
             return;
         }
+        self.insert(&mut attrs, name, attr);
+    }
+
+    /// Records what this mount itself just changed: `attr` (named `name`, if given) stands,
+    /// whatever was read before. Reads under way then do not store what they read.
+    pub fn set(&self, name: Option<(u64, &[u8])>, attr: Attr) {
+        let mut attrs = lock(&self.attrs);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.insert(&mut attrs, name, attr);
+    }
+
+    fn insert(&self, attrs: &mut HashMap<u64, Attr>, name: Option<(u64, &[u8])>, attr: Attr) {
         if attrs.len() >= LIMIT {
             attrs.clear();
         }

@@ -41,9 +41,19 @@ impl Core {
         !holds_locks && self.file(fh).is_ok_and(|f| !f.state().has_pending())
     }
 
-    /// A flush with nothing to store or unlock: done.
+    /// A flush with nothing to store or unlock: done. So is one of a file no other mount can
+    /// open yet (created in a directory leased here, with one link): its buffers are stored
+    /// at its release, which close(2) does not wait for, or before another mount recalls the
+    /// directory, or at a freeze, `fsync` or unmount.
     pub fn flush_at_once(&self, fh: u64, ino: u64, owner: u64) -> Option<Result<(), FsError>> {
-        self.closes_quietly(fh, ino, Some(owner)).then_some(Ok(()))
+        if self.closes_quietly(fh, ino, Some(owner)) {
+            return Some(Ok(()));
+        }
+        let holds_locks = super::lock(&self.lock_holders).contains(&(ino, owner));
+        let file = self.file(fh).ok()?;
+        let dir = file.born_in.load(std::sync::atomic::Ordering::Acquire);
+        let private = dir != 0 && file.state().attr.nlink == 1 && self.meta.delegation.holds(dir);
+        (private && !holds_locks).then_some(Ok(()))
     }
 
     /// A release with nothing to store or unlock, done here.

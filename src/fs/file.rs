@@ -265,6 +265,10 @@ pub struct OpenFile {
     commit_lock: tokio::sync::Mutex<()>,
     /// A background store of full blocks is under way.
     pub storing: std::sync::atomic::AtomicBool,
+    /// The leased directory whose deferred create made this file (0: none). While the
+    /// directory stays leased and the file has one link, no other mount can open it, so its
+    /// close need not wait for the store (see [`Core::flush_at_once`]).
+    pub born_in: std::sync::atomic::AtomicU64,
 }
 
 impl OpenFile {
@@ -289,6 +293,7 @@ impl OpenFile {
             flush_lock: tokio::sync::Mutex::new(()),
             commit_lock: tokio::sync::Mutex::new(()),
             storing: std::sync::atomic::AtomicBool::new(false),
+            born_in: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

@@ -304,6 +304,12 @@ impl fuser::Filesystem for RedisFs {
         let Some(kind) = FileKind::from_mode(mode) else {
             return reply.error(Errno::EINVAL);
         };
+        if let Some(done) = self
+            .core
+            .make_deferred(parent.0, &name, kind, mode & !umask, rdev, who)
+        {
+            return self.answer_now(reply, done);
+        }
         self.serve_change(reply, move |c| async move {
             c.make(parent.0, &name, kind, mode & !umask, rdev, &[], who)
                 .await
@@ -320,6 +326,12 @@ impl fuser::Filesystem for RedisFs {
         reply: ReplyEntry,
     ) {
         let (name, who) = (bytes(name), caller(req));
+        if let Some(done) =
+            self.core
+                .make_deferred(parent.0, &name, FileKind::Dir, mode & !umask, 0, who)
+        {
+            return self.answer_now(reply, done);
+        }
         self.serve_change(reply, move |c| async move {
             c.make(parent.0, &name, FileKind::Dir, mode & !umask, 0, &[], who)
                 .await
@@ -328,6 +340,9 @@ impl fuser::Filesystem for RedisFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = bytes(name);
+        if let Some(done) = self.core.unlink_deferred(parent.0, &name) {
+            return self.answer_now(reply, done);
+        }
         self.serve_change(reply, move |c| async move {
             c.remove(parent.0, &name, false).await
         });
@@ -628,8 +643,8 @@ impl fuser::Filesystem for RedisFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Directory changes are committed to Redis before they are answered.
-        reply.ok();
+        // Changes deferred in leased directories are sent; all others are in Redis already.
+        self.serve(reply, move |c| async move { c.meta.send_deferred().await });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -695,6 +710,12 @@ impl fuser::Filesystem for RedisFs {
         reply: ReplyCreate,
     ) {
         let (name, who) = (bytes(name), caller(req));
+        if let Some(done) = self
+            .core
+            .create_deferred(parent.0, &name, mode & !umask, who)
+        {
+            return self.answer_now(reply, done);
+        }
         self.serve_change(reply, move |c| async move {
             c.create(parent.0, &name, mode & !umask, who).await
         });

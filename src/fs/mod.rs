@@ -5,6 +5,7 @@
 //! request's reply into a task so that no FUSE thread waits on the network.
 
 mod cache;
+mod delegated;
 mod dir;
 mod fast;
 mod file;
@@ -66,6 +67,8 @@ pub struct Core {
     reclaim_queue: mpsc::UnboundedSender<u64>,
     /// Freeze requests of snapshot and dump tools, answered one at a time.
     hold_requests: mpsc::UnboundedSender<String>,
+    /// Directories other mounts recalled (see `delegated.rs`).
+    recalls: mpsc::UnboundedSender<u64>,
     /// Changes take it shared; a freeze request takes it alone (see `hold.rs`).
     gate: tokio::sync::RwLock<()>,
     /// Woken when a tool ends a hold.
@@ -108,6 +111,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Queues {
     reclaims: mpsc::UnboundedReceiver<u64>,
     holds: mpsc::UnboundedReceiver<String>,
+    recalls: mpsc::UnboundedReceiver<u64>,
 }
 
 impl Core {
@@ -115,6 +119,7 @@ impl Core {
     pub fn new(meta: Meta, blocks: BlockStore, settings: MountSettings) -> (Arc<Core>, Queues) {
         let (tx, reclaims) = mpsc::unbounded_channel();
         let (hold_requests, holds) = mpsc::unbounded_channel();
+        let (recalls_tx, recalls) = mpsc::unbounded_channel();
         let core = Core {
             block_size: blocks.block_size as u32,
             meta,
@@ -126,6 +131,7 @@ impl Core {
             next_handle: std::sync::atomic::AtomicU64::new(1),
             reclaim_queue: tx,
             hold_requests,
+            recalls: recalls_tx,
             gate: tokio::sync::RwLock::new(()),
             thawed: tokio::sync::Notify::new(),
             kernel: OnceLock::new(),
@@ -137,7 +143,14 @@ impl Core {
             removal_ended: tokio::sync::Notify::new(),
             open_ended: tokio::sync::Notify::new(),
         };
-        (Arc::new(core), Queues { reclaims, holds })
+        (
+            Arc::new(core),
+            Queues {
+                reclaims,
+                holds,
+                recalls,
+            },
+        )
     }
 
     /// Starts the tasks that work off the core's queues.
@@ -145,6 +158,8 @@ impl Core {
         tokio::spawn(self.clone().reclaimer(queues.reclaims));
         tokio::spawn(self.clone().holder(queues.holds));
         tokio::spawn(self.clone().write_back());
+        tokio::spawn(self.meta.clone().send_in_background());
+        tokio::spawn(self.clone().recaller(queues.recalls));
     }
 
     /// Connects the kernel's caches, so that changes by other mounts invalidate them.
@@ -281,11 +296,15 @@ impl Core {
         self.meta.free_queued().await;
     }
 
-    /// Stores every buffered write of every open file (at unmount).
+    /// Sends deferred changes and stores every buffered write of every open file (freeze,
+    /// unmount).
     pub async fn flush_all(&self) -> Result<(), FsError> {
         let files: Vec<Arc<OpenFile>> =
             lock(&self.files).values().map(|(f, _)| f.clone()).collect();
-        let mut result = Ok(());
+        let mut result = self.meta.send_deferred().await;
+        if let Err(e) = result {
+            tracing::error!("changes in leased directories could not be sent: {e}");
+        }
         for f in files {
             if let Err(e) = self.flush_file(&f, false).await {
                 tracing::error!("inode {}: buffered data could not be stored: {e}", f.ino);
@@ -324,6 +343,9 @@ impl Listener for Core {
                 let _ = self.hold_requests.send(token);
             }
             Change::Thaw => self.thawed.notify_waiters(),
+            Change::Recall(dir) => {
+                let _ = self.recalls.send(dir);
+            }
         }
     }
 

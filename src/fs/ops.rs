@@ -25,6 +25,24 @@ pub(super) fn check_name(name: &[u8]) -> Result<(), FsError> {
     }
 }
 
+/// The attributes of a new inode of `kind` in directory `parent`, made at `now`.
+pub(super) fn new_attr(
+    parent: u64,
+    kind: FileKind,
+    perm: u32,
+    rdev: u32,
+    caller: Caller,
+    now: Timestamp,
+) -> Attr {
+    let mut attr = Attr::new(kind, perm, caller.uid, caller.gid, now);
+    match kind {
+        FileKind::Dir => attr.parent = parent,
+        FileKind::CharDevice | FileKind::BlockDevice => attr.rdev = rdev,
+        _ => {}
+    }
+    attr
+}
+
 /// Who asks for an operation.
 #[derive(Clone, Copy, Debug)]
 pub struct Caller {
@@ -184,17 +202,19 @@ impl Core {
     ) -> Result<Attr, FsError> {
         self.writable()?;
         check_name(name)?;
-        let mut attr = Attr::new(kind, perm, caller.uid, caller.gid, Timestamp::now());
-        match kind {
-            FileKind::Dir => attr.parent = parent,
-            FileKind::Symlink => {
-                if target.len() > PATH_MAX {
-                    return Err(FsError::NameTooLong);
-                }
-                attr.size = target.len() as u64;
+        let mut attr = new_attr(parent, kind, perm, rdev, caller, Timestamp::now());
+        if kind == FileKind::Symlink {
+            if target.len() > PATH_MAX {
+                return Err(FsError::NameTooLong);
             }
-            FileKind::CharDevice | FileKind::BlockDevice => attr.rdev = rdev,
-            _ => {}
+            attr.size = target.len() as u64;
+        }
+        if self.meta.delegation.holds(parent) && self.meta.delegation.out_of_inos() {
+            // The range of inode numbers ran out: reserve more and defer after all.
+            self.meta.reserve_inos().await?;
+            if let Some(done) = self.make_deferred(parent, name, kind, perm, rdev, caller) {
+                return done;
+            }
         }
         let names_epoch = self.cache.names_epoch();
         let created = self
@@ -256,6 +276,7 @@ impl Core {
     pub async fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
         self.writable()?;
         check_name(name)?;
+        self.publish_born_in(&[], ino).await?;
         // On any failure (a lost reply too) the name's state is unknown here.
         let attr = self
             .meta
@@ -318,6 +339,7 @@ impl Core {
         {
             return Err(FsError::Invalid);
         }
+        self.publish_born_in(&[parent, new_parent], 0).await?;
         let (victim, touched) = self
             .meta
             .rename(parent, name, new_parent, new_name, flags)

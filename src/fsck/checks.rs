@@ -188,6 +188,26 @@ async fn sessions(
             )
             .await?;
     }
+    let leases: Vec<(u64, u64)> = store
+        .cmd(redis::cmd("HGETALL").arg(keys.lease()))
+        .await
+        .map_err(store.failed("reading directory leases"))?;
+    for (dir, holder) in leases {
+        if listed.iter().any(|&(s, _)| s == holder) {
+            continue;
+        }
+        findings
+            .problem(
+                "stale_lease",
+                &format!("{} {dir}", keys.lease()),
+                &format!("directory leased to session {holder}, which is not registered"),
+            )
+            .fix(
+                "lease deleted",
+                command(store, redis::cmd("HDEL").arg(keys.lease()).arg(dir)),
+            )
+            .await?;
+    }
     Ok((held_live, expired))
 }
 
@@ -494,8 +514,13 @@ impl Checker<'_> {
                 .copied()
                 .collect();
             if round.is_empty() {
-                // What is left names itself in a loop: break it at one directory.
-                let dir = lost.iter().find(|a| a.kind() == FileKind::Dir);
+                // What is left names itself in a loop: break it at one directory, preferably
+                // the one whose record names a parent outside the loop (where the loop was
+                // closed), since inode numbers say nothing of which directory came first.
+                let dirs = || lost.iter().filter(|a| a.kind() == FileKind::Dir);
+                let dir = dirs()
+                    .find(|a| reachable.contains(&a.parent))
+                    .or_else(|| dirs().next());
                 round.extend(dir.or(lost.first()).copied());
             }
             if round.is_empty() {

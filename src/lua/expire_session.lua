@@ -1,6 +1,8 @@
 -- A mount that has not heartbeaten since the cutoff is dead: delete the unlinked inodes it
--- held open, release its locks and forget the session. Re-checked here, so a late heartbeat
--- wins the race. A mount ending cleanly expires itself the same way.
+-- held open, release its locks and the directories leased to it (what it had not sent of
+-- their changes is lost, as a crashed disk loses what was not written) and forget the
+-- session. Re-checked here, so a late heartbeat wins the race. A mount ending cleanly expires
+-- itself the same way.
 -- ARGV: P, sid, dead_sid, cutoff_ms  ->  {0, inodes deleted} or {0, -1} if it lives after all
 local dead = ARGV[3]
 local beat = redis.call('ZSCORE', P .. 'sessions', dead)
@@ -23,6 +25,10 @@ for _, ino in ipairs(redis.call('SMEMBERS', locks)) do
     if string.sub(all[i], 1, #dead + 1) == dead .. ':' then redis.call('HDEL', key, all[i]) end
   end
 end
-redis.call('DEL', held, locks, P .. 'session:' .. dead, P .. 'session:' .. dead .. ':replies')
+local leases = P .. 'session:' .. dead .. ':leases'
+for _, dir in ipairs(redis.call('SMEMBERS', leases)) do
+  if redis.call('HGET', P .. 'lease', dir) == dead then redis.call('HDEL', P .. 'lease', dir) end
+end
+redis.call('DEL', held, locks, leases, P .. 'session:' .. dead, P .. 'session:' .. dead .. ':replies')
 redis.call('ZREM', P .. 'sessions', dead)
 return { 0, deleted }

@@ -58,7 +58,16 @@ local function parent_of(r) return (struct.unpack('<I8', r, 53)) end
 local function set_parent(r, p) return splice(r, 52, struct.pack('<I8', p)) end
 
 local function split_entry(e) return string.sub(e, 1, 1), tonumber(string.sub(e, 2)) end
+-- A directory leased to another mount may have changes that mount has not sent yet (see
+-- src/delegation.rs): the script stops before changing anything and names the holder, whose
+-- caller asks it to hand the directory back and tries again. Tools and read-only mounts
+-- (session 0) cannot ask, and read what Redis has.
+local function unleased(dir)
+  local holder = redis.call('HGET', P .. 'lease', dir)
+  if holder and holder ~= SID and SID ~= '0' then error({ err = 'LEASED ' .. dir .. ' ' .. holder }) end
+end
 local function live_dir(ino)
+  unleased(ino)
   local r = rec(ino)
   if not r then return nil, E.NOENT end
   if not is_dir(r) then return nil, E.NOTDIR end
@@ -93,8 +102,55 @@ local function free_data(ino)
 end
 -- Deletes an inode whose last link is gone and that nothing holds open any more.
 local function delete_inode(ino)
+  local r = rec(ino)
+  if r and is_dir(r) then
+    local holder = redis.call('HGET', P .. 'lease', ino)
+    if holder then
+      redis.call('HDEL', P .. 'lease', ino)
+      redis.call('SREM', P .. 'session:' .. holder .. ':leases', ino)
+    end
+  end
   free_data(ino)
   redis.call('DEL', P .. 'd:' .. ino, P .. 'x:' .. ino, P .. 'l:' .. ino)
   redis.call('HDEL', bucket(ino), ino % PER_BUCKET)
+  records[ino], changed[ino] = false, nil
   stat_add('inodes', -1)
+end
+-- Enters a new inode `ino` (record, kind letter) as `name` in directory `parent`.
+local function add_child(parent, name, kind, ino, record, ts, target)
+  put(ino, record)
+  redis.call('HSET', P .. 'd:' .. parent, name, kind .. ino)
+  entry_changed(parent, name)
+  if kind == 'l' then redis.call('SET', P .. 'l:' .. ino, target) end
+  local pr = touch_mc(rec(parent), ts)
+  if kind == 'd' then pr = set_nlink(pr, nlink(pr) + 1) end
+  put(parent, pr)
+  stat_add('inodes', 1)
+end
+-- Leases a directory this session just created to it (see src/delegation.rs).
+local function lease(dir)
+  redis.call('HSET', P .. 'lease', dir, SID)
+  redis.call('SADD', P .. 'session:' .. SID .. ':leases', dir)
+end
+-- Removes the entry `name` (kind letter, inode) from `parent`. If that takes the inode's last
+-- link and `closed` names it (the caller does not have it open), the inode is deleted;
+-- otherwise a last link gone leaves it held by this session. Returns 1 if it is held.
+local function drop_child(parent, name, kind, ino, ts, closed)
+  redis.call('HDEL', P .. 'd:' .. parent, name)
+  entry_changed(parent, name)
+  local pr = touch_mc(rec(parent), ts)
+  if kind == 'd' then pr = set_nlink(pr, nlink(pr) - 1) end
+  put(parent, pr)
+  local r = rec(ino)
+  if not r then return 0 end
+  local left = 0
+  if kind ~= 'd' then left = nlink(r) - 1 end
+  if left == 0 and closed == ino then
+    delete_inode(ino)
+    events[#events + 1] = 'a' .. ino
+    return 0
+  end
+  put(ino, touch_c(set_nlink(r, left), ts))
+  if left == 0 then orphan(ino); return 1 end
+  return 0
 end

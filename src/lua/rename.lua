@@ -65,6 +65,7 @@ if de then
   if dino == sino then return { 0, 0, sino, dino } end
   if skind == 'd' then
     if dkind ~= 'd' then return { E.NOTDIR } end
+    unleased(dino)
     if redis.call('EXISTS', P .. 'd:' .. dino) == 1 then return { E.NOTEMPTY } end
   elseif dkind == 'd' then
     return { E.ISDIR }

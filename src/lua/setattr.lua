@@ -6,6 +6,7 @@
 local ino, ts, mask = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local r = rec(ino)
 if not r then return { E.NOENT } end
+if is_dir(r) then unleased(ino) end
 local function has(b) return bit.band(mask, b) ~= 0 end
 local function drop_new_tail() if ARGV[16] ~= '0' then redis.call('DEL', P .. 'b:' .. ARGV[16]) end end
 if has(8) then

@@ -1,0 +1,385 @@
+//! Directory delegation: creates and removals in directories this mount created, answered
+//! before Redis has them.
+//!
+//! A directory a mount creates is leased to its session by the script that creates it
+//! (`P:lease`, directory → session). Until another mount looks into it, only this mount knows
+//! its names, so creating a file, a special file or a directory in it, or unlinking a file this
+//! mount does not have open, can be answered from memory and appended to one ordered log.
+//! Every other Redis request of this mount sends the log first ([`Meta::send_deferred`]), so
+//! what this mount does reaches Redis in the order it did it; a background task sends it at
+//! most [`MAX_DELAY`] after the first change, or at once when [`BATCH`] changes wait.
+//!
+//! Every script that reads or changes a directory checks its lease first and, finding it
+//! leased to another session, fails with `LEASED <dir> <holder>` before changing anything. The
+//! asking mount then publishes a recall, and the holder sends its whole log and deletes the
+//! lease with its last batch ([`Delegation::recall`]); the asking mount's retry then goes
+//! through. A recalled directory stays shared for the rest of the session. A holder that died
+//! loses its lease with its session (what it had not sent is lost, as a crashed disk loses
+//! what it had not written). Tools and read-only mounts (session 0) cannot recall and read
+//! what Redis has.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use redis::RedisError;
+
+use crate::attr::{Attr, FileKind, Timestamp};
+use crate::error::FsError;
+use crate::meta::{redis_failure, Meta};
+use crate::store::ScriptArgs;
+
+/// Changes sent per script call.
+pub const BATCH: usize = 256;
+/// The longest a change waits in the log when nothing asks for it.
+pub const MAX_DELAY: Duration = Duration::from_millis(20);
+/// Changes the log holds before new ones take the synchronous path (which sends it).
+const LOG_LIMIT: usize = 8 * BATCH;
+/// Inode numbers reserved per round trip.
+const INO_RANGE: u64 = 1024;
+/// How long a request waits for another mount to hand back a directory. A holder that died
+/// gives its leases up when its session expires (`--session-timeout`, 30 s by default).
+const RECALL_WAIT: Duration = Duration::from_secs(180);
+
+/// One deferred change, as the batch script takes it.
+struct Deferred {
+    /// A kind letter (create) or `u` (unlink).
+    op: u8,
+    parent: u64,
+    name: Vec<u8>,
+    ino: u64,
+    /// The new inode's record (create only).
+    record: Vec<u8>,
+    time: [u8; 10],
+}
+
+#[derive(Default)]
+struct Log {
+    /// Directories leased to this session.
+    leased: HashSet<u64>,
+    /// Changes not yet sent, oldest first.
+    changes: VecDeque<Deferred>,
+    /// Directories other mounts recalled, to be released with the last batch.
+    recalled: Vec<u64>,
+    /// Changes appended, and changes sent (or given up), since the mount started.
+    appended: u64,
+    settled: u64,
+    /// Inode numbers reserved for this mount and not yet used.
+    inos: std::ops::Range<u64>,
+}
+
+/// A mount's leased directories and the log of changes made in them.
+pub struct Delegation {
+    enabled: bool,
+    log: Mutex<Log>,
+    /// One batch at a time, so that batches land in order.
+    sending: tokio::sync::Mutex<()>,
+    /// Wakes the background sender: the first change, a full batch, or a recall.
+    wake: tokio::sync::Notify,
+}
+
+fn lock(log: &Mutex<Log>) -> std::sync::MutexGuard<'_, Log> {
+    log.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Delegation {
+    /// A mount's delegation state; with `enabled` false nothing is ever leased or deferred.
+    pub fn new(enabled: bool) -> Delegation {
+        Delegation {
+            enabled,
+            log: Mutex::default(),
+            sending: tokio::sync::Mutex::new(()),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Whether directories this mount creates are leased to it.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Records that the directory `dir` was created leased to this session.
+    pub fn leased(&self, dir: u64) {
+        lock(&self.log).leased.insert(dir);
+    }
+
+    /// Whether `dir` is leased to this session.
+    pub fn holds(&self, dir: u64) -> bool {
+        lock(&self.log).leased.contains(&dir)
+    }
+
+    /// Defers the creation of `attr` as `parent/name`, giving it an inode number, if `parent`
+    /// is leased here (and the log has room and inode numbers are at hand).
+    pub fn create(&self, parent: u64, name: &[u8], attr: &mut Attr) -> bool {
+        let mut log = lock(&self.log);
+        if !log.leased.contains(&parent) || log.changes.len() >= LOG_LIMIT {
+            return false;
+        }
+        let Some(ino) = log.inos.next() else {
+            return false;
+        };
+        if log.inos.end - log.inos.start == INO_RANGE / 4 {
+            self.wake.notify_one();
+        }
+        attr.ino = ino;
+        if attr.kind() == FileKind::Dir {
+            log.leased.insert(ino);
+        }
+        self.append(
+            log,
+            Deferred {
+                op: attr.kind().letter() as u8,
+                parent,
+                name: name.to_vec(),
+                ino,
+                record: attr.encode(),
+                time: attr.ctime.encode(),
+            },
+        );
+        true
+    }
+
+    /// Defers the unlink of `parent/name`, the last link of file `ino` (not open here), if
+    /// `parent` is leased here.
+    pub fn unlink(&self, parent: u64, name: &[u8], ino: u64, time: Timestamp) -> bool {
+        let log = lock(&self.log);
+        if !log.leased.contains(&parent) || log.changes.len() >= LOG_LIMIT {
+            return false;
+        }
+        self.append(
+            log,
+            Deferred {
+                op: b'u',
+                parent,
+                name: name.to_vec(),
+                ino,
+                record: Vec::new(),
+                time: time.encode(),
+            },
+        );
+        true
+    }
+
+    fn append(&self, mut log: std::sync::MutexGuard<'_, Log>, change: Deferred) {
+        log.changes.push_back(change);
+        log.appended += 1;
+        let waiting = log.changes.len();
+        drop(log);
+        if waiting == 1 || waiting == BATCH {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Another mount asks for `dir`: it is no longer deferred here, and its lease goes with
+    /// the next batch (the whole log is sent before it).
+    pub fn recall(&self, dir: u64) {
+        let mut log = lock(&self.log);
+        if log.leased.remove(&dir) {
+            log.recalled.push(dir);
+            drop(log);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Hands back every directory leased here with the next batch (a clean unmount).
+    pub fn release_all(&self) {
+        let mut log = lock(&self.log);
+        let leased: Vec<u64> = log.leased.drain().collect();
+        log.recalled.extend(leased);
+    }
+
+    /// Whether the log holds changes or releases not yet sent.
+    fn unsent(&self) -> bool {
+        let log = lock(&self.log);
+        log.appended != log.settled || !log.recalled.is_empty()
+    }
+
+    /// Whether a batch should go without waiting for more changes.
+    fn urgent(&self) -> bool {
+        let log = lock(&self.log);
+        log.changes.len() >= BATCH || !log.recalled.is_empty()
+    }
+
+    /// The next batch: up to [`BATCH`] changes, and the recalled directories if these are
+    /// the last changes.
+    fn next_batch(&self) -> (Vec<Deferred>, Vec<u64>) {
+        let mut log = lock(&self.log);
+        let n = log.changes.len().min(BATCH);
+        let batch: Vec<Deferred> = log.changes.drain(..n).collect();
+        let recalled = if log.changes.is_empty() {
+            std::mem::take(&mut log.recalled)
+        } else {
+            Vec::new()
+        };
+        (batch, recalled)
+    }
+
+    /// A batch that could not be sent goes back to the front of the log.
+    fn put_back(&self, batch: Vec<Deferred>, recalled: Vec<u64>) {
+        let mut log = lock(&self.log);
+        for change in batch.into_iter().rev() {
+            log.changes.push_front(change);
+        }
+        log.recalled.extend(recalled);
+    }
+
+    fn settled(&self, n: usize) {
+        lock(&self.log).settled += n as u64;
+    }
+
+    /// A batch Redis refused: this mount's leases are not what it thought (its session was
+    /// expired while it was cut off). Nothing more is deferred.
+    fn give_up(&self, n: usize) {
+        let mut log = lock(&self.log);
+        log.settled += n as u64;
+        log.leased.clear();
+    }
+
+    /// Whether deferred creates lack inode numbers.
+    pub fn out_of_inos(&self) -> bool {
+        lock(&self.log).inos.is_empty()
+    }
+
+    fn needs_inos(&self) -> bool {
+        let log = lock(&self.log);
+        self.enabled && log.inos.end - log.inos.start < INO_RANGE / 4
+    }
+}
+
+/// The directory a script found leased to another session (`LEASED <dir> <holder>`).
+pub fn leased_dir(err: &RedisError) -> Option<u64> {
+    if err.code() != Some("LEASED") {
+        return None;
+    }
+    err.detail()?.split_whitespace().next()?.parse().ok()
+}
+
+impl Meta {
+    /// Sends every deferred change appended so far, in order; waits for a batch already
+    /// under way.
+    pub async fn send_deferred(&self) -> Result<(), FsError> {
+        let d = &self.delegation;
+        if !d.unsent() {
+            return Ok(());
+        }
+        let _turn = d.sending.lock().await;
+        loop {
+            let (batch, recalled) = d.next_batch();
+            if batch.is_empty() && recalled.is_empty() {
+                return Ok(());
+            }
+            let n = batch.len();
+            match self.apply_deferred(&batch, &recalled).await {
+                Ok(()) => d.settled(n),
+                Err(FsError::Io) => {
+                    d.put_back(batch, recalled);
+                    return Err(FsError::Io);
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "Redis refused {n} changes this mount had already answered ({e}), as it \
+                         does when the mount's leases were taken from it (cut off longer than \
+                         the session timeout); they are lost, and nothing more is deferred"
+                    );
+                    d.give_up(n);
+                    return Err(FsError::Io);
+                }
+            }
+        }
+    }
+
+    async fn apply_deferred(&self, batch: &[Deferred], recalled: &[u64]) -> Result<(), FsError> {
+        let dirs: Vec<String> = recalled.iter().map(u64::to_string).collect();
+        let mut args = ScriptArgs::default().bytes(dirs.join(" "));
+        for c in batch {
+            args = args
+                .bytes([c.op])
+                .num(c.parent)
+                .bytes(&c.name)
+                .num(c.ino)
+                .bytes(&c.record)
+                .bytes(c.time);
+        }
+        let reply = self
+            .store
+            .script(&self.scripts.deferred, self.session, &args)
+            .await
+            .map_err(|e| redis_failure("sending deferred changes", &e))?;
+        match crate::meta::checked(reply) {
+            Ok(_) => Ok(()),
+            Err(FsError::Io) => Err(FsError::Invalid),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Asks the holder of `dir` to hand it back and waits a little before the caller tries
+    /// again; fails once [`RECALL_WAIT`] passed since `started`.
+    pub async fn recall(
+        &self,
+        dir: u64,
+        started: Instant,
+        delay: &mut Duration,
+    ) -> Result<(), FsError> {
+        if started.elapsed() > RECALL_WAIT {
+            tracing::error!("directory {dir}: the mount holding it never handed it back");
+            return Err(FsError::Io);
+        }
+        if *delay >= Duration::from_millis(500) {
+            tracing::warn!("directory {dir}: waiting for the mount holding it to hand it back");
+        }
+        let message = format!("{}\0r{dir}", self.session);
+        self.store
+            .cmd::<i64>(
+                redis::cmd("PUBLISH")
+                    .arg(self.store.keys.events())
+                    .arg(message),
+            )
+            .await
+            .map_err(|e| redis_failure("recalling a directory", &e))?;
+        tokio::time::sleep(*delay).await;
+        *delay = (*delay * 2).min(Duration::from_secs(1));
+        Ok(())
+    }
+
+    /// Reserves inode numbers for deferred creates.
+    pub async fn reserve_inos(&self) -> Result<(), FsError> {
+        let end: u64 = self
+            .store
+            .cmd(
+                redis::cmd("INCRBY")
+                    .arg(self.store.keys.next_inode())
+                    .arg(INO_RANGE),
+            )
+            .await
+            .map_err(|e| redis_failure("reserving inode numbers", &e))?;
+        lock(&self.delegation.log).inos = end + 1 - INO_RANGE..end + 1;
+        Ok(())
+    }
+
+    /// Sends the log in the background for as long as the mount runs: [`MAX_DELAY`] after
+    /// its first change, at once when a batch is full or a directory was recalled.
+    pub async fn send_in_background(self) {
+        let d = self.delegation.clone();
+        if !d.enabled {
+            return;
+        }
+        loop {
+            if d.needs_inos() {
+                if let Err(e) = self.reserve_inos().await {
+                    tracing::warn!("reserving inode numbers: {e}");
+                }
+            }
+            if !d.unsent() {
+                d.wake.notified().await;
+                continue;
+            }
+            if !d.urgent() {
+                let _ = tokio::time::timeout(MAX_DELAY, d.wake.notified()).await;
+            }
+            if let Err(e) = self.send_deferred().await {
+                tracing::warn!("sending deferred changes: {e}; trying again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Creates and removals in directories leased to this mount, answered on the FUSE thread and
+//! sent to Redis later, in order (see [`crate::delegation`]).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::attr::{Attr, FileKind, Timestamp};
+use crate::error::FsError;
+
+use super::ops::{check_name, new_attr, Caller};
+use super::{lock, Core, OpenFile};
+
+impl Core {
+    /// Creates `parent/name` without asking Redis, when `parent` is leased here and this mount
+    /// knows the name is free; `None` when the change must take the synchronous path.
+    pub fn make_deferred(
+        &self,
+        parent: u64,
+        name: &[u8],
+        kind: FileKind,
+        perm: u32,
+        rdev: u32,
+        caller: Caller,
+    ) -> Option<Result<Attr, FsError>> {
+        if self.settings.read_only || kind == FileKind::Symlink || check_name(name).is_err() {
+            return None;
+        }
+        let _open = self.open_gate()?;
+        let mut dir = self.cache.attr(parent)?;
+        if !self.cache.absent(parent, name) {
+            return None;
+        }
+        let now = Timestamp::now();
+        let mut attr = new_attr(parent, kind, perm, rdev, caller, now);
+        if !self.meta.delegation.create(parent, name, &mut attr) {
+            return None;
+        }
+        self.cache.set(Some((parent, name)), attr);
+        if kind == FileKind::Dir {
+            dir.nlink += 1;
+            self.cache.created_dir(self.cache.names_epoch(), attr.ino);
+        }
+        (dir.mtime, dir.ctime) = (now, now);
+        self.cache.set(None, dir);
+        self.cache.created_without_xattrs(attr.ino);
+        Some(Ok(attr))
+    }
+
+    /// Creates and opens a regular file without asking Redis (see [`Core::make_deferred`]).
+    pub fn create_deferred(
+        &self,
+        parent: u64,
+        name: &[u8],
+        perm: u32,
+        caller: Caller,
+    ) -> Option<Result<(Attr, u64), FsError>> {
+        let made = self.make_deferred(parent, name, FileKind::File, perm, 0, caller)?;
+        Some(made.map(|attr| {
+            let (fh, file) = self.attach(attr, true);
+            file.born_in.store(parent, Ordering::Release);
+            (attr, fh)
+        }))
+    }
+
+    /// Makes the open files created in any of `dirs` (and, with `ino`, that inode) visible
+    /// to other mounts before a rename or link could show them there: their buffers are
+    /// stored now, and their closes wait for the store from now on.
+    pub(super) async fn publish_born_in(&self, dirs: &[u64], ino: u64) -> Result<(), FsError> {
+        let files: Vec<Arc<OpenFile>> = lock(&self.files)
+            .values()
+            .map(|(f, _)| f)
+            .filter(|f| f.ino == ino || dirs.contains(&f.born_in.load(Ordering::Acquire)))
+            .cloned()
+            .collect();
+        for f in files {
+            f.born_in.store(0, Ordering::Release);
+            self.flush_file(&f, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands back directories other mounts recalled, for as long as the mount runs: the
+    /// buffers of every open file are stored first (a close may not have waited for them, see
+    /// [`Core::flush_at_once`]), then the directory's lease goes with the log's last batch.
+    pub(super) async fn recaller(self: Arc<Self>, mut recalls: mpsc::UnboundedReceiver<u64>) {
+        while let Some(first) = recalls.recv().await {
+            let mut dirs = vec![first];
+            while let Ok(dir) = recalls.try_recv() {
+                dirs.push(dir);
+            }
+            let files: Vec<Arc<OpenFile>> =
+                lock(&self.files).values().map(|(f, _)| f.clone()).collect();
+            for f in files {
+                if let Err(e) = self.flush_file(&f, false).await {
+                    tracing::warn!("inode {}: storing before a recall failed: {e}", f.ino);
+                }
+            }
+            for dir in dirs {
+                self.meta.delegation.recall(dir);
+            }
+        }
+    }
+
+    /// Unlinks `parent/name` without asking Redis, when `parent` is leased here and the name
+    /// is known to be the only link of a file not open (or being opened) here; `None` when the
+    /// change must take the synchronous path.
+    pub fn unlink_deferred(&self, parent: u64, name: &[u8]) -> Option<Result<(), FsError>> {
+        if self.settings.read_only || check_name(name).is_err() {
+            return None;
+        }
+        let _open = self.open_gate()?;
+        let mut dir = self.cache.attr(parent)?;
+        let attr = self.cache.entry(parent, name)?;
+        if attr.kind() == FileKind::Dir || attr.nlink != 1 {
+            return None;
+        }
+        let _deleting = self.deleting(attr.ino)?;
+        let now = Timestamp::now();
+        if !self.meta.delegation.unlink(parent, name, attr.ino, now) {
+            return None;
+        }
+        self.cache.removed(parent, name);
+        self.cache.forget_attr(attr.ino);
+        (dir.mtime, dir.ctime) = (now, now);
+        self.cache.set(None, dir);
+        Some(Ok(()))
+    }
+}

@@ -1,0 +1,55 @@
+-- Applies a batch of a mount's deferred changes in leased directories (see src/delegation.rs),
+-- in order, all checked before any is applied (a script is not rolled back), then hands back
+-- the directories other mounts recalled.
+-- ARGV: P, sid, recalled dirs (space-separated), then per change: op, parent, name, ino,
+-- record, ts; op is a kind letter (create) or 'u' (unlink of a file this mount does not have
+-- open).  ->  {0} or {errno, index of the change at fault}
+local FIRST, WIDTH = 4, 6
+local n = (#ARGV - FIRST + 1) / WIDTH
+-- What the batch has done so far to names and leases, seen by the later checks.
+local names, born, kinds = {}, {}, {}
+local function entry_now(parent, name)
+  local e = names[parent .. '/' .. name]
+  if e == nil then e = redis.call('HGET', P .. 'd:' .. parent, name) or false end
+  return e
+end
+for i = 0, n - 1 do
+  local at = FIRST + i * WIDTH
+  local op, parent, name, ino = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2], tonumber(ARGV[at + 3])
+  if not born[parent] then
+    if redis.call('HGET', P .. 'lease', parent) ~= SID then return { E.PERM, i } end
+    local _, err = live_dir(parent)
+    if err then return { err, i } end
+  end
+  local e = entry_now(parent, name)
+  if op == 'u' then
+    if not e then return { E.NOENT, i } end
+    local kind, named = split_entry(e)
+    if kind == 'd' or named ~= ino then return { E.NOENT, i } end
+    kinds[i] = kind
+    names[parent .. '/' .. name] = false
+  else
+    if e then return { E.EXIST, i } end
+    if rec(ino) then return { E.EXIST, i } end
+    names[parent .. '/' .. name] = op .. ino
+    if op == 'd' then born[ino] = true end
+  end
+end
+for i = 0, n - 1 do
+  local at = FIRST + i * WIDTH
+  local op, parent, name, ino, ts = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 5]
+  if op == 'u' then
+    drop_child(parent, name, kinds[i], ino, ts, ino)
+  else
+    add_child(parent, name, op, ino, ARGV[at + 4], ts, '')
+    if op == 'd' then lease(ino) end
+  end
+end
+for dir in string.gmatch(ARGV[3], '%d+') do
+  if redis.call('HGET', P .. 'lease', dir) == SID then
+    redis.call('HDEL', P .. 'lease', dir)
+    redis.call('SREM', P .. 'session:' .. SID .. ':leases', dir)
+  end
+end
+save()
+return { 0 }

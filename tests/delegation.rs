@@ -1,0 +1,213 @@
+//! Directory delegation: creates and removals in a directory a mount created are answered
+//! before Redis has them, yet every other mount, tool and crash sees a consistent filesystem.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{tool, tool_ok, Mount, Redis};
+
+/// Generous bound for things that take milliseconds, so that a slow machine does not fail.
+const SOON: Duration = Duration::from_secs(10);
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut n: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    n.sort();
+    n
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// The filesystem is consistent: fsck finds nothing to repair.
+fn assert_clean(redis: &Redis, prefix: &str) {
+    let url = redis.url();
+    let out = tool("fsck", &["--redis", &url, "--prefix", prefix]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("clean"), "{text}");
+}
+
+#[test]
+fn another_mount_sees_creates_and_removals_at_once() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &[]);
+    let b = Mount::new(&redis, "skx", &[]);
+    fs::create_dir(a.join("d")).unwrap();
+    let mut expected = Vec::new();
+    for i in 0..300 {
+        let name = format!("f{i:03}");
+        fs::write(a.join("d").join(&name), format!("content {i}")).unwrap();
+        expected.push(name);
+    }
+    fs::create_dir(a.join("d/sub")).unwrap();
+    fs::write(a.join("d/sub/inner"), b"inner").unwrap();
+    expected.push("sub".into());
+    let fifo = common::cpath(&a.join("d/fifo"));
+    // SAFETY: a valid path.
+    assert_eq!(
+        unsafe { libc::mknod(fifo.as_ptr(), libc::S_IFIFO | 0o600, 0) },
+        0
+    );
+    expected.push("fifo".into());
+
+    // No waiting: the other mount's first look sees every change.
+    assert_eq!(names(&b.join("d")), sorted(expected.clone()));
+    assert_eq!(fs::read(b.join("d/f123")).unwrap(), b"content 123");
+    assert_eq!(fs::read(b.join("d/sub/inner")).unwrap(), b"inner");
+    assert_eq!(fs::metadata(b.join("d")).unwrap().nlink(), 3);
+    assert!(fs::symlink_metadata(b.join("d/fifo"))
+        .unwrap()
+        .file_type()
+        .is_file()
+        .eq(&false));
+
+    for i in 0..100 {
+        fs::remove_file(a.join(format!("d/f{i:03}"))).unwrap();
+        expected.retain(|n| n != &format!("f{i:03}"));
+    }
+    assert_eq!(names(&b.join("d")), sorted(expected.clone()));
+    // `d` is shared now: each mount sees the other's changes in it.
+    fs::write(b.join("d/from-b"), b"b").unwrap();
+    assert_eq!(fs::read(a.join("d/from-b")).unwrap(), b"b");
+    fs::write(a.join("d/from-a"), b"a").unwrap();
+    assert_eq!(fs::read(b.join("d/from-a")).unwrap(), b"a");
+    // A directory created in a leased one is leased too, and recalled on its own.
+    fs::create_dir(a.join("d/sub/deeper")).unwrap();
+    fs::write(a.join("d/sub/deeper/x"), b"x").unwrap();
+    assert_eq!(names(&b.join("d/sub/deeper")), vec!["x".to_string()]);
+
+    fs::remove_dir_all(a.join("d")).unwrap();
+    assert!(!b.join("d").exists());
+    drop((a, b));
+    assert_clean(&redis, "skx");
+    assert_eq!(redis.cmd::<u64>(&["HLEN", "skx:lease"]), 0);
+}
+
+#[test]
+fn deferred_changes_reach_redis_by_themselves_and_keep_program_order() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &[]);
+    fs::create_dir(a.join("d")).unwrap();
+    let dir = fs::metadata(a.join("d")).unwrap().ino().to_string();
+    assert_eq!(
+        redis.cmd::<Option<String>>(&["HGET", "skx:lease", &dir]),
+        Some("1".to_string()),
+        "a new directory is leased to the mount that made it"
+    );
+    for i in 0..50 {
+        fs::write(a.join(format!("d/{i}")), b"").unwrap();
+    }
+    // Nobody asks; the log goes out on its own within milliseconds.
+    common::eventually("deferred creates in Redis", SOON, || {
+        redis.cmd::<u64>(&["HLEN", &format!("skx:d:{dir}")]) == 50
+    });
+
+    // Operations that must see deferred ones (rename, link, rmdir, a data commit) do.
+    fs::create_dir(a.join("d/e")).unwrap();
+    fs::write(a.join("d/e/f"), b"moved").unwrap();
+    fs::rename(a.join("d/e/f"), a.join("d/g")).unwrap();
+    fs::hard_link(a.join("d/g"), a.join("d/h")).unwrap();
+    fs::remove_dir(a.join("d/e")).unwrap();
+    fs::remove_file(a.join("d/g")).unwrap();
+    assert_eq!(fs::read(a.join("d/h")).unwrap(), b"moved");
+    assert_eq!(fs::metadata(a.join("d/h")).unwrap().nlink(), 1);
+    let b = Mount::new(&redis, "skx", &[]);
+    assert_eq!(fs::read(b.join("d/h")).unwrap(), b"moved");
+    assert!(!b.join("d/e").exists() && !b.join("d/g").exists());
+    drop((a, b));
+    assert_clean(&redis, "skx");
+}
+
+#[test]
+fn a_snapshot_right_after_creates_holds_them() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &[]);
+    fs::create_dir(a.join("d")).unwrap();
+    for i in 0..200 {
+        fs::write(a.join(format!("d/{i}")), b"").unwrap();
+    }
+    tool_ok(
+        "snapshot",
+        &["--redis", &redis.url(), "--from", "skx", "--to", "copy"],
+    );
+    let copy = Mount::new(&redis, "copy", &["--read-only"]);
+    assert_eq!(names(&copy.join("d")).len(), 200);
+    assert!(
+        !redis.keys("copy").iter().any(|k| k.contains("lease")),
+        "leases belong to live mounts, not to copies"
+    );
+    drop(copy);
+    drop(a);
+    assert_clean(&redis, "copy");
+}
+
+#[test]
+fn a_killed_mount_gives_its_directories_back_when_its_session_expires() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &["--session-timeout", "2"]);
+    let b = Mount::new(&redis, "skx", &["--session-timeout", "2"]);
+    fs::create_dir(a.join("d")).unwrap();
+    for i in 0..2000 {
+        fs::write(a.join(format!("d/{i}")), b"").unwrap();
+    }
+    // Killed with changes possibly still in its log: what it had sent stays, the rest is lost,
+    // and nothing is left half-done.
+    a.kill();
+    let asked = Instant::now();
+    let seen = names(&b.join("d"));
+    assert!(
+        asked.elapsed() < SOON,
+        "waited {:?} for a dead mount's directory",
+        asked.elapsed()
+    );
+    let inodes: u64 = redis.cmd(&["HGET", "skx:stat", "inodes"]);
+    assert_eq!(
+        inodes,
+        2 + seen.len() as u64,
+        "root, d, and the files it lists"
+    );
+    for name in &seen {
+        assert_eq!(fs::metadata(b.join("d").join(name)).unwrap().len(), 0);
+    }
+    fs::write(b.join("d/after"), b"b").unwrap();
+    drop(b);
+    assert_clean(&redis, "skx");
+    assert_eq!(redis.cmd::<u64>(&["HLEN", "skx:lease"]), 0);
+}
+
+#[test]
+fn without_delegation_every_create_is_in_redis_before_it_is_answered() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &["--no-delegation"]);
+    fs::create_dir(a.join("d")).unwrap();
+    let dir = fs::metadata(a.join("d")).unwrap().ino();
+    for i in 0..20 {
+        fs::write(a.join(format!("d/{i}")), b"").unwrap();
+        assert_eq!(redis.cmd::<u64>(&["HLEN", &format!("skx:d:{dir}")]), i + 1);
+    }
+    assert_eq!(redis.cmd::<u64>(&["HLEN", "skx:lease"]), 0);
+}
