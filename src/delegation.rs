@@ -18,7 +18,7 @@
 //! what it had not written). Tools and read-only mounts (session 0) cannot recall and read
 //! what Redis has.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,8 @@ struct Log {
     /// Changes appended, and changes sent (or given up), since the mount started.
     appended: u64,
     settled: u64,
+    /// Unsettled changes per inode they touch (the directory and the inode named).
+    touching: HashMap<u64, u32>,
     /// Inode numbers reserved for this mount and not yet used.
     inos: std::ops::Range<u64>,
 }
@@ -161,6 +163,9 @@ impl Delegation {
     }
 
     fn append(&self, mut log: std::sync::MutexGuard<'_, Log>, change: Deferred) {
+        for ino in [change.parent, change.ino] {
+            *log.touching.entry(ino).or_default() += 1;
+        }
         log.changes.push_back(change);
         log.appended += 1;
         let waiting = log.changes.len();
@@ -223,16 +228,32 @@ impl Delegation {
         log.recalled.extend(recalled);
     }
 
-    fn settled(&self, n: usize) {
-        lock(&self.log).settled += n as u64;
+    fn settled(&self, batch: &[Deferred]) {
+        let mut log = lock(&self.log);
+        log.settled += batch.len() as u64;
+        for change in batch {
+            for ino in [change.parent, change.ino] {
+                if let Some(n) = log.touching.get_mut(&ino) {
+                    *n -= 1;
+                    if *n == 0 {
+                        log.touching.remove(&ino);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether changes not yet in Redis touch `ino` (as the directory changed, or the inode
+    /// created or unlinked).
+    pub fn touches(&self, ino: u64) -> bool {
+        lock(&self.log).touching.contains_key(&ino)
     }
 
     /// A batch Redis refused: this mount's leases are not what it thought (its session was
     /// expired while it was cut off). Nothing more is deferred.
-    fn give_up(&self, n: usize) {
-        let mut log = lock(&self.log);
-        log.settled += n as u64;
-        log.leased.clear();
+    fn give_up(&self, batch: &[Deferred]) {
+        self.settled(batch);
+        lock(&self.log).leased.clear();
     }
 
     /// Whether deferred creates lack inode numbers.
@@ -270,7 +291,7 @@ impl Meta {
             }
             let n = batch.len();
             match self.apply_deferred(&batch, &recalled).await {
-                Ok(()) => d.settled(n),
+                Ok(()) => d.settled(&batch),
                 Err(FsError::Io) => {
                     d.put_back(batch, recalled);
                     return Err(FsError::Io);
@@ -281,7 +302,7 @@ impl Meta {
                          does when the mount's leases were taken from it (cut off longer than \
                          the session timeout); they are lost, and nothing more is deferred"
                     );
-                    d.give_up(n);
+                    d.give_up(&batch);
                     return Err(FsError::Io);
                 }
             }

@@ -130,6 +130,7 @@ mod tests {
             parse(b"0\0Fab-1").unwrap().1,
             vec![Change::Freeze("ab-1".into())]
         );
+        assert_eq!(parse(b"3\0r42").unwrap().1, vec![Change::Recall(42)]);
         assert_eq!(parse(b"x\0a1"), None);
         assert_eq!(parse(b"1\0q1"), None);
         assert_eq!(parse(b"1\0e5"), None);

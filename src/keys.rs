@@ -313,6 +313,12 @@ mod tests {
         let keys = Keys::new("skx");
         assert_eq!(keys.classify(b"skx:i:3"), Some(KeyKind::Inodes(3)));
         assert_eq!(keys.classify(b"skx:b:70"), Some(KeyKind::Block(70)));
+        assert_eq!(keys.classify(b"skx:lease"), Some(KeyKind::Leases));
+        assert_eq!(
+            keys.classify(b"skx:session:4:leases"),
+            Some(KeyKind::Session(4))
+        );
+        assert!(!KeyKind::Leases.is_content());
         assert_eq!(
             keys.classify(b"skx:session:4:held"),
             Some(KeyKind::Session(4))

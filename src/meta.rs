@@ -181,16 +181,18 @@ impl Meta {
         }
     }
 
-    /// Runs a pipeline whose last command reads the lease of `dir`, after sending this
-    /// mount's deferred changes; while another mount holds `dir`, recalls it and runs again.
-    /// Returns the replies before the lease.
+    /// Runs a pipeline of reads of inode `dir` and a last command that reads its lease,
+    /// after sending this mount's deferred changes that touch it; while another mount holds
+    /// `dir`, recalls it and runs again. Returns the replies before the lease.
     async fn read_unleased(
         &self,
         what: &str,
         dir: u64,
         pipe: &mut redis::Pipeline,
     ) -> Result<Vec<Value>, FsError> {
-        self.send_deferred().await?;
+        if self.delegation.touches(dir) {
+            self.send_deferred().await?;
+        }
         pipe.cmd("HGET").arg(self.store.keys.lease()).arg(dir);
         let started = std::time::Instant::now();
         let mut delay = std::time::Duration::from_millis(1);

@@ -62,9 +62,15 @@ fn another_mount_sees_creates_and_removals_at_once() {
     );
     expected.push("fifo".into());
 
-    // No waiting: the other mount's first look sees every change.
+    // No waiting: the other mount's first look sees every change, and every file's bytes
+    // (closes there did not wait for the stores; the recall did).
     assert_eq!(names(&b.join("d")), sorted(expected.clone()));
-    assert_eq!(fs::read(b.join("d/f123")).unwrap(), b"content 123");
+    for i in (0..300).rev() {
+        assert_eq!(
+            fs::read(b.join(format!("d/f{i:03}"))).unwrap(),
+            format!("content {i}").as_bytes()
+        );
+    }
     assert_eq!(fs::read(b.join("d/sub/inner")).unwrap(), b"inner");
     assert_eq!(fs::metadata(b.join("d")).unwrap().nlink(), 3);
     assert!(fs::symlink_metadata(b.join("d/fifo"))
@@ -126,7 +132,12 @@ fn deferred_changes_reach_redis_by_themselves_and_keep_program_order() {
     fs::remove_file(a.join("d/g")).unwrap();
     assert_eq!(fs::read(a.join("d/h")).unwrap(), b"moved");
     assert_eq!(fs::metadata(a.join("d/h")).unwrap().nlink(), 1);
+    // A file written in a leased directory and moved out of it is readable elsewhere at once.
     let b = Mount::new(&redis, "skx", &[]);
+    let data = common::random_bytes(300_000, 3);
+    fs::write(a.join("d/out"), &data).unwrap();
+    fs::rename(a.join("d/out"), a.join("out")).unwrap();
+    assert_eq!(fs::read(b.join("out")).unwrap(), data);
     assert_eq!(fs::read(b.join("d/h")).unwrap(), b"moved");
     assert!(!b.join("d/e").exists() && !b.join("d/g").exists());
     drop((a, b));

@@ -65,10 +65,21 @@ impl Core {
         };
         let Some(inos) = inos else { return Ok(handle) };
         let epoch = self.cache.epoch();
-        let mut attrs = Vec::with_capacity(inos.len());
-        for chunk in inos.chunks(RECORDS_PER_CALL) {
-            attrs.extend(self.meta.records(chunk).await?);
-        }
+        // Entries this mount knows already (it created them, or stat'ed them) cost no trip.
+        let known: Option<Vec<Option<Attr>>> = inos
+            .iter()
+            .map(|&ino| self.getattr_cached(ino).map(Some))
+            .collect();
+        let attrs = match known {
+            Some(known) => known,
+            None => {
+                let mut attrs = Vec::with_capacity(inos.len());
+                for chunk in inos.chunks(RECORDS_PER_CALL) {
+                    attrs.extend(self.meta.records(chunk).await?);
+                }
+                attrs
+            }
+        };
         let mut h = lock(&handle);
         let dir = h.entries[0].ino;
         // `ls -l` and friends stat every entry next: answer those from memory.

@@ -568,6 +568,7 @@ impl Core {
                 let st = file.state();
                 st.stamps_times.then_some(st.attr.mtime)
             };
+            let epoch = self.cache.epoch();
             let committed = self
                 .meta
                 .commit(file.ino, mtime, end, &swaps, &inline)
@@ -584,7 +585,11 @@ impl Core {
                 }
                 Err(e) => return Err(e),
             };
-            self.cache.forget_attr(file.ino);
+            match stored {
+                // What the commit left is the truth, unless something changed since it began.
+                Some(attr) => self.cache.remember(epoch, None, attr),
+                None => self.cache.forget_attr(file.ino),
+            }
             {
                 let mut st = file.state();
                 if let Some(attr) = stored {
