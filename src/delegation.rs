@@ -57,6 +57,9 @@ struct Deferred {
 struct Log {
     /// Directories leased to this session.
     leased: HashSet<u64>,
+    /// How many entries leased directories hold, where this mount knows it (every change
+    /// there was its own deferred one): a directory known empty can be removed deferred too.
+    entries: HashMap<u64, u64>,
     /// Changes not yet sent, oldest first.
     changes: VecDeque<Deferred>,
     /// Directories other mounts recalled, to be released with the last batch.
@@ -102,7 +105,14 @@ impl Delegation {
 
     /// Records that the directory `dir` was created leased to this session.
     pub fn leased(&self, dir: u64) {
-        lock(&self.log).leased.insert(dir);
+        let mut log = lock(&self.log);
+        log.leased.insert(dir);
+        log.entries.insert(dir, 0);
+    }
+
+    /// Forgets how many entries `dir` holds: a change was made there synchronously.
+    pub fn changed_directly(&self, dir: u64) {
+        lock(&self.log).entries.remove(&dir);
     }
 
     /// Whether `dir` is leased to this session.
@@ -126,6 +136,10 @@ impl Delegation {
         attr.ino = ino;
         if attr.kind() == FileKind::Dir {
             log.leased.insert(ino);
+            log.entries.insert(ino, 0);
+        }
+        if let Some(n) = log.entries.get_mut(&parent) {
+            *n += 1;
         }
         self.append(
             log,
@@ -141,17 +155,28 @@ impl Delegation {
         true
     }
 
-    /// Defers the unlink of `parent/name`, the last link of file `ino` (not open here), if
-    /// `parent` is leased here.
-    pub fn unlink(&self, parent: u64, name: &[u8], ino: u64, time: Timestamp) -> bool {
-        let log = lock(&self.log);
+    /// Defers the removal of `parent/name`, if `parent` is leased here: of the last link of
+    /// file `ino` (not open here), or with `dir`, of the leased directory `ino` this mount
+    /// knows to be empty.
+    pub fn remove(&self, parent: u64, name: &[u8], ino: u64, dir: bool, time: Timestamp) -> bool {
+        let mut log = lock(&self.log);
         if !log.leased.contains(&parent) || log.changes.len() >= LOG_LIMIT {
             return false;
+        }
+        if dir {
+            if !log.leased.contains(&ino) || log.entries.get(&ino) != Some(&0) {
+                return false;
+            }
+            log.leased.remove(&ino);
+            log.entries.remove(&ino);
+        }
+        if let Some(n) = log.entries.get_mut(&parent) {
+            *n = n.saturating_sub(1);
         }
         self.append(
             log,
             Deferred {
-                op: b'u',
+                op: if dir { b'r' } else { b'u' },
                 parent,
                 name: name.to_vec(),
                 ino,
@@ -280,7 +305,9 @@ impl Meta {
     /// under way.
     pub async fn send_deferred(&self) -> Result<(), FsError> {
         let d = &self.delegation;
-        if !d.unsent() {
+        // Session 0 is a tool's view of this mount's connection (a clean unmount expires its
+        // session as a tool would): the log is the session's to send, never a tool's.
+        if self.session == 0 || !d.unsent() {
             return Ok(());
         }
         let _turn = d.sending.lock().await;

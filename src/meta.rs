@@ -255,6 +255,7 @@ impl Meta {
         attr: &Attr,
         target: &[u8],
     ) -> Result<Attr, FsError> {
+        self.delegation.changed_directly(parent);
         let leased = attr.kind() == FileKind::Dir && self.delegation.enabled();
         let args = ScriptArgs::default()
             .num(parent)
@@ -275,6 +276,7 @@ impl Meta {
 
     /// Adds the hard link `parent/name` to `ino`.
     pub async fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+        self.delegation.changed_directly(parent);
         let args = ScriptArgs::default()
             .num(ino)
             .num(parent)
@@ -293,6 +295,7 @@ impl Meta {
         dir: bool,
         closed: u64,
     ) -> Result<(u64, bool), FsError> {
+        self.delegation.changed_directly(parent);
         let args = ScriptArgs::default()
             .num(parent)
             .bytes(name)
@@ -314,6 +317,8 @@ impl Meta {
         new_name: &[u8],
         flags: u32,
     ) -> Result<(Option<u64>, [u64; 2]), FsError> {
+        self.delegation.changed_directly(parent);
+        self.delegation.changed_directly(new_parent);
         let mode = if flags & libc::RENAME_EXCHANGE != 0 {
             2
         } else if flags & libc::RENAME_NOREPLACE != 0 {

@@ -132,6 +132,13 @@ fn deferred_changes_reach_redis_by_themselves_and_keep_program_order() {
     fs::remove_file(a.join("d/g")).unwrap();
     assert_eq!(fs::read(a.join("d/h")).unwrap(), b"moved");
     assert_eq!(fs::metadata(a.join("d/h")).unwrap().nlink(), 1);
+    // A tree made and removed before anything was sent leaves nothing behind.
+    fs::create_dir_all(a.join("d/t/u/v")).unwrap();
+    for dir in ["d/t", "d/t/u", "d/t/u/v"] {
+        fs::write(a.join(dir).join("file"), b"gone").unwrap();
+    }
+    fs::remove_dir_all(a.join("d/t")).unwrap();
+    assert!(!a.join("d/t").exists());
     // A file written in a leased directory and moved out of it is readable elsewhere at once.
     let b = Mount::new(&redis, "skx", &[]);
     let data = common::random_bytes(300_000, 3);
@@ -139,7 +146,7 @@ fn deferred_changes_reach_redis_by_themselves_and_keep_program_order() {
     fs::rename(a.join("d/out"), a.join("out")).unwrap();
     assert_eq!(fs::read(b.join("out")).unwrap(), data);
     assert_eq!(fs::read(b.join("d/h")).unwrap(), b"moved");
-    assert!(!b.join("d/e").exists() && !b.join("d/g").exists());
+    assert!(!b.join("d/e").exists() && !b.join("d/g").exists() && !b.join("d/t").exists());
     drop((a, b));
     assert_clean(&redis, "skx");
 }

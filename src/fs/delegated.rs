@@ -103,28 +103,41 @@ impl Core {
         }
     }
 
-    /// Unlinks `parent/name` without asking Redis, when `parent` is leased here and the name
-    /// is known to be the only link of a file not open (or being opened) here; `None` when the
-    /// change must take the synchronous path.
-    pub fn unlink_deferred(&self, parent: u64, name: &[u8]) -> Option<Result<(), FsError>> {
+    /// Removes `parent/name` without asking Redis, when `parent` is leased here and the name
+    /// is known to be the only link of a file not open (or being opened) here, or with `dir`,
+    /// a leased directory known to be empty; `None` when the change must take the synchronous
+    /// path.
+    pub fn remove_deferred(
+        &self,
+        parent: u64,
+        name: &[u8],
+        dir: bool,
+    ) -> Option<Result<(), FsError>> {
         if self.settings.read_only || check_name(name).is_err() {
             return None;
         }
         let _open = self.open_gate()?;
-        let mut dir = self.cache.attr(parent)?;
+        let mut parent_attr = self.cache.attr(parent)?;
         let attr = self.cache.entry(parent, name)?;
-        if attr.kind() == FileKind::Dir || attr.nlink != 1 {
+        if (attr.kind() == FileKind::Dir) != dir || !dir && attr.nlink != 1 {
             return None;
         }
         let _deleting = self.deleting(attr.ino)?;
         let now = Timestamp::now();
-        if !self.meta.delegation.unlink(parent, name, attr.ino, now) {
+        if !self
+            .meta
+            .delegation
+            .remove(parent, name, attr.ino, dir, now)
+        {
             return None;
         }
         self.cache.removed(parent, name);
         self.cache.forget_attr(attr.ino);
-        (dir.mtime, dir.ctime) = (now, now);
-        self.cache.set(None, dir);
+        if dir {
+            parent_attr.nlink -= 1;
+        }
+        (parent_attr.mtime, parent_attr.ctime) = (now, now);
+        self.cache.set(None, parent_attr);
         Some(Ok(()))
     }
 }

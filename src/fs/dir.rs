@@ -1,7 +1,9 @@
-//! Directory handles: a listing taken at opendir, served page by page.
+//! Directory handles: a listing taken at the first read of a handle, served page by page.
 //!
 //! Offsets are positions in that listing, so a directory changing during a scan never makes
-//! readdir skip or repeat an entry that existed throughout.
+//! readdir skip or repeat an entry that existed throughout. The listing is not taken at
+//! opendir, because many opens of a directory never read it (`rm -rf` opens each one again
+//! only to remove its entries through the descriptor).
 
 use std::sync::{Arc, Mutex};
 
@@ -16,15 +18,44 @@ const RECORDS_PER_CALL: usize = 2048;
 
 /// An open directory.
 pub struct DirHandle {
-    /// `.`, `..` and the entries, in a fixed order.
-    pub entries: Vec<DirEntry>,
+    /// The directory.
+    pub ino: u64,
+    /// `.`, `..` and the entries, in a fixed order, once read.
+    pub entries: Option<Vec<DirEntry>>,
     /// Attributes of the entries, loaded at the first readdirplus.
     pub attrs: Option<Vec<Option<Attr>>>,
 }
 
 impl Core {
-    /// Opens a directory, taking its listing.
-    pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+    /// Opens a directory (its listing is taken when first read).
+    pub fn opendir(&self, ino: u64) -> u64 {
+        let fh = self.new_handle();
+        lock(&self.dirs).insert(
+            fh,
+            Arc::new(Mutex::new(DirHandle {
+                ino,
+                entries: None,
+                attrs: None,
+            })),
+        );
+        fh
+    }
+
+    /// The handle of an open directory.
+    pub fn dir_handle(&self, fh: u64) -> Result<Arc<Mutex<DirHandle>>, FsError> {
+        lock(&self.dirs).get(&fh).cloned().ok_or(FsError::BadHandle)
+    }
+
+    /// Makes sure the handle holds its listing.
+    pub async fn load_dir(&self, fh: u64) -> Result<Arc<Mutex<DirHandle>>, FsError> {
+        let handle = self.dir_handle(fh)?;
+        let (ino, loaded) = {
+            let h = lock(&handle);
+            (h.ino, h.entries.is_some())
+        };
+        if loaded {
+            return Ok(handle);
+        }
         let (attr, list) = self.meta.read_dir(ino).await?;
         let mut entries = Vec::with_capacity(list.len() + 2);
         entries.push(DirEntry {
@@ -38,30 +69,22 @@ impl Core {
             ino: attr.parent,
         });
         entries.extend(list);
-        let fh = self.new_handle();
-        lock(&self.dirs).insert(
-            fh,
-            Arc::new(Mutex::new(DirHandle {
-                entries,
-                attrs: None,
-            })),
-        );
-        Ok(fh)
-    }
-
-    /// The handle of an open directory.
-    pub fn dir_handle(&self, fh: u64) -> Result<Arc<Mutex<DirHandle>>, FsError> {
-        lock(&self.dirs).get(&fh).cloned().ok_or(FsError::BadHandle)
+        let mut h = lock(&handle);
+        if h.entries.is_none() {
+            h.entries = Some(entries);
+        }
+        drop(h);
+        Ok(handle)
     }
 
     /// Makes sure the handle holds its entries' attributes.
     pub async fn load_dir_attrs(&self, fh: u64) -> Result<Arc<Mutex<DirHandle>>, FsError> {
-        let handle = self.dir_handle(fh)?;
+        let handle = self.load_dir(fh).await?;
         let inos: Option<Vec<u64>> = {
             let h = lock(&handle);
             h.attrs
                 .is_none()
-                .then(|| h.entries.iter().map(|e| e.ino).collect())
+                .then(|| h.entries.iter().flatten().map(|e| e.ino).collect())
         };
         let Some(inos) = inos else { return Ok(handle) };
         let epoch = self.cache.epoch();
@@ -81,9 +104,9 @@ impl Core {
             }
         };
         let mut h = lock(&handle);
-        let dir = h.entries[0].ino;
+        let dir = h.ino;
         // `ls -l` and friends stat every entry next: answer those from memory.
-        for (entry, attr) in h.entries.iter().zip(&attrs).skip(2) {
+        for (entry, attr) in h.entries.iter().flatten().zip(&attrs).skip(2) {
             if let Some(attr) = attr {
                 self.cache.remember(epoch, Some((dir, &entry.name)), *attr);
             }

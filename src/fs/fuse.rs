@@ -340,7 +340,7 @@ impl fuser::Filesystem for RedisFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = bytes(name);
-        if let Some(done) = self.core.unlink_deferred(parent.0, &name) {
+        if let Some(done) = self.core.remove_deferred(parent.0, &name, false) {
             return self.answer_now(reply, done);
         }
         self.serve_change(reply, move |c| async move {
@@ -350,6 +350,9 @@ impl fuser::Filesystem for RedisFs {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = bytes(name);
+        if let Some(done) = self.core.remove_deferred(parent.0, &name, true) {
+            return self.answer_now(reply, done);
+        }
         self.serve_change(reply, move |c| async move {
             c.remove(parent.0, &name, true).await
         });
@@ -552,9 +555,8 @@ impl fuser::Filesystem for RedisFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.serve(reply, move |c| async move {
-            c.opendir(ino.0).await.map(|fh| (fh, false))
-        });
+        let fh = self.core.opendir(ino.0);
+        self.answer_now(reply, Ok((fh, false)));
     }
 
     fn readdir(
@@ -563,24 +565,30 @@ impl fuser::Filesystem for RedisFs {
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let handle = match self.core.dir_handle(fh.0) {
-            Ok(h) => h,
-            Err(e) => return reply.error(errno(e)),
-        };
-        let h = lock(&handle);
-        for (i, e) in h.entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(
-                INodeNo(e.ino),
-                i as u64 + 1,
-                e.kind.to_fuser(),
-                OsStr::from_bytes(&e.name),
-            ) {
-                break;
+        let core = self.core.clone();
+        let slots = self.slots.clone();
+        self.runtime.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let handle = match core.load_dir(fh.0).await {
+                Ok(h) => h,
+                Err(e) => return reply.error(errno(e)),
+            };
+            let mut reply = reply;
+            let h = lock(&handle);
+            for (i, e) in h.entries.iter().flatten().enumerate().skip(offset as usize) {
+                if reply.add(
+                    INodeNo(e.ino),
+                    i as u64 + 1,
+                    e.kind.to_fuser(),
+                    OsStr::from_bytes(&e.name),
+                ) {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     fn readdirplus(
@@ -602,8 +610,8 @@ impl fuser::Filesystem for RedisFs {
             let mut reply = reply;
             let h = lock(&handle);
             let attrs = h.attrs.as_deref().unwrap_or_default();
-            for (i, e) in h.entries.iter().enumerate().skip(offset as usize) {
-                // An entry whose inode vanished since opendir is skipped, not reported broken.
+            for (i, e) in h.entries.iter().flatten().enumerate().skip(offset as usize) {
+                // An entry whose inode vanished since the listing is skipped, not reported broken.
                 let Some(Some(attr)) = attrs.get(i) else {
                     continue;
                 };

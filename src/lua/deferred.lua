@@ -2,12 +2,14 @@
 -- in order, all checked before any is applied (a script is not rolled back), then hands back
 -- the directories other mounts recalled.
 -- ARGV: P, sid, recalled dirs (space-separated), then per change: op, parent, name, ino,
--- record, ts; op is a kind letter (create) or 'u' (unlink of a file this mount does not have
--- open).  ->  {0} or {errno, index of the change at fault}
+-- record, ts; op is a kind letter (create), 'u' (unlink of a file this mount does not have
+-- open) or 'r' (rmdir of an empty directory leased here).
+--   ->  {0} or {errno, index of the change at fault}
 local FIRST, WIDTH = 4, 6
 local n = (#ARGV - FIRST + 1) / WIDTH
 -- What the batch has done so far to names and leases, seen by the later checks.
-local names, born, kinds = {}, {}, {}
+local names, born, kinds, added = {}, {}, {}, {}
+local function count(dir, n) added[dir] = (added[dir] or 0) + n end
 local function entry_now(parent, name)
   local e = names[parent .. '/' .. name]
   if e == nil then e = redis.call('HGET', P .. 'd:' .. parent, name) or false end
@@ -22,23 +24,29 @@ for i = 0, n - 1 do
     if err then return { err, i } end
   end
   local e = entry_now(parent, name)
-  if op == 'u' then
+  if op == 'u' or op == 'r' then
     if not e then return { E.NOENT, i } end
     local kind, named = split_entry(e)
-    if kind == 'd' or named ~= ino then return { E.NOENT, i } end
+    if (kind == 'd') ~= (op == 'r') or named ~= ino then return { E.NOENT, i } end
+    if op == 'r' then
+      if not born[ino] and redis.call('HGET', P .. 'lease', ino) ~= SID then return { E.PERM, i } end
+      if redis.call('HLEN', P .. 'd:' .. ino) + (added[ino] or 0) ~= 0 then return { E.NOTEMPTY, i } end
+    end
     kinds[i] = kind
     names[parent .. '/' .. name] = false
+    count(parent, -1)
   else
     if e then return { E.EXIST, i } end
     if rec(ino) then return { E.EXIST, i } end
     names[parent .. '/' .. name] = op .. ino
+    count(parent, 1)
     if op == 'd' then born[ino] = true end
   end
 end
 for i = 0, n - 1 do
   local at = FIRST + i * WIDTH
   local op, parent, name, ino, ts = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 5]
-  if op == 'u' then
+  if op == 'u' or op == 'r' then
     drop_child(parent, name, kinds[i], ino, ts, ino)
   else
     add_child(parent, name, op, ino, ARGV[at + 4], ts, '')
