@@ -152,6 +152,28 @@ fn deferred_changes_reach_redis_by_themselves_and_keep_program_order() {
 }
 
 #[test]
+fn a_file_reopened_right_after_its_close_reads_what_was_written() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &[]);
+    fs::create_dir(a.join("d")).unwrap();
+    // The close does not wait for the store; the open that follows must not miss it.
+    for i in 0..300u64 {
+        let path = a.join(format!("d/{i}"));
+        let f = fs::File::create(&path).unwrap();
+        std::os::unix::fs::FileExt::write_at(&f, b"data", (1 << 31) + i).unwrap();
+        drop(f);
+        let f = fs::File::open(&path).unwrap();
+        let mut buf = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, (1 << 31) + i).unwrap();
+        assert_eq!(&buf, b"data", "file {i}");
+        assert_eq!(f.metadata().unwrap().len(), (1 << 31) + i + 4);
+    }
+}
+
+#[test]
 fn a_snapshot_right_after_creates_holds_them() {
     if !common::ready() {
         return;

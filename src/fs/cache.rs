@@ -86,6 +86,18 @@ impl MetaCache {
         self.insert(&mut attrs, name, attr);
     }
 
+    /// Keeps `attr`, read in `epoch`, in place of what was remembered of its inode; if
+    /// something changed since, forgets the inode instead (what was remembered is older).
+    pub fn replace(&self, epoch: u64, attr: Attr) {
+        let mut attrs = lock(&self.attrs);
+        if self.epoch() == epoch {
+            self.insert(&mut attrs, None, attr);
+        } else {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+            attrs.remove(&attr.ino);
+        }
+    }
+
     /// Records what this mount itself just changed: `attr` (named `name`, if given) stands,
     /// whatever was read before. Reads under way then do not store what they read.
     pub fn set(&self, name: Option<(u64, &[u8])>, attr: Attr) {

@@ -56,6 +56,32 @@ impl Core {
         if loaded {
             return Ok(handle);
         }
+        let entries = match self.recent_listing(ino) {
+            Some(entries) => entries,
+            None => self.take_listing(ino).await?,
+        };
+        let mut h = lock(&handle);
+        if h.entries.is_none() {
+            h.entries = Some(entries);
+        }
+        drop(h);
+        Ok(handle)
+    }
+
+    /// The last listing of `ino`, if it is a leased directory and nothing this mount knows
+    /// of changed since it was taken: every change there is this mount's own, and every change
+    /// it makes or learns of moves the cache's epoch. (`rm -rf` reads each directory through
+    /// two handles, one right after the other.)
+    fn recent_listing(&self, ino: u64) -> Option<Vec<DirEntry>> {
+        let last = lock(&self.last_listing);
+        let (dir, epoch, entries) = last.as_ref()?;
+        (*dir == ino && *epoch == self.cache.epoch() && self.meta.delegation.holds(ino))
+            .then(|| entries.clone())
+    }
+
+    /// Reads the listing of `ino` from Redis: `.`, `..` and the entries.
+    async fn take_listing(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
+        let epoch = self.cache.epoch();
         let (attr, list) = self.meta.read_dir(ino).await?;
         let mut entries = Vec::with_capacity(list.len() + 2);
         entries.push(DirEntry {
@@ -69,12 +95,10 @@ impl Core {
             ino: attr.parent,
         });
         entries.extend(list);
-        let mut h = lock(&handle);
-        if h.entries.is_none() {
-            h.entries = Some(entries);
+        if self.meta.delegation.holds(ino) {
+            *lock(&self.last_listing) = Some((ino, epoch, entries.clone()));
         }
-        drop(h);
-        Ok(handle)
+        Ok(entries)
     }
 
     /// Makes sure the handle holds its entries' attributes.

@@ -587,7 +587,7 @@ impl Core {
             };
             match stored {
                 // What the commit left is the truth, unless something changed since it began.
-                Some(attr) => self.cache.remember(epoch, None, attr),
+                Some(attr) => self.cache.replace(epoch, attr),
                 None => self.cache.forget_attr(file.ino),
             }
             {

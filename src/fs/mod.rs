@@ -62,6 +62,9 @@ pub struct Core {
     handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
     /// Directory handles.
     dirs: Mutex<HashMap<u64, Arc<Mutex<DirHandle>>>>,
+    /// The last listing taken of a leased directory, with the cache epoch it was taken in
+    /// (see `dir.rs`).
+    last_listing: Mutex<Option<(u64, u64, Vec<crate::meta::DirEntry>)>>,
     next_handle: std::sync::atomic::AtomicU64,
     /// Orphaned inodes waiting to be deleted.
     reclaim_queue: mpsc::UnboundedSender<u64>,
@@ -128,6 +131,7 @@ impl Core {
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
+            last_listing: Mutex::new(None),
             next_handle: std::sync::atomic::AtomicU64::new(1),
             reclaim_queue: tx,
             hold_requests,

@@ -253,6 +253,12 @@ impl Core {
             self.writable()?;
         }
         let _opening = self.opening(ino).await;
+        if let Some(file) = self.open_file(ino) {
+            // Its last handle may be closing, its store (which a close need not wait for, see
+            // `Core::flush_at_once`) under way: what Redis says must include it, since the
+            // handle registered below may be the first one again.
+            self.flush_file(&file, false).await?;
+        }
         let epoch = self.cache.epoch();
         let attr = self.meta.getattr(ino).await?;
         if attr.nlink == 0 && self.open_file(ino).is_none() {
