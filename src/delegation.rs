@@ -3,9 +3,11 @@
 //!
 //! A directory a mount creates is leased to its session by the script that creates it
 //! (`P:lease`, directory → session). Until another mount looks into it, only this mount knows
-//! its names, so creating a file, a special file or a directory in it, or unlinking a file this
-//! mount does not have open, can be answered from memory and appended to one ordered log.
-//! Every other Redis request of this mount sends the log first ([`Meta::send_deferred`]), so
+//! its names, so creating a file, a special file or a directory in it, unlinking a file this
+//! mount does not have open, or removing a leased directory it knows to be empty, can be
+//! answered from memory and appended to one ordered log. Every script this mount runs sends
+//! the log first, and every other read the part touching what it reads
+//! ([`Meta::send_deferred`]), so
 //! what this mount does reaches Redis in the order it did it; a background task sends it at
 //! most [`MAX_DELAY`] after the first change, or at once when [`BATCH`] changes wait.
 //!
@@ -361,7 +363,7 @@ impl Meta {
     }
 
     /// Asks the holder of `dir` to hand it back and waits a little before the caller tries
-    /// again; fails once [`RECALL_WAIT`] passed since `started`.
+    /// again; fails once `RECALL_WAIT` passed since `started`.
     pub async fn recall(
         &self,
         dir: u64,
