@@ -34,26 +34,34 @@ impl Core {
         self.cache.has_no_xattrs(ino)
     }
 
-    /// Whether closing `fh` (for lock owner `owner`) has nothing to store or unlock.
-    fn closes_quietly(&self, fh: u64, ino: u64, owner: Option<u64>) -> bool {
+    /// Whether closing `fh` (for lock owner `owner`) has nothing to unlock, and nothing to
+    /// store unless `store_later` lets the file's store wait.
+    fn closes_quietly(
+        &self,
+        fh: u64,
+        ino: u64,
+        owner: Option<u64>,
+        store_later: impl FnOnce(&super::OpenFile) -> bool,
+    ) -> bool {
         let holds_locks =
             owner.is_some_and(|o| super::lock(&self.lock_holders).contains(&(ino, o)));
-        !holds_locks && self.file(fh).is_ok_and(|f| !f.state().has_pending())
+        !holds_locks
+            && self
+                .file(fh)
+                .is_ok_and(|f| !f.state().has_pending() || store_later(&f))
     }
 
     /// A flush with nothing to store or unlock: done. So is one of a file no other mount can
     /// open yet (created in a directory leased here, with one link): its buffers are stored
     /// at its release, which close(2) does not wait for, or before another mount recalls the
-    /// directory, or at a freeze, `fsync` or unmount.
+    /// directory, or at a freeze, `fsync`, an open or unmount.
     pub fn flush_at_once(&self, fh: u64, ino: u64, owner: u64) -> Option<Result<(), FsError>> {
-        if self.closes_quietly(fh, ino, Some(owner)) {
-            return Some(Ok(()));
-        }
-        let holds_locks = super::lock(&self.lock_holders).contains(&(ino, owner));
-        let file = self.file(fh).ok()?;
-        let dir = file.born_in.load(std::sync::atomic::Ordering::Acquire);
-        let private = dir != 0 && file.state().attr.nlink == 1 && self.meta.delegation.holds(dir);
-        (private && !holds_locks).then_some(Ok(()))
+        let private = |f: &super::OpenFile| {
+            let dir = f.born_in.load(std::sync::atomic::Ordering::Acquire);
+            dir != 0 && f.state().attr.nlink == 1 && self.meta.delegation.holds(dir)
+        };
+        self.closes_quietly(fh, ino, Some(owner), private)
+            .then_some(Ok(()))
     }
 
     /// A release with nothing to store or unlock, done here.
@@ -63,7 +71,7 @@ impl Core {
         ino: u64,
         owner: Option<u64>,
     ) -> Option<Result<(), FsError>> {
-        if !self.closes_quietly(fh, ino, owner) {
+        if !self.closes_quietly(fh, ino, owner, |_| false) {
             return None;
         }
         Some(self.detached(fh, Ok(())))
