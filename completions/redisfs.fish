@@ -9,7 +9,7 @@ complete -c redisfs -l compression -d 'Compression of a new filesystem\'s blocks
 complete -c redisfs -s o -d 'Mount options, comma separated (allow_other, default_permissions, ro, noatime, nosuid, nodev, noexec, …)' -r
 complete -c redisfs -l log-file -d 'Write logs to FILE instead of stderr' -r -F
 complete -c redisfs -l io-timeout -d 'How long an operation waits for a lost Redis to come back before failing with EIO' -r
-complete -c redisfs -l session-timeout -d 'A mount silent for this long is dead: its locks are released and the unlinked files it held open are deleted' -r
+complete -c redisfs -l session-timeout -d 'A mount silent for this long is dead: its locks are released, the unlinked files it held open are deleted and the directories leased to it are given back' -r
 complete -c redisfs -l cache-size -d 'Memory for cached blocks' -r
 complete -c redisfs -l write-buffer -d 'Memory for written bytes not yet stored, across all files. Whole blocks are stored as soon as they fill; partial ones wait (up to 5 seconds, or until close or fsync), so that random writes into one block are stored once' -r
 complete -c redisfs -l state-dir -d 'Directory for the private redis-server\'s data [default: /var/lib/redisfs as root, else $XDG_STATE_HOME/redisfs]' -r -F

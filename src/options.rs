@@ -198,8 +198,8 @@ pub struct MountArgs {
     /// How long an operation waits for a lost Redis to come back before failing with EIO.
     #[arg(long, default_value = "60", value_parser = parse_seconds, value_name = "SECONDS")]
     pub io_timeout: Duration,
-    /// A mount silent for this long is dead: its locks are released and the unlinked files it
-    /// held open are deleted.
+    /// A mount silent for this long is dead: its locks are released, the unlinked files it
+    /// held open are deleted and the directories leased to it are given back.
     #[arg(long, default_value = "30", value_parser = parse_seconds, value_name = "SECONDS")]
     pub session_timeout: Duration,
     /// Memory for cached blocks.
