@@ -373,8 +373,27 @@ pub fn bad_dump(name: &str, record: u64, offset: u64, reason: &str) -> Error {
         file: name.to_string(),
         record,
         offset,
-        reason: reason.to_string(),
+        reason: printable_line(reason),
     }
+}
+
+/// The most characters of a reason kept: a decoder's message may quote megabytes of
+/// damaged bytes.
+const REASON_CHARS: usize = 200;
+
+/// `reason` as one short printable line: decoders quote the damaged bytes they met,
+/// which may hold newlines and control characters.
+fn printable_line(reason: &str) -> String {
+    let mut printable = reason.chars().flat_map(|c| {
+        let escape = c.is_control().then(|| c.escape_default());
+        let plain = escape.is_none().then_some(c);
+        escape.into_iter().flatten().chain(plain)
+    });
+    let mut line: String = printable.by_ref().take(REASON_CHARS).collect();
+    if printable.next().is_some() {
+        line.push('…');
+    }
+    line
 }
 
 impl<R: BufRead> RecordReader<R> {
@@ -542,6 +561,18 @@ mod tests {
     }
 
     #[test]
+    fn a_reason_quoting_damaged_bytes_stays_one_short_line() {
+        let quoted = format!("unknown variant `{}`", "\n\u{1}x\u{fffd}".repeat(100_000));
+        let message = bad_dump("d", 3, 9, &quoted).to_string();
+        assert!(
+            message.starts_with("dump d: record 3 at byte 9: unknown variant `")
+                && !message.contains('\n')
+                && message.chars().count() < 400,
+            "{message}"
+        );
+    }
+
+    #[test]
     fn every_damage_is_an_error() {
         for e in [Encoding::Msgpack, Encoding::Json] {
             let good = encode(e);
@@ -552,9 +583,16 @@ mod tests {
                 );
             }
             for at in 0..good.len() {
-                let mut bad = good.clone();
-                bad[at] ^= 0x20;
-                assert!(decode(bad).is_err(), "flip at {at} accepted");
+                for bit in 0..8 {
+                    let mut bad = good.clone();
+                    bad[at] ^= 1 << bit;
+                    let err = decode(bad).expect_err("a flipped bit was accepted");
+                    let message = err.to_string();
+                    assert!(
+                        !message.contains('\n') && message.len() < 400,
+                        "flip of bit {bit} at {at}: {message}"
+                    );
+                }
             }
         }
     }

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::format::{
-    timestamp, valid_name, ContentHash, Data, Entry, FileEnd, Header, Inode, Record,
+    bad_dump, timestamp, valid_name, ContentHash, Data, Entry, FileEnd, Header, Inode, Record,
 };
 use crate::attr::{Attr, FileKind};
 use crate::codec::Codec;
@@ -77,12 +77,7 @@ impl<'a> Importer<'a> {
             None => header
                 .codec
                 .parse()
-                .map_err(|reason: String| Error::BadDump {
-                    file: header.source.clone(),
-                    record: 1,
-                    offset: 0,
-                    reason,
-                })?,
+                .map_err(|reason: String| bad_dump(&header.source, 1, 0, &reason))?,
         };
         format::mark_unfinished(store, "restoring").await?;
         Ok(Importer {
