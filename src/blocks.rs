@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+
 use crate::codec::{self, Codec, Encoded};
 use crate::error::FsError;
 use crate::meta::redis_failure;
@@ -19,7 +21,19 @@ const PIPELINE_BLOCKS: usize = 32;
 const ENCODE_APART_BLOCKS: usize = 8;
 
 /// A decoded block, shared between the cache and readers.
-pub type Block = Arc<Vec<u8>>;
+pub type Block = Bytes;
+
+/// A block image being written, shared between a file's buffers and the store writing it.
+pub type Image = Arc<Vec<u8>>;
+
+/// An image handed to the cache as a block without copying it.
+struct Written(Image);
+
+impl AsRef<[u8]> for Written {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
 
 /// A least-recently-used cache of decoded blocks, bounded in bytes.
 struct BlockCache {
@@ -91,14 +105,14 @@ impl BlockStore {
     }
 
     /// Encodes a block image with the filesystem's codec, `None` for an all-zero one.
-    pub fn encode(&self, image: &Block) -> Option<Encoded> {
+    pub fn encode(&self, image: &Image) -> Option<Encoded> {
         self.codec.encode_shared(image)
     }
 
     /// Encodes block images, `None` for all-zero ones (stored as holes). A large batch is
     /// encoded on a blocking thread: compressing megabytes must not stall the runtime's worker,
     /// which also drives the Redis connection for every other request.
-    pub async fn encode_all(&self, images: &[Block]) -> Vec<Option<Encoded>> {
+    pub async fn encode_all(&self, images: &[Image]) -> Vec<Option<Encoded>> {
         let codec = self.codec;
         if images.len() < ENCODE_APART_BLOCKS {
             return encode_images(codec, images);
@@ -110,11 +124,15 @@ impl BlockStore {
     }
 
     /// Remembers a block this mount just wrote, so that reading it back costs nothing.
-    pub fn remember(&self, id: u64, image: Block) {
+    pub fn remember(&self, id: u64, image: Image) {
+        self.keep(id, Bytes::from_owner(Written(image)));
+    }
+
+    fn keep(&self, id: u64, block: Block) {
         self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, image);
+            .insert(id, block);
     }
 
     /// `count` fresh block ids.
@@ -162,6 +180,12 @@ impl BlockStore {
     /// A block from the cache, if it is there.
     pub fn cached(&self, id: u64) -> Option<Block> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(id)
+    }
+
+    /// What a fetch of block `id` in flight wakes when it ends, `None` if none is.
+    pub fn fetching(&self, id: u64) -> Option<Done> {
+        let loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        loading.get(&id).cloned()
     }
 
     /// Fetches blocks by id (cache first, then pipelined GETs); `None` where a block is
@@ -248,12 +272,11 @@ impl BlockStore {
                 .map_err(|e| redis_failure("read blocks", &e))?;
             for (&i, value) in chunk.iter().zip(values) {
                 let Some(stored) = value else { continue };
-                let image = codec::decode(&stored, self.block_size).map_err(|e| {
+                let block = codec::decode(stored, self.block_size).map_err(|e| {
                     tracing::error!("block {}: {e}", self.store.keys.block(ids[i]));
                     FsError::Io
                 })?;
-                let block = Arc::new(image);
-                self.remember(ids[i], block.clone());
+                self.keep(ids[i], block.clone());
                 out[i] = Some(block);
             }
         }
@@ -261,12 +284,12 @@ impl BlockStore {
     }
 }
 
-fn encode_images(codec: Codec, images: &[Block]) -> Vec<Option<Encoded>> {
+fn encode_images(codec: Codec, images: &[Image]) -> Vec<Option<Encoded>> {
     images.iter().map(|img| codec.encode_shared(img)).collect()
 }
 
 /// Wakes the waiters of a fetch when dropped (its sender goes with it).
-type Done = tokio::sync::watch::Receiver<()>;
+pub type Done = tokio::sync::watch::Receiver<()>;
 
 /// Block ids one task is fetching; dropping it (done, failed or cancelled) releases them.
 struct Loading<'a> {
@@ -298,10 +321,10 @@ mod tests {
             limit: 30,
         };
         for id in 0..3 {
-            cache.insert(id, Arc::new(vec![0; 10]));
+            cache.insert(id, Bytes::from(vec![0; 10]));
         }
         assert!(cache.get(0).is_some());
-        cache.insert(3, Arc::new(vec![0; 10]));
+        cache.insert(3, Bytes::from(vec![0; 10]));
         assert!(cache.get(1).is_none(), "1 was the least recently used");
         assert!(cache.get(0).is_some() && cache.get(2).is_some() && cache.get(3).is_some());
         assert_eq!(cache.bytes, 30);

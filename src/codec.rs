@@ -9,6 +9,8 @@ use std::io::{Read, Write};
 use std::str::FromStr;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 /// Compression applied to blocks, chosen when a filesystem is created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Codec {
@@ -197,8 +199,9 @@ pub enum DecodeError {
     },
 }
 
-/// Decodes a stored block into exactly `block_size` bytes.
-pub fn decode(stored: &[u8], block_size: usize) -> Result<Vec<u8>, DecodeError> {
+/// Decodes a stored block into exactly `block_size` bytes. A full uncompressed block is the
+/// stored value itself past its tag: the bytes are not copied.
+pub fn decode(stored: Vec<u8>, block_size: usize) -> Result<Bytes, DecodeError> {
     let (&tag, payload) = stored.split_first().ok_or(DecodeError::Empty)?;
     let codec = Codec::from_tag(tag).ok_or(DecodeError::UnknownTag(tag))?;
     let corrupt = DecodeError::Corrupt {
@@ -206,12 +209,8 @@ pub fn decode(stored: &[u8], block_size: usize) -> Result<Vec<u8>, DecodeError> 
         limit: block_size,
     };
     let mut out = match codec {
-        Codec::None => {
-            // Room for the zero tail at once: growing later would copy the block again.
-            let mut out = Vec::with_capacity(block_size.max(payload.len()));
-            out.extend_from_slice(payload);
-            out
-        }
+        Codec::None if payload.len() == block_size => return Ok(Bytes::from(stored).slice(1..)),
+        Codec::None => payload.to_vec(),
         Codec::Lz4 => {
             let mut out = vec![0u8; block_size];
             let n = lz4_flex::block::decompress_into(payload, &mut out).map_err(|_| corrupt)?;
@@ -237,7 +236,7 @@ pub fn decode(stored: &[u8], block_size: usize) -> Result<Vec<u8>, DecodeError> 
         });
     }
     out.resize(block_size, 0);
-    Ok(out)
+    Ok(Bytes::from(out))
 }
 
 /// The block without its trailing zero bytes.
@@ -308,7 +307,7 @@ mod tests {
         for codec in Codec::ALL {
             for block in [&text, &random, &sparse, &vec![0u8; bs]] {
                 let stored = codec.encode(block);
-                assert_eq!(&decode(&stored, bs).unwrap(), block, "{codec:?}");
+                assert_eq!(decode(stored, bs).unwrap(), &block[..], "{codec:?}");
             }
             if codec != Codec::None {
                 assert!(
@@ -323,13 +322,13 @@ mod tests {
 
     #[test]
     fn corrupt_blocks_are_errors_not_panics() {
-        assert_eq!(decode(&[], 16), Err(DecodeError::Empty));
-        assert_eq!(decode(&[9, 1], 16), Err(DecodeError::UnknownTag(9)));
+        assert_eq!(decode(vec![], 16), Err(DecodeError::Empty));
+        assert_eq!(decode(vec![9, 1], 16), Err(DecodeError::UnknownTag(9)));
         for tag in 1..=3 {
-            assert!(decode(&[tag, 0xff, 0xfe, 0x01, 0x02], 16).is_err());
+            assert!(decode(vec![tag, 0xff, 0xfe, 0x01, 0x02], 16).is_err());
         }
         assert!(
-            decode(&[0; 40], 16).is_err(),
+            decode(vec![0; 40], 16).is_err(),
             "raw block longer than the block size"
         );
     }

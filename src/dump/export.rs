@@ -239,7 +239,7 @@ impl Exporter<'_> {
                         "block {index} is {block_key}, which is missing; run redisfs-fsck --repair"
                     ),
                 })?;
-                let mut bytes = codec::decode(&stored, self.block_size as usize).map_err(|e| {
+                let mut bytes = codec::decode(stored, self.block_size as usize).map_err(|e| {
                     Error::CorruptKey {
                         key: block_key,
                         reason: format!("{e}; run redisfs-fsck --verify-data --repair"),
@@ -255,7 +255,7 @@ impl Exporter<'_> {
                 self.emit(Record::Data(Data {
                     ino: attr.ino,
                     index,
-                    bytes: Bytes(bytes),
+                    bytes: Bytes(bytes.into()),
                 }))
                 .await?;
             }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use crate::attr::{Attr, Timestamp};
-use crate::blocks::Block;
+use crate::blocks::{Block, Image};
 use crate::codec::Encoded;
 use crate::error::FsError;
 
@@ -93,7 +93,9 @@ const BATCHES_IN_FLIGHT: usize = 3;
 /// Block-map entries fetched at once when reading a file whose map is not known.
 const MAP_WINDOW: u64 = 64;
 /// Blocks read ahead of a sequential reader.
-const READ_AHEAD: u64 = 16;
+const READ_AHEAD: u64 = 64;
+/// Blocks per read-ahead fetch: a reader waiting for one block of a fetch waits for all of it.
+const READ_AHEAD_STEP: usize = 16;
 /// Stored bytes a batch may carry inside its commit call rather than in SETs before it.
 const INLINE_BYTES: usize = 256 << 10;
 /// Attempts before a lost compare-and-swap becomes an error.
@@ -135,7 +137,7 @@ impl Ranges {
 #[derive(Clone, Debug)]
 pub struct Pending {
     /// Shared, so that a full block is stored and cached without copying it.
-    data: Block,
+    data: Image,
     ranges: Ranges,
     _charge: Charge,
 }
@@ -511,11 +513,11 @@ impl Core {
                 file.state().forget_map(false);
                 continue;
             }
-            let mut images: Vec<Block> = Vec::with_capacity(todo.len());
+            let mut images: Vec<Image> = Vec::with_capacity(todo.len());
             for ((_, pending), old) in todo.iter().zip(&old_ids) {
                 let image = match bases.get(old) {
                     Some(Some(base)) if !pending.is_full() => {
-                        let mut image = (**base).clone();
+                        let mut image = base.to_vec();
                         pending.overlay(&mut image);
                         Arc::new(image)
                     }
@@ -696,8 +698,10 @@ impl Core {
         Err(FsError::Io)
     }
 
-    /// A read answered from memory alone (known block map, cached blocks), or `None` when
-    /// Redis must be asked. Read-ahead keeps a sequential reader on this path.
+    /// A read answered on the calling FUSE thread from the known block map and blocks that
+    /// are cached or already being fetched (read-ahead), or `None` when Redis must be asked.
+    /// Waiting here for a fetch in flight keeps the copying off the runtime's one worker,
+    /// which is busy receiving the blocks. Read-ahead keeps a sequential reader on this path.
     pub fn read_cached(
         self: &Arc<Self>,
         file: &Arc<OpenFile>,
@@ -705,21 +709,42 @@ impl Core {
         size: u32,
         runtime: &tokio::runtime::Handle,
     ) -> Option<Vec<u8>> {
-        let (plan, bases) = {
+        let (plan, ids) = {
             let mut st = file.state();
             let Some(plan) = st.plan_read(offset, size, self.block_size as u64) else {
                 return Some(Vec::new());
             };
-            let mut bases = HashMap::new();
+            let mut ids = Vec::new();
             for idx in plan.bases_needed() {
                 let id = st.known_id(idx)?;
                 if id != 0 {
-                    bases.insert(idx, self.blocks.cached(id)?);
+                    ids.push((idx, id));
                 }
             }
             st.read_end = plan.end;
-            (plan, bases)
+            (plan, ids)
         };
+        let mut fetches = Vec::new();
+        let mut bases = HashMap::new();
+        for &(idx, id) in &ids {
+            match self.blocks.cached(id) {
+                Some(block) => {
+                    bases.insert(idx, block);
+                }
+                None => fetches.push((idx, id, self.blocks.fetching(id)?)),
+            }
+        }
+        if !fetches.is_empty() {
+            runtime.block_on(async {
+                for (_, _, done) in &mut fetches {
+                    // The fetcher drops its sender when it ends, however it ends.
+                    let _ = done.changed().await;
+                }
+            });
+            for (idx, id, _) in fetches {
+                bases.insert(idx, self.blocks.cached(id)?);
+            }
+        }
         let out = self.assemble(offset, &plan, &bases);
         if plan.sequential {
             self.read_ahead(file, plan.end, runtime);
@@ -743,7 +768,7 @@ impl Core {
                 }
                 continue;
             }
-            let mut image = base.map_or_else(|| vec![0; bs as usize], |b| (**b).clone());
+            let mut image = base.map_or_else(|| vec![0; bs as usize], |b| b.to_vec());
             for layer in &block.layers {
                 layer.overlay(&mut image);
             }
@@ -753,7 +778,8 @@ impl Core {
     }
 
     /// Starts fetching the blocks from the one holding byte `from` into the cache, each block
-    /// once.
+    /// once, with the block map ahead of them: a reader that finds both in memory is answered
+    /// on the FUSE thread, leaving the runtime's worker to Redis.
     fn read_ahead(
         self: &Arc<Self>,
         file: &Arc<OpenFile>,
@@ -761,7 +787,7 @@ impl Core {
         runtime: &tokio::runtime::Handle,
     ) {
         let from = from.div_ceil(self.block_size as u64);
-        let ids: Vec<u64> = {
+        let idxs: Vec<u64> = {
             let mut st = file.state();
             let last = st.attr.size.div_ceil(self.block_size as u64);
             let start = from.max(st.ahead_to);
@@ -770,17 +796,20 @@ impl Core {
                 return;
             }
             st.ahead_to = end;
-            (start..end)
-                .filter_map(|i| st.known_id(i))
-                .filter(|&id| id != 0)
-                .collect()
+            (start..end).collect()
         };
-        if ids.is_empty() {
-            return;
-        }
         let core = self.clone();
+        let file = file.clone();
         runtime.spawn(async move {
-            let _ = core.blocks.get(&ids).await;
+            let Ok(ids) = core.map_ids(&file, &idxs).await else {
+                return;
+            };
+            let ids: Vec<u64> = ids.into_iter().filter(|&id| id != 0).collect();
+            // Separate fetches, so that a reader waiting for one block waits only for its own.
+            let fetches = ids
+                .chunks(READ_AHEAD_STEP)
+                .map(|step| core.blocks.get(step));
+            futures_util::future::join_all(fetches).await;
         });
     }
 }

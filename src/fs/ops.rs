@@ -176,7 +176,7 @@ impl Core {
         let Some(Some(block)) = self.blocks.get(&[old]).await?.pop() else {
             return Err(FsError::Again);
         };
-        let mut image = (*block).clone();
+        let mut image = block.to_vec();
         image[(size % bs) as usize..].fill(0);
         let image = Arc::new(image);
         let Some(encoded) = self.blocks.encode(&image) else {

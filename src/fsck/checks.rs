@@ -818,7 +818,7 @@ impl Checker<'_> {
                 .await
                 .map_err(self.store.failed("GET"))?;
             for (&(ino, index, id), value) in batch.iter().zip(values) {
-                let Some(Err(err)) = value.map(|v| codec::decode(&v, self.block_size as usize))
+                let Some(Err(err)) = value.map(|v| codec::decode(v, self.block_size as usize))
                 else {
                     continue;
                 };
