@@ -168,6 +168,17 @@ impl Meta {
         args: ScriptArgs,
     ) -> Result<Vec<Value>, FsError> {
         self.send_deferred().await?;
+        self.run_unsent(what, script, args).await
+    }
+
+    /// Runs a script without sending this mount's deferred changes first: for reads of
+    /// inodes the changes do not touch.
+    async fn run_unsent(
+        &self,
+        what: &str,
+        script: &redis::Script,
+        args: ScriptArgs,
+    ) -> Result<Vec<Value>, FsError> {
         let started = std::time::Instant::now();
         let mut delay = std::time::Duration::from_millis(1);
         loop {
@@ -236,10 +247,17 @@ impl Meta {
         }
     }
 
-    /// Reads many records in one round trip; missing inodes are `None`.
+    /// Reads many records in one round trip; missing inodes are `None`. Deferred changes
+    /// are sent first only if they touch one of them (`rm -rf` reads each directory's
+    /// records while its log of unlinks grows).
     pub async fn records(&self, inos: &[u64]) -> Result<Vec<Option<Attr>>, FsError> {
+        if inos.iter().any(|&ino| self.delegation.touches(ino)) {
+            self.send_deferred().await?;
+        }
         let args = inos.iter().fold(ScriptArgs::default(), |a, i| a.num(i));
-        let reply = self.run("records", &self.scripts.records, args).await?;
+        let reply = self
+            .run_unsent("records", &self.scripts.records, args)
+            .await?;
         Ok(inos
             .iter()
             .enumerate()

@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::attr::{Attr, FileKind};
+use crate::attr::{Attr, FileKind, Timestamp};
 use crate::error::FsError;
 use crate::meta::DirEntry;
 
@@ -112,21 +112,32 @@ impl Core {
         };
         let Some(inos) = inos else { return Ok(handle) };
         let epoch = self.cache.epoch();
+        // The kernel takes only the inode number and type of `.` and `..` from a readdirplus
+        // reply (it does not link them), so theirs need no trip: `..` is often the directory
+        // whose unlinks are waiting to be sent, which reading its record would send.
+        let (dots, named) = inos.split_at(2.min(inos.len()));
+        let mut attrs: Vec<Option<Attr>> = dots
+            .iter()
+            .map(|&ino| {
+                Some(
+                    self.getattr_cached(ino)
+                        .unwrap_or_else(|| stand_in_dir(ino)),
+                )
+            })
+            .collect();
         // Entries this mount knows already (it created them, or stat'ed them) cost no trip.
-        let known: Option<Vec<Option<Attr>>> = inos
+        let known: Option<Vec<Option<Attr>>> = named
             .iter()
             .map(|&ino| self.getattr_cached(ino).map(Some))
             .collect();
-        let attrs = match known {
-            Some(known) => known,
+        match known {
+            Some(known) => attrs.extend(known),
             None => {
-                let mut attrs = Vec::with_capacity(inos.len());
-                for chunk in inos.chunks(RECORDS_PER_CALL) {
+                for chunk in named.chunks(RECORDS_PER_CALL) {
                     attrs.extend(self.meta.records(chunk).await?);
                 }
-                attrs
             }
-        };
+        }
         let mut h = lock(&handle);
         let dir = h.ino;
         // `ls -l` and friends stat every entry next: answer those from memory.
@@ -143,5 +154,14 @@ impl Core {
     /// Closes a directory handle.
     pub fn releasedir(&self, fh: u64) {
         lock(&self.dirs).remove(&fh);
+    }
+}
+
+/// Attributes for `.` or `..` in a readdirplus reply when they are not cached: of these the
+/// kernel reads only the inode number and the type.
+fn stand_in_dir(ino: u64) -> Attr {
+    Attr {
+        ino,
+        ..Attr::new(FileKind::Dir, 0o755, 0, 0, Timestamp::now())
     }
 }

@@ -7,8 +7,9 @@
 --   ->  {0} or {errno, index of the change at fault}
 local FIRST, WIDTH = 4, 6
 local n = (#ARGV - FIRST + 1) / WIDTH
--- What the batch has done so far to names and leases, seen by the later checks.
-local names, born, kinds, added = {}, {}, {}, {}
+-- What the batch has done so far to names and leases, seen by the later checks, and the
+-- parents already found live and leased here (nothing before the batch's end changes that).
+local names, born, kinds, added, held = {}, {}, {}, {}, {}
 local function count(dir, n) added[dir] = (added[dir] or 0) + n end
 local function entry_now(parent, name)
   local e = names[parent .. '/' .. name]
@@ -18,10 +19,11 @@ end
 for i = 0, n - 1 do
   local at = FIRST + i * WIDTH
   local op, parent, name, ino = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2], tonumber(ARGV[at + 3])
-  if not born[parent] then
+  if not born[parent] and not held[parent] then
     if redis.call('HGET', P .. 'lease', parent) ~= SID then return { E.PERM, i } end
     local _, err = live_dir(parent)
     if err then return { err, i } end
+    held[parent] = true
   end
   local e = entry_now(parent, name)
   if op == 'u' or op == 'r' then

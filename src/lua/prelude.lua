@@ -79,26 +79,30 @@ local function stat_add(field, n)
 end
 -- The last link is gone: the removing session reclaims the inode once nothing holds it open.
 local function orphan(ino) redis.call('SADD', P .. 'session:' .. SID .. ':held', ino) end
-local function delete_blocks(ids)
-  for i = 1, #ids, 500 do
-    local keys = {}
-    for j = i, math.min(i + 499, #ids) do keys[#keys + 1] = P .. 'b:' .. ids[j] end
-    redis.call('DEL', unpack(keys))
-  end
+-- Deletes the blocks `ids` and the keys `also`.
+local function delete_blocks(ids, also)
+  local keys = also or {}
+  for _, id in ipairs(ids) do keys[#keys + 1] = P .. 'b:' .. id end
+  for i = 1, #keys, 500 do redis.call('DEL', unpack(keys, i, math.min(i + 499, #keys))) end
 end
--- Small maps are freed at once; large ones are queued so that no script runs for long.
-local function free_data(ino)
+-- Frees the data of `ino` (record `r`, if it has one) and deletes the keys `also` with it. Small maps are
+-- freed at once; large ones are queued so that no script runs for long. A file of at most
+-- 512 KiB has at most 512 blocks whatever the block size, so its map is not counted first.
+local function free_data(ino, r, also)
   local map = P .. 'm:' .. ino
-  local n = redis.call('HLEN', map)
-  if n == 0 then return end
-  if n <= 512 then
-    delete_blocks(redis.call('HVALS', map))
-    redis.call('DEL', map)
-    stat_add('blocks', -n)
-  else
+  if (not r or size(r) > 524288) and redis.call('HLEN', map) > 512 then
     redis.call('RENAME', map, P .. 'free:' .. ino)
     redis.call('SADD', P .. 'freeing', ino)
+    delete_blocks({}, also)
+    return
   end
+  local ids = redis.call('HVALS', map)
+  if #ids > 0 then
+    also = also or {}
+    also[#also + 1] = map
+    stat_add('blocks', -#ids)
+  end
+  delete_blocks(ids, also)
 end
 -- Deletes an inode whose last link is gone and that nothing holds open any more.
 local function delete_inode(ino)
@@ -110,8 +114,7 @@ local function delete_inode(ino)
       redis.call('SREM', P .. 'session:' .. holder .. ':leases', ino)
     end
   end
-  free_data(ino)
-  redis.call('DEL', P .. 'd:' .. ino, P .. 'x:' .. ino, P .. 'l:' .. ino)
+  free_data(ino, r, { P .. 'd:' .. ino, P .. 'x:' .. ino, P .. 'l:' .. ino })
   redis.call('HDEL', bucket(ino), ino % PER_BUCKET)
   records[ino], changed[ino] = false, nil
   stat_add('inodes', -1)

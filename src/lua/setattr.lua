@@ -22,7 +22,7 @@ if has(8) then
       if cur ~= '0' and ARGV[16] == '0' then stat_add('blocks', -1) end
     end
     if new == 0 then
-      free_data(ino)
+      free_data(ino, r)
     else
       local keep = math.ceil(new / bs)
       local all = redis.call('HGETALL', map)
