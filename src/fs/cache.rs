@@ -22,7 +22,7 @@ const LIMIT: usize = 500_000;
 #[derive(Default)]
 pub struct MetaCache {
     names: Mutex<HashMap<(u64, Vec<u8>), u64>>,
-    attrs: Mutex<HashMap<u64, Attr>>,
+    attrs: Mutex<AttrTable>,
     complete: Mutex<HashSet<u64>>,
     /// Inodes known to have no extended attributes (this mount created them, and no change
     /// to them was announced since): the kernel asks for `security.capability` before every
@@ -31,6 +31,33 @@ pub struct MetaCache {
     epoch: AtomicU64,
     /// Bumped whenever a name may have appeared without this cache learning it.
     names_epoch: AtomicU64,
+}
+
+/// Attributes by inode, with the epoch of each inode's last change, so that a read which
+/// raced only with changes to other inodes may still keep what it read (during `cp -r`
+/// something changes all the time, and each file's store would otherwise forget its file).
+#[derive(Default)]
+struct AttrTable {
+    attrs: HashMap<u64, Attr>,
+    changed: HashMap<u64, u64>,
+    /// Reads begun before this epoch keep nothing (`changed` was cleared then).
+    floor: u64,
+}
+
+impl AttrTable {
+    /// Whether nothing changed `ino`'s attributes since `epoch`.
+    fn unchanged_since(&self, ino: u64, epoch: u64) -> bool {
+        epoch >= self.floor && self.changed.get(&ino).is_none_or(|&at| at <= epoch)
+    }
+
+    /// Notes that `ino` changed in `epoch`.
+    fn note_change(&mut self, ino: u64, epoch: u64) {
+        if self.changed.len() >= LIMIT {
+            self.changed.clear();
+            self.floor = epoch;
+        }
+        self.changed.insert(ino, epoch);
+    }
 }
 
 impl MetaCache {
@@ -47,7 +74,7 @@ impl MetaCache {
 
     /// The attributes of `ino`, if remembered.
     pub fn attr(&self, ino: u64) -> Option<Attr> {
-        lock(&self.attrs).get(&ino).copied()
+        lock(&self.attrs).attrs.get(&ino).copied()
     }
 
     /// The epoch of name knowledge, taken before creating a directory (see [`Self::created_dir`]).
@@ -86,15 +113,16 @@ impl MetaCache {
         self.insert(&mut attrs, name, attr);
     }
 
-    /// Keeps `attr`, read in `epoch`, in place of what was remembered of its inode; if
-    /// something changed since, forgets the inode instead (what was remembered is older).
+    /// Keeps `attr`, read in `epoch`, in place of what was remembered of its inode; if the
+    /// inode changed since, forgets it instead (what was remembered may be older).
     pub fn replace(&self, epoch: u64, attr: Attr) {
         let mut attrs = lock(&self.attrs);
-        if self.epoch() == epoch {
+        if attrs.unchanged_since(attr.ino, epoch) {
             self.insert(&mut attrs, None, attr);
         } else {
-            self.epoch.fetch_add(1, Ordering::AcqRel);
-            attrs.remove(&attr.ino);
+            let now = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+            attrs.note_change(attr.ino, now);
+            attrs.attrs.remove(&attr.ino);
         }
     }
 
@@ -102,15 +130,16 @@ impl MetaCache {
     /// whatever was read before. Reads under way then do not store what they read.
     pub fn set(&self, name: Option<(u64, &[u8])>, attr: Attr) {
         let mut attrs = lock(&self.attrs);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let now = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        attrs.note_change(attr.ino, now);
         self.insert(&mut attrs, name, attr);
     }
 
-    fn insert(&self, attrs: &mut HashMap<u64, Attr>, name: Option<(u64, &[u8])>, attr: Attr) {
-        if attrs.len() >= LIMIT {
-            attrs.clear();
+    fn insert(&self, attrs: &mut AttrTable, name: Option<(u64, &[u8])>, attr: Attr) {
+        if attrs.attrs.len() >= LIMIT {
+            attrs.attrs.clear();
         }
-        attrs.insert(attr.ino, attr);
+        attrs.attrs.insert(attr.ino, attr);
         if let Some((parent, name)) = name {
             let mut names = lock(&self.names);
             if names.len() >= LIMIT {
@@ -124,8 +153,9 @@ impl MetaCache {
     /// Forgets an inode's attributes.
     pub fn forget_attr(&self, ino: u64) {
         let mut attrs = lock(&self.attrs);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        attrs.remove(&ino);
+        let now = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        attrs.note_change(ino, now);
+        attrs.attrs.remove(&ino);
     }
 
     /// Forgets a name whose entry may now name anything, or nothing (changed elsewhere).
@@ -167,11 +197,55 @@ impl MetaCache {
     /// Forgets everything (events may have been missed).
     pub fn clear(&self) {
         let mut attrs = lock(&self.attrs);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let now = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         self.names_epoch.fetch_add(1, Ordering::AcqRel);
-        attrs.clear();
+        attrs.attrs.clear();
+        attrs.changed.clear();
+        attrs.floor = now;
         lock(&self.names).clear();
         lock(&self.complete).clear();
         lock(&self.no_xattrs).clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attr::{FileKind, Timestamp};
+
+    fn file(ino: u64, size: u64) -> Attr {
+        Attr {
+            ino,
+            size,
+            ..Attr::new(FileKind::File, 0o644, 0, 0, Timestamp::now())
+        }
+    }
+
+    #[test]
+    fn a_store_keeps_its_record_unless_its_own_inode_changed_meanwhile() {
+        let cache = MetaCache::default();
+        let before = cache.epoch();
+        cache.set(None, file(7, 1));
+        cache.replace(before, file(8, 10));
+        assert_eq!(
+            cache.attr(8).map(|a| a.size),
+            Some(10),
+            "raced only with inode 7"
+        );
+
+        let before = cache.epoch();
+        cache.set(None, file(8, 20));
+        cache.replace(before, file(8, 10));
+        assert_eq!(
+            cache.attr(8),
+            None,
+            "inode 8 changed while its record was read"
+        );
+
+        cache.set(None, file(9, 1));
+        let before = cache.epoch();
+        cache.clear();
+        cache.replace(before, file(9, 5));
+        assert_eq!(cache.attr(9), None, "everything was forgotten meanwhile");
     }
 }

@@ -31,4 +31,5 @@ for _, dir in ipairs(redis.call('SMEMBERS', leases)) do
 end
 redis.call('DEL', held, locks, leases, P .. 'session:' .. dead, P .. 'session:' .. dead .. ':replies')
 redis.call('ZREM', P .. 'sessions', dead)
+flush_stats()
 return { 0, deleted }

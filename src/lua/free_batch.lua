@@ -15,4 +15,5 @@ if #fields > 0 then
   stat_add('blocks', -#ids)
 end
 if redis.call('EXISTS', map) == 0 then redis.call('SREM', P .. 'freeing', ino) end
+flush_stats()
 return { 0, #fields }

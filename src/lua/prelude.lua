@@ -34,7 +34,18 @@ local function rec(ino)
 end
 local function put(ino, r) records[ino] = r; changed[ino] = true end
 local function update(ino, f) local r = rec(ino); if r then put(ino, f(r)) end end
+-- Counter changes are summed over the script and written once, by save() or flush_stats()
+-- (a batch of unlinks would otherwise write each counter once per file).
+local stats = {}
+local function stat_add(field, n) stats[field] = (stats[field] or 0) + n end
+local function flush_stats()
+  for field, n in pairs(stats) do
+    if n ~= 0 then redis.call('HINCRBY', P .. 'stat', field, n) end
+  end
+  stats = {}
+end
 local function save()
+  flush_stats()
   for ino in pairs(changed) do
     redis.call('HSET', bucket(ino), ino % PER_BUCKET, records[ino])
     events[#events + 1] = 'a' .. ino
@@ -73,9 +84,6 @@ local function live_dir(ino)
   if not is_dir(r) then return nil, E.NOTDIR end
   if nlink(r) == 0 then return nil, E.NOENT end
   return r
-end
-local function stat_add(field, n)
-  if n ~= 0 then redis.call('HINCRBY', P .. 'stat', field, n) end
 end
 -- The last link is gone: the removing session reclaims the inode once nothing holds it open.
 local function orphan(ino) redis.call('SADD', P .. 'session:' .. SID .. ':held', ino) end

@@ -11,4 +11,5 @@ for i = 4, #ARGV do
   end
   redis.call('SREM', held, ino)
 end
+flush_stats()
 return { 0, deleted }
