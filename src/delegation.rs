@@ -75,6 +75,17 @@ struct Log {
     inos: std::ops::Range<u64>,
 }
 
+/// What a deferred removal takes away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// The last link of a file not open here: the file goes with it.
+    File,
+    /// The last link of a file open here: this session holds it until its last close.
+    HeldFile,
+    /// An empty directory leased here.
+    Dir,
+}
+
 /// A mount's leased directories and the log of changes made in them.
 pub struct Delegation {
     enabled: bool,
@@ -157,15 +168,21 @@ impl Delegation {
         true
     }
 
-    /// Defers the removal of `parent/name`, if `parent` is leased here: of the last link of
-    /// file `ino` (not open here), or with `dir`, of the leased directory `ino` this mount
-    /// knows to be empty.
-    pub fn remove(&self, parent: u64, name: &[u8], ino: u64, dir: bool, time: Timestamp) -> bool {
+    /// Defers the removal of `parent/name` (`ino`, see [`Removal`]), if `parent` is leased
+    /// here; a directory must be leased here too and known to be empty.
+    pub fn remove(
+        &self,
+        parent: u64,
+        name: &[u8],
+        ino: u64,
+        removal: Removal,
+        time: Timestamp,
+    ) -> bool {
         let mut log = lock(&self.log);
         if !log.leased.contains(&parent) || log.changes.len() >= LOG_LIMIT {
             return false;
         }
-        if dir {
+        if removal == Removal::Dir {
             if !log.leased.contains(&ino) || log.entries.get(&ino) != Some(&0) {
                 return false;
             }
@@ -178,7 +195,11 @@ impl Delegation {
         self.append(
             log,
             Deferred {
-                op: if dir { b'r' } else { b'u' },
+                op: match removal {
+                    Removal::File => b'u',
+                    Removal::HeldFile => b'h',
+                    Removal::Dir => b'r',
+                },
                 parent,
                 name: name.to_vec(),
                 ino,

@@ -312,13 +312,14 @@ impl Meta {
         name: &[u8],
         dir: bool,
         closed: u64,
+        now: Timestamp,
     ) -> Result<(u64, bool), FsError> {
         self.delegation.changed_directly(parent);
         let args = ScriptArgs::default()
             .num(parent)
             .bytes(name)
             .num(u8::from(dir))
-            .bytes(Timestamp::now().encode())
+            .bytes(now.encode())
             .num(closed);
         let reply = self.run("remove", &self.scripts.remove, args).await?;
         let ino = int(reply.get(1)).ok_or(FsError::Io)? as u64;

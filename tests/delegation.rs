@@ -174,6 +174,52 @@ fn a_file_reopened_right_after_its_close_reads_what_was_written() {
 }
 
 #[test]
+fn files_removed_while_open_stay_usable_and_leave_nothing_once_closed() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &[]);
+    fs::create_dir(a.join("d")).unwrap();
+    let data = common::random_bytes(200_000, 7);
+    // Written, removed while open (their removal is deferred and their closes are still to
+    // come), then used through the descriptor: what was written is still there.
+    let mut open = Vec::new();
+    for i in 0..100 {
+        let path = a.join(format!("d/{i}"));
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut f, &data).unwrap();
+        fs::remove_file(&path).unwrap();
+        open.push(f);
+    }
+    assert!(names(&a.join("d")).is_empty());
+    for f in &open {
+        let mut back = vec![0u8; data.len()];
+        std::os::unix::fs::FileExt::read_exact_at(f, &mut back, 0).unwrap();
+        assert!(back == data, "an unlinked open file lost its bytes");
+        assert_eq!(f.metadata().unwrap().nlink(), 0);
+    }
+    let b = Mount::new(&redis, "skx", &[]);
+    assert!(names(&b.join("d")).is_empty());
+    drop(open);
+    // Closed: nothing of them remains in Redis, and nothing was leaked.
+    common::eventually("removed files reclaimed", SOON, || {
+        !redis
+            .keys("skx")
+            .iter()
+            .any(|k| k.starts_with("skx:b:") || k.starts_with("skx:m:"))
+    });
+    drop((a, b));
+    assert_clean(&redis, "skx");
+}
+
+#[test]
 fn a_snapshot_right_after_creates_holds_them() {
     if !common::ready() {
         return;

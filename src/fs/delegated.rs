@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::attr::{Attr, FileKind, Timestamp};
+use crate::delegation::Removal;
 use crate::error::FsError;
 
 use super::ops::{check_name, new_attr, Caller};
@@ -28,7 +29,7 @@ impl Core {
             return None;
         }
         let _open = self.open_gate()?;
-        let mut dir = self.cache.attr(parent)?;
+        let dir = self.cache.attr(parent)?;
         if !self.cache.absent(parent, name) {
             return None;
         }
@@ -39,11 +40,9 @@ impl Core {
         }
         self.cache.set(Some((parent, name)), attr);
         if kind == FileKind::Dir {
-            dir.nlink += 1;
             self.cache.created_dir(self.cache.names_epoch(), attr.ino);
         }
-        (dir.mtime, dir.ctime) = (now, now);
-        self.cache.set(None, dir);
+        self.stamp_dir(dir, now, i32::from(kind == FileKind::Dir));
         self.cache.created_without_xattrs(attr.ino);
         Some(Ok(attr))
     }
@@ -117,27 +116,61 @@ impl Core {
             return None;
         }
         let _open = self.open_gate()?;
-        let mut parent_attr = self.cache.attr(parent)?;
+        let parent_attr = self.cache.attr(parent)?;
         let attr = self.cache.entry(parent, name)?;
         if (attr.kind() == FileKind::Dir) != dir || !dir && attr.nlink != 1 {
             return None;
         }
-        let _deleting = self.deleting(attr.ino)?;
         let now = Timestamp::now();
-        if !self
-            .meta
-            .delegation
-            .remove(parent, name, attr.ino, dir, now)
-        {
+        if let Some(_deleting) = self.deleting(attr.ino) {
+            let removal = if dir { Removal::Dir } else { Removal::File };
+            if !self
+                .meta
+                .delegation
+                .remove(parent, name, attr.ino, removal, now)
+            {
+                return None;
+            }
+        } else if dir || !self.remove_held(parent, name, attr.ino, now) {
             return None;
         }
         self.cache.removed(parent, name);
         self.cache.forget_attr(attr.ino);
-        if dir {
-            parent_attr.nlink -= 1;
-        }
-        (parent_attr.mtime, parent_attr.ctime) = (now, now);
-        self.cache.set(None, parent_attr);
+        self.stamp_dir(parent_attr, now, -i32::from(dir));
         Some(Ok(()))
+    }
+
+    /// Defers the removal of the last link of `ino`, a file open here that was created in
+    /// `parent`: this session holds it until its last close. Under the table of open files,
+    /// where a last close takes the file out, so that the close sees it orphaned.
+    fn remove_held(&self, parent: u64, name: &[u8], ino: u64, now: Timestamp) -> bool {
+        let files = lock(&self.files);
+        let Some((file, _)) = files.get(&ino) else {
+            return false;
+        };
+        if file.born_in.load(Ordering::Acquire) != parent || self.open_or_removal_under_way(ino) {
+            return false;
+        }
+        if !self
+            .meta
+            .delegation
+            .remove(parent, name, ino, Removal::HeldFile, now)
+        {
+            return false;
+        }
+        let mut st = file.state();
+        st.orphaned = true;
+        st.attr.nlink = 0;
+        st.attr.ctime = now;
+        true
+    }
+
+    /// Caches the attributes of a directory (`attr` as cached before) after this mount
+    /// created or removed an entry in it at `now`, adding `subdirs` subdirectories (or
+    /// removing them): the same change its script or log entry makes in Redis.
+    pub(super) fn stamp_dir(&self, mut attr: Attr, now: Timestamp, subdirs: i32) {
+        attr.nlink = attr.nlink.saturating_add_signed(subdirs);
+        (attr.mtime, attr.ctime) = (now, now);
+        self.cache.set(None, attr);
     }
 }

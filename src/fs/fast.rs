@@ -52,13 +52,15 @@ impl Core {
     }
 
     /// A flush with nothing to store or unlock: done. So is one of a file no other mount can
-    /// open yet (created in a directory leased here, with one link): its buffers are stored
-    /// at its release, which close(2) does not wait for, or before another mount recalls the
-    /// directory, or at a freeze, `fsync`, an open or unmount.
+    /// open yet (created in a directory leased here, with one link, or none left): its
+    /// buffers are stored at its release, which close(2) does not wait for (or dropped there,
+    /// if it has no link), or before another mount recalls the directory, or at a freeze,
+    /// `fsync`, an open or unmount.
     pub fn flush_at_once(&self, fh: u64, ino: u64, owner: u64) -> Option<Result<(), FsError>> {
         let private = |f: &super::OpenFile| {
             let dir = f.born_in.load(std::sync::atomic::Ordering::Acquire);
-            dir != 0 && f.state().attr.nlink == 1 && self.meta.delegation.holds(dir)
+            let links = f.state().attr.nlink;
+            dir != 0 && links <= 1 && self.meta.delegation.holds(dir)
         };
         self.closes_quietly(fh, ino, Some(owner), private)
             .then_some(Ok(()))

@@ -6,6 +6,7 @@
 //! names the block the merge started from (compare-and-swap). A writer that loses the race
 //! re-reads and merges again, so two mounts writing different bytes of one block lose nothing.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -151,6 +152,18 @@ impl Pending {
         }
     }
 
+    /// A buffer of a whole block written at once (no zeros written first, only to be copied
+    /// over: a sequential writer fills every block this way).
+    fn whole(bytes: &[u8], buffered: &Arc<AtomicUsize>) -> Pending {
+        let mut ranges = Ranges::default();
+        ranges.add(0, bytes.len());
+        Pending {
+            data: Arc::new(bytes.to_vec()),
+            ranges,
+            _charge: Charge::new(buffered, bytes.len()),
+        }
+    }
+
     fn write(&mut self, offset: usize, bytes: &[u8]) {
         Arc::make_mut(&mut self.data)[offset..offset + bytes.len()].copy_from_slice(bytes);
         self.ranges.add(offset, offset + bytes.len());
@@ -203,6 +216,13 @@ pub struct FileState {
 }
 
 impl FileState {
+    /// Drops what is buffered and not being stored (see [`Core::release`]).
+    pub fn drop_buffers(&mut self) {
+        self.dirty.clear();
+        self.full_dirty = 0;
+        self.dirty_since = None;
+    }
+
     /// Whether writes are buffered or being stored.
     pub fn has_pending(&self) -> bool {
         !self.dirty.is_empty() || !self.inflight.is_empty()
@@ -262,7 +282,7 @@ pub struct OpenFile {
     /// Its inode number.
     pub ino: u64,
     state: Mutex<FileState>,
-    flush_lock: tokio::sync::Mutex<()>,
+    pub(super) flush_lock: tokio::sync::Mutex<()>,
     /// Orders the commits of batches stored at once.
     commit_lock: tokio::sync::Mutex<()>,
     /// A background store of full blocks is under way.
@@ -351,17 +371,22 @@ impl Core {
             let abs = offset + pos as u64;
             let (idx, off) = (abs / bs, (abs % bs) as usize);
             let n = (bs as usize - off).min(data.len() - pos);
+            let bytes = &data[pos..pos + n];
+            pos += n;
+            let entry = st.dirty.entry(idx);
+            if n == bs as usize && matches!(entry, Entry::Vacant(_)) {
+                entry.or_insert_with(|| Arc::new(Pending::whole(bytes, &self.buffered)));
+                st.full_dirty += 1;
+                continue;
+            }
             let pending = Arc::make_mut(
-                st.dirty
-                    .entry(idx)
-                    .or_insert_with(|| Arc::new(Pending::new(bs as usize, &self.buffered))),
+                entry.or_insert_with(|| Arc::new(Pending::new(bs as usize, &self.buffered))),
             );
             let was_full = pending.is_full();
-            pending.write(off, &data[pos..pos + n]);
+            pending.write(off, bytes);
             if !was_full && pending.is_full() {
                 st.full_dirty += 1;
             }
-            pos += n;
         }
         st.dirty_since.get_or_insert_with(Instant::now);
         st.attr.size = st.attr.size.max(end);

@@ -58,6 +58,12 @@ impl Core {
         }
     }
 
+    /// Whether an open or a removal of `ino` is under way here.
+    pub(super) fn open_or_removal_under_way(&self, ino: u64) -> bool {
+        let guard = lock(&self.open_guard);
+        guard.opening.contains_key(&ino) || guard.deleting.contains(&ino)
+    }
+
     /// Lets a removal delete `ino` at once, if nothing here has it open or is opening it.
     pub(super) fn deleting(&self, ino: u64) -> Option<Deleting<'_>> {
         let files = lock(&self.files);

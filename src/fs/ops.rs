@@ -313,14 +313,22 @@ impl Core {
             .entry(parent, name)
             .and_then(|attr| self.deleting(attr.ino));
         let closed = deleting.as_ref().map_or(0, |d| d.ino);
+        let before = self.cache.attr(parent);
+        let now = Timestamp::now();
         let (ino, orphaned) = self
             .meta
-            .remove(parent, name, dir, closed)
+            .remove(parent, name, dir, closed, now)
             .await
             .inspect_err(|_| self.cache.forget_name(parent, name))?;
         drop(deleting);
         self.cache.removed(parent, name);
-        self.cache.forget_attr(parent);
+        // A directory leased here changes only through this mount: forgetting its attributes
+        // would send every later create or removal in it (rm -rf of files still being closed)
+        // the synchronous way.
+        match before.filter(|_| self.meta.delegation.holds(parent)) {
+            Some(attr) => self.stamp_dir(attr, now, -i32::from(dir)),
+            None => self.cache.forget_attr(parent),
+        }
         self.cache.forget_attr(ino);
         if orphaned {
             self.orphaned(ino).await;
@@ -441,11 +449,44 @@ impl Core {
         self.flush_file(&file, false).await
     }
 
-    /// Closes a handle; the last close of an unlinked file deletes it.
+    /// Closes a handle; the last close of an unlinked file deletes it. The last close of a
+    /// file no one can reach any more (unlinked, and created in a directory leased here, so
+    /// that no other mount can have it open) drops its buffers instead of storing them:
+    /// `rm -rf` right after a copy removes files whose closes are still on their way.
     pub async fn release(&self, fh: u64) -> Result<(), FsError> {
         let file = self.file(fh)?;
-        let flushed = self.flush_file(&file, false).await;
+        let flushed = if self.dropped_unreachable(&file).await {
+            Ok(())
+        } else {
+            self.flush_file(&file, false).await
+        };
         self.detached(fh, flushed)
+    }
+
+    /// Drops the buffers of an unreachable file at its last handle's release, once stores
+    /// under way have ended (their blocks are then the inode's, and go with it); says whether
+    /// it did.
+    async fn dropped_unreachable(&self, file: &OpenFile) -> bool {
+        if !self.unreachable(file) {
+            return false;
+        }
+        let _stores_ended = file.flush_lock.lock().await;
+        // Under the table's lock, where opens register their handles.
+        let files = super::lock(&self.files);
+        let last = files
+            .get(&file.ino)
+            .is_some_and(|(_, handles)| *handles == 1);
+        if !last || !self.unreachable(file) {
+            return false;
+        }
+        file.state().drop_buffers();
+        true
+    }
+
+    /// Whether `file` is unlinked and was created in a directory still leased here.
+    fn unreachable(&self, file: &OpenFile) -> bool {
+        let dir = file.born_in.load(std::sync::atomic::Ordering::Acquire);
+        dir != 0 && file.state().orphaned && self.meta.delegation.holds(dir)
     }
 
     /// Drops a handle whose data was stored (or not: `flushed`); the last close of an

@@ -3,7 +3,8 @@
 -- the directories other mounts recalled.
 -- ARGV: P, sid, recalled dirs (space-separated), then per change: op, parent, name, ino,
 -- record, ts; op is a kind letter (create), 'u' (unlink of a file this mount does not have
--- open) or 'r' (rmdir of an empty directory leased here).
+-- open), 'h' (unlink of a file it has open: its session holds the file until its last close)
+-- or 'r' (rmdir of an empty directory leased here).
 --   ->  {0} or {errno, index of the change at fault}
 local FIRST, WIDTH = 4, 6
 local n = (#ARGV - FIRST + 1) / WIDTH
@@ -26,7 +27,7 @@ for i = 0, n - 1 do
     held[parent] = true
   end
   local e = entry_now(parent, name)
-  if op == 'u' or op == 'r' then
+  if op == 'u' or op == 'h' or op == 'r' then
     if not e then return { E.NOENT, i } end
     local kind, named = split_entry(e)
     if (kind == 'd') ~= (op == 'r') or named ~= ino then return { E.NOENT, i } end
@@ -48,8 +49,10 @@ end
 for i = 0, n - 1 do
   local at = FIRST + i * WIDTH
   local op, parent, name, ino, ts = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 5]
-  if op == 'u' or op == 'r' then
-    drop_child(parent, name, kinds[i], ino, ts, ino)
+  if op == 'u' or op == 'h' or op == 'r' then
+    local closed = ino
+    if op == 'h' then closed = 0 end
+    drop_child(parent, name, kinds[i], ino, ts, closed)
   else
     add_child(parent, name, op, ino, ARGV[at + 4], ts, '')
     if op == 'd' then lease(ino) end
