@@ -11,6 +11,7 @@ use crate::codec::{self, Codec, Encoded};
 use crate::error::FsError;
 use crate::meta::redis_failure;
 use crate::store::Store;
+use crate::wire::BlockWriter;
 
 /// Block ids reserved from Redis at a time, so that writers rarely wait for an id.
 const ID_BATCH: u64 = 256;
@@ -83,13 +84,14 @@ pub struct BlockStore {
     ids: tokio::sync::Mutex<(u64, u64)>,
     /// Blocks being fetched, with what their fetch's end wakes.
     loading: Mutex<HashMap<u64, Done>>,
+    /// Block writes without the general client's copies, where the address allows.
+    writer: Option<BlockWriter>,
 }
 
 impl BlockStore {
     /// A block store with a cache of `cache_bytes`.
     pub fn new(store: Store, block_size: u32, codec: Codec, cache_bytes: u64) -> BlockStore {
         BlockStore {
-            store,
             block_size: block_size as usize,
             codec,
             cache: Mutex::new(BlockCache {
@@ -101,6 +103,8 @@ impl BlockStore {
             }),
             ids: tokio::sync::Mutex::new((0, 0)),
             loading: Mutex::new(HashMap::new()),
+            writer: BlockWriter::new(store.client.get_connection_info(), store.io_timeout()),
+            store,
         }
     }
 
@@ -161,6 +165,19 @@ impl BlockStore {
 
     /// Stores encoded blocks under their ids, in pipelines.
     pub async fn put(&self, blocks: &[(u64, Encoded)]) -> Result<(), FsError> {
+        if let Some(writer) = &self.writer {
+            for chunk in blocks.chunks(PIPELINE_BLOCKS) {
+                let named: Vec<(String, &Encoded)> = chunk
+                    .iter()
+                    .map(|(id, data)| (self.store.keys.block(*id), data))
+                    .collect();
+                writer
+                    .set(&named)
+                    .await
+                    .map_err(|e| redis_failure("write blocks", &e))?;
+            }
+            return Ok(());
+        }
         for chunk in blocks.chunks(PIPELINE_BLOCKS) {
             let mut pipe = redis::pipe();
             for (id, data) in chunk {

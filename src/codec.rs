@@ -152,31 +152,29 @@ impl Encoded {
         }
     }
 
+    /// The stored value in two pieces written one after the other: a tag that the body does
+    /// not carry (empty when it does), and the body.
+    pub fn parts(&self) -> (&[u8], &[u8]) {
+        match self {
+            Encoded::Laid(bytes) => (&[], bytes),
+            Encoded::Raw { image, len } => (&[TAG_RAW], &image[..*len]),
+        }
+    }
+
     /// The stored value as one buffer.
     pub fn to_vec(&self) -> Vec<u8> {
-        match self {
-            Encoded::Laid(bytes) => bytes.clone(),
-            Encoded::Raw { image, len } => {
-                let mut out = Vec::with_capacity(len + 1);
-                out.push(TAG_RAW);
-                out.extend_from_slice(&image[..*len]);
-                out
-            }
-        }
+        let (tag, body) = self.parts();
+        [tag, body].concat()
     }
 }
 
 impl redis::ToRedisArgs for Encoded {
     fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
-        match self {
-            Encoded::Laid(bytes) => out.write_arg(bytes),
-            Encoded::Raw { image, len } => {
-                let mut arg = out.writer_for_next_arg();
-                // Writing into the request's own buffer cannot fail.
-                let _ = arg.write_all(&[TAG_RAW]);
-                let _ = arg.write_all(&image[..*len]);
-            }
-        }
+        let (tag, body) = self.parts();
+        let mut arg = out.writer_for_next_arg();
+        // Writing into the request's own buffer cannot fail.
+        let _ = arg.write_all(tag);
+        let _ = arg.write_all(body);
     }
 }
 

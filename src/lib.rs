@@ -17,6 +17,7 @@
 //! | [`delegation`] | directories leased to a mount, and the changes it defers in them |
 //! | [`codec`] | block compression |
 //! | [`blocks`] | block storage and the block cache |
+//! | [`wire`] | block writes over connections of their own, without the general client's copies |
 //! | [`format`] | creating a filesystem and checking one before use |
 //! | [`server`] | what a Redis server says of itself, and the checks made on it |
 //! | [`session`] | a mount's registration, heartbeat, held inodes, and expiring dead mounts |
@@ -55,3 +56,4 @@ pub mod session;
 pub mod snapshot;
 pub mod store;
 pub mod tool;
+pub mod wire;

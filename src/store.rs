@@ -108,6 +108,11 @@ impl Store {
         })
     }
 
+    /// How long requests are retried while Redis is unreachable.
+    pub fn io_timeout(&self) -> Duration {
+        self.io_timeout
+    }
+
     /// The same connection, for the filesystem under another prefix.
     pub fn with_prefix(&self, prefix: &str) -> Store {
         Store {

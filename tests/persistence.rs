@@ -175,6 +175,35 @@ fn data_survives_a_redis_restart_with_persistence() {
 }
 
 #[test]
+fn a_filesystem_in_another_database_stays_there() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let args = vec![
+        "--redis".to_string(),
+        format!("redis://127.0.0.1:{}/3", redis.port),
+    ];
+    let data = common::random_bytes(3_000_000, 5);
+    let m = Mount::with_args(&args).unwrap_or_else(|r| panic!("{}", r.stderr));
+    fs::write(m.join("big"), &data).unwrap();
+    m.unmount();
+    assert!(redis.keys("skx").is_empty(), "database 0 was written to");
+    let mut conn = redis.conn();
+    let blocks: Vec<String> = redis::cmd("SELECT")
+        .arg(3)
+        .query::<()>(&mut conn)
+        .and_then(|()| redis::cmd("KEYS").arg("skx:b:*").query(&mut conn))
+        .unwrap();
+    assert!(blocks.len() >= 45, "{} blocks in database 3", blocks.len());
+    let m = Mount::with_args(&args).unwrap_or_else(|r| panic!("{}", r.stderr));
+    assert!(
+        fs::read(m.join("big")).unwrap() == data,
+        "the file came back changed"
+    );
+}
+
+#[test]
 fn prefixes_never_see_each_other() {
     if !common::ready() {
         return;

@@ -1,0 +1,214 @@
+//! Block writes over connections of their own, speaking RESP directly.
+//!
+//! The general client copies a value three times on its way out (into the command, into the
+//! pipeline, into its codec's buffer); for block data, most of what a sequential writer moves,
+//! those copies were the mount's largest cost. Here each block goes from its buffer to the
+//! socket in one vectored write. Only plain TCP is spoken; other addresses (TLS, Unix sockets)
+//! keep the general client.
+
+use std::io::{self, IoSlice};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::codec::Encoded;
+use crate::store::is_transient;
+
+/// Idle connections kept for the next batch.
+const IDLE_CONNECTIONS: usize = 8;
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Writes blocks to one Redis server over a small pool of plain connections.
+pub struct BlockWriter {
+    host: String,
+    port: u16,
+    /// AUTH and SELECT, sent on every new connection, and how many replies they draw.
+    greeting: Vec<u8>,
+    greeting_replies: usize,
+    idle: Mutex<Vec<BufReader<TcpStream>>>,
+    io_timeout: Duration,
+    reply_timeout: Duration,
+}
+
+impl BlockWriter {
+    /// A writer for the server `info` names, or `None` for addresses it does not speak.
+    pub fn new(info: &ConnectionInfo, io_timeout: Duration) -> Option<BlockWriter> {
+        let ConnectionAddr::Tcp(host, port) = info.addr() else {
+            return None;
+        };
+        let settings = info.redis_settings();
+        let mut greeting = Vec::new();
+        let mut greeting_replies = 0;
+        if let Some(password) = settings.password() {
+            let mut auth: Vec<&[u8]> = vec![b"AUTH"];
+            if let Some(user) = settings.username() {
+                auth.push(user.as_bytes());
+            }
+            auth.push(password.as_bytes());
+            greeting.extend(command_header(&auth, None));
+            greeting_replies += 1;
+        }
+        if settings.db() != 0 {
+            let db = settings.db().to_string();
+            greeting.extend(command_header(&[b"SELECT", db.as_bytes()], None));
+            greeting_replies += 1;
+        }
+        Some(BlockWriter {
+            host: host.clone(),
+            port: *port,
+            greeting,
+            greeting_replies,
+            idle: Mutex::new(Vec::new()),
+            io_timeout,
+            reply_timeout: io_timeout.clamp(Duration::from_secs(5), Duration::from_secs(30)),
+        })
+    }
+
+    /// Stores each block under its key (in one pipeline), retrying with back-off while Redis
+    /// is unreachable, up to the I/O timeout. Setting a block again is harmless, so a batch
+    /// cut short by a lost connection is simply sent again.
+    pub async fn set(&self, blocks: &[(String, &Encoded)]) -> RedisResult<()> {
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(5);
+        loop {
+            match self.try_set(blocks).await {
+                Err(e) if is_transient(&e) && start.elapsed() < self.io_timeout => {
+                    tracing::warn!(
+                        "Redis at {}:{} unavailable for block writes ({e}); retrying",
+                        self.host,
+                        self.port
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_set(&self, blocks: &[(String, &Encoded)]) -> RedisResult<()> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => self.connect().await?,
+        };
+        let refusal = tokio::time::timeout(self.reply_timeout, send_sets(&mut conn, blocks))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no reply to block writes"))??;
+        // Every reply was read: the connection is in step, whatever they said.
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < IDLE_CONNECTIONS {
+            idle.push(conn);
+        }
+        match refusal {
+            None => Ok(()),
+            Some(reason) => Err(refused(reason)),
+        }
+    }
+
+    async fn connect(&self) -> RedisResult<BufReader<TcpStream>> {
+        let stream = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connecting timed out"))??;
+        stream.set_nodelay(true)?;
+        let mut conn = BufReader::new(stream);
+        if self.greeting_replies > 0 {
+            conn.get_mut().write_all(&self.greeting).await?;
+            for _ in 0..self.greeting_replies {
+                if let Some(reason) = read_status(&mut conn).await? {
+                    return Err(RedisError::from((
+                        ErrorKind::AuthenticationFailed,
+                        "a connection for block writes was refused",
+                        reason,
+                    )));
+                }
+            }
+        }
+        Ok(conn)
+    }
+}
+
+/// Writes one SET per block in a single vectored write and reads every reply; returns the
+/// first refusal, if any.
+async fn send_sets(
+    conn: &mut BufReader<TcpStream>,
+    blocks: &[(String, &Encoded)],
+) -> io::Result<Option<String>> {
+    let headers: Vec<Vec<u8>> = blocks
+        .iter()
+        .map(|(key, value)| command_header(&[b"SET", key.as_bytes()], Some(value.stored_len())))
+        .collect();
+    let mut slices = Vec::with_capacity(blocks.len() * 4);
+    for (header, (_, value)) in headers.iter().zip(blocks) {
+        let (tag, body) = value.parts();
+        slices.extend([
+            IoSlice::new(header),
+            IoSlice::new(tag),
+            IoSlice::new(body),
+            IoSlice::new(b"\r\n"),
+        ]);
+    }
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let written = conn.get_mut().write_vectored(rest).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, written);
+    }
+    let mut refusal = None;
+    for _ in blocks {
+        let reason = read_status(conn).await?;
+        refusal = refusal.or(reason);
+    }
+    Ok(refusal)
+}
+
+/// The RESP encoding of a command's arguments, with room announced for one more argument of
+/// `last_len` bytes that the caller writes itself.
+fn command_header(args: &[&[u8]], last_len: Option<usize>) -> Vec<u8> {
+    let count = args.len() + usize::from(last_len.is_some());
+    let mut out = format!("*{count}\r\n").into_bytes();
+    for arg in args {
+        out.extend(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(len) = last_len {
+        out.extend(format!("${len}\r\n").as_bytes());
+    }
+    out
+}
+
+/// Reads a status reply: `None` for `+...`, the message of an error reply. Anything else
+/// means the connection is out of step.
+async fn read_status(conn: &mut BufReader<TcpStream>) -> io::Result<Option<String>> {
+    let mut line = Vec::new();
+    if conn.read_until(b'\n', &mut line).await? == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    let text = String::from_utf8_lossy(&line).trim_end().to_string();
+    match line.first() {
+        Some(b'+') => Ok(None),
+        Some(b'-') => Ok(Some(text[1..].to_string())),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected reply to a block write: {text:?}"),
+        )),
+    }
+}
+
+/// A refused write: a server still loading its data is waited for, anything else is final.
+fn refused(reason: String) -> RedisError {
+    if reason.starts_with("LOADING") || reason.starts_with("TRYAGAIN") {
+        return io::Error::new(io::ErrorKind::ConnectionRefused, reason).into();
+    }
+    RedisError::from((ErrorKind::Extension, "Redis refused a block write", reason))
+}
