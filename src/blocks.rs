@@ -103,7 +103,11 @@ impl BlockStore {
             }),
             ids: tokio::sync::Mutex::new((0, 0)),
             loading: Mutex::new(HashMap::new()),
-            writer: BlockWriter::new(store.client.get_connection_info(), store.io_timeout()),
+            writer: BlockWriter::new(
+                store.client.get_connection_info(),
+                &store.address,
+                store.io_timeout(),
+            ),
             store,
         }
     }

@@ -208,7 +208,12 @@ pub fn decode(stored: Vec<u8>, block_size: usize) -> Result<Bytes, DecodeError> 
     };
     let mut out = match codec {
         Codec::None if payload.len() == block_size => return Ok(Bytes::from(stored).slice(1..)),
-        Codec::None => payload.to_vec(),
+        Codec::None => {
+            // Room for the zero tail at once: growing later would copy the block again.
+            let mut out = Vec::with_capacity(block_size.max(payload.len()));
+            out.extend_from_slice(payload);
+            out
+        }
         Codec::Lz4 => {
             let mut out = vec![0u8; block_size];
             let n = lz4_flex::block::decompress_into(payload, &mut out).map_err(|_| corrupt)?;

@@ -71,6 +71,34 @@ pub fn is_transient(err: &RedisError) -> bool {
         )
 }
 
+/// Runs `op` (told whether it ran before), retrying with back-off while Redis at `address`
+/// is unreachable, up to `io_timeout`.
+pub async fn retry_while_away<T, F, Fut>(
+    address: &str,
+    io_timeout: Duration,
+    mut op: F,
+) -> RedisResult<T>
+where
+    F: FnMut(bool) -> Fut,
+    Fut: Future<Output = RedisResult<T>>,
+{
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(5);
+    let mut again = false;
+    loop {
+        let attempt = op(again).await;
+        again = true;
+        match attempt {
+            Err(e) if is_transient(&e) && start.elapsed() < io_timeout => {
+                tracing::warn!("Redis at {address} unavailable ({e}); retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Store {
     /// Connects to `target` for the filesystem under `prefix`.
     pub async fn connect(
@@ -138,21 +166,10 @@ impl Store {
         F: Fn(ConnectionManager, bool) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let start = Instant::now();
-        let mut delay = Duration::from_millis(5);
-        let mut again = false;
-        loop {
-            let attempt = op(self.conn.clone(), again).await;
-            again = true;
-            match attempt {
-                Err(e) if is_transient(&e) && start.elapsed() < self.io_timeout => {
-                    tracing::warn!("Redis at {} unavailable ({e}); retrying", self.address);
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
-                }
-                other => return other,
-            }
-        }
+        retry_while_away(&self.address, self.io_timeout, |again| {
+            op(self.conn.clone(), again)
+        })
+        .await
     }
 
     /// Runs a command with retries.

@@ -8,14 +8,14 @@
 
 use std::io::{self, IoSlice};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::codec::Encoded;
-use crate::store::is_transient;
+use crate::store::retry_while_away;
 
 /// Idle connections kept for the next batch.
 const IDLE_CONNECTIONS: usize = 8;
@@ -26,6 +26,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct BlockWriter {
     host: String,
     port: u16,
+    /// The server's address, safe to print.
+    address: String,
     /// AUTH and SELECT, sent on every new connection, and how many replies they draw.
     greeting: Vec<u8>,
     greeting_replies: usize,
@@ -35,8 +37,9 @@ pub struct BlockWriter {
 }
 
 impl BlockWriter {
-    /// A writer for the server `info` names, or `None` for addresses it does not speak.
-    pub fn new(info: &ConnectionInfo, io_timeout: Duration) -> Option<BlockWriter> {
+    /// A writer for the server `info` names (printed as `address`), or `None` for addresses
+    /// it does not speak.
+    pub fn new(info: &ConnectionInfo, address: &str, io_timeout: Duration) -> Option<BlockWriter> {
         let ConnectionAddr::Tcp(host, port) = info.addr() else {
             return None;
         };
@@ -60,6 +63,7 @@ impl BlockWriter {
         Some(BlockWriter {
             host: host.clone(),
             port: *port,
+            address: address.to_string(),
             greeting,
             greeting_replies,
             idle: Mutex::new(Vec::new()),
@@ -72,22 +76,7 @@ impl BlockWriter {
     /// is unreachable, up to the I/O timeout. Setting a block again is harmless, so a batch
     /// cut short by a lost connection is simply sent again.
     pub async fn set(&self, blocks: &[(String, &Encoded)]) -> RedisResult<()> {
-        let start = Instant::now();
-        let mut delay = Duration::from_millis(5);
-        loop {
-            match self.try_set(blocks).await {
-                Err(e) if is_transient(&e) && start.elapsed() < self.io_timeout => {
-                    tracing::warn!(
-                        "Redis at {}:{} unavailable for block writes ({e}); retrying",
-                        self.host,
-                        self.port
-                    );
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
-                }
-                other => return other,
-            }
-        }
+        retry_while_away(&self.address, self.io_timeout, |_| self.try_set(blocks)).await
     }
 
     async fn try_set(&self, blocks: &[(String, &Encoded)]) -> RedisResult<()> {

@@ -57,11 +57,7 @@ impl Core {
     /// if it has no link), or before another mount recalls the directory, or at a freeze,
     /// `fsync`, an open or unmount.
     pub fn flush_at_once(&self, fh: u64, ino: u64, owner: u64) -> Option<Result<(), FsError>> {
-        let private = |f: &super::OpenFile| {
-            let dir = f.born_in.load(std::sync::atomic::Ordering::Acquire);
-            let links = f.state().attr.nlink;
-            dir != 0 && links <= 1 && self.meta.delegation.holds(dir)
-        };
+        let private = |f: &super::OpenFile| self.born_leased(f) && f.state().attr.nlink <= 1;
         self.closes_quietly(fh, ino, Some(owner), private)
             .then_some(Ok(()))
     }

@@ -485,8 +485,14 @@ impl Core {
 
     /// Whether `file` is unlinked and was created in a directory still leased here.
     fn unreachable(&self, file: &OpenFile) -> bool {
+        self.born_leased(file) && file.state().orphaned
+    }
+
+    /// Whether `file` was created in a directory still leased here, so that no other mount
+    /// can have opened it.
+    pub(super) fn born_leased(&self, file: &OpenFile) -> bool {
         let dir = file.born_in.load(std::sync::atomic::Ordering::Acquire);
-        dir != 0 && file.state().orphaned && self.meta.delegation.holds(dir)
+        dir != 0 && self.meta.delegation.holds(dir)
     }
 
     /// Drops a handle whose data was stored (or not: `flushed`); the last close of an
