@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -196,6 +197,28 @@ impl BlockStore {
                 .map_err(|e| redis_failure("write blocks", &e))?;
         }
         Ok(())
+    }
+
+    /// Deletes blocks that a store wrote but no map names (its commit was refused, or never
+    /// sent), in the background and until Redis takes it: nothing a failed store wrote stays
+    /// behind.
+    pub fn discard(&self, ids: Vec<u64>) {
+        if ids.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut del = redis::cmd("DEL");
+            for id in &ids {
+                del.arg(store.keys.block(*id));
+            }
+            let mut wait = Duration::from_millis(100);
+            while let Err(e) = store.cmd::<i64>(&del).await {
+                tracing::warn!("deleting {} unneeded blocks: {e}; trying again", ids.len());
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        });
     }
 
     /// A block from the cache, if it is there.

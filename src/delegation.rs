@@ -19,9 +19,19 @@
 //! loses its lease with its session (what it had not sent is lost, as a crashed disk loses
 //! what it had not written). Tools and read-only mounts (session 0) cannot recall and read
 //! what Redis has.
+//!
+//! A batch, once built, is one request (see [`crate::store::Request`]): while Redis is away it
+//! is sent again, unchanged and under the same identity, until Redis answers, so a batch that
+//! ran but whose reply was lost is never run a second time (its creates would find their own
+//! files). Only a batch Redis refuses outright (this mount's leases were taken away because its
+//! session expired while it was cut off) is dropped; the mount then says so and defers nothing
+//! more. Batches are applied even when Redis is over its `maxmemory` (they carry changes already
+//! answered), but a batch that finds it so stops new creates from being deferred until one
+//! through Redis succeeds: they then meet `ENOSPC` honestly.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::RedisError;
@@ -29,7 +39,7 @@ use redis::RedisError;
 use crate::attr::{Attr, FileKind, Timestamp};
 use crate::error::FsError;
 use crate::meta::{redis_failure, Meta};
-use crate::store::ScriptArgs;
+use crate::store::{Request, ScriptArgs};
 
 /// Changes sent per script call.
 pub const BATCH: usize = 256;
@@ -39,9 +49,6 @@ pub const MAX_DELAY: Duration = Duration::from_millis(20);
 const LOG_LIMIT: usize = 8 * BATCH;
 /// Inode numbers reserved per round trip.
 const INO_RANGE: u64 = 1024;
-/// How long a request waits for another mount to hand back a directory. A holder that died
-/// gives its leases up when its session expires (`--session-timeout`, 30 s by default).
-const RECALL_WAIT: Duration = Duration::from_secs(180);
 
 /// One deferred change, as the batch script takes it.
 struct Deferred {
@@ -55,6 +62,32 @@ struct Deferred {
     time: [u8; 10],
 }
 
+/// Changes sent in one script call, with the directories handed back after them: once built,
+/// sent unchanged under one request identity until Redis answers.
+struct Batch {
+    changes: Vec<Deferred>,
+    recalled: Vec<u64>,
+    request: Request,
+}
+
+impl Batch {
+    /// The batch script's arguments (see `src/lua/deferred.lua`).
+    fn args(&self) -> ScriptArgs {
+        let dirs: Vec<String> = self.recalled.iter().map(u64::to_string).collect();
+        let mut args = ScriptArgs::default().bytes(dirs.join(" "));
+        for c in &self.changes {
+            args = args
+                .bytes([c.op])
+                .num(c.parent)
+                .bytes(&c.name)
+                .num(c.ino)
+                .bytes(&c.record)
+                .bytes(c.time);
+        }
+        args
+    }
+}
+
 #[derive(Default)]
 struct Log {
     /// Directories leased to this session.
@@ -64,6 +97,8 @@ struct Log {
     entries: HashMap<u64, u64>,
     /// Changes not yet sent, oldest first.
     changes: VecDeque<Deferred>,
+    /// The batch sent last, until Redis answers it.
+    unanswered: Option<Arc<Batch>>,
     /// Directories other mounts recalled, to be released with the last batch.
     recalled: Vec<u64>,
     /// Changes appended, and changes sent (or given up), since the mount started.
@@ -88,7 +123,15 @@ pub enum Removal {
 
 /// A mount's leased directories and the log of changes made in them.
 pub struct Delegation {
-    enabled: bool,
+    /// Whether directories are leased and changes deferred; off for good once Redis refused a
+    /// batch.
+    enabled: AtomicBool,
+    /// Redis was over its memory limit when it last applied a batch: creates go through Redis
+    /// (and meet `ENOSPC`) until one succeeds there.
+    full: AtomicBool,
+    /// How long a request waits for another mount to hand back a directory: a live holder
+    /// does it at once, a dead one loses its leases when its session expires.
+    recall_wait: Duration,
     log: Mutex<Log>,
     /// One batch at a time, so that batches land in order.
     sending: tokio::sync::Mutex<()>,
@@ -102,9 +145,13 @@ fn lock(log: &Mutex<Log>) -> std::sync::MutexGuard<'_, Log> {
 
 impl Delegation {
     /// A mount's delegation state; with `enabled` false nothing is ever leased or deferred.
-    pub fn new(enabled: bool) -> Delegation {
+    /// Mounts whose sessions expire after `session_timeout` hold leases.
+    pub fn new(enabled: bool, session_timeout: Duration) -> Delegation {
         Delegation {
-            enabled,
+            enabled: AtomicBool::new(enabled),
+            full: AtomicBool::new(false),
+            // Expiry runs up to a sixth of the timeout (at most 5 s) after it is due.
+            recall_wait: session_timeout * 2 + Duration::from_secs(10),
             log: Mutex::default(),
             sending: tokio::sync::Mutex::new(()),
             wake: tokio::sync::Notify::new(),
@@ -113,7 +160,12 @@ impl Delegation {
 
     /// Whether directories this mount creates are leased to it.
     pub fn enabled(&self) -> bool {
-        self.enabled
+        self.enabled.load(Ordering::Acquire)
+    }
+
+    /// A create went through Redis: there is room again for deferred ones.
+    pub fn room_again(&self) {
+        self.full.store(false, Ordering::Release);
     }
 
     /// Records that the directory `dir` was created leased to this session.
@@ -136,6 +188,9 @@ impl Delegation {
     /// Defers the creation of `attr` as `parent/name`, giving it an inode number, if `parent`
     /// is leased here (and the log has room and inode numbers are at hand).
     pub fn create(&self, parent: u64, name: &[u8], attr: &mut Attr) -> bool {
+        if self.full.load(Ordering::Acquire) {
+            return false;
+        }
         let mut log = lock(&self.log);
         if !log.leased.contains(&parent) || log.changes.len() >= LOG_LIMIT {
             return false;
@@ -224,14 +279,17 @@ impl Delegation {
     }
 
     /// Another mount asks for `dir`: it is no longer deferred here, and its lease goes with
-    /// the next batch (the whole log is sent before it).
+    /// the next batch (the whole log is sent before it). Asked for a directory it does not
+    /// know as leased (it stopped deferring), the mount still hands back what Redis may record
+    /// as its own: the batch script releases only leases held by this session.
     pub fn recall(&self, dir: u64) {
         let mut log = lock(&self.log);
-        if log.leased.remove(&dir) {
+        log.leased.remove(&dir);
+        if !log.recalled.contains(&dir) {
             log.recalled.push(dir);
-            drop(log);
-            self.wake.notify_one();
         }
+        drop(log);
+        self.wake.notify_one();
     }
 
     /// Hands back every directory leased here with the next batch (a clean unmount).
@@ -244,7 +302,7 @@ impl Delegation {
     /// Whether the log holds changes or releases not yet sent.
     fn unsent(&self) -> bool {
         let log = lock(&self.log);
-        log.appended != log.settled || !log.recalled.is_empty()
+        log.appended != log.settled || !log.recalled.is_empty() || log.unanswered.is_some()
     }
 
     /// Whether a batch should go without waiting for more changes.
@@ -253,33 +311,39 @@ impl Delegation {
         log.changes.len() >= BATCH || !log.recalled.is_empty()
     }
 
-    /// The next batch: up to [`BATCH`] changes, and the recalled directories if these are
-    /// the last changes.
-    fn next_batch(&self) -> (Vec<Deferred>, Vec<u64>) {
+    /// The next batch to send: the one Redis has not answered yet, or up to [`BATCH`] new
+    /// changes and the recalled directories if these are the last changes; `None` when
+    /// nothing waits.
+    fn next_batch(&self, request: impl FnOnce() -> Request) -> Option<Arc<Batch>> {
         let mut log = lock(&self.log);
+        if let Some(batch) = &log.unanswered {
+            return Some(batch.clone());
+        }
         let n = log.changes.len().min(BATCH);
-        let batch: Vec<Deferred> = log.changes.drain(..n).collect();
+        let changes: Vec<Deferred> = log.changes.drain(..n).collect();
         let recalled = if log.changes.is_empty() {
             std::mem::take(&mut log.recalled)
         } else {
             Vec::new()
         };
-        (batch, recalled)
-    }
-
-    /// A batch that could not be sent goes back to the front of the log.
-    fn put_back(&self, batch: Vec<Deferred>, recalled: Vec<u64>) {
-        let mut log = lock(&self.log);
-        for change in batch.into_iter().rev() {
-            log.changes.push_front(change);
+        if changes.is_empty() && recalled.is_empty() {
+            return None;
         }
-        log.recalled.extend(recalled);
+        let batch = Arc::new(Batch {
+            changes,
+            recalled,
+            request: request(),
+        });
+        log.unanswered = Some(batch.clone());
+        Some(batch)
     }
 
-    fn settled(&self, batch: &[Deferred]) {
+    /// Redis answered `batch`: its changes are no longer waiting.
+    fn settled(&self, batch: &Batch) {
         let mut log = lock(&self.log);
-        log.settled += batch.len() as u64;
-        for change in batch {
+        log.unanswered = None;
+        log.settled += batch.changes.len() as u64;
+        for change in &batch.changes {
             for ino in [change.parent, change.ino] {
                 if let Some(n) = log.touching.get_mut(&ino) {
                     *n -= 1;
@@ -298,10 +362,15 @@ impl Delegation {
     }
 
     /// A batch Redis refused: this mount's leases are not what it thought (its session was
-    /// expired while it was cut off). Nothing more is deferred.
-    fn give_up(&self, batch: &[Deferred]) {
+    /// expired while it was cut off). Nothing more is deferred, and whatever Redis still
+    /// records as leased here is handed back with the next batch.
+    fn give_up(&self, batch: &Batch) {
         self.settled(batch);
-        lock(&self.log).leased.clear();
+        self.enabled.store(false, Ordering::Release);
+        let mut log = lock(&self.log);
+        let leased: Vec<u64> = log.leased.drain().collect();
+        log.recalled.extend(leased);
+        log.recalled.extend(&batch.recalled);
     }
 
     /// Whether deferred creates lack inode numbers.
@@ -311,7 +380,7 @@ impl Delegation {
 
     fn needs_inos(&self) -> bool {
         let log = lock(&self.log);
-        self.enabled && log.inos.end - log.inos.start < INO_RANGE / 4
+        self.enabled() && log.inos.end - log.inos.start < INO_RANGE / 4
     }
 }
 
@@ -334,64 +403,49 @@ impl Meta {
             return Ok(());
         }
         let _turn = d.sending.lock().await;
-        loop {
-            let (batch, recalled) = d.next_batch();
-            if batch.is_empty() && recalled.is_empty() {
-                return Ok(());
-            }
-            let n = batch.len();
-            match self.apply_deferred(&batch, &recalled).await {
-                Ok(()) => d.settled(&batch),
-                Err(FsError::Io) => {
-                    d.put_back(batch, recalled);
-                    return Err(FsError::Io);
+        while let Some(batch) = d.next_batch(|| self.store.request(self.session)) {
+            let reply = self
+                .store
+                .script_as(&self.scripts.deferred, &batch.request, &batch.args())
+                .await;
+            let refusal = match reply {
+                Ok(reply) => match crate::meta::checked(reply) {
+                    Ok(reply) => {
+                        let full = matches!(reply.get(1), Some(redis::Value::Int(1)));
+                        d.full.store(full, Ordering::Release);
+                        d.settled(&batch);
+                        continue;
+                    }
+                    Err(errno) => errno.to_string(),
+                },
+                // Away, full or failing over: the batch stays as it is, to be sent again.
+                Err(e) if crate::store::is_transient(&e) || e.code() == Some("READONLY") => {
+                    return Err(redis_failure("sending deferred changes", &e));
                 }
-                Err(e) => {
-                    tracing::error!(
-                        "Redis refused {n} changes this mount had already answered ({e}), as it \
-                         does when the mount's leases were taken from it (cut off longer than \
-                         the session timeout); they are lost, and nothing more is deferred"
-                    );
-                    d.give_up(&batch);
-                    return Err(FsError::Io);
-                }
-            }
+                Err(e) => e.to_string(),
+            };
+            tracing::error!(
+                "Redis refused {} changes this mount had already answered ({refusal}), as it \
+                 does when the mount's leases were taken from it (cut off longer than the \
+                 session timeout, its session expired); they are lost, and nothing more is \
+                 deferred",
+                batch.changes.len()
+            );
+            d.give_up(&batch);
+            return Err(FsError::Io);
         }
-    }
-
-    async fn apply_deferred(&self, batch: &[Deferred], recalled: &[u64]) -> Result<(), FsError> {
-        let dirs: Vec<String> = recalled.iter().map(u64::to_string).collect();
-        let mut args = ScriptArgs::default().bytes(dirs.join(" "));
-        for c in batch {
-            args = args
-                .bytes([c.op])
-                .num(c.parent)
-                .bytes(&c.name)
-                .num(c.ino)
-                .bytes(&c.record)
-                .bytes(c.time);
-        }
-        let reply = self
-            .store
-            .script(&self.scripts.deferred, self.session, &args)
-            .await
-            .map_err(|e| redis_failure("sending deferred changes", &e))?;
-        match crate::meta::checked(reply) {
-            Ok(_) => Ok(()),
-            Err(FsError::Io) => Err(FsError::Invalid),
-            Err(e) => Err(e),
-        }
+        Ok(())
     }
 
     /// Asks the holder of `dir` to hand it back and waits a little before the caller tries
-    /// again; fails once `RECALL_WAIT` passed since `started`.
+    /// again; fails once the holder had time to hand it back or lose it with its session.
     pub async fn recall(
         &self,
         dir: u64,
         started: Instant,
         delay: &mut Duration,
     ) -> Result<(), FsError> {
-        if started.elapsed() > RECALL_WAIT {
+        if started.elapsed() > self.delegation.recall_wait {
             tracing::error!("directory {dir}: the mount holding it never handed it back");
             return Err(FsError::Io);
         }
@@ -431,7 +485,7 @@ impl Meta {
     /// its first change, at once when a batch is full or a directory was recalled.
     pub async fn send_in_background(self) {
         let d = self.delegation.clone();
-        if !d.enabled {
+        if !d.enabled() {
             return;
         }
         loop {

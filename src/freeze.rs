@@ -46,7 +46,7 @@ async fn swap(store: &Store, from: &str, to: &str) -> Result<bool, Error> {
     let (freeze, acks) = (keys.freeze(), keys.freeze_acks());
     let lease = HOLD_LEASE.as_millis() as u64;
     let done: i64 = store
-        .retry(|mut c, _| {
+        .retry(|mut c| {
             let mut inv = script.key(&freeze);
             inv.key(&acks).arg(from).arg(to).arg(lease);
             async move { inv.invoke_async(&mut c).await }

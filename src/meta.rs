@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use redis::{RedisError, Value};
 
@@ -10,7 +11,7 @@ use crate::codec::Encoded;
 use crate::delegation::{leased_dir, Delegation};
 use crate::error::FsError;
 use crate::scripts::Scripts;
-use crate::store::{ScriptArgs, Store};
+use crate::store::{Request, ScriptArgs, Store};
 
 /// One entry of a directory listing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,6 +22,30 @@ pub struct DirEntry {
     pub kind: FileKind,
     /// The inode it names.
     pub ino: u64,
+}
+
+/// What reading one inode's record found.
+#[derive(Clone, Copy, Debug)]
+pub enum Stored {
+    /// The record, decoded.
+    Attr(Attr),
+    /// No record: the inode is gone.
+    Missing,
+    /// A record (or the directory entry naming it) that does not decode.
+    Corrupt,
+}
+
+/// Inode numbers from here up stand in for directory entries whose value does not decode
+/// (their inode is unknown): a listing shows such an entry, and its look-up fails with EIO.
+/// Real inode numbers come from a counter and never get this high.
+pub const UNREADABLE_ENTRY: u64 = 1 << 62;
+
+/// The stand-in inode number of the undecodable entry `name`.
+fn unreadable_entry(name: &[u8]) -> u64 {
+    let hash = name.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    UNREADABLE_ENTRY | (hash >> 2)
 }
 
 /// Attribute changes requested by setattr; `None` leaves a field alone.
@@ -148,15 +173,15 @@ impl Meta {
             store,
             scripts,
             session,
-            delegation: Arc::new(Delegation::new(false)),
+            delegation: Arc::new(Delegation::new(false, Duration::ZERO)),
         }
     }
 
-    /// The same, leasing the directories this mount creates to its session (see
-    /// [`crate::delegation`]).
-    pub fn delegating(self) -> Meta {
+    /// The same, leasing the directories this mount creates to its session, which expires
+    /// after `session_timeout` (see [`crate::delegation`]).
+    pub fn delegating(self, session_timeout: Duration) -> Meta {
         Meta {
-            delegation: Arc::new(Delegation::new(self.session != 0)),
+            delegation: Arc::new(Delegation::new(self.session != 0, session_timeout)),
             ..self
         }
     }
@@ -179,10 +204,23 @@ impl Meta {
         script: &redis::Script,
         args: ScriptArgs,
     ) -> Result<Vec<Value>, FsError> {
+        self.run_as(what, script, &self.store.request(self.session), &args)
+            .await
+    }
+
+    /// Runs a script as `request` (see [`Store::script_as`]); while a directory it needs is
+    /// leased to another mount, recalls it and runs again.
+    async fn run_as(
+        &self,
+        what: &str,
+        script: &redis::Script,
+        request: &Request,
+        args: &ScriptArgs,
+    ) -> Result<Vec<Value>, FsError> {
         let started = std::time::Instant::now();
         let mut delay = std::time::Duration::from_millis(1);
         loop {
-            match self.store.script(script, self.session, &args).await {
+            match self.store.script_as(script, request, args).await {
                 Ok(reply) => return checked(reply),
                 Err(e) => match leased_dir(&e) {
                     Some(dir) => self.recall(dir, started, &mut delay).await?,
@@ -247,10 +285,10 @@ impl Meta {
         }
     }
 
-    /// Reads many records in one round trip; missing inodes are `None`. Deferred changes
-    /// are sent first only if they touch one of them (`rm -rf` reads each directory's
-    /// records while its log of unlinks grows).
-    pub async fn records(&self, inos: &[u64]) -> Result<Vec<Option<Attr>>, FsError> {
+    /// Reads many records in one round trip. Deferred changes are sent first only if they
+    /// touch one of them (`rm -rf` reads each directory's records while its log of unlinks
+    /// grows).
+    pub async fn records(&self, inos: &[u64]) -> Result<Vec<Stored>, FsError> {
         if inos.iter().any(|&ino| self.delegation.touches(ino)) {
             self.send_deferred().await?;
         }
@@ -261,7 +299,19 @@ impl Meta {
         Ok(inos
             .iter()
             .enumerate()
-            .map(|(i, &ino)| bytes(reply.get(i + 1)).and_then(|raw| Attr::decode(ino, raw)))
+            .map(|(i, &ino)| match bytes(reply.get(i + 1)) {
+                None => Stored::Missing,
+                Some(raw) => match Attr::decode(ino, raw) {
+                    Some(attr) => Stored::Attr(attr),
+                    None => {
+                        tracing::error!(
+                            "inode {ino}: record of {} bytes does not decode",
+                            raw.len()
+                        );
+                        Stored::Corrupt
+                    }
+                },
+            })
             .collect())
     }
 
@@ -284,6 +334,7 @@ impl Meta {
             .bytes(target)
             .num(u8::from(leased));
         let reply = self.run("create", &self.scripts.create, args).await?;
+        self.delegation.room_again();
         let mut created = *attr;
         created.ino = int(reply.get(1)).ok_or(FsError::Io)? as u64;
         if leased {
@@ -406,6 +457,10 @@ impl Meta {
     /// are stored already, or travel as `inline` (id, stored bytes) and are stored first.
     /// Returns the new record and the indexes whose expected id no longer held (their new
     /// blocks are gone).
+    ///
+    /// A commit that fails with `Io` may still run (it may be queued on a connection to a
+    /// stalled Redis), or never: it is sent again in the background, as the same request, until
+    /// Redis answers, so that its new blocks end up either in the map or deleted by it.
     pub async fn commit(
         &self,
         ino: u64,
@@ -425,7 +480,21 @@ impl Meta {
         for (id, stored) in inline {
             args = args.num(id).owned(stored.to_vec());
         }
-        let reply = self.run("commit", &self.scripts.commit, args).await?;
+        let request = self.store.request(self.session);
+        let sent = match self.send_deferred().await {
+            Ok(()) => {
+                self.run_as("commit", &self.scripts.commit, &request, &args)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let reply = match sent {
+            Err(FsError::Io) => {
+                self.settle_later(request, args);
+                return Err(FsError::Io);
+            }
+            other => other?,
+        };
         let attr = record(ino, reply.get(1))?;
         let lost = reply[2..]
             .iter()
@@ -433,6 +502,29 @@ impl Meta {
             .map(|i| i as u64)
             .collect();
         Ok((attr, lost))
+    }
+
+    /// Sends a commit whose outcome is unknown again until Redis answers it (see
+    /// [`Meta::commit`]).
+    fn settle_later(&self, request: Request, args: ScriptArgs) {
+        let meta = self.clone();
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(100);
+            loop {
+                if meta.send_deferred().await.is_ok() {
+                    match meta
+                        .store
+                        .script_as(&meta.scripts.commit, &request, &args)
+                        .await
+                    {
+                        Err(e) if crate::store::is_transient(&e) => {}
+                        _ => return,
+                    }
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        });
     }
 
     /// A directory's record and its entries, in one round trip.
@@ -453,17 +545,25 @@ impl Meta {
         }
         let mut list = Vec::with_capacity(entries.len());
         for (name, value) in entries {
-            match parse_entry(&value) {
-                Some((kind, child)) => list.push(DirEntry {
+            let entry = match parse_entry(&value) {
+                Some((kind, child)) => DirEntry {
                     name,
                     kind,
                     ino: child,
-                }),
-                None => tracing::error!(
-                    "directory {ino}: entry {:?} has a corrupt value; skipped",
-                    String::from_utf8_lossy(&name)
-                ),
-            }
+                },
+                None => {
+                    tracing::error!(
+                        "directory {ino}: entry {:?} has a corrupt value (run redisfs-fsck)",
+                        String::from_utf8_lossy(&name)
+                    );
+                    DirEntry {
+                        ino: unreadable_entry(&name),
+                        name,
+                        kind: FileKind::File,
+                    }
+                }
+            };
+            list.push(entry);
         }
         Ok((attr, list))
     }

@@ -88,13 +88,31 @@ fn daemonize() -> Result<(), Error> {
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let exe = std::env::current_exe()
         .map_err(|e| Error::Setting(format!("cannot find own binary: {e}")))?;
-    let args = std::env::args_os()
-        .skip(1)
-        .filter(|a| a != "-d" && a != "--daemon");
+    // The Redis URL may hold a password: the background mount gets it in its environment,
+    // which only its owner can read, never on its command line.
+    let mut url = None;
+    let mut args = Vec::new();
+    let mut given = std::env::args_os().skip(1);
+    while let Some(arg) = given.next() {
+        if arg == "-d" || arg == "--daemon" {
+            continue;
+        }
+        if arg == "--redis" {
+            url = given.next();
+        } else if let Some(value) = arg.to_str().and_then(|a| a.strip_prefix("--redis=")) {
+            url = Some(value.into());
+        } else {
+            args.push(arg);
+        }
+    }
+    crate::options::hide_passwords_from_process_list();
     let mut cmd = std::process::Command::new(exe);
     cmd.args(args)
         .env(READY_FD, fds[1].to_string())
         .stdin(std::process::Stdio::null());
+    if let Some(url) = url {
+        cmd.env("REDISFS_URL", url);
+    }
     let read_fd = fds[0];
     // SAFETY: between fork and exec the child only calls async-signal-safe functions.
     unsafe {
@@ -224,6 +242,7 @@ pub fn run(args: MountArgs) -> Result<(), Error> {
         return daemonize();
     }
     keep_ready_pipe_to_ourselves();
+    crate::options::hide_passwords_from_process_list();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         // One worker: a request's task, the Redis connection and the event listener then share
         // a thread, and a metadata operation costs 9 context switches instead of 13 (measured:
@@ -290,7 +309,7 @@ async fn prepare(
     };
     let mut meta = Meta::new(store.clone(), scripts, session.as_ref().map_or(0, |s| s.id));
     if !args.no_delegation {
-        meta = meta.delegating();
+        meta = meta.delegating(args.session_timeout);
     }
     let blocks = BlockStore::new(
         store.clone(),

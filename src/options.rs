@@ -89,6 +89,66 @@ impl ConnectionArgs {
     }
 }
 
+/// Replaces the password of every Redis URL on this process's command line, as `ps` and
+/// `/proc/<pid>/cmdline` show it to every user, with `x`s (the arguments were parsed already).
+/// Where the kernel does not let a process write its own memory, says so and goes on.
+pub fn hide_passwords_from_process_list() {
+    if let Err(e) = overwrite_passwords_in_command_line() {
+        tracing::warn!("could not hide the Redis password from the process list: {e}");
+    }
+}
+
+fn overwrite_passwords_in_command_line() -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let cmdline = std::fs::read("/proc/self/cmdline")?;
+    let secrets: Vec<(usize, usize)> = cmdline
+        .split(|&b| b == 0)
+        .scan(0, |at, arg| {
+            let start = *at;
+            *at += arg.len() + 1;
+            Some(password_in(arg).map(|(from, to)| (start + from, to - from)))
+        })
+        .flatten()
+        .collect();
+    if secrets.is_empty() {
+        return Ok(());
+    }
+    // Field 48 of /proc/self/stat (the 46th after the command's closing parenthesis) is where
+    // the arguments start in this process's memory.
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let arg_start: u64 = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(45))
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no argument address in /proc/self/stat"))?;
+    let mut memory = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/mem")?;
+    for (offset, len) in secrets {
+        memory.seek(SeekFrom::Start(arg_start + offset as u64))?;
+        memory.write_all(&vec![b'x'; len])?;
+    }
+    Ok(())
+}
+
+/// Where the password of a URL in `arg` lies (`scheme://user:PASSWORD@host…`), if it has one.
+fn password_in(arg: &[u8]) -> Option<(usize, usize)> {
+    let authority_start = arg.windows(3).position(|w| w == b"://")? + 3;
+    let authority_len = arg[authority_start..]
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(arg.len() - authority_start);
+    let authority = &arg[authority_start..authority_start + authority_len];
+    let user_info = &authority[..authority.iter().rposition(|&b| b == b'@')?];
+    let colon = user_info.iter().position(|&b| b == b':')?;
+    (colon + 1 < user_info.len()).then(|| {
+        (
+            authority_start + colon + 1,
+            authority_start + user_info.len(),
+        )
+    })
+}
+
 /// An address in URL form with no credentials.
 pub fn describe(info: &ConnectionInfo) -> String {
     let db = info.redis_settings().db();
@@ -272,6 +332,13 @@ mod tests {
         assert!(!target.display.contains("s3cret"));
         assert_eq!(target.display, "redis://bob@example:7000/2");
         assert!(!redact_url("redis://bob:s3cret@h").contains("s3cret"));
+        let arg = b"--redis=redis://bob:s3cret@example:7000/2";
+        let (from, to) = password_in(arg).unwrap();
+        assert_eq!(&arg[from..to], b"s3cret");
+        assert_eq!(password_in(b"redis://:pw@h/0").map(|(f, t)| t - f), Some(2));
+        assert_eq!(password_in(b"redis://bob@h:1/0"), None);
+        assert_eq!(password_in(b"redis://h:6379/0"), None);
+        assert_eq!(password_in(b"/mnt/point"), None);
     }
 
     #[test]

@@ -43,15 +43,18 @@ pub struct Scripts {
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
-/// Wraps a changing script so that a retry after a lost reply returns the reply of the run
-/// that happened instead of running again (a create must not answer EEXIST to its own retry).
-/// Replies are kept in a ring of slots per session, overwritten as requests go on.
+/// Wraps a changing script so that it runs at most once per request: a request sent again
+/// after a lost reply, or an earlier attempt that reaches Redis after a later one (an attempt
+/// queued on a connection given up for dead), returns the reply of the run that happened
+/// instead of running again (a create must not answer EEXIST to its own retry, a batch of
+/// deferred creates must not be refused for finding its own files). Replies are kept in a ring
+/// of slots per session, overwritten as requests go on.
 /// While a snapshot holds the filesystem (see `src/freeze.rs`) it changes nothing and answers
 /// `{-1}`, and the caller waits and tries again.
 const ONCE: &str = "
 local RING = P .. 'session:' .. SID .. ':replies'
 local SLOT = tonumber(REQ) % 4096
-if RETRY == '1' then
+if REQ ~= '0' then
   local done = redis.call('HGET', RING, SLOT)
   if done and string.sub(done, 1, #REQ + 1) == REQ .. ':' then
     return cmsgpack.unpack(string.sub(done, #REQ + 2))
@@ -61,12 +64,19 @@ local FROZEN = redis.call('GET', P .. 'freeze')
 if FROZEN and string.sub(FROZEN, 1, 5) == 'hold ' then return { -1 } end
 local reply = main()
 if REQ ~= '0' then redis.call('HSET', RING, SLOT, REQ .. ':' .. cmsgpack.pack(reply)) end
-return reply
-";
+return reply";
 
 fn writing(body: &str) -> Script {
     Script::new(&format!(
         "{PRELUDE}\nlocal function main()\n{body}\nend\n{ONCE}"
+    ))
+}
+
+/// A changing script that runs even when Redis is over its `maxmemory`: for changes that were
+/// answered already and must not be refused.
+fn writing_when_full(body: &str) -> Script {
+    Script::new(&format!(
+        "#!lua flags=allow-oom\n{PRELUDE}\nlocal function main()\n{body}\nend\n{ONCE}"
     ))
 }
 
@@ -93,7 +103,7 @@ impl Scripts {
             free_batch: writing(include_str!("lua/free_batch.lua")),
             expire_session: writing(include_str!("lua/expire_session.lua")),
             lock: writing(include_str!("lua/lock.lua")),
-            deferred: writing(include_str!("lua/deferred.lua")),
+            deferred: writing_when_full(include_str!("lua/deferred.lua")),
         }
     }
 }

@@ -38,6 +38,13 @@ impl ScriptArgs {
     }
 }
 
+/// The identity of one changing script call, the same for every attempt to send it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request {
+    session: u64,
+    id: u64,
+}
+
 /// A connected Redis, the filesystem's key names, and the retry policy.
 #[derive(Clone)]
 pub struct Store {
@@ -71,24 +78,21 @@ pub fn is_transient(err: &RedisError) -> bool {
         )
 }
 
-/// Runs `op` (told whether it ran before), retrying with back-off while Redis at `address`
-/// is unreachable, up to `io_timeout`.
+/// Runs `op`, retrying with back-off while Redis at `address` is unreachable, up to
+/// `io_timeout`.
 pub async fn retry_while_away<T, F, Fut>(
     address: &str,
     io_timeout: Duration,
     mut op: F,
 ) -> RedisResult<T>
 where
-    F: FnMut(bool) -> Fut,
+    F: FnMut() -> Fut,
     Fut: Future<Output = RedisResult<T>>,
 {
     let start = Instant::now();
     let mut delay = Duration::from_millis(5);
-    let mut again = false;
     loop {
-        let attempt = op(again).await;
-        again = true;
-        match attempt {
+        match op().await {
             Err(e) if is_transient(&e) && start.elapsed() < io_timeout => {
                 tracing::warn!("Redis at {address} unavailable ({e}); retrying");
                 tokio::time::sleep(delay).await;
@@ -163,25 +167,34 @@ impl Store {
     /// Runs `op`, retrying with back-off while Redis is unreachable, up to the I/O timeout.
     pub async fn retry<T, F, Fut>(&self, op: F) -> RedisResult<T>
     where
-        F: Fn(ConnectionManager, bool) -> Fut,
+        F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        retry_while_away(&self.address, self.io_timeout, |again| {
-            op(self.conn.clone(), again)
-        })
-        .await
+        retry_while_away(&self.address, self.io_timeout, || op(self.conn.clone())).await
     }
 
     /// Runs a command with retries.
     pub async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> RedisResult<T> {
-        self.retry(|mut c, _| async move { cmd.query_async(&mut c).await })
+        self.retry(|mut c| async move { cmd.query_async(&mut c).await })
             .await
     }
 
     /// Runs a pipeline with retries.
     pub async fn pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> RedisResult<T> {
-        self.retry(|mut c, _| async move { pipe.query_async(&mut c).await })
+        self.retry(|mut c| async move { pipe.query_async(&mut c).await })
             .await
+    }
+
+    /// A new request of `session`: its identity for every attempt of one script call (tools,
+    /// session 0, have no ring of replies and no identity).
+    pub fn request(&self, session: u64) -> Request {
+        let id = if session == 0 {
+            0
+        } else {
+            self.requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        };
+        Request { session, id }
     }
 
     /// Runs a script with the prefix and the calling session as its first two arguments;
@@ -192,26 +205,27 @@ impl Store {
         session: u64,
         args: &ScriptArgs,
     ) -> RedisResult<Vec<Value>> {
+        self.script_as(script, &self.request(session), args).await
+    }
+
+    /// Runs a script as `request`, which may have been sent before: it runs at most once
+    /// (see `src/scripts.rs`), so a caller that gave up waiting for a reply can send the same
+    /// request again later and learn what became of it.
+    pub async fn script_as(
+        &self,
+        script: &Script,
+        request: &Request,
+        args: &ScriptArgs,
+    ) -> RedisResult<Vec<Value>> {
         let meta = self.keys.meta();
         let base = self.keys.base();
-        // Tools (session 0) have no ring of replies to consult.
-        let request = if session == 0 {
-            0
-        } else {
-            self.requests
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        };
+        let identity = format!("{}:{}", request.session, request.id);
         let mut held = Duration::from_millis(1);
-        // Once an attempt may have reached Redis, every later one is a retry: it must find the
-        // reply of a run that happened rather than run again (also across a hold).
-        let sent = std::sync::atomic::AtomicBool::new(false);
         loop {
             let reply = self
-                .retry(|mut c, again| {
-                    let again = again || sent.swap(true, std::sync::atomic::Ordering::Relaxed);
+                .retry(|mut c| {
                     let mut inv = script.key(&meta);
-                    inv.arg(base)
-                        .arg(format!("{session}:{request}:{}", u8::from(again)));
+                    inv.arg(base).arg(&identity);
                     for a in &args.0 {
                         inv.arg(a.as_slice());
                     }

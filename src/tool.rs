@@ -34,6 +34,7 @@ impl ToolArgs {
     /// Connects to the Redis these options name, for the filesystem under `prefix`; checks
     /// that the server can run the filesystem's scripts.
     pub async fn connect(&self, prefix: &str) -> Result<Store, Error> {
+        crate::options::hide_passwords_from_process_list();
         connect(&self.connection.target()?, prefix, self.io_timeout).await
     }
 

@@ -76,7 +76,7 @@ impl BlockWriter {
     /// is unreachable, up to the I/O timeout. Setting a block again is harmless, so a batch
     /// cut short by a lost connection is simply sent again.
     pub async fn set(&self, blocks: &[(String, &Encoded)]) -> RedisResult<()> {
-        retry_while_away(&self.address, self.io_timeout, |_| self.try_set(blocks)).await
+        retry_while_away(&self.address, self.io_timeout, || self.try_set(blocks)).await
     }
 
     async fn try_set(&self, blocks: &[(String, &Encoded)]) -> RedisResult<()> {

@@ -346,3 +346,82 @@ fn damaged_dumps_are_refused_with_clear_errors() {
     .into_owned();
     assert!(err.contains("version 9"), "{err}");
 }
+
+/// Caught: the dump was written under a temporary name and renamed over its target, so
+/// `redisfs-dump … /dev/null` run as root replaced the null device with a regular file. A
+/// target that is not a regular file is written in place and stays what it was. (A private
+/// null device stands in for the machine's own.)
+#[test]
+fn a_dump_into_a_device_fifo_or_symlink_writes_through_it_and_leaves_it_in_place() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let url = redis.url();
+    let m = Mount::new(&redis, "skx", &[]);
+    fs::write(m.join("hello"), b"hello").unwrap();
+    m.unmount();
+    let dir = tempfile::tempdir().unwrap();
+    let dump = |target: &Path| {
+        tool_ok(
+            "dump",
+            &["--redis", &url, "--prefix", "skx", target.to_str().unwrap()],
+        )
+    };
+
+    let null = dir.path().join("null");
+    // SAFETY: valid C string; makedev(1, 3) is the null device.
+    let made = unsafe {
+        libc::mknod(
+            cpath(&null).as_ptr(),
+            libc::S_IFCHR | 0o666,
+            libc::makedev(1, 3),
+        )
+    };
+    check(i64::from(made)).expect("mknod of a private null device");
+    dump(&null);
+    let meta = fs::symlink_metadata(&null).unwrap();
+    assert!(meta.file_type().is_char_device(), "the device was replaced");
+    assert_eq!(meta.rdev(), libc::makedev(1, 3));
+    assert!(
+        fs::read_dir(dir.path()).unwrap().count() == 1,
+        "a temporary file stayed behind"
+    );
+
+    let fifo = dir.path().join("fifo");
+    // SAFETY: valid C string.
+    check(i64::from(unsafe {
+        libc::mkfifo(cpath(&fifo).as_ptr(), 0o600)
+    }))
+    .unwrap();
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || fs::read(fifo).unwrap())
+    };
+    dump(&fifo);
+    let through_fifo = reader.join().unwrap();
+    assert!(!through_fifo.is_empty(), "nothing came through the FIFO");
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+
+    let real = dir.path().join("real.rfs");
+    fs::write(&real, b"old").unwrap();
+    let link = dir.path().join("link.rfs");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    dump(&link);
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(
+        fs::read(&real).unwrap().len() > 3,
+        "the dump did not go through the link"
+    );
+    tool_ok(
+        "restore",
+        &["--redis", &url, "--prefix", "copy", link.to_str().unwrap()],
+    );
+    let copy = Mount::new(&redis, "copy", &[]);
+    assert_eq!(fs::read(copy.join("hello")).unwrap(), b"hello");
+    copy.unmount();
+}

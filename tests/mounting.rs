@@ -171,16 +171,22 @@ fn signals_unmount_cleanly_after_storing_buffered_data() {
     );
 }
 
-#[test]
-fn daemon_mode_returns_once_mounted() {
-    if !common::ready() {
-        return;
-    }
-    let redis = Redis::start();
-    let dir = tempfile::tempdir().unwrap();
+/// Unmounts a background mount (its process then exits by itself).
+fn unmount_background(mount_point: &std::path::Path) {
+    assert!(Command::new("fusermount3")
+        .arg("-u")
+        .arg(mount_point)
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// Runs `redisfs -d` with `args` on `mount_point`; asserts that it reports success.
+fn mount_in_background(args: &[&str], mount_point: &std::path::Path) {
     let out = Command::new(common::binary())
-        .args(["--redis", &redis.url(), "-d", "--mount"])
-        .arg(dir.path())
+        .arg("-d")
+        .args(args)
+        .arg(mount_point)
         .output()
         .unwrap();
     assert!(
@@ -188,18 +194,23 @@ fn daemon_mode_returns_once_mounted() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn daemon_mode_returns_once_mounted() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    mount_in_background(&["--redis", &redis.url(), "--mount"], dir.path());
     assert!(
         common::is_mounted(dir.path()),
         "mounted when the command returns"
     );
     fs::write(dir.path().join("f"), b"daemon").unwrap();
     assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"daemon");
-    assert!(Command::new("fusermount3")
-        .arg("-u")
-        .arg(dir.path())
-        .status()
-        .unwrap()
-        .success());
+    unmount_background(dir.path());
     for _ in 0..200 {
         if redis.cmd::<u64>(&["ZCARD", "skx:sessions"]) == 0 {
             break;
@@ -337,4 +348,55 @@ fn the_kernel_reads_ahead_a_whole_mebibyte() {
         "1024",
         "{knob}: the kernel's 128 KiB default makes sequential reads pay per request"
     );
+}
+
+/// Every process on the machine whose command line holds `needle`, as `ps` would show it.
+fn processes_showing(needle: &str) -> Vec<String> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|p| fs::read(p.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(needle))
+        .collect()
+}
+
+/// Caught: a background mount given a URL with a password kept it on its command line, where
+/// every user of the machine could read it (`ps`). Neither a background nor a foreground
+/// mount shows it.
+#[test]
+fn the_redis_password_never_shows_in_the_process_list() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    redis.cmd::<()>(&[
+        "ACL",
+        "SETUSER",
+        "bob",
+        "on",
+        ">pw-d8e1f",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let url = format!("redis://bob:pw-d8e1f@127.0.0.1:{}/0", redis.port);
+    let dir = tempfile::tempdir().unwrap();
+    mount_in_background(&["--redis", &url, "--prefix", "skx"], dir.path());
+    fs::write(dir.path().join("f"), b"daemon").unwrap();
+    let shown = processes_showing("pw-d8e1f");
+    assert!(shown.is_empty(), "the password shows: {shown:?}");
+    let mount_point = dir.path().to_string_lossy().into_owned();
+    assert!(
+        !processes_showing(&mount_point).is_empty(),
+        "the background mount is not running"
+    );
+    unmount_background(dir.path());
+
+    let m = Mount::with_args(&args(&["--redis", &url, "--prefix", "skx"]))
+        .unwrap_or_else(|r| panic!("{}", r.stderr));
+    assert_eq!(fs::read(m.join("f")).unwrap(), b"daemon");
+    let shown = processes_showing("pw-d8e1f");
+    assert!(shown.is_empty(), "the password shows: {shown:?}");
+    m.unmount();
 }

@@ -678,3 +678,52 @@ fn many_entries_list_completely() {
     }
     assert_eq!(n, 3000);
 }
+
+/// Caught: an entry whose inode record does not decode was left out of listings (`ls -la`
+/// exited 0 without it). It is listed, and its `stat` fails with EIO, as reading it does; so
+/// is an entry whose own value does not decode.
+#[test]
+fn entries_that_cannot_be_read_are_listed_and_fail_with_eio() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let m = Mount::new(&redis, "skx", &[]);
+    for name in ["a", "broken", "c"] {
+        fs::write(m.join(name), name).unwrap();
+    }
+    let ino = fs::metadata(m.join("broken")).unwrap().ino();
+    m.unmount();
+    let bucket = format!("skx:i:{}", ino / 64);
+    let field = (ino % 64).to_string();
+    redis.cmd::<()>(&["HSET", &bucket, &field, "not a record"]);
+    redis.cmd::<()>(&["HSET", "skx:d:1", "garbled", "?"]);
+
+    let m = Mount::new(&redis, "skx", &[]);
+    let mut names: Vec<String> = fs::read_dir(&m.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "broken", "c", "garbled"]);
+    for bad in ["broken", "garbled"] {
+        let err = fs::symlink_metadata(m.join(bad)).expect_err(bad);
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{bad}: {err}");
+    }
+    assert_eq!(fs::read(m.join("a")).unwrap(), b"a");
+    let ls = std::process::Command::new("ls")
+        .arg("-la")
+        .arg(&m.path)
+        .output()
+        .unwrap();
+    assert!(
+        !ls.status.success(),
+        "ls -la succeeded with unreadable entries"
+    );
+    let stderr = String::from_utf8_lossy(&ls.stderr);
+    assert!(
+        stderr.contains("broken") && stderr.contains("garbled"),
+        "{stderr}"
+    );
+    m.unmount();
+}

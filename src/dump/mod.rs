@@ -317,7 +317,35 @@ impl Output {
     }
 }
 
-/// Writes records to a file (through a temporary name, renamed when complete) or stdout.
+/// Where a dump's bytes go.
+enum Destination {
+    Stdout,
+    /// A regular file, or a new one: written under a temporary name, renamed over it when
+    /// complete, so that a failed dump never leaves a file that looks like one.
+    Replace(PathBuf),
+    /// Anything else (a device such as `/dev/null`, a FIFO, a symlink): written in place, since
+    /// renaming over it would replace it.
+    InPlace,
+}
+
+impl Destination {
+    fn of(file: &Path) -> Destination {
+        if file == Path::new("-") {
+            return Destination::Stdout;
+        }
+        match std::fs::symlink_metadata(file) {
+            Ok(m) if !m.file_type().is_file() => Destination::InPlace,
+            _ => Destination::Replace(file.with_extension(format!(
+                "{}partial",
+                file.extension()
+                    .map(|e| format!("{}.", e.to_string_lossy()))
+                    .unwrap_or_default()
+            ))),
+        }
+    }
+}
+
+/// Writes records to a file or stdout (see [`Destination`]).
 fn spawn_file_writer(
     file: PathBuf,
     encoding: Encoding,
@@ -325,21 +353,24 @@ fn spawn_file_writer(
     mut rx: mpsc::Receiver<Record>,
 ) -> tokio::task::JoinHandle<Result<(), Error>> {
     tokio::task::spawn_blocking(move || {
-        let to_stdout = file == Path::new("-");
-        let partial = file.with_extension(format!(
-            "{}partial",
-            file.extension()
-                .map(|e| format!("{}.", e.to_string_lossy()))
-                .unwrap_or_default()
-        ));
+        let destination = Destination::of(&file);
         let fail = |e: std::io::Error| Error::Local {
             path: display_file(&file),
             reason: e.to_string(),
         };
-        let raw: Box<dyn Write> = if to_stdout {
-            Box::new(std::io::stdout().lock())
-        } else {
-            Box::new(std::fs::File::create(&partial).map_err(fail)?)
+        let raw: Box<dyn Write> = match &destination {
+            Destination::Stdout => Box::new(std::io::stdout().lock()),
+            Destination::Replace(partial) => {
+                Box::new(std::fs::File::create(partial).map_err(fail)?)
+            }
+            Destination::InPlace => Box::new(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&file)
+                    .map_err(fail)?,
+            ),
         };
         let raw = std::io::BufWriter::with_capacity(1 << 20, raw);
         let out = if gzip {
@@ -362,12 +393,13 @@ fn spawn_file_writer(
             }
             Err(std::io::Error::other("the dump stopped before its end"))
         })();
-        let result = written;
-        match result {
-            Ok(()) if !to_stdout => std::fs::rename(&partial, &file).map_err(fail),
-            Ok(()) => Ok(()),
-            Err(e) => {
-                if !to_stdout {
+        match (written, destination) {
+            (Ok(()), Destination::Replace(partial)) => {
+                std::fs::rename(&partial, &file).map_err(fail)
+            }
+            (Ok(()), _) => Ok(()),
+            (Err(e), destination) => {
+                if let Destination::Replace(partial) = destination {
                     let _ = std::fs::remove_file(&partial);
                 }
                 Err(fail(e))

@@ -29,6 +29,8 @@ pub struct MetaCache {
     /// write, and this answers it without a round trip.
     no_xattrs: Mutex<HashSet<u64>>,
     epoch: AtomicU64,
+    /// The epoch of the last change to any name: a look-up begun before it keeps nothing.
+    names_changed: AtomicU64,
     /// Bumped whenever a name may have appeared without this cache learning it.
     names_epoch: AtomicU64,
 }
@@ -98,11 +100,18 @@ impl MetaCache {
         }
     }
 
-    /// Remembers what was read in `epoch` (and the name it was found under), unless something
-    /// changed since.
+    /// Whether nothing this mount did or learned of changed `ino` since `epoch`: a read of it
+    /// begun then is still the newest word on it.
+    pub fn unchanged_since(&self, ino: u64, epoch: u64) -> bool {
+        lock(&self.attrs).unchanged_since(ino, epoch)
+    }
+
+    /// Remembers what was read in `epoch` (and the name it was found under), unless the inode
+    /// (or any name) changed since.
     pub fn remember(&self, epoch: u64, name: Option<(u64, &[u8])>, attr: Attr) {
         let mut attrs = lock(&self.attrs);
-        if self.epoch() != epoch {
+        let names_moved = name.is_some() && self.names_changed.load(Ordering::Acquire) > epoch;
+        if names_moved || !attrs.unchanged_since(attr.ino, epoch) {
             if let Some((parent, _)) = name {
                 // The name exists but is not recorded: the directory is no longer fully known.
                 self.names_epoch.fetch_add(1, Ordering::AcqRel);
@@ -113,15 +122,18 @@ impl MetaCache {
         self.insert(&mut attrs, name, attr);
     }
 
-    /// Keeps `attr`, read in `epoch`, in place of what was remembered of its inode; if the
-    /// inode changed since, forgets it instead (what was remembered may be older).
+    /// Keeps `attr`, what this mount's own change (begun in `epoch`) left, in place of what
+    /// was remembered of its inode; if the inode changed since, forgets it instead (what was
+    /// remembered may be older). Either way reads begun before keep nothing: they may have
+    /// read the inode before the change.
     pub fn replace(&self, epoch: u64, attr: Attr) {
         let mut attrs = lock(&self.attrs);
-        if attrs.unchanged_since(attr.ino, epoch) {
+        let keep = attrs.unchanged_since(attr.ino, epoch);
+        let now = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        attrs.note_change(attr.ino, now);
+        if keep {
             self.insert(&mut attrs, None, attr);
         } else {
-            let now = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-            attrs.note_change(attr.ino, now);
             attrs.attrs.remove(&attr.ino);
         }
     }
@@ -162,7 +174,8 @@ impl MetaCache {
     pub fn forget_name(&self, parent: u64, name: &[u8]) {
         // Taken in the same order as `remember`, so that the epoch check there is exact.
         let _attrs = lock(&self.attrs);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let now = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.names_changed.store(now, Ordering::Release);
         self.names_epoch.fetch_add(1, Ordering::AcqRel);
         lock(&self.names).remove(&(parent, name.to_vec()));
         lock(&self.complete).remove(&parent);
@@ -171,7 +184,8 @@ impl MetaCache {
     /// Forgets a name this mount removed: it is known not to exist now.
     pub fn removed(&self, parent: u64, name: &[u8]) {
         let _attrs = lock(&self.attrs);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let now = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.names_changed.store(now, Ordering::Release);
         lock(&self.names).remove(&(parent, name.to_vec()));
     }
 
@@ -198,6 +212,7 @@ impl MetaCache {
     pub fn clear(&self) {
         let mut attrs = lock(&self.attrs);
         let now = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.names_changed.store(now, Ordering::Release);
         self.names_epoch.fetch_add(1, Ordering::AcqRel);
         attrs.attrs.clear();
         attrs.changed.clear();
@@ -247,5 +262,20 @@ mod tests {
         cache.clear();
         cache.replace(before, file(9, 5));
         assert_eq!(cache.attr(9), None, "everything was forgotten meanwhile");
+    }
+
+    #[test]
+    fn a_read_begun_before_a_store_never_replaces_what_the_store_left() {
+        let cache = MetaCache::default();
+        let read_began = cache.epoch();
+        let store_began = cache.epoch();
+        cache.replace(store_began, file(7, 90));
+        // The read saw the record from before the store.
+        cache.remember(read_began, None, file(7, 81));
+        assert_eq!(cache.attr(7).map(|a| a.size), Some(90));
+        assert!(!cache.unchanged_since(7, read_began));
+        // A read of another inode still keeps what it read.
+        cache.remember(read_began, None, file(8, 5));
+        assert_eq!(cache.attr(8).map(|a| a.size), Some(5));
     }
 }

@@ -57,7 +57,7 @@ impl Core {
     ) -> Option<Result<(Attr, u64), FsError>> {
         let made = self.make_deferred(parent, name, FileKind::File, perm, 0, caller)?;
         Some(made.map(|attr| {
-            let (fh, file) = self.attach(attr, true);
+            let (fh, file) = self.attach(attr, true, self.cache.epoch());
             file.born_in.store(parent, Ordering::Release);
             (attr, fh)
         }))

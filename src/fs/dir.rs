@@ -9,12 +9,14 @@ use std::sync::{Arc, Mutex};
 
 use crate::attr::{Attr, FileKind, Timestamp};
 use crate::error::FsError;
-use crate::meta::DirEntry;
+use crate::meta::{DirEntry, Stored, UNREADABLE_ENTRY};
 
 use super::{lock, Core};
 
 /// Records fetched per round trip for readdirplus.
 const RECORDS_PER_CALL: usize = 2048;
+/// Entries looked at for one readdirplus reply (a reply holds far fewer).
+const PAGE_WINDOW: usize = 512;
 
 /// An open directory.
 pub struct DirHandle {
@@ -23,7 +25,9 @@ pub struct DirHandle {
     /// `.`, `..` and the entries, in a fixed order, once read.
     pub entries: Option<Vec<DirEntry>>,
     /// Attributes of the entries, loaded at the first readdirplus.
-    pub attrs: Option<Vec<Option<Attr>>>,
+    pub attrs: Option<Vec<Stored>>,
+    /// The cache epoch the attributes were read in.
+    attrs_epoch: u64,
 }
 
 impl Core {
@@ -36,6 +40,7 @@ impl Core {
                 ino,
                 entries: None,
                 attrs: None,
+                attrs_epoch: 0,
             })),
         );
         fh
@@ -116,39 +121,111 @@ impl Core {
         // reply (it does not link them), so theirs need no trip: `..` is often the directory
         // whose unlinks are waiting to be sent, which reading its record would send.
         let (dots, named) = inos.split_at(2.min(inos.len()));
-        let mut attrs: Vec<Option<Attr>> = dots
+        let mut attrs: Vec<Stored> = dots
             .iter()
             .map(|&ino| {
-                Some(
+                Stored::Attr(
                     self.getattr_cached(ino)
-                        .unwrap_or_else(|| stand_in_dir(ino)),
+                        .unwrap_or_else(|| stand_in(ino, FileKind::Dir)),
                 )
             })
             .collect();
         // Entries this mount knows already (it created them, or stat'ed them) cost no trip.
-        let known: Option<Vec<Option<Attr>>> = named
+        let known: Option<Vec<Stored>> = named
             .iter()
-            .map(|&ino| self.getattr_cached(ino).map(Some))
+            .map(|&ino| self.getattr_cached(ino).map(Stored::Attr))
             .collect();
         match known {
             Some(known) => attrs.extend(known),
             None => {
                 for chunk in named.chunks(RECORDS_PER_CALL) {
-                    attrs.extend(self.meta.records(chunk).await?);
+                    attrs.extend(self.read_records(chunk).await?);
                 }
             }
         }
         let mut h = lock(&handle);
         let dir = h.ino;
         // `ls -l` and friends stat every entry next: answer those from memory.
-        for (entry, attr) in h.entries.iter().flatten().zip(&attrs).skip(2) {
-            if let Some(attr) = attr {
+        for (entry, stored) in h.entries.iter().flatten().zip(&attrs).skip(2) {
+            if let Stored::Attr(attr) = stored {
                 self.cache.remember(epoch, Some((dir, &entry.name)), *attr);
             }
         }
         h.attrs = Some(attrs);
+        h.attrs_epoch = epoch;
         drop(h);
         Ok(handle)
+    }
+
+    /// Records of `inos`; the stand-ins for undecodable entries are unreadable as they are.
+    async fn read_records(&self, inos: &[u64]) -> Result<Vec<Stored>, FsError> {
+        let real: Vec<u64> = inos
+            .iter()
+            .copied()
+            .filter(|&ino| ino < UNREADABLE_ENTRY)
+            .collect();
+        let mut found = self.meta.records(&real).await?.into_iter();
+        Ok(inos
+            .iter()
+            .map(|&ino| {
+                if ino < UNREADABLE_ENTRY {
+                    found.next().unwrap_or(Stored::Missing)
+                } else {
+                    Stored::Corrupt
+                }
+            })
+            .collect())
+    }
+
+    /// The entries of a readdirplus reply from `offset` on (a window of them), with their
+    /// attributes: those the listing read, unless this mount changed or learned of a change
+    /// to the inode since; then what it knows now (its own view of a file open here), or a
+    /// fresh read. A later page must never take an older size to the kernel than it has: a
+    /// file written and closed while `ls -l` ran once read back as empty.
+    pub async fn dir_page(
+        &self,
+        fh: u64,
+        offset: usize,
+    ) -> Result<Vec<(usize, DirEntry, Stored)>, FsError> {
+        let handle = self.load_dir_attrs(fh).await?;
+        let (mut page, epoch) = {
+            let h = lock(&handle);
+            let entries = h.entries.as_deref().unwrap_or_default();
+            let attrs = h.attrs.as_deref().unwrap_or_default();
+            let page: Vec<(usize, DirEntry, Stored)> = entries
+                .iter()
+                .zip(attrs)
+                .enumerate()
+                .skip(offset)
+                .take(PAGE_WINDOW)
+                .map(|(i, (entry, stored))| (i, entry.clone(), *stored))
+                .collect();
+            (page, h.attrs_epoch)
+        };
+        let mut reread = Vec::new();
+        for (at, (i, _, stored)) in page.iter_mut().enumerate() {
+            let Stored::Attr(attr) = *stored else {
+                continue;
+            };
+            if *i < 2 {
+                continue;
+            }
+            if self.open_file(attr.ino).is_some() {
+                *stored = Stored::Attr(self.current(attr, epoch));
+            } else if !self.cache.unchanged_since(attr.ino, epoch) {
+                match self.cache.attr(attr.ino) {
+                    Some(now) => *stored = Stored::Attr(now),
+                    None => reread.push(at),
+                }
+            }
+        }
+        if !reread.is_empty() {
+            let inos: Vec<u64> = reread.iter().map(|&at| page[at].1.ino).collect();
+            for (at, fresh) in reread.into_iter().zip(self.meta.records(&inos).await?) {
+                page[at].2 = fresh;
+            }
+        }
+        Ok(page)
     }
 
     /// Closes a directory handle.
@@ -157,11 +234,12 @@ impl Core {
     }
 }
 
-/// Attributes for `.` or `..` in a readdirplus reply when they are not cached: of these the
-/// kernel reads only the inode number and the type.
-fn stand_in_dir(ino: u64) -> Attr {
+/// Attributes standing in for ones not read: for `.` or `..` in a readdirplus reply (of these
+/// the kernel reads only the inode number and the type), or for an entry whose record does
+/// not decode (sent with a zero timeout, so that the kernel asks again and gets EIO).
+pub fn stand_in(ino: u64, kind: FileKind) -> Attr {
     Attr {
         ino,
-        ..Attr::new(FileKind::Dir, 0o755, 0, 0, Timestamp::now())
+        ..Attr::new(kind, 0o755, 0, 0, Timestamp::now())
     }
 }

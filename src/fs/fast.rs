@@ -13,8 +13,9 @@ impl Core {
         if name == b"." || name == b".." || super::ops::check_name(name).is_err() {
             return None;
         }
+        let epoch = self.cache.epoch();
         if let Some(attr) = self.cache.entry(parent, name) {
-            return Some(Ok(attr));
+            return Some(Ok(self.current(attr, epoch)));
         }
         self.cache
             .absent(parent, name)

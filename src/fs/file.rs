@@ -350,13 +350,30 @@ struct BlockPlan {
 }
 
 impl Core {
-    /// Buffers a write; says whether the caller should store what is buffered.
+    /// Buffers a write at `offset`, or with `append` at the end of the file as this mount
+    /// knows it; says whether the caller should store what is buffered.
     pub fn buffer_write(
         &self,
         file: &OpenFile,
         offset: u64,
         data: &[u8],
+        append: bool,
     ) -> Result<Backlog, FsError> {
+        let mut guard = file.state();
+        let st = &mut *guard;
+        let offset = if append && offset != st.attr.size {
+            // Without its writeback cache the kernel places an O_APPEND write at the end of
+            // file it knows, and does not ask first: another mount's appends, which this open
+            // learned of, may have moved the end. The pages it filled there are not the file's.
+            self.invalidate(super::notify::Invalidation::Data(
+                file.ino,
+                offset as i64,
+                data.len() as i64,
+            ));
+            st.attr.size
+        } else {
+            offset
+        };
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or(FsError::FileTooBig)?;
@@ -364,8 +381,6 @@ impl Core {
             return Err(FsError::FileTooBig);
         }
         let bs = self.block_size as u64;
-        let mut guard = file.state();
-        let st = &mut *guard;
         let mut pos = 0usize;
         while pos < data.len() {
             let abs = offset + pos as u64;
@@ -477,8 +492,11 @@ impl Core {
                 })
                 .collect();
             for file in due {
-                if let Err(e) = self.change(self.flush_file(&file, false)).await {
-                    tracing::warn!("inode {}: write-back failed ({e}); kept buffered", file.ino);
+                match self.change(self.flush_file(&file, false)).await {
+                    Ok(()) => self.retire(&file),
+                    Err(e) => {
+                        tracing::warn!("inode {}: write-back failed ({e}); kept buffered", file.ino)
+                    }
                 }
             }
         }
@@ -574,11 +592,16 @@ impl Core {
             // A small batch travels with the commit (one round trip); a large one first, in
             // pipelined SETs, so that no script carries megabytes.
             let small = puts.iter().map(|(_, b)| b.stored_len()).sum::<usize>() <= INLINE_BYTES;
-            let inline = if small {
-                puts
+            let (inline, put_first) = if small {
+                (puts, Vec::new())
             } else {
-                self.blocks.put(&puts).await?;
-                Vec::new()
+                let ids: Vec<u64> = puts.iter().map(|(id, _)| *id).collect();
+                if let Err(e) = self.blocks.put(&puts).await {
+                    // Some of them may have been stored, and no map will ever name them.
+                    self.blocks.discard(ids);
+                    return Err(e);
+                }
+                (Vec::new(), ids)
             };
             let last = idxs.iter().max().copied().unwrap_or(0);
             let end = size.min((last + 1) * bs);
@@ -610,7 +633,15 @@ impl Core {
                     }
                     return Ok(());
                 }
-                Err(e) => return Err(e),
+                // Sent perhaps, answered not: the commit is settled in the background (see
+                // `Meta::commit`), which leaves its blocks in the map or deletes them.
+                Err(FsError::Io) => return Err(FsError::Io),
+                Err(e) => {
+                    // Refused (Redis is full, or a replica now): the blocks stored for it are
+                    // named by no map.
+                    self.blocks.discard(put_first);
+                    return Err(e);
+                }
             };
             match stored {
                 // What the commit left is the truth, unless something changed since it began.
@@ -625,7 +656,11 @@ impl Core {
                 st.map_version += 1;
                 for (((idx, _), image), &new_id) in todo.iter().zip(images).zip(&new_ids) {
                     if lost.contains(idx) {
+                        // Not known any more: a file this mount created must not read the
+                        // missing entry as a hole (its own earlier commit, whose reply was
+                        // lost, may be what the race was lost to).
                         st.map.remove(idx);
+                        st.map_complete = false;
                         continue;
                     }
                     st.inflight.remove(idx);

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileHandle, FopenFlags, Generation, INodeNo, InitFlags,
@@ -18,8 +18,9 @@ use tokio::sync::Semaphore;
 
 use crate::attr::{Attr, FileKind, Timestamp};
 use crate::error::FsError;
-use crate::meta::{AttrChange, LockState, Usage};
+use crate::meta::{AttrChange, LockState, Stored, Usage};
 
+use super::dir::stand_in;
 use super::ops::{Caller, XattrReply, NAME_MAX};
 use super::{lock, Core};
 
@@ -439,15 +440,20 @@ impl fuser::Filesystem for RedisFs {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        // With its writeback cache the kernel keeps the size and places appends itself.
+        let append = flags.0 & libc::O_APPEND != 0 && !self.core.settings.writeback;
         // Most writes only fill the buffer: answered here unless a freeze holds changes or the
         // buffer is full enough that the writer must wait for a store.
         let written = data.len() as u32;
         let must_store = match self.core.open_gate() {
-            Some(_open) => match self.core.write_buffered(fh.0, offset, data, &self.runtime) {
+            Some(_open) => match self
+                .core
+                .write_buffered(fh.0, offset, data, append, &self.runtime)
+            {
                 Ok(None) => return reply.written(written),
                 Ok(Some(store)) => Some(store),
                 Err(e) => return reply.error(errno(e)),
@@ -460,10 +466,9 @@ impl fuser::Filesystem for RedisFs {
             });
         }
         let data = data.to_vec();
-        self.serve_change(
-            reply,
-            move |c| async move { c.write(fh.0, offset, &data).await },
-        );
+        self.serve_change(reply, move |c| async move {
+            c.write(fh.0, offset, &data, append).await
+        });
     }
 
     fn flush(
@@ -603,23 +608,24 @@ impl fuser::Filesystem for RedisFs {
         let slots = self.slots.clone();
         self.runtime.spawn(async move {
             let _slot = slots.acquire_owned().await;
-            let handle = match core.load_dir_attrs(fh.0).await {
-                Ok(h) => h,
+            let page = match core.dir_page(fh.0, offset as usize).await {
+                Ok(page) => page,
                 Err(e) => return reply.error(errno(e)),
             };
             let mut reply = reply;
-            let h = lock(&handle);
-            let attrs = h.attrs.as_deref().unwrap_or_default();
-            for (i, e) in h.entries.iter().flatten().enumerate().skip(offset as usize) {
-                // An entry whose inode vanished since the listing is skipped, not reported broken.
-                let Some(Some(attr)) = attrs.get(i) else {
-                    continue;
+            for (i, e, stored) in page {
+                let (attr, ttl) = match stored {
+                    Stored::Attr(attr) => (attr, core.settings.ttl),
+                    // An entry whose inode vanished since the listing is skipped.
+                    Stored::Missing => continue,
+                    // Listed, never dropped; its look-up and stat fail with EIO.
+                    Stored::Corrupt => (stand_in(e.ino, e.kind), Duration::ZERO),
                 };
                 let full = reply.add(
                     INodeNo(e.ino),
                     i as u64 + 1,
                     OsStr::from_bytes(&e.name),
-                    &core.settings.ttl,
+                    &ttl,
                     &attr.to_fuser(core.block_size),
                     Generation(0),
                 );

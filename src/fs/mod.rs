@@ -207,13 +207,29 @@ impl Core {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// What to tell the kernel of `attr`, read (from Redis or the cache) in `epoch`: for a
+    /// file open here, this mount's own view, which is newer when writes are buffered or a
+    /// store of its own landed after the read began. The kernel takes a size from any reply
+    /// to a request sent after its last write, and places `O_APPEND` writes there: an older
+    /// size overwrote fsync'd records.
+    fn current(&self, attr: Attr, epoch: u64) -> Attr {
+        let Some(file) = self.open_file(attr.ino) else {
+            return attr;
+        };
+        let mut st = file.state();
+        if self.cache.unchanged_since(attr.ino, epoch) {
+            st.refresh(attr);
+        }
+        st.attr
+    }
+
     /// The open state of `ino`, if it is open on this mount.
     fn open_file(&self, ino: u64) -> Option<Arc<OpenFile>> {
         lock(&self.files).get(&ino).map(|(f, _)| f.clone())
     }
 
-    /// Registers a new handle on `attr`'s inode.
-    fn attach(&self, attr: Attr, created: bool) -> (u64, Arc<OpenFile>) {
+    /// Registers a new handle on `attr`'s inode (read in `epoch`).
+    fn attach(&self, attr: Attr, created: bool, epoch: u64) -> (u64, Arc<OpenFile>) {
         let file = {
             let mut files = lock(&self.files);
             let entry = files.entry(attr.ino).or_insert_with(|| {
@@ -223,14 +239,18 @@ impl Core {
                 )
             });
             entry.1 += 1;
+            let mut st = entry.0.state();
             if entry.1 == 1 {
                 // First open: what Redis says now is the truth (close-to-open).
-                let mut st = entry.0.state();
                 st.refresh(attr);
                 if !st.has_pending() {
                     st.forget_map(created);
                 }
+            } else if self.cache.unchanged_since(attr.ino, epoch) {
+                // Another open: what Redis says may be newer (another mount's change).
+                st.refresh(attr);
             }
+            drop(st);
             entry.0.clone()
         };
         let fh = self.new_handle();
@@ -246,16 +266,50 @@ impl Core {
             .ok_or(FsError::BadHandle)
     }
 
-    /// Drops a handle; returns the inode's state when it was the last handle.
+    /// Drops a handle; returns the inode's state when it was the last handle. A file whose
+    /// last close could not store its data (Redis away or full) stays in the table without
+    /// handles: the write-back stores it later (see [`Core::retire`]), and an open meanwhile
+    /// finds it and stores it first. Its data was answered for, and is never dropped.
     fn detach(&self, fh: u64) -> Option<Arc<OpenFile>> {
         let file = lock(&self.handles).remove(&fh)?;
         let mut files = lock(&self.files);
         let entry = files.get_mut(&file.ino)?;
         entry.1 -= 1;
-        if entry.1 == 0 {
-            files.remove(&file.ino).map(|(f, _)| f)
+        if entry.1 > 0 {
+            return None;
+        }
+        let unstored = {
+            let st = file.state();
+            st.has_pending() && !st.orphaned
+        };
+        if unstored {
+            tracing::warn!(
+                "inode {}: closed with data not yet stored; it is kept and stored when Redis \
+                 takes it",
+                file.ino
+            );
+            return None;
+        }
+        files.remove(&file.ino).map(|(f, _)| f)
+    }
+
+    /// Takes a file without handles whose data is now stored out of the table (see
+    /// [`Core::detach`]), as its last close would have.
+    fn retire(&self, file: &Arc<OpenFile>) {
+        let mut files = lock(&self.files);
+        let closed = files
+            .get(&file.ino)
+            .is_some_and(|(f, handles)| *handles == 0 && Arc::ptr_eq(f, file));
+        if !closed || file.state().has_pending() {
+            return;
+        }
+        files.remove(&file.ino);
+        drop(files);
+        let st = file.state();
+        if st.orphaned {
+            let _ = self.reclaim_queue.send(file.ino);
         } else {
-            None
+            self.closed(&st.attr);
         }
     }
 

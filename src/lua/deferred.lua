@@ -5,7 +5,9 @@
 -- record, ts; op is a kind letter (create), 'u' (unlink of a file this mount does not have
 -- open), 'h' (unlink of a file it has open: its session holds the file until its last close)
 -- or 'r' (rmdir of an empty directory leased here).
---   ->  {0} or {errno, index of the change at fault}
+--   ->  {0, 1 if Redis is over its maxmemory} or {errno, index of the change at fault}
+-- Run with allow-oom (src/scripts.rs): these changes were answered already, and must land even
+-- when Redis is full; the mount then stops deferring creates.
 local FIRST, WIDTH = 4, 6
 local n = (#ARGV - FIRST + 1) / WIDTH
 -- What the batch has done so far to names and leases, seen by the later checks, and the
@@ -65,4 +67,8 @@ for dir in string.gmatch(ARGV[3], '%d+') do
   end
 end
 save()
-return { 0 }
+local memory = redis.call('INFO', 'memory')
+local used = tonumber(string.match(memory, 'used_memory:(%d+)'))
+local limit = tonumber(string.match(memory, 'maxmemory:(%d+)'))
+if limit and limit > 0 and used >= limit then return { 0, 1 } end
+return { 0, 0 }

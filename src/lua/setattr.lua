@@ -4,11 +4,11 @@
 -- On a size cut that ends inside a block, the caller passes that block re-written with zeros
 -- past the new end (tail_new) in place of tail_old; a lost race answers EAGAIN.
 local ino, ts, mask = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local function drop_new_tail() if ARGV[16] ~= '0' then redis.call('DEL', P .. 'b:' .. ARGV[16]) end end
 local r = rec(ino)
-if not r then return { E.NOENT } end
+if not r then drop_new_tail(); return { E.NOENT } end
 if is_dir(r) then unleased(ino) end
 local function has(b) return bit.band(mask, b) ~= 0 end
-local function drop_new_tail() if ARGV[16] ~= '0' then redis.call('DEL', P .. 'b:' .. ARGV[16]) end end
 if has(8) then
   if is_dir(r) then drop_new_tail(); return { E.ISDIR } end
   local new, bs, map = tonumber(ARGV[12]), tonumber(ARGV[13]), P .. 'm:' .. ino

@@ -203,6 +203,33 @@ impl Redis {
         self.wait_until_up();
     }
 
+    /// Stops the server with SIGSTOP, as a stalled host would: connections stay open and
+    /// requests queue up unanswered until [`Redis::resume`].
+    pub fn pause(&self) -> i32 {
+        let pid = self.server_pid();
+        // SAFETY: kill with the server's pid.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        pid
+    }
+
+    /// Lets a server stopped by [`Redis::pause`] run again.
+    pub fn resume(&self, pid: i32) {
+        // SAFETY: kill with the server's pid.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and waits until the supervisor has it
+    /// back up on the same port and data directory (it reloads its AOF, if it keeps one).
+    pub fn crash(&self) {
+        let old = self.server_pid();
+        // SAFETY: kill with the server's pid.
+        unsafe { libc::kill(old, libc::SIGKILL) };
+        wait_for("redis-server to die", Duration::from_secs(20), || {
+            !Path::new(&format!("/proc/{old}")).exists() || !ping(self.port)
+        });
+        self.wait_until_up();
+    }
+
     /// `redis://127.0.0.1:<port>/`
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
