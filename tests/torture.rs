@@ -104,6 +104,30 @@ fn append_until(path: &Path, stop: &AtomicBool, appended: &AtomicUsize) {
     }
 }
 
+/// Appends records to `path` until `stop`, retrying each failed `fsync` (as a careful program
+/// does) until it succeeds; returns how many records were written.
+fn append_retrying(path: &Path, stop: &AtomicBool) -> usize {
+    let mut journal = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open journal");
+    let mut written = 0;
+    let mut failures = 0;
+    while !stop.load(Ordering::Relaxed) {
+        journal
+            .write_all(record(written).as_bytes())
+            .expect("append");
+        written += 1;
+        while journal.sync_all().is_err() {
+            failures += 1;
+            assert!(failures < 100, "fsync never succeeded after the stall");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    written
+}
+
 /// Asserts that the mount never dropped a change it had answered, unmounts it, and checks the
 /// filesystem with fsck.
 fn unmount_checked(m: Mount, redis: &Redis) {
@@ -156,16 +180,20 @@ fn files_read_back_whole_while_their_directory_is_listed() {
     let bad = Mutex::new(Vec::new());
     for dir in [m.join("own"), m.join("shared")] {
         std::thread::scope(|s| {
-            let lister = s.spawn(|| {
-                let mut listings = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    for entry in fs::read_dir(&dir).expect("list").flatten() {
-                        let _ = entry.metadata();
-                    }
-                    listings += 1;
-                }
-                listings
-            });
+            let listers: Vec<_> = (0..3)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut listings = 0;
+                        while !stop.load(Ordering::Relaxed) {
+                            for entry in fs::read_dir(&dir).expect("list").flatten() {
+                                let _ = entry.metadata();
+                            }
+                            listings += 1;
+                        }
+                        listings
+                    })
+                })
+                .collect();
             let (sent, written) = std::sync::mpsc::channel::<(PathBuf, Vec<u8>, Instant)>();
             let reader = s.spawn(|| {
                 for (path, data, closed) in written {
@@ -194,7 +222,9 @@ fn files_read_back_whole_while_their_directory_is_listed() {
             drop(sent);
             reader.join().unwrap();
             stop.store(true, Ordering::Relaxed);
-            assert!(lister.join().unwrap() > 0, "the lister never listed");
+            for lister in listers {
+                assert!(lister.join().unwrap() > 0, "a lister never listed");
+            }
             stop.store(false, Ordering::Relaxed);
         });
     }
@@ -266,17 +296,30 @@ fn answered_creates_survive_a_redis_stall_longer_than_the_io_timeout() {
     let b = Mount::new(&redis, "skx", &[]);
     let dir = a.join("leased");
     fs::create_dir(&dir).unwrap();
+    fs::create_dir(b.join("shared")).unwrap();
     let stop = AtomicBool::new(false);
-    let (answered, _failed) = std::thread::scope(|s| {
+    let ((answered, failed), (shared, shared_failed), appended) = std::thread::scope(|s| {
         let creator = s.spawn(|| create_until(&dir, &stop));
+        let shared = s.spawn(|| create_until(&a.join("shared"), &stop));
+        let appender = s.spawn(|| append_retrying(&a.join("journal"), &stop));
         std::thread::sleep(Duration::from_millis(500));
         let pid = redis.pause();
         std::thread::sleep(Duration::from_secs(10));
         redis.resume(pid);
         std::thread::sleep(Duration::from_secs(2));
         stop.store(true, Ordering::Relaxed);
-        creator.join().unwrap()
+        (
+            creator.join().unwrap(),
+            shared.join().unwrap(),
+            appender.join().unwrap(),
+        )
     });
+    eprintln!(
+        "acknowledged: {} creates in a leased directory ({failed} failed), {} in a shared one \
+         ({shared_failed} failed), {appended} fsync'd records; one 10 s stall",
+        answered.len(),
+        shared.len()
+    );
     assert!(answered.len() > 1000, "only {} creates", answered.len());
     assert_all_listed(&dir, &answered);
     let started = Instant::now();
@@ -286,6 +329,8 @@ fn answered_creates_survive_a_redis_stall_longer_than_the_io_timeout() {
         "another mount waited {:?} for the directory",
         started.elapsed()
     );
+    assert_all_listed(&b.join("shared"), &shared);
+    assert_records(&b.join("journal"), appended);
     b.unmount();
     unmount_checked(a, &redis);
 }
@@ -315,6 +360,13 @@ fn a_stall_shorter_than_the_io_timeout_is_only_a_pause() {
         stop.store(true, Ordering::Relaxed);
         (in_leased.join().unwrap(), in_shared.join().unwrap())
     });
+    eprintln!(
+        "acknowledged: {} creates in a leased directory, {} in a shared one, {} fsync'd \
+         records; one 4 s stall",
+        leased.len(),
+        shared.len(),
+        appended.load(Ordering::Relaxed)
+    );
     assert_eq!(
         leased_failed + shared_failed,
         0,
@@ -341,26 +393,7 @@ fn fsync_after_a_stall_longer_than_the_io_timeout_stores_everything_once() {
     let path = m.join("journal");
     let stop = AtomicBool::new(false);
     let written = std::thread::scope(|s| {
-        let writer = s.spawn(|| {
-            let mut journal = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .unwrap();
-            let mut i = 0;
-            let mut failures = 0;
-            while !stop.load(Ordering::Relaxed) {
-                journal.write_all(record(i).as_bytes()).expect("append");
-                i += 1;
-                // A careful program retries fsync until it succeeds.
-                while journal.sync_all().is_err() {
-                    failures += 1;
-                    assert!(failures < 100, "fsync never succeeded after the stall");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            }
-            i
-        });
+        let writer = s.spawn(|| append_retrying(&path, &stop));
         std::thread::sleep(Duration::from_millis(300));
         let pid = redis.pause();
         std::thread::sleep(Duration::from_secs(7));
@@ -369,6 +402,7 @@ fn fsync_after_a_stall_longer_than_the_io_timeout_stores_everything_once() {
         stop.store(true, Ordering::Relaxed);
         writer.join().unwrap()
     });
+    eprintln!("{written} records appended, each fsync'd; one 7 s stall");
     assert_records(&path, written);
     unmount_checked(m, &redis);
 }
@@ -396,6 +430,11 @@ fn a_redis_crash_and_restart_keeps_every_acknowledged_change() {
         stop.store(true, Ordering::Relaxed);
         creator.join().unwrap()
     });
+    eprintln!(
+        "acknowledged: {} creates, {} fsync'd records; two crashes and restarts",
+        answered.len(),
+        appended.load(Ordering::Relaxed)
+    );
     assert_eq!(failed, 0, "creates failed across a restart");
     m.unmount();
     let m = Mount::new(&redis, "skx", &[]);
@@ -426,25 +465,39 @@ fn a_full_redis_answers_enospc_and_leaks_nothing() {
     }
     let redis = Redis::start_with(&["--maxmemory", "40mb", "--maxmemory-policy", "noeviction"]);
     let m = Mount::new(&redis, "skx", &[]);
+    let other = Mount::new(&redis, "skx", &[]);
     fs::create_dir(m.join("leased")).unwrap();
+    fs::create_dir(other.join("shared")).unwrap();
     for round in 0..3 {
         let stop = AtomicBool::new(false);
-        let (answered, _) = std::thread::scope(|s| {
-            let creator = s.spawn(|| create_until(&m.join("leased"), &stop));
+        let ((leased, leased_failed), (shared, shared_failed)) = std::thread::scope(|s| {
+            let in_leased = s.spawn(|| create_until(&m.join("leased"), &stop));
+            let in_shared = s.spawn(|| create_until(&m.join("shared"), &stop));
             let err = write_until_full(&m.join(format!("big{round}")));
             assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
             let err = write_until_full(&m.join(format!("more{round}")));
             assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+            // Creates go on for a while against the full Redis.
+            std::thread::sleep(Duration::from_millis(300));
             stop.store(true, Ordering::Relaxed);
-            creator.join().unwrap()
+            (in_leased.join().unwrap(), in_shared.join().unwrap())
         });
-        assert_all_listed(&m.join("leased"), &answered);
+        eprintln!(
+            "round {round}: acknowledged {} creates in a leased directory ({leased_failed} \
+             refused), {} in a shared one ({shared_failed} refused)",
+            leased.len(),
+            shared.len()
+        );
+        for (dir, answered) in [("leased", &leased), ("shared", &shared)] {
+            assert_all_listed(&other.join(dir), answered);
+            for name in answered {
+                fs::remove_file(m.join(dir).join(name)).unwrap();
+            }
+        }
         fs::remove_file(m.join(format!("big{round}"))).unwrap();
         fs::remove_file(m.join(format!("more{round}"))).unwrap();
-        for name in &answered {
-            fs::remove_file(m.join("leased").join(name)).unwrap();
-        }
     }
+    other.unmount();
     // Room again: writes work.
     fs::write(m.join("after"), b"room again").unwrap();
     assert_eq!(fs::read(m.join("after")).unwrap(), b"room again");
@@ -561,6 +614,10 @@ fn a_mount_killed_mid_run_loses_only_what_it_never_acknowledged() {
         worker.join().unwrap()
     });
     let synced = synced.into_inner().unwrap();
+    eprintln!(
+        "{} files fsync'd by the killed mount, {survivor_files} written by the survivor",
+        synced.len()
+    );
     assert!(synced.len() > 5, "the victim got nowhere");
     for (name, data) in &synced {
         let back = fs::read(survivor.join("v").join(name)).expect("fsync'd file");
@@ -593,8 +650,10 @@ fn a_mount_killed_mid_run_loses_only_what_it_never_acknowledged() {
     assert_fsck_clean(&redis, "skx");
 }
 
-/// A file opened for append on one mount starts at the end another mount's appends left, so
-/// two mounts appending in turn (close-to-open) lose nothing.
+/// Caught: the kernel places an `O_APPEND` write at the end of file it knows, which another
+/// mount's appends had moved: two mounts appending in turn overwrote each other's records.
+/// Appends land at the end the mount knows, after an open (close-to-open) or after the other
+/// mount's change event, on a descriptor kept open.
 #[test]
 fn two_mounts_appending_in_turn_keep_every_record() {
     if !common::ready() {
@@ -615,6 +674,30 @@ fn two_mounts_appending_in_turn_keep_every_record() {
     }
     assert_records(&a.join("journal"), 400);
     assert_records(&b.join("journal"), 400);
+    // One mount keeps its descriptor open: what it learns of the other's appends (their
+    // events) moves the end it appends at.
+    let mut kept = fs::OpenOptions::new()
+        .append(true)
+        .open(a.join("journal"))
+        .unwrap();
+    for i in 400..600 {
+        if i % 2 == 0 {
+            kept.write_all(record(i).as_bytes()).unwrap();
+            kept.sync_all().unwrap();
+        } else {
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .open(b.join("journal"))
+                .unwrap();
+            f.write_all(record(i).as_bytes()).unwrap();
+            drop(f);
+        }
+        // Time for the change event to reach the other mount.
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    drop(kept);
+    assert_records(&a.join("journal"), 600);
+    assert_records(&b.join("journal"), 600);
     a.unmount();
     b.unmount();
     assert_fsck_clean(&redis, "skx");

@@ -207,6 +207,9 @@ pub struct FileState {
     inflight: BTreeMap<u64, Arc<Pending>>,
     /// The last link is gone; reclaim the inode at the last close.
     pub orphaned: bool,
+    /// Another mount changed the file since this mount last read its record: an `O_APPEND`
+    /// write reads it again first, so that it lands at the end that mount left.
+    pub changed_elsewhere: bool,
     /// Where the last sequential read ended.
     read_end: u64,
     /// The block index up to which read-ahead has been started.
@@ -308,6 +311,7 @@ impl OpenFile {
                 dirty_since: None,
                 inflight: BTreeMap::new(),
                 orphaned: false,
+                changed_elsewhere: false,
                 read_end: 0,
                 ahead_to: 0,
                 stamps_times,

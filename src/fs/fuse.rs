@@ -449,7 +449,8 @@ impl fuser::Filesystem for RedisFs {
         // Most writes only fill the buffer: answered here unless a freeze holds changes or the
         // buffer is full enough that the writer must wait for a store.
         let written = data.len() as u32;
-        let must_store = match self.core.open_gate() {
+        let answer_here = !append || !self.core.append_waits(fh.0);
+        let must_store = match self.core.open_gate().filter(|_| answer_here) {
             Some(_open) => match self
                 .core
                 .write_buffered(fh.0, offset, data, append, &self.runtime)

@@ -219,8 +219,21 @@ impl Core {
         let mut st = file.state();
         if self.cache.unchanged_since(attr.ino, epoch) {
             st.refresh(attr);
+            st.changed_elsewhere = false;
         }
         st.attr
+    }
+
+    /// Reads the record of a file open here again, if another mount changed it since this
+    /// mount last did (see [`file::FileState::changed_elsewhere`]).
+    async fn learn_changes_elsewhere(&self, file: &OpenFile) -> Result<(), FsError> {
+        if !file.state().changed_elsewhere {
+            return Ok(());
+        }
+        let epoch = self.cache.epoch();
+        let attr = self.meta.getattr(file.ino).await?;
+        self.current(attr, epoch);
+        Ok(())
     }
 
     /// The open state of `ino`, if it is open on this mount.
@@ -243,6 +256,7 @@ impl Core {
             if entry.1 == 1 {
                 // First open: what Redis says now is the truth (close-to-open).
                 st.refresh(attr);
+                st.changed_elsewhere = false;
                 if !st.has_pending() {
                     st.forget_map(created);
                 }
@@ -377,6 +391,9 @@ impl Listener for Core {
     fn changed(&self, change: Change) {
         match change {
             Change::Attr(ino) => {
+                if let Some(f) = self.open_file(ino) {
+                    f.state().changed_elsewhere = true;
+                }
                 self.cache.forget_attr(ino);
                 self.cache.xattrs_changed(ino);
                 self.invalidate(Invalidation::Attr(ino));

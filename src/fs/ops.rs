@@ -403,11 +403,20 @@ impl Core {
         data: &[u8],
         append: bool,
     ) -> Result<u32, FsError> {
+        if append {
+            self.learn_changes_elsewhere(&*self.file(fh)?).await?;
+        }
         let spawner = tokio::runtime::Handle::current();
         if let Some((file, only_full)) = self.write_buffered(fh, offset, data, append, &spawner)? {
             self.flush_file(&file, only_full).await?;
         }
         Ok(data.len() as u32)
+    }
+
+    /// Whether an append through `fh` must first learn what another mount changed (see
+    /// [`Core::write`]), which the FUSE thread cannot wait for.
+    pub fn append_waits(&self, fh: u64) -> bool {
+        self.file(fh).is_ok_and(|f| f.state().changed_elsewhere)
     }
 
     /// Buffers a write, starting a background store of full blocks on `spawner` when it is
