@@ -279,17 +279,15 @@ impl Delegation {
     }
 
     /// Another mount asks for `dir`: it is no longer deferred here, and its lease goes with
-    /// the next batch (the whole log is sent before it). Asked for a directory it does not
-    /// know as leased (it stopped deferring), the mount still hands back what Redis may record
-    /// as its own: the batch script releases only leases held by this session.
+    /// the next batch (the whole log is sent before it). Every mount hears every recall; one
+    /// that does not hold `dir` has nothing to do.
     pub fn recall(&self, dir: u64) {
         let mut log = lock(&self.log);
-        log.leased.remove(&dir);
-        if !log.recalled.contains(&dir) {
+        if log.leased.remove(&dir) {
             log.recalled.push(dir);
+            drop(log);
+            self.wake.notify_one();
         }
-        drop(log);
-        self.wake.notify_one();
     }
 
     /// Hands back every directory leased here with the next batch (a clean unmount).

@@ -204,8 +204,13 @@ impl Meta {
         script: &redis::Script,
         args: ScriptArgs,
     ) -> Result<Vec<Value>, FsError> {
-        self.run_as(what, script, &self.store.request(self.session), &args)
-            .await
+        self.run_as(
+            what,
+            script,
+            &self.store.request(self.session).bounded(),
+            &args,
+        )
+        .await
     }
 
     /// Runs a script as `request` (see [`Store::script_as`]); while a directory it needs is

@@ -464,6 +464,9 @@ async fn maintain(core: Arc<Core>, session: Option<Arc<Session>>, timeout: Durat
     loop {
         tick.tick().await;
         session.heartbeat().await;
+        if let Err(e) = core.meta.store.measure_clock().await {
+            tracing::warn!("reading Redis's clock: {e}");
+        }
         let (stale, cutoff) = session.stale(timeout).await;
         for dead in stale {
             match core.meta.expire_session(dead, cutoff).await {

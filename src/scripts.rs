@@ -49,6 +49,8 @@ const PRELUDE: &str = include_str!("lua/prelude.lua");
 /// instead of running again (a create must not answer EEXIST to its own retry, a batch of
 /// deferred creates must not be refused for finding its own files). Replies are kept in a ring
 /// of slots per session, overwritten as requests go on.
+/// A request past its deadline (its caller gave up on it: see `Store::script_as`) answers
+/// ETIMEDOUT without running.
 /// While a snapshot holds the filesystem (see `src/freeze.rs`) it changes nothing and answers
 /// `{-1}`, and the caller waits and tries again.
 const ONCE: &str = "
@@ -58,6 +60,12 @@ if REQ ~= '0' then
   local done = redis.call('HGET', RING, SLOT)
   if done and string.sub(done, 1, #REQ + 1) == REQ .. ':' then
     return cmsgpack.unpack(string.sub(done, #REQ + 2))
+  end
+end
+if DEADLINE ~= '0' then
+  local now = redis.call('TIME')
+  if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(DEADLINE) then
+    return { E.TIMEDOUT }
   end
 end
 local FROZEN = redis.call('GET', P .. 'freeze')
@@ -73,7 +81,8 @@ fn writing(body: &str) -> Script {
 }
 
 /// A changing script that runs even when Redis is over its `maxmemory`: for changes that were
-/// answered already and must not be refused.
+/// answered already and must not be refused, and for removals, which are how a full Redis
+/// gets room again.
 fn writing_when_full(body: &str) -> Script {
     Script::new(&format!(
         "#!lua flags=allow-oom\n{PRELUDE}\nlocal function main()\n{body}\nend\n{ONCE}"
@@ -93,15 +102,15 @@ impl Scripts {
             records: read_only(include_str!("lua/records.lua")),
             create: writing(include_str!("lua/create.lua")),
             link: writing(include_str!("lua/link.lua")),
-            remove: writing(include_str!("lua/remove.lua")),
+            remove: writing_when_full(include_str!("lua/remove.lua")),
             rename: writing(include_str!("lua/rename.lua")),
             setattr: writing(include_str!("lua/setattr.lua")),
             commit: writing(include_str!("lua/commit.lua")),
             xattr_set: writing(include_str!("lua/xattr_set.lua")),
             xattr_remove: writing(include_str!("lua/xattr_remove.lua")),
-            reclaim: writing(include_str!("lua/reclaim.lua")),
-            free_batch: writing(include_str!("lua/free_batch.lua")),
-            expire_session: writing(include_str!("lua/expire_session.lua")),
+            reclaim: writing_when_full(include_str!("lua/reclaim.lua")),
+            free_batch: writing_when_full(include_str!("lua/free_batch.lua")),
+            expire_session: writing_when_full(include_str!("lua/expire_session.lua")),
             lock: writing(include_str!("lua/lock.lua")),
             deferred: writing_when_full(include_str!("lua/deferred.lua")),
         }

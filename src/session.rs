@@ -29,6 +29,9 @@ pub struct Session {
     store: Store,
     /// The session's id.
     pub id: u64,
+    /// The heartbeat, as a script that runs even when Redis is over its `maxmemory`: a full
+    /// Redis must not make other mounts take a live mount for dead and expire its session.
+    beat: redis::Script,
 }
 
 /// Now, in milliseconds since the epoch: the unit of heartbeats.
@@ -83,17 +86,24 @@ impl Session {
         Ok(Session {
             store: store.clone(),
             id,
+            beat: redis::Script::new(
+                "#!lua flags=allow-oom\nreturn redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])",
+            ),
         })
     }
 
     /// Tells other mounts this one is alive.
     pub async fn heartbeat(&self) {
-        let cmd = redis::cmd("ZADD")
-            .arg(self.store.keys.sessions())
-            .arg(now_ms())
-            .arg(self.id)
-            .clone();
-        if let Err(e) = self.store.cmd::<()>(&cmd).await {
+        let sessions = self.store.keys.sessions();
+        let beat = self
+            .store
+            .retry(|mut c| {
+                let mut call = self.beat.key(&sessions);
+                call.arg(now_ms()).arg(self.id);
+                async move { call.invoke_async::<i64>(&mut c).await }
+            })
+            .await;
+        if let Err(e) = beat {
             tracing::warn!("session heartbeat failed: {e}");
         }
     }

@@ -43,6 +43,21 @@ impl ScriptArgs {
 pub struct Request {
     session: u64,
     id: u64,
+    /// Whether the call refuses to run once the caller gave up on it (see
+    /// [`Store::script_as`]).
+    bounded: bool,
+}
+
+impl Request {
+    /// The same request, refusing to run once its caller gave up on it: an attempt queued on
+    /// a connection to a stalled Redis must not take effect after the caller was told it
+    /// failed.
+    pub fn bounded(self) -> Request {
+        Request {
+            bounded: true,
+            ..self
+        }
+    }
 }
 
 /// A connected Redis, the filesystem's key names, and the retry policy.
@@ -59,6 +74,8 @@ pub struct Store {
     pub db: i64,
     io_timeout: Duration,
     requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// How far Redis's clock is ahead of this machine's, in ms, as last measured.
+    clock_offset: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// Whether an error means "Redis is away for now" rather than "the request is wrong".
@@ -129,7 +146,7 @@ impl Store {
         let conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|e| redis_err("cannot connect", e))?;
-        Ok(Store {
+        let store = Store {
             conn,
             client,
             keys: Keys::new(prefix),
@@ -137,7 +154,36 @@ impl Store {
             db: target.info.redis_settings().db(),
             io_timeout,
             requests: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1)),
-        })
+            clock_offset: std::sync::Arc::default(),
+        };
+        store
+            .measure_clock()
+            .await
+            .map_err(|e| redis_err("reading the server's clock", e))?;
+        Ok(store)
+    }
+
+    /// Measures how far Redis's clock is from this machine's (for the deadlines of bounded
+    /// requests); mounts measure again now and then, as clocks drift.
+    pub async fn measure_clock(&self) -> RedisResult<()> {
+        let before = crate::session::now_ms();
+        let (secs, micros): (u64, u64) = self.cmd(&redis::cmd("TIME")).await?;
+        let after = crate::session::now_ms();
+        let server = secs * 1000 + micros / 1000;
+        let offset = server as i64 - before.midpoint(after) as i64;
+        self.clock_offset
+            .store(offset, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The moment, on Redis's clock in ms, after which a bounded request sent now refuses to
+    /// run: a little before this mount gives up on it, so that no attempt still queued in a
+    /// stalled Redis can run after the caller was told it failed.
+    fn deadline(&self) -> u64 {
+        let margin = (self.io_timeout / 4).min(Duration::from_millis(250));
+        let offset = self.clock_offset.load(std::sync::atomic::Ordering::Relaxed);
+        let now = crate::session::now_ms().saturating_add_signed(offset);
+        now + (self.io_timeout - margin).as_millis() as u64
     }
 
     /// How long requests are retried while Redis is unreachable.
@@ -194,7 +240,11 @@ impl Store {
             self.requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         };
-        Request { session, id }
+        Request {
+            session,
+            id,
+            bounded: false,
+        }
     }
 
     /// Runs a script with the prefix and the calling session as its first two arguments;
@@ -210,7 +260,9 @@ impl Store {
 
     /// Runs a script as `request`, which may have been sent before: it runs at most once
     /// (see `src/scripts.rs`), so a caller that gave up waiting for a reply can send the same
-    /// request again later and learn what became of it.
+    /// request again later and learn what became of it. A bounded request carries a deadline
+    /// on Redis's clock, set anew whenever Redis answered that it did not run it (a snapshot's
+    /// hold), past which it refuses to run (`ETIMEDOUT`).
     pub async fn script_as(
         &self,
         script: &Script,
@@ -219,9 +271,10 @@ impl Store {
     ) -> RedisResult<Vec<Value>> {
         let meta = self.keys.meta();
         let base = self.keys.base();
-        let identity = format!("{}:{}", request.session, request.id);
         let mut held = Duration::from_millis(1);
         loop {
+            let deadline = if request.bounded { self.deadline() } else { 0 };
+            let identity = format!("{}:{}:{deadline}", request.session, request.id);
             let reply = self
                 .retry(|mut c| {
                     let mut inv = script.key(&meta);

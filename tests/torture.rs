@@ -464,8 +464,9 @@ fn a_full_redis_answers_enospc_and_leaks_nothing() {
         return;
     }
     let redis = Redis::start_with(&["--maxmemory", "40mb", "--maxmemory-policy", "noeviction"]);
-    let m = Mount::new(&redis, "skx", &[]);
-    let other = Mount::new(&redis, "skx", &[]);
+    // Short session timeouts: a full Redis must not make a live mount look dead.
+    let m = Mount::new(&redis, "skx", &["--session-timeout", "2"]);
+    let other = Mount::new(&redis, "skx", &["--session-timeout", "2"]);
     fs::create_dir(m.join("leased")).unwrap();
     fs::create_dir(other.join("shared")).unwrap();
     for round in 0..3 {
@@ -477,8 +478,8 @@ fn a_full_redis_answers_enospc_and_leaks_nothing() {
             assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
             let err = write_until_full(&m.join(format!("more{round}")));
             assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
-            // Creates go on for a while against the full Redis.
-            std::thread::sleep(Duration::from_millis(300));
+            // Creates go on against the full Redis, longer than the session timeout.
+            std::thread::sleep(Duration::from_secs(3));
             stop.store(true, Ordering::Relaxed);
             (in_leased.join().unwrap(), in_shared.join().unwrap())
         });
@@ -496,6 +497,13 @@ fn a_full_redis_answers_enospc_and_leaks_nothing() {
         }
         fs::remove_file(m.join(format!("big{round}"))).unwrap();
         fs::remove_file(m.join(format!("more{round}"))).unwrap();
+    }
+    for mount in [&m, &other] {
+        assert!(
+            !mount.log_text().contains("stopped heartbeating"),
+            "a live mount was taken for dead:\n{}",
+            mount.log_text()
+        );
     }
     other.unmount();
     // Room again: writes work.
@@ -701,4 +709,66 @@ fn two_mounts_appending_in_turn_keep_every_record() {
     a.unmount();
     b.unmount();
     assert_fsck_clean(&redis, "skx");
+}
+
+/// Caught: a change asked for while Redis was stalled failed with EIO once `--io-timeout`
+/// passed, and then took effect anyway when Redis came back (the request was still queued on
+/// the connection). An error must be true: a request the mount gave up on refuses to run.
+#[test]
+fn a_change_that_failed_in_a_stall_never_takes_effect_later() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::io::AsRawFd;
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let m = Mount::new(&redis, "skx", &["--io-timeout", "2"]);
+    let path = m.join("file");
+    fs::write(&path, b"data").unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    let file = fs::File::open(&path).unwrap();
+    let pid = redis.pause();
+    let started = Instant::now();
+    // SAFETY: a valid descriptor.
+    let chmod = unsafe { libc::fchmod(file.as_raw_fd(), 0o600) };
+    let chmod_err = std::io::Error::last_os_error();
+    let (name, value) = (c"user.k", b"v");
+    // SAFETY: a valid descriptor, C string and buffer.
+    let setxattr = unsafe {
+        libc::fsetxattr(
+            file.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    let setxattr_err = std::io::Error::last_os_error();
+    let waited = started.elapsed();
+    redis.resume(pid);
+    assert_eq!(chmod, -1, "chmod succeeded in a stall");
+    assert_eq!(chmod_err.raw_os_error(), Some(libc::EIO), "{chmod_err}");
+    assert_eq!(setxattr, -1, "setxattr succeeded in a stall");
+    assert_eq!(
+        setxattr_err.raw_os_error(),
+        Some(libc::EIO),
+        "{setxattr_err}"
+    );
+    eprintln!("two changes failed after {waited:?}");
+    // Redis works through what was queued; nothing of it may change the file now.
+    std::thread::sleep(Duration::from_secs(1));
+    drop(file);
+    m.unmount();
+    let m = Mount::new(&redis, "skx", &[]);
+    let meta = fs::metadata(m.join("file")).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o644,
+        "the failed chmod took effect"
+    );
+    assert!(
+        common::xattrs(&m.join("file")).is_empty(),
+        "the failed setxattr took effect"
+    );
+    unmount_checked(m, &redis);
 }

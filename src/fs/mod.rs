@@ -335,10 +335,16 @@ impl Core {
         {
             // Marked under the table's lock: a last close takes the file out of the table
             // under it too, so it either sees the mark or leaves the inode to be queued here.
-            let files = lock(&self.files);
-            if let Some((file, _)) = files.get(&ino) {
+            let mut files = lock(&self.files);
+            if let Some((file, handles)) = files.get(&ino) {
                 file.state().orphaned = true;
-                return;
+                if *handles > 0 {
+                    return;
+                }
+                // Closed already, kept only for data its close could not store (see
+                // `Core::detach`): nobody can read that data now.
+                file.state().drop_buffers();
+                files.remove(&ino);
             }
         }
         let _ = self.reclaim_queue.send(ino);

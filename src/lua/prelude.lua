@@ -1,12 +1,14 @@
 -- Shared by every script (prepended by src/scripts.rs). ARGV[1] is the prefix with its ':',
--- ARGV[2] is 'session:request': the session id of the mount running the script (0 for tools)
--- and the request's id (0: none), the same for every attempt of one request.
+-- ARGV[2] is 'session:request:deadline': the session id of the mount running the script (0 for
+-- tools), the request's id (0: none), the same for every attempt of one request, and the time
+-- on this server's clock (ms) after which the request must not run, because its caller gave up
+-- on it (0: none).
 -- Inode records are packed as described in src/attr.rs; these helpers read and patch them
 -- without unpacking the timestamps, which Lua's doubles could not hold exactly.
 local P = ARGV[1]
-local SID, REQ = string.match(ARGV[2], '^(%d+):(%d+)$')
+local SID, REQ, DEADLINE = string.match(ARGV[2], '^(%d+):(%d+):(%d+)$')
 local E = { PERM = 1, NOENT = 2, IO = 5, AGAIN = 11, EXIST = 17, NOTDIR = 20, ISDIR = 21, INVAL = 22,
-            MLINK = 31, NOTEMPTY = 39, NODATA = 61 }
+            MLINK = 31, NOTEMPTY = 39, NODATA = 61, TIMEDOUT = 110 }
 local S_IFMT, S_IFDIR = 61440, 16384
 local LETTER = { [32768] = 'f', [16384] = 'd', [40960] = 'l', [4096] = 'p', [8192] = 'c',
                  [24576] = 'b', [49152] = 's' }
