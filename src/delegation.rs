@@ -371,6 +371,21 @@ impl Delegation {
         log.recalled.extend(&batch.recalled);
     }
 
+    /// Other mounts expired this mount's session while it was cut off: its leases are gone,
+    /// and what it had not sent of its log will be refused. It defers nothing more.
+    pub fn session_lost(&self) {
+        self.enabled.store(false, Ordering::Release);
+        let mut log = lock(&self.log);
+        let leased: Vec<u64> = log.leased.drain().collect();
+        log.recalled.extend(leased);
+        tracing::error!(
+            "this mount was cut off from Redis for longer than the session timeout and other \
+             mounts expired its session: {} changes it had answered and not yet sent are lost, \
+             and nothing more is deferred",
+            log.appended - log.settled
+        );
+    }
+
     /// Whether deferred creates lack inode numbers.
     pub fn out_of_inos(&self) -> bool {
         lock(&self.log).inos.is_empty()

@@ -463,7 +463,9 @@ async fn maintain(core: Arc<Core>, session: Option<Arc<Session>>, timeout: Durat
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
-        session.heartbeat().await;
+        if !session.heartbeat().await {
+            core.meta.delegation.session_lost();
+        }
         if let Err(e) = core.meta.store.measure_clock().await {
             tracing::warn!("reading Redis's clock: {e}");
         }

@@ -87,13 +87,18 @@ impl Session {
             store: store.clone(),
             id,
             beat: redis::Script::new(
-                "#!lua flags=allow-oom\nreturn redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])",
+                "#!lua flags=allow-oom
+                local alive = redis.call('ZSCORE', KEYS[1], ARGV[2])
+                redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+                if alive then return 1 end
+                return 0",
             ),
         })
     }
 
-    /// Tells other mounts this one is alive.
-    pub async fn heartbeat(&self) {
+    /// Tells other mounts this one is alive; says `false` if they had taken it for dead and
+    /// expired its session (it was cut off for longer than the timeout), which it rejoins.
+    pub async fn heartbeat(&self) -> bool {
         let sessions = self.store.keys.sessions();
         let beat = self
             .store
@@ -103,8 +108,12 @@ impl Session {
                 async move { call.invoke_async::<i64>(&mut c).await }
             })
             .await;
-        if let Err(e) = beat {
-            tracing::warn!("session heartbeat failed: {e}");
+        match beat {
+            Ok(alive) => alive == 1,
+            Err(e) => {
+                tracing::warn!("session heartbeat failed: {e}");
+                true
+            }
         }
     }
 

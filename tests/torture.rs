@@ -772,3 +772,57 @@ fn a_change_that_failed_in_a_stall_never_takes_effect_later() {
     );
     unmount_checked(m, &redis);
 }
+
+/// A mount cut off for longer than the session timeout (here: stopped with SIGSTOP while
+/// another mount expires its session) may lose the changes it had not sent, as a crash would,
+/// but says so, defers nothing more, and never makes other mounts wait for its directories.
+#[test]
+fn a_mount_whose_session_expired_says_what_it_lost_and_blocks_no_one() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &["--session-timeout", "1"]);
+    let b = Mount::new(&redis, "skx", &["--session-timeout", "1"]);
+    let dir = a.join("leased");
+    fs::create_dir(&dir).unwrap();
+    // Creates answered from memory, then the mount is stopped before it can send them all.
+    for i in 0..200 {
+        fs::File::create(dir.join(format!("f{i}"))).unwrap();
+    }
+    // SAFETY: kill with the pid of our own child.
+    unsafe { libc::kill(a.pid(), libc::SIGSTOP) };
+    common::eventually(
+        "the other mount expires the stopped one",
+        Duration::from_secs(20),
+        || b.log_text().contains("stopped heartbeating"),
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(a.pid(), libc::SIGCONT) };
+    common::eventually(
+        "the stopped mount learns that its session expired",
+        Duration::from_secs(10),
+        || a.log_text().contains("expired its session"),
+    );
+    let started = Instant::now();
+    let seen = names(&b.join("leased"));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "another mount waited {:?} for the directory",
+        started.elapsed()
+    );
+    // What reached Redis is a prefix of what was created, in order.
+    for i in 0..seen.len() {
+        assert!(seen.contains(&format!("f{i}")), "f{i} missing of {seen:?}");
+    }
+    // The mount goes on, through Redis, and every mount sees its new files.
+    fs::File::create(dir.join("after")).unwrap();
+    assert!(names(&b.join("leased")).contains("after"));
+    eprintln!(
+        "{} of 200 creates had reached Redis when the mount was stopped",
+        seen.len()
+    );
+    a.unmount();
+    b.unmount();
+    assert_fsck_clean(&redis, "skx");
+}

@@ -401,6 +401,11 @@ impl Mount {
         }
     }
 
+    /// The mount process's id.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("mount process").id() as i32
+    }
+
     /// A path inside the mount.
     pub fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
         self.path.join(rel)
