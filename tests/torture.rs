@@ -416,33 +416,70 @@ fn a_redis_crash_and_restart_keeps_every_acknowledged_change() {
     }
     let redis = Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let m = Mount::new(&redis, "skx", &["--io-timeout", "30"]);
+    let other = Mount::new(&redis, "skx", &["--io-timeout", "30"]);
     fs::create_dir(m.join("leased")).unwrap();
+    fs::create_dir(other.join("shared")).unwrap();
     let stop = AtomicBool::new(false);
     let appended = AtomicUsize::new(0);
-    let (answered, failed) = std::thread::scope(|s| {
-        let creator = s.spawn(|| create_until(&m.join("leased"), &stop));
+    let ((leased, leased_failed), (shared, shared_failed), chunks) = std::thread::scope(|s| {
+        let in_leased = s.spawn(|| create_until(&m.join("leased"), &stop));
+        let in_shared = s.spawn(|| create_until(&m.join("shared"), &stop));
         s.spawn(|| append_until(&m.join("journal"), &stop, &appended));
+        let writer = s.spawn(|| {
+            let mut f = fs::File::create(m.join("data")).unwrap();
+            let mut chunks = 0;
+            while !stop.load(Ordering::Relaxed) {
+                f.write_all(&common::random_bytes(CHUNK, chunks as u64))
+                    .expect("write");
+                f.sync_all().expect("fsync across a Redis restart");
+                chunks += 1;
+            }
+            chunks
+        });
         for _ in 0..2 {
             std::thread::sleep(Duration::from_millis(700));
             redis.crash();
         }
         std::thread::sleep(Duration::from_millis(700));
         stop.store(true, Ordering::Relaxed);
-        creator.join().unwrap()
+        (
+            in_leased.join().unwrap(),
+            in_shared.join().unwrap(),
+            writer.join().unwrap(),
+        )
     });
     eprintln!(
-        "acknowledged: {} creates, {} fsync'd records; two crashes and restarts",
-        answered.len(),
+        "acknowledged: {} creates in a leased directory, {} in a shared one, {} fsync'd \
+         records, {chunks} fsync'd chunks of 300 KB; two crashes and restarts",
+        leased.len(),
+        shared.len(),
         appended.load(Ordering::Relaxed)
     );
-    assert_eq!(failed, 0, "creates failed across a restart");
+    assert_eq!(
+        leased_failed + shared_failed,
+        0,
+        "creates failed across a restart"
+    );
     m.unmount();
+    other.unmount();
     let m = Mount::new(&redis, "skx", &[]);
-    assert_all_listed(&m.join("leased"), &answered);
+    assert_all_listed(&m.join("leased"), &leased);
+    assert_all_listed(&m.join("shared"), &shared);
     assert_records(&m.join("journal"), appended.load(Ordering::Relaxed));
+    let data = fs::read(m.join("data")).unwrap();
+    assert_eq!(data.len(), chunks * CHUNK);
+    for (i, chunk) in data.chunks(CHUNK).enumerate() {
+        assert!(
+            chunk == common::random_bytes(CHUNK, i as u64),
+            "chunk {i} differs"
+        );
+    }
     m.unmount();
     assert_fsck_clean(&redis, "skx");
 }
+
+/// Bytes per write of the crash test's data writer (not a multiple of the block size).
+const CHUNK: usize = 300_000;
 
 /// Writes `path` until Redis says it is full; returns the error.
 fn write_until_full(path: &Path) -> std::io::Error {
