@@ -29,6 +29,9 @@ pub struct MetaCache {
     /// write, and this answers it without a round trip.
     no_xattrs: Mutex<HashSet<u64>>,
     epoch: AtomicU64,
+    /// The epoch of the last change other than a store of a file's data (which changes no
+    /// directory): a listing taken since is still whole.
+    beyond_data: AtomicU64,
     /// The epoch of the last change to any name: a look-up begun before it keeps nothing.
     names_changed: AtomicU64,
     /// Bumped whenever a name may have appeared without this cache learning it.
@@ -66,6 +69,19 @@ impl MetaCache {
     /// The current epoch, taken before reading from Redis.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Moves the epoch for a change other than a data store's (see [`Self::replace`]).
+    fn bump(&self) -> u64 {
+        let now = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.beyond_data.store(now, Ordering::Release);
+        now
+    }
+
+    /// Whether nothing but stores of files' data changed since `epoch`: names, directories
+    /// and other attributes are as they were then.
+    pub fn only_data_changed_since(&self, epoch: u64) -> bool {
+        self.beyond_data.load(Ordering::Acquire) <= epoch
     }
 
     /// The attributes of the inode `parent/name`, if both are remembered.
@@ -122,10 +138,10 @@ impl MetaCache {
         self.insert(&mut attrs, name, attr);
     }
 
-    /// Keeps `attr`, what this mount's own change (begun in `epoch`) left, in place of what
-    /// was remembered of its inode; if the inode changed since, forgets it instead (what was
-    /// remembered may be older). Either way reads begun before keep nothing: they may have
-    /// read the inode before the change.
+    /// Keeps `attr`, what a store of this mount's data (begun in `epoch`) left, in place of
+    /// what was remembered of its inode; if the inode changed since, forgets it instead (what
+    /// was remembered may be older). Either way reads of it begun before keep nothing: they
+    /// may have read the inode before the store.
     pub fn replace(&self, epoch: u64, attr: Attr) {
         let mut attrs = lock(&self.attrs);
         let keep = attrs.unchanged_since(attr.ino, epoch);
@@ -142,7 +158,7 @@ impl MetaCache {
     /// whatever was read before. Reads under way then do not store what they read.
     pub fn set(&self, name: Option<(u64, &[u8])>, attr: Attr) {
         let mut attrs = lock(&self.attrs);
-        let now = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        let now = self.bump();
         attrs.note_change(attr.ino, now);
         self.insert(&mut attrs, name, attr);
     }
@@ -165,7 +181,7 @@ impl MetaCache {
     /// Forgets an inode's attributes.
     pub fn forget_attr(&self, ino: u64) {
         let mut attrs = lock(&self.attrs);
-        let now = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        let now = self.bump();
         attrs.note_change(ino, now);
         attrs.attrs.remove(&ino);
     }
@@ -174,7 +190,7 @@ impl MetaCache {
     pub fn forget_name(&self, parent: u64, name: &[u8]) {
         // Taken in the same order as `remember`, so that the epoch check there is exact.
         let _attrs = lock(&self.attrs);
-        let now = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        let now = self.bump();
         self.names_changed.store(now, Ordering::Release);
         self.names_epoch.fetch_add(1, Ordering::AcqRel);
         lock(&self.names).remove(&(parent, name.to_vec()));
@@ -184,7 +200,7 @@ impl MetaCache {
     /// Forgets a name this mount removed: it is known not to exist now.
     pub fn removed(&self, parent: u64, name: &[u8]) {
         let _attrs = lock(&self.attrs);
-        let now = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        let now = self.bump();
         self.names_changed.store(now, Ordering::Release);
         lock(&self.names).remove(&(parent, name.to_vec()));
     }
@@ -211,7 +227,7 @@ impl MetaCache {
     /// Forgets everything (events may have been missed).
     pub fn clear(&self) {
         let mut attrs = lock(&self.attrs);
-        let now = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        let now = self.bump();
         self.names_changed.store(now, Ordering::Release);
         self.names_epoch.fetch_add(1, Ordering::AcqRel);
         attrs.attrs.clear();

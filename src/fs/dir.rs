@@ -15,8 +15,8 @@ use super::{lock, Core};
 
 /// Records fetched per round trip for readdirplus.
 const RECORDS_PER_CALL: usize = 2048;
-/// Entries looked at for one readdirplus reply (a reply holds far fewer).
-const PAGE_WINDOW: usize = 512;
+/// Entries looked at for one readdirplus reply (a reply of a page holds a few dozen).
+const PAGE_WINDOW: usize = 128;
 
 /// An open directory.
 pub struct DirHandle {
@@ -74,14 +74,17 @@ impl Core {
     }
 
     /// The last listing of `ino`, if it is a leased directory and nothing this mount knows
-    /// of changed since it was taken: every change there is this mount's own, and every change
-    /// it makes or learns of moves the cache's epoch. (`rm -rf` reads each directory through
-    /// two handles, one right after the other.)
+    /// of changed since it was taken but files' data: every change there is this mount's own,
+    /// and every change it makes or learns of moves the cache's epoch. (`rm -rf` reads each
+    /// directory through two handles, one right after the other, while the stores of files
+    /// just copied still land.)
     fn recent_listing(&self, ino: u64) -> Option<Vec<DirEntry>> {
         let last = lock(&self.last_listing);
         let (dir, epoch, entries) = last.as_ref()?;
-        (*dir == ino && *epoch == self.cache.epoch() && self.meta.delegation.holds(ino))
-            .then(|| entries.clone())
+        (*dir == ino
+            && self.cache.only_data_changed_since(*epoch)
+            && self.meta.delegation.holds(ino))
+        .then(|| entries.clone())
     }
 
     /// Reads the listing of `ino` from Redis: `.`, `..` and the entries.
