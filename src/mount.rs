@@ -290,6 +290,10 @@ async fn prepare(
 ) -> Result<Mounted, Error> {
     crate::tool::validate_prefix(&args.prefix)?;
     let store = Store::connect(target, &args.prefix, args.io_timeout).await?;
+    store
+        .measure_clock()
+        .await
+        .map_err(store.failed("reading the server's clock (TIME)"))?;
     let server = ServerInfo::read(&store).await?;
     server.check(&store.address, args.force)?;
     let read_only = args.read_only || server.is_replica || args.mount_options().any(|o| o == "ro");

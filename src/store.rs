@@ -146,7 +146,7 @@ impl Store {
         let conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|e| redis_err("cannot connect", e))?;
-        let store = Store {
+        Ok(Store {
             conn,
             client,
             keys: Keys::new(prefix),
@@ -155,16 +155,11 @@ impl Store {
             io_timeout,
             requests: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1)),
             clock_offset: std::sync::Arc::default(),
-        };
-        store
-            .measure_clock()
-            .await
-            .map_err(|e| redis_err("reading the server's clock", e))?;
-        Ok(store)
+        })
     }
 
-    /// Measures how far Redis's clock is from this machine's (for the deadlines of bounded
-    /// requests); mounts measure again now and then, as clocks drift.
+    /// Measures how far Redis's clock is from this machine's, for the deadlines of bounded
+    /// requests: a mount measures at start and again now and then, as clocks drift.
     pub async fn measure_clock(&self) -> RedisResult<()> {
         let before = crate::session::now_ms();
         let (secs, micros): (u64, u64) = self.cmd(&redis::cmd("TIME")).await?;
