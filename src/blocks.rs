@@ -199,26 +199,9 @@ impl BlockStore {
         Ok(())
     }
 
-    /// Deletes blocks that a store wrote but no map names (its commit was refused, or never
-    /// sent), in the background and until Redis takes it: nothing a failed store wrote stays
-    /// behind.
+    /// Deletes blocks that a store wrote but no map names (see [`discard`]).
     pub fn discard(&self, ids: Vec<u64>) {
-        if ids.is_empty() {
-            return;
-        }
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            let mut del = redis::cmd("DEL");
-            for id in &ids {
-                del.arg(store.keys.block(*id));
-            }
-            let mut wait = Duration::from_millis(100);
-            while let Err(e) = store.cmd::<i64>(&del).await {
-                tracing::warn!("deleting {} unneeded blocks: {e}; trying again", ids.len());
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-        });
+        discard(&self.store, ids);
     }
 
     /// A block from the cache, if it is there.
@@ -349,6 +332,28 @@ impl Drop for Loading<'_> {
             loading.remove(id);
         }
     }
+}
+
+/// Deletes blocks that a store wrote but no map names (its commit was refused, or never sent,
+/// or never ran), in the background and until Redis takes it: nothing a failed store wrote
+/// stays behind.
+pub fn discard(store: &Store, ids: Vec<u64>) {
+    if ids.is_empty() {
+        return;
+    }
+    let store = store.clone();
+    tokio::spawn(async move {
+        let mut del = redis::cmd("DEL");
+        for id in &ids {
+            del.arg(store.keys.block(*id));
+        }
+        let mut wait = Duration::from_millis(100);
+        while let Err(e) = store.cmd::<i64>(&del).await {
+            tracing::warn!("deleting {} unneeded blocks: {e}; trying again", ids.len());
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    });
 }
 
 #[cfg(test)]

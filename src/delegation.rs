@@ -431,11 +431,10 @@ impl Meta {
                     }
                     Err(errno) => errno.to_string(),
                 },
-                // Away, full or failing over: the batch stays as it is, to be sent again.
-                Err(e) if crate::store::is_transient(&e) || e.code() == Some("READONLY") => {
-                    return Err(redis_failure("sending deferred changes", &e));
-                }
-                Err(e) => e.to_string(),
+                // Only the script's own answer refuses a batch: Redis away, busy, failing over
+                // or unable to persist (MISCONF) ran nothing, and the batch is sent again as
+                // it is.
+                Err(e) => return Err(redis_failure("sending deferred changes", &e)),
             };
             tracing::error!(
                 "Redis refused {} changes this mount had already answered ({refusal}), as it \

@@ -459,13 +459,13 @@ impl Meta {
     }
 
     /// Swaps block-map entries `(index, expected old id, new id)`; id 0 is a hole. New blocks
-    /// are stored already, or travel as `inline` (id, stored bytes) and are stored first.
-    /// Returns the new record and the indexes whose expected id no longer held (their new
-    /// blocks are gone).
+    /// are stored already (`stored`), or travel as `inline` (id, stored bytes) and are stored
+    /// first. Returns the new record and the indexes whose expected id no longer held (their
+    /// new blocks are gone).
     ///
-    /// A commit that fails with `Io` may still run (it may be queued on a connection to a
-    /// stalled Redis), or never: it is sent again in the background, as the same request, until
-    /// Redis answers, so that its new blocks end up either in the map or deleted by it.
+    /// Nothing stays behind when it fails: the `stored` blocks are deleted when the commit was
+    /// refused or never sent, and when its outcome is unknown (it may be queued in a stalled
+    /// Redis), once its deadline has passed and its slot of the reply ring says it never ran.
     pub async fn commit(
         &self,
         ino: u64,
@@ -473,6 +473,7 @@ impl Meta {
         end: u64,
         swaps: &[(u64, u64, u64)],
         inline: &[(u64, Encoded)],
+        stored: &[u64],
     ) -> Result<(Attr, Vec<u64>), FsError> {
         let mut args = ScriptArgs::default()
             .num(ino)
@@ -482,23 +483,27 @@ impl Meta {
         for (idx, old, new) in swaps {
             args = args.num(idx).num(old).num(new);
         }
-        for (id, stored) in inline {
-            args = args.num(id).owned(stored.to_vec());
+        for (id, bytes) in inline {
+            args = args.num(id).owned(bytes.to_vec());
         }
-        let request = self.store.request(self.session);
-        let sent = match self.send_deferred().await {
-            Ok(()) => {
-                self.run_as("commit", &self.scripts.commit, &request, &args)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        let reply = match sent {
+        if let Err(e) = self.send_deferred().await {
+            crate::blocks::discard(&self.store, stored.to_vec());
+            return Err(e);
+        }
+        let request = self.store.request(self.session).bounded();
+        let reply = match self
+            .run_as("commit", &self.scripts.commit, &request, &args)
+            .await
+        {
+            Ok(reply) => reply,
             Err(FsError::Io) => {
-                self.settle_later(request, args);
+                self.settle_later(request, stored.to_vec());
                 return Err(FsError::Io);
             }
-            other => other?,
+            Err(e) => {
+                crate::blocks::discard(&self.store, stored.to_vec());
+                return Err(e);
+            }
         };
         let attr = record(ino, reply.get(1))?;
         let lost = reply[2..]
@@ -509,25 +514,27 @@ impl Meta {
         Ok((attr, lost))
     }
 
-    /// Sends a commit whose outcome is unknown again until Redis answers it (see
-    /// [`Meta::commit`]).
-    fn settle_later(&self, request: Request, args: ScriptArgs) {
-        let meta = self.clone();
+    /// Learns what became of a commit whose reply never came, once no attempt of it can run
+    /// any more (its deadline passed), and deletes the blocks stored for it if it never ran.
+    /// (If it ran, its blocks are in the map, or deleted by its lost compare-and-swap.)
+    fn settle_later(&self, request: Request, stored: Vec<u64>) {
+        if stored.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
         tokio::spawn(async move {
+            tokio::time::sleep(store.io_timeout() + Duration::from_secs(1)).await;
             let mut wait = Duration::from_millis(100);
             loop {
-                if meta.send_deferred().await.is_ok() {
-                    match meta
-                        .store
-                        .script_as(&meta.scripts.commit, &request, &args)
-                        .await
-                    {
-                        Err(e) if crate::store::is_transient(&e) => {}
-                        _ => return,
+                match store.ran(&request).await {
+                    Ok(true) => return,
+                    Ok(false) => return crate::blocks::discard(&store, stored),
+                    Err(e) => {
+                        tracing::warn!("asking Redis what became of a commit: {e}; trying again");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(5));
                     }
                 }
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
             }
         });
     }
@@ -649,10 +656,19 @@ impl Meta {
         Ok(int(reply.get(1)).unwrap_or(0) as u64)
     }
 
-    /// Expires session `dead` if it has not heartbeaten since `cutoff_ms`; returns how many
-    /// inodes it held were deleted, or `None` if it turned out to be alive.
-    pub async fn expire_session(&self, dead: u64, cutoff_ms: u64) -> Result<Option<u64>, FsError> {
-        let args = ScriptArgs::default().num(dead).num(cutoff_ms);
+    /// Expires session `dead` if it has not heartbeaten since `cutoff_ms`, keeping its ring of
+    /// replies for `keep_replies` (see `src/lua/expire_session.lua`); returns how many inodes it
+    /// held were deleted, or `None` if it turned out to be alive.
+    pub async fn expire_session(
+        &self,
+        dead: u64,
+        cutoff_ms: u64,
+        keep_replies: Duration,
+    ) -> Result<Option<u64>, FsError> {
+        let args = ScriptArgs::default()
+            .num(dead)
+            .num(cutoff_ms)
+            .num(keep_replies.as_millis());
         let reply = self
             .run("expire session", &self.scripts.expire_session, args)
             .await?;

@@ -460,6 +460,9 @@ fn mounted_device(mount_point: &Path) -> Option<String> {
         .and_then(|line| line.split(' ').nth(2).map(str::to_owned))
 }
 
+/// How long the ring of replies of a session expired for silence is kept.
+const REPLIES_KEPT: Duration = Duration::from_secs(3600);
+
 /// While mounted: heartbeats, expires dead mounts, and frees blocks of large deleted files.
 async fn maintain(core: Arc<Core>, session: Option<Arc<Session>>, timeout: Duration) {
     let Some(session) = session else { return };
@@ -475,7 +478,9 @@ async fn maintain(core: Arc<Core>, session: Option<Arc<Session>>, timeout: Durat
         }
         let (stale, cutoff) = session.stale(timeout).await;
         for dead in stale {
-            match core.meta.expire_session(dead, cutoff).await {
+            // Its ring of replies stays a while: it may only be cut off, retrying requests
+            // that ran (see `src/lua/expire_session.lua`).
+            match core.meta.expire_session(dead, cutoff, REPLIES_KEPT).await {
                 Ok(Some(n)) => tracing::info!("session {dead} stopped heartbeating: expired it and deleted {n} unlinked inodes it held"),
                 Ok(None) => {}
                 Err(e) => tracing::warn!("expiring session {dead}: {e}"),
@@ -496,7 +501,10 @@ async fn shutdown(core: &Core, session: Option<&Session>) {
         // Run as a tool (session 0): the session's own ring of replies must not outlive it.
         let mut as_tool = core.meta.clone();
         as_tool.session = 0;
-        if let Err(e) = as_tool.expire_session(session.id, u64::MAX).await {
+        if let Err(e) = as_tool
+            .expire_session(session.id, u64::MAX, Duration::ZERO)
+            .await
+        {
             tracing::warn!(
                 "session {} is left for another mount or fsck to expire: {e}",
                 session.id

@@ -243,7 +243,7 @@ fn prefixes_never_see_each_other() {
 }
 
 /// The commands a mount needs, for a user confined to its prefix.
-const COMMANDS: &str = "+ping +hello +auth +select +client|setname +info +time +type +scan +exists \
+const COMMANDS: &str = "+ping +hello +auth +select +client|setname +info +time +type +pexpire +scan +exists \
      +get +set +del +incr +incrby +strlen +hget +hset +hdel +hgetall +hmget +hkeys +hvals +hlen +hexists \
      +hincrby +hscan +sadd +srem +smembers +srandmember +zadd +zrem +zscore +zrange +zrangebyscore \
      +rename +evalsha +eval +script|load \

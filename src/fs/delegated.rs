@@ -145,7 +145,9 @@ impl Core {
     /// where a last close takes the file out, so that the close sees it orphaned.
     fn remove_held(&self, parent: u64, name: &[u8], ino: u64, now: Timestamp) -> bool {
         let files = lock(&self.files);
-        let Some((file, _)) = files.get(&ino) else {
+        // A file kept only for data its close could not store (no handles) is no longer open:
+        // the synchronous removal drops that data (see `Core::orphaned`).
+        let Some((file, _)) = files.get(&ino).filter(|(_, handles)| *handles > 0) else {
             return false;
         };
         if file.born_in.load(Ordering::Acquire) != parent || self.open_or_removal_under_way(ino) {

@@ -180,31 +180,54 @@ impl Core {
             .collect())
     }
 
-    /// The entries of a readdirplus reply from `offset` on (a window of them), with their
-    /// attributes: those the listing read, unless this mount changed or learned of a change
-    /// to the inode since; then what it knows now (its own view of a file open here), or a
-    /// fresh read. A later page must never take an older size to the kernel than it has: a
-    /// file written and closed while `ls -l` ran once read back as empty.
+    /// The entries of a readdirplus reply from `offset` on (a window of them) whose inodes
+    /// still exist, with their attributes: those the listing read, unless this mount changed
+    /// or learned of a change to the inode since; then what it knows now (its own view of a
+    /// file open here), or a fresh read. A later page must never take an older size to the
+    /// kernel than it has: a file written and closed while `ls -l` ran once read back as
+    /// empty. Empty only at the end of the listing (the kernel takes an empty reply as the
+    /// end), however many entries vanished since it was read.
     pub async fn dir_page(
         &self,
         fh: u64,
         offset: usize,
     ) -> Result<Vec<(usize, DirEntry, Stored)>, FsError> {
         let handle = self.load_dir_attrs(fh).await?;
-        let (mut page, epoch) = {
-            let h = lock(&handle);
-            let entries = h.entries.as_deref().unwrap_or_default();
-            let attrs = h.attrs.as_deref().unwrap_or_default();
-            let page: Vec<(usize, DirEntry, Stored)> = entries
-                .iter()
-                .zip(attrs)
-                .enumerate()
-                .skip(offset)
-                .take(PAGE_WINDOW)
-                .map(|(i, (entry, stored))| (i, entry.clone(), *stored))
-                .collect();
-            (page, h.attrs_epoch)
-        };
+        let mut from = offset;
+        loop {
+            let (mut page, epoch) = {
+                let h = lock(&handle);
+                let entries = h.entries.as_deref().unwrap_or_default();
+                let attrs = h.attrs.as_deref().unwrap_or_default();
+                let page: Vec<(usize, DirEntry, Stored)> = entries
+                    .iter()
+                    .zip(attrs)
+                    .enumerate()
+                    .skip(from)
+                    .take(PAGE_WINDOW)
+                    .map(|(i, (entry, stored))| (i, entry.clone(), *stored))
+                    .collect();
+                (page, h.attrs_epoch)
+            };
+            let Some(&(last, _, _)) = page.last() else {
+                return Ok(page);
+            };
+            self.bring_up_to_date(&mut page, epoch).await?;
+            page.retain(|(_, _, stored)| !matches!(stored, Stored::Missing));
+            if !page.is_empty() {
+                return Ok(page);
+            }
+            from = last + 1;
+        }
+    }
+
+    /// Replaces the attributes of `page` (read in `epoch`) that may be older than what this
+    /// mount knows (see [`Core::dir_page`]).
+    async fn bring_up_to_date(
+        &self,
+        page: &mut [(usize, DirEntry, Stored)],
+        epoch: u64,
+    ) -> Result<(), FsError> {
         let mut reread = Vec::new();
         for (at, (i, _, stored)) in page.iter_mut().enumerate() {
             let Stored::Attr(attr) = *stored else {
@@ -228,7 +251,7 @@ impl Core {
                 page[at].2 = fresh;
             }
         }
-        Ok(page)
+        Ok(())
     }
 
     /// Closes a directory handle.

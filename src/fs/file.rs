@@ -449,6 +449,10 @@ impl Core {
                 });
             }
             let Some((batch, stored)) = running.next().await else {
+                if failure.is_none() {
+                    // A file kept after a close that could not store it leaves the table now.
+                    self.retire(file);
+                }
                 return failure.map_or(Ok(()), Err);
             };
             if let Err(e) = stored {
@@ -496,11 +500,8 @@ impl Core {
                 })
                 .collect();
             for file in due {
-                match self.change(self.flush_file(&file, false)).await {
-                    Ok(()) => self.retire(&file),
-                    Err(e) => {
-                        tracing::warn!("inode {}: write-back failed ({e}); kept buffered", file.ino)
-                    }
+                if let Err(e) = self.change(self.flush_file(&file, false)).await {
+                    tracing::warn!("inode {}: write-back failed ({e}); kept buffered", file.ino);
                 }
             }
         }
@@ -625,7 +626,7 @@ impl Core {
             let epoch = self.cache.epoch();
             let committed = self
                 .meta
-                .commit(file.ino, mtime, end, &swaps, &inline)
+                .commit(file.ino, mtime, end, &swaps, &inline, &put_first)
                 .await;
             let (stored, lost) = match committed {
                 Ok((attr, lost)) => (Some(attr), lost),
@@ -637,15 +638,8 @@ impl Core {
                     }
                     return Ok(());
                 }
-                // Sent perhaps, answered not: the commit is settled in the background (see
-                // `Meta::commit`), which leaves its blocks in the map or deletes them.
-                Err(FsError::Io) => return Err(FsError::Io),
-                Err(e) => {
-                    // Refused (Redis is full, or a replica now): the blocks stored for it are
-                    // named by no map.
-                    self.blocks.discard(put_first);
-                    return Err(e);
-                }
+                // Whatever became of the blocks stored for it, `Meta::commit` sees to them.
+                Err(e) => return Err(e),
             };
             match stored {
                 // What the commit left is the truth, unless something changed since it began.

@@ -617,7 +617,7 @@ impl fuser::Filesystem for RedisFs {
             for (i, e, stored) in page {
                 let (attr, ttl) = match stored {
                     Stored::Attr(attr) => (attr, core.settings.ttl),
-                    // An entry whose inode vanished since the listing is skipped.
+                    // (`dir_page` leaves out entries whose inode vanished since the listing.)
                     Stored::Missing => continue,
                     // Listed, never dropped; its look-up and stat fail with EIO.
                     Stored::Corrupt => (stand_in(e.ino, e.kind), Duration::ZERO),

@@ -227,12 +227,15 @@ impl Core {
     /// Reads the record of a file open here again, if another mount changed it since this
     /// mount last did (see [`file::FileState::changed_elsewhere`]).
     async fn learn_changes_elsewhere(&self, file: &OpenFile) -> Result<(), FsError> {
-        if !file.state().changed_elsewhere {
-            return Ok(());
+        // Another change may arrive while the record is read: read again, a few times.
+        for _ in 0..8 {
+            if !file.state().changed_elsewhere {
+                return Ok(());
+            }
+            let epoch = self.cache.epoch();
+            let attr = self.meta.getattr(file.ino).await?;
+            self.current(attr, epoch);
         }
-        let epoch = self.cache.epoch();
-        let attr = self.meta.getattr(file.ino).await?;
-        self.current(attr, epoch);
         Ok(())
     }
 
@@ -309,11 +312,11 @@ impl Core {
 
     /// Takes a file without handles whose data is now stored out of the table (see
     /// [`Core::detach`]), as its last close would have.
-    fn retire(&self, file: &Arc<OpenFile>) {
+    fn retire(&self, file: &OpenFile) {
         let mut files = lock(&self.files);
         let closed = files
             .get(&file.ino)
-            .is_some_and(|(f, handles)| *handles == 0 && Arc::ptr_eq(f, file));
+            .is_some_and(|(f, handles)| *handles == 0 && std::ptr::eq(&**f, file));
         if !closed || file.state().has_pending() {
             return;
         }
@@ -397,10 +400,12 @@ impl Listener for Core {
     fn changed(&self, change: Change) {
         match change {
             Change::Attr(ino) => {
+                // The epoch first: a read of the old record that ends after the mark must not
+                // take it off (see `Core::current`).
+                self.cache.forget_attr(ino);
                 if let Some(f) = self.open_file(ino) {
                     f.state().changed_elsewhere = true;
                 }
-                self.cache.forget_attr(ino);
                 self.cache.xattrs_changed(ino);
                 self.invalidate(Invalidation::Attr(ino));
             }

@@ -594,7 +594,7 @@ impl Core {
                 }
                 let (_, lost) = self
                     .meta
-                    .commit(file.ino, Some(Timestamp::now()), 0, &swaps, &[])
+                    .commit(file.ino, Some(Timestamp::now()), 0, &swaps, &[], &[])
                     .await?;
                 self.cache.forget_attr(file.ino);
                 if lost.is_empty() {

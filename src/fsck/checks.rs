@@ -159,7 +159,7 @@ async fn sessions(
             .fix(
                 "expired: its deleted-but-open files deleted, its locks released",
                 async {
-                    meta.expire_session(sid, cutoff)
+                    meta.expire_session(sid, cutoff, std::time::Duration::ZERO)
                         .await
                         .map(|_| ())
                         .map_err(|e| Error::Setting(format!("expiring session {sid}: {e}")))
@@ -170,6 +170,19 @@ async fn sessions(
     }
     for (sid, session_keys) in &pic.session_keys {
         if listed.iter().any(|(s, _)| s == sid) {
+            continue;
+        }
+        // A mount that expired a silent one keeps its ring of replies for a while, with a
+        // time to live (see `src/lua/expire_session.lua`): that goes by itself.
+        let mut pipe = redis::pipe();
+        for key in session_keys {
+            pipe.cmd("PTTL").arg(key);
+        }
+        let ttls: Vec<i64> = store
+            .pipe(&pipe)
+            .await
+            .map_err(store.failed("reading the time to live of session keys"))?;
+        if ttls.iter().all(|&ttl| ttl > 0) {
             continue;
         }
         let names: Vec<String> = session_keys

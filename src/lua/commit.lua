@@ -15,7 +15,9 @@ for i = 7, last_triple, 3 do
   local idx, old, new = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local cur = r and (redis.call('HGET', map, idx) or '0')
   if cur ~= old then
-    if new ~= '0' then redis.call('DEL', P .. 'b:' .. new) end
+    -- (A run of this same request that happened already, its reply lost with its session's
+    -- ring, finds its own block in place: that one is not to be deleted.)
+    if new ~= '0' and cur ~= new then redis.call('DEL', P .. 'b:' .. new) end
     lost[#lost + 1] = idx
   else
     if new == '0' then redis.call('HDEL', map, idx) else redis.call('HSET', map, idx, new) end

@@ -3,7 +3,11 @@
 -- their changes is lost, as a crashed disk loses what was not written) and forget the
 -- session. Re-checked here, so a late heartbeat wins the race. A mount ending cleanly expires
 -- itself the same way.
--- ARGV: P, sid, dead_sid, cutoff_ms  ->  {0, inodes deleted} or {0, -1} if it lives after all
+-- The ring of replies is kept for ARGV[5] ms more (0: deleted): a mount that was only cut off
+-- may still be retrying requests that ran, and must find their replies rather than run them
+-- again.
+-- ARGV: P, sid, dead_sid, cutoff_ms, keep_replies_ms
+--   ->  {0, inodes deleted} or {0, -1} if it lives after all
 local dead = ARGV[3]
 local beat = redis.call('ZSCORE', P .. 'sessions', dead)
 if beat and tonumber(beat) >= tonumber(ARGV[4]) then return { 0, -1 } end
@@ -29,7 +33,9 @@ local leases = P .. 'session:' .. dead .. ':leases'
 for _, dir in ipairs(redis.call('SMEMBERS', leases)) do
   if redis.call('HGET', P .. 'lease', dir) == dead then redis.call('HDEL', P .. 'lease', dir) end
 end
-redis.call('DEL', held, locks, leases, P .. 'session:' .. dead, P .. 'session:' .. dead .. ':replies')
+redis.call('DEL', held, locks, leases, P .. 'session:' .. dead)
+local replies = P .. 'session:' .. dead .. ':replies'
+if ARGV[5] == '0' then redis.call('DEL', replies) else redis.call('PEXPIRE', replies, ARGV[5]) end
 redis.call('ZREM', P .. 'sessions', dead)
 flush_stats()
 return { 0, deleted }
