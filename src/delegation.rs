@@ -364,26 +364,29 @@ impl Delegation {
     /// records as leased here is handed back with the next batch.
     fn give_up(&self, batch: &Batch) {
         self.settled(batch);
-        self.enabled.store(false, Ordering::Release);
-        let mut log = lock(&self.log);
-        let leased: Vec<u64> = log.leased.drain().collect();
-        log.recalled.extend(leased);
-        log.recalled.extend(&batch.recalled);
+        self.stop_deferring().recalled.extend(&batch.recalled);
     }
 
     /// Other mounts expired this mount's session while it was cut off: its leases are gone,
     /// and what it had not sent of its log will be refused. It defers nothing more.
     pub fn session_lost(&self) {
-        self.enabled.store(false, Ordering::Release);
-        let mut log = lock(&self.log);
-        let leased: Vec<u64> = log.leased.drain().collect();
-        log.recalled.extend(leased);
+        let log = self.stop_deferring();
         tracing::error!(
             "this mount was cut off from Redis for longer than the session timeout and other \
              mounts expired its session: {} changes it had answered and not yet sent are lost, \
              and nothing more is deferred",
             log.appended - log.settled
         );
+    }
+
+    /// Defers nothing more, and hands back with the next batch every lease Redis may still
+    /// record for this mount (the batch script releases only its own).
+    fn stop_deferring(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.enabled.store(false, Ordering::Release);
+        let mut log = lock(&self.log);
+        let leased: Vec<u64> = log.leased.drain().collect();
+        log.recalled.extend(leased);
+        log
     }
 
     /// Whether deferred creates lack inode numbers.
