@@ -727,3 +727,45 @@ fn entries_that_cannot_be_read_are_listed_and_fail_with_eio() {
     );
     m.unmount();
 }
+
+/// `truncate` and `ftruncate` that change a file's size mark its mtime as well as its ctime,
+/// as POSIX asks and local filesystems do (only ctime moved).
+#[test]
+fn truncates_that_change_the_size_update_mtime() {
+    use std::os::unix::fs::MetadataExt;
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let m = Mount::new(&redis, "skx", &[]);
+    let path = m.join("f");
+    fs::write(&path, b"hello world").unwrap();
+    let long_ago = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    let set_old = || {
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().mtime(), 1_000_000_000);
+    };
+    set_old();
+    let c = cpath(&path);
+    // SAFETY: a valid C string.
+    check(i64::from(unsafe { libc::truncate(c.as_ptr(), 5) })).unwrap();
+    let meta = fs::metadata(&path).unwrap();
+    assert_eq!(meta.len(), 5);
+    assert!(meta.mtime() > 1_000_000_000, "truncate left mtime");
+    set_old();
+    fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(2)
+        .unwrap();
+    let meta = fs::metadata(&path).unwrap();
+    assert_eq!(meta.len(), 2);
+    assert!(meta.mtime() > 1_000_000_000, "ftruncate left mtime");
+    m.unmount();
+}

@@ -39,7 +39,8 @@ if has(8) then
   else
     drop_new_tail()
   end
-  if new ~= size(r) then data_changed(ino) end
+  -- A size change is a change of the data: mtime too (an explicit one, below, wins).
+  if new ~= size(r) then data_changed(ino); r = touch_mc(r, ts) end
   r = set_size(r, new)
 end
 if has(1) then
