@@ -769,3 +769,26 @@ fn truncates_that_change_the_size_update_mtime() {
     assert!(meta.mtime() > 1_000_000_000, "ftruncate left mtime");
     m.unmount();
 }
+
+/// `fallocate` of more than Redis has room for fails with ENOSPC, as on a full disk (it
+/// succeeded, promising room that was not there); a range that fits is preallocated.
+#[test]
+fn fallocate_beyond_the_free_memory_is_refused() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start_with(&["--maxmemory", "64mb", "--maxmemory-policy", "noeviction"]);
+    let m = Mount::new(&redis, "skx", &[]);
+    let f = fs::File::create(m.join("f")).unwrap();
+    // SAFETY: a valid descriptor.
+    let big = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 1 << 30) };
+    let err = std::io::Error::last_os_error();
+    assert_eq!(big, -1, "1 GiB preallocated in a 64 MiB Redis");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    // SAFETY: as above.
+    let small = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 1 << 20) };
+    assert_eq!(small, 0, "{}", std::io::Error::last_os_error());
+    assert_eq!(f.metadata().unwrap().len(), 1 << 20);
+    drop(f);
+    m.unmount();
+}

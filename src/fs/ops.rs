@@ -542,6 +542,12 @@ impl Core {
         if mode & !supported != 0 {
             return Err(FsError::NotSupported);
         }
+        // Preallocation stores nothing (unwritten bytes are holes), but it promises room: a
+        // range larger than what Redis has left is refused, as a full disk refuses it. (The
+        // whole range counts, bytes stored there already too.)
+        if mode & !libc::FALLOC_FL_KEEP_SIZE == 0 && length > self.usage().await?.available {
+            return Err(FsError::NoSpace);
+        }
         if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
             let size = self.getattr(file.ino).await?.size;
             let zero_end = if keep_size { end.min(size) } else { end };
