@@ -303,9 +303,7 @@ fn answered_creates_survive_a_redis_stall_longer_than_the_io_timeout() {
         let shared = s.spawn(|| create_until(&a.join("shared"), &stop));
         let appender = s.spawn(|| append_retrying(&a.join("journal"), &stop));
         std::thread::sleep(Duration::from_millis(500));
-        let pid = redis.pause();
-        std::thread::sleep(Duration::from_secs(10));
-        redis.resume(pid);
+        redis.stall(Duration::from_secs(10));
         std::thread::sleep(Duration::from_secs(2));
         stop.store(true, Ordering::Relaxed);
         (
@@ -353,9 +351,7 @@ fn a_stall_shorter_than_the_io_timeout_is_only_a_pause() {
         let in_shared = s.spawn(|| create_until(&m.join("shared"), &stop));
         s.spawn(|| append_until(&m.join("journal"), &stop, &appended));
         std::thread::sleep(Duration::from_millis(500));
-        let pid = redis.pause();
-        std::thread::sleep(Duration::from_secs(4));
-        redis.resume(pid);
+        redis.stall(Duration::from_secs(4));
         std::thread::sleep(Duration::from_secs(1));
         stop.store(true, Ordering::Relaxed);
         (in_leased.join().unwrap(), in_shared.join().unwrap())
@@ -395,9 +391,7 @@ fn fsync_after_a_stall_longer_than_the_io_timeout_stores_everything_once() {
     let written = std::thread::scope(|s| {
         let writer = s.spawn(|| append_retrying(&path, &stop));
         std::thread::sleep(Duration::from_millis(300));
-        let pid = redis.pause();
-        std::thread::sleep(Duration::from_secs(7));
-        redis.resume(pid);
+        redis.stall(Duration::from_secs(7));
         std::thread::sleep(Duration::from_secs(2));
         stop.store(true, Ordering::Relaxed);
         writer.join().unwrap()

@@ -218,6 +218,13 @@ impl Redis {
         unsafe { libc::kill(pid, libc::SIGCONT) };
     }
 
+    /// Stalls the server for `how_long` ([`Redis::pause`], then [`Redis::resume`]).
+    pub fn stall(&self, how_long: Duration) {
+        let pid = self.pause();
+        std::thread::sleep(how_long);
+        self.resume(pid);
+    }
+
     /// Kills the server with SIGKILL, as a crash would, and waits until the supervisor has it
     /// back up on the same port and data directory (it reloads its AOF, if it keeps one).
     pub fn crash(&self) {
