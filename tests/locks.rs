@@ -45,6 +45,23 @@ fn hold_flock(path: &std::path::Path, shared: bool) -> Child {
     child
 }
 
+/// Runs a Python check script on one file seen through two mounts; it prints `ok` when done.
+fn run_script(script: &str, on_a: &std::path::Path, on_b: &std::path::Path, ok: &str) {
+    let run = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(on_a)
+        .arg(on_b)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success() && out.contains(ok),
+        "{out}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
 #[test]
 fn flock_excludes_across_mounts_and_ends_with_its_process() {
     if !common::ready() {
@@ -174,20 +191,13 @@ fn fcntl_byte_range_locks_across_mounts() {
     let a = Mount::new(&redis, "skx", &[]);
     let b = Mount::new(&redis, "skx", &[]);
     std::fs::write(a.join("ranges"), vec![0u8; 200]).unwrap();
-    let holder = Command::new("python3")
-        .arg("-c")
-        .arg(FCNTL_SCRIPT)
-        .arg(a.join("ranges"))
-        .arg(b.join("ranges"))
-        .output()
-        .unwrap();
     // One process holds both descriptors, yet its two sides conflict: they go through two mounts,
     // as two machines would.
-    let out = String::from_utf8_lossy(&holder.stdout);
-    assert!(
-        holder.status.success() && out.contains("fcntl ok"),
-        "{out}\n{}",
-        String::from_utf8_lossy(&holder.stderr)
+    run_script(
+        FCNTL_SCRIPT,
+        &a.join("ranges"),
+        &b.join("ranges"),
+        "fcntl ok",
     );
 }
 
@@ -211,6 +221,87 @@ fn a_killed_holders_locks_go_when_its_session_expires() {
     let _ = holder.kill();
     let _ = holder.wait();
     // The kernel sends RELEASE (which drops a flock) after close(2) returns: give it a moment.
+    common::eventually("no lock keys left", Duration::from_secs(10), || {
+        redis.keys("skx").iter().all(|k| !k.starts_with("skx:lk:"))
+    });
+}
+
+/// Checks OFD locks over two mounts (argv 1 and 2 name one file): a lock belongs to its open
+/// file description and goes with that description's last close, or its process's exit.
+const OFD_SCRIPT: &str = r#"
+import fcntl, os, struct, subprocess, sys, threading
+F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW = 36, 37, 38
+def ofd(fd, cmd, kind):
+    return fcntl.fcntl(fd, cmd, struct.pack("hhqqi", kind, 0, 0, 0, 0))
+def free_now(path):
+    fd = os.open(path, os.O_RDWR)
+    try:
+        ofd(fd, F_OFD_SETLK, fcntl.F_WRLCK)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+def waiter_gets_it(path, within):
+    # F_OFD_SETLKW must end once nobody holds the lock, however long the wait was meant to be.
+    fd = os.open(path, os.O_RDWR)
+    done = threading.Event()
+    def wait():
+        ofd(fd, F_OFD_SETLKW, fcntl.F_WRLCK)
+        done.set()
+    threading.Thread(target=wait, daemon=True).start()
+    got = done.wait(within)
+    os.close(fd)
+    return got
+a, b = sys.argv[1], sys.argv[2]
+# Two descriptors of one description: closing one keeps the lock, the last close ends it.
+fd1 = os.open(a, os.O_RDWR)
+ofd(fd1, F_OFD_SETLK, fcntl.F_WRLCK)
+fd2 = os.dup(fd1)
+os.close(fd1)
+assert not free_now(b), "the lock went with a descriptor that was not the last"
+assert not free_now(a), "an OFD lock excludes other descriptions on its own mount too"
+os.close(fd2)
+assert waiter_gets_it(b, 10), "the lock outlived the last close of its description"
+# A process that exits holding an OFD lock leaves nothing behind.
+subprocess.run([sys.executable, "-c", f"""
+import fcntl, os, struct
+fd = os.open({a!r}, os.O_RDWR)
+fcntl.fcntl(fd, {F_OFD_SETLK}, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0))
+"""], check=True)
+assert waiter_gets_it(b, 10), "the lock outlived its process"
+assert waiter_gets_it(a, 10)
+# A waiter killed while it waits is gone at once (its wait must not outlive it).
+held = os.open(a, os.O_RDWR)
+ofd(held, F_OFD_SETLK, fcntl.F_WRLCK)
+waiter = subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, os, struct, threading
+fd = os.open({b!r}, os.O_RDWR)
+t = threading.Thread(target=lambda: fcntl.fcntl(fd, {F_OFD_SETLKW}, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0)))
+t.start()
+t.join()
+"""])
+try:
+    waiter.wait(1)
+    assert False, "the waiter did not wait"
+except subprocess.TimeoutExpired:
+    pass
+waiter.kill()
+waiter.wait(10)
+os.close(held)
+print("ofd ok")
+"#;
+
+#[test]
+fn ofd_locks_go_with_the_last_close_of_their_description() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &[]);
+    let b = Mount::new(&redis, "skx", &[]);
+    std::fs::write(a.join("ofd"), b"").unwrap();
+    run_script(OFD_SCRIPT, &a.join("ofd"), &b.join("ofd"), "ofd ok");
     common::eventually("no lock keys left", Duration::from_secs(10), || {
         redis.keys("skx").iter().all(|k| !k.starts_with("skx:lk:"))
     });

@@ -35,18 +35,18 @@ impl Core {
         self.cache.has_no_xattrs(ino)
     }
 
-    /// Whether closing `fh` (for lock owner `owner`) has nothing to unlock, and nothing to
-    /// store unless `store_later` lets the file's store wait.
+    /// Whether closing `fh` (for lock owner `owner`; at its `last` close, also what was locked
+    /// through it) has nothing to unlock, and nothing to store unless `store_later` lets the
+    /// file's store wait.
     fn closes_quietly(
         &self,
         fh: u64,
         ino: u64,
         owner: Option<u64>,
+        last: bool,
         store_later: impl FnOnce(&super::OpenFile) -> bool,
     ) -> bool {
-        let holds_locks =
-            owner.is_some_and(|o| super::lock(&self.lock_holders).contains(&(ino, o)));
-        !holds_locks
+        !self.may_hold_locks(ino, last.then_some(fh), owner)
             && self
                 .file(fh)
                 .is_ok_and(|f| !f.state().has_pending() || store_later(&f))
@@ -59,7 +59,7 @@ impl Core {
     /// `fsync`, an open or unmount.
     pub fn flush_at_once(&self, fh: u64, ino: u64, owner: u64) -> Option<Result<(), FsError>> {
         let private = |f: &super::OpenFile| self.born_leased(f) && f.state().attr.nlink <= 1;
-        self.closes_quietly(fh, ino, Some(owner), private)
+        self.closes_quietly(fh, ino, Some(owner), false, private)
             .then_some(Ok(()))
     }
 
@@ -70,7 +70,7 @@ impl Core {
         ino: u64,
         owner: Option<u64>,
     ) -> Option<Result<(), FsError>> {
-        if !self.closes_quietly(fh, ino, owner, |_| false) {
+        if !self.closes_quietly(fh, ino, owner, true, |_| false) {
             return None;
         }
         Some(self.detached(fh, Ok(())))

@@ -21,6 +21,7 @@ use crate::error::FsError;
 use crate::meta::{AttrChange, LockState, Stored, Usage};
 
 use super::dir::stand_in;
+use super::locks::Lock;
 use super::ops::{Caller, XattrReply, NAME_MAX};
 use super::{lock, Core};
 
@@ -505,10 +506,11 @@ impl fuser::Filesystem for RedisFs {
             return self.answer_now(reply, done);
         }
         self.serve_change(reply, move |c| async move {
-            // The last close of an open file description drops its flock.
+            // The last close of an open file description drops its flock and OFD locks.
             if let Some(owner) = lock_owner {
                 c.release_locks(ino.0, owner.0).await?;
             }
+            c.release_handle_locks(ino.0, fh.0).await?;
             c.release(fh.0).await
         });
     }
@@ -525,16 +527,15 @@ impl fuser::Filesystem for RedisFs {
         pid: u32,
         reply: ReplyLock,
     ) {
-        self.serve(reply, move |c| async move {
-            c.getlk(ino.0, lock_owner.0, start, end, typ, pid).await
-        });
+        let asked = Lock::asked(ino.0, lock_owner.0, (start, end), typ, pid);
+        self.serve(reply, move |c| async move { c.getlk(asked).await });
     }
 
     fn setlk(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
         end: u64,
@@ -543,10 +544,15 @@ impl fuser::Filesystem for RedisFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        self.serve(reply, move |c| async move {
-            c.setlk(ino.0, lock_owner.0, start, end, typ, pid, sleep)
-                .await
-        });
+        let asked = Lock::asked(ino.0, lock_owner.0, (start, end), typ, pid);
+        // The thread that asks, which a signal may interrupt (the lock's pid names its
+        // process, or nothing for an OFD lock).
+        let asker = req.pid();
+        let wait = sleep.then_some(asker);
+        self.serve(
+            reply,
+            move |c| async move { c.setlk(asked, fh.0, wait).await },
+        );
     }
 
     fn fsync(

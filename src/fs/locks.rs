@@ -19,10 +19,11 @@ fn last_byte(end: u64) -> Option<u64> {
     (end < 1 << 52).then_some(end)
 }
 
-/// Whether process `pid` has a signal pending that it neither blocks nor ignores.
-fn signal_pending(pid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        // The process is gone: nobody waits any more.
+/// Whether thread `tid` has a signal pending that it neither blocks nor ignores (a dying
+/// process's threads have SIGKILL pending).
+fn signal_pending(tid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        // The thread is gone: nobody waits any more.
         return true;
     };
     let mask = |name: &str| {
@@ -36,43 +37,60 @@ fn signal_pending(pid: u32) -> bool {
     pending & !mask("SigBlk:") & !mask("SigIgn:") != 0
 }
 
+/// A lock as a request describes it.
+#[derive(Clone, Copy, Debug)]
+pub struct Lock {
+    /// The locked file.
+    pub ino: u64,
+    /// Who holds it: a process's files, or an open file description (flock, OFD locks).
+    pub owner: u64,
+    /// First byte.
+    pub start: u64,
+    /// Last byte, as the kernel sends it.
+    pub end: u64,
+    /// F_RDLCK, F_WRLCK or F_UNLCK.
+    pub kind: i32,
+    /// The holding process, as F_GETLK reports it.
+    pub pid: u32,
+}
+
+impl Lock {
+    /// The lock a request describes: `range` is its first and last byte.
+    pub fn asked(ino: u64, owner: u64, range: (u64, u64), kind: i32, pid: u32) -> Lock {
+        let (start, end) = range;
+        Lock {
+            ino,
+            owner,
+            start,
+            end,
+            kind,
+            pid,
+        }
+    }
+}
+
 impl Core {
     /// F_GETLK: a lock that would conflict with the one described, if any.
-    pub async fn getlk(
-        &self,
-        ino: u64,
-        owner: u64,
-        start: u64,
-        end: u64,
-        kind: i32,
-        pid: u32,
-    ) -> Result<LockState, FsError> {
+    pub async fn getlk(&self, l: Lock) -> Result<LockState, FsError> {
+        self.ask(l, true).await
+    }
+
+    /// Tests (`test`: F_GETLK) or takes the lock `l` once, without waiting.
+    async fn ask(&self, l: Lock, test: bool) -> Result<LockState, FsError> {
+        let end = last_byte(l.end);
         self.meta
-            .lock(ino, owner, kind, start, last_byte(end), pid, true)
+            .lock(l.ino, l.owner, l.kind, l.start, end, l.pid, test)
             .await
     }
 
-    /// F_SETLK / F_SETLKW / flock: takes or releases a lock, waiting for it with `wait`.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn setlk(
-        &self,
-        ino: u64,
-        owner: u64,
-        start: u64,
-        end: u64,
-        kind: i32,
-        pid: u32,
-        wait: bool,
-    ) -> Result<(), FsError> {
+    /// F_SETLK / F_SETLKW / flock: takes or releases a lock through handle `fh`. With
+    /// `wait_for` (the asking thread), waits for it until that thread is signalled.
+    pub async fn setlk(&self, l: Lock, fh: u64, wait_for: Option<u32>) -> Result<(), FsError> {
         let mut delay = Duration::from_millis(2);
         loop {
-            match self
-                .meta
-                .lock(ino, owner, kind, start, last_byte(end), pid, false)
-                .await
-            {
-                Err(FsError::Again) if wait => {
-                    if signal_pending(pid) {
+            match self.ask(l, false).await {
+                Err(FsError::Again) if wait_for.is_some() => {
+                    if wait_for.is_some_and(signal_pending) {
                         return Err(FsError::Interrupted);
                     }
                     tokio::time::sleep(delay).await;
@@ -80,8 +98,8 @@ impl Core {
                 }
                 Err(e) => return Err(e),
                 Ok(_) => {
-                    if kind != UNLOCK {
-                        lock(&self.lock_holders).insert((ino, owner));
+                    if l.kind != UNLOCK {
+                        lock(&self.lock_holders).insert((l.ino, l.owner), fh);
                     }
                     return Ok(());
                 }
@@ -91,9 +109,39 @@ impl Core {
 
     /// Releases every lock `owner` holds on `ino` (at close), if it holds any.
     pub async fn release_locks(&self, ino: u64, owner: u64) -> Result<(), FsError> {
-        if !lock(&self.lock_holders).remove(&(ino, owner)) {
+        if lock(&self.lock_holders).remove(&(ino, owner)).is_none() {
             return Ok(());
         }
+        self.unlock_all(ino, owner).await
+    }
+
+    /// Releases the locks taken through handle `fh` of `ino`, at its last close. Those of a
+    /// process went at its close(2) already (the flush before); what is left are the open
+    /// file description's own: OFD locks, and flock.
+    pub async fn release_handle_locks(&self, ino: u64, fh: u64) -> Result<(), FsError> {
+        let mut owners = Vec::new();
+        lock(&self.lock_holders).retain(|&(i, owner), &mut through| {
+            let goes = i == ino && through == fh;
+            if goes {
+                owners.push(owner);
+            }
+            !goes
+        });
+        for owner in owners {
+            self.unlock_all(ino, owner).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether `owner` may hold a lock on `ino`, or one may have been taken through handle
+    /// `fh` of it.
+    pub(super) fn may_hold_locks(&self, ino: u64, fh: Option<u64>, owner: Option<u64>) -> bool {
+        lock(&self.lock_holders)
+            .iter()
+            .any(|(&(i, o), &through)| i == ino && (Some(through) == fh || Some(o) == owner))
+    }
+
+    async fn unlock_all(&self, ino: u64, owner: u64) -> Result<(), FsError> {
         self.meta
             .lock(ino, owner, UNLOCK, 0, None, 0, false)
             .await
