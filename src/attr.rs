@@ -12,7 +12,7 @@
 //! | 22 | 10 | atime: seconds (signed, 48 bits) then nanoseconds (32 bits) |
 //! | 32 | 10 | mtime |
 //! | 42 | 10 | ctime |
-//! | 52 | 8 or 4 | directories: parent inode; device nodes: rdev |
+//! | 52 | 8 or 4 | directories: parent inode; regular files: blocks stored; device nodes: rdev |
 //!
 //! A record stays under Redis's 64-byte `hash-max-listpack-value`, so 64 records share one
 //! compact hash (see `docs/design.md` for the memory figures that chose this).
@@ -207,6 +207,9 @@ pub struct Attr {
     pub parent: u64,
     /// For device nodes, the device number.
     pub rdev: u32,
+    /// For regular files, how many data blocks are stored (holes are not); `None` in a
+    /// record written before they were counted.
+    pub stored_blocks: Option<u64>,
 }
 
 impl Attr {
@@ -224,6 +227,7 @@ impl Attr {
             ctime: now,
             parent: 0,
             rdev: 0,
+            stored_blocks: (kind == FileKind::File).then_some(0),
         }
     }
 
@@ -245,6 +249,11 @@ impl Attr {
         out.extend_from_slice(&self.ctime.encode());
         match self.kind() {
             FileKind::Dir => out.extend_from_slice(&self.parent.to_le_bytes()),
+            FileKind::File => {
+                if let Some(n) = self.stored_blocks {
+                    out.extend_from_slice(&n.to_le_bytes())
+                }
+            }
             FileKind::CharDevice | FileKind::BlockDevice => {
                 out.extend_from_slice(&self.rdev.to_le_bytes())
             }
@@ -265,13 +274,19 @@ impl Attr {
         let mut size = [0u8; 8];
         size.copy_from_slice(&bytes[14..22]);
         let tail = &bytes[FIXED_LEN..];
+        let u64_tail = || {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(tail);
+            u64::from_le_bytes(v)
+        };
+        let mut stored_blocks = None;
         let (parent, rdev) = match kind {
-            FileKind::Dir if tail.len() == 8 => {
-                let mut p = [0u8; 8];
-                p.copy_from_slice(tail);
-                (u64::from_le_bytes(p), 0)
-            }
+            FileKind::Dir if tail.len() == 8 => (u64_tail(), 0),
             FileKind::Dir => return None,
+            FileKind::File if tail.len() == 8 => {
+                stored_blocks = Some(u64_tail());
+                (0, 0)
+            }
             FileKind::CharDevice | FileKind::BlockDevice if tail.len() == 4 => {
                 (0, u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]))
             }
@@ -291,6 +306,7 @@ impl Attr {
             ctime: Timestamp::decode(&bytes[42..52]),
             parent,
             rdev,
+            stored_blocks,
         })
     }
 
@@ -299,7 +315,10 @@ impl Attr {
         fuser::FileAttr {
             ino: fuser::INodeNo(self.ino),
             size: self.size,
-            blocks: self.size.div_ceil(512),
+            blocks: match self.stored_blocks {
+                Some(n) => (n * u64::from(block_size)).div_ceil(512),
+                None => self.size.div_ceil(512),
+            },
             atime: self.atime.to_system(),
             mtime: self.mtime.to_system(),
             ctime: self.ctime.to_system(),
@@ -344,6 +363,9 @@ mod tests {
             } else {
                 0
             };
+            if kind == FileKind::File {
+                attr.stored_blocks = Some(1 << 33);
+            }
             let bytes = attr.encode();
             assert!(bytes.len() <= 60, "record must stay a listpack value");
             assert_eq!(Attr::decode(77, &bytes), Some(attr));
@@ -367,6 +389,20 @@ mod tests {
             assert_eq!(Timestamp::decode(&t.encode()), t);
             assert_eq!(Timestamp::from_system(t.to_system()), t);
         }
+    }
+
+    #[test]
+    fn a_file_record_without_a_block_count_reads_as_uncounted() {
+        let mut attr = Attr::new(FileKind::File, 0o644, 0, 0, Timestamp::default());
+        attr.stored_blocks = None;
+        let bytes = attr.encode();
+        assert_eq!(bytes.len(), FIXED_LEN);
+        assert_eq!(Attr::decode(0, &bytes), Some(attr));
+        assert_eq!(attr.to_fuser(65_472).blocks, 0);
+        attr.size = 1000;
+        assert_eq!(attr.to_fuser(65_472).blocks, 2);
+        attr.stored_blocks = Some(3);
+        assert_eq!(attr.to_fuser(65_472).blocks, 384);
     }
 
     #[test]

@@ -71,6 +71,11 @@ fn case(redis: &Redis, name: &str, kind: &str, extra: &[&str], damage: impl FnOn
 }
 
 fn patch_nlink(redis: &Redis, prefix: &str, ino: u64, nlink: u32) {
+    patch_record(redis, prefix, ino, 2, &nlink.to_le_bytes());
+}
+
+/// Overwrites bytes of an inode's record from `offset`.
+fn patch_record(redis: &Redis, prefix: &str, ino: u64, offset: usize, bytes: &[u8]) {
     let bucket = format!("{prefix}:i:{}", ino / 64);
     let field = (ino % 64).to_string();
     let mut conn = redis.conn();
@@ -79,7 +84,7 @@ fn patch_nlink(redis: &Redis, prefix: &str, ino: u64, nlink: u32) {
         .arg(&field)
         .query(&mut conn)
         .unwrap();
-    record[2..6].copy_from_slice(&nlink.to_le_bytes());
+    record[offset..offset + bytes.len()].copy_from_slice(bytes);
     let _: () = redis::cmd("HSET")
         .arg(&bucket)
         .arg(&field)
@@ -182,6 +187,11 @@ fn every_kind_of_damage_is_found_and_repaired() {
     );
     let (code, _) = fsck(&redis, "corrupt", &[]);
     assert_eq!(code, 0);
+
+    // A file's count of stored blocks (its st_blocks) disagrees with its map.
+    case(&redis, "counted", "wrong_block_count", &[], |p| {
+        patch_record(&redis, p, big, 52, &99u64.to_le_bytes())
+    });
 
     // A directory's entries stored as a set: the key goes, its children to lost+found.
     case(&redis, "typed", "wrong_type", &[], |p| {

@@ -597,13 +597,18 @@ fn fallocate_holes_seek_and_copy_range() {
     assert_eq!(&back[..100_000], &data[..100_000]);
     assert!(back[100_000..400_000].iter().all(|&b| b == 0));
     assert_eq!(&back[400_000..], &data[400_000..]);
-    // SEEK_HOLE finds the punched whole blocks; SEEK_DATA skips them.
+    // SEEK_HOLE finds the punched whole blocks; SEEK_DATA skips them. Both answer at page
+    // multiples inside the hole, as programs copying in 4 KiB steps expect.
     // SAFETY: valid fd.
     let hole = unsafe { libc::lseek(fd, 0, libc::SEEK_HOLE) };
-    assert!(hole > 100_000 && hole < 400_000, "hole at {hole}");
+    assert!((100_000..400_000).contains(&hole), "hole at {hole}");
     // SAFETY: valid fd.
     let data_at = unsafe { libc::lseek(fd, hole, libc::SEEK_DATA) };
     assert!(data_at > hole && data_at <= 400_000, "data at {data_at}");
+    assert_eq!((hole % 4096, data_at % 4096), (0, 0), "{hole}..{data_at}");
+    assert!(back[hole as usize..data_at as usize]
+        .iter()
+        .all(|&b| b == 0));
     // SAFETY: valid fd.
     assert_eq!(
         check(unsafe { libc::lseek(fd, 700_000, libc::SEEK_DATA) }),
@@ -791,4 +796,75 @@ fn fallocate_beyond_the_free_memory_is_refused() {
     assert_eq!(f.metadata().unwrap().len(), 1 << 20);
     drop(f);
     m.unmount();
+}
+
+/// `st_blocks` counts what is stored: a sparse file's holes take nothing (a 10 GiB truncate
+/// reported 20,971,520 blocks), so `du`, `cp --sparse` and `tar -S` see them.
+#[test]
+fn st_blocks_counts_stored_data_and_not_holes() {
+    let Some((r, m)) = setup() else { return };
+    let f = m.join("sparse");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&f)
+        .unwrap();
+    file.set_len(10 << 30).unwrap();
+    assert_eq!(
+        fs::metadata(&f).unwrap().blocks(),
+        0,
+        "a hole takes no room"
+    );
+    let data = common::random_bytes(100_000, 3);
+    let fd = file.as_raw_fd();
+    // SAFETY: valid fd and buffer.
+    check(unsafe { libc::pwrite(fd, data.as_ptr().cast(), data.len(), 5 << 30) } as i64).unwrap();
+    file.sync_all().unwrap();
+    let blocks = fs::metadata(&f).unwrap().blocks();
+    assert!(
+        (200..=512).contains(&blocks),
+        "100,000 bytes written: {blocks} blocks of 512 bytes"
+    );
+    let du = std::process::Command::new("du")
+        .arg("-k")
+        .arg(&f)
+        .output()
+        .unwrap();
+    let kib: u64 = String::from_utf8_lossy(&du.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(kib < 1024, "du says {kib} KiB for 100,000 bytes in 10 GiB");
+    // A dense file counts at least its size.
+    fs::write(m.join("dense"), &data).unwrap();
+    assert!(fs::metadata(m.join("dense")).unwrap().blocks() * 512 >= 100_000);
+    // Punching the data out and cutting the file free what they drop.
+    // SAFETY: valid fd.
+    check(unsafe {
+        libc::fallocate(
+            fd,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            5 << 30,
+            1 << 20,
+        )
+    } as i64)
+    .unwrap();
+    assert_eq!(fs::metadata(&f).unwrap().blocks(), 0, "punched out");
+    let dense = fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("dense"))
+        .unwrap();
+    dense.set_len(0).unwrap();
+    assert_eq!(
+        fs::metadata(m.join("dense")).unwrap().blocks(),
+        0,
+        "cut to 0"
+    );
+    drop((file, dense));
+    m.unmount();
+    common::tool_ok("fsck", &["--redis", &r.url(), "--prefix", "skx"]);
 }

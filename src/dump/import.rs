@@ -44,8 +44,9 @@ pub struct Importer<'a> {
     pipe_bytes: usize,
     next_block: u64,
     max_ino: u64,
-    /// The file whose blocks are arriving: inode, size, checksum so far.
-    file: Option<(u64, u64, ContentHash)>,
+    /// The file whose blocks are arriving: its record (counting the blocks stored so far),
+    /// and the checksum so far.
+    file: Option<(Attr, ContentHash)>,
     /// The entry just read, whose inode may follow: (parent, inode).
     last_entry: Option<(u64, u64)>,
     directories: HashSet<u64>,
@@ -201,17 +202,10 @@ impl<'a> Importer<'a> {
             ctime,
             parent: if kind == FileKind::Dir { parent } else { 0 },
             rdev: inode.rdev,
+            stored_blocks: (kind == FileKind::File).then_some(0),
         };
+        self.queue_record(&attr);
         let keys = &self.store.keys;
-        let (bucket, field) = keys.inode(inode.ino);
-        self.queue(
-            "HSET",
-            &[
-                bucket.as_bytes(),
-                field.to_string().as_bytes(),
-                &attr.encode(),
-            ],
-        );
         if let Some(target) = &inode.target {
             self.queue("SET", &[keys.symlink(inode.ino).as_bytes(), &target.0]);
         }
@@ -223,7 +217,7 @@ impl<'a> Importer<'a> {
             FileKind::Dir => {
                 self.directories.insert(inode.ino);
             }
-            FileKind::File => self.file = Some((inode.ino, inode.size, ContentHash::default())),
+            FileKind::File => self.file = Some((attr, ContentHash::default())),
             _ => {}
         }
         if !self.inodes.insert(inode.ino) {
@@ -274,9 +268,10 @@ impl<'a> Importer<'a> {
 
     fn data(&mut self, data: Data, what: &dyn Fn(&str) -> Error) -> Result<(), Error> {
         let bs = u64::from(self.block_size);
-        let Some((ino, size, hash)) = self.file.as_mut() else {
+        let Some((attr, hash)) = self.file.as_mut() else {
             return Err(what("a block outside of a file"));
         };
+        let (ino, size) = (&attr.ino, &attr.size);
         if data.ino != *ino {
             return Err(what(&format!(
                 "a block of inode {} inside inode {ino}",
@@ -291,6 +286,7 @@ impl<'a> Importer<'a> {
         }
         hash.add(data.index, &data.bytes.0);
         let ino = *ino;
+        attr.stored_blocks = attr.stored_blocks.map(|n| n + 1);
         self.next_block += 1;
         let id = self.next_block;
         let stored = self.codec.encode(&data.bytes.0);
@@ -311,9 +307,10 @@ impl<'a> Importer<'a> {
     }
 
     fn file_end(&mut self, end: FileEnd, what: &dyn Fn(&str) -> Error) -> Result<(), Error> {
-        let Some((ino, _, hash)) = self.file.take() else {
+        let Some((attr, hash)) = self.file.take() else {
             return Err(what("a file end outside of a file"));
         };
+        let ino = attr.ino;
         if end.ino != ino {
             return Err(what(&format!(
                 "the end of inode {} inside inode {ino}",
@@ -325,7 +322,23 @@ impl<'a> Importer<'a> {
                 "the content of inode {ino} does not match its checksum"
             )));
         }
+        if attr.stored_blocks != Some(0) {
+            // Written again, with the blocks it has now.
+            self.queue_record(&attr);
+        }
         Ok(())
+    }
+
+    fn queue_record(&mut self, attr: &Attr) {
+        let (bucket, field) = self.store.keys.inode(attr.ino);
+        self.queue(
+            "HSET",
+            &[
+                bucket.as_bytes(),
+                field.to_string().as_bytes(),
+                &attr.encode(),
+            ],
+        );
     }
 
     /// Writes the counters, corrects link counts that the input could not know, and marks

@@ -70,6 +70,58 @@ fn xattr_reply(bytes: Vec<u8>, size: u32) -> Result<XattrReply, FsError> {
     }
 }
 
+/// Granularity of the holes SEEK_HOLE reports: the page size programs copy sparse files in.
+const HOLE_GRAIN: u64 = 4096;
+
+/// Where SEEK_DATA or SEEK_HOLE (`whence`) from `offset` (below `size`) lands in a file whose
+/// block `idx` (of `block_size` bytes) is `stored(idx)`. Holes are reported from the first
+/// [`HOLE_GRAIN`] multiple inside them to the last, so a hole may look smaller than it is,
+/// never larger; the end of the file is a hole.
+fn seek(
+    offset: u64,
+    size: u64,
+    block_size: u64,
+    whence: i32,
+    stored: impl Fn(u64) -> bool,
+) -> Option<u64> {
+    let want_data = whence == libc::SEEK_DATA;
+    let mut idx = offset / block_size;
+    loop {
+        let start = idx * block_size;
+        if start >= size {
+            // No hole from `offset` on but the end of the file.
+            return Some(if want_data { offset } else { size });
+        }
+        if stored(idx) {
+            idx += 1;
+            continue;
+        }
+        // A run of holes [start, end), reported as [hole_start, hole_end).
+        let mut next = idx + 1;
+        while next * block_size < size && !stored(next) {
+            next += 1;
+        }
+        let end = (next * block_size).min(size);
+        let hole_start = start.next_multiple_of(HOLE_GRAIN);
+        let hole_end = if end == size {
+            size
+        } else {
+            end / HOLE_GRAIN * HOLE_GRAIN
+        };
+        if hole_start < hole_end && offset < hole_end {
+            let in_hole = offset >= hole_start;
+            return Some(match (want_data, in_hole) {
+                (true, false) => offset,
+                (true, true) if hole_end == size => return None,
+                (true, true) => hole_end,
+                (false, true) => offset,
+                (false, false) => hole_start,
+            });
+        }
+        idx = next;
+    }
+}
+
 impl Core {
     /// Resolves a name.
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
@@ -623,24 +675,9 @@ impl Core {
         if offset >= size {
             return Err(FsError::NoSuchOffset);
         }
-        let bs = u64::from(self.block_size);
         let map = self.meta.map_all(file.ino).await?;
-        let mut idx = offset / bs;
-        let found = loop {
-            let start = (idx * bs).max(offset);
-            if start >= size {
-                break if whence == libc::SEEK_HOLE {
-                    Some(size)
-                } else {
-                    None
-                };
-            }
-            let has_data = map.get(&idx).is_some_and(|&id| id != 0);
-            if has_data == (whence == libc::SEEK_DATA) {
-                break Some(start);
-            }
-            idx += 1;
-        };
+        let stored = |idx: u64| map.get(&idx).is_some_and(|&id| id != 0);
+        let found = seek(offset, size, u64::from(self.block_size), whence, stored);
         found.map(|o| o as i64).ok_or(FsError::NoSuchOffset)
     }
 
@@ -777,4 +814,43 @@ fn check_xattr_name(name: &[u8]) -> Result<(), FsError> {
         return Err(FsError::NotSupported);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BS: u64 = 65_472;
+
+    fn seek_in(map: &[bool], size: u64, offset: u64, whence: i32) -> Option<u64> {
+        seek(offset, size, BS, whence, |i| {
+            map.get(i as usize) == Some(&true)
+        })
+    }
+
+    #[test]
+    fn holes_are_reported_between_page_multiples_inside_them() {
+        // Data, hole, hole, data: the hole is [65,472, 196,416), reported [65,536, 196,608).
+        let map = [true, false, false, true];
+        let size = 4 * BS;
+        assert_eq!(seek_in(&map, size, 0, libc::SEEK_HOLE), Some(65_536));
+        assert_eq!(seek_in(&map, size, 0, libc::SEEK_DATA), Some(0));
+        assert_eq!(seek_in(&map, size, 65_500, libc::SEEK_DATA), Some(65_500));
+        assert_eq!(seek_in(&map, size, 65_536, libc::SEEK_DATA), Some(192_512));
+        assert_eq!(seek_in(&map, size, 100_000, libc::SEEK_HOLE), Some(100_000));
+        assert_eq!(seek_in(&map, size, 193_000, libc::SEEK_HOLE), Some(size));
+        assert_eq!(seek_in(&map, size, 193_000, libc::SEEK_DATA), Some(193_000));
+    }
+
+    #[test]
+    fn the_end_of_the_file_is_a_hole_and_has_no_data_after_it() {
+        let map = [true, false];
+        let size = 2 * BS;
+        assert_eq!(seek_in(&map, size, 0, libc::SEEK_HOLE), Some(65_536));
+        assert_eq!(seek_in(&map, size, 70_000, libc::SEEK_DATA), None);
+        assert_eq!(seek_in(&[true], BS, 10, libc::SEEK_HOLE), Some(BS));
+        assert_eq!(seek_in(&[true], BS, 10, libc::SEEK_DATA), Some(10));
+        assert_eq!(seek_in(&[], 10_000, 0, libc::SEEK_DATA), None);
+        assert_eq!(seek_in(&[], 10_000, 5, libc::SEEK_HOLE), Some(5));
+    }
 }

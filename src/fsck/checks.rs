@@ -102,6 +102,7 @@ pub async fn check(
     } else {
         referenced
     };
+    c.block_counts().await?;
     c.leaks(&referenced).await?;
     c.stray_keys().await?;
     c.counters().await?;
@@ -766,6 +767,41 @@ impl Checker<'_> {
             }
         }
         Ok(referenced)
+    }
+
+    /// Each regular file's record counts the blocks its map names (what `st_blocks` reports).
+    async fn block_counts(&mut self) -> Result<(), Error> {
+        let files: Vec<Attr> = self
+            .pic
+            .inodes
+            .values()
+            .filter(|a| a.kind() == FileKind::File)
+            .copied()
+            .collect();
+        for attr in files {
+            let stored = self.pic.maps.get(&attr.ino).map_or(0, |m| m.len() as u64);
+            if attr.stored_blocks == Some(stored) {
+                continue;
+            }
+            let fixed = Attr {
+                stored_blocks: Some(stored),
+                ..attr
+            };
+            let detail = match attr.stored_blocks {
+                Some(n) => format!("counts {n} stored blocks, its map names {stored}"),
+                None => {
+                    format!("counts no stored blocks (an older record), its map names {stored}")
+                }
+            };
+            self.findings
+                .problem("wrong_block_count", &self.inode_key(attr.ino), &detail)
+                .fix("corrected", write_record(self.store, &fixed))
+                .await?;
+            if self.findings.repairing() {
+                self.pic.inodes.insert(attr.ino, fixed);
+            }
+        }
+        Ok(())
     }
 
     /// A block named twice would be deleted under one file by a write to the other: give the

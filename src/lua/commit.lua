@@ -35,6 +35,7 @@ if won > 0 then
   local target = tonumber(ARGV[5])
   if target > size(r) then r = set_size(r, target) end
   if ARGV[4] ~= '' then r = touch_mc(r, ARGV[4]) end
+  r = count_blocks(ino, r)
   put(ino, r)
   data_changed(ino, lo, hi)
   save()

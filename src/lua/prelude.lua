@@ -9,7 +9,7 @@ local P = ARGV[1]
 local SID, REQ, DEADLINE = string.match(ARGV[2], '^(%d+):(%d+):(%d+)$')
 local E = { PERM = 1, NOENT = 2, IO = 5, AGAIN = 11, EXIST = 17, NOTDIR = 20, ISDIR = 21, INVAL = 22,
             MLINK = 31, NOTEMPTY = 39, NODATA = 61, TIMEDOUT = 110 }
-local S_IFMT, S_IFDIR = 61440, 16384
+local S_IFMT, S_IFDIR, S_IFREG = 61440, 16384, 32768
 local LETTER = { [32768] = 'f', [16384] = 'd', [40960] = 'l', [4096] = 'p', [8192] = 'c',
                  [24576] = 'b', [49152] = 's' }
 local PER_BUCKET = 64
@@ -67,6 +67,12 @@ local function size(r) return (struct.unpack('<I8', r, 15)) end
 local function set_size(r, s) return splice(r, 14, struct.pack('<I8', s)) end
 local function touch_mc(r, ts) return splice(r, 32, ts .. ts) end
 local function touch_c(r, ts) return splice(r, 42, ts) end
+-- A regular file's record ends with the number of blocks its map names (src/attr.rs): called
+-- after every change of the map, it counts them there (a record without the count gains it).
+local function count_blocks(ino, r)
+  if bit.band(mode(r), S_IFMT) ~= S_IFREG then return r end
+  return string.sub(r, 1, 52) .. struct.pack('<I8', redis.call('HLEN', P .. 'm:' .. ino))
+end
 local function parent_of(r) return (struct.unpack('<I8', r, 53)) end
 local function set_parent(r, p) return splice(r, 52, struct.pack('<I8', p)) end
 

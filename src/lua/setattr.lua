@@ -36,6 +36,7 @@ if has(8) then
       delete_blocks(ids)
       stat_add('blocks', -#ids)
     end
+    r = count_blocks(ino, r)
   else
     drop_new_tail()
   end
