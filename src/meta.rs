@@ -320,14 +320,15 @@ impl Meta {
             .collect())
     }
 
-    /// Creates an inode described by `attr` under `parent` as `name`.
+    /// Creates an inode described by `attr` under `parent` as `name`; returns it and the
+    /// parent's attributes after the change.
     pub async fn create(
         &self,
         parent: u64,
         name: &[u8],
         attr: &Attr,
         target: &[u8],
-    ) -> Result<Attr, FsError> {
+    ) -> Result<(Attr, Attr), FsError> {
         self.delegation.changed_directly(parent);
         let leased = attr.kind() == FileKind::Dir && self.delegation.enabled();
         let args = ScriptArgs::default()
@@ -345,7 +346,7 @@ impl Meta {
         if leased {
             self.delegation.leased(created.ino);
         }
-        Ok(created)
+        Ok((created, record(parent, reply.get(2))?))
     }
 
     /// Adds the hard link `parent/name` to `ino`.

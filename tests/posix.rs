@@ -868,3 +868,107 @@ fn st_blocks_counts_stored_data_and_not_holes() {
     m.unmount();
     common::tool_ok("fsck", &["--redis", &r.url(), "--prefix", "skx"]);
 }
+
+/// Runs `script` with `sh` as user `uid` and group `gid` (no supplementary groups), in `dir`;
+/// returns whether it succeeded.
+fn as_user(uid: u32, gid: u32, dir: &std::path::Path, script: &str) -> bool {
+    let out = std::process::Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .arg("--clear-groups")
+        .args(["sh", "-c", script])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        eprintln!("{script}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    out.status.success()
+}
+
+/// Group of the set-group-ID directories below, which the acting user is not in.
+const SHARED_GROUP: u32 = 4321;
+/// The acting user and its own group.
+const USER: (u32, u32) = (65534, 65534);
+
+/// In a set-group-ID directory new entries take its group and new directories its bit, on the
+/// mount that created the directory (where creates are deferred) and on another.
+#[test]
+fn setgid_directories_pass_on_their_group() {
+    let Some((r, a)) = setup() else { return };
+    let b = Mount::new(&r, "skx", &[]);
+    fs::create_dir(a.join("shared")).unwrap();
+    std::os::unix::fs::chown(a.join("shared"), Some(0), Some(SHARED_GROUP)).unwrap();
+    fs::set_permissions(a.join("shared"), fs::Permissions::from_mode(0o2777)).unwrap();
+    for (m, tag) in [(&a, "a"), (&b, "b")] {
+        let dir = m.join("shared");
+        let (uid, gid) = USER;
+        assert!(as_user(
+            uid,
+            gid,
+            &dir,
+            &format!("touch f{tag} && mkdir d{tag}")
+        ));
+        fs::create_dir(dir.join(format!("root{tag}"))).unwrap();
+        for name in [format!("f{tag}"), format!("d{tag}"), format!("root{tag}")] {
+            let meta = fs::metadata(dir.join(&name)).unwrap();
+            assert_eq!(
+                meta.gid(),
+                SHARED_GROUP,
+                "{tag}: {name} has the creator's group"
+            );
+            let sgid = meta.mode() & libc::S_ISGID != 0;
+            assert_eq!(sgid, meta.is_dir(), "{tag}: {name} mode {:o}", meta.mode());
+        }
+        assert_eq!(
+            fs::metadata(dir.join(format!("f{tag}"))).unwrap().uid(),
+            uid
+        );
+    }
+    // What another mount reads from Redis agrees.
+    let meta = fs::metadata(b.join("shared/da")).unwrap();
+    assert_eq!(
+        (meta.gid(), meta.mode() & libc::S_ISGID),
+        (SHARED_GROUP, libc::S_ISGID)
+    );
+}
+
+/// A change of a file's data by a user without CAP_FSETID clears set-user-ID, and set-group-ID
+/// when group-execute is set or the user is outside the file's group, as on ext4: writes,
+/// `fallocate` (allocation, punch-hole, zero-range) and truncates alike.
+#[test]
+fn data_changes_by_others_clear_set_id_bits() {
+    let Some((_r, m)) = setup() else { return };
+    let (uid, gid) = USER;
+    let changes = [
+        "fallocate -l 8192 f",
+        "fallocate -p -o 0 -l 4096 f",
+        "fallocate -z -o 0 -l 4096 f",
+        "printf x | dd of=f conv=notrunc status=none",
+        "truncate -s 100 f",
+    ];
+    // (mode, group, mode left): outside the group, set-group-ID goes even without
+    // group-execute; inside it, it stays unless group-execute is set.
+    let cases = [
+        (0o2767, SHARED_GROUP, 0o767),
+        (0o6666, SHARED_GROUP, 0o666),
+        (0o6777, SHARED_GROUP, 0o777),
+        (0o2767, gid, 0o2767),
+        (0o2777, gid, 0o777),
+    ];
+    for change in changes {
+        for (mode, group, left) in cases {
+            let f = m.join("f");
+            fs::write(&f, vec![1u8; 5000]).unwrap();
+            std::os::unix::fs::chown(&f, Some(0), Some(group)).unwrap();
+            fs::set_permissions(&f, fs::Permissions::from_mode(mode)).unwrap();
+            assert!(as_user(uid, gid, &m.join(""), change), "{change}");
+            let now = fs::metadata(&f).unwrap().mode() & 0o7777;
+            assert_eq!(
+                now, left,
+                "{change} on {mode:o} (group {group}) left {now:o}"
+            );
+            fs::remove_file(&f).unwrap();
+        }
+    }
+}

@@ -34,7 +34,7 @@ impl Core {
             return None;
         }
         let now = Timestamp::now();
-        let mut attr = new_attr(parent, kind, perm, rdev, caller, now);
+        let mut attr = new_attr(&dir, kind, perm, rdev, caller, now);
         if !self.meta.delegation.create(parent, name, &mut attr) {
             return None;
         }

@@ -147,6 +147,7 @@ fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+        pid: req.pid(),
     }
 }
 
@@ -257,7 +258,7 @@ impl fuser::Filesystem for RedisFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -282,10 +283,14 @@ impl fuser::Filesystem for RedisFs {
             mtime: mtime.map(time),
             ctime: ctime.map(Timestamp::from_system),
         };
-        self.serve_change(
-            reply,
-            move |c| async move { c.setattr(ino.0, change).await },
-        );
+        let truncating = size.is_some().then(|| caller(req));
+        self.serve_change(reply, move |c| async move {
+            let attr = c.setattr(ino.0, change).await?;
+            match truncating {
+                Some(by) => c.drop_set_id_bits(attr, by).await,
+                None => Ok(attr),
+            }
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -435,8 +440,8 @@ impl fuser::Filesystem for RedisFs {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -450,6 +455,15 @@ impl fuser::Filesystem for RedisFs {
         // Most writes only fill the buffer: answered here unless a freeze holds changes or the
         // buffer is full enough that the writer must wait for a store.
         let written = data.len() as u32;
+        let by = caller(req);
+        if self.core.write_drops_set_id(ino.0, &by) {
+            let data = data.to_vec();
+            return self.serve_change(reply, move |c| async move {
+                let written = c.write(fh.0, offset, &data, append).await?;
+                c.drop_set_id_bits(c.getattr(ino.0).await?, by).await?;
+                Ok(written)
+            });
+        }
         let answer_here = !append || !self.core.append_waits(fh.0);
         let must_store = match self.core.open_gate().filter(|_| answer_here) {
             Some(_open) => match self
@@ -744,7 +758,7 @@ impl fuser::Filesystem for RedisFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -752,8 +766,9 @@ impl fuser::Filesystem for RedisFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let by = caller(req);
         self.serve_change(reply, move |c| async move {
-            c.fallocate(fh.0, offset, length, mode).await
+            c.fallocate(fh.0, offset, length, mode, by).await
         });
     }
 

@@ -25,9 +25,11 @@ pub(super) fn check_name(name: &[u8]) -> Result<(), FsError> {
     }
 }
 
-/// The attributes of a new inode of `kind` in directory `parent`, made at `now`.
+/// The attributes of a new inode of `kind` in directory `dir`, made at `now`. In a set-group-ID
+/// directory, new entries take the directory's group, and new directories its set-group-ID
+/// bit (the kernel has taken that bit off new files a caller outside the group creates).
 pub(super) fn new_attr(
-    parent: u64,
+    dir: &Attr,
     kind: FileKind,
     perm: u32,
     rdev: u32,
@@ -35,8 +37,14 @@ pub(super) fn new_attr(
     now: Timestamp,
 ) -> Attr {
     let mut attr = Attr::new(kind, perm, caller.uid, caller.gid, now);
+    if dir.mode & libc::S_ISGID != 0 {
+        attr.gid = dir.gid;
+        if kind == FileKind::Dir {
+            attr.mode |= libc::S_ISGID;
+        }
+    }
     match kind {
-        FileKind::Dir => attr.parent = parent,
+        FileKind::Dir => attr.parent = dir.ino,
         FileKind::CharDevice | FileKind::BlockDevice => attr.rdev = rdev,
         _ => {}
     }
@@ -50,6 +58,37 @@ pub struct Caller {
     pub uid: u32,
     /// Primary group id.
     pub gid: u32,
+    /// The asking thread.
+    pub pid: u32,
+}
+
+impl Caller {
+    /// Whether the caller belongs to group `gid`: its own, or one of its supplementary groups.
+    fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid
+            || std::fs::read_to_string(format!("/proc/{}/status", self.pid)).is_ok_and(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Groups:"))
+                    .is_some_and(|g| g.split_whitespace().any(|g| g.parse() == Ok(gid)))
+            })
+    }
+}
+
+/// The mode a change of a regular file's data (a write, `fallocate`, a truncate) by `caller`
+/// leaves, as on a local filesystem: set-user-ID goes, and set-group-ID if group-execute is set
+/// or the caller is outside the file's group; the superuser (CAP_FSETID) keeps both. (The
+/// kernel's FUSE side drops set-group-ID only with group-execute: the rest is done here.)
+fn mode_after_data_change(attr: &Attr, caller: &Caller) -> u32 {
+    let set_id = libc::S_ISUID | libc::S_ISGID;
+    if caller.uid == 0 || attr.kind() != FileKind::File || attr.mode & set_id == 0 {
+        return attr.mode;
+    }
+    let mut mode = attr.mode & !libc::S_ISUID;
+    if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !caller.in_group(attr.gid)) {
+        mode &= !libc::S_ISGID;
+    }
+    mode
 }
 
 /// The answer to getxattr/listxattr: a size probe or the bytes.
@@ -256,7 +295,8 @@ impl Core {
     ) -> Result<Attr, FsError> {
         self.writable()?;
         check_name(name)?;
-        let mut attr = new_attr(parent, kind, perm, rdev, caller, Timestamp::now());
+        let dir = self.getattr(parent).await?;
+        let mut attr = new_attr(&dir, kind, perm, rdev, caller, Timestamp::now());
         if kind == FileKind::Symlink {
             if target.len() > PATH_MAX {
                 return Err(FsError::NameTooLong);
@@ -271,12 +311,14 @@ impl Core {
             }
         }
         let names_epoch = self.cache.names_epoch();
-        let created = self
+        let epoch = self.cache.epoch();
+        let (created, dir) = self
             .meta
             .create(parent, name, &attr, target)
             .await
             .inspect_err(|_| self.cache.forget_name(parent, name))?;
-        self.cache.forget_attr(parent);
+        // Kept rather than forgotten: the next create here needs the directory's mode and group.
+        self.cache.replace(epoch, dir);
         self.cache
             .remember(self.cache.epoch(), Some((parent, name)), created);
         if kind == FileKind::Dir {
@@ -574,13 +616,14 @@ impl Core {
         flushed
     }
 
-    /// Preallocates, punches holes or zeroes ranges.
+    /// Preallocates, punches holes or zeroes ranges, for `caller`.
     pub async fn fallocate(
         &self,
         fh: u64,
         offset: u64,
         length: u64,
         mode: i32,
+        caller: Caller,
     ) -> Result<(), FsError> {
         self.writable()?;
         let file = self.file(fh)?;
@@ -620,7 +663,35 @@ impl Core {
                 .await?;
             }
         }
-        Ok(())
+        let attr = self.getattr(file.ino).await?;
+        self.drop_set_id_bits(attr, caller).await.map(drop)
+    }
+
+    /// Whether a write to open file `ino` by `caller` takes set-ID bits away (judged on what
+    /// this mount knows: the bits are rare, the check is on every write).
+    pub fn write_drops_set_id(&self, ino: u64, caller: &Caller) -> bool {
+        self.open_file(ino).is_some_and(|f| {
+            let attr = f.state().attr;
+            mode_after_data_change(&attr, caller) != attr.mode
+        })
+    }
+
+    /// Takes away the set-ID bits a change of the data of a file (now `attr`) by `caller`
+    /// drops; returns the attributes after.
+    pub async fn drop_set_id_bits(&self, attr: Attr, caller: Caller) -> Result<Attr, FsError> {
+        let ino = attr.ino;
+        let mode = mode_after_data_change(&attr, &caller);
+        if mode == attr.mode {
+            return Ok(attr);
+        }
+        let change = AttrChange {
+            mode: Some(mode & 0o7777),
+            ..Default::default()
+        };
+        let attr = self.setattr(ino, change).await?;
+        // The kernel answered the write with what it cached.
+        self.invalidate(super::notify::Invalidation::Attr(ino));
+        Ok(attr)
     }
 
     /// Makes `[start, end)` read as zeros: whole blocks become holes, edges are rewritten.

@@ -1,4 +1,5 @@
--- ARGV: P, sid, parent, name, record, letter, ts, symlink_target, lease  ->  {0, ino}
+-- ARGV: P, sid, parent, name, record, letter, ts, symlink_target, lease
+--   ->  {0, ino, the parent's record after the change}
 -- lease (1): a directory created leased to the calling session (see src/delegation.rs).
 local parent = tonumber(ARGV[3])
 local _, err = live_dir(parent)
@@ -8,4 +9,4 @@ local ino = redis.call('INCR', P .. 'next:ino')
 add_child(parent, ARGV[4], ARGV[6], ino, ARGV[5], ARGV[7], ARGV[8])
 if ARGV[6] == 'd' and ARGV[9] == '1' then lease(ino) end
 save()
-return { 0, ino }
+return { 0, ino, rec(parent) }
