@@ -294,7 +294,7 @@ async fn prepare(
         .measure_clock()
         .await
         .map_err(store.failed("reading the server's clock (TIME)"))?;
-    let server = ServerInfo::read(&store).await?;
+    let server = ServerInfo::read_synced(&store, args.io_timeout).await?;
     server.check(&store.address, args.force)?;
     let read_only = args.read_only || server.is_replica || args.mount_options().any(|o| o == "ro");
     if server.is_replica && !args.read_only {

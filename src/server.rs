@@ -1,6 +1,7 @@
 //! What a Redis server says of itself (INFO), and the checks a mount makes before trusting it.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::store::Store;
@@ -14,6 +15,9 @@ pub struct ServerInfo {
     pub maxmemory_policy: String,
     /// Whether the server is a replica (`role:slave`).
     pub is_replica: bool,
+    /// For a replica, whether it is linked to its primary (`master_link_status:up`), which
+    /// means it has its primary's data; always true of a primary.
+    pub synced: bool,
     /// `maxmemory` (0: unlimited).
     pub maxmemory: u64,
     /// `total_system_memory` of the server's machine.
@@ -39,6 +43,40 @@ impl ServerInfo {
         Ok(ServerInfo::parse(&text))
     }
 
+    /// Reads INFO; of a replica still loading its primary's data (right after it started or
+    /// was pointed at its primary), waits until it has it, at most `patience`, saying so.
+    /// (Before, it looks empty: a mount would find no filesystem there.)
+    pub async fn read_synced(store: &Store, patience: Duration) -> Result<ServerInfo, Error> {
+        let deadline = Instant::now() + patience;
+        let mut said = false;
+        loop {
+            let info = ServerInfo::read(store).await?;
+            if info.synced {
+                if said {
+                    tracing::info!("{}: replica in sync", store.address);
+                }
+                return Ok(info);
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    "{} is a replica still not in sync with its primary after {patience:?}: \
+                     going on with what it has",
+                    store.address
+                );
+                return Ok(info);
+            }
+            if !said {
+                tracing::warn!(
+                    "{} is a replica still syncing with its primary: waiting for its data (at \
+                     most {patience:?}, --io-timeout)",
+                    store.address
+                );
+                said = true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Parses INFO's `field:value` lines.
     pub fn parse(text: &str) -> ServerInfo {
         let fields: HashMap<&str, &str> = text
@@ -53,6 +91,8 @@ impl ServerInfo {
                 .unwrap_or(&"noeviction")
                 .to_string(),
             is_replica: fields.get("role") == Some(&"slave"),
+            synced: fields.get("role") != Some(&"slave")
+                || fields.get("master_link_status") == Some(&"up"),
             maxmemory: num("maxmemory"),
             total_system_memory: num("total_system_memory"),
             used_memory: num("used_memory"),
@@ -106,6 +146,12 @@ mod tests {
         );
         assert_eq!(info.version, "7.0.15");
         assert!(info.is_replica);
+        assert!(
+            !info.synced,
+            "a replica without a link up has not its primary's data"
+        );
+        assert!(ServerInfo::parse("role:slave\r\nmaster_link_status:up\r\n").synced);
+        assert!(ServerInfo::parse("role:master\r\n").synced);
         assert_eq!(info.capacity(), 5000);
         assert!(info
             .check("x", false)

@@ -53,7 +53,7 @@ pub async fn connect(
     validate_prefix(prefix)?;
     let store = Store::connect(target, prefix, io_timeout).await?;
     // Tools never evict anything themselves: the eviction policy is the mount's concern.
-    ServerInfo::read(&store)
+    ServerInfo::read_synced(&store, io_timeout)
         .await?
         .check(&store.address, true)?;
     Ok(store)

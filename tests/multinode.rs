@@ -403,3 +403,30 @@ fn bytes_written_into_a_file_kept_open_reach_other_mounts_without_a_close() {
     );
     drop(log);
 }
+
+/// A mount of a replica made while the replica is still getting its primary's data waits for
+/// it (saying so) instead of finding no filesystem there.
+#[test]
+fn a_mount_of_a_replica_still_syncing_waits_for_its_data() {
+    if !common::ready() {
+        return;
+    }
+    // The primary starts sending its data 3 s after a replica asks for it.
+    let primary = Redis::start_with(&[
+        "--repl-diskless-sync",
+        "yes",
+        "--repl-diskless-sync-delay",
+        "3",
+    ]);
+    let a = Mount::new(&primary, "skx", &[]);
+    fs::write(a.join("before"), b"1").unwrap();
+    let port = primary.port.to_string();
+    let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &port]);
+    let b = Mount::new(&replica, "skx", &["--io-timeout", "20"]);
+    assert_eq!(fs::read(b.join("before")).unwrap(), b"1");
+    assert!(
+        b.log_text().contains("still syncing"),
+        "the mount says what it waits for:\n{}",
+        b.log_text()
+    );
+}

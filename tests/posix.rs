@@ -972,3 +972,30 @@ fn data_changes_by_others_clear_set_id_bits() {
         }
     }
 }
+
+/// A directory open while a rename replaces it (or a removal takes it) still answers `fstat`,
+/// with no link left, once the kernel's cached attributes are gone.
+#[test]
+fn an_open_directory_replaced_by_a_rename_still_answers_fstat() {
+    let Some((_r, m)) = setup() else { return };
+    for (victim, how) in [("replaced", "rename"), ("removed", "rmdir")] {
+        fs::create_dir(m.join(victim)).unwrap();
+        let dir = fs::File::open(m.join(victim)).unwrap();
+        if how == "rename" {
+            fs::create_dir(m.join("other")).unwrap();
+            fs::rename(m.join("other"), m.join(victim)).unwrap();
+        } else {
+            fs::remove_dir(m.join(victim)).unwrap();
+        }
+        fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+        // Past the kernel's attribute timeout, fstat asks the mount.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let meta = dir
+            .metadata()
+            .unwrap_or_else(|e| panic!("{how}: fstat: {e}"));
+        assert!(meta.is_dir());
+        assert_eq!(meta.nlink(), 0, "{how}");
+        drop(dir);
+        let _ = fs::remove_dir(m.join(victim));
+    }
+}

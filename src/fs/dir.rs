@@ -28,11 +28,15 @@ pub struct DirHandle {
     pub attrs: Option<Vec<Stored>>,
     /// The cache epoch the attributes were read in.
     attrs_epoch: u64,
+    /// The directory's own attributes when it was opened: what `fstat` answers (with no link)
+    /// once a removal or a rename over it deleted it.
+    opened_as: Attr,
 }
 
 impl Core {
-    /// Opens a directory (its listing is taken when first read).
-    pub fn opendir(&self, ino: u64) -> u64 {
+    /// Opens directory `ino`, whose attributes are `attr` (its listing is taken when first
+    /// read).
+    pub fn opendir(&self, ino: u64, attr: Attr) -> u64 {
         let fh = self.new_handle();
         lock(&self.dirs).insert(
             fh,
@@ -41,9 +45,22 @@ impl Core {
                 entries: None,
                 attrs: None,
                 attrs_epoch: 0,
+                opened_as: attr,
             })),
         );
         fh
+    }
+
+    /// Attributes of a directory open here that is no longer in Redis (removed, or replaced by
+    /// a rename): as it was when opened, with no link left, as a local filesystem answers.
+    pub(super) fn removed_open_dir(&self, ino: u64) -> Option<Attr> {
+        lock(&self.dirs)
+            .values()
+            .find_map(|h| {
+                let h = lock(h);
+                (h.ino == ino).then_some(h.opened_as)
+            })
+            .map(|attr| Attr { nlink: 0, ..attr })
     }
 
     /// The handle of an open directory.

@@ -581,8 +581,14 @@ impl fuser::Filesystem for RedisFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let fh = self.core.opendir(ino.0);
-        self.answer_now(reply, Ok((fh, false)));
+        if let Some(attr) = self.core.getattr_cached(ino.0) {
+            let fh = self.core.opendir(ino.0, attr);
+            return self.answer_now(reply, Ok((fh, false)));
+        }
+        self.serve(reply, move |c| async move {
+            let attr = c.getattr(ino.0).await?;
+            Ok((c.opendir(ino.0, attr), false))
+        });
     }
 
     fn readdir(

@@ -195,7 +195,10 @@ impl Core {
         let attr = match self.cache.attr(ino) {
             Some(attr) => attr,
             None => {
-                let attr = self.meta.getattr(ino).await?;
+                let attr = match self.meta.getattr(ino).await {
+                    Err(FsError::NotFound) => self.removed_open_dir(ino).ok_or(FsError::NotFound),
+                    read => read,
+                }?;
                 self.cache.remember(epoch, None, attr);
                 attr
             }
