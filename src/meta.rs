@@ -67,6 +67,29 @@ pub struct AttrChange {
     pub ctime: Option<Timestamp>,
 }
 
+/// Which locks a lock request is about: on Linux `fcntl` and `flock` locks are independent
+/// of each other, each conflicting only with its own family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LockFamily {
+    /// `fcntl` byte-range locks, process-owned and OFD.
+    Fcntl,
+    /// `flock` whole-file locks.
+    Flock,
+    /// Both (only to release everything an owner holds).
+    Both,
+}
+
+impl LockFamily {
+    /// How `lock.lua` names it.
+    fn code(self) -> &'static str {
+        match self {
+            LockFamily::Fcntl => "p",
+            LockFamily::Flock => "f",
+            LockFamily::Both => "pf",
+        }
+    }
+}
+
 /// Directory entries as Redis returns them: name, then kind letter and inode number.
 type RawEntries = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -683,7 +706,7 @@ impl Meta {
     pub async fn lock(
         &self,
         ino: u64,
-        owner: u64,
+        (owner, family): (u64, LockFamily),
         kind: i32,
         start: u64,
         end: Option<u64>,
@@ -697,7 +720,8 @@ impl Meta {
             .num(start)
             .num(end.map_or(-1, |e| e as i64))
             .num(pid)
-            .num(u8::from(test));
+            .num(u8::from(test))
+            .bytes(family.code());
         let reply = self.run("lock", &self.scripts.lock, args).await?;
         let field = |i: usize| int(reply.get(i)).unwrap_or(0);
         Ok(LockState {

@@ -306,3 +306,62 @@ fn ofd_locks_go_with_the_last_close_of_their_description() {
         redis.keys("skx").iter().all(|k| !k.starts_with("skx:lk:"))
     });
 }
+
+/// Checks over two mounts (argv 1 and 2 name one file) that flock and fcntl locks are
+/// independent, as on Linux: each conflicts only with its own kind.
+const INDEPENDENT_SCRIPT: &str = r#"
+import fcntl, os, struct, sys
+a, b = sys.argv[1], sys.argv[2]
+F_OFD_SETLK = 37
+def fcntl_free(path):
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.fcntl(fd, F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0))
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+def flock_free(path):
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+held = os.open(a, os.O_RDWR)
+fcntl.flock(held, fcntl.LOCK_EX)
+assert fcntl_free(a) and fcntl_free(b), "a flock stopped an fcntl lock"
+assert not flock_free(b), "flocks still exclude each other"
+os.close(held)
+held = os.open(a, os.O_RDWR)
+fcntl.fcntl(held, F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0))
+assert flock_free(a) and flock_free(b), "an fcntl lock stopped a flock"
+assert not fcntl_free(b), "fcntl locks still exclude each other"
+# One holder with both kinds: releasing one keeps the other.
+fcntl.flock(held, fcntl.LOCK_EX)
+fcntl.flock(held, fcntl.LOCK_UN)
+assert not fcntl_free(b), "unlocking a flock released an fcntl lock"
+os.close(held)
+assert fcntl_free(b) and flock_free(b)
+print("independent ok")
+"#;
+
+#[test]
+fn flock_and_fcntl_locks_are_independent() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &[]);
+    let b = Mount::new(&redis, "skx", &[]);
+    std::fs::write(a.join("both"), b"").unwrap();
+    run_script(
+        INDEPENDENT_SCRIPT,
+        &a.join("both"),
+        &b.join("both"),
+        "independent ok",
+    );
+}

@@ -569,6 +569,25 @@ impl fuser::Filesystem for RedisFs {
         );
     }
 
+    fn flock(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let asked = Lock::flock(ino.0, lock_owner.0, typ, pid);
+        let wait = sleep.then_some(req.pid());
+        self.serve(
+            reply,
+            move |c| async move { c.setlk(asked, fh.0, wait).await },
+        );
+    }
+
     fn fsync(
         &self,
         _req: &Request,

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::error::FsError;
-use crate::meta::LockState;
+use crate::meta::{LockFamily, LockState};
 
 use super::{lock, Core};
 
@@ -52,10 +52,12 @@ pub struct Lock {
     pub kind: i32,
     /// The holding process, as F_GETLK reports it.
     pub pid: u32,
+    /// An fcntl or a flock lock.
+    pub family: LockFamily,
 }
 
 impl Lock {
-    /// The lock a request describes: `range` is its first and last byte.
+    /// The fcntl lock a request describes: `range` is its first and last byte.
     pub fn asked(ino: u64, owner: u64, range: (u64, u64), kind: i32, pid: u32) -> Lock {
         let (start, end) = range;
         Lock {
@@ -65,6 +67,15 @@ impl Lock {
             end,
             kind,
             pid,
+            family: LockFamily::Fcntl,
+        }
+    }
+
+    /// The flock a request describes (a lock of the whole file).
+    pub fn flock(ino: u64, owner: u64, kind: i32, pid: u32) -> Lock {
+        Lock {
+            family: LockFamily::Flock,
+            ..Lock::asked(ino, owner, (0, u64::MAX), kind, pid)
         }
     }
 }
@@ -79,7 +90,15 @@ impl Core {
     async fn ask(&self, l: Lock, test: bool) -> Result<LockState, FsError> {
         let end = last_byte(l.end);
         self.meta
-            .lock(l.ino, l.owner, l.kind, l.start, end, l.pid, test)
+            .lock(
+                l.ino,
+                (l.owner, l.family),
+                l.kind,
+                l.start,
+                end,
+                l.pid,
+                test,
+            )
             .await
     }
 
@@ -143,7 +162,7 @@ impl Core {
 
     async fn unlock_all(&self, ino: u64, owner: u64) -> Result<(), FsError> {
         self.meta
-            .lock(ino, owner, UNLOCK, 0, None, 0, false)
+            .lock(ino, (owner, LockFamily::Both), UNLOCK, 0, None, 0, false)
             .await
             .map(drop)
     }
