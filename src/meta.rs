@@ -65,6 +65,8 @@ pub struct AttrChange {
     pub mtime: Option<Timestamp>,
     /// New change time (otherwise: now).
     pub ctime: Option<Timestamp>,
+    /// An access recorded, not a change: the change time stays.
+    pub access_only: bool,
 }
 
 /// Which locks a lock request is about: on Linux `fcntl` and `flock` locks are independent
@@ -458,6 +460,7 @@ impl Meta {
         bit(change.atime.is_some(), 16);
         bit(change.mtime.is_some(), 32);
         bit(change.ctime.is_some(), 64);
+        bit(change.access_only, 128);
         let time = |t: Option<Timestamp>| t.unwrap_or_default().encode();
         let (tail_idx, tail_old, tail_new) = match tail {
             Some((i, o, n)) => (i.to_string(), o, n),

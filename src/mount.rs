@@ -15,7 +15,7 @@ use crate::events::{self, Listener};
 use crate::format::{self, CreateOptions};
 use crate::fs::fuse::RedisFs;
 use crate::fs::notify::KernelNotifier;
-use crate::fs::{Core, MountSettings};
+use crate::fs::{AtimePolicy, Core, MountSettings};
 use crate::local_redis::{self, LocalRedis};
 use crate::meta::Meta;
 use crate::options::MountArgs;
@@ -209,6 +209,9 @@ fn fuse_options(args: &MountArgs, prefix: &str, read_only: bool) -> Result<fuser
             "noexec" => MountOption::NoExec,
             "atime" => MountOption::Atime,
             "noatime" => MountOption::NoAtime,
+            // Access times are redisfs's to keep (see `fs/atime.rs`); the kernel shows its
+            // default, relatime, for both.
+            "relatime" | "strictatime" => continue,
             "sync" => MountOption::Sync,
             "async" => MountOption::Async,
             "dirsync" => MountOption::DirSync,
@@ -326,6 +329,11 @@ async fn prepare(
         ttl: TTL,
         writeback: args.writeback,
         write_buffer: args.write_buffer,
+        atime: args
+            .mount_options()
+            .filter_map(AtimePolicy::from_option)
+            .last()
+            .unwrap_or_default(),
     };
     let (core, queues) = Core::new(meta, blocks, settings);
     core.start_workers(queues);

@@ -6,6 +6,7 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
+use std::time::Duration;
 
 use common::{check, cpath, Mount, Redis};
 
@@ -998,4 +999,85 @@ fn an_open_directory_replaced_by_a_rename_still_answers_fstat() {
         drop(dir);
         let _ = fs::remove_dir(m.join(victim));
     }
+}
+
+/// Sets a path's access time to `sec` (and leaves its modification time).
+fn set_atime(p: &std::path::Path, sec: i64) {
+    let times = [
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+    ];
+    // SAFETY: a valid path and two timespecs.
+    check(unsafe { libc::utimensat(libc::AT_FDCWD, cpath(p).as_ptr(), times.as_ptr(), 0) } as i64)
+        .unwrap();
+}
+
+fn atime_of(p: &std::path::Path) -> i64 {
+    fs::metadata(p).unwrap().atime()
+}
+
+/// Reads update access times as the mount option says: `relatime` (the default) when the
+/// access time is older than the last change (or a day old), `strictatime` on every read,
+/// `noatime` never; listing a directory counts as reading it. Another mount sees the times.
+#[test]
+fn reads_update_access_times_as_the_mount_option_says() {
+    let Some((r, m)) = setup() else { return };
+    let other = Mount::new(&r, "skx", &[]);
+    let strict = Mount::new(&r, "skx", &["-o", "strictatime"]);
+    let never = Mount::new(&r, "skx", &["-o", "noatime"]);
+    let long_ago = 1_000_000_000;
+    let f = m.join("f");
+    fs::write(&f, b"some bytes").unwrap();
+    fs::create_dir(m.join("d")).unwrap();
+    fs::write(m.join("d/inside"), b"").unwrap();
+    let ctime = fs::metadata(&f).unwrap().ctime_nsec();
+    for p in [f.clone(), m.join("d")] {
+        set_atime(&p, long_ago);
+    }
+    let changed = fs::metadata(&f).unwrap().ctime_nsec();
+    // relatime: the access time is older than the last change, so a read writes it.
+    assert_eq!(fs::read(&f).unwrap(), b"some bytes");
+    let _ = fs::read_dir(m.join("d")).unwrap().count();
+    for p in [f.clone(), m.join("d")] {
+        common::eventually("relatime access time", Duration::from_secs(5), || {
+            atime_of(&p) > long_ago
+        });
+    }
+    assert_eq!(
+        fs::metadata(&f).unwrap().ctime_nsec(),
+        changed,
+        "an access is not a change (ctime {ctime} then {changed})"
+    );
+    common::eventually(
+        "the access time on another mount",
+        Duration::from_secs(5),
+        || atime_of(&other.join("f")) > long_ago,
+    );
+    // ... and then not again: it is newer than the last change.
+    let read_at = atime_of(&f);
+    std::thread::sleep(Duration::from_millis(1100));
+    fs::read(&f).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(atime_of(&f), read_at, "relatime wrote a second access time");
+    // strictatime: every read.
+    fs::read(strict.join("f")).unwrap();
+    common::eventually("strictatime access time", Duration::from_secs(5), || {
+        atime_of(&strict.join("f")) > read_at
+    });
+    // noatime: never.
+    set_atime(&f, long_ago);
+    fs::read(never.join("f")).unwrap();
+    let _ = fs::read_dir(never.join("d")).unwrap().count();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        atime_of(&never.join("f")),
+        long_ago,
+        "noatime wrote an access time"
+    );
 }

@@ -282,6 +282,7 @@ impl fuser::Filesystem for RedisFs {
             atime: atime.map(time),
             mtime: mtime.map(time),
             ctime: ctime.map(Timestamp::from_system),
+            access_only: false,
         };
         let truncating = size.is_some().then(|| caller(req));
         self.serve_change(reply, move |c| async move {
@@ -413,7 +414,17 @@ impl fuser::Filesystem for RedisFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        self.serve(reply, move |c| async move { c.open(ino.0, write).await });
+        let read = flags.acc_mode() != OpenAccMode::O_WRONLY;
+        let runtime = self.runtime.clone();
+        self.serve(reply, move |c| async move {
+            let opened = c.open(ino.0, write).await?;
+            // Reads of pages the kernel caches never reach the mount: an open for reading
+            // counts as the access.
+            if read {
+                c.accessed(&c.getattr(ino.0).await?, &runtime);
+            }
+            Ok(opened)
+        });
     }
 
     fn read(
@@ -428,6 +439,7 @@ impl fuser::Filesystem for RedisFs {
         reply: ReplyData,
     ) {
         if let Ok(file) = self.core.file(fh.0) {
+            self.core.accessed(&file.state().attr, &self.runtime);
             if let Some(data) = self.core.read_cached(&file, offset, size, &self.runtime) {
                 return self.answer_now(reply, Ok(data));
             }
@@ -600,12 +612,16 @@ impl fuser::Filesystem for RedisFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Opened to be listed: the access is counted here.
         if let Some(attr) = self.core.getattr_cached(ino.0) {
+            self.core.accessed(&attr, &self.runtime);
             let fh = self.core.opendir(ino.0, attr);
             return self.answer_now(reply, Ok((fh, false)));
         }
+        let runtime = self.runtime.clone();
         self.serve(reply, move |c| async move {
             let attr = c.getattr(ino.0).await?;
+            c.accessed(&attr, &runtime);
             Ok((c.opendir(ino.0, attr), false))
         });
     }

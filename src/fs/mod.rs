@@ -4,6 +4,7 @@
 //! returns an [`FsError`] on failure; [`fuse::RedisFs`] adapts it to fuser, moving each
 //! request's reply into a task so that no FUSE thread waits on the network.
 
+mod atime;
 mod cache;
 mod delegated;
 mod dir;
@@ -30,6 +31,7 @@ use crate::events::{Change, Listener};
 use crate::meta::Meta;
 use notify::{Invalidation, KernelNotifier};
 
+pub use atime::AtimePolicy;
 pub use dir::DirHandle;
 pub use file::{Backlog, OpenFile, MAX_FILE_SIZE};
 
@@ -44,6 +46,8 @@ pub struct MountSettings {
     pub writeback: bool,
     /// Bytes of unstored writes the mount may hold before writers must wait for stores.
     pub write_buffer: u64,
+    /// When accesses update access times.
+    pub atime: AtimePolicy,
 }
 
 /// A mount's state: Redis access, open files and handles.
@@ -95,6 +99,8 @@ pub struct Core {
     removal_ended: tokio::sync::Notify,
     /// Woken when an open under way ends.
     open_ended: tokio::sync::Notify,
+    /// Access times being written (see `atime.rs`).
+    access_writes: atime::AccessWrites,
 }
 
 /// What tells one state of a file's data from another, for close-to-open consistency.
@@ -147,6 +153,7 @@ impl Core {
             open_guard: Mutex::default(),
             removal_ended: tokio::sync::Notify::new(),
             open_ended: tokio::sync::Notify::new(),
+            access_writes: atime::AccessWrites::default(),
         };
         (
             Arc::new(core),

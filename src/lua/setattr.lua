@@ -1,6 +1,7 @@
 -- ARGV: P, sid, ino, ts, mask, mode, uid, gid, atime, mtime, ctime, size, block_size,
 --       tail_index, tail_old, tail_new                                 ->  {0, record}
--- mask bits: 1 mode, 2 uid, 4 gid, 8 size, 16 atime, 32 mtime, 64 ctime.
+-- mask bits: 1 mode, 2 uid, 4 gid, 8 size, 16 atime, 32 mtime, 64 ctime, 128 an access recorded
+-- (ctime stays).
 -- On a size cut that ends inside a block, the caller passes that block re-written with zeros
 -- past the new end (tail_new) in place of tail_old; a lost race answers EAGAIN.
 local ino, ts, mask = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
@@ -51,7 +52,7 @@ if has(2) then r = splice(r, 6, struct.pack('<I4', tonumber(ARGV[7]))) end
 if has(4) then r = splice(r, 10, struct.pack('<I4', tonumber(ARGV[8]))) end
 if has(16) then r = splice(r, 22, ARGV[9]) end
 if has(32) then r = splice(r, 32, ARGV[10]) end
-if has(64) then r = splice(r, 42, ARGV[11]) else r = touch_c(r, ts) end
+if has(64) then r = splice(r, 42, ARGV[11]) elseif not has(128) then r = touch_c(r, ts) end
 put(ino, r)
 save()
 return { 0, r }
