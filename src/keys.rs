@@ -161,6 +161,12 @@ impl Keys {
         format!("{}session:{sid}:leases", self.base)
     }
 
+    /// `P:session:<sid>:open`: inodes that mount has open, with a count (see
+    /// `src/lua/prelude.lua`).
+    pub fn session_open(&self, sid: u64) -> String {
+        format!("{}session:{sid}:open", self.base)
+    }
+
     /// `P:session:<sid>:held`: unlinked inodes that mount still holds open.
     pub fn session_held(&self, sid: u64) -> String {
         format!("{}session:{sid}:held", self.base)
@@ -196,7 +202,7 @@ pub enum KeyKind {
     Locks(u64),
     /// `sessions`
     Sessions,
-    /// `session:<sid>` and its `:held`, `:locks`, `:leases`, `:replies`
+    /// `session:<sid>` and its `:held`, `:open`, `:locks`, `:leases`, `:replies`
     Session(u64),
     /// `lease`
     Leases,
@@ -220,7 +226,8 @@ impl KeyKind {
             KeyKind::Counter | KeyKind::Block(_) | KeyKind::Symlink(_) => "string",
             KeyKind::Freeing => "set",
             KeyKind::Sessions => "zset",
-            // A session's info and reply ring are hashes, its held inodes and locks sets.
+            // A session's info, open files and reply ring are hashes, its held inodes and
+            // locks sets.
             KeyKind::Session(_) | KeyKind::Freeze => "",
         }
     }
@@ -263,7 +270,7 @@ impl Keys {
                 let (kind, arg) = rest.split_once(':')?;
                 if kind == "session" {
                     let sid = arg.split_once(':').map_or(arg, |(sid, part)| {
-                        if matches!(part, "held" | "locks" | "leases" | "replies") {
+                        if matches!(part, "held" | "open" | "locks" | "leases" | "replies") {
                             sid
                         } else {
                             ""

@@ -69,6 +69,15 @@ pub struct AttrChange {
     pub access_only: bool,
 }
 
+/// What a mount is done with, for [`Meta::reclaim`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// A file whose last handle here closed, its open registered in Redis.
+    Open(u64),
+    /// An unlinked inode this mount held until its last close.
+    Held(u64),
+}
+
 /// Which locks a lock request is about: on Linux `fcntl` and `flock` locks are independent
 /// of each other, each conflicting only with its own family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -345,14 +354,15 @@ impl Meta {
             .collect())
     }
 
-    /// Creates an inode described by `attr` under `parent` as `name`; returns it and the
-    /// parent's attributes after the change.
+    /// Creates an inode described by `attr` under `parent` as `name` (a file this mount
+    /// `opened`, its open registered); returns it and the parent's attributes after.
     pub async fn create(
         &self,
         parent: u64,
         name: &[u8],
         attr: &Attr,
         target: &[u8],
+        opened: bool,
     ) -> Result<(Attr, Attr), FsError> {
         self.delegation.changed_directly(parent);
         let leased = attr.kind() == FileKind::Dir && self.delegation.enabled();
@@ -363,7 +373,8 @@ impl Meta {
             .bytes(attr.kind().letter().to_string())
             .bytes(attr.ctime.encode())
             .bytes(target)
-            .num(u8::from(leased));
+            .num(u8::from(leased))
+            .num(u8::from(opened));
         let reply = self.run("create", &self.scripts.create, args).await?;
         self.delegation.room_again();
         let mut created = *attr;
@@ -669,9 +680,16 @@ impl Meta {
             .map(drop)
     }
 
-    /// Deletes orphaned inodes that this session held; returns how many were deleted.
-    pub async fn reclaim(&self, inos: &[u64]) -> Result<u64, FsError> {
-        self.reclaim_for(self.session, inos).await
+    /// Ends this mount's registered opens and holds of `closed`, deleting the inodes no longer
+    /// linked nor open anywhere; returns how many were deleted.
+    pub async fn reclaim(&self, closed: &[Closed]) -> Result<u64, FsError> {
+        let args = closed
+            .iter()
+            .fold(ScriptArgs::default().num(self.session), |a, c| match c {
+                Closed::Open(ino) => a.bytes(format!("r{ino}")),
+                Closed::Held(ino) => a.num(ino),
+            });
+        self.run_reclaim(args).await
     }
 
     /// Deletes orphaned inodes recorded by session `holder` (this one, or a dead one).
@@ -679,8 +697,24 @@ impl Meta {
         let args = inos
             .iter()
             .fold(ScriptArgs::default().num(holder), |a, i| a.num(i));
+        self.run_reclaim(args).await
+    }
+
+    async fn run_reclaim(&self, args: ScriptArgs) -> Result<u64, FsError> {
         let reply = self.run("reclaim", &self.scripts.reclaim, args).await?;
         Ok(int(reply.get(1)).unwrap_or(0) as u64)
+    }
+
+    /// Reads the record of a file this mount opens and did not have open, registering the
+    /// open (see `src/lua/prelude.lua`): while it stays open here, a removal elsewhere keeps
+    /// its data. Without `register`, registers an open of a file open here already.
+    pub async fn open(&self, ino: u64, register: bool) -> Result<Attr, FsError> {
+        if !register {
+            return self.getattr(ino).await;
+        }
+        let args = ScriptArgs::default().num(ino).num(1);
+        let reply = self.run("open", &self.scripts.open, args).await?;
+        record(ino, reply.get(1))
     }
 
     /// Expires session `dead` if it has not heartbeaten since `cutoff_ms`, keeping its ring of

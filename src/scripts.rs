@@ -29,8 +29,11 @@ pub struct Scripts {
     pub xattr_set: Script,
     /// Removes an extended attribute.
     pub xattr_remove: Script,
-    /// Deletes unlinked inodes that are no longer open.
+    /// Ends a mount's opens of files and its hold of unlinked ones; deletes those no longer
+    /// open anywhere.
     pub reclaim: Script,
+    /// Reads a file being opened and registers the open.
+    pub open: Script,
     /// Frees a batch of blocks of a large deleted file.
     pub free_batch: Script,
     /// Forgets a dead mount, deletes the unlinked inodes it held and releases its locks.
@@ -109,6 +112,7 @@ impl Scripts {
             xattr_set: writing(include_str!("lua/xattr_set.lua")),
             xattr_remove: writing(include_str!("lua/xattr_remove.lua")),
             reclaim: writing_when_full(include_str!("lua/reclaim.lua")),
+            open: writing_when_full(include_str!("lua/open.lua")),
             free_batch: writing_when_full(include_str!("lua/free_batch.lua")),
             expire_session: writing_when_full(include_str!("lua/expire_session.lua")),
             lock: writing(include_str!("lua/lock.lua")),

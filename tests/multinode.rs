@@ -430,3 +430,87 @@ fn a_mount_of_a_replica_still_syncing_waits_for_its_data() {
         b.log_text()
     );
 }
+
+/// A file open on one mount that another removes (unlink, or a rename over it) stays readable
+/// there, whole, with caches dropped, until its last close there, which deletes it; a mount
+/// that dies with it open lets it go when its session expires. fsck is clean all along.
+#[test]
+fn a_file_removed_elsewhere_stays_readable_where_it_is_open() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &["--session-timeout", "2"]);
+    let b = Mount::new(&redis, "skx", &["--session-timeout", "2"]);
+    let inodes = || redis.cmd::<u64>(&["HGET", "skx:stat", "inodes"]);
+    let data = common::random_bytes(3_000_000, 7);
+    for (name, how) in [("unlinked", "unlink"), ("replaced", "rename")] {
+        fs::write(a.join(name), &data).unwrap();
+        let mut open_on_b = fs::File::open(b.join(name)).unwrap();
+        if how == "unlink" {
+            fs::remove_file(a.join(name)).unwrap();
+        } else {
+            fs::write(a.join("newer"), b"newer").unwrap();
+            fs::rename(a.join("newer"), a.join(name)).unwrap();
+        }
+        fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        let mut back = Vec::new();
+        open_on_b.read_to_end(&mut back).unwrap();
+        assert!(
+            back == data,
+            "{how}: the open file on the other mount lost its data"
+        );
+        assert_eq!(open_on_b.metadata().unwrap().nlink(), 0, "{how}");
+        let url = redis.url();
+        common::tool_ok("fsck", &["--redis", &url, "--prefix", "skx"]);
+        let before = inodes();
+        drop(open_on_b);
+        common::eventually("the last close deletes it", PROPAGATION, || {
+            inodes() == before - 1
+        });
+    }
+    // A file created and kept open on the mount that created its directory (a create no other
+    // mount saw until the unlink there recalled the directory).
+    fs::create_dir(b.join("mine")).unwrap();
+    let mut born = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(b.join("mine/born"))
+        .unwrap();
+    born.write_all(&data).unwrap();
+    born.sync_all().unwrap();
+    fs::remove_file(a.join("mine/born")).unwrap();
+    fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let mut back = vec![0u8; data.len()];
+    born.read_exact_at(&mut back, 0).unwrap();
+    assert!(
+        back == data,
+        "a file created in a leased directory lost its data"
+    );
+    // Kept in Redis, not only in this mount's caches: its last close deletes it.
+    let before = inodes();
+    drop(born);
+    common::eventually("the last close deletes it", PROPAGATION, || {
+        inodes() == before - 1
+    });
+    // A mount that dies with the file open: it goes when that mount's session expires.
+    fs::write(a.join("ghost"), &data).unwrap();
+    let open_on_b = fs::File::open(b.join("ghost")).unwrap();
+    fs::remove_file(a.join("ghost")).unwrap();
+    let before = inodes();
+    std::mem::forget(open_on_b);
+    b.kill();
+    common::eventually("the dead mount's open file goes", PROPAGATION, || {
+        inodes() == before - 1
+    });
+    a.unmount();
+    let url = redis.url();
+    common::tool_ok("fsck", &["--redis", &url, "--prefix", "skx"]);
+    assert!(
+        !redis.keys("skx").iter().any(|k| k.contains(":open")),
+        "no open registrations left"
+    );
+}

@@ -64,8 +64,9 @@ impl Core {
     }
 
     /// Makes the open files created in any of `dirs` (and, with `ino`, that inode) visible
-    /// to other mounts before a rename or link could show them there: their buffers are
-    /// stored now, and their closes wait for the store from now on.
+    /// to other mounts before a rename, a link or a recall could show them there: their opens
+    /// are registered (a removal elsewhere keeps their data), their buffers stored now, and
+    /// their closes wait for the store from now on.
     pub(super) async fn publish_born_in(&self, dirs: &[u64], ino: u64) -> Result<(), FsError> {
         let files: Vec<Arc<OpenFile>> = lock(&self.files)
             .values()
@@ -75,6 +76,13 @@ impl Core {
             .collect();
         for f in files {
             f.born_in.store(0, Ordering::Release);
+            if !self.settings.read_only && !f.registered.swap(true, Ordering::AcqRel) {
+                // Counted in Redis whatever the order: a close already queued balances it.
+                if let Err(e) = self.meta.open(f.ino, true).await {
+                    f.registered.store(false, Ordering::Release);
+                    return Err(e);
+                }
+            }
             self.flush_file(&f, false).await?;
         }
         Ok(())
@@ -88,6 +96,9 @@ impl Core {
             let mut dirs = vec![first];
             while let Ok(dir) = recalls.try_recv() {
                 dirs.push(dir);
+            }
+            if let Err(e) = self.publish_born_in(&dirs, 0).await {
+                tracing::warn!("registering files open here before a recall failed: {e}");
             }
             let files: Vec<Arc<OpenFile>> =
                 lock(&self.files).values().map(|(f, _)| f.clone()).collect();

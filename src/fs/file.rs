@@ -294,6 +294,9 @@ pub struct OpenFile {
     /// directory stays leased and the file has one link, no other mount can open it, so its
     /// close need not wait for the store (see [`Core::flush_at_once`]).
     pub born_in: std::sync::atomic::AtomicU64,
+    /// This mount's open of the file is registered in Redis (see `src/lua/prelude.lua`), so
+    /// that a removal by another mount keeps its data; its last close here ends it.
+    pub registered: std::sync::atomic::AtomicBool,
 }
 
 impl OpenFile {
@@ -320,6 +323,7 @@ impl OpenFile {
             commit_lock: tokio::sync::Mutex::new(()),
             storing: std::sync::atomic::AtomicBool::new(false),
             born_in: std::sync::atomic::AtomicU64::new(0),
+            registered: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -319,8 +319,9 @@ impl fuser::Filesystem for RedisFs {
             return self.answer_now(reply, done);
         }
         self.serve_change(reply, move |c| async move {
-            c.make(parent.0, &name, kind, mode & !umask, rdev, &[], who)
+            c.make(parent.0, &name, kind, mode & !umask, rdev, &[], who, false)
                 .await
+                .map(|(attr, _)| attr)
         });
     }
 
@@ -341,8 +342,18 @@ impl fuser::Filesystem for RedisFs {
             return self.answer_now(reply, done);
         }
         self.serve_change(reply, move |c| async move {
-            c.make(parent.0, &name, FileKind::Dir, mode & !umask, 0, &[], who)
-                .await
+            c.make(
+                parent.0,
+                &name,
+                FileKind::Dir,
+                mode & !umask,
+                0,
+                &[],
+                who,
+                false,
+            )
+            .await
+            .map(|(attr, _)| attr)
         });
     }
 
@@ -376,8 +387,18 @@ impl fuser::Filesystem for RedisFs {
     ) {
         let (name, target, who) = (bytes(link_name), bytes(target.as_os_str()), caller(req));
         self.serve_change(reply, move |c| async move {
-            c.make(parent.0, &name, FileKind::Symlink, 0o777, 0, &target, who)
-                .await
+            c.make(
+                parent.0,
+                &name,
+                FileKind::Symlink,
+                0o777,
+                0,
+                &target,
+                who,
+                false,
+            )
+            .await
+            .map(|(attr, _)| attr)
         });
     }
 

@@ -18,7 +18,7 @@ mod opening;
 mod ops;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use crate::attr::{Attr, Timestamp};
 use crate::blocks::BlockStore;
 use crate::error::FsError;
 use crate::events::{Change, Listener};
-use crate::meta::Meta;
+use crate::meta::{Closed, Meta};
 use notify::{Invalidation, KernelNotifier};
 
 pub use atime::AtimePolicy;
@@ -70,8 +70,9 @@ pub struct Core {
     /// (see `dir.rs`).
     last_listing: Mutex<Option<(u64, u64, Vec<crate::meta::DirEntry>)>>,
     next_handle: std::sync::atomic::AtomicU64,
-    /// Orphaned inodes waiting to be deleted.
-    reclaim_queue: mpsc::UnboundedSender<u64>,
+    /// Files this mount is done with, for Redis to end their opens and delete those no longer
+    /// linked nor open anywhere.
+    reclaim_queue: mpsc::UnboundedSender<Closed>,
     /// Freeze requests of snapshot and dump tools, answered one at a time.
     hold_requests: mpsc::UnboundedSender<String>,
     /// Directories other mounts recalled (see `delegated.rs`).
@@ -119,7 +120,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The receiving ends of a core's queues, for [`Core::start_workers`].
 pub struct Queues {
-    reclaims: mpsc::UnboundedReceiver<u64>,
+    reclaims: mpsc::UnboundedReceiver<Closed>,
     holds: mpsc::UnboundedReceiver<String>,
     recalls: mpsc::UnboundedReceiver<u64>,
 }
@@ -331,11 +332,23 @@ impl Core {
         files.remove(&file.ino);
         drop(files);
         let st = file.state();
-        if st.orphaned {
-            let _ = self.reclaim_queue.send(file.ino);
-        } else {
+        self.let_go(file, st.orphaned);
+        if !st.orphaned {
             self.closed(&st.attr);
         }
+    }
+
+    /// Hands a file whose last handle here closed (`orphaned`: its last link gone) to the
+    /// reclaimer: its registered open ends, and Redis deletes it if it has no link left and no
+    /// mount has it open.
+    fn let_go(&self, file: &OpenFile, orphaned: bool) {
+        let registered = file.registered.swap(false, AtomicOrdering::AcqRel);
+        let done = match (registered, orphaned) {
+            (true, _) => Closed::Open(file.ino),
+            (false, true) => Closed::Held(file.ino),
+            (false, false) => return,
+        };
+        let _ = self.reclaim_queue.send(done);
     }
 
     /// Deals with an inode whose last link a removal took: it is deleted once not open here.
@@ -355,25 +368,28 @@ impl Core {
                 // Closed already, kept only for data its close could not store (see
                 // `Core::detach`): nobody can read that data now.
                 file.state().drop_buffers();
+                self.let_go(file, true);
                 files.remove(&ino);
+                return;
             }
         }
-        let _ = self.reclaim_queue.send(ino);
+        let _ = self.reclaim_queue.send(Closed::Held(ino));
     }
 
     /// Deletes queued orphans in batches until the queue closes.
-    async fn reclaimer(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<u64>) {
+    async fn reclaimer(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<Closed>) {
         while let Some(first) = queue.recv().await {
             let mut batch = vec![first];
             while batch.len() < 256 {
                 match queue.try_recv() {
-                    Ok(ino) => batch.push(ino),
+                    Ok(done) => batch.push(done),
                     Err(_) => break,
                 }
             }
             if let Err(e) = self.meta.reclaim(&batch).await {
                 tracing::warn!(
-                    "reclaiming {} deleted inodes failed ({e}); they stay recorded for fsck",
+                    "ending {} opens and holds of files failed ({e}); the files stay until \
+                     this mount's session ends, or for fsck",
                     batch.len()
                 );
             }

@@ -1,10 +1,11 @@
 //! The operations of [`Core`], one async function each.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::attr::{Attr, FileKind, Timestamp};
 use crate::error::FsError;
-use crate::meta::{AttrChange, Usage};
+use crate::meta::{AttrChange, Closed, Usage};
 
 use super::{Backlog, Core, OpenFile, MAX_FILE_SIZE};
 
@@ -284,7 +285,8 @@ impl Core {
         Ok(Some((idx, old, new)))
     }
 
-    /// Creates an inode of any kind.
+    /// Creates an inode of any kind; for a regular file this mount is `opening`, also says
+    /// whether the open was registered with it (not when the create was deferred).
     #[allow(clippy::too_many_arguments)]
     pub async fn make(
         &self,
@@ -295,7 +297,8 @@ impl Core {
         rdev: u32,
         target: &[u8],
         caller: Caller,
-    ) -> Result<Attr, FsError> {
+        opening: bool,
+    ) -> Result<(Attr, bool), FsError> {
         self.writable()?;
         check_name(name)?;
         let dir = self.getattr(parent).await?;
@@ -310,14 +313,14 @@ impl Core {
             // The range of inode numbers ran out: reserve more and defer after all.
             self.meta.reserve_inos().await?;
             if let Some(done) = self.make_deferred(parent, name, kind, perm, rdev, caller) {
-                return done;
+                return done.map(|attr| (attr, false));
             }
         }
         let names_epoch = self.cache.names_epoch();
         let epoch = self.cache.epoch();
         let (created, dir) = self
             .meta
-            .create(parent, name, &attr, target)
+            .create(parent, name, &attr, target, opening)
             .await
             .inspect_err(|_| self.cache.forget_name(parent, name))?;
         // Kept rather than forgotten: the next create here needs the directory's mode and group.
@@ -328,7 +331,7 @@ impl Core {
             self.cache.created_dir(names_epoch, created.ino);
         }
         self.cache.created_without_xattrs(created.ino);
-        Ok(created)
+        Ok((created, opening))
     }
 
     /// Creates and opens a regular file.
@@ -339,10 +342,15 @@ impl Core {
         perm: u32,
         caller: Caller,
     ) -> Result<(Attr, u64), FsError> {
-        let attr = self
-            .make(parent, name, FileKind::File, perm, 0, &[], caller)
+        let (attr, registered) = self
+            .make(parent, name, FileKind::File, perm, 0, &[], caller, true)
             .await?;
-        let (fh, _) = self.attach(attr, true, self.cache.epoch());
+        let (fh, file) = self.attach(attr, true, self.cache.epoch());
+        if registered {
+            file.registered.store(true, Ordering::Release);
+        } else {
+            file.born_in.store(parent, Ordering::Release);
+        }
         Ok((attr, fh))
     }
 
@@ -359,10 +367,15 @@ impl Core {
             self.flush_file(&file, false).await?;
         }
         let epoch = self.cache.epoch();
-        let attr = self.meta.getattr(ino).await?;
+        // The first open here is registered, so that a removal elsewhere keeps the data.
+        let register = !self.settings.read_only && self.open_file(ino).is_none();
+        let attr = self.meta.open(ino, register).await?;
         if attr.nlink == 0 && self.open_file(ino).is_none() {
             // The kernel resolved the name before a removal took the last link: the removal
             // came first. (A file open here stays reachable, through /proc/self/fd.)
+            if register {
+                let _ = self.reclaim_queue.send(Closed::Open(ino));
+            }
             return Err(FsError::NotFound);
         }
         self.cache.remember(epoch, None, attr);
@@ -374,7 +387,12 @@ impl Core {
                 k.attributes_now(ino);
             }
         }
-        Ok((self.attach(attr, false, epoch).0, keep))
+        let (fh, file) = self.attach(attr, false, epoch);
+        if register && file.registered.swap(true, Ordering::AcqRel) {
+            // Registered twice (an open raced with a create here): one is enough.
+            let _ = self.reclaim_queue.send(Closed::Open(ino));
+        }
+        Ok((fh, keep))
     }
 
     /// Adds a hard link.
@@ -610,9 +628,8 @@ impl Core {
     pub(super) fn detached(&self, fh: u64, flushed: Result<(), FsError>) -> Result<(), FsError> {
         if let Some(last) = self.detach(fh) {
             let st = last.state();
-            if st.orphaned {
-                let _ = self.reclaim_queue.send(last.ino);
-            } else if flushed.is_ok() {
+            self.let_go(&last, st.orphaned);
+            if !st.orphaned && flushed.is_ok() {
                 self.closed(&st.attr);
             }
         }

@@ -119,7 +119,7 @@ async fn write_record(store: &Store, attr: &Attr) -> Result<(), Error> {
 }
 
 /// Expires dead sessions and clears keys of forgotten ones; returns the inodes live mounts
-/// hold open, and whether anything was expired.
+/// have open or hold, and whether anything was expired.
 async fn sessions(
     store: &Store,
     args: &FsckArgs,
@@ -147,7 +147,11 @@ async fn sessions(
                 .cmd(redis::cmd("SMEMBERS").arg(keys.session_held(sid)))
                 .await
                 .map_err(store.failed("reading held inodes"))?;
-            held_live.extend(held);
+            let open: Vec<u64> = store
+                .cmd(redis::cmd("HKEYS").arg(keys.session_open(sid)))
+                .await
+                .map_err(store.failed("reading open inodes"))?;
+            held_live.extend(held.into_iter().chain(open));
             continue;
         }
         let silent = now_ms().saturating_sub(beat) / 1000;

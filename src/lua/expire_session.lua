@@ -1,7 +1,7 @@
 -- A mount that has not heartbeaten since the cutoff is dead: delete the unlinked inodes it
--- held open, release its locks and the directories leased to it (what it had not sent of
--- their changes is lost, as a crashed disk loses what was not written) and forget the
--- session. Re-checked here, so a late heartbeat wins the race. A mount ending cleanly expires
+-- held or had open (unless another mount still has them open), release its locks and the
+-- directories leased to it (what it had not sent of their changes is lost, as a crashed disk
+-- loses what was not written) and forget the session. Re-checked here, so a late heartbeat wins the race. A mount ending cleanly expires
 -- itself the same way.
 -- The ring of replies is kept for ARGV[5] ms more (0: deleted): a mount that was only cut off
 -- may still be retrying requests that ran, and must find their replies rather than run them
@@ -11,16 +11,18 @@
 local dead = ARGV[3]
 local beat = redis.call('ZSCORE', P .. 'sessions', dead)
 if beat and tonumber(beat) >= tonumber(ARGV[4]) then return { 0, -1 } end
-local held = P .. 'session:' .. dead .. ':held'
+local held, opened = P .. 'session:' .. dead .. ':held', open_key(dead)
 local deleted = 0
-for _, member in ipairs(redis.call('SMEMBERS', held)) do
+local function release(member)
   local ino = tonumber(member)
   local r = rec(ino)
-  if r and nlink(r) == 0 then
+  if r and nlink(r) == 0 and not kept_open(ino, dead) then
     delete_inode(ino)
     deleted = deleted + 1
   end
 end
+for _, member in ipairs(redis.call('SMEMBERS', held)) do release(member) end
+for _, member in ipairs(redis.call('HKEYS', opened)) do release(member) end
 local locks = P .. 'session:' .. dead .. ':locks'
 for _, ino in ipairs(redis.call('SMEMBERS', locks)) do
   local key = P .. 'lk:' .. ino
@@ -33,7 +35,7 @@ local leases = P .. 'session:' .. dead .. ':leases'
 for _, dir in ipairs(redis.call('SMEMBERS', leases)) do
   if redis.call('HGET', P .. 'lease', dir) == dead then redis.call('HDEL', P .. 'lease', dir) end
 end
-redis.call('DEL', held, locks, leases, P .. 'session:' .. dead)
+redis.call('DEL', held, opened, locks, leases, P .. 'session:' .. dead)
 local replies = P .. 'session:' .. dead .. ':replies'
 if ARGV[5] == '0' then redis.call('DEL', replies) else redis.call('PEXPIRE', replies, ARGV[5]) end
 redis.call('ZREM', P .. 'sessions', dead)

@@ -95,6 +95,26 @@ local function live_dir(ino)
 end
 -- The last link is gone: the removing session reclaims the inode once nothing holds it open.
 local function orphan(ino) redis.call('SADD', P .. 'session:' .. SID .. ':held', ino) end
+-- Files open on each mount: 'session:<sid>:open' counts, per inode, the opens that mount
+-- registered (one per inode it has open; a count may dip below zero for a moment, as its
+-- changes may land out of order). A file removed while open on any mount keeps its data until
+-- its last close there, or until that mount's session expires.
+local function open_key(sid) return P .. 'session:' .. sid .. ':open' end
+local function count_open(ino, n)
+  -- A session that ended (unmounted, or expired) has nothing open any more.
+  if not redis.call('ZSCORE', P .. 'sessions', SID) then return end
+  if redis.call('HINCRBY', open_key(SID), ino, n) == 0 then redis.call('HDEL', open_key(SID), ino) end
+end
+-- Whether a mount (other than session `except`) has `ino` open or holds it until its last close.
+local function kept_open(ino, except)
+  for _, sid in ipairs(redis.call('ZRANGE', P .. 'sessions', 0, -1)) do
+    if sid ~= except and (redis.call('HEXISTS', open_key(sid), ino) == 1
+        or redis.call('SISMEMBER', P .. 'session:' .. sid .. ':held', ino) == 1) then
+      return true
+    end
+  end
+  return false
+end
 -- Deletes the blocks `ids` and the keys `also`.
 local function delete_blocks(ids, also)
   local keys = also or {}
@@ -152,8 +172,9 @@ local function lease(dir)
   redis.call('SADD', P .. 'session:' .. SID .. ':leases', dir)
 end
 -- Removes the entry `name` (kind letter, inode) from `parent`. If that takes the inode's last
--- link and `closed` names it (the caller does not have it open), the inode is deleted;
--- otherwise a last link gone leaves it held by this session. Returns 1 if it is held.
+-- link and `closed` names it (the caller does not have it open), the inode is deleted, unless
+-- another mount has it open (its last close there deletes it); if the caller has it open, a
+-- last link gone leaves it held by this session. Returns 1 if it is held.
 local function drop_child(parent, name, kind, ino, ts, closed)
   redis.call('HDEL', P .. 'd:' .. parent, name)
   entry_changed(parent, name)
@@ -164,12 +185,12 @@ local function drop_child(parent, name, kind, ino, ts, closed)
   if not r then return 0 end
   local left = 0
   if kind ~= 'd' then left = nlink(r) - 1 end
-  if left == 0 and closed == ino then
+  if left == 0 and closed == ino and not kept_open(ino, '') then
     delete_inode(ino)
     events[#events + 1] = 'a' .. ino
     return 0
   end
   put(ino, touch_c(set_nlink(r, left), ts))
-  if left == 0 then orphan(ino); return 1 end
+  if left == 0 and closed ~= ino then orphan(ino); return 1 end
   return 0
 end
