@@ -1081,3 +1081,124 @@ fn reads_update_access_times_as_the_mount_option_says() {
         "noatime wrote an access time"
     );
 }
+
+/// `struct file_handle` with room for any handle.
+#[repr(C)]
+struct FileHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    f_handle: [u8; 128],
+}
+
+fn handle_of(p: &std::path::Path) -> FileHandle {
+    let mut handle = FileHandle {
+        handle_bytes: 128,
+        handle_type: 0,
+        f_handle: [0; 128],
+    };
+    let mut mount_id = 0i32;
+    // SAFETY: a valid path, a handle buffer of the size it declares, a valid int.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            cpath(p).as_ptr(),
+            &mut handle as *mut FileHandle,
+            &mut mount_id as *mut i32,
+            0,
+        )
+    })
+    .unwrap();
+    handle
+}
+
+fn open_by_handle(mount: &fs::File, handle: &FileHandle) -> Result<fs::File, i32> {
+    // SAFETY: a valid descriptor and a handle filled by name_to_handle_at.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount.as_raw_fd(),
+            handle as *const FileHandle,
+            libc::O_RDONLY,
+        )
+    })?;
+    // SAFETY: a descriptor just opened and owned by nobody else.
+    Ok(unsafe { <fs::File as std::os::unix::io::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+/// File handles (what an NFS export of the mount hands out) open files and directories after
+/// the kernel has forgotten them; a removed file's handle is stale.
+#[test]
+fn file_handles_outlive_the_kernels_caches() {
+    let Some((_r, m)) = setup() else { return };
+    fs::create_dir(m.join("d")).unwrap();
+    fs::write(m.join("d/f"), b"by handle").unwrap();
+    fs::write(m.join("gone"), b"").unwrap();
+    let (dir, file, gone) = (
+        handle_of(&m.join("d")),
+        handle_of(&m.join("d/f")),
+        handle_of(&m.join("gone")),
+    );
+    fs::remove_file(m.join("gone")).unwrap();
+    fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let root = fs::File::open(&m.path).unwrap();
+    let mut f = open_by_handle(&root, &file).unwrap();
+    let mut text = String::new();
+    f.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "by handle");
+    assert!(open_by_handle(&root, &dir)
+        .unwrap()
+        .metadata()
+        .unwrap()
+        .is_dir());
+    assert_eq!(open_by_handle(&root, &gone).err(), Some(libc::ESTALE));
+}
+
+/// overlayfs (what containers run on) takes a directory here as its upper layer: deleting a
+/// lower file through it leaves a whiteout (RENAME_WHITEOUT, a character device 0:0).
+#[test]
+fn overlayfs_runs_on_an_upper_directory_here() {
+    let Some((_r, m)) = setup() else { return };
+    let lower = tempfile::tempdir().unwrap();
+    fs::write(lower.path().join("from-lower"), b"lower").unwrap();
+    fs::write(lower.path().join("renamed"), b"lower").unwrap();
+    for d in ["upper", "work", "merged"] {
+        fs::create_dir(m.join(d)).unwrap();
+    }
+    let merged = m.join("merged");
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.path().display(),
+        m.join("upper").display(),
+        m.join("work").display()
+    );
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &options])
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(
+        mounted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mounted.stderr)
+    );
+    let result = std::panic::catch_unwind(|| {
+        fs::remove_file(merged.join("from-lower")).unwrap();
+        fs::rename(merged.join("renamed"), merged.join("moved")).unwrap();
+        fs::write(merged.join("new"), b"upper").unwrap();
+        let mut names: Vec<String> = fs::read_dir(&merged)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["moved", "new"]);
+        assert_eq!(fs::read(merged.join("moved")).unwrap(), b"lower");
+    });
+    let _ = std::process::Command::new("umount").arg(&merged).status();
+    result.unwrap();
+    let whiteout = fs::symlink_metadata(m.join("upper/from-lower")).unwrap();
+    assert!(
+        whiteout.file_type().is_char_device() && whiteout.rdev() == 0,
+        "{whiteout:?}"
+    );
+}

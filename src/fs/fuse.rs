@@ -213,7 +213,10 @@ fn bytes(name: &OsStr) -> Vec<u8> {
 
 impl fuser::Filesystem for RedisFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
+        // Export support: file handles (name_to_handle_at, an NFS export of the mount) stay
+        // valid after the kernel forgets the inode, which it then looks up again by number.
+        let mut wanted = InitFlags::FUSE_EXPORT_SUPPORT
+            | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
@@ -404,7 +407,7 @@ impl fuser::Filesystem for RedisFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -413,8 +416,9 @@ impl fuser::Filesystem for RedisFs {
         reply: ReplyEmpty,
     ) {
         let (name, newname) = (bytes(name), bytes(newname));
+        let who = caller(req);
         self.serve_change(reply, move |c| async move {
-            c.rename(parent.0, &name, newparent.0, &newname, flags.bits())
+            c.rename(parent.0, &name, newparent.0, &newname, flags.bits(), who)
                 .await
         });
     }

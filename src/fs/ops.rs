@@ -454,6 +454,8 @@ impl Core {
     }
 
     /// Renames.
+    /// Renames; with RENAME_WHITEOUT (overlayfs on an upper directory here), leaves a
+    /// whiteout, a character device 0:0 made by `caller`, where the source was.
     pub async fn rename(
         &self,
         parent: u64,
@@ -461,15 +463,20 @@ impl Core {
         new_parent: u64,
         new_name: &[u8],
         flags: u32,
+        caller: Caller,
     ) -> Result<(), FsError> {
         self.writable()?;
         check_name(name)?;
         check_name(new_name)?;
-        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0
-            || flags & libc::RENAME_NOREPLACE != 0 && flags & libc::RENAME_EXCHANGE != 0
+        let known = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE | libc::RENAME_WHITEOUT;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if flags & !known != 0
+            || exchange && flags & (libc::RENAME_NOREPLACE | libc::RENAME_WHITEOUT) != 0
         {
             return Err(FsError::Invalid);
         }
+        let whiteout = flags & libc::RENAME_WHITEOUT != 0;
+        let flags = flags & !libc::RENAME_WHITEOUT;
         self.publish_born_in(&[parent, new_parent], 0).await?;
         let (victim, touched) = self
             .meta
@@ -490,6 +497,11 @@ impl Core {
         }
         if let Some(victim) = victim {
             self.orphaned(victim).await;
+        }
+        if whiteout {
+            let kind = FileKind::CharDevice;
+            self.make(parent, name, kind, 0, 0, &[], caller, false)
+                .await?;
         }
         Ok(())
     }
