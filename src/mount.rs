@@ -28,6 +28,9 @@ use crate::store::Store;
 const READY_FD: &str = "REDISFS_READY_FD";
 /// How long the kernel caches names and attributes.
 const TTL: Duration = Duration::from_secs(1);
+/// How long an unmount waits for the reclaimer to send what it queued (closes that end
+/// registered opens, deletions of unlinked files); what is left goes with the session's end.
+const RECLAIMS_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Sets up tracing to stderr or a file; `--debug` logs every operation.
 pub fn init_logging(debug: bool, file: Option<&Path>) -> Result<(), Error> {
@@ -505,6 +508,7 @@ async fn shutdown(core: &Core, session: Option<&Session>) {
     if let Err(e) = core.flush_all().await {
         tracing::error!("unmounted with unstored data: {e}");
     }
+    core.reclaims_sent(RECLAIMS_PATIENCE).await;
     if let Some(session) = session {
         // Run as a tool (session 0): the session's own ring of replies must not outlive it.
         let mut as_tool = core.meta.clone();

@@ -1202,3 +1202,80 @@ fn overlayfs_runs_on_an_upper_directory_here() {
         "{whiteout:?}"
     );
 }
+
+fn sh(script: &str, dir: &std::path::Path) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// POSIX ACLs, set with setfacl and read with getfacl as a user would: enforced by the kernel
+/// (on another mount too), shown in the mode's group bits as the mask, rewritten by chmod, and
+/// inherited from a directory's default ACL in place of the umask.
+#[test]
+fn posix_acls_are_kept_enforced_and_inherited() {
+    let Some((r, m)) = setup() else { return };
+    let other = Mount::new(&r, "skx", &[]);
+    let (uid, gid) = USER;
+    let root = m.join("");
+    sh(
+        "echo secret > f && chmod 600 f && setfacl -m u:65534:rw f",
+        &root,
+    );
+    assert!(sh("getfacl -c f", &root).contains("user:nobody:rw-"));
+    assert_eq!(
+        fs::metadata(m.join("f")).unwrap().mode() & 0o777,
+        0o660,
+        "mask as group bits"
+    );
+    for mount in [&m, &other] {
+        assert!(as_user(
+            uid,
+            gid,
+            &mount.join(""),
+            "cat f >/dev/null && echo more >> f"
+        ));
+    }
+    // chmod takes write from the mask, so from the named user.
+    sh("chmod 640 f", &root);
+    assert!(sh("getfacl -c f", &root).contains("mask::r--"));
+    assert!(
+        !as_user(uid, gid, &root, "echo more >> f"),
+        "the mask was not applied"
+    );
+    assert!(as_user(uid, gid, &root, "cat f >/dev/null"));
+    // Removing the ACL leaves the bits; a file without one refuses the user.
+    sh("setfacl -b f && chmod 600 f", &root);
+    assert!(!as_user(uid, gid, &root, "cat f"));
+    let left = sh("getfacl -c f", &root);
+    assert_eq!(left.lines().filter(|l| !l.is_empty()).count(), 3, "{left}");
+    // A directory's default ACL is inherited (the umask is not applied then).
+    sh(
+        "mkdir d && setfacl -d -m u:65534:rwx d && setfacl -m u:65534:rwx d",
+        &root,
+    );
+    sh("umask 077 && touch d/file && mkdir d/sub", &root);
+    let inherited = sh("getfacl -c d/file", &root);
+    assert!(
+        inherited.contains("user:nobody:rwx") && inherited.contains("mask::rw-"),
+        "{inherited}"
+    );
+    assert!(sh("getfacl -c d/sub", &root).contains("default:user:nobody:rwx"));
+    assert!(as_user(
+        uid,
+        gid,
+        &root,
+        "echo x > d/file && touch d/sub/mine"
+    ));
+    // Without a default ACL the umask applies as before.
+    sh("umask 077 && touch plain", &root);
+    assert_eq!(fs::metadata(m.join("plain")).unwrap().mode() & 0o777, 0o600);
+}

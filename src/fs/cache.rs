@@ -28,6 +28,8 @@ pub struct MetaCache {
     /// to them was announced since): the kernel asks for `security.capability` before every
     /// write, and this answers it without a round trip.
     no_xattrs: Mutex<HashSet<u64>>,
+    /// Directories known to have no default ACL (a create there applies the umask).
+    no_default_acl: Mutex<HashSet<u64>>,
     epoch: AtomicU64,
     /// The epoch of the last change other than a store of a file's data (which changes no
     /// directory): a listing taken since is still whole.
@@ -222,6 +224,21 @@ impl MetaCache {
     /// Forgets what was known of `ino`'s extended attributes (they, or its attributes, changed).
     pub fn xattrs_changed(&self, ino: u64) {
         lock(&self.no_xattrs).remove(&ino);
+        lock(&self.no_default_acl).remove(&ino);
+    }
+
+    /// Records that directory `ino` has no default ACL (it was just read).
+    pub fn without_default_acl(&self, ino: u64) {
+        let mut set = lock(&self.no_default_acl);
+        if set.len() >= LIMIT {
+            set.clear();
+        }
+        set.insert(ino);
+    }
+
+    /// Whether directory `ino` is known to have no default ACL.
+    pub fn has_no_default_acl(&self, ino: u64) -> bool {
+        self.has_no_xattrs(ino) || lock(&self.no_default_acl).contains(&ino)
     }
 
     /// Forgets everything (events may have been missed).
@@ -236,6 +253,7 @@ impl MetaCache {
         lock(&self.names).clear();
         lock(&self.complete).clear();
         lock(&self.no_xattrs).clear();
+        lock(&self.no_default_acl).clear();
     }
 }
 

@@ -30,11 +30,12 @@ impl Core {
         }
         let _open = self.open_gate()?;
         let dir = self.cache.attr(parent)?;
-        if !self.cache.absent(parent, name) {
+        // A default ACL to inherit takes the synchronous path (which reads it).
+        if !self.cache.absent(parent, name) || !self.cache.has_no_default_acl(parent) {
             return None;
         }
         let now = Timestamp::now();
-        let mut attr = new_attr(&dir, kind, perm, rdev, caller, now);
+        let mut attr = new_attr(&dir, kind, perm & !caller.umask, rdev, caller, now);
         if !self.meta.delegation.create(parent, name, &mut attr) {
             return None;
         }

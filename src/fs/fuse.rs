@@ -148,6 +148,15 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
+        umask: 0,
+    }
+}
+
+/// The caller of a create, whose `umask` applies unless the directory has a default ACL.
+fn creator(req: &Request, umask: u32) -> Caller {
+    Caller {
+        umask,
+        ..caller(req)
     }
 }
 
@@ -216,6 +225,10 @@ impl fuser::Filesystem for RedisFs {
         // Export support: file handles (name_to_handle_at, an NFS export of the mount) stay
         // valid after the kernel forgets the inode, which it then looks up again by number.
         let mut wanted = InitFlags::FUSE_EXPORT_SUPPORT
+            // The kernel enforces POSIX ACLs, and passes each create's mode unmasked with the
+            // umask beside it: a directory's default ACL replaces the umask (see acl.rs).
+            | InitFlags::FUSE_POSIX_ACL
+            | InitFlags::FUSE_DONT_MASK
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
@@ -311,18 +324,18 @@ impl fuser::Filesystem for RedisFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let (name, who) = (bytes(name), caller(req));
+        let (name, who) = (bytes(name), creator(req, umask));
         let Some(kind) = FileKind::from_mode(mode) else {
             return reply.error(Errno::EINVAL);
         };
         if let Some(done) = self
             .core
-            .make_deferred(parent.0, &name, kind, mode & !umask, rdev, who)
+            .make_deferred(parent.0, &name, kind, mode, rdev, who)
         {
             return self.answer_now(reply, done);
         }
         self.serve_change(reply, move |c| async move {
-            c.make(parent.0, &name, kind, mode & !umask, rdev, &[], who, false)
+            c.make(parent.0, &name, kind, mode, rdev, &[], who, false)
                 .await
                 .map(|(attr, _)| attr)
         });
@@ -337,26 +350,17 @@ impl fuser::Filesystem for RedisFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let (name, who) = (bytes(name), caller(req));
-        if let Some(done) =
-            self.core
-                .make_deferred(parent.0, &name, FileKind::Dir, mode & !umask, 0, who)
+        let (name, who) = (bytes(name), creator(req, umask));
+        if let Some(done) = self
+            .core
+            .make_deferred(parent.0, &name, FileKind::Dir, mode, 0, who)
         {
             return self.answer_now(reply, done);
         }
         self.serve_change(reply, move |c| async move {
-            c.make(
-                parent.0,
-                &name,
-                FileKind::Dir,
-                mode & !umask,
-                0,
-                &[],
-                who,
-                false,
-            )
-            .await
-            .map(|(attr, _)| attr)
+            c.make(parent.0, &name, FileKind::Dir, mode, 0, &[], who, false)
+                .await
+                .map(|(attr, _)| attr)
         });
     }
 
@@ -810,15 +814,12 @@ impl fuser::Filesystem for RedisFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let (name, who) = (bytes(name), caller(req));
-        if let Some(done) = self
-            .core
-            .create_deferred(parent.0, &name, mode & !umask, who)
-        {
+        let (name, who) = (bytes(name), creator(req, umask));
+        if let Some(done) = self.core.create_deferred(parent.0, &name, mode, who) {
             return self.answer_now(reply, done);
         }
         self.serve_change(reply, move |c| async move {
-            c.create(parent.0, &name, mode & !umask, who).await
+            c.create(parent.0, &name, mode, who).await
         });
     }
 

@@ -4,6 +4,7 @@
 //! returns an [`FsError`] on failure; [`fuse::RedisFs`] adapts it to fuser, moving each
 //! request's reply into a task so that no FUSE thread waits on the network.
 
+mod acl;
 mod atime;
 mod cache;
 mod delegated;
@@ -102,6 +103,8 @@ pub struct Core {
     open_ended: tokio::sync::Notify,
     /// Access times being written (see `atime.rs`).
     access_writes: atime::AccessWrites,
+    /// Files handed to the reclaimer and not yet sent.
+    reclaims_pending: AtomicUsize,
 }
 
 /// What tells one state of a file's data from another, for close-to-open consistency.
@@ -155,6 +158,7 @@ impl Core {
             removal_ended: tokio::sync::Notify::new(),
             open_ended: tokio::sync::Notify::new(),
             access_writes: atime::AccessWrites::default(),
+            reclaims_pending: AtomicUsize::new(0),
         };
         (
             Arc::new(core),
@@ -348,7 +352,7 @@ impl Core {
             (false, true) => Closed::Held(file.ino),
             (false, false) => return,
         };
-        let _ = self.reclaim_queue.send(done);
+        self.hand_over(done);
     }
 
     /// Deals with an inode whose last link a removal took: it is deleted once not open here.
@@ -373,7 +377,26 @@ impl Core {
                 return;
             }
         }
-        let _ = self.reclaim_queue.send(Closed::Held(ino));
+        self.hand_over(Closed::Held(ino));
+    }
+
+    /// Queues a file this mount is done with for the reclaimer.
+    fn hand_over(&self, done: Closed) {
+        self.reclaims_pending.fetch_add(1, AtomicOrdering::AcqRel);
+        if self.reclaim_queue.send(done).is_err() {
+            self.reclaims_pending.fetch_sub(1, AtomicOrdering::AcqRel);
+        }
+    }
+
+    /// Waits (at most `patience`) until the reclaimer has sent everything queued: the
+    /// session's end must come after them, or they would write keys of a session gone.
+    pub async fn reclaims_sent(&self, patience: Duration) {
+        let deadline = tokio::time::Instant::now() + patience;
+        while self.reclaims_pending.load(AtomicOrdering::Acquire) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Deletes queued orphans in batches until the queue closes.
@@ -393,6 +416,8 @@ impl Core {
                     batch.len()
                 );
             }
+            self.reclaims_pending
+                .fetch_sub(batch.len(), AtomicOrdering::AcqRel);
         }
     }
 

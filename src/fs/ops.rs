@@ -7,6 +7,7 @@ use crate::attr::{Attr, FileKind, Timestamp};
 use crate::error::FsError;
 use crate::meta::{AttrChange, Closed, Usage};
 
+use super::acl::{self, Acl};
 use super::{Backlog, Core, OpenFile, MAX_FILE_SIZE};
 
 /// Longest name in a directory.
@@ -61,6 +62,9 @@ pub struct Caller {
     pub gid: u32,
     /// The asking thread.
     pub pid: u32,
+    /// For a create: the permission bits to take away, unless the directory has a default
+    /// ACL (then that decides).
+    pub umask: u32,
 }
 
 impl Caller {
@@ -239,6 +243,9 @@ impl Core {
             }
         };
         self.cache.forget_attr(ino);
+        if let Some(mode) = change.mode.filter(|_| attr.kind() != FileKind::Symlink) {
+            self.chmod_acl(ino, mode).await?;
+        }
         if let Some(f) = open {
             let mut st = f.state();
             st.refresh(attr);
@@ -302,6 +309,14 @@ impl Core {
         self.writable()?;
         check_name(name)?;
         let dir = self.getattr(parent).await?;
+        let default_acl = match kind {
+            FileKind::Symlink => None,
+            _ => self.default_acl(parent).await?,
+        };
+        let (access_acl, perm) = match &default_acl {
+            Some(inherited) => inherited.inherit(perm),
+            None => (None, perm & !caller.umask),
+        };
         let mut attr = new_attr(&dir, kind, perm, rdev, caller, Timestamp::now());
         if kind == FileKind::Symlink {
             if target.len() > PATH_MAX {
@@ -330,8 +345,76 @@ impl Core {
         if kind == FileKind::Dir {
             self.cache.created_dir(names_epoch, created.ino);
         }
-        self.cache.created_without_xattrs(created.ino);
+        let default_acl = default_acl.filter(|_| kind == FileKind::Dir);
+        if access_acl.is_none() && default_acl.is_none() {
+            self.cache.created_without_xattrs(created.ino);
+        }
+        for (name, acl) in [(acl::ACCESS, access_acl), (acl::DEFAULT, default_acl)] {
+            if let Some(acl) = acl {
+                self.meta
+                    .xattr_set(created.ino, name, &acl.encode(), 0)
+                    .await?;
+            }
+        }
         Ok((created, opening))
+    }
+
+    /// The default ACL of directory `dir`, if it has one (its absence is remembered).
+    async fn default_acl(&self, dir: u64) -> Result<Option<Acl>, FsError> {
+        if self.cache.has_no_default_acl(dir) {
+            return Ok(None);
+        }
+        match self.meta.xattr_get(dir, acl::DEFAULT).await {
+            Ok(bytes) => Ok(Acl::decode(&bytes)),
+            Err(FsError::NoData) => {
+                self.cache.without_default_acl(dir);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets a file's access ACL: its permission bits follow, and an ACL the bits say all of
+    /// is not kept.
+    async fn set_access_acl(&self, ino: u64, value: &[u8], flags: u8) -> Result<(), FsError> {
+        let acl = Acl::decode(value).ok_or(FsError::Invalid)?;
+        let attr = self.getattr(ino).await?;
+        if acl.is_minimal() {
+            match self.meta.xattr_remove(ino, acl::ACCESS).await {
+                Ok(()) | Err(FsError::NoData) => {}
+                Err(e) => return Err(e),
+            }
+        } else {
+            self.meta.xattr_set(ino, acl::ACCESS, value, flags).await?;
+        }
+        let mode = attr.mode & 0o7000 | acl.mode_bits();
+        if mode != attr.mode & 0o7777 {
+            let change = AttrChange {
+                mode: Some(mode),
+                ..Default::default()
+            };
+            self.setattr(ino, change).await?;
+        }
+        Ok(())
+    }
+
+    /// After a chmod of `ino` to `mode`: its access ACL, if it has one, says the same.
+    async fn chmod_acl(&self, ino: u64, mode: u32) -> Result<(), FsError> {
+        if self.cache.has_no_xattrs(ino) {
+            return Ok(());
+        }
+        let mut acl = match self.meta.xattr_get(ino, acl::ACCESS).await {
+            Ok(bytes) => match Acl::decode(&bytes) {
+                Some(acl) => acl,
+                None => return Ok(()),
+            },
+            Err(FsError::NoData) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        acl.chmod(mode);
+        self.meta
+            .xattr_set(ino, acl::ACCESS, &acl.encode(), 0)
+            .await
     }
 
     /// Creates and opens a regular file.
@@ -374,7 +457,7 @@ impl Core {
             // The kernel resolved the name before a removal took the last link: the removal
             // came first. (A file open here stays reachable, through /proc/self/fd.)
             if register {
-                let _ = self.reclaim_queue.send(Closed::Open(ino));
+                self.hand_over(Closed::Open(ino));
             }
             return Err(FsError::NotFound);
         }
@@ -390,7 +473,7 @@ impl Core {
         let (fh, file) = self.attach(attr, false, epoch);
         if register && file.registered.swap(true, Ordering::AcqRel) {
             // Registered twice (an open raced with a create here): one is enough.
-            let _ = self.reclaim_queue.send(Closed::Open(ino));
+            self.hand_over(Closed::Open(ino));
         }
         Ok((fh, keep))
     }
@@ -851,7 +934,11 @@ impl Core {
             _ => return Err(FsError::Invalid),
         };
         self.cache.xattrs_changed(ino);
-        self.meta.xattr_set(ino, name, value, mode).await?;
+        if name == acl::ACCESS {
+            self.set_access_acl(ino, value, mode).await?;
+        } else {
+            self.meta.xattr_set(ino, name, value, mode).await?;
+        }
         self.cache.forget_attr(ino);
         Ok(())
     }
@@ -912,8 +999,8 @@ fn check_xattr_name(name: &[u8]) -> Result<(), FsError> {
     if name.len() > NAME_MAX {
         return Err(FsError::Range);
     }
-    // POSIX ACLs would be stored but never enforced: refuse them, as a filesystem without ACLs.
-    if name.starts_with(b"system.posix_acl_") {
+    // Of the system namespace only POSIX ACLs are kept (and the kernel enforces them).
+    if name.starts_with(b"system.") && name != acl::ACCESS && name != acl::DEFAULT {
         return Err(FsError::NotSupported);
     }
     Ok(())
