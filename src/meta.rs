@@ -385,16 +385,36 @@ impl Meta {
         Ok((created, record(parent, reply.get(2))?))
     }
 
-    /// Adds the hard link `parent/name` to `ino`.
-    pub async fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+    /// Adds the hard link `parent/name` to `ino` (`unnamed`: an `O_TMPFILE` file held here,
+    /// whose first link this is).
+    pub async fn link(
+        &self,
+        ino: u64,
+        parent: u64,
+        name: &[u8],
+        unnamed: bool,
+    ) -> Result<Attr, FsError> {
         self.delegation.changed_directly(parent);
         let args = ScriptArgs::default()
             .num(ino)
             .num(parent)
             .bytes(name)
-            .bytes(Timestamp::now().encode());
+            .bytes(Timestamp::now().encode())
+            .num(u8::from(unnamed));
         let reply = self.run("link", &self.scripts.link, args).await?;
         record(ino, reply.get(1))
+    }
+
+    /// Creates an unnamed file (`O_TMPFILE`) in `parent`, held by this session: no link.
+    pub async fn tmpfile(&self, parent: u64, attr: &Attr) -> Result<Attr, FsError> {
+        let args = ScriptArgs::default().num(parent).bytes(attr.encode());
+        let reply = self.run("tmpfile", &self.scripts.tmpfile, args).await?;
+        let ino = int(reply.get(1)).ok_or(FsError::Io)? as u64;
+        Ok(Attr {
+            ino,
+            nlink: 0,
+            ..*attr
+        })
     }
 
     /// Unlinks (or, with `dir`, removes an empty directory); returns the inode and whether its

@@ -34,6 +34,8 @@ pub struct Scripts {
     pub reclaim: Script,
     /// Reads a file being opened and registers the open.
     pub open: Script,
+    /// Creates an unnamed file (O_TMPFILE).
+    pub tmpfile: Script,
     /// Frees a batch of blocks of a large deleted file.
     pub free_batch: Script,
     /// Forgets a dead mount, deletes the unlinked inodes it held and releases its locks.
@@ -113,6 +115,7 @@ impl Scripts {
             xattr_remove: writing(include_str!("lua/xattr_remove.lua")),
             reclaim: writing_when_full(include_str!("lua/reclaim.lua")),
             open: writing_when_full(include_str!("lua/open.lua")),
+            tmpfile: writing(include_str!("lua/tmpfile.lua")),
             free_batch: writing_when_full(include_str!("lua/free_batch.lua")),
             expire_session: writing_when_full(include_str!("lua/expire_session.lua")),
             lock: writing(include_str!("lua/lock.lua")),

@@ -1279,3 +1279,61 @@ fn posix_acls_are_kept_enforced_and_inherited() {
     sh("umask 077 && touch plain", &root);
     assert_eq!(fs::metadata(m.join("plain")).unwrap().mode() & 0o777, 0o600);
 }
+
+/// `O_TMPFILE` makes an unnamed file: readable and writable, with no link, gone at its last
+/// close, unless `linkat` names it first (how programs publish a file whole).
+#[test]
+fn o_tmpfile_files_are_unnamed_until_linked() {
+    let Some((r, m)) = setup() else { return };
+    let inodes = || r.cmd::<u64>(&["HGET", "skx:stat", "inodes"]);
+    let before = inodes();
+    let open_tmp = || {
+        // SAFETY: a valid path.
+        let fd = check(unsafe {
+            libc::open(
+                cpath(&m.path).as_ptr(),
+                libc::O_TMPFILE | libc::O_RDWR,
+                0o640,
+            )
+        } as i64)
+        .unwrap_or_else(|e| panic!("O_TMPFILE: errno {e}"));
+        // SAFETY: a descriptor just opened and owned by nobody else.
+        unsafe { <fs::File as std::os::unix::io::FromRawFd>::from_raw_fd(fd as i32) }
+    };
+    let mut scratch = open_tmp();
+    scratch.write_all(b"scratch").unwrap();
+    scratch.seek(SeekFrom::Start(0)).unwrap();
+    let mut text = String::new();
+    scratch.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "scratch");
+    assert_eq!(scratch.metadata().unwrap().nlink(), 0);
+    assert!(fs::read_dir(&m.path).unwrap().next().is_none(), "no name");
+    assert_eq!(inodes(), before + 1);
+    drop(scratch);
+    common::eventually(
+        "an unnamed file goes at its last close",
+        Duration::from_secs(10),
+        || inodes() == before,
+    );
+    // Written whole, then named.
+    let mut published = open_tmp();
+    published.write_all(b"whole").unwrap();
+    let fd_path = format!("/proc/self/fd/{}", published.as_raw_fd());
+    // SAFETY: valid paths.
+    check(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            cpath(std::path::Path::new(&fd_path)).as_ptr(),
+            libc::AT_FDCWD,
+            cpath(&m.join("published")).as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    } as i64)
+    .unwrap();
+    drop(published);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(fs::read(m.join("published")).unwrap(), b"whole");
+    assert_eq!(fs::metadata(m.join("published")).unwrap().nlink(), 1);
+    m.unmount();
+    common::tool_ok("fsck", &["--redis", &r.url(), "--prefix", "skx"]);
+}

@@ -16,6 +16,15 @@ use super::lock;
 /// Entries kept before the cache starts over (bounds memory on huge trees).
 const LIMIT: usize = 500_000;
 
+/// Adds `ino` to a set of inodes known to lack something, forgetting them all at `LIMIT`.
+fn remember_in(set: &Mutex<HashSet<u64>>, ino: u64) {
+    let mut set = lock(set);
+    if set.len() >= LIMIT {
+        set.clear();
+    }
+    set.insert(ino);
+}
+
 /// Names (parent, name) → inode, and inode → attributes; and the directories whose every
 /// name is known, so that a name missing there is known not to exist (a create's look-up then
 /// costs no round trip).
@@ -209,11 +218,7 @@ impl MetaCache {
 
     /// Records that `ino` has no extended attributes (it was just created here).
     pub fn created_without_xattrs(&self, ino: u64) {
-        let mut set = lock(&self.no_xattrs);
-        if set.len() >= LIMIT {
-            set.clear();
-        }
-        set.insert(ino);
+        remember_in(&self.no_xattrs, ino);
     }
 
     /// Whether `ino` is known to have no extended attributes.
@@ -229,11 +234,7 @@ impl MetaCache {
 
     /// Records that directory `ino` has no default ACL (it was just read).
     pub fn without_default_acl(&self, ino: u64) {
-        let mut set = lock(&self.no_default_acl);
-        if set.len() >= LIMIT {
-            set.clear();
-        }
-        set.insert(ino);
+        remember_in(&self.no_default_acl, ino);
     }
 
     /// Whether directory `ino` is known to have no default ACL.

@@ -207,6 +207,8 @@ pub struct FileState {
     inflight: BTreeMap<u64, Arc<Pending>>,
     /// The last link is gone; reclaim the inode at the last close.
     pub orphaned: bool,
+    /// An `O_TMPFILE` file that no link has named yet (`linkat` may).
+    pub unnamed: bool,
     /// Another mount changed the file since this mount last read its record: an `O_APPEND`
     /// write reads it again first, so that it lands at the end that mount left.
     pub changed_elsewhere: bool,
@@ -314,6 +316,7 @@ impl OpenFile {
                 dirty_since: None,
                 inflight: BTreeMap::new(),
                 orphaned: false,
+                unnamed: false,
                 changed_elsewhere: false,
                 read_end: 0,
                 ahead_to: 0,

@@ -823,6 +823,21 @@ impl fuser::Filesystem for RedisFs {
         });
     }
 
+    fn tmpfile(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let who = creator(req, umask);
+        self.serve_change(reply, move |c| async move {
+            c.tmpfile(parent.0, mode, who).await
+        });
+    }
+
     fn fallocate(
         &self,
         req: &Request,

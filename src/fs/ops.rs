@@ -53,6 +53,9 @@ pub(super) fn new_attr(
     attr
 }
 
+/// The ACLs a new inode inherits from its directory's default ACL: access, default.
+type Inherited = (Option<Acl>, Option<Acl>);
+
 /// Who asks for an operation.
 #[derive(Clone, Copy, Debug)]
 pub struct Caller {
@@ -309,14 +312,7 @@ impl Core {
         self.writable()?;
         check_name(name)?;
         let dir = self.getattr(parent).await?;
-        let default_acl = match kind {
-            FileKind::Symlink => None,
-            _ => self.default_acl(parent).await?,
-        };
-        let (access_acl, perm) = match &default_acl {
-            Some(inherited) => inherited.inherit(perm),
-            None => (None, perm & !caller.umask),
-        };
+        let (acls, perm) = self.creation_mode(parent, kind, perm, caller).await?;
         let mut attr = new_attr(&dir, kind, perm, rdev, caller, Timestamp::now());
         if kind == FileKind::Symlink {
             if target.len() > PATH_MAX {
@@ -345,18 +341,69 @@ impl Core {
         if kind == FileKind::Dir {
             self.cache.created_dir(names_epoch, created.ino);
         }
-        let default_acl = default_acl.filter(|_| kind == FileKind::Dir);
-        if access_acl.is_none() && default_acl.is_none() {
-            self.cache.created_without_xattrs(created.ino);
+        self.give_acls(created.ino, acls).await?;
+        Ok((created, opening))
+    }
+
+    /// The permission bits of a new inode of `kind` asking for `perm` in directory `parent`,
+    /// with the ACLs it inherits (access, then default): the directory's default ACL decides
+    /// if it has one, the caller's umask otherwise.
+    async fn creation_mode(
+        &self,
+        parent: u64,
+        kind: FileKind,
+        perm: u32,
+        caller: Caller,
+    ) -> Result<(Inherited, u32), FsError> {
+        let default_acl = match kind {
+            FileKind::Symlink => None,
+            _ => self.default_acl(parent).await?,
+        };
+        Ok(match default_acl {
+            Some(inherited) => {
+                let (access, perm) = inherited.inherit(perm);
+                let default = (kind == FileKind::Dir).then_some(inherited);
+                ((access, default), perm)
+            }
+            None => ((None, None), perm & !caller.umask),
+        })
+    }
+
+    /// Writes the ACLs a new inode inherited.
+    async fn give_acls(&self, ino: u64, (access, default): Inherited) -> Result<(), FsError> {
+        if access.is_none() && default.is_none() {
+            self.cache.created_without_xattrs(ino);
         }
-        for (name, acl) in [(acl::ACCESS, access_acl), (acl::DEFAULT, default_acl)] {
+        for (name, acl) in [(acl::ACCESS, access), (acl::DEFAULT, default)] {
             if let Some(acl) = acl {
-                self.meta
-                    .xattr_set(created.ino, name, &acl.encode(), 0)
-                    .await?;
+                self.meta.xattr_set(ino, name, &acl.encode(), 0).await?;
             }
         }
-        Ok((created, opening))
+        Ok(())
+    }
+
+    /// Creates and opens an unnamed file in `parent` (`O_TMPFILE`): no link, so its last close
+    /// deletes it, unless `linkat` names it first.
+    pub async fn tmpfile(
+        &self,
+        parent: u64,
+        perm: u32,
+        caller: Caller,
+    ) -> Result<(Attr, u64), FsError> {
+        self.writable()?;
+        let dir = self.getattr(parent).await?;
+        let (acls, perm) = self
+            .creation_mode(parent, FileKind::File, perm, caller)
+            .await?;
+        let attr = new_attr(&dir, FileKind::File, perm, 0, caller, Timestamp::now());
+        let attr = self.meta.tmpfile(parent, &attr).await?;
+        self.give_acls(attr.ino, acls).await?;
+        self.cache.forget_attr(parent);
+        let (fh, file) = self.attach(attr, true, self.cache.epoch());
+        let mut st = file.state();
+        st.orphaned = true;
+        st.unnamed = true;
+        Ok((attr, fh))
     }
 
     /// The default ACL of directory `dir`, if it has one (its absence is remembered).
@@ -482,20 +529,27 @@ impl Core {
     pub async fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
         self.writable()?;
         check_name(name)?;
+        // (An unnamed file is registered open here first: named, it is held no more.)
         self.publish_born_in(&[], ino).await?;
+        let open = self.open_file(ino);
+        let unnamed = open.as_ref().is_some_and(|f| f.state().unnamed);
         // On any failure (a lost reply too) the name's state is unknown here.
         let attr = self
             .meta
-            .link(ino, parent, name)
+            .link(ino, parent, name, unnamed)
             .await
             .inspect_err(|_| self.cache.forget_name(parent, name))?;
         self.cache.forget_name(parent, name);
         self.cache.forget_attr(parent);
         self.cache.forget_attr(ino);
-        match self.open_file(ino) {
+        match open {
             Some(f) => {
                 let mut st = f.state();
                 st.refresh(attr);
+                if unnamed {
+                    st.unnamed = false;
+                    st.orphaned = false;
+                }
                 Ok(st.attr)
             }
             None => Ok(attr),
