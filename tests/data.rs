@@ -226,3 +226,153 @@ fn random_writes_into_blocks_survive_a_write_buffer_smaller_than_the_file() {
         "another mount reads every random write after the close"
     );
 }
+
+/// A page-aligned buffer of `len` bytes of `byte`, as O_DIRECT wants.
+struct Aligned {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+impl Aligned {
+    fn filled(len: usize, byte: u8) -> Aligned {
+        let layout = std::alloc::Layout::from_size_align(len, 4096).unwrap();
+        // SAFETY: a non-zero size.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        assert!(!ptr.is_null());
+        // SAFETY: `len` bytes were just allocated at `ptr`.
+        unsafe { std::ptr::write_bytes(ptr, byte, len) };
+        Aligned { ptr, layout }
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        // SAFETY: allocated with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
+    }
+}
+
+/// The kernel's `struct iocb` (little-endian layout).
+#[repr(C)]
+#[derive(Default)]
+struct Iocb {
+    data: u64,
+    key: u32,
+    rw_flags: i32,
+    opcode: u16,
+    reqprio: i16,
+    fildes: u32,
+    buf: u64,
+    nbytes: u64,
+    offset: i64,
+    reserved: u64,
+    flags: u32,
+    resfd: u32,
+}
+
+/// The kernel's `struct io_event`.
+#[repr(C)]
+#[derive(Default)]
+struct IoEvent {
+    data: u64,
+    obj: u64,
+    res: i64,
+    res2: i64,
+}
+
+/// Writes `buf` at `offset` of `fd` with Linux AIO (io_submit), and waits for it.
+fn aio_write(fd: i32, buf: &Aligned, offset: i64) -> i64 {
+    const IOCB_CMD_PWRITE: u16 = 1;
+    let mut ctx = 0u64;
+    // SAFETY: raw AIO syscalls on a context, control block and event owned here.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_io_setup, 4, &mut ctx as *mut u64),
+            0
+        );
+        let mut cb = Iocb {
+            opcode: IOCB_CMD_PWRITE,
+            fildes: fd as u32,
+            buf: buf.ptr as u64,
+            nbytes: buf.layout.size() as u64,
+            offset,
+            ..Default::default()
+        };
+        let mut list = [&mut cb as *mut Iocb];
+        assert_eq!(
+            libc::syscall(libc::SYS_io_submit, ctx, 1, list.as_mut_ptr()),
+            1
+        );
+        let mut event = IoEvent::default();
+        let got = libc::syscall(
+            libc::SYS_io_getevents,
+            ctx,
+            1,
+            1,
+            &mut event as *mut IoEvent,
+            std::ptr::null::<libc::timespec>(),
+        );
+        assert_eq!(got, 1);
+        libc::syscall(libc::SYS_io_destroy, ctx);
+        event.res
+    }
+}
+
+/// A buffered read after an O_DIRECT write (plain, and through AIO) of the same range returns
+/// the new bytes, on the writing mount (its cached pages are dropped) and on another; also
+/// with the kernel's writeback cache.
+#[test]
+fn buffered_reads_after_direct_writes_see_the_new_bytes() {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    use std::os::unix::io::AsRawFd;
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let other = Mount::new(&redis, "skx", &[]);
+    for extra in [&[][..], &["--writeback"][..]] {
+        let m = Mount::new(&redis, "skx", extra);
+        let path = m.join("direct");
+        fs::write(&path, vec![b'a'; 1 << 20]).unwrap();
+        let buffered = fs::OpenOptions::new().read(true).open(&path).unwrap();
+        let mut cached = vec![0u8; 1 << 20];
+        buffered.read_exact_at(&mut cached, 0).unwrap();
+        let direct = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .unwrap();
+        let plain = Aligned::filled(65536, b'b');
+        // SAFETY: a valid descriptor and an aligned buffer of the size given.
+        let wrote = unsafe { libc::pwrite(direct.as_raw_fd(), plain.ptr.cast(), 65536, 0) };
+        assert_eq!(wrote, 65536, "{extra:?}");
+        let through_aio = Aligned::filled(65536, b'c');
+        assert_eq!(
+            aio_write(direct.as_raw_fd(), &through_aio, 131072),
+            65536,
+            "{extra:?}"
+        );
+        let mut back = vec![0u8; 65536];
+        buffered.read_exact_at(&mut back, 0).unwrap();
+        assert!(
+            back.iter().all(|&b| b == b'b'),
+            "{extra:?}: direct write not seen"
+        );
+        buffered.read_exact_at(&mut back, 131072).unwrap();
+        assert!(
+            back.iter().all(|&b| b == b'c'),
+            "{extra:?}: AIO direct write not seen"
+        );
+        direct.sync_all().unwrap();
+        drop((direct, buffered));
+        let seen = fs::read(other.join("direct")).unwrap();
+        assert!(
+            seen[..65536].iter().all(|&b| b == b'b')
+                && seen[131072..196608].iter().all(|&b| b == b'c')
+        );
+        assert!(seen[65536..131072].iter().all(|&b| b == b'a'));
+        fs::remove_file(&path).unwrap();
+        m.unmount();
+    }
+}

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::attr::{Attr, Timestamp};
+use crate::error::FsError;
 use crate::meta::AttrChange;
 
 use super::{lock, Core};
@@ -76,12 +77,32 @@ impl Core {
                 access_only: true,
                 ..Default::default()
             };
-            if let Err(e) = core.change(core.setattr(ino, change)).await {
+            match core.change(core.write_access_time(ino, change)).await {
+                Ok(()) => {}
                 // An access time is not worth more: the next access tries again.
-                tracing::debug!("inode {ino}: access time not written ({e})");
+                Err(e) => tracing::debug!("inode {ino}: access time not written ({e})"),
             }
             lock(&core.access_writes.0).remove(&ino);
         });
+    }
+}
+
+impl Core {
+    /// Writes an access time. Only the access time is taken from the reply: this runs beside
+    /// the file's other changes (a truncate, a store), and a record read before them would
+    /// undo them in what the mount knows.
+    async fn write_access_time(&self, ino: u64, change: AttrChange) -> Result<(), FsError> {
+        self.writable()?;
+        let attr = self
+            .meta
+            .setattr(ino, &change, self.block_size, None)
+            .await?;
+        self.cache.forget_attr(ino);
+        if let Some(f) = self.open_file(ino) {
+            let mut st = f.state();
+            st.attr.atime = st.attr.atime.max(attr.atime);
+        }
+        Ok(())
     }
 }
 
