@@ -476,8 +476,21 @@ fn a_redis_crash_and_restart_keeps_every_acknowledged_change() {
 const CHUNK: usize = 300_000;
 
 /// Writes `path` until Redis says it is full; returns the error.
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 fn write_until_full(path: &Path) -> std::io::Error {
-    let mut f = fs::File::create(path).expect("create");
+    // The create itself may be what finds Redis full (other threads create files meanwhile).
+    let mut f = match fs::File::create(path) {
+        Ok(f) => f,
+        Err(e) => return e,
+    };
     let chunk = common::random_bytes(1 << 20, 7);
     for _ in 0..10_000 {
         if let Err(e) = f.write_all(&chunk).and_then(|_| f.sync_all()) {
@@ -503,6 +516,9 @@ fn a_full_redis_answers_enospc_and_leaks_nothing() {
     for round in 0..3 {
         let stop = AtomicBool::new(false);
         let ((leased, leased_failed), (shared, shared_failed)) = std::thread::scope(|s| {
+            // The creators stop however this closure ends: a failed assertion must fail the
+            // test, not leave the scope waiting for them.
+            let _stops = StopOnDrop(&stop);
             let in_leased = s.spawn(|| create_until(&m.join("leased"), &stop));
             let in_shared = s.spawn(|| create_until(&m.join("shared"), &stop));
             let err = write_until_full(&m.join(format!("big{round}")));
@@ -526,8 +542,13 @@ fn a_full_redis_answers_enospc_and_leaks_nothing() {
                 fs::remove_file(m.join(dir).join(name)).unwrap();
             }
         }
-        fs::remove_file(m.join(format!("big{round}"))).unwrap();
-        fs::remove_file(m.join(format!("more{round}"))).unwrap();
+        for name in [format!("big{round}"), format!("more{round}")] {
+            // (Not there if its create was what found Redis full.)
+            match fs::remove_file(m.join(&name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => panic!("{name}: {e}"),
+                _ => {}
+            }
+        }
     }
     for mount in [&m, &other] {
         assert!(
