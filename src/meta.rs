@@ -328,6 +328,11 @@ impl Meta {
     /// touch one of them (`rm -rf` reads each directory's records while its log of unlinks
     /// grows).
     pub async fn records(&self, inos: &[u64]) -> Result<Vec<Stored>, FsError> {
+        Ok(self.listed(inos).await?.0)
+    }
+
+    /// Like [`Meta::records`], with which of the inodes have extended attributes.
+    pub async fn listed(&self, inos: &[u64]) -> Result<(Vec<Stored>, Vec<bool>), FsError> {
         if inos.iter().any(|&ino| self.delegation.touches(ino)) {
             self.send_deferred().await?;
         }
@@ -335,7 +340,12 @@ impl Meta {
         let reply = self
             .run_unsent("records", &self.scripts.records, args)
             .await?;
-        Ok(inos
+        // Unknown (a reply without the flags): as if they had some.
+        let flags = bytes(reply.get(inos.len() + 1)).unwrap_or(&[]);
+        let has_xattrs = (0..inos.len())
+            .map(|i| flags.get(i) != Some(&b'0'))
+            .collect();
+        let records = inos
             .iter()
             .enumerate()
             .map(|(i, &ino)| match bytes(reply.get(i + 1)) {
@@ -351,7 +361,8 @@ impl Meta {
                     }
                 },
             })
-            .collect())
+            .collect();
+        Ok((records, has_xattrs))
     }
 
     /// Creates an inode described by `attr` under `parent` as `name` (a file this mount

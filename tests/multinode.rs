@@ -514,3 +514,33 @@ fn a_file_removed_elsewhere_stays_readable_where_it_is_open() {
         "no open registrations left"
     );
 }
+
+/// A listing tells a mount which entries have no extended attributes (so `ls -l` asks Redis
+/// nothing for them); one set afterwards on another mount is seen all the same.
+#[test]
+fn xattrs_set_elsewhere_after_a_listing_are_seen() {
+    let Some((_redis, a, b)) = two_mounts() else {
+        return;
+    };
+    fs::create_dir(b.join("d")).unwrap();
+    for i in 0..50 {
+        fs::write(b.join(format!("d/f{i}")), b"").unwrap();
+    }
+    // Listed with attributes on A, as `ls -l` does, asking for an attribute of each.
+    for e in fs::read_dir(a.join("d")).unwrap() {
+        let p = e.unwrap().path();
+        fs::symlink_metadata(&p).unwrap();
+        assert_eq!(getxattr(&p, "user.tag"), None);
+    }
+    let target = b.join("d/f10");
+    let c = cpath(&target);
+    // SAFETY: valid path, name and value.
+    let set =
+        unsafe { libc::setxattr(c.as_ptr(), c"user.tag".as_ptr(), b"v".as_ptr().cast(), 1, 0) };
+    assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
+    common::eventually(
+        "the attribute on the mount that listed",
+        PROPAGATION,
+        || getxattr(&a.join("d/f10"), "user.tag").as_deref() == Some(&b"v"[..]),
+    );
+}

@@ -221,6 +221,15 @@ impl MetaCache {
         remember_in(&self.no_xattrs, ino);
     }
 
+    /// Records that `ino` had no extended attributes when a listing begun in `epoch` read it,
+    /// unless it changed since (a change event may have told of a new one meanwhile).
+    pub fn listed_without_xattrs(&self, epoch: u64, ino: u64) {
+        let attrs = lock(&self.attrs);
+        if attrs.unchanged_since(ino, epoch) {
+            remember_in(&self.no_xattrs, ino);
+        }
+    }
+
     /// Whether `ino` is known to have no extended attributes.
     pub fn has_no_xattrs(&self, ino: u64) -> bool {
         lock(&self.no_xattrs).contains(&ino)

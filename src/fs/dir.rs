@@ -159,7 +159,7 @@ impl Core {
             Some(known) => attrs.extend(known),
             None => {
                 for chunk in named.chunks(RECORDS_PER_CALL) {
-                    attrs.extend(self.read_records(chunk).await?);
+                    attrs.extend(self.read_records(chunk, epoch).await?);
                 }
             }
         }
@@ -178,13 +178,19 @@ impl Core {
     }
 
     /// Records of `inos`; the stand-ins for undecodable entries are unreadable as they are.
-    async fn read_records(&self, inos: &[u64]) -> Result<Vec<Stored>, FsError> {
+    /// Those without extended attributes are remembered as such (`ls -l` asks every entry for
+    /// two), unless they changed since `epoch`.
+    async fn read_records(&self, inos: &[u64], epoch: u64) -> Result<Vec<Stored>, FsError> {
         let real: Vec<u64> = inos
             .iter()
             .copied()
             .filter(|&ino| ino < UNREADABLE_ENTRY)
             .collect();
-        let mut found = self.meta.records(&real).await?.into_iter();
+        let (records, has_xattrs) = self.meta.listed(&real).await?;
+        for (&ino, _) in real.iter().zip(has_xattrs).filter(|(_, has)| !has) {
+            self.cache.listed_without_xattrs(epoch, ino);
+        }
+        let mut found = records.into_iter();
         Ok(inos
             .iter()
             .map(|&ino| {
