@@ -242,8 +242,8 @@ pub struct MountArgs {
     /// Compression of a new filesystem's blocks: none, lz4, zstd or zlib.
     #[arg(long, default_value = "lz4", value_name = "CODEC")]
     pub compression: Codec,
-    /// Mount options, comma separated (allow_other, default_permissions, ro, noatime,
-    /// nosuid, nodev, noexec, …).
+    /// Mount options, comma separated (allow_other, default_permissions, ro, relatime (the
+    /// default), strictatime, noatime, nosuid, nodev, noexec, …).
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
     pub options: Vec<String>,
     /// Return once the filesystem is mounted and keep serving it in the background.

@@ -85,9 +85,7 @@ impl Core {
             lock(&core.access_writes.0).remove(&ino);
         });
     }
-}
 
-impl Core {
     /// Writes an access time. Only the access time is taken from the reply: this runs beside
     /// the file's other changes (a truncate, a store), and a record read before them would
     /// undo them in what the mount knows.

@@ -214,6 +214,24 @@ impl RedisFs {
             async move { c.change(work).await }
         });
     }
+
+    /// Takes or releases `asked` through `fh`; with `sleep`, waiting until the asking thread
+    /// (from the request: the lock's own pid names its process, or nothing for an OFD lock)
+    /// is signalled.
+    fn take_lock(
+        &self,
+        req: &Request,
+        asked: Lock,
+        fh: FileHandle,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let wait = sleep.then_some(req.pid());
+        self.serve(
+            reply,
+            move |c| async move { c.setlk(asked, fh.0, wait).await },
+        );
+    }
 }
 
 fn bytes(name: &OsStr) -> Vec<u8> {
@@ -449,8 +467,8 @@ impl fuser::Filesystem for RedisFs {
             let opened = c.open(ino.0, write).await?;
             // Reads of pages the kernel caches never reach the mount: an open for reading
             // counts as the access.
-            if read {
-                c.accessed(&c.getattr(ino.0).await?, &runtime);
+            if let Some(file) = c.file(opened.0).ok().filter(|_| read) {
+                c.accessed(&file.state().attr, &runtime);
             }
             Ok(opened)
         });
@@ -600,14 +618,7 @@ impl fuser::Filesystem for RedisFs {
         reply: ReplyEmpty,
     ) {
         let asked = Lock::asked(ino.0, lock_owner.0, (start, end), typ, pid);
-        // The thread that asks, which a signal may interrupt (the lock's pid names its
-        // process, or nothing for an OFD lock).
-        let asker = req.pid();
-        let wait = sleep.then_some(asker);
-        self.serve(
-            reply,
-            move |c| async move { c.setlk(asked, fh.0, wait).await },
-        );
+        self.take_lock(req, asked, fh, sleep, reply);
     }
 
     fn flock(
@@ -622,11 +633,7 @@ impl fuser::Filesystem for RedisFs {
         reply: ReplyEmpty,
     ) {
         let asked = Lock::flock(ino.0, lock_owner.0, typ, pid);
-        let wait = sleep.then_some(req.pid());
-        self.serve(
-            reply,
-            move |c| async move { c.setlk(asked, fh.0, wait).await },
-        );
+        self.take_lock(req, asked, fh, sleep, reply);
     }
 
     fn fsync(

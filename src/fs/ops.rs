@@ -214,8 +214,18 @@ impl Core {
         Ok(self.current(attr, epoch))
     }
 
-    /// Changes attributes; a size change stores buffered writes first.
+    /// Changes attributes (a chmod also rewrites the file's access ACL, if it has one).
     pub async fn setattr(&self, ino: u64, change: AttrChange) -> Result<Attr, FsError> {
+        let chmod = change.mode;
+        let attr = self.change_attrs(ino, change).await?;
+        if let Some(mode) = chmod.filter(|_| attr.kind() != FileKind::Symlink) {
+            self.chmod_acl(ino, mode).await?;
+        }
+        Ok(attr)
+    }
+
+    /// Changes attributes, nothing else; a size change stores buffered writes first.
+    async fn change_attrs(&self, ino: u64, change: AttrChange) -> Result<Attr, FsError> {
         self.writable()?;
         let open = self.open_file(ino);
         if let Some(size) = change.size {
@@ -246,9 +256,6 @@ impl Core {
             }
         };
         self.cache.forget_attr(ino);
-        if let Some(mode) = change.mode.filter(|_| attr.kind() != FileKind::Symlink) {
-            self.chmod_acl(ino, mode).await?;
-        }
         if let Some(f) = open {
             let mut st = f.state();
             st.refresh(attr);
@@ -440,7 +447,8 @@ impl Core {
                 mode: Some(mode),
                 ..Default::default()
             };
-            self.setattr(ino, change).await?;
+            // (Not `setattr`: the ACL written above says the same as the mode.)
+            self.change_attrs(ino, change).await?;
         }
         Ok(())
     }
@@ -590,7 +598,6 @@ impl Core {
         Ok(())
     }
 
-    /// Renames.
     /// Renames; with RENAME_WHITEOUT (overlayfs on an upper directory here), leaves a
     /// whiteout, a character device 0:0 made by `caller`, where the source was.
     pub async fn rename(
@@ -857,7 +864,8 @@ impl Core {
             mode: Some(mode & 0o7777),
             ..Default::default()
         };
-        let attr = self.setattr(ino, change).await?;
+        // Only set-ID bits go: an ACL stays as it is.
+        let attr = self.change_attrs(ino, change).await?;
         // The kernel answered the write with what it cached.
         self.invalidate(super::notify::Invalidation::Attr(ino));
         Ok(attr)
