@@ -307,6 +307,47 @@ fn ofd_locks_go_with_the_last_close_of_their_description() {
     });
 }
 
+/// Checks that a lock is gone when the close(2) that ends it returns, as on a local
+/// filesystem: the kernel sends the last close to the mount after close(2) has returned, so
+/// a lock asked for at once must not find the closed one still held (argv 1 names the file).
+const GONE_AT_CLOSE_SCRIPT: &str = r#"
+import fcntl, os, struct, sys
+F_OFD_SETLK = 37
+path = sys.argv[1]
+def ofd(fd):
+    fcntl.fcntl(fd, F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0))
+def flock(fd):
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+for take, kind in ((ofd, "OFD lock"), (flock, "flock")):
+    for round in range(100):
+        fd = os.open(path, os.O_RDWR)
+        take(fd)
+        os.close(fd)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            take(fd)
+        except BlockingIOError:
+            sys.exit(f"round {round}: a closed {kind} was still held")
+        os.close(fd)
+print("gone ok")
+"#;
+
+#[test]
+fn locks_are_gone_when_the_last_close_returns() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &[]);
+    std::fs::write(a.join("closed"), b"").unwrap();
+    run_script(
+        GONE_AT_CLOSE_SCRIPT,
+        &a.join("closed"),
+        &a.join("closed"),
+        "gone ok",
+    );
+}
+
 /// Checks over two mounts (argv 1 and 2 name one file) that flock and fcntl locks are
 /// independent, as on Linux: each conflicts only with its own kind.
 const INDEPENDENT_SCRIPT: &str = r#"

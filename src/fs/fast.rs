@@ -46,7 +46,7 @@ impl Core {
         last: bool,
         store_later: impl FnOnce(&super::OpenFile) -> bool,
     ) -> bool {
-        !self.may_hold_locks(ino, last.then_some(fh), owner)
+        !self.locks.may_hold(ino, last.then_some(fh), owner)
             && self
                 .file(fh)
                 .is_ok_and(|f| !f.state().has_pending() || store_later(&f))

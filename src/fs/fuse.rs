@@ -557,10 +557,14 @@ impl fuser::Filesystem for RedisFs {
         if let Some(done) = self.core.flush_at_once(fh.0, ino.0, lock_owner.0) {
             return self.answer_now(reply, done);
         }
+        // close(2) drops the process's fcntl locks on the file.
+        let unlock = self
+            .core
+            .locks
+            .begin_release(ino.0, None, Some(lock_owner.0));
         self.serve_change(reply, move |c| async move {
-            // close(2) drops the process's fcntl locks on the file.
-            c.release_locks(ino.0, lock_owner.0).await?;
-            c.flush(fh.0).await
+            let unlocked = c.finish_release(unlock).await;
+            c.flush(fh.0).await.and(unlocked)
         });
     }
 
@@ -578,13 +582,12 @@ impl fuser::Filesystem for RedisFs {
         if let Some(done) = self.core.release_at_once(fh.0, ino.0, owner) {
             return self.answer_now(reply, done);
         }
+        // The last close of an open file description drops its flock and OFD locks; taken
+        // out here, before the next request is read (see `LockTable`).
+        let unlock = self.core.locks.begin_release(ino.0, Some(fh.0), owner);
         self.serve_change(reply, move |c| async move {
-            // The last close of an open file description drops its flock and OFD locks.
-            if let Some(owner) = lock_owner {
-                c.release_locks(ino.0, owner.0).await?;
-            }
-            c.release_handle_locks(ino.0, fh.0).await?;
-            c.release(fh.0).await
+            let unlocked = c.finish_release(unlock).await;
+            c.release(fh.0).await.and(unlocked)
         });
     }
 

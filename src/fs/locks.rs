@@ -4,7 +4,11 @@
 //! fuser answers the kernel's interrupts itself, so the wait watches the requesting process
 //! for a pending signal and answers EINTR then.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use crate::error::FsError;
 use crate::meta::{LockFamily, LockState};
@@ -80,6 +84,87 @@ impl Lock {
     }
 }
 
+/// What this mount knows of the locks its handles hold.
+///
+/// The kernel sends a description's last close (RELEASE) after close(2) has returned, so a
+/// lock asked for right after it reaches the mount while the closed description's locks are
+/// still in Redis. RELEASE arrives first, though: it marks its inode as releasing before the
+/// next request is read, and lock requests on that inode wait until the release is done.
+/// That also keeps a release from unlocking a new description that reuses the closed one's
+/// owner id (the kernel's file structures are reused at once).
+#[derive(Default)]
+pub struct LockTable {
+    /// (inode, lock owner) pairs that may hold locks, with the handle the last lock was taken
+    /// through, so that a close without locks costs no round trip, and the last close of an
+    /// open file description drops the OFD locks taken through it.
+    holders: Mutex<HashMap<(u64, u64), u64>>,
+    /// Inodes with releases under way, and how many.
+    releasing: Mutex<HashMap<u64, usize>>,
+    /// Woken when a release ends.
+    released: Notify,
+}
+
+/// The locks a close must release, taken out of the table on the FUSE thread.
+#[must_use]
+pub struct Release {
+    ino: u64,
+    owners: Vec<u64>,
+}
+
+impl LockTable {
+    /// Whether `owner` may hold a lock on `ino`, or one may have been taken through handle
+    /// `fh` of it.
+    pub fn may_hold(&self, ino: u64, fh: Option<u64>, owner: Option<u64>) -> bool {
+        lock(&self.holders)
+            .iter()
+            .any(|(&(i, o), &through)| i == ino && (Some(through) == fh || Some(o) == owner))
+    }
+
+    /// Starts releasing what `owner` holds on `ino`, and (at a last close, `fh`) what was
+    /// locked through handle `fh`; lock requests on `ino` wait until [`Core::finish_release`].
+    pub fn begin_release(&self, ino: u64, fh: Option<u64>, owner: Option<u64>) -> Release {
+        let mut owners = Vec::new();
+        lock(&self.holders).retain(|&(i, o), &mut through| {
+            let goes = i == ino && (Some(through) == fh || Some(o) == owner);
+            if goes {
+                owners.push(o);
+            }
+            !goes
+        });
+        if !owners.is_empty() {
+            *lock(&self.releasing).entry(ino).or_default() += 1;
+        }
+        Release { ino, owners }
+    }
+
+    fn end_release(&self, ino: u64) {
+        let mut releasing = lock(&self.releasing);
+        if let Some(count) = releasing.get_mut(&ino) {
+            *count -= 1;
+            if *count == 0 {
+                releasing.remove(&ino);
+            }
+        }
+        drop(releasing);
+        self.released.notify_waiters();
+    }
+
+    /// Waits until no release of `ino`'s locks is under way.
+    async fn settled(&self, ino: u64) {
+        loop {
+            let released = self.released.notified();
+            if !lock(&self.releasing).contains_key(&ino) {
+                return;
+            }
+            released.await;
+        }
+    }
+
+    fn remember(&self, ino: u64, owner: u64, fh: u64) {
+        lock(&self.holders).insert((ino, owner), fh);
+    }
+}
+
 impl Core {
     /// F_GETLK: a lock that would conflict with the one described, if any.
     pub async fn getlk(&self, l: Lock) -> Result<LockState, FsError> {
@@ -88,6 +173,7 @@ impl Core {
 
     /// Tests (`test`: F_GETLK) or takes the lock `l` once, without waiting.
     async fn ask(&self, l: Lock, test: bool) -> Result<LockState, FsError> {
+        self.locks.settled(l.ino).await;
         let end = last_byte(l.end);
         self.meta
             .lock(
@@ -118,7 +204,7 @@ impl Core {
                 Err(e) => return Err(e),
                 Ok(_) => {
                     if l.kind != UNLOCK {
-                        lock(&self.lock_holders).insert((l.ino, l.owner), fh);
+                        self.locks.remember(l.ino, l.owner, fh);
                     }
                     return Ok(());
                 }
@@ -126,38 +212,16 @@ impl Core {
         }
     }
 
-    /// Releases every lock `owner` holds on `ino` (at close), if it holds any.
-    pub async fn release_locks(&self, ino: u64, owner: u64) -> Result<(), FsError> {
-        if lock(&self.lock_holders).remove(&(ino, owner)).is_none() {
-            return Ok(());
+    /// Unlocks what `release` took out of the lock table (see [`LockTable::begin_release`]).
+    pub async fn finish_release(&self, release: Release) -> Result<(), FsError> {
+        let mut result = Ok(());
+        for &owner in &release.owners {
+            result = result.and(self.unlock_all(release.ino, owner).await);
         }
-        self.unlock_all(ino, owner).await
-    }
-
-    /// Releases the locks taken through handle `fh` of `ino`, at its last close. Those of a
-    /// process went at its close(2) already (the flush before); what is left are the open
-    /// file description's own: OFD locks, and flock.
-    pub async fn release_handle_locks(&self, ino: u64, fh: u64) -> Result<(), FsError> {
-        let mut owners = Vec::new();
-        lock(&self.lock_holders).retain(|&(i, owner), &mut through| {
-            let goes = i == ino && through == fh;
-            if goes {
-                owners.push(owner);
-            }
-            !goes
-        });
-        for owner in owners {
-            self.unlock_all(ino, owner).await?;
+        if !release.owners.is_empty() {
+            self.locks.end_release(release.ino);
         }
-        Ok(())
-    }
-
-    /// Whether `owner` may hold a lock on `ino`, or one may have been taken through handle
-    /// `fh` of it.
-    pub(super) fn may_hold_locks(&self, ino: u64, fh: Option<u64>, owner: Option<u64>) -> bool {
-        lock(&self.lock_holders)
-            .iter()
-            .any(|(&(i, o), &through)| i == ino && (Some(through) == fh || Some(o) == owner))
+        result
     }
 
     async fn unlock_all(&self, ino: u64, owner: u64) -> Result<(), FsError> {

@@ -87,10 +87,8 @@ pub struct Core {
     /// What each inode looked like (mtime, ctime, size) when this mount last had it open and
     /// the kernel cached its pages: an open that finds it unchanged keeps those pages.
     seen: Mutex<HashMap<u64, Version>>,
-    /// (inode, lock owner) pairs that may hold locks, with the handle the last lock was taken
-    /// through, so that a close without locks costs no round trip, and the last close of an
-    /// open file description drops the OFD locks taken through it.
-    lock_holders: Mutex<HashMap<(u64, u64), u64>>,
+    /// The locks this mount's handles may hold.
+    locks: locks::LockTable,
     /// Names and attributes remembered between requests.
     cache: cache::MetaCache,
     /// Bytes held in write buffers, counted by the buffers themselves (see `file::Charge`).
@@ -151,7 +149,7 @@ impl Core {
             thawed: tokio::sync::Notify::new(),
             kernel: OnceLock::new(),
             seen: Mutex::new(HashMap::new()),
-            lock_holders: Mutex::new(HashMap::new()),
+            locks: locks::LockTable::default(),
             cache: cache::MetaCache::default(),
             buffered: Arc::default(),
             open_guard: Mutex::default(),
