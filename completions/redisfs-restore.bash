@@ -23,7 +23,7 @@ _redisfs__restore() {
 
     case "${cmd}" in
         redisfs__restore)
-            opts="-q -h -V --prefix --from-dir --compression --block-size --redis --redis-host --host --redis-port --port --redis-db --db --json --quiet --io-timeout --help --version"
+            opts="-q -h -V --prefix --from-dir --compression --block-size --acl --redis --redis-host --host --redis-port --port --redis-db --db --json --quiet --io-timeout --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -42,6 +42,10 @@ _redisfs__restore() {
                     return 0
                     ;;
                 --block-size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --acl)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

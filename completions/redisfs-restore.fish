@@ -2,6 +2,7 @@ complete -c redisfs-restore -l prefix -d 'Prefix to restore into; must hold no k
 complete -c redisfs-restore -l from-dir -d 'Import the local directory tree DIR instead' -r -F
 complete -c redisfs-restore -l compression -d 'Compression of the restored blocks [default: the dump\'s; lz4 for --from-dir]' -r
 complete -c redisfs-restore -l block-size -d 'Block size (Redis value size) of a filesystem imported with --from-dir' -r
+complete -c redisfs-restore -l acl -d 'Whether a filesystem imported with --from-dir keeps POSIX ACLs' -r
 complete -c redisfs-restore -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, or redis+unix:///path/to/socket?db=N. Overrides --host/--port/--db' -r
 complete -c redisfs-restore -l host -l redis-host -d 'Redis host [default: 127.0.0.1]' -r
 complete -c redisfs-restore -l port -l redis-port -d 'Redis port [default: 6379]' -r

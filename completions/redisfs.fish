@@ -6,6 +6,7 @@ complete -c redisfs -l db -l redis-db -d 'Redis database number [default: 0]' -r
 complete -c redisfs -l prefix -d 'Key prefix of the filesystem (no \':\'); many filesystems can share one Redis' -r
 complete -c redisfs -l block-size -d 'Block size of a new filesystem: the size of one Redis value; a block holds 64 bytes less than this so that a value fits its allocator size class exactly' -r
 complete -c redisfs -l compression -d 'Compression of a new filesystem\'s blocks: none, lz4, zstd or zlib' -r
+complete -c redisfs -l acl -d 'Whether a new filesystem keeps and enforces POSIX ACLs. Without them `ls -l` and friends cost a round trip per file less (they ask every file for its ACL)' -r
 complete -c redisfs -s o -d 'Mount options, comma separated (allow_other, default_permissions, ro, relatime (the default), strictatime, noatime, nosuid, nodev, noexec, …)' -r
 complete -c redisfs -l log-file -d 'Write logs to FILE instead of stderr' -r -F
 complete -c redisfs -l io-timeout -d 'How long an operation waits for a lost Redis to come back before failing with EIO' -r

@@ -25,6 +25,8 @@ pub struct FsConfig {
     pub codec: Codec,
     /// The filesystem's unique id.
     pub uuid: String,
+    /// Whether POSIX ACLs are kept and enforced.
+    pub acl: bool,
 }
 
 /// Settings for a filesystem that does not exist yet.
@@ -34,6 +36,8 @@ pub struct CreateOptions {
     pub value_size: u64,
     /// Block compression.
     pub codec: Codec,
+    /// Whether POSIX ACLs are kept and enforced.
+    pub acl: bool,
 }
 
 impl CreateOptions {
@@ -128,10 +132,22 @@ fn parse_meta(prefix: &str, key: &str, meta: &HashMap<String, String>) -> Result
             key: key.to_string(),
             reason,
         })?;
+    // Filesystems made before the setting existed kept ACLs.
+    let acl = match meta.get("acl").map(String::as_str) {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(other) => {
+            return Err(Error::CorruptKey {
+                key: key.to_string(),
+                reason: format!("acl is '{other}', not on or off"),
+            })
+        }
+    };
     Ok(FsConfig {
         block_size,
         codec,
         uuid: field("uuid")?.clone(),
+        acl,
     })
 }
 
@@ -163,6 +179,8 @@ pub async fn finish_copy(store: &Store, config: &FsConfig) -> Result<(), Error> 
         .arg(config.codec.name())
         .arg("uuid")
         .arg(&config.uuid)
+        .arg("acl")
+        .arg(on_off(config.acl))
         .arg("created")
         .arg(Timestamp::now().sec)
         .arg("state")
@@ -189,7 +207,8 @@ async fn format(store: &Store, scripts: &Scripts, create: &CreateOptions) -> Res
         .bytes(create.codec.name())
         .bytes(new_uuid())
         .num(now.sec)
-        .bytes(root.encode());
+        .bytes(root.encode())
+        .bytes(on_off(create.acl));
     let reply = store
         .script(&scripts.format, 0, &args)
         .await
@@ -202,12 +221,22 @@ async fn format(store: &Store, scripts: &Scripts, create: &CreateOptions) -> Res
         });
     }
     tracing::info!(
-        "created filesystem '{}' ({} byte blocks, {} compression)",
+        "created filesystem '{}' ({} byte blocks, {} compression, ACLs {})",
         store.keys.prefix(),
         block_size,
-        create.codec.name()
+        create.codec.name(),
+        on_off(create.acl)
     );
     Ok(())
+}
+
+/// How `P:meta` writes a switch.
+fn on_off(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
+    }
 }
 
 /// A random version-4 UUID.
@@ -265,6 +294,12 @@ mod tests {
             parse_meta("p", "p:meta", &meta(&restoring)),
             Err(Error::Incomplete { .. })
         ));
+        assert!(parse_meta("p", "p:meta", &meta(&good)).unwrap().acl);
+        let mut without_acls = good.to_vec();
+        without_acls.push(("acl", "off"));
+        assert!(!parse_meta("p", "p:meta", &meta(&without_acls)).unwrap().acl);
+        without_acls.push(("acl", "maybe"));
+        assert!(parse_meta("p", "p:meta", &meta(&without_acls)).is_err());
         let err = parse_meta("p", "p:meta", &meta(&good[..2]))
             .unwrap_err()
             .to_string();

@@ -310,6 +310,7 @@ async fn prepare(
     let create = CreateOptions {
         value_size: args.block_size,
         codec: args.compression,
+        acl: args.acl,
     };
     let fs_config = format::open(&store, &scripts, (!read_only).then_some(&create)).await?;
     let session = if read_only {
@@ -337,6 +338,7 @@ async fn prepare(
             .filter_map(AtimePolicy::from_option)
             .last()
             .unwrap_or_default(),
+        acl: fs_config.acl,
     };
     let (core, queues) = Core::new(meta, blocks, settings);
     core.start_workers(queues);

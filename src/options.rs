@@ -200,6 +200,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is too large"))
 }
 
+/// A switch: `on` or `off`.
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("'{s}' is neither on nor off")),
+    }
+}
+
 pub(crate) fn parse_seconds(s: &str) -> Result<Duration, String> {
     s.parse::<f64>()
         .ok()
@@ -242,6 +251,10 @@ pub struct MountArgs {
     /// Compression of a new filesystem's blocks: none, lz4, zstd or zlib.
     #[arg(long, default_value = "lz4", value_name = "CODEC")]
     pub compression: Codec,
+    /// Whether a new filesystem keeps and enforces POSIX ACLs. Without them `ls -l` and
+    /// friends cost a round trip per file less (they ask every file for its ACL).
+    #[arg(long, default_value = "on", value_parser = parse_on_off, value_name = "on|off", action = clap::ArgAction::Set)]
+    pub acl: bool,
     /// Mount options, comma separated (allow_other, default_permissions, ro, relatime (the
     /// default), strictatime, noatime, nosuid, nodev, noexec, …).
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]

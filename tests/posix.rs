@@ -1280,6 +1280,87 @@ fn posix_acls_are_kept_enforced_and_inherited() {
     assert_eq!(fs::metadata(m.join("plain")).unwrap().mode() & 0o777, 0o600);
 }
 
+/// SELinux labels are not kept (SELinux labels a FUSE mount as a whole): asking for one is
+/// `EOPNOTSUPP`, which `ls -l` takes as "no labels here" and stops asking every file. The
+/// rest of the security namespace is kept.
+#[test]
+fn selinux_labels_are_not_kept_and_other_security_attributes_are() {
+    let Some((_r, m)) = setup() else { return };
+    let f = m.join("f");
+    fs::write(&f, b"").unwrap();
+    assert_eq!(getxattr(&f, "security.selinux"), Err(libc::EOPNOTSUPP));
+    assert_eq!(
+        setxattr(&f, "security.selinux", b"system_u:object_r:tmp_t:s0", 0),
+        Err(libc::EOPNOTSUPP)
+    );
+    setxattr(&f, "security.kept", b"1", 0).unwrap();
+    assert_eq!(getxattr(&f, "security.kept").unwrap(), b"1");
+    assert_eq!(listxattr(&f), vec!["security.kept"]);
+}
+
+/// A filesystem created with `--acl off` keeps no ACLs, as one of JuiceFS's by default:
+/// `setfacl` is refused, `getfacl` shows the mode bits, the umask applies, and the setting
+/// goes with the filesystem into a snapshot and through a dump and restore.
+#[test]
+fn a_filesystem_made_without_acls_refuses_them_everywhere() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let url = redis.url();
+    let m = Mount::new(&redis, "plain", &["--acl", "off"]);
+    let root = m.join("");
+    sh("echo x > f && chmod 640 f && mkdir d", &root);
+    let refused = std::process::Command::new("setfacl")
+        .args(["-m", "u:65534:rw", "f"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("not supported"),
+        "{refused:?}"
+    );
+    assert!(sh("getfacl -c f", &root).contains("group::r--"));
+    assert_eq!(
+        getxattr(&m.join("f"), "system.posix_acl_access"),
+        Err(libc::EOPNOTSUPP)
+    );
+    sh("umask 077 && touch d/g", &root);
+    assert_eq!(fs::metadata(m.join("d/g")).unwrap().mode() & 0o777, 0o600);
+    m.unmount();
+    assert_eq!(redis.cmd::<String>(&["HGET", "plain:meta", "acl"]), "off");
+    common::tool_ok(
+        "snapshot",
+        &["--redis", &url, "--from", "plain", "--to", "copy"],
+    );
+    assert_eq!(redis.cmd::<String>(&["HGET", "copy:meta", "acl"]), "off");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain.rfs");
+    common::tool_ok(
+        "dump",
+        &["--redis", &url, "--prefix", "plain", file.to_str().unwrap()],
+    );
+    common::tool_ok(
+        "restore",
+        &["--redis", &url, "--prefix", "back", file.to_str().unwrap()],
+    );
+    assert_eq!(redis.cmd::<String>(&["HGET", "back:meta", "acl"]), "off");
+    // A mount's --acl is for new filesystems only: the restored one keeps its setting.
+    let back = Mount::new(&redis, "back", &["--acl", "on"]);
+    assert_eq!(
+        getxattr(&back.join("f"), "system.posix_acl_access"),
+        Err(libc::EOPNOTSUPP)
+    );
+    // Filesystems made before the setting existed keep ACLs.
+    let old = Mount::new(&redis, "old", &[]);
+    fs::write(old.join("f"), b"").unwrap();
+    old.unmount();
+    redis.cmd::<()>(&["HDEL", "old:meta", "acl"]);
+    let old = Mount::new(&redis, "old", &["--acl", "off"]);
+    sh("setfacl -m u:65534:r f", &old.join(""));
+}
+
 /// `O_TMPFILE` makes an unnamed file: readable and writable, with no link, gone at its last
 /// close, unless `linkat` names it first (how programs publish a file whole).
 #[test]

@@ -110,6 +110,13 @@ pub struct Header {
     pub created: i64,
     /// The redisfs version that wrote it.
     pub writer: String,
+    /// Whether the filesystem kept POSIX ACLs (dumps older than the setting: it did).
+    #[serde(default = "acls_kept")]
+    pub acl: bool,
+}
+
+fn acls_kept() -> bool {
+    true
 }
 
 /// An inode: its attributes, a symlink's target, extended attributes.
@@ -521,6 +528,7 @@ mod tests {
                 source: "t".into(),
                 created: 1,
                 writer: "test".into(),
+                acl: true,
             }),
             Record::Entry(Entry {
                 parent: 1,

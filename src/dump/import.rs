@@ -39,6 +39,7 @@ pub struct Importer<'a> {
     store: &'a Store,
     codec: Codec,
     block_size: u32,
+    acl: bool,
     pipe: redis::Pipeline,
     pipe_commands: usize,
     pipe_bytes: usize,
@@ -85,6 +86,7 @@ impl<'a> Importer<'a> {
             store,
             codec,
             block_size: header.block_size,
+            acl: header.acl,
             pipe: redis::pipe(),
             pipe_commands: 0,
             pipe_bytes: 0,
@@ -402,6 +404,7 @@ impl<'a> Importer<'a> {
             block_size: self.block_size,
             codec: self.codec,
             uuid: format::new_uuid(),
+            acl: self.acl,
         };
         format::finish_copy(self.store, &config).await?;
         Ok(self.stats)

@@ -114,7 +114,7 @@ fn inode_of(path: &Path, ino: u64, meta: &std::fs::Metadata) -> Result<Inode, Er
 pub fn read_tree(
     root: &Path,
     block_size: u32,
-    codec: &str,
+    settings: &crate::format::CreateOptions,
     send: &mut dyn FnMut(Record) -> Result<(), Error>,
 ) -> Result<(), Error> {
     let root_meta = std::fs::metadata(root).map_err(|e| local(root, e))?;
@@ -125,10 +125,11 @@ pub fn read_tree(
         magic: MAGIC.into(),
         version: DUMP_VERSION,
         block_size,
-        codec: codec.into(),
+        codec: settings.codec.name().into(),
         source: root.display().to_string(),
         created: crate::attr::Timestamp::now().sec,
         writer: env!("CARGO_PKG_VERSION").into(),
+        acl: settings.acl,
     }))?;
     send(Record::Inode(inode_of(root, 1, &root_meta)?))?;
     let mut next_ino = 1u64;

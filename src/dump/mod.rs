@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 
 use crate::codec::Codec;
 use crate::error::Error;
-use crate::options::parse_size;
+use crate::options::{parse_on_off, parse_size};
 use crate::scripts::Scripts;
 use crate::store::Store;
 use crate::tool::{self, Progress, ToolArgs};
@@ -106,6 +106,9 @@ pub struct RestoreArgs {
     /// Block size (Redis value size) of a filesystem imported with --from-dir.
     #[arg(long, default_value = "64K", value_parser = parse_size, value_name = "SIZE")]
     pub block_size: u64,
+    /// Whether a filesystem imported with --from-dir keeps POSIX ACLs.
+    #[arg(long, default_value = "on", value_parser = parse_on_off, value_name = "on|off", action = clap::ArgAction::Set)]
+    pub acl: bool,
     #[command(flatten)]
     pub tool: ToolArgs,
 }
@@ -199,6 +202,7 @@ pub async fn dump(
         source: store.keys.prefix().into(),
         created: crate::attr::Timestamp::now().sec,
         writer: env!("CARGO_PKG_VERSION").into(),
+        acl: config.acl,
     };
     progress.total_from_counters(store, 1, 0).await;
     let (tx, rx) = mpsc::channel(CHANNEL);
@@ -447,6 +451,7 @@ pub async fn restore(
             let value = crate::format::CreateOptions {
                 value_size: args.block_size,
                 codec: args.compression.unwrap_or(Codec::Lz4),
+                acl: args.acl,
             };
             (
                 dir.display().to_string(),
@@ -558,7 +563,7 @@ fn spawn_tree_reader(
     let block_size = value.block_size()?;
     Ok(tokio::task::spawn_blocking(move || {
         let mut n = 0;
-        let result = local::read_tree(&dir, block_size, value.codec.name(), &mut |record| {
+        let result = local::read_tree(&dir, block_size, &value, &mut |record| {
             n += 1;
             tx.blocking_send((Ok(record), (n, 0)))
                 .map_err(|_| Error::Setting("the restore stopped".into()))

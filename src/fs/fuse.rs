@@ -243,15 +243,18 @@ impl fuser::Filesystem for RedisFs {
         // Export support: file handles (name_to_handle_at, an NFS export of the mount) stay
         // valid after the kernel forgets the inode, which it then looks up again by number.
         let mut wanted = InitFlags::FUSE_EXPORT_SUPPORT
-            // The kernel enforces POSIX ACLs, and passes each create's mode unmasked with the
-            // umask beside it: a directory's default ACL replaces the umask (see acl.rs).
-            | InitFlags::FUSE_POSIX_ACL
+            // The kernel passes each create's mode unmasked with the umask beside it: a
+            // directory's default ACL replaces the umask (see acl.rs).
             | InitFlags::FUSE_DONT_MASK
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_ASYNC_DIO;
+        if self.core.settings.acl {
+            // The kernel enforces POSIX ACLs.
+            wanted |= InitFlags::FUSE_POSIX_ACL;
+        }
         if !self.core.settings.read_only {
             // Locks live in Redis and a read-only mount (maybe of a replica) cannot write
             // them: there the kernel keeps locks local.
@@ -783,6 +786,9 @@ impl fuser::Filesystem for RedisFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if let Err(e) = self.core.check_xattr_name(name.as_bytes()) {
+            return reply.error(errno(e));
+        }
         if self.core.xattr_known_absent(ino.0) {
             return reply.error(Errno::from_i32(libc::ENODATA));
         }

@@ -49,6 +49,8 @@ pub struct MountSettings {
     pub write_buffer: u64,
     /// When accesses update access times.
     pub atime: AtimePolicy,
+    /// Whether the filesystem keeps and enforces POSIX ACLs.
+    pub acl: bool,
 }
 
 /// A mount's state: Redis access, open files and handles.

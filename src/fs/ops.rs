@@ -415,7 +415,7 @@ impl Core {
 
     /// The default ACL of directory `dir`, if it has one (its absence is remembered).
     async fn default_acl(&self, dir: u64) -> Result<Option<Acl>, FsError> {
-        if self.cache.has_no_default_acl(dir) {
+        if !self.settings.acl || self.cache.has_no_default_acl(dir) {
             return Ok(None);
         }
         match self.meta.xattr_get(dir, acl::DEFAULT).await {
@@ -455,7 +455,7 @@ impl Core {
 
     /// After a chmod of `ino` to `mode`: its access ACL, if it has one, says the same.
     async fn chmod_acl(&self, ino: u64, mode: u32) -> Result<(), FsError> {
-        if self.cache.has_no_xattrs(ino) {
+        if !self.settings.acl || self.cache.has_no_xattrs(ino) {
             return Ok(());
         }
         let mut acl = match self.meta.xattr_get(ino, acl::ACCESS).await {
@@ -962,15 +962,42 @@ impl Core {
 
     /// Reads an extended attribute.
     pub async fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> Result<XattrReply, FsError> {
-        check_xattr_name(name)?;
+        self.check_xattr_name(name)?;
         xattr_reply(self.meta.xattr_get(ino, name).await?, size)
+    }
+
+    /// Whether extended attributes named `name` are kept here (`EOPNOTSUPP` if not): of the
+    /// system namespace only POSIX ACLs, on a filesystem that keeps them (and the kernel
+    /// enforces them); of the security namespace all but SELinux labels, which SELinux gives a
+    /// FUSE mount as a whole, never per file. (`ls -l` asks every file for its label and ACL,
+    /// and stops asking on a filesystem that answers `EOPNOTSUPP` once.)
+    pub fn check_xattr_name(&self, name: &[u8]) -> Result<(), FsError> {
+        if name.is_empty() {
+            return Err(FsError::Invalid);
+        }
+        if name.len() > NAME_MAX {
+            return Err(FsError::Range);
+        }
+        let acl = name == acl::ACCESS || name == acl::DEFAULT;
+        let kept = match name {
+            _ if name.starts_with(b"system.") => acl && self.settings.acl,
+            b"security.selinux" => false,
+            _ => true,
+        };
+        if !kept {
+            return Err(FsError::NotSupported);
+        }
+        Ok(())
     }
 
     /// Lists extended attribute names.
     pub async fn listxattr(&self, ino: u64, size: u32) -> Result<XattrReply, FsError> {
         let mut out = Vec::new();
-        for name in self.meta.xattr_list(ino).await? {
-            out.extend_from_slice(&name);
+        let stored = self.meta.xattr_list(ino).await?;
+        // (Names not kept any more, such as the ACLs of a filesystem restored without them,
+        // are not offered.)
+        for name in stored.iter().filter(|n| self.check_xattr_name(n).is_ok()) {
+            out.extend_from_slice(name);
             out.push(0);
         }
         xattr_reply(out, size)
@@ -985,7 +1012,7 @@ impl Core {
         flags: i32,
     ) -> Result<(), FsError> {
         self.writable()?;
-        check_xattr_name(name)?;
+        self.check_xattr_name(name)?;
         if value.len() > XATTR_SIZE_MAX {
             return Err(FsError::TooBig);
         }
@@ -1008,7 +1035,7 @@ impl Core {
     /// Removes an extended attribute.
     pub async fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), FsError> {
         self.writable()?;
-        check_xattr_name(name)?;
+        self.check_xattr_name(name)?;
         self.cache.xattrs_changed(ino);
         self.meta.xattr_remove(ino, name).await?;
         self.cache.forget_attr(ino);
@@ -1051,21 +1078,6 @@ impl Core {
     pub async fn usage(&self) -> Result<Usage, FsError> {
         self.meta.usage().await
     }
-}
-
-/// Names the kernel passes on that this filesystem refuses.
-fn check_xattr_name(name: &[u8]) -> Result<(), FsError> {
-    if name.is_empty() {
-        return Err(FsError::Invalid);
-    }
-    if name.len() > NAME_MAX {
-        return Err(FsError::Range);
-    }
-    // Of the system namespace only POSIX ACLs are kept (and the kernel enforces them).
-    if name.starts_with(b"system.") && name != acl::ACCESS && name != acl::DEFAULT {
-        return Err(FsError::NotSupported);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

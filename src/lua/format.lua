@@ -1,7 +1,7 @@
--- ARGV: P, sid, version, block_size, codec, uuid, created, root_record
+-- ARGV: P, sid, version, block_size, codec, uuid, created, root_record, acl (on or off)
 if redis.call('EXISTS', P .. 'meta') == 1 then return { E.EXIST } end
 redis.call('HSET', P .. 'meta', 'version', ARGV[3], 'block_size', ARGV[4], 'codec', ARGV[5],
-  'uuid', ARGV[6], 'created', ARGV[7], 'state', 'ready')
+  'uuid', ARGV[6], 'created', ARGV[7], 'acl', ARGV[9], 'state', 'ready')
 redis.call('SET', P .. 'next:ino', 1)
 put(1, ARGV[8])
 save()
