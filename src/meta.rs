@@ -328,15 +328,21 @@ impl Meta {
     /// touch one of them (`rm -rf` reads each directory's records while its log of unlinks
     /// grows).
     pub async fn records(&self, inos: &[u64]) -> Result<Vec<Stored>, FsError> {
-        Ok(self.listed(inos).await?.0)
+        Ok(self.listed(inos, false).await?.0)
     }
 
-    /// Like [`Meta::records`], with which of the inodes have extended attributes.
-    pub async fn listed(&self, inos: &[u64]) -> Result<(Vec<Stored>, Vec<bool>), FsError> {
+    /// Like [`Meta::records`], with (if `with_xattrs`; otherwise all true) which of the inodes
+    /// may have extended attributes.
+    pub async fn listed(
+        &self,
+        inos: &[u64],
+        with_xattrs: bool,
+    ) -> Result<(Vec<Stored>, Vec<bool>), FsError> {
         if inos.iter().any(|&ino| self.delegation.touches(ino)) {
             self.send_deferred().await?;
         }
-        let args = inos.iter().fold(ScriptArgs::default(), |a, i| a.num(i));
+        let args = ScriptArgs::default().num(u8::from(with_xattrs));
+        let args = inos.iter().fold(args, |a, i| a.num(i));
         let reply = self
             .run_unsent("records", &self.scripts.records, args)
             .await?;

@@ -685,6 +685,60 @@ fn many_entries_list_completely() {
     assert_eq!(n, 3000);
 }
 
+/// A listing several chunks long, read on a mount that did not make it (its attributes come
+/// from Redis a chunk at a time, read ahead and let go behind the reader): every entry once,
+/// with its own size, and the same entries again after seeking back to an early position.
+#[test]
+fn a_big_listing_read_elsewhere_is_whole_and_can_be_read_again() {
+    let Some((r, m)) = setup() else { return };
+    const FILES: usize = 9_000;
+    for i in 0..FILES {
+        let f = fs::File::create(m.join(format!("f{i}"))).unwrap();
+        f.set_len((i % 7) as u64).unwrap();
+    }
+    let other = Mount::new(&r, "skx", &[]);
+    let dir = cpath(&other.path);
+    // SAFETY: a valid path; the stream is used only here and closed at the end.
+    let stream = unsafe { libc::opendir(dir.as_ptr()) };
+    assert!(!stream.is_null());
+    let next = || {
+        // SAFETY: `stream` is open; the entry is read before the next call.
+        let entry = unsafe { libc::readdir(stream) };
+        // SAFETY: as above, a NUL-terminated name.
+        (!entry.is_null()).then(|| unsafe {
+            std::ffi::CStr::from_ptr((*entry).d_name.as_ptr())
+                .to_string_lossy()
+                .into_owned()
+        })
+    };
+    let mut names = Vec::new();
+    let mut mark = None;
+    while let Some(name) = next() {
+        names.push(name);
+        if names.len() == 100 {
+            // SAFETY: `stream` is open.
+            mark = Some(unsafe { libc::telldir(stream) });
+        }
+    }
+    let mut sorted: Vec<&String> = names.iter().filter(|n| n.starts_with('f')).collect();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), FILES, "every entry, once");
+    assert_eq!(names.len(), FILES + 2);
+    // SAFETY: `stream` is open and `mark` came from it.
+    unsafe { libc::seekdir(stream, mark.unwrap()) };
+    let again: Vec<String> = std::iter::from_fn(next).collect();
+    assert_eq!(again, names[100..], "the same entries after seeking back");
+    // SAFETY: open, and not used after.
+    unsafe { libc::closedir(stream) };
+    for i in (0..FILES).step_by(97) {
+        let size = fs::symlink_metadata(other.join(format!("f{i}")))
+            .unwrap()
+            .len();
+        assert_eq!(size, (i % 7) as u64, "f{i}");
+    }
+}
+
 /// Caught: an entry whose inode record does not decode was left out of listings (`ls -la`
 /// exited 0 without it). It is listed, and its `stat` fails with EIO, as reading it does; so
 /// is an entry whose own value does not decode.

@@ -3,9 +3,13 @@
 //! Offsets are positions in that listing, so a directory changing during a scan never makes
 //! readdir skip or repeat an entry that existed throughout. The listing is not taken at
 //! opendir, because many opens of a directory never read it (`rm -rf` opens each one again
-//! only to remove its entries through the descriptor).
+//! only to remove its entries through the descriptor). Its entries' attributes (readdirplus)
+//! are read a chunk at a time, a few chunks ahead of the page the kernel asks for, so that
+//! the kernel takes in one chunk's pages while Redis answers for the next ones.
 
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
 
 use crate::attr::{Attr, FileKind, Timestamp};
 use crate::error::FsError;
@@ -13,10 +17,26 @@ use crate::meta::{DirEntry, Stored, UNREADABLE_ENTRY};
 
 use super::{lock, Core};
 
-/// Records fetched per round trip for readdirplus.
+/// Entries whose attributes are read in one round trip: a chunk of the listing.
 const RECORDS_PER_CALL: usize = 2048;
-/// Entries looked at for one readdirplus reply (a reply of a page holds a few dozen).
-const PAGE_WINDOW: usize = 128;
+/// Chunks read ahead of the one the kernel is in: enough to cover a round trip of a
+/// millisecond while the kernel takes in a chunk's pages.
+const CHUNKS_AHEAD: usize = 3;
+/// Entries looked at for one readdirplus reply (the kernel's buffer holds up to ~200).
+const PAGE_WINDOW: usize = 256;
+
+/// The attributes of one chunk of a listing.
+#[derive(Debug)]
+enum Chunk {
+    /// Not read, or let go once the reader went past it.
+    Unread,
+    /// A task is reading it.
+    Reading,
+    /// Read in cache epoch `epoch`.
+    Read { attrs: Vec<Stored>, epoch: u64 },
+    /// Its read failed: the readdirplus that needs it gets the error, and the next reads again.
+    Failed(FsError),
+}
 
 /// An open directory.
 pub struct DirHandle {
@@ -24,10 +44,10 @@ pub struct DirHandle {
     pub ino: u64,
     /// `.`, `..` and the entries, in a fixed order, once read.
     pub entries: Option<Vec<DirEntry>>,
-    /// Attributes of the entries, loaded at the first readdirplus.
-    pub attrs: Option<Vec<Stored>>,
-    /// The cache epoch the attributes were read in.
-    attrs_epoch: u64,
+    /// Attributes of the entries, by chunk (see [`Chunk`]); none until the first readdirplus.
+    chunks: Vec<Chunk>,
+    /// Woken when a chunk's read ends.
+    chunk_read: Arc<Notify>,
     /// The directory's own attributes when it was opened: what `fstat` answers (with no link)
     /// once a removal or a rename over it deleted it.
     opened_as: Attr,
@@ -43,8 +63,8 @@ impl Core {
             Arc::new(Mutex::new(DirHandle {
                 ino,
                 entries: None,
-                attrs: None,
-                attrs_epoch: 0,
+                chunks: Vec::new(),
+                chunk_read: Arc::default(),
                 opened_as: attr,
             })),
         );
@@ -119,6 +139,9 @@ impl Core {
             kind: FileKind::Dir,
             ino: attr.parent,
         });
+        // In inode order: records are read a bucket of neighbouring inodes at a time.
+        let mut list = list;
+        list.sort_unstable_by_key(|e| e.ino);
         entries.extend(list);
         if self.meta.delegation.holds(ino) {
             *lock(&self.last_listing) = Some((ino, epoch, entries.clone()));
@@ -126,21 +149,26 @@ impl Core {
         Ok(entries)
     }
 
-    /// Makes sure the handle holds its entries' attributes.
-    pub async fn load_dir_attrs(&self, fh: u64) -> Result<Arc<Mutex<DirHandle>>, FsError> {
-        let handle = self.load_dir(fh).await?;
-        let inos: Option<Vec<u64>> = {
-            let h = lock(&handle);
-            h.attrs
-                .is_none()
-                .then(|| h.entries.iter().flatten().map(|e| e.ino).collect())
+    /// Reads the attributes of chunk `chunk` of the listing of handle `handle`, remembering
+    /// them for the look-ups and stats that follow a listing (`ls -l` stats every entry).
+    async fn read_chunk(
+        &self,
+        handle: &Mutex<DirHandle>,
+        chunk: usize,
+    ) -> Result<(Vec<Stored>, u64), FsError> {
+        let first = chunk * RECORDS_PER_CALL;
+        let (dir, inos): (u64, Vec<u64>) = {
+            let h = lock(handle);
+            let entries = h.entries.as_deref().unwrap_or_default();
+            let end = entries.len().min(first + RECORDS_PER_CALL);
+            (h.ino, entries[first..end].iter().map(|e| e.ino).collect())
         };
-        let Some(inos) = inos else { return Ok(handle) };
         let epoch = self.cache.epoch();
         // The kernel takes only the inode number and type of `.` and `..` from a readdirplus
         // reply (it does not link them), so theirs need no trip: `..` is often the directory
         // whose unlinks are waiting to be sent, which reading its record would send.
-        let (dots, named) = inos.split_at(2.min(inos.len()));
+        let dots = 2usize.saturating_sub(first).min(inos.len());
+        let (dots, named) = inos.split_at(dots);
         let mut attrs: Vec<Stored> = dots
             .iter()
             .map(|&ino| {
@@ -157,36 +185,107 @@ impl Core {
             .collect();
         match known {
             Some(known) => attrs.extend(known),
-            None => {
-                for chunk in named.chunks(RECORDS_PER_CALL) {
-                    attrs.extend(self.read_records(chunk, epoch).await?);
-                }
-            }
+            None => attrs.extend(self.read_records(named, epoch).await?),
         }
-        let mut h = lock(&handle);
-        let dir = h.ino;
-        // `ls -l` and friends stat every entry next: answer those from memory.
-        for (entry, stored) in h.entries.iter().flatten().zip(&attrs).skip(2) {
+        let h = lock(handle);
+        let entries = h.entries.as_deref().unwrap_or_default();
+        for (entry, stored) in entries[first..].iter().zip(&attrs).skip(dots.len()) {
             if let Stored::Attr(attr) = stored {
                 self.cache.remember(epoch, Some((dir, &entry.name)), *attr);
             }
         }
-        h.attrs = Some(attrs);
-        h.attrs_epoch = epoch;
-        drop(h);
-        Ok(handle)
+        Ok((attrs, epoch))
+    }
+
+    /// Starts reading chunk `chunk` of handle `handle` in a task.
+    fn start_chunk_read(self: &Arc<Self>, handle: &Arc<Mutex<DirHandle>>, chunk: usize) {
+        let (core, handle) = (self.clone(), handle.clone());
+        tokio::spawn(async move {
+            let read = core.read_chunk(&handle, chunk).await;
+            let mut h = lock(&handle);
+            h.chunks[chunk] = match read {
+                Ok((attrs, epoch)) => Chunk::Read { attrs, epoch },
+                Err(e) => Chunk::Failed(e),
+            };
+            let read = h.chunk_read.clone();
+            drop(h);
+            read.notify_waiters();
+        });
+    }
+
+    /// Up to [`PAGE_WINDOW`] entries of handle `handle` from `from` on, within one chunk, with
+    /// their attributes and the epoch they were read in; `None` past the end. Reads that
+    /// chunk and the next ones if they are not read or being read, lets go of those the reader
+    /// left behind, and waits for its own.
+    async fn chunk_page(
+        self: &Arc<Self>,
+        handle: &Arc<Mutex<DirHandle>>,
+        from: usize,
+    ) -> Result<Option<(Vec<(usize, DirEntry, Stored)>, u64)>, FsError> {
+        let chunk = from / RECORDS_PER_CALL;
+        let read = lock(handle).chunk_read.clone();
+        loop {
+            let chunk_read = read.notified();
+            tokio::pin!(chunk_read);
+            chunk_read.as_mut().enable();
+            {
+                let mut h = lock(handle);
+                let listed = h.entries.as_deref().unwrap_or_default().len();
+                if from >= listed {
+                    return Ok(None);
+                }
+                if h.chunks.is_empty() {
+                    h.chunks = (0..listed.div_ceil(RECORDS_PER_CALL))
+                        .map(|_| Chunk::Unread)
+                        .collect();
+                }
+                let ahead = (chunk + 1 + CHUNKS_AHEAD).min(h.chunks.len());
+                for c in chunk..ahead {
+                    if matches!(h.chunks[c], Chunk::Unread) {
+                        h.chunks[c] = Chunk::Reading;
+                        self.start_chunk_read(handle, c);
+                    }
+                }
+                // Memory stays bounded however big the directory: a reader going back (seekdir,
+                // rewinddir) has those read again.
+                for passed in h.chunks.iter_mut().take(chunk.saturating_sub(1)) {
+                    if matches!(passed, Chunk::Read { .. }) {
+                        *passed = Chunk::Unread;
+                    }
+                }
+                match &h.chunks[chunk] {
+                    Chunk::Read { attrs, epoch } => {
+                        let first = chunk * RECORDS_PER_CALL;
+                        let entries = h.entries.as_deref().unwrap_or_default();
+                        let page = (from..listed.min(from + PAGE_WINDOW))
+                            .take_while(|&i| i - first < attrs.len())
+                            .map(|i| (i, entries[i].clone(), attrs[i - first]))
+                            .collect();
+                        return Ok(Some((page, *epoch)));
+                    }
+                    Chunk::Failed(e) => {
+                        let e = *e;
+                        h.chunks[chunk] = Chunk::Unread;
+                        return Err(e);
+                    }
+                    Chunk::Unread | Chunk::Reading => {}
+                }
+            }
+            chunk_read.await;
+        }
     }
 
     /// Records of `inos`; the stand-ins for undecodable entries are unreadable as they are.
-    /// Those without extended attributes are remembered as such (`ls -l` asks every entry for
-    /// two), unless they changed since `epoch`.
+    /// Where the filesystem keeps ACLs, those without extended attributes are remembered as
+    /// such (`ls -l` asks every entry for its ACL), unless they changed since `epoch`.
     async fn read_records(&self, inos: &[u64], epoch: u64) -> Result<Vec<Stored>, FsError> {
         let real: Vec<u64> = inos
             .iter()
             .copied()
             .filter(|&ino| ino < UNREADABLE_ENTRY)
             .collect();
-        let (records, has_xattrs) = self.meta.listed(&real).await?;
+        // Only where the filesystem keeps ACLs does `ls -l` ask every entry for an attribute.
+        let (records, has_xattrs) = self.meta.listed(&real, self.settings.acl).await?;
         for (&ino, _) in real.iter().zip(has_xattrs).filter(|(_, has)| !has) {
             self.cache.listed_without_xattrs(epoch, ino);
         }
@@ -211,26 +310,15 @@ impl Core {
     /// empty. Empty only at the end of the listing (the kernel takes an empty reply as the
     /// end), however many entries vanished since it was read.
     pub async fn dir_page(
-        &self,
+        self: &Arc<Self>,
         fh: u64,
         offset: usize,
     ) -> Result<Vec<(usize, DirEntry, Stored)>, FsError> {
-        let handle = self.load_dir_attrs(fh).await?;
+        let handle = self.load_dir(fh).await?;
         let mut from = offset;
         loop {
-            let (mut page, epoch) = {
-                let h = lock(&handle);
-                let entries = h.entries.as_deref().unwrap_or_default();
-                let attrs = h.attrs.as_deref().unwrap_or_default();
-                let page: Vec<(usize, DirEntry, Stored)> = entries
-                    .iter()
-                    .zip(attrs)
-                    .enumerate()
-                    .skip(from)
-                    .take(PAGE_WINDOW)
-                    .map(|(i, (entry, stored))| (i, entry.clone(), *stored))
-                    .collect();
-                (page, h.attrs_epoch)
+            let Some((mut page, epoch)) = self.chunk_page(&handle, from).await? else {
+                return Ok(Vec::new());
             };
             let Some(&(last, _, _)) = page.last() else {
                 return Ok(page);
