@@ -5,13 +5,17 @@
 //! a change does not store what it read: every drop bumps an epoch, and a result is kept only
 //! if the epoch it started in is still current.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::attr::Attr;
 
 use super::lock;
+
+/// The cache's maps: a listing fills them with a hundred thousand entries at a time.
+/// foldhash seeds each map at random, so names chosen elsewhere cannot be made to collide.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
 
 /// Entries kept before the cache starts over (bounds memory on huge trees).
 const LIMIT: usize = 500_000;
