@@ -55,12 +55,13 @@ fn main() {
 /// Moves what `from` sends to `to`, each byte `delay` after it arrived.
 fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
     let (due, arrivals) = mpsc::channel::<(Instant, Vec<u8>)>();
-    thread::spawn(move || loop {
+    thread::spawn(move || {
         let mut buf = vec![0; CHUNK];
-        let n = from.read(&mut buf).unwrap_or(0);
-        buf.truncate(n);
-        if due.send((Instant::now() + delay, buf)).is_err() || n == 0 {
-            return;
+        loop {
+            let n = from.read(&mut buf).unwrap_or(0);
+            if due.send((Instant::now() + delay, buf[..n].to_vec())).is_err() || n == 0 {
+                return;
+            }
         }
     });
     thread::spawn(move || {
