@@ -63,6 +63,9 @@ pub enum FsError {
     NoSuchOffset,
     /// `EINTR`: a signal interrupted a wait (for a lock).
     Interrupted,
+    /// `ESTALE`: the kernel acted on a name this mount had told it of, which changed since;
+    /// an open then looks the name up again and retries.
+    Stale,
 }
 
 impl FsError {
@@ -93,12 +96,13 @@ impl FsError {
             FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::NoSuchOffset => libc::ENXIO,
             FsError::Interrupted => libc::EINTR,
+            FsError::Stale => libc::ESTALE,
         }
     }
 
     /// The error for an errno returned by a metadata script; unknown values become `EIO`.
     pub fn from_errno(errno: i64) -> FsError {
-        const ALL: [FsError; 24] = [
+        const ALL: [FsError; 25] = [
             FsError::NotPermitted,
             FsError::NotFound,
             FsError::Io,
@@ -123,6 +127,7 @@ impl FsError {
             FsError::NotSupported,
             FsError::NoSuchOffset,
             FsError::Interrupted,
+            FsError::Stale,
         ];
         ALL.into_iter()
             .find(|e| i64::from(e.errno()) == errno)

@@ -544,3 +544,76 @@ fn xattrs_set_elsewhere_after_a_listing_are_seen() {
         || getxattr(&a.join("d/f10"), "user.tag").as_deref() == Some(&b"v"[..]),
     );
 }
+
+/// A mount that knows every name of a directory (it made it, or listed it) answers a look-up
+/// of a missing name there itself, so a create costs one round trip, even while other mounts
+/// create in it. A name it has not heard of yet (another mount's create whose event is still
+/// on its way; here an entry written with no event at all) is still opened by a plain
+/// `open(O_CREAT)`, and refused by `O_EXCL`: never `EEXIST` for a create-or-open.
+#[test]
+fn o_creat_opens_a_name_this_mount_has_not_heard_of_yet() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    // Without leases, so that the directory is shared from the start.
+    let a = Mount::new(&redis, "skx", &["--no-delegation"]);
+    let b = Mount::new(&redis, "skx", &[]);
+    fs::create_dir(a.join("d")).unwrap();
+    fs::write(a.join("d/theirs"), b"made elsewhere").unwrap();
+    let dir = fs::metadata(a.join("d")).unwrap().ino();
+    let entries = format!("skx:d:{dir}");
+    // `name` names the same inode as "theirs", written behind every mount's back.
+    let write_unheard = |name: &str| {
+        let entry: Vec<u8> = redis.cmd(&["HGET", &entries, "theirs"]);
+        redis::cmd("HSET")
+            .arg(&entries)
+            .arg(name)
+            .arg(entry)
+            .exec(&mut redis.conn())
+            .unwrap();
+    };
+    let o_creat_opens = |name: &str| {
+        let mut opened = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(a.join("d").join(name))
+            .expect("O_CREAT opens the name that exists");
+        let mut seen = String::new();
+        opened.read_to_string(&mut seen).unwrap();
+        assert_eq!(seen, "made elsewhere");
+        let exclusive = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(a.join("d").join(name));
+        assert_eq!(
+            exclusive.map(drop).map_err(|e| e.raw_os_error()),
+            Err(Some(libc::EEXIST))
+        );
+    };
+    write_unheard("unheard");
+    o_creat_opens("unheard");
+    // The same once another mount created there too (A heard of that, and still knows the
+    // directory's other names).
+    fs::write(b.join("d/from-b"), b"b").unwrap();
+    common::eventually("a name made elsewhere", PROPAGATION, || {
+        a.join("d/from-b").exists()
+    });
+    write_unheard("unheard-too");
+    o_creat_opens("unheard-too");
+    // New names in the shared directory, from both mounts at once, all land.
+    std::thread::scope(|s| {
+        for (m, tag) in [(&a, "a"), (&b, "b")] {
+            s.spawn(move || {
+                for i in 0..200 {
+                    fs::write(m.join(format!("d/{tag}{i}")), tag).unwrap();
+                }
+            });
+        }
+    });
+    common::eventually("every create, on both mounts", PROPAGATION, || {
+        names(&a.join("d")).len() == 404 && names(&b.join("d")).len() == 404
+    });
+}

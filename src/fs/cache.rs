@@ -29,6 +29,10 @@ fn remember_in(set: &Mutex<HashSet<u64>>, ino: u64) {
     set.insert(ino);
 }
 
+/// Names of a directory that changed elsewhere (a change event named them) and have not been
+/// read since: each may exist or not. More than this and the directory stops being known.
+const UNCERTAIN_LIMIT: usize = 100_000;
+
 /// Names (parent, name) → inode, and inode → attributes; and the directories whose every
 /// name is known, so that a name missing there is known not to exist (a create's look-up then
 /// costs no round trip).
@@ -36,7 +40,11 @@ fn remember_in(set: &Mutex<HashSet<u64>>, ino: u64) {
 pub struct MetaCache {
     names: Mutex<HashMap<(u64, Vec<u8>), u64>>,
     attrs: Mutex<AttrTable>,
-    complete: Mutex<HashSet<u64>>,
+    /// Directories whose names are all known (created here, or listed whole), but for the
+    /// names changed elsewhere since, which events named without saying how: a name not
+    /// remembered there and not among those is known not to exist. A directory other mounts
+    /// create in stays known this way, so a create there needs no look-up in Redis.
+    complete: Mutex<HashMap<u64, HashSet<Vec<u8>>>>,
     /// Inodes known to have no extended attributes (this mount created them, and no change
     /// to them was announced since): the kernel asks for `security.capability` before every
     /// write, and this answers it without a round trip.
@@ -118,16 +126,54 @@ impl MetaCache {
     /// Whether `parent/name` is known not to exist.
     pub fn absent(&self, parent: u64, name: &[u8]) -> bool {
         let _attrs = lock(&self.attrs);
-        lock(&self.complete).contains(&parent)
+        lock(&self.complete)
+            .get(&parent)
+            .is_some_and(|uncertain| !uncertain.contains(name))
             && !lock(&self.names).contains_key(&(parent, name.to_vec()))
     }
 
     /// Records that this mount created the empty directory `dir`, having read the names
     /// epoch before: its names are then all known, unless one may have appeared since.
     pub fn created_dir(&self, names_epoch: u64, dir: u64) {
+        self.listed_whole(names_epoch, dir, &[]);
+    }
+
+    /// Records that directory `dir` holds exactly the entries `listed` (name, inode), read
+    /// after the names epoch was `names_epoch`: its names are then all known, unless one may
+    /// have appeared since.
+    pub fn listed_whole(&self, names_epoch: u64, dir: u64, listed: &[(&[u8], u64)]) {
         let _attrs = lock(&self.attrs);
-        if self.names_epoch() == names_epoch {
-            lock(&self.complete).insert(dir);
+        if self.names_epoch() != names_epoch {
+            return;
+        }
+        let mut names = lock(&self.names);
+        if names.len() + listed.len() >= LIMIT {
+            return;
+        }
+        for &(name, ino) in listed {
+            names.insert((dir, name.to_vec()), ino);
+        }
+        drop(names);
+        lock(&self.complete).insert(dir, HashSet::default());
+    }
+
+    /// Notes that `parent/name` may exist or not: a directory whose names were all known
+    /// keeps being known but for it (see `complete`).
+    fn uncertain(&self, parent: u64, name: &[u8]) {
+        let mut complete = lock(&self.complete);
+        if let Some(uncertain) = complete.get_mut(&parent) {
+            if uncertain.len() >= UNCERTAIN_LIMIT {
+                complete.remove(&parent);
+            } else {
+                uncertain.insert(name.to_vec());
+            }
+        }
+    }
+
+    /// Notes that `parent/name` is known again: it exists (and is remembered) or it does not.
+    fn certain(&self, parent: u64, name: &[u8]) {
+        if let Some(uncertain) = lock(&self.complete).get_mut(&parent) {
+            uncertain.remove(name);
         }
     }
 
@@ -143,10 +189,10 @@ impl MetaCache {
         let mut attrs = lock(&self.attrs);
         let names_moved = name.is_some() && self.names_changed.load(Ordering::Acquire) > epoch;
         if names_moved || !attrs.unchanged_since(attr.ino, epoch) {
-            if let Some((parent, _)) = name {
-                // The name exists but is not recorded: the directory is no longer fully known.
+            if let Some((parent, name)) = name {
+                // The name exists but is not recorded.
                 self.names_epoch.fetch_add(1, Ordering::AcqRel);
-                lock(&self.complete).remove(&parent);
+                self.uncertain(parent, name);
             }
             return;
         }
@@ -190,6 +236,8 @@ impl MetaCache {
                 lock(&self.complete).clear();
             }
             names.insert((parent, name.to_vec()), attr.ino);
+            drop(names);
+            self.certain(parent, name);
         }
     }
 
@@ -209,7 +257,7 @@ impl MetaCache {
         self.names_changed.store(now, Ordering::Release);
         self.names_epoch.fetch_add(1, Ordering::AcqRel);
         lock(&self.names).remove(&(parent, name.to_vec()));
-        lock(&self.complete).remove(&parent);
+        self.uncertain(parent, name);
     }
 
     /// Forgets a name this mount removed: it is known not to exist now.
@@ -218,6 +266,7 @@ impl MetaCache {
         let now = self.bump();
         self.names_changed.store(now, Ordering::Release);
         lock(&self.names).remove(&(parent, name.to_vec()));
+        self.certain(parent, name);
     }
 
     /// Records that `ino` has no extended attributes (it was just created here).
@@ -282,6 +331,30 @@ mod tests {
             size,
             ..Attr::new(FileKind::File, 0o644, 0, 0, Timestamp::now())
         }
+    }
+
+    #[test]
+    fn a_known_directory_stays_known_but_for_names_changed_elsewhere() {
+        let cache = MetaCache::default();
+        cache.created_dir(cache.names_epoch(), 5);
+        assert!(cache.absent(5, b"x") && cache.absent(5, b"y"));
+        // An event names "x": it may exist now; "y" is still known absent.
+        cache.forget_name(5, b"x");
+        assert!(!cache.absent(5, b"x") && cache.absent(5, b"y"));
+        // A look-up reads it: known again.
+        let epoch = cache.epoch();
+        cache.remember(epoch, Some((5, b"x")), file(9, 0));
+        assert_eq!(cache.entry(5, b"x").map(|a| a.ino), Some(9));
+        cache.removed(5, b"x");
+        assert!(cache.absent(5, b"x"));
+        // A listing makes a directory known, with its names.
+        cache.listed_whole(cache.names_epoch(), 6, &[(b"z", 9)]);
+        assert!(cache.absent(6, b"w") && !cache.absent(6, b"z"));
+        // Not if a name may have appeared while it was read.
+        let before = cache.names_epoch();
+        cache.forget_name(7, b"q");
+        cache.listed_whole(before, 7, &[]);
+        assert!(!cache.absent(7, b"w"));
     }
 
     #[test]

@@ -128,7 +128,11 @@ impl Core {
     /// Reads the listing of `ino` from Redis: `.`, `..` and the entries.
     async fn take_listing(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
         let epoch = self.cache.epoch();
+        let names_epoch = self.cache.names_epoch();
         let (attr, list) = self.meta.read_dir(ino).await?;
+        // Every name is known now: a create here that looks up a new name needs no trip.
+        let named: Vec<(&[u8], u64)> = list.iter().map(|e| (e.name.as_slice(), e.ino)).collect();
+        self.cache.listed_whole(names_epoch, ino, &named);
         let mut entries = Vec::with_capacity(list.len() + 2);
         entries.push(DirEntry {
             name: b".".to_vec(),

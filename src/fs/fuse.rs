@@ -827,15 +827,16 @@ impl fuser::Filesystem for RedisFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let (name, who) = (bytes(name), creator(req, umask));
         if let Some(done) = self.core.create_deferred(parent.0, &name, mode, who) {
             return self.answer_now(reply, done);
         }
+        let exclusive = flags & libc::O_EXCL != 0;
         self.serve_change(reply, move |c| async move {
-            c.create(parent.0, &name, mode, who).await
+            c.create(parent.0, &name, mode, who, exclusive).await
         });
     }
 

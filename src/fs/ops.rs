@@ -472,17 +472,27 @@ impl Core {
             .await
     }
 
-    /// Creates and opens a regular file.
+    /// Creates and opens a regular file; without `exclusive` (`O_EXCL`), a name that exists
+    /// after all is opened instead.
     pub async fn create(
         &self,
         parent: u64,
         name: &[u8],
         perm: u32,
         caller: Caller,
+        exclusive: bool,
     ) -> Result<(Attr, u64), FsError> {
-        let (attr, registered) = self
+        let made = self
             .make(parent, name, FileKind::File, perm, 0, &[], caller, true)
-            .await?;
+            .await;
+        let (attr, registered) = match made {
+            // The kernel creates a name this mount said was absent: one made elsewhere whose
+            // event had not arrived yet. The open must open what is there, with the checks
+            // and O_TRUNC of an open: ESTALE makes the kernel look the name up again (in
+            // Redis: `make` marked it uncertain) and retry the open.
+            Err(FsError::Exists) if !exclusive => return Err(FsError::Stale),
+            made => made?,
+        };
         let (fh, file) = self.attach(attr, true, self.cache.epoch());
         if registered {
             file.registered.store(true, Ordering::Release);
