@@ -31,7 +31,65 @@ fn remember_in(set: &Mutex<HashSet<u64>>, ino: u64) {
 
 /// Names of a directory that changed elsewhere (a change event named them) and have not been
 /// read since: each may exist or not. More than this and the directory stops being known.
-const UNCERTAIN_LIMIT: usize = 100_000;
+const UNCERTAIN_LIMIT: usize = 10_000;
+
+/// Directories whose names are all known (created here, or listed whole), but for the names
+/// changed elsewhere since, which events named without saying how: a name not remembered
+/// there and not among those is known not to exist. A directory other mounts create in stays
+/// known this way, so a create there needs no look-up in Redis.
+#[derive(Default)]
+struct KnownDirs {
+    /// Each known directory, with its uncertain names.
+    dirs: HashMap<u64, HashSet<Vec<u8>>>,
+    /// Uncertain names in all of them: past `LIMIT`, every directory is forgotten.
+    uncertain: usize,
+}
+
+impl KnownDirs {
+    fn know(&mut self, dir: u64) {
+        self.forget(dir);
+        self.dirs.insert(dir, HashSet::default());
+    }
+
+    fn forget(&mut self, dir: u64) {
+        if let Some(names) = self.dirs.remove(&dir) {
+            self.uncertain -= names.len();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.dirs.clear();
+        self.uncertain = 0;
+    }
+
+    /// Whether `dir` is known and `name` is not uncertain there.
+    fn knows(&self, dir: u64, name: &[u8]) -> bool {
+        self.dirs
+            .get(&dir)
+            .is_some_and(|names| !names.contains(name))
+    }
+
+    fn uncertain(&mut self, dir: u64, name: &[u8]) {
+        let Some(names) = self.dirs.get_mut(&dir) else {
+            return;
+        };
+        if names.len() >= UNCERTAIN_LIMIT {
+            self.forget(dir);
+        } else if self.uncertain >= LIMIT {
+            self.clear();
+        } else if names.insert(name.to_vec()) {
+            self.uncertain += 1;
+        }
+    }
+
+    fn certain(&mut self, dir: u64, name: &[u8]) {
+        if let Some(names) = self.dirs.get_mut(&dir) {
+            if names.remove(name) {
+                self.uncertain -= 1;
+            }
+        }
+    }
+}
 
 /// Names (parent, name) → inode, and inode → attributes; and the directories whose every
 /// name is known, so that a name missing there is known not to exist (a create's look-up then
@@ -40,11 +98,8 @@ const UNCERTAIN_LIMIT: usize = 100_000;
 pub struct MetaCache {
     names: Mutex<HashMap<(u64, Vec<u8>), u64>>,
     attrs: Mutex<AttrTable>,
-    /// Directories whose names are all known (created here, or listed whole), but for the
-    /// names changed elsewhere since, which events named without saying how: a name not
-    /// remembered there and not among those is known not to exist. A directory other mounts
-    /// create in stays known this way, so a create there needs no look-up in Redis.
-    complete: Mutex<HashMap<u64, HashSet<Vec<u8>>>>,
+    /// Directories whose names are all known (see [`KnownDirs`]).
+    complete: Mutex<KnownDirs>,
     /// Inodes known to have no extended attributes (this mount created them, and no change
     /// to them was announced since): the kernel asks for `security.capability` before every
     /// write, and this answers it without a round trip.
@@ -126,9 +181,7 @@ impl MetaCache {
     /// Whether `parent/name` is known not to exist.
     pub fn absent(&self, parent: u64, name: &[u8]) -> bool {
         let _attrs = lock(&self.attrs);
-        lock(&self.complete)
-            .get(&parent)
-            .is_some_and(|uncertain| !uncertain.contains(name))
+        lock(&self.complete).knows(parent, name)
             && !lock(&self.names).contains_key(&(parent, name.to_vec()))
     }
 
@@ -154,27 +207,18 @@ impl MetaCache {
             names.insert((dir, name.to_vec()), ino);
         }
         drop(names);
-        lock(&self.complete).insert(dir, HashSet::default());
+        lock(&self.complete).know(dir);
     }
 
     /// Notes that `parent/name` may exist or not: a directory whose names were all known
     /// keeps being known but for it (see `complete`).
     fn uncertain(&self, parent: u64, name: &[u8]) {
-        let mut complete = lock(&self.complete);
-        if let Some(uncertain) = complete.get_mut(&parent) {
-            if uncertain.len() >= UNCERTAIN_LIMIT {
-                complete.remove(&parent);
-            } else {
-                uncertain.insert(name.to_vec());
-            }
-        }
+        lock(&self.complete).uncertain(parent, name);
     }
 
-    /// Notes that `parent/name` is known again: it exists (and is remembered) or it does not.
+    /// Notes that `parent/name` is known again: it exists and is remembered.
     fn certain(&self, parent: u64, name: &[u8]) {
-        if let Some(uncertain) = lock(&self.complete).get_mut(&parent) {
-            uncertain.remove(name);
-        }
+        lock(&self.complete).certain(parent, name);
     }
 
     /// Whether nothing this mount did or learned of changed `ino` since `epoch`: a read of it
@@ -265,8 +309,9 @@ impl MetaCache {
         let _attrs = lock(&self.attrs);
         let now = self.bump();
         self.names_changed.store(now, Ordering::Release);
+        // (Not certain: another mount may have made the name again since the removal, and
+        // its event may already have marked it uncertain.)
         lock(&self.names).remove(&(parent, name.to_vec()));
-        self.certain(parent, name);
     }
 
     /// Records that `ino` has no extended attributes (it was just created here).
@@ -347,6 +392,16 @@ mod tests {
         assert_eq!(cache.entry(5, b"x").map(|a| a.ino), Some(9));
         cache.removed(5, b"x");
         assert!(cache.absent(5, b"x"));
+        // A removal here raced with another mount making the name again, whose event came
+        // first: the name stays uncertain.
+        cache.forget_name(5, b"x");
+        cache.removed(5, b"x");
+        assert!(!cache.absent(5, b"x"), "it may exist again");
+        // Too many uncertain names: the directory is not known any more.
+        for i in 0..UNCERTAIN_LIMIT {
+            cache.forget_name(5, format!("n{i}").as_bytes());
+        }
+        assert!(!cache.absent(5, b"y"));
         // A listing makes a directory known, with its names.
         cache.listed_whole(cache.names_epoch(), 6, &[(b"z", 9)]);
         assert!(cache.absent(6, b"w") && !cache.absent(6, b"z"));

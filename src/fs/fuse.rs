@@ -565,9 +565,9 @@ impl fuser::Filesystem for RedisFs {
             .core
             .locks
             .begin_release(ino.0, None, Some(lock_owner.0));
-        self.serve_change(reply, move |c| async move {
+        self.serve(reply, move |c| async move {
             let unlocked = c.finish_release(unlock).await;
-            c.flush(fh.0).await.and(unlocked)
+            c.change(c.flush(fh.0)).await.and(unlocked)
         });
     }
 
@@ -586,11 +586,12 @@ impl fuser::Filesystem for RedisFs {
             return self.answer_now(reply, done);
         }
         // The last close of an open file description drops its flock and OFD locks; taken
-        // out here, before the next request is read (see `LockTable`).
+        // out here, as the request is read (see `LockTable`). Unlocked outside a freeze's hold,
+        // as locks are taken: lock requests on the file wait for this.
         let unlock = self.core.locks.begin_release(ino.0, Some(fh.0), owner);
-        self.serve_change(reply, move |c| async move {
+        self.serve(reply, move |c| async move {
             let unlocked = c.finish_release(unlock).await;
-            c.release(fh.0).await.and(unlocked)
+            c.change(c.release(fh.0)).await.and(unlocked)
         });
     }
 

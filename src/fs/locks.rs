@@ -88,10 +88,12 @@ impl Lock {
 ///
 /// The kernel sends a description's last close (RELEASE) after close(2) has returned, so a
 /// lock asked for right after it reaches the mount while the closed description's locks are
-/// still in Redis. RELEASE arrives first, though: it marks its inode as releasing before the
-/// next request is read, and lock requests on that inode wait until the release is done.
-/// That also keeps a release from unlocking a new description that reuses the closed one's
-/// owner id (the kernel's file structures are reused at once).
+/// still in Redis. RELEASE arrives first, though: the FUSE thread that reads it marks its
+/// inode as releasing at once, and lock requests on that inode wait until the release is
+/// done. That also keeps a release from unlocking a new description that reuses the closed
+/// one's owner id (the kernel's file structures are reused at once). What is left: the
+/// microseconds between another FUSE thread reading the lock request and this one marking the
+/// inode, and a RELEASE the kernel holds back behind `max_background` requests.
 #[derive(Default)]
 pub struct LockTable {
     /// (inode, lock owner) pairs that may hold locks, with the handle the last lock was taken
