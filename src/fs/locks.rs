@@ -17,6 +17,9 @@ use super::{lock, Core};
 
 /// Lock kind meaning "unlock" (F_UNLCK on Linux).
 const UNLOCK: i32 = libc::F_UNLCK;
+/// How long a lock request refused because of a lock of this mount's own waits before asking
+/// once more: long enough for another FUSE thread to begin a release it has read.
+const OWN_RELEASE_GRACE: Duration = Duration::from_millis(2);
 
 /// A lock's last byte as the kernel sends it; ends past what Lua counts exactly mean "to the end".
 fn last_byte(end: u64) -> Option<u64> {
@@ -91,9 +94,11 @@ impl Lock {
 /// still in Redis. RELEASE arrives first, though: the FUSE thread that reads it marks its
 /// inode as releasing at once, and lock requests on that inode wait until the release is
 /// done. That also keeps a release from unlocking a new description that reuses the closed
-/// one's owner id (the kernel's file structures are reused at once). What is left: the
-/// microseconds between another FUSE thread reading the lock request and this one marking the
-/// inode, and a RELEASE the kernel holds back behind `max_background` requests.
+/// one's owner id (the kernel's file structures are reused at once). fuser reads requests on
+/// several threads, though, so a lock request read just after a RELEASE can run before the
+/// thread that read the RELEASE marks the inode: a request refused while this mount itself
+/// holds another lock on the inode asks once more, after a grace of a few milliseconds. What
+/// is left: a RELEASE the kernel holds back behind `max_background` requests.
 #[derive(Default)]
 pub struct LockTable {
     /// (inode, lock owner) pairs that may hold locks, with the handle the last lock was taken
@@ -120,6 +125,13 @@ impl LockTable {
         lock(&self.holders)
             .iter()
             .any(|(&(i, o), &through)| i == ino && (Some(through) == fh || Some(o) == owner))
+    }
+
+    /// Whether an owner other than `owner` may hold a lock on `ino` through this mount.
+    fn held_by_another_here(&self, ino: u64, owner: u64) -> bool {
+        lock(&self.holders)
+            .keys()
+            .any(|&(i, o)| i == ino && o != owner)
     }
 
     /// Starts releasing what `owner` holds on `ino`, and (at a last close, `fh`) what was
@@ -194,8 +206,19 @@ impl Core {
     /// `wait_for` (the asking thread), waits for it until that thread is signalled.
     pub async fn setlk(&self, l: Lock, fh: u64, wait_for: Option<u32>) -> Result<(), FsError> {
         let mut delay = Duration::from_millis(2);
+        let mut graced = false;
         loop {
             match self.ask(l, false).await {
+                // The lock in the way may be this mount's own, of a description whose last
+                // close another FUSE thread has read but not begun (see `LockTable`).
+                Err(FsError::Again)
+                    if wait_for.is_none()
+                        && !graced
+                        && self.locks.held_by_another_here(l.ino, l.owner) =>
+                {
+                    graced = true;
+                    tokio::time::sleep(OWN_RELEASE_GRACE).await;
+                }
                 Err(FsError::Again) if wait_for.is_some() => {
                     if wait_for.is_some_and(signal_pending) {
                         return Err(FsError::Interrupted);
