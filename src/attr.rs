@@ -1,4 +1,4 @@
-//! The inode record: a file's attributes packed into at most 60 bytes.
+//! The inode record: a file's attributes packed into at most 64 bytes.
 //!
 //! Layout (little-endian), shared with `src/lua/prelude.lua`:
 //!
@@ -13,7 +13,11 @@
 //! | 32 | 10 | mtime |
 //! | 42 | 10 | ctime |
 //! | 52 | 8 or 4 | directories: parent inode; regular files: blocks stored; device nodes: rdev |
+//! | 60 | 4 | directories: version, counting every change (absent or 0: not yet counted) |
 //!
+//! A directory's version orders what a mount hears of it: the record a change event carries
+//! and the record a read or a script's reply brings may come in either order, and the higher
+//! version is the newer (see `src/fs/cache.rs`). Every script's `save()` counts one up.
 //! A record stays under Redis's 64-byte `hash-max-listpack-value`, so 64 records share one
 //! compact hash (see `docs/design.md` for the memory figures that chose this).
 
@@ -23,6 +27,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const FIXED_LEN: usize = 52;
 /// Offset of the 20 bytes holding mtime then ctime.
 pub const MTIME_OFFSET: usize = 32;
+/// Bytes of a directory's record as every change leaves it (with its version).
+pub const DIR_RECORD_LEN: usize = FIXED_LEN + 12;
+
+/// Whether directory version `a` comes after version `b`. Versions count round past
+/// `u32::MAX` to 1, so of two versions less than 2^31 changes apart, the one ahead is the newer;
+/// 0 (not yet counted) comes before every other.
+pub fn version_after(a: u32, b: u32) -> bool {
+    a != 0 && (b == 0 || (a.wrapping_sub(b) as i32) > 0)
+}
 
 /// The kinds of inode a filesystem holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -210,6 +223,8 @@ pub struct Attr {
     /// For regular files, how many data blocks are stored (holes are not); `None` in a
     /// record written before they were counted.
     pub stored_blocks: Option<u64>,
+    /// For directories, the count of changes made to the record (see the module header).
+    pub version: u32,
 }
 
 impl Attr {
@@ -228,6 +243,7 @@ impl Attr {
             parent: 0,
             rdev: 0,
             stored_blocks: (kind == FileKind::File).then_some(0),
+            version: 0,
         }
     }
 
@@ -248,7 +264,10 @@ impl Attr {
         out.extend_from_slice(&self.mtime.encode());
         out.extend_from_slice(&self.ctime.encode());
         match self.kind() {
-            FileKind::Dir => out.extend_from_slice(&self.parent.to_le_bytes()),
+            FileKind::Dir => {
+                out.extend_from_slice(&self.parent.to_le_bytes());
+                out.extend_from_slice(&self.version.to_le_bytes());
+            }
             FileKind::File => {
                 if let Some(n) = self.stored_blocks {
                     out.extend_from_slice(&n.to_le_bytes())
@@ -276,12 +295,17 @@ impl Attr {
         let tail = &bytes[FIXED_LEN..];
         let u64_tail = || {
             let mut v = [0u8; 8];
-            v.copy_from_slice(tail);
+            v.copy_from_slice(&tail[..8]);
             u64::from_le_bytes(v)
         };
         let mut stored_blocks = None;
+        let mut version = 0;
         let (parent, rdev) = match kind {
             FileKind::Dir if tail.len() == 8 => (u64_tail(), 0),
+            FileKind::Dir if tail.len() == 12 => {
+                version = u32::from_le_bytes([tail[8], tail[9], tail[10], tail[11]]);
+                (u64_tail(), 0)
+            }
             FileKind::Dir => return None,
             FileKind::File if tail.len() == 8 => {
                 stored_blocks = Some(u64_tail());
@@ -307,6 +331,7 @@ impl Attr {
             parent,
             rdev,
             stored_blocks,
+            version,
         })
     }
 
@@ -366,8 +391,11 @@ mod tests {
             if kind == FileKind::File {
                 attr.stored_blocks = Some(1 << 33);
             }
+            if kind == FileKind::Dir {
+                attr.version = u32::MAX;
+            }
             let bytes = attr.encode();
-            assert!(bytes.len() <= 60, "record must stay a listpack value");
+            assert!(bytes.len() <= 64, "record must stay a listpack value");
             assert_eq!(Attr::decode(77, &bytes), Some(attr));
         }
     }
@@ -403,6 +431,23 @@ mod tests {
         assert_eq!(attr.to_fuser(65_472).blocks, 2);
         attr.stored_blocks = Some(3);
         assert_eq!(attr.to_fuser(65_472).blocks, 384);
+    }
+
+    #[test]
+    fn directory_versions_order_records_across_the_wrap() {
+        assert!(version_after(2, 1) && !version_after(1, 2) && !version_after(3, 3));
+        assert!(version_after(1, 0) && !version_after(0, 1) && !version_after(0, 0));
+        // The scripts count u32::MAX on to 1.
+        assert!(version_after(1, u32::MAX) && !version_after(u32::MAX, 1));
+        // A directory's record from before versions were counted reads as version 0.
+        let mut dir = Attr::new(FileKind::Dir, 0o755, 0, 0, Timestamp::default());
+        dir.parent = 9;
+        dir.version = 7;
+        let bytes = dir.encode();
+        assert_eq!(bytes.len(), DIR_RECORD_LEN);
+        let old = Attr::decode(3, &bytes[..FIXED_LEN + 8]).unwrap();
+        assert_eq!((old.parent, old.version), (9, 0));
+        assert_eq!(Attr::decode(3, &bytes).unwrap().version, 7);
     }
 
     #[test]

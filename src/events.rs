@@ -9,11 +9,17 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
+use crate::attr::{Attr, DIR_RECORD_LEN};
+
 /// One change named by an event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     /// The attributes of an inode changed.
     Attr(u64),
+    /// A directory's record changed, to this.
+    Dir(Attr),
+    /// The extended attributes of an inode changed.
+    Xattrs(u64),
     /// An entry of a directory was added, removed or replaced.
     Entry(u64, Vec<u8>),
     /// Data of an inode changed: in blocks `lo..=hi`, or anywhere when `None`.
@@ -27,34 +33,59 @@ pub enum Change {
 }
 
 /// Splits a message into the session that caused it and its changes; `None` if malformed.
+/// Parts are separated by NUL bytes, but for a directory's record, which may hold NULs and
+/// has a known length.
 pub fn parse(message: &[u8]) -> Option<(u64, Vec<Change>)> {
-    let mut parts = message.split(|&b| b == 0);
-    let session = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
     let num = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<u64>().ok();
+    let (head, mut rest) = split_at_nul(message);
+    let session = num(head)?;
     let mut changes = Vec::new();
-    for part in parts {
-        let (&kind, rest) = part.split_first()?;
+    while let Some(rest_now) = rest {
+        let (&kind, body) = rest_now.split_first()?;
+        if kind == b'D' {
+            let colon = body.iter().position(|&b| b == b':')?;
+            let end = colon + 1 + DIR_RECORD_LEN;
+            let record = Attr::decode(num(&body[..colon])?, body.get(colon + 1..end)?)?;
+            changes.push(Change::Dir(record));
+            rest = match body.get(end) {
+                None => None,
+                Some(0) => Some(&body[end + 1..]),
+                Some(_) => return None,
+            };
+            continue;
+        }
+        let (part, next) = split_at_nul(body);
+        rest = next;
         changes.push(match kind {
-            b'a' => Change::Attr(num(rest)?),
+            b'a' => Change::Attr(num(part)?),
+            b'x' => Change::Xattrs(num(part)?),
             b'e' => {
-                let slash = rest.iter().position(|&b| b == b'/')?;
-                Change::Entry(num(&rest[..slash])?, rest[slash + 1..].to_vec())
+                let slash = part.iter().position(|&b| b == b'/')?;
+                Change::Entry(num(&part[..slash])?, part[slash + 1..].to_vec())
             }
             b'd' => {
-                let mut fields = rest.split(|&b| b == b':');
+                let mut fields = part.split(|&b| b == b':');
                 let ino = num(fields.next()?)?;
                 match (fields.next(), fields.next()) {
                     (Some(lo), Some(hi)) => Change::Data(ino, Some((num(lo)?, num(hi)?))),
                     _ => Change::Data(ino, None),
                 }
             }
-            b'F' => Change::Freeze(String::from_utf8(rest.to_vec()).ok()?),
+            b'F' => Change::Freeze(String::from_utf8(part.to_vec()).ok()?),
             b'T' => Change::Thaw,
-            b'r' => Change::Recall(num(rest)?),
+            b'r' => Change::Recall(num(part)?),
             _ => return None,
         });
     }
     Some((session, changes))
+}
+
+/// The bytes before the first NUL, and those after it if there is one.
+fn split_at_nul(bytes: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match bytes.iter().position(|&b| b == 0) {
+        Some(at) => (&bytes[..at], Some(&bytes[at + 1..])),
+        None => (bytes, None),
+    }
 }
 
 /// What a mount does with the events of other mounts.
@@ -112,6 +143,7 @@ pub async fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attr::{FileKind, Timestamp};
 
     #[test]
     fn events_parse() {
@@ -131,6 +163,19 @@ mod tests {
             vec![Change::Freeze("ab-1".into())]
         );
         assert_eq!(parse(b"3\0r42").unwrap().1, vec![Change::Recall(42)]);
+        // A directory's record holds NUL bytes, and is followed by more parts or by nothing.
+        let mut dir = Attr::new(FileKind::Dir, 0o755, 0, 0, Timestamp::default());
+        dir.ino = 12;
+        dir.version = 3;
+        let mut message = b"4\0x9\0D12:".to_vec();
+        message.extend_from_slice(&dir.encode());
+        assert_eq!(
+            parse(&message).unwrap().1,
+            vec![Change::Xattrs(9), Change::Dir(dir)]
+        );
+        message.extend_from_slice(b"\0e12/n");
+        assert_eq!(parse(&message).unwrap().1.len(), 3);
+        assert_eq!(parse(&message[..message.len() - 10]), None, "cut short");
         assert_eq!(parse(b"x\0a1"), None);
         assert_eq!(parse(b"1\0q1"), None);
         assert_eq!(parse(b"1\0e5"), None);

@@ -36,6 +36,20 @@ fn names(dir: &Path) -> Vec<String> {
     n
 }
 
+/// A Redis and two mounts, A and B, of one filesystem, and a directory `d` that A made and B
+/// sees, not leased to either (so shared from the start); `None` where tests cannot run.
+fn shared_directory() -> Option<(Redis, Mount, Mount)> {
+    if !common::ready() {
+        return None;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &["--no-delegation"]);
+    let b = Mount::new(&redis, "skx", &[]);
+    fs::create_dir(a.join("d")).unwrap();
+    common::eventually("mkdir", PROPAGATION, || b.join("d").is_dir());
+    Some((redis, a, b))
+}
+
 fn getxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
     let n = std::ffi::CString::new(name).unwrap();
     let mut buf = vec![0u8; 256];
@@ -552,14 +566,9 @@ fn xattrs_set_elsewhere_after_a_listing_are_seen() {
 /// `open(O_CREAT)`, and refused by `O_EXCL`: never `EEXIST` for a create-or-open.
 #[test]
 fn o_creat_opens_a_name_this_mount_has_not_heard_of_yet() {
-    if !common::ready() {
+    let Some((redis, a, b)) = shared_directory() else {
         return;
-    }
-    let redis = Redis::start();
-    // Without leases, so that the directory is shared from the start.
-    let a = Mount::new(&redis, "skx", &["--no-delegation"]);
-    let b = Mount::new(&redis, "skx", &[]);
-    fs::create_dir(a.join("d")).unwrap();
+    };
     fs::write(a.join("d/theirs"), b"made elsewhere").unwrap();
     let dir = fs::metadata(a.join("d")).unwrap().ino();
     let entries = format!("skx:d:{dir}");
@@ -616,4 +625,114 @@ fn o_creat_opens_a_name_this_mount_has_not_heard_of_yet() {
     common::eventually("every create, on both mounts", PROPAGATION, || {
         names(&a.join("d")).len() == 404 && names(&b.join("d")).len() == 404
     });
+}
+
+/// Lists the commands mounts send to Redis (not those scripts run inside, nor heartbeats),
+/// through `MONITOR`.
+struct Monitor {
+    lines: std::sync::mpsc::Receiver<String>,
+    marks: redis::Connection,
+}
+
+impl Monitor {
+    fn start(redis: &Redis) -> Monitor {
+        let mut watch = redis.conn();
+        watch
+            .send_packed_command(&redis::cmd("MONITOR").get_packed_command())
+            .unwrap();
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // The first reply is MONITOR's OK; each one after, a command run.
+            while let Ok(reply) = watch.recv_response() {
+                if let redis::Value::SimpleString(line) = reply {
+                    if send.send(line).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut monitor = Monitor {
+            lines,
+            marks: redis.conn(),
+        };
+        monitor.commands_during(|| {});
+        monitor
+    }
+
+    /// The commands sent by clients while `work` ran.
+    fn commands_during(&mut self, work: impl FnOnce()) -> Vec<String> {
+        let mark = |m: &mut Monitor, name: &str| {
+            let _: String = redis::cmd("ECHO").arg(name).query(&mut m.marks).unwrap();
+        };
+        mark(self, "work-begins");
+        work();
+        mark(self, "work-ends");
+        let mut sent = Vec::new();
+        let mut inside = false;
+        for line in self.lines.iter() {
+            if line.contains("\"work-begins\"") {
+                inside = true;
+            } else if line.contains("\"work-ends\"") {
+                break;
+            } else if inside && !line.contains(" lua]") && !line.contains(":sessions\"") {
+                sent.push(line);
+            }
+        }
+        sent
+    }
+}
+
+/// A create in a directory another mount creates in costs one round trip: the other mount's
+/// change brings the directory's new record, so neither the kernel's look at the directory
+/// nor the create's own (its mode, group and default ACL) needs Redis. What each mount then
+/// says of the directory is the newest: its own create at once, the other's soon.
+#[test]
+fn a_create_in_a_shared_directory_costs_one_round_trip() {
+    let Some((redis, a, b)) = shared_directory() else {
+        return;
+    };
+    // B has listed it (as a user who looked first), so it knows which names are free there.
+    assert!(names(&b.join("d")).is_empty());
+    let seen = |m: &Mount| {
+        let d = fs::metadata(m.join("d")).unwrap();
+        (
+            d.nlink(),
+            d.mtime(),
+            d.mtime_nsec(),
+            d.ctime(),
+            d.ctime_nsec(),
+        )
+    };
+    let mut monitor = Monitor::start(&redis);
+    for i in 0..10 {
+        // A changes the directory (its link count, times); B hears of it, but does not look.
+        fs::create_dir(a.join(format!("d/sub{i}"))).unwrap();
+        common::eventually("a name made elsewhere", PROPAGATION, || {
+            b.join(format!("d/sub{i}")).is_dir()
+        });
+        let began = std::time::SystemTime::now();
+        let mut created = None;
+        let sent = monitor.commands_during(|| {
+            created = Some(fs::File::create(b.join(format!("d/b{i}"))).unwrap());
+        });
+        // (Its close is answered at once; Redis hears of it after.)
+        drop(created);
+        // (The first create also reads the directory's default ACL.)
+        if i > 0 {
+            assert_eq!(
+                sent.len(),
+                1,
+                "create {i} in a shared directory sent {sent:#?}"
+            );
+        }
+        let on_b = fs::metadata(b.join("d")).unwrap();
+        assert!(
+            on_b.modified().unwrap() >= began,
+            "B's own create shows at once"
+        );
+        assert_eq!(on_b.nlink(), 3 + i, "A's subdirectories count on B");
+        common::eventually("both mounts agree on the directory", PROPAGATION, || {
+            seen(&a) == seen(&b)
+        });
+    }
 }

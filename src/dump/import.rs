@@ -205,6 +205,7 @@ impl<'a> Importer<'a> {
             parent: if kind == FileKind::Dir { parent } else { 0 },
             rdev: inode.rdev,
             stored_blocks: (kind == FileKind::File).then_some(0),
+            version: 0,
         };
         self.queue_record(&attr);
         let keys = &self.store.keys;

@@ -1,14 +1,20 @@
 //! Names and attributes this mount remembers between requests.
 //!
 //! Entries stay true because every change is either this mount's own (which drops or updates
-//! what it touched) or announced by a change event (which drops it). A look-up that raced with
-//! a change does not store what it read: every drop bumps an epoch, and a result is kept only
-//! if the epoch it started in is still current.
+//! what it touched) or announced by a change event (which drops it, or for a directory brings
+//! its new record). A look-up that raced with a change does not store what it read: every drop
+//! bumps an epoch, and a result is kept only if the epoch it started in is still current.
+//!
+//! A directory's record carries a version (see `src/attr.rs`), so that records of it are
+//! ordered whichever way they arrive: an event's, a read's, a script's reply. Of two counted
+//! records the higher version stands; epochs decide only where a version cannot (nothing
+//! remembered, or a record built here). Another mount creating in a shared directory so keeps
+//! this mount's copy of it current, and the kernel's next look at it costs no round trip.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::attr::Attr;
+use crate::attr::{version_after, Attr};
 
 use super::lock;
 
@@ -133,6 +139,17 @@ impl AttrTable {
         epoch >= self.floor && self.changed.get(&ino).is_none_or(|&at| at <= epoch)
     }
 
+    /// How `new` compares with what is remembered of its inode by directory version:
+    /// `Some(true)` as new or newer, `Some(false)` older, `None` if versions cannot tell
+    /// (nothing remembered, or `new` was not counted).
+    fn by_version(&self, new: &Attr) -> Option<bool> {
+        if new.version == 0 {
+            return None;
+        }
+        let kept = self.attrs.get(&new.ino)?;
+        Some(!version_after(kept.version, new.version))
+    }
+
     /// Notes that `ino` changed in `epoch`.
     fn note_change(&mut self, ino: u64, epoch: u64) {
         if self.changed.len() >= LIMIT {
@@ -232,7 +249,10 @@ impl MetaCache {
     pub fn remember(&self, epoch: u64, name: Option<(u64, &[u8])>, attr: Attr) {
         let mut attrs = lock(&self.attrs);
         let names_moved = name.is_some() && self.names_changed.load(Ordering::Acquire) > epoch;
-        if names_moved || !attrs.unchanged_since(attr.ino, epoch) {
+        let newest = attrs
+            .by_version(&attr)
+            .unwrap_or_else(|| attrs.unchanged_since(attr.ino, epoch));
+        if names_moved || !newest {
             if let Some((parent, name)) = name {
                 // The name exists but is not recorded.
                 self.names_epoch.fetch_add(1, Ordering::AcqRel);
@@ -249,23 +269,41 @@ impl MetaCache {
     /// may have read the inode before the store.
     pub fn replace(&self, epoch: u64, attr: Attr) {
         let mut attrs = lock(&self.attrs);
-        let keep = attrs.unchanged_since(attr.ino, epoch);
+        let order = attrs.by_version(&attr);
+        let keep = order.unwrap_or_else(|| attrs.unchanged_since(attr.ino, epoch));
         let now = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         attrs.note_change(attr.ino, now);
         if keep {
             self.insert(&mut attrs, None, attr);
-        } else {
+        } else if order.is_none() {
             attrs.attrs.remove(&attr.ino);
         }
     }
 
     /// Records what this mount itself just changed: `attr` (named `name`, if given) stands,
-    /// whatever was read before. Reads under way then do not store what they read.
+    /// whatever was read before, unless an event already brought a newer version of it.
+    /// Reads under way then do not store what they read.
     pub fn set(&self, name: Option<(u64, &[u8])>, attr: Attr) {
         let mut attrs = lock(&self.attrs);
         let now = self.bump();
         attrs.note_change(attr.ino, now);
+        let attr = match attrs.by_version(&attr) {
+            Some(false) => attrs.attrs[&attr.ino],
+            _ => attr,
+        };
         self.insert(&mut attrs, name, attr);
+    }
+
+    /// Takes a directory's record that another mount's change left (an event brought it), if
+    /// this mount remembers the directory and nothing newer of it. Reads under way then keep
+    /// what they read only if it is newer still.
+    pub fn changed_elsewhere(&self, dir: Attr) {
+        let mut attrs = lock(&self.attrs);
+        let now = self.bump();
+        attrs.note_change(dir.ino, now);
+        if attrs.by_version(&dir) == Some(true) {
+            self.insert(&mut attrs, None, dir);
+        }
     }
 
     fn insert(&self, attrs: &mut AttrTable, name: Option<(u64, &[u8])>, attr: Attr) {
@@ -410,6 +448,49 @@ mod tests {
         cache.forget_name(7, b"q");
         cache.listed_whole(before, 7, &[]);
         assert!(!cache.absent(7, b"w"));
+    }
+
+    #[test]
+    fn a_directory_s_newest_record_stands_whichever_way_its_records_arrive() {
+        let cache = MetaCache::default();
+        let dir = |version, nlink| Attr {
+            ino: 5,
+            nlink,
+            version,
+            ..Attr::new(FileKind::Dir, 0o755, 0, 0, Timestamp::now())
+        };
+        let nlink = |cache: &MetaCache| cache.attr(5).map(|a| a.nlink);
+        // Not remembered here: an event's record is not taken up.
+        let read_began = cache.epoch();
+        cache.changed_elsewhere(dir(3, 3));
+        assert_eq!(nlink(&cache), None);
+        cache.remember(read_began, None, dir(3, 3));
+        assert_eq!(nlink(&cache), None, "the read began before the event");
+        cache.remember(cache.epoch(), None, dir(3, 3));
+        // This mount's own change replies with version 5; another mount's change, version 4,
+        // is heard of after that reply, and must not undo it.
+        let change_began = cache.epoch();
+        cache.replace(change_began, dir(5, 5));
+        cache.changed_elsewhere(dir(4, 4));
+        assert_eq!(nlink(&cache), Some(5));
+        // A newer change elsewhere is taken up, even while reads of the older one are under
+        // way; those keep nothing.
+        let read_began = cache.epoch();
+        cache.changed_elsewhere(dir(6, 6));
+        assert_eq!(nlink(&cache), Some(6));
+        cache.remember(read_began, None, dir(5, 5));
+        cache.replace(read_began, dir(5, 5));
+        cache.set(None, dir(5, 5));
+        assert_eq!(nlink(&cache), Some(6));
+        // A read that began before the event but reached Redis after a later change keeps it.
+        cache.remember(read_began, None, dir(7, 7));
+        assert_eq!(nlink(&cache), Some(7));
+        // A record built here has no version: it stands (this mount's own change), and any
+        // counted record heard of later replaces it.
+        cache.set(None, dir(0, 8));
+        assert_eq!(nlink(&cache), Some(8));
+        cache.changed_elsewhere(dir(8, 9));
+        assert_eq!(nlink(&cache), Some(9));
     }
 
     #[test]

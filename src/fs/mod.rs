@@ -455,7 +455,15 @@ impl Listener for Core {
                 if let Some(f) = self.open_file(ino) {
                     f.state().changed_elsewhere = true;
                 }
+                self.invalidate(Invalidation::Attr(ino));
+            }
+            Change::Dir(record) => {
+                self.cache.changed_elsewhere(record);
+                self.invalidate(Invalidation::Attr(record.ino));
+            }
+            Change::Xattrs(ino) => {
                 self.cache.xattrs_changed(ino);
+                // The kernel keeps ACLs with the attributes; this makes it forget both.
                 self.invalidate(Invalidation::Attr(ino));
             }
             Change::Entry(dir, name) => {

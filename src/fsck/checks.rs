@@ -109,11 +109,20 @@ pub async fn check(
     Ok((c.pic.inodes.len() as u64, c.pic.blocks.len() as u64))
 }
 
+/// Writes a repaired record; a directory's counts as a change (see `src/attr.rs`), so that a
+/// mount holding the old one takes the repaired one when it reads it.
 async fn write_record(store: &Store, attr: &Attr) -> Result<(), Error> {
     let (bucket, field) = store.keys.inode(attr.ino);
+    let mut repaired = *attr;
+    if repaired.version != 0 {
+        repaired.version = repaired.version % u32::MAX + 1;
+    }
     command(
         store,
-        redis::cmd("HSET").arg(bucket).arg(field).arg(attr.encode()),
+        redis::cmd("HSET")
+            .arg(bucket)
+            .arg(field)
+            .arg(repaired.encode()),
     )
     .await
 }

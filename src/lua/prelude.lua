@@ -18,8 +18,11 @@ local records, changed, events = {}, {}, {}
 
 -- Change events, published on P..'events' by save() as one message: the session id, then
 -- records separated by NUL bytes (names never contain NUL): 'a<ino>' attributes changed,
--- 'e<dir>/<name>' an entry changed, 'd<ino>' data changed, 'd<ino>:<lo>:<hi>' blocks lo..hi.
+-- 'D<ino>:<record>' a directory's record changed, to these 64 bytes (which may hold NULs),
+-- 'x<ino>' extended attributes changed, 'e<dir>/<name>' an entry changed, 'd<ino>' data
+-- changed, 'd<ino>:<lo>:<hi>' blocks lo..hi.
 local function entry_changed(dir, name) events[#events + 1] = 'e' .. dir .. '/' .. name end
+local function xattrs_changed(ino) events[#events + 1] = 'x' .. ino end
 local function data_changed(ino, lo, hi)
   if lo then events[#events + 1] = 'd' .. ino .. ':' .. lo .. ':' .. hi
   else events[#events + 1] = 'd' .. ino end
@@ -46,20 +49,34 @@ local function flush_stats()
   end
   stats = {}
 end
+
+local function splice(r, off, bytes) return string.sub(r, 1, off) .. bytes .. string.sub(r, off + #bytes + 1) end
+local function mode(r) return (struct.unpack('<I2', r, 1)) end
+local function is_dir(r) return bit.band(mode(r), S_IFMT) == S_IFDIR end
+-- A directory's record with its version (bytes 61..64) counted one up; 0 means "not yet
+-- counted" and is skipped when the count goes round (see src/attr.rs).
+local function counted(r)
+  local version = 0
+  if #r >= 64 then version = struct.unpack('<I4', r, 61) end
+  return string.sub(r, 1, 60) .. struct.pack('<I4', version % 4294967295 + 1)
+end
 local function save()
   flush_stats()
   for ino in pairs(changed) do
-    redis.call('HSET', bucket(ino), ino % PER_BUCKET, records[ino])
-    events[#events + 1] = 'a' .. ino
+    local r = records[ino]
+    if is_dir(r) then
+      r = counted(r)
+      records[ino] = r
+      events[#events + 1] = 'D' .. ino .. ':' .. r
+    else
+      events[#events + 1] = 'a' .. ino
+    end
+    redis.call('HSET', bucket(ino), ino % PER_BUCKET, r)
   end
   if #events > 0 then
     redis.call('PUBLISH', P .. 'events', SID .. '\0' .. table.concat(events, '\0'))
   end
 end
-
-local function splice(r, off, bytes) return string.sub(r, 1, off) .. bytes .. string.sub(r, off + #bytes + 1) end
-local function mode(r) return (struct.unpack('<I2', r, 1)) end
-local function is_dir(r) return bit.band(mode(r), S_IFMT) == S_IFDIR end
 local function letter(r) return LETTER[bit.band(mode(r), S_IFMT)] end
 local function nlink(r) return (struct.unpack('<I4', r, 3)) end
 local function set_nlink(r, n) return splice(r, 2, struct.pack('<I4', n)) end

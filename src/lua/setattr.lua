@@ -55,4 +55,4 @@ if has(32) then r = splice(r, 32, ARGV[10]) end
 if has(64) then r = splice(r, 42, ARGV[11]) elseif not has(128) then r = touch_c(r, ts) end
 put(ino, r)
 save()
-return { 0, r }
+return { 0, records[ino] }

@@ -8,5 +8,6 @@ if ARGV[6] == '1' and exists then return { E.EXIST } end
 if ARGV[6] == '2' and not exists then return { E.NODATA } end
 redis.call('HSET', key, ARGV[4], ARGV[5])
 put(ino, touch_c(r, ARGV[7]))
+xattrs_changed(ino)
 save()
 return { 0 }
