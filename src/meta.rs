@@ -173,6 +173,40 @@ fn bytes(v: Option<&Value>) -> Option<&[u8]> {
     }
 }
 
+/// Records of `inos` as a script read them (`raw`, in the same order), with the marks of
+/// which have extended attributes (`xattrs`; unknown, a reply without them: as if all had).
+fn stored_records(inos: &[u64], raw: &[Value], xattrs: Option<&[u8]>) -> (Vec<Stored>, Vec<bool>) {
+    let marks = xattrs.unwrap_or(&[]);
+    let has_xattrs = (0..inos.len())
+        .map(|i| marks.get(i) != Some(&b'0'))
+        .collect();
+    let records = inos
+        .iter()
+        .enumerate()
+        .map(|(i, &ino)| match bytes(raw.get(i)) {
+            None => Stored::Missing,
+            Some(raw) => match Attr::decode(ino, raw) {
+                Some(attr) => Stored::Attr(attr),
+                None => {
+                    tracing::error!("inode {ino}: record of {} bytes does not decode", raw.len());
+                    Stored::Corrupt
+                }
+            },
+        })
+        .collect();
+    (records, has_xattrs)
+}
+
+/// A directory's listing (see [`Meta::read_dir`]).
+pub struct Listing {
+    /// The directory's own record.
+    pub attr: Attr,
+    /// Its entries.
+    pub entries: Vec<DirEntry>,
+    /// For a small directory, its entries' records and which have extended attributes.
+    pub records: Option<(Vec<Stored>, Vec<bool>)>,
+}
+
 /// Checks a script reply's leading errno.
 pub(crate) fn checked(reply: Vec<Value>) -> Result<Vec<Value>, FsError> {
     match int(reply.first()) {
@@ -346,29 +380,11 @@ impl Meta {
         let reply = self
             .run_unsent("records", &self.scripts.records, args)
             .await?;
-        // Unknown (a reply without the flags): as if they had some.
-        let flags = bytes(reply.get(inos.len() + 1)).unwrap_or(&[]);
-        let has_xattrs = (0..inos.len())
-            .map(|i| flags.get(i) != Some(&b'0'))
-            .collect();
-        let records = inos
-            .iter()
-            .enumerate()
-            .map(|(i, &ino)| match bytes(reply.get(i + 1)) {
-                None => Stored::Missing,
-                Some(raw) => match Attr::decode(ino, raw) {
-                    Some(attr) => Stored::Attr(attr),
-                    None => {
-                        tracing::error!(
-                            "inode {ino}: record of {} bytes does not decode",
-                            raw.len()
-                        );
-                        Stored::Corrupt
-                    }
-                },
-            })
-            .collect();
-        Ok((records, has_xattrs))
+        Ok(stored_records(
+            inos,
+            &reply[1..],
+            bytes(reply.get(inos.len() + 1)),
+        ))
     }
 
     /// Creates an inode described by `attr` under `parent` as `name` (a file this mount
@@ -615,21 +631,50 @@ impl Meta {
     }
 
     /// A directory's record and its entries, in one round trip.
-    pub async fn read_dir(&self, ino: u64) -> Result<(Attr, Vec<DirEntry>), FsError> {
-        let (key, field) = self.store.keys.inode(ino);
-        let mut pipe = redis::pipe();
-        pipe.cmd("HGET").arg(key).arg(field);
-        pipe.cmd("HGETALL").arg(self.store.keys.dir(ino));
-        let reply = self.read_unleased("readdir", ino, &mut pipe).await?;
-        let (raw, entries): (Option<Vec<u8>>, RawEntries) =
-            redis::from_redis_value(Value::Array(reply)).map_err(|e| {
-                tracing::error!("readdir of {ino}: unexpected reply: {e}");
-                FsError::Io
-            })?;
-        let attr = Attr::decode(ino, &raw.ok_or(FsError::NotFound)?).ok_or(FsError::Io)?;
-        if attr.kind() != FileKind::Dir {
-            return Err(FsError::NotDir);
+    /// A directory's record and entries, in one round trip; for a directory of at most
+    /// `records_up_to` entries, also their records (and, `with_xattrs`, which of them have
+    /// extended attributes), the entries then in inode order.
+    pub async fn read_dir(
+        &self,
+        ino: u64,
+        records_up_to: usize,
+        with_xattrs: bool,
+    ) -> Result<Listing, FsError> {
+        if self.delegation.touches(ino) {
+            self.send_deferred().await?;
         }
+        let args = ScriptArgs::default()
+            .num(ino)
+            .num(records_up_to)
+            .num(u8::from(with_xattrs));
+        let mut reply = self
+            .run_unsent("readdir", &self.scripts.listing, args)
+            .await?;
+        let unexpected = |e: &dyn std::fmt::Display| {
+            tracing::error!("readdir of {ino}: unexpected reply: {e}");
+            FsError::Io
+        };
+        let attr = Attr::decode(ino, bytes(reply.get(1)).ok_or(FsError::Io)?).ok_or(FsError::Io)?;
+        let entries: RawEntries =
+            redis::from_redis_value(reply.get(2).cloned().unwrap_or(Value::Nil))
+                .map_err(|e| unexpected(&e))?;
+        let entries = self.parse_entries(ino, entries);
+        let records = match reply.get_mut(3).map(std::mem::take) {
+            Some(Value::Array(records)) => {
+                let inos: Vec<u64> = entries.iter().map(|e| e.ino).collect();
+                Some(stored_records(&inos, &records, bytes(reply.get(4))))
+            }
+            _ => None,
+        };
+        Ok(Listing {
+            attr,
+            entries,
+            records,
+        })
+    }
+
+    /// Entries as HGETALL gives them, decoded; one that does not decode is named as such.
+    fn parse_entries(&self, ino: u64, entries: RawEntries) -> Vec<DirEntry> {
         let mut list = Vec::with_capacity(entries.len());
         for (name, value) in entries {
             let entry = match parse_entry(&value) {
@@ -652,7 +697,7 @@ impl Meta {
             };
             list.push(entry);
         }
-        Ok((attr, list))
+        list
     }
 
     /// A symlink's target.

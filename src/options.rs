@@ -80,6 +80,10 @@ impl ConnectionArgs {
                 info = info.set_redis_settings(settings);
             }
         }
+        // Requests overlap on one connection (a close's bookkeeping and the next create):
+        // with Nagle's algorithm the second waited for the first's reply to bring the ACK, a
+        // whole round trip more on any network but loopback.
+        let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         let display = describe(&info);
         Ok(RedisTarget {
             info,

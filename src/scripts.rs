@@ -13,6 +13,8 @@ pub struct Scripts {
     pub lookup: Script,
     /// Reads several inode records at once.
     pub records: Script,
+    /// Reads a directory's record and entries, and a small one's entries' records.
+    pub listing: Script,
     /// Creates a file, directory, symlink or special file.
     pub create: Script,
     /// Adds a hard link.
@@ -105,6 +107,7 @@ impl Scripts {
             format: writing(include_str!("lua/format.lua")),
             lookup: read_only(include_str!("lua/lookup.lua")),
             records: read_only(include_str!("lua/records.lua")),
+            listing: read_only(include_str!("lua/listing.lua")),
             create: writing(include_str!("lua/create.lua")),
             link: writing(include_str!("lua/link.lua")),
             remove: writing_when_full(include_str!("lua/remove.lua")),

@@ -400,3 +400,77 @@ fn the_redis_password_never_shows_in_the_process_list() {
     assert!(shown.is_empty(), "the password shows: {shown:?}");
     m.unmount();
 }
+
+/// The TCP sockets process `pid` has connected to port `port` on 127.0.0.1, each with whether
+/// it sends small writes at once (`TCP_NODELAY`), read through a copy of the descriptor.
+fn sockets_to(pid: i32, port: u16) -> Vec<bool> {
+    // SAFETY: plain system calls on descriptors this function owns, and checked buffers.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        assert!(
+            pidfd >= 0,
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut found = Vec::new();
+        for entry in fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+            let Ok(target) = fs::read_link(entry.path()) else {
+                continue;
+            };
+            if !target.to_string_lossy().starts_with("socket:") {
+                continue;
+            }
+            let remote: i32 = entry.file_name().to_string_lossy().parse().unwrap();
+            let fd = libc::syscall(libc::SYS_pidfd_getfd, pidfd, remote, 0) as i32;
+            if fd < 0 {
+                continue;
+            }
+            let mut peer: libc::sockaddr_in = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let named = libc::getpeername(fd, (&raw mut peer).cast(), &mut len) == 0;
+            if named
+                && i32::from(peer.sin_family) == libc::AF_INET
+                && u16::from_be(peer.sin_port) == port
+            {
+                let mut on: libc::c_int = 0;
+                let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                let got = libc::getsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_NODELAY,
+                    (&raw mut on).cast(),
+                    &mut len,
+                );
+                assert_eq!(got, 0);
+                found.push(on != 0);
+            }
+            libc::close(fd);
+        }
+        libc::close(pidfd);
+        found
+    }
+}
+
+/// A mount's requests overlap on its connections (a close's bookkeeping and the next create,
+/// read-ahead): each must go out at once, not wait for the reply to the one before, as
+/// Nagle's algorithm makes small writes do on any network but loopback.
+#[test]
+fn every_connection_to_redis_sends_at_once() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let m = Mount::new(&redis, "skx", &[]);
+    // Data written, so that connections for blocks (if kept open) are counted too.
+    fs::write(m.join("f"), vec![7u8; 4 << 20]).unwrap();
+    fs::File::open(m.join("f")).unwrap().sync_all().unwrap();
+    let sockets = sockets_to(m.pid(), redis.port);
+    assert!(
+        sockets.len() >= 2,
+        "metadata and events at least: {sockets:?}"
+    );
+    assert!(
+        sockets.iter().all(|&at_once| at_once),
+        "TCP_NODELAY: {sockets:?}"
+    );
+}

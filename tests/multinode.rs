@@ -36,15 +36,16 @@ fn names(dir: &Path) -> Vec<String> {
     n
 }
 
-/// A Redis and two mounts, A and B, of one filesystem, and a directory `d` that A made and B
-/// sees, not leased to either (so shared from the start); `None` where tests cannot run.
-fn shared_directory() -> Option<(Redis, Mount, Mount)> {
+/// A Redis and two mounts, A and B (mounted with `b_options`), of one filesystem, and a
+/// directory `d` that A made and B sees, not leased to either (so shared from the start);
+/// `None` where tests cannot run.
+fn shared_directory(b_options: &[&str]) -> Option<(Redis, Mount, Mount)> {
     if !common::ready() {
         return None;
     }
     let redis = Redis::start();
     let a = Mount::new(&redis, "skx", &["--no-delegation"]);
-    let b = Mount::new(&redis, "skx", &[]);
+    let b = Mount::new(&redis, "skx", b_options);
     fs::create_dir(a.join("d")).unwrap();
     common::eventually("mkdir", PROPAGATION, || b.join("d").is_dir());
     Some((redis, a, b))
@@ -566,7 +567,7 @@ fn xattrs_set_elsewhere_after_a_listing_are_seen() {
 /// `open(O_CREAT)`, and refused by `O_EXCL`: never `EEXIST` for a create-or-open.
 #[test]
 fn o_creat_opens_a_name_this_mount_has_not_heard_of_yet() {
-    let Some((redis, a, b)) = shared_directory() else {
+    let Some((redis, a, b)) = shared_directory(&[]) else {
         return;
     };
     fs::write(a.join("d/theirs"), b"made elsewhere").unwrap();
@@ -688,7 +689,7 @@ impl Monitor {
 /// says of the directory is the newest: its own create at once, the other's soon.
 #[test]
 fn a_create_in_a_shared_directory_costs_one_round_trip() {
-    let Some((redis, a, b)) = shared_directory() else {
+    let Some((redis, a, b)) = shared_directory(&[]) else {
         return;
     };
     // B has listed it (as a user who looked first), so it knows which names are free there.
@@ -735,4 +736,51 @@ fn a_create_in_a_shared_directory_costs_one_round_trip() {
             seen(&a) == seen(&b)
         });
     }
+}
+
+/// A directory another mount filled is listed with its entries' attributes in one round trip
+/// (as `ls -l` lists: names, `lstat` and ACL of each), and the listing is whole and current.
+#[test]
+fn a_small_directory_is_listed_with_its_attributes_in_one_round_trip() {
+    // (B without access times, whose write would be a command of its own.)
+    let Some((redis, a, b)) = shared_directory(&["-o", "noatime"]) else {
+        return;
+    };
+    for i in 0..300 {
+        // (Sized without data, so that no store of A's lands while B lists.)
+        let f = fs::File::create(a.join(format!("d/f{i}"))).unwrap();
+        f.set_len(i).unwrap();
+    }
+    fs::create_dir(a.join("d/sub")).unwrap();
+    // (Redis learns the listing's script at its first use.)
+    assert_eq!(names(&b.join("")), ["d"]);
+    let mut monitor = Monitor::start(&redis);
+    let mut listed = Vec::new();
+    let sent = monitor.commands_during(|| {
+        for e in fs::read_dir(b.join("d")).unwrap() {
+            let e = e.unwrap();
+            let meta = fs::symlink_metadata(e.path()).unwrap();
+            assert_eq!(getxattr(&e.path(), "system.posix_acl_access"), None);
+            listed.push((
+                e.file_name().into_string().unwrap(),
+                meta.len(),
+                meta.is_dir(),
+            ));
+        }
+    });
+    assert_eq!(
+        sent.len(),
+        1,
+        "listing a directory of 301 entries sent {sent:#?}"
+    );
+    listed.sort();
+    let mut expected: Vec<(String, u64, bool)> =
+        (0..300).map(|i| (format!("f{i}"), i, false)).collect();
+    expected.push((
+        "sub".into(),
+        fs::metadata(a.join("d/sub")).unwrap().len(),
+        true,
+    ));
+    expected.sort();
+    assert_eq!(listed, expected);
 }

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 use crate::attr::{Attr, FileKind, Timestamp};
 use crate::error::FsError;
-use crate::meta::{DirEntry, Stored, UNREADABLE_ENTRY};
+use crate::meta::{DirEntry, Listing, Stored, UNREADABLE_ENTRY};
 
 use super::{lock, Core};
 
@@ -93,8 +93,9 @@ impl Core {
         lock(&self.dirs).get(&fh).cloned().ok_or(FsError::BadHandle)
     }
 
-    /// Makes sure the handle holds its listing.
-    pub async fn load_dir(&self, fh: u64) -> Result<Arc<Mutex<DirHandle>>, FsError> {
+    /// Makes sure the handle holds its listing; for readdirplus (`plus`), a small directory's
+    /// listing comes with its entries' attributes, in the same round trip.
+    pub async fn load_dir(&self, fh: u64, plus: bool) -> Result<Arc<Mutex<DirHandle>>, FsError> {
         let handle = self.dir_handle(fh)?;
         let (ino, loaded) = {
             let h = lock(&handle);
@@ -103,12 +104,16 @@ impl Core {
         if loaded {
             return Ok(handle);
         }
-        let entries = match self.recent_listing(ino) {
-            Some(entries) => entries,
-            None => self.take_listing(ino).await?,
+        let (entries, first_chunk) = match self.recent_listing(ino) {
+            Some(entries) => (entries, None),
+            None => self.take_listing(ino, plus).await?,
         };
         let mut h = lock(&handle);
         if h.entries.is_none() {
+            if let Some((attrs, epoch)) = first_chunk {
+                h.chunks = unread_chunks(entries.len());
+                h.chunks[0] = Chunk::Read { attrs, epoch };
+            }
             h.entries = Some(entries);
         }
         drop(h);
@@ -129,11 +134,25 @@ impl Core {
         .then(|| entries.clone())
     }
 
-    /// Reads the listing of `ino` from Redis: `.`, `..` and the entries.
-    async fn take_listing(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
+    /// Reads the listing of `ino` from Redis: `.`, `..` and the entries; for readdirplus
+    /// (`plus`) and a listing that is one chunk, also that chunk's attributes and the epoch
+    /// they were read in.
+    async fn take_listing(
+        &self,
+        ino: u64,
+        plus: bool,
+    ) -> Result<(Vec<DirEntry>, Option<(Vec<Stored>, u64)>), FsError> {
         let epoch = self.cache.epoch();
         let names_epoch = self.cache.names_epoch();
-        let (attr, mut list) = self.meta.read_dir(ino).await?;
+        let records_up_to = if plus { RECORDS_PER_CALL - 2 } else { 0 };
+        let Listing {
+            attr,
+            entries: mut list,
+            records,
+        } = self
+            .meta
+            .read_dir(ino, records_up_to, self.settings.acl)
+            .await?;
         // Every name is known now: a create here that looks up a new name needs no trip.
         if list.len() <= KNOWN_LISTING_LIMIT {
             let named: Vec<(&[u8], u64)> =
@@ -157,7 +176,12 @@ impl Core {
         if self.meta.delegation.holds(ino) {
             *lock(&self.last_listing) = Some((ino, epoch, entries.clone()));
         }
-        Ok(entries)
+        let first_chunk = records.map(|(named, has_xattrs)| {
+            let inos: Vec<u64> = entries[2..].iter().map(|e| e.ino).collect();
+            self.note_without_xattrs(&inos, has_xattrs, epoch);
+            (self.chunk_attrs(ino, &entries, 2, named, epoch), epoch)
+        });
+        Ok((entries, first_chunk))
     }
 
     /// Reads the attributes of chunk `chunk` of the listing of handle `handle`, remembering
@@ -175,37 +199,57 @@ impl Core {
             (h.ino, entries[first..end].iter().map(|e| e.ino).collect())
         };
         let epoch = self.cache.epoch();
-        // The kernel takes only the inode number and type of `.` and `..` from a readdirplus
-        // reply (it does not link them), so theirs need no trip: `..` is often the directory
-        // whose unlinks are waiting to be sent, which reading its record would send.
+        // `.` and `..` need no trip (see `chunk_attrs`): `..` is often the directory whose
+        // unlinks are waiting to be sent, which reading its record would send.
         let dots = 2usize.saturating_sub(first).min(inos.len());
-        let (dots, named) = inos.split_at(dots);
-        let mut attrs: Vec<Stored> = dots
-            .iter()
-            .map(|&ino| {
-                Stored::Attr(
-                    self.getattr_cached(ino)
-                        .unwrap_or_else(|| stand_in(ino, FileKind::Dir)),
-                )
-            })
-            .collect();
+        let named = &inos[dots..];
         // Entries this mount knows already (it created them, or stat'ed them) cost no trip.
         let known: Option<Vec<Stored>> = named
             .iter()
             .map(|&ino| self.getattr_cached(ino).map(Stored::Attr))
             .collect();
-        match known {
-            Some(known) => attrs.extend(known),
-            None => attrs.extend(self.read_records(named, epoch).await?),
-        }
+        let named = match known {
+            Some(known) => known,
+            None => self.read_records(named, epoch).await?,
+        };
         let h = lock(handle);
         let entries = h.entries.as_deref().unwrap_or_default();
-        for (entry, stored) in entries[first..].iter().zip(&attrs).skip(dots.len()) {
+        Ok((
+            self.chunk_attrs(dir, &entries[first..], dots, named, epoch),
+            epoch,
+        ))
+    }
+
+    /// The attributes of a chunk of directory `dir`'s listing beginning at `entries[0]`:
+    /// those of the `.` and `..` it begins with (`dots` of them), then `named`, read in `epoch`
+    /// for the entries after, which are remembered under their names (`ls -l` stats every
+    /// entry next).
+    fn chunk_attrs(
+        &self,
+        dir: u64,
+        entries: &[DirEntry],
+        dots: usize,
+        named: Vec<Stored>,
+        epoch: u64,
+    ) -> Vec<Stored> {
+        // The kernel takes only the inode number and type of `.` and `..` from a readdirplus
+        // reply (it does not link them), so theirs need no trip.
+        let mut attrs: Vec<Stored> = entries[..dots]
+            .iter()
+            .map(|e| {
+                Stored::Attr(
+                    self.getattr_cached(e.ino)
+                        .unwrap_or_else(|| stand_in(e.ino, FileKind::Dir)),
+                )
+            })
+            .collect();
+        for (entry, stored) in entries[dots..].iter().zip(&named) {
             if let Stored::Attr(attr) = stored {
                 self.cache.remember(epoch, Some((dir, &entry.name)), *attr);
             }
         }
-        Ok((attrs, epoch))
+        attrs.extend(named);
+        attrs
     }
 
     /// Starts reading chunk `chunk` of handle `handle` in a task.
@@ -246,9 +290,7 @@ impl Core {
                     return Ok(None);
                 }
                 if h.chunks.is_empty() {
-                    h.chunks = (0..listed.div_ceil(RECORDS_PER_CALL))
-                        .map(|_| Chunk::Unread)
-                        .collect();
+                    h.chunks = unread_chunks(listed);
                 }
                 let ahead = (chunk + 1 + CHUNKS_AHEAD).min(h.chunks.len());
                 for c in chunk..ahead {
@@ -297,9 +339,7 @@ impl Core {
             .collect();
         // Only where the filesystem keeps ACLs does `ls -l` ask every entry for an attribute.
         let (records, has_xattrs) = self.meta.listed(&real, self.settings.acl).await?;
-        for (&ino, _) in real.iter().zip(has_xattrs).filter(|(_, has)| !has) {
-            self.cache.listed_without_xattrs(epoch, ino);
-        }
+        self.note_without_xattrs(&real, has_xattrs, epoch);
         let mut found = records.into_iter();
         Ok(inos
             .iter()
@@ -311,6 +351,13 @@ impl Core {
                 }
             })
             .collect())
+    }
+
+    /// Remembers which of `inos`, read in `epoch`, have no extended attributes.
+    fn note_without_xattrs(&self, inos: &[u64], has_xattrs: Vec<bool>, epoch: u64) {
+        for (&ino, _) in inos.iter().zip(has_xattrs).filter(|(_, has)| !has) {
+            self.cache.listed_without_xattrs(epoch, ino);
+        }
     }
 
     /// The entries of a readdirplus reply from `offset` on (a window of them) whose inodes
@@ -325,7 +372,7 @@ impl Core {
         fh: u64,
         offset: usize,
     ) -> Result<Vec<(usize, DirEntry, Stored)>, FsError> {
-        let handle = self.load_dir(fh).await?;
+        let handle = self.load_dir(fh, true).await?;
         let mut from = offset;
         loop {
             let Some((mut page, epoch)) = self.chunk_page(&handle, from).await? else {
@@ -380,6 +427,13 @@ impl Core {
     pub fn releasedir(&self, fh: u64) {
         lock(&self.dirs).remove(&fh);
     }
+}
+
+/// The chunks of a listing of `listed` entries, none read yet.
+fn unread_chunks(listed: usize) -> Vec<Chunk> {
+    (0..listed.div_ceil(RECORDS_PER_CALL))
+        .map(|_| Chunk::Unread)
+        .collect()
 }
 
 /// Attributes standing in for ones not read: for `.` or `..` in a readdirplus reply (of these

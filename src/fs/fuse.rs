@@ -681,7 +681,7 @@ impl fuser::Filesystem for RedisFs {
         let slots = self.slots.clone();
         self.runtime.spawn(async move {
             let _slot = slots.acquire_owned().await;
-            let handle = match core.load_dir(fh.0).await {
+            let handle = match core.load_dir(fh.0, false).await {
                 Ok(h) => h,
                 Err(e) => return reply.error(errno(e)),
             };

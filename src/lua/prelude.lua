@@ -102,6 +102,31 @@ local function unleased(dir)
   local holder = redis.call('HGET', P .. 'lease', dir)
   if holder and holder ~= SID and SID ~= '0' then error({ err = 'LEASED ' .. dir .. ' ' .. holder }) end
 end
+-- Reads the records of inodes `inos` (numbers) into `out`, false where there is none; with
+-- `with_xattrs`, returns one character per inode, '1' if it has extended attributes (an
+-- EXISTS each). A run of inodes sharing a bucket is read with one HMGET: listings ask in
+-- inode order, and a directory's entries were mostly made one after another.
+local function read_records(inos, with_xattrs, out)
+  local xattrs, i, n = {}, 1, #inos
+  while i <= n do
+    local b = math.floor(inos[i] / PER_BUCKET)
+    local fields, j = {}, i
+    repeat
+      if math.floor(inos[j] / PER_BUCKET) ~= b then break end
+      fields[#fields + 1] = tostring(inos[j] % PER_BUCKET)
+      j = j + 1
+    until j > n
+    local got = redis.call('HMGET', P .. 'i:' .. b, unpack(fields))
+    for k = 1, #fields do
+      local ino, r = inos[i + k - 1], got[k]
+      if r and is_dir(r) then unleased(ino) end
+      out[#out + 1] = r
+      if with_xattrs then xattrs[#xattrs + 1] = tostring(redis.call('EXISTS', P .. 'x:' .. ino)) end
+    end
+    i = j
+  end
+  return table.concat(xattrs)
+end
 local function live_dir(ino)
   unleased(ino)
   local r = rec(ino)
