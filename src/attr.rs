@@ -23,12 +23,34 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Bytes of the fixed part of a record.
+/// Where each field of a record begins (the table above): the scripts get these as
+/// `AT.<name>` (see `src/scripts.rs`), so that the layout is written here only.
+pub const FIELDS_AT: [(&str, usize); 10] = [
+    ("MODE", MODE_AT),
+    ("NLINK", NLINK_AT),
+    ("UID", UID_AT),
+    ("GID", GID_AT),
+    ("SIZE", SIZE_AT),
+    ("ATIME", ATIME_AT),
+    ("MTIME", MTIME_AT),
+    ("CTIME", CTIME_AT),
+    ("TAIL", FIXED_LEN),
+    ("VERSION", VERSION_AT),
+];
+const MODE_AT: usize = 0;
+const NLINK_AT: usize = 2;
+const UID_AT: usize = 6;
+const GID_AT: usize = 10;
+const SIZE_AT: usize = 14;
+const ATIME_AT: usize = 22;
+const MTIME_AT: usize = 32;
+const CTIME_AT: usize = 42;
+/// Bytes of the fixed part of a record; the kind's own field follows.
 pub const FIXED_LEN: usize = 52;
-/// Offset of the 20 bytes holding mtime then ctime.
-pub const MTIME_OFFSET: usize = 32;
+/// Where a directory's version begins, after its parent.
+const VERSION_AT: usize = FIXED_LEN + 8;
 /// Bytes of a directory's record as every change leaves it (with its version).
-pub const DIR_RECORD_LEN: usize = FIXED_LEN + 12;
+pub const DIR_RECORD_LEN: usize = VERSION_AT + 4;
 
 /// Whether directory version `a` comes after version `b`. Versions count round past
 /// `u32::MAX` to 1, so of two versions less than 2^31 changes apart, the one ahead is the newer;
@@ -57,6 +79,17 @@ pub enum FileKind {
 }
 
 impl FileKind {
+    /// Every kind.
+    pub const ALL: [FileKind; 7] = [
+        FileKind::File,
+        FileKind::Dir,
+        FileKind::Symlink,
+        FileKind::Fifo,
+        FileKind::CharDevice,
+        FileKind::BlockDevice,
+        FileKind::Socket,
+    ];
+
     /// The kind named by the `S_IFMT` bits of `mode`.
     pub fn from_mode(mode: u32) -> Option<FileKind> {
         Some(match mode & libc::S_IFMT {
@@ -288,10 +321,10 @@ impl Attr {
         }
         let u32_at =
             |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
-        let mode = u32::from(u16::from_le_bytes([bytes[0], bytes[1]]));
+        let mode = u32::from(u16::from_le_bytes([bytes[MODE_AT], bytes[MODE_AT + 1]]));
         let kind = FileKind::from_mode(mode)?;
         let mut size = [0u8; 8];
-        size.copy_from_slice(&bytes[14..22]);
+        size.copy_from_slice(&bytes[SIZE_AT..SIZE_AT + 8]);
         let tail = &bytes[FIXED_LEN..];
         let u64_tail = || {
             let mut v = [0u8; 8];
@@ -302,8 +335,9 @@ impl Attr {
         let mut version = 0;
         let (parent, rdev) = match kind {
             FileKind::Dir if tail.len() == 8 => (u64_tail(), 0),
-            FileKind::Dir if tail.len() == 12 => {
-                version = u32::from_le_bytes([tail[8], tail[9], tail[10], tail[11]]);
+            FileKind::Dir if tail.len() == DIR_RECORD_LEN - FIXED_LEN => {
+                let v = &bytes[VERSION_AT..];
+                version = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
                 (u64_tail(), 0)
             }
             FileKind::Dir => return None,
@@ -321,13 +355,13 @@ impl Attr {
         Some(Attr {
             ino,
             mode,
-            nlink: u32_at(2),
-            uid: u32_at(6),
-            gid: u32_at(10),
+            nlink: u32_at(NLINK_AT),
+            uid: u32_at(UID_AT),
+            gid: u32_at(GID_AT),
             size: u64::from_le_bytes(size),
-            atime: Timestamp::decode(&bytes[22..32]),
-            mtime: Timestamp::decode(&bytes[32..42]),
-            ctime: Timestamp::decode(&bytes[42..52]),
+            atime: Timestamp::decode(&bytes[ATIME_AT..MTIME_AT]),
+            mtime: Timestamp::decode(&bytes[MTIME_AT..CTIME_AT]),
+            ctime: Timestamp::decode(&bytes[CTIME_AT..FIXED_LEN]),
             parent,
             rdev,
             stored_blocks,
@@ -370,15 +404,7 @@ mod tests {
             sec: -5,
             nsec: 999_999_999,
         };
-        for kind in [
-            FileKind::File,
-            FileKind::Dir,
-            FileKind::Symlink,
-            FileKind::Fifo,
-            FileKind::CharDevice,
-            FileKind::BlockDevice,
-            FileKind::Socket,
-        ] {
+        for kind in FileKind::ALL {
             let mut attr = Attr::new(kind, 0o4755, 1000, 100, now);
             attr.ino = 77;
             attr.size = (1 << 50) + 3;
@@ -448,6 +474,42 @@ mod tests {
         let old = Attr::decode(3, &bytes[..FIXED_LEN + 8]).unwrap();
         assert_eq!((old.parent, old.version), (9, 0));
         assert_eq!(Attr::decode(3, &bytes).unwrap().version, 7);
+    }
+
+    /// The offsets the scripts patch records at are where `encode` puts each field.
+    #[test]
+    fn the_offsets_given_to_the_scripts_are_the_encoding() {
+        let mut dir = Attr::new(
+            FileKind::Dir,
+            0o1755,
+            0x0102_0304,
+            0x0506_0708,
+            Timestamp { sec: 11, nsec: 12 },
+        );
+        dir.nlink = 0x0a0b_0c0d;
+        dir.size = 0x1122_3344_5566_7788;
+        dir.atime.sec = 21;
+        dir.mtime.sec = 31;
+        dir.ctime.sec = 41;
+        dir.parent = 0x99;
+        dir.version = 0x7777;
+        let b = dir.encode();
+        let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+        for (name, at) in FIELDS_AT {
+            match name {
+                "MODE" => assert_eq!(u16::from_le_bytes([b[at], b[at + 1]]), 0o41755),
+                "NLINK" => assert_eq!(u32_at(at), dir.nlink),
+                "UID" => assert_eq!(u32_at(at), dir.uid),
+                "GID" => assert_eq!(u32_at(at), dir.gid),
+                "SIZE" => assert_eq!(b[at..at + 8], dir.size.to_le_bytes()),
+                "ATIME" => assert_eq!(b[at..at + 10], dir.atime.encode()),
+                "MTIME" => assert_eq!(b[at..at + 10], dir.mtime.encode()),
+                "CTIME" => assert_eq!(b[at..at + 10], dir.ctime.encode()),
+                "TAIL" => assert_eq!(b[at..at + 8], dir.parent.to_le_bytes()),
+                "VERSION" => assert_eq!(u32_at(at), dir.version),
+                other => panic!("{other} is not tested"),
+            }
+        }
     }
 
     #[test]

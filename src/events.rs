@@ -28,7 +28,7 @@ pub enum Change {
     Freeze(String),
     /// The tool is done; held mounts may go on.
     Thaw,
-    /// Another mount asks for a directory leased to this one (see `src/delegation.rs`).
+    /// Another mount asks for a directory leased to this one (see `src/meta/deferred.rs`).
     Recall(u64),
 }
 

@@ -9,6 +9,149 @@
 /// under Redis's default `hash-max-listpack-entries` (128).
 pub const INODES_PER_BUCKET: u64 = 64;
 
+/// One kind of key, named once for Rust and for the scripts: `<prefix>:<before><n><after>` for
+/// the kinds numbered by an inode, bucket, block or session, `<prefix>:<before>` for the single
+/// keys. The scripts' prelude gets a builder of each, named `lua` (see [`lua_builders`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Family {
+    /// The Lua name: a function of the number, or a constant for a single key.
+    pub lua: &'static str,
+    /// What follows the prefix, up to the number (the whole name, for a single key).
+    pub before: &'static str,
+    /// What follows the number; `None` for a single key.
+    pub after: Option<&'static str>,
+}
+
+impl Family {
+    const fn single(lua: &'static str, name: &'static str) -> Family {
+        Family {
+            lua,
+            before: name,
+            after: None,
+        }
+    }
+
+    const fn numbered(lua: &'static str, before: &'static str, after: &'static str) -> Family {
+        Family {
+            lua,
+            before,
+            after: Some(after),
+        }
+    }
+
+    /// The key of this single family under `base` (the prefix and its `:`).
+    fn at(&self, base: &str) -> String {
+        debug_assert!(self.after.is_none(), "{} is numbered", self.lua);
+        format!("{base}{}", self.before)
+    }
+
+    /// The key numbered `n` of this family under `base`.
+    fn of(&self, base: &str, n: u64) -> String {
+        format!("{base}{}{n}{}", self.before, self.after.unwrap_or_default())
+    }
+}
+
+/// `P:meta`: format version, block size, codec, uuid, state.
+pub const META: Family = Family::single("META_KEY", "meta");
+/// `P:stat`: inode and block counters for statfs.
+pub const STAT: Family = Family::single("STAT_KEY", "stat");
+/// `P:next:blk`: the block id counter.
+pub const NEXT_BLOCK: Family = Family::single("NEXT_BLOCK_KEY", "next:blk");
+/// `P:next:ino`: the inode number counter.
+pub const NEXT_INODE: Family = Family::single("NEXT_INODE_KEY", "next:ino");
+/// `P:next:sid`: the session id counter.
+pub const NEXT_SESSION: Family = Family::single("NEXT_SESSION_KEY", "next:sid");
+/// `P:i:<bucket>`: the records of inodes `bucket * 64 ..`, field `ino % 64`.
+pub const INODES: Family = Family::numbered("inodes_key", "i:", "");
+/// `P:d:<ino>`: a directory's entries, name → type letter and inode number.
+pub const DIR: Family = Family::numbered("dir_key", "d:", "");
+/// `P:m:<ino>`: a file's block map, block index → block id.
+pub const MAP: Family = Family::numbered("map_key", "m:", "");
+/// `P:b:<id>`: one block.
+pub const BLOCK: Family = Family::numbered("block_key", "b:", "");
+/// `P:x:<ino>`: extended attributes.
+pub const XATTRS: Family = Family::numbered("xattrs_key", "x:", "");
+/// `P:l:<ino>`: a symlink's target.
+pub const SYMLINK: Family = Family::numbered("symlink_key", "l:", "");
+/// `P:free:<ino>`: the block map of a large deleted file, freed in the background.
+pub const FREED_MAP: Family = Family::numbered("freed_map_key", "free:", "");
+/// `P:freeing`: inodes whose large block maps are being freed in the background.
+pub const FREEING: Family = Family::single("FREEING_KEY", "freeing");
+/// `P:lk:<ino>`: the byte-range locks held on an inode.
+pub const LOCKS: Family = Family::numbered("locks_key", "lk:", "");
+/// `P:events`: the Pub/Sub channel of change events.
+pub const EVENTS: Family = Family::single("EVENTS_KEY", "events");
+/// `P:freeze`: set while a snapshot or dump holds the filesystem still (see `freeze.rs`).
+pub const FREEZE: Family = Family::single("FREEZE_KEY", "freeze");
+/// `P:freeze:acks`: the sessions that have stored their buffers and hold their changes.
+pub const FREEZE_ACKS: Family = Family::single("FREEZE_ACKS_KEY", "freeze:acks");
+/// `P:sessions`: live mounts, scored by their last heartbeat (ms since the epoch).
+pub const SESSIONS: Family = Family::single("SESSIONS_KEY", "sessions");
+/// `P:lease`: directories leased to a session, directory → session id.
+pub const LEASE: Family = Family::single("LEASE_KEY", "lease");
+/// `P:session:<sid>`: what a mount says of itself (host, pid, mount point, version).
+pub const SESSION: Family = Family::numbered("session_key", "session:", "");
+/// `P:session:<sid>:replies`: recent replies of the session's scripts, so that a retry after
+/// a lost connection does not run a change twice.
+pub const SESSION_REPLIES: Family = Family::numbered("session_replies_key", "session:", ":replies");
+/// `P:session:<sid>:leases`: the directories leased to that session.
+pub const SESSION_LEASES: Family = Family::numbered("session_leases_key", "session:", ":leases");
+/// `P:session:<sid>:open`: inodes that mount has open, with a count (see
+/// `src/lua/prelude.lua`).
+pub const SESSION_OPEN: Family = Family::numbered("session_open_key", "session:", ":open");
+/// `P:session:<sid>:held`: unlinked inodes that mount still holds open.
+pub const SESSION_HELD: Family = Family::numbered("session_held_key", "session:", ":held");
+/// `P:session:<sid>:locks`: the inodes that mount holds byte-range locks on.
+pub const SESSION_LOCKS: Family = Family::numbered("session_locks_key", "session:", ":locks");
+
+/// Every kind of key a filesystem has.
+pub const FAMILIES: &[Family] = &[
+    META,
+    STAT,
+    NEXT_BLOCK,
+    NEXT_INODE,
+    NEXT_SESSION,
+    INODES,
+    DIR,
+    MAP,
+    BLOCK,
+    XATTRS,
+    SYMLINK,
+    FREED_MAP,
+    FREEING,
+    LOCKS,
+    EVENTS,
+    FREEZE,
+    FREEZE_ACKS,
+    SESSIONS,
+    LEASE,
+    SESSION,
+    SESSION_REPLIES,
+    SESSION_LEASES,
+    SESSION_OPEN,
+    SESSION_HELD,
+    SESSION_LOCKS,
+];
+
+/// Lua defining a builder of every key family from the prefix `P`, for the scripts' prelude:
+/// the only place the scripts' key names come from.
+pub fn lua_builders() -> String {
+    FAMILIES
+        .iter()
+        .map(|f| match f.after {
+            None => format!("local {} = P .. '{}'\n", f.lua, f.before),
+            Some("") => format!(
+                "local function {}(n) return P .. '{}' .. n end\n",
+                f.lua, f.before
+            ),
+            Some(after) => format!(
+                "local function {}(n) return P .. '{}' .. n .. '{after}' end\n",
+                f.lua, f.before
+            ),
+        })
+        .collect()
+}
+
 /// The key names of one filesystem.
 #[derive(Clone, Debug)]
 pub struct Keys {
@@ -47,129 +190,127 @@ impl Keys {
         pattern
     }
 
-    /// `P:meta`: format version, block size, codec, uuid, state.
+    /// See [`META`].
     pub fn meta(&self) -> String {
-        format!("{}meta", self.base)
+        META.at(&self.base)
     }
 
-    /// `P:stat`: inode and block counters for statfs.
+    /// See [`STAT`].
     pub fn stat(&self) -> String {
-        format!("{}stat", self.base)
+        STAT.at(&self.base)
     }
 
-    /// `P:next:blk`: the block id counter.
+    /// See [`NEXT_BLOCK`].
     pub fn next_block(&self) -> String {
-        format!("{}next:blk", self.base)
+        NEXT_BLOCK.at(&self.base)
     }
 
-    /// `P:next:ino`: the inode number counter.
+    /// See [`NEXT_INODE`].
     pub fn next_inode(&self) -> String {
-        format!("{}next:ino", self.base)
+        NEXT_INODE.at(&self.base)
     }
 
-    /// `P:next:sid`: the session id counter.
+    /// See [`NEXT_SESSION`].
     pub fn next_session(&self) -> String {
-        format!("{}next:sid", self.base)
+        NEXT_SESSION.at(&self.base)
     }
 
-    /// The hash holding the record of `ino`, and the field within it.
+    /// The hash holding the record of `ino` (see [`INODES`]), and the field within it.
     pub fn inode(&self, ino: u64) -> (String, u64) {
         (
-            format!("{}i:{}", self.base, ino / INODES_PER_BUCKET),
+            INODES.of(&self.base, ino / INODES_PER_BUCKET),
             ino % INODES_PER_BUCKET,
         )
     }
 
-    /// `P:d:<ino>`: a directory's entries, name → type letter and inode number.
+    /// See [`DIR`].
     pub fn dir(&self, ino: u64) -> String {
-        format!("{}d:{ino}", self.base)
+        DIR.of(&self.base, ino)
     }
 
-    /// `P:m:<ino>`: a file's block map, block index → block id.
+    /// See [`MAP`].
     pub fn map(&self, ino: u64) -> String {
-        format!("{}m:{ino}", self.base)
+        MAP.of(&self.base, ino)
     }
 
-    /// `P:b:<id>`: one block.
+    /// See [`BLOCK`].
     pub fn block(&self, id: u64) -> String {
-        format!("{}b:{id}", self.base)
+        BLOCK.of(&self.base, id)
     }
 
-    /// `P:x:<ino>`: extended attributes.
+    /// See [`XATTRS`].
     pub fn xattrs(&self, ino: u64) -> String {
-        format!("{}x:{ino}", self.base)
+        XATTRS.of(&self.base, ino)
     }
 
-    /// `P:l:<ino>`: a symlink's target.
+    /// See [`SYMLINK`].
     pub fn symlink(&self, ino: u64) -> String {
-        format!("{}l:{ino}", self.base)
+        SYMLINK.of(&self.base, ino)
     }
 
-    /// `P:events`: the Pub/Sub channel of change events.
+    /// See [`EVENTS`].
     pub fn events(&self) -> String {
-        format!("{}events", self.base)
+        EVENTS.at(&self.base)
     }
 
-    /// `P:free:<ino>`: the block map of a large deleted file, freed in the background.
+    /// See [`FREED_MAP`].
     pub fn freed_map(&self, ino: u64) -> String {
-        format!("{}free:{ino}", self.base)
+        FREED_MAP.of(&self.base, ino)
     }
 
-    /// `P:lk:<ino>`: the byte-range locks held on an inode.
+    /// See [`LOCKS`].
     pub fn locks(&self, ino: u64) -> String {
-        format!("{}lk:{ino}", self.base)
+        LOCKS.of(&self.base, ino)
     }
 
-    /// `P:freeze`: set while a snapshot or dump holds the filesystem still (see `freeze.rs`).
+    /// See [`FREEZE`].
     pub fn freeze(&self) -> String {
-        format!("{}freeze", self.base)
+        FREEZE.at(&self.base)
     }
 
-    /// `P:freeze:acks`: the sessions that have stored their buffers and hold their changes.
+    /// See [`FREEZE_ACKS`].
     pub fn freeze_acks(&self) -> String {
-        format!("{}freeze:acks", self.base)
+        FREEZE_ACKS.at(&self.base)
     }
 
-    /// `P:freeing`: inodes whose large block maps are being freed in the background.
+    /// See [`FREEING`].
     pub fn freeing(&self) -> String {
-        format!("{}freeing", self.base)
+        FREEING.at(&self.base)
     }
 
-    /// `P:sessions`: live mounts, scored by their last heartbeat (ms since the epoch).
+    /// See [`SESSIONS`].
     pub fn sessions(&self) -> String {
-        format!("{}sessions", self.base)
+        SESSIONS.at(&self.base)
     }
 
-    /// `P:session:<sid>`: what a mount says of itself (host, pid, mount point, version).
+    /// See [`SESSION`].
     pub fn session_info(&self, sid: u64) -> String {
-        format!("{}session:{sid}", self.base)
+        SESSION.of(&self.base, sid)
     }
 
-    /// `P:session:<sid>:replies`: recent replies of the session's scripts, so that a retry after
-    /// a lost connection does not run a change twice.
+    /// See [`SESSION_REPLIES`].
     pub fn session_replies(&self, sid: u64) -> String {
-        format!("{}session:{sid}:replies", self.base)
+        SESSION_REPLIES.of(&self.base, sid)
     }
 
-    /// `P:lease`: directories leased to a session, directory → session id.
+    /// See [`LEASE`].
     pub fn lease(&self) -> String {
-        format!("{}lease", self.base)
+        LEASE.at(&self.base)
     }
 
-    /// `P:session:<sid>:leases`: the directories leased to that session.
+    /// See [`SESSION_LEASES`].
     pub fn session_leases(&self, sid: u64) -> String {
-        format!("{}session:{sid}:leases", self.base)
+        SESSION_LEASES.of(&self.base, sid)
     }
 
-    /// `P:session:<sid>:open`: inodes that mount has open, with a count (see
-    /// `src/lua/prelude.lua`).
+    /// See [`SESSION_OPEN`].
     pub fn session_open(&self, sid: u64) -> String {
-        format!("{}session:{sid}:open", self.base)
+        SESSION_OPEN.of(&self.base, sid)
     }
 
-    /// `P:session:<sid>:held`: unlinked inodes that mount still holds open.
+    /// See [`SESSION_HELD`].
     pub fn session_held(&self, sid: u64) -> String {
-        format!("{}session:{sid}:held", self.base)
+        SESSION_HELD.of(&self.base, sid)
     }
 }
 
@@ -338,6 +479,52 @@ mod tests {
             keys.rebase(b"skx:d:1", &Keys::new("copy")),
             Some(b"copy:d:1".to_vec())
         );
+    }
+
+    #[test]
+    fn every_family_is_a_name_the_checks_know() {
+        let keys = Keys::new("skx");
+        // (The events are a Pub/Sub channel: never a key.)
+        for family in FAMILIES.iter().filter(|&&f| f != EVENTS) {
+            let key = match family.after {
+                None => family.at(keys.base()),
+                Some(_) => family.of(keys.base(), 70),
+            };
+            assert!(keys.classify(key.as_bytes()).is_some(), "{key}");
+        }
+        let lua: Vec<&str> = FAMILIES.iter().map(|f| f.lua).collect();
+        let mut unique = lua.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), lua.len(), "Lua names must differ: {lua:?}");
+    }
+
+    /// The scripts build no key name by hand: every one comes from [`lua_builders`].
+    #[test]
+    fn scripts_name_keys_only_through_the_builders() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/lua");
+        let mut read = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("--").next().unwrap_or_default();
+                assert!(
+                    !code.contains("P .."),
+                    "{}:{}: a key name built by hand: {line}",
+                    path.display(),
+                    n + 1
+                );
+            }
+            read += 1;
+        }
+        assert!(read > 15, "read {read} scripts from {dir}");
+        let builders = lua_builders();
+        assert!(builders.contains("local function dir_key(n) return P .. 'd:' .. n end\n"));
+        assert!(builders.contains(
+            "local function session_held_key(n) return P .. 'session:' .. n .. ':held' end\n"
+        ));
+        assert!(builders.contains("local META_KEY = P .. 'meta'\n"));
     }
 
     #[test]

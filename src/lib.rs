@@ -13,8 +13,7 @@
 //! | [`keys`] | the only Rust code that builds key names |
 //! | [`scripts`] | the Lua scripts that make each metadata change atomic |
 //! | [`attr`] | the packed inode record and timestamps |
-//! | [`meta`] | typed metadata operations, one round trip each |
-//! | [`delegation`] | directories leased to a mount, and the changes it defers in them |
+//! | [`meta`] | typed metadata operations, one round trip each; [`meta::deferred`]: directories leased to a mount, and the changes it defers in them |
 //! | [`codec`] | block compression |
 //! | [`blocks`] | block storage and the block cache |
 //! | [`wire`] | block writes over connections of their own, without the general client's copies |
@@ -36,7 +35,6 @@
 pub mod attr;
 pub mod blocks;
 pub mod codec;
-pub mod delegation;
 pub mod dump;
 pub mod error;
 pub mod events;

@@ -5,6 +5,9 @@
 
 use redis::Script;
 
+use crate::attr::{FileKind, FIELDS_AT};
+use crate::keys::{self, INODES_PER_BUCKET};
+
 /// Every script the filesystem runs.
 pub struct Scripts {
     /// Creates a new filesystem's meta key and root inode.
@@ -50,6 +53,52 @@ pub struct Scripts {
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
+/// The errno values scripts answer with, by the names they use (`E.NOENT`).
+const ERRNOS: &[(&str, i32)] = &[
+    ("PERM", libc::EPERM),
+    ("NOENT", libc::ENOENT),
+    ("IO", libc::EIO),
+    ("AGAIN", libc::EAGAIN),
+    ("EXIST", libc::EEXIST),
+    ("NOTDIR", libc::ENOTDIR),
+    ("ISDIR", libc::EISDIR),
+    ("INVAL", libc::EINVAL),
+    ("MLINK", libc::EMLINK),
+    ("NOTEMPTY", libc::ENOTEMPTY),
+    ("NODATA", libc::ENODATA),
+    ("TIMEDOUT", libc::ETIMEDOUT),
+];
+
+/// What every script begins with: the layout, generated from its Rust declarations (key names,
+/// errno values, record field offsets, file type bits and entry letters, records per bucket),
+/// then
+/// `src/lua/prelude.lua`.
+fn prelude() -> String {
+    let errnos: Vec<String> = ERRNOS.iter().map(|(n, v)| format!("{n} = {v}")).collect();
+    let letters: Vec<String> = FileKind::ALL
+        .iter()
+        .map(|k| format!("[{}] = '{}'", k.mode_bits(), k.letter()))
+        .collect();
+    let fields: Vec<String> = FIELDS_AT
+        .iter()
+        .map(|(n, at)| format!("{n} = {at}"))
+        .collect();
+    format!(
+        "local P = ARGV[1]\n{}local E = {{ {} }}\n\
+         local AT = {{ {} }}\n\
+         local S_IFMT, S_IFDIR, S_IFREG = {}, {}, {}\n\
+         local LETTER = {{ {} }}\n\
+         local PER_BUCKET = {INODES_PER_BUCKET}\n{PRELUDE}",
+        keys::lua_builders(),
+        errnos.join(", "),
+        fields.join(", "),
+        libc::S_IFMT,
+        libc::S_IFDIR,
+        libc::S_IFREG,
+        letters.join(", "),
+    )
+}
+
 /// Wraps a changing script so that it runs at most once per request: a request sent again
 /// after a lost reply, or an earlier attempt that reaches Redis after a later one (an attempt
 /// queued on a connection given up for dead), returns the reply of the run that happened
@@ -61,7 +110,7 @@ const PRELUDE: &str = include_str!("lua/prelude.lua");
 /// While a snapshot holds the filesystem (see `src/freeze.rs`) it changes nothing and answers
 /// `{-1}`, and the caller waits and tries again.
 const ONCE: &str = "
-local RING = P .. 'session:' .. SID .. ':replies'
+local RING = session_replies_key(SID)
 local SLOT = tonumber(REQ) % 4096
 if REQ ~= '0' then
   local done = redis.call('HGET', RING, SLOT)
@@ -75,54 +124,56 @@ if DEADLINE ~= '0' then
     return { E.TIMEDOUT }
   end
 end
-local FROZEN = redis.call('GET', P .. 'freeze')
+local FROZEN = redis.call('GET', FREEZE_KEY)
 if FROZEN and string.sub(FROZEN, 1, 5) == 'hold ' then return { -1 } end
 local reply = main()
 if REQ ~= '0' then redis.call('HSET', RING, SLOT, REQ .. ':' .. cmsgpack.pack(reply)) end
 return reply";
 
-fn writing(body: &str) -> Script {
+/// A changing script (see [`ONCE`]).
+fn writing(prelude: &str, body: &str) -> Script {
     Script::new(&format!(
-        "{PRELUDE}\nlocal function main()\n{body}\nend\n{ONCE}"
+        "{prelude}\nlocal function main()\n{body}\nend\n{ONCE}"
     ))
 }
 
 /// A changing script that runs even when Redis is over its `maxmemory`: for changes that were
 /// answered already and must not be refused, and for removals, which are how a full Redis
 /// gets room again.
-fn writing_when_full(body: &str) -> Script {
+fn writing_when_full(prelude: &str, body: &str) -> Script {
     Script::new(&format!(
-        "#!lua flags=allow-oom\n{PRELUDE}\nlocal function main()\n{body}\nend\n{ONCE}"
+        "#!lua flags=allow-oom\n{prelude}\nlocal function main()\n{body}\nend\n{ONCE}"
     ))
 }
 
-fn read_only(body: &str) -> Script {
-    Script::new(&format!("#!lua flags=no-writes\n{PRELUDE}\n{body}"))
+fn read_only(prelude: &str, body: &str) -> Script {
+    Script::new(&format!("#!lua flags=no-writes\n{prelude}\n{body}"))
 }
 
 impl Scripts {
     /// Builds every script (hashing them; nothing is sent yet).
     pub fn new() -> Scripts {
+        let prelude = &prelude();
         Scripts {
-            format: writing(include_str!("lua/format.lua")),
-            lookup: read_only(include_str!("lua/lookup.lua")),
-            records: read_only(include_str!("lua/records.lua")),
-            listing: read_only(include_str!("lua/listing.lua")),
-            create: writing(include_str!("lua/create.lua")),
-            link: writing(include_str!("lua/link.lua")),
-            remove: writing_when_full(include_str!("lua/remove.lua")),
-            rename: writing(include_str!("lua/rename.lua")),
-            setattr: writing(include_str!("lua/setattr.lua")),
-            commit: writing(include_str!("lua/commit.lua")),
-            xattr_set: writing(include_str!("lua/xattr_set.lua")),
-            xattr_remove: writing(include_str!("lua/xattr_remove.lua")),
-            reclaim: writing_when_full(include_str!("lua/reclaim.lua")),
-            open: writing_when_full(include_str!("lua/open.lua")),
-            tmpfile: writing(include_str!("lua/tmpfile.lua")),
-            free_batch: writing_when_full(include_str!("lua/free_batch.lua")),
-            expire_session: writing_when_full(include_str!("lua/expire_session.lua")),
-            lock: writing(include_str!("lua/lock.lua")),
-            deferred: writing_when_full(include_str!("lua/deferred.lua")),
+            format: writing(prelude, include_str!("lua/format.lua")),
+            lookup: read_only(prelude, include_str!("lua/lookup.lua")),
+            records: read_only(prelude, include_str!("lua/records.lua")),
+            listing: read_only(prelude, include_str!("lua/listing.lua")),
+            create: writing(prelude, include_str!("lua/create.lua")),
+            link: writing(prelude, include_str!("lua/link.lua")),
+            remove: writing_when_full(prelude, include_str!("lua/remove.lua")),
+            rename: writing(prelude, include_str!("lua/rename.lua")),
+            setattr: writing(prelude, include_str!("lua/setattr.lua")),
+            commit: writing(prelude, include_str!("lua/commit.lua")),
+            xattr_set: writing(prelude, include_str!("lua/xattr_set.lua")),
+            xattr_remove: writing(prelude, include_str!("lua/xattr_remove.lua")),
+            reclaim: writing_when_full(prelude, include_str!("lua/reclaim.lua")),
+            open: writing_when_full(prelude, include_str!("lua/open.lua")),
+            tmpfile: writing(prelude, include_str!("lua/tmpfile.lua")),
+            free_batch: writing_when_full(prelude, include_str!("lua/free_batch.lua")),
+            expire_session: writing_when_full(prelude, include_str!("lua/expire_session.lua")),
+            lock: writing(prelude, include_str!("lua/lock.lua")),
+            deferred: writing_when_full(prelude, include_str!("lua/deferred.lua")),
         }
     }
 }

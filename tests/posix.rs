@@ -685,6 +685,56 @@ fn many_entries_list_completely() {
     assert_eq!(n, 3000);
 }
 
+/// A directory too big for one reply is read in pieces (`HSCAN`): every entry present
+/// throughout the listing comes exactly once, with its size, even while another mount adds
+/// and removes names there (Redis's scan may return an entry twice when the directory's
+/// table is resized meanwhile; the mount keeps each name once).
+#[test]
+fn a_directory_read_in_pieces_lists_each_entry_once_while_it_changes() {
+    let Some((r, m)) = setup() else { return };
+    const FILES: u64 = 25_000;
+    fs::create_dir(m.join("big")).unwrap();
+    for i in 0..FILES {
+        let f = fs::File::create(m.join(format!("big/f{i}"))).unwrap();
+        f.set_len(i % 5).unwrap();
+    }
+    let other = Mount::new(&r, "skx", &[]);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                fs::write(m.join(format!("big/churn{i}")), b"").unwrap();
+                if i >= 50 {
+                    fs::remove_file(m.join(format!("big/churn{}", i - 50))).unwrap();
+                }
+                i += 1;
+            }
+        });
+        for round in 0..3 {
+            let mut seen: Vec<(String, u64)> = fs::read_dir(other.join("big"))
+                .unwrap()
+                .map(|e| e.unwrap())
+                .filter(|e| e.file_name().to_string_lossy().starts_with('f'))
+                .map(|e| {
+                    let name = e.file_name().into_string().unwrap();
+                    (name, e.metadata().unwrap().len())
+                })
+                .collect();
+            seen.sort();
+            let before = seen.len();
+            seen.dedup_by(|a, b| a.0 == b.0);
+            assert_eq!(before, seen.len(), "round {round}: an entry came twice");
+            assert_eq!(seen.len() as u64, FILES, "round {round}: every entry");
+            for (name, len) in &seen {
+                let i: u64 = name[1..].parse().unwrap();
+                assert_eq!(*len, i % 5, "round {round}: {name}");
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+}
+
 /// A listing several chunks long, read on a mount that did not make it (its attributes come
 /// from Redis a chunk at a time, read ahead and let go behind the reader): every entry once,
 /// with its own size, and the same entries again after seeking back to an early position.

@@ -1,5 +1,5 @@
 //! Creates and removals in directories leased to this mount, answered on the FUSE thread and
-//! sent to Redis later, in order (see [`crate::delegation`]).
+//! sent to Redis later, in order (see [`crate::meta::deferred`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -7,8 +7,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::attr::{Attr, FileKind, Timestamp};
-use crate::delegation::Removal;
 use crate::error::FsError;
+use crate::meta::deferred::Removal;
 
 use super::ops::{check_name, new_attr, Caller};
 use super::{lock, Core, OpenFile};

@@ -6,22 +6,22 @@
 -- writer re-reads it and tries again, and its new block is deleted here.
 local ino = tonumber(ARGV[3])
 local r = rec(ino)
-local map = P .. 'm:' .. ino
+local map = map_key(ino)
 local lost, added, won, lo, hi = {}, 0, 0, nil, nil
 local last_triple = #ARGV - 2 * tonumber(ARGV[6])
 -- Blocks first, as a mount that stores them separately does: a map never names a missing one.
-for i = last_triple + 1, #ARGV, 2 do redis.call('SET', P .. 'b:' .. ARGV[i], ARGV[i + 1]) end
+for i = last_triple + 1, #ARGV, 2 do redis.call('SET', block_key(ARGV[i]), ARGV[i + 1]) end
 for i = 7, last_triple, 3 do
   local idx, old, new = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local cur = r and (redis.call('HGET', map, idx) or '0')
   if cur ~= old then
     -- (A run of this same request that happened already, its reply lost with its session's
     -- ring, finds its own block in place: that one is not to be deleted.)
-    if new ~= '0' and cur ~= new then redis.call('DEL', P .. 'b:' .. new) end
+    if new ~= '0' and cur ~= new then redis.call('DEL', block_key(new)) end
     lost[#lost + 1] = idx
   else
     if new == '0' then redis.call('HDEL', map, idx) else redis.call('HSET', map, idx, new) end
-    if old ~= '0' then redis.call('DEL', P .. 'b:' .. old); added = added - 1 end
+    if old ~= '0' then redis.call('DEL', block_key(old)); added = added - 1 end
     if new ~= '0' then added = added + 1 end
     won = won + 1
     local n = tonumber(idx)

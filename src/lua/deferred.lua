@@ -1,4 +1,4 @@
--- Applies a batch of a mount's deferred changes in leased directories (see src/delegation.rs),
+-- Applies a batch of a mount's deferred changes in leased directories (see src/meta/deferred.rs),
 -- in order, all checked before any is applied (a script is not rolled back), then hands back
 -- the directories other mounts recalled.
 -- ARGV: P, sid, recalled dirs (space-separated), then per change: op, parent, name, ino,
@@ -16,14 +16,14 @@ local names, born, kinds, added, held = {}, {}, {}, {}, {}
 local function count(dir, n) added[dir] = (added[dir] or 0) + n end
 local function entry_now(parent, name)
   local e = names[parent .. '/' .. name]
-  if e == nil then e = redis.call('HGET', P .. 'd:' .. parent, name) or false end
+  if e == nil then e = redis.call('HGET', dir_key(parent), name) or false end
   return e
 end
 for i = 0, n - 1 do
   local at = FIRST + i * WIDTH
   local op, parent, name, ino = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2], tonumber(ARGV[at + 3])
   if not born[parent] and not held[parent] then
-    if redis.call('HGET', P .. 'lease', parent) ~= SID then return { E.PERM, i } end
+    if redis.call('HGET', LEASE_KEY, parent) ~= SID then return { E.PERM, i } end
     local _, err = live_dir(parent)
     if err then return { err, i } end
     held[parent] = true
@@ -34,8 +34,8 @@ for i = 0, n - 1 do
     local kind, named = split_entry(e)
     if (kind == 'd') ~= (op == 'r') or named ~= ino then return { E.NOENT, i } end
     if op == 'r' then
-      if not born[ino] and redis.call('HGET', P .. 'lease', ino) ~= SID then return { E.PERM, i } end
-      if redis.call('HLEN', P .. 'd:' .. ino) + (added[ino] or 0) ~= 0 then return { E.NOTEMPTY, i } end
+      if not born[ino] and redis.call('HGET', LEASE_KEY, ino) ~= SID then return { E.PERM, i } end
+      if redis.call('HLEN', dir_key(ino)) + (added[ino] or 0) ~= 0 then return { E.NOTEMPTY, i } end
     end
     kinds[i] = kind
     names[parent .. '/' .. name] = false
@@ -61,9 +61,9 @@ for i = 0, n - 1 do
   end
 end
 for dir in string.gmatch(ARGV[3], '%d+') do
-  if redis.call('HGET', P .. 'lease', dir) == SID then
-    redis.call('HDEL', P .. 'lease', dir)
-    redis.call('SREM', P .. 'session:' .. SID .. ':leases', dir)
+  if redis.call('HGET', LEASE_KEY, dir) == SID then
+    redis.call('HDEL', LEASE_KEY, dir)
+    redis.call('SREM', session_leases_key(SID), dir)
   end
 end
 save()

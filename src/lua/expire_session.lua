@@ -9,9 +9,9 @@
 -- ARGV: P, sid, dead_sid, cutoff_ms, keep_replies_ms
 --   ->  {0, inodes deleted} or {0, -1} if it lives after all
 local dead = ARGV[3]
-local beat = redis.call('ZSCORE', P .. 'sessions', dead)
+local beat = redis.call('ZSCORE', SESSIONS_KEY, dead)
 if beat and tonumber(beat) >= tonumber(ARGV[4]) then return { 0, -1 } end
-local held, opened = P .. 'session:' .. dead .. ':held', open_key(dead)
+local held, opened = session_held_key(dead), session_open_key(dead)
 local deleted = 0
 local function release(member)
   local ino = tonumber(member)
@@ -23,21 +23,21 @@ local function release(member)
 end
 for _, member in ipairs(redis.call('SMEMBERS', held)) do release(member) end
 for _, member in ipairs(redis.call('HKEYS', opened)) do release(member) end
-local locks = P .. 'session:' .. dead .. ':locks'
+local locks = session_locks_key(dead)
 for _, ino in ipairs(redis.call('SMEMBERS', locks)) do
-  local key = P .. 'lk:' .. ino
+  local key = locks_key(ino)
   local all = redis.call('HGETALL', key)
   for i = 1, #all, 2 do
     if string.sub(all[i], 1, #dead + 1) == dead .. ':' then redis.call('HDEL', key, all[i]) end
   end
 end
-local leases = P .. 'session:' .. dead .. ':leases'
+local leases = session_leases_key(dead)
 for _, dir in ipairs(redis.call('SMEMBERS', leases)) do
-  if redis.call('HGET', P .. 'lease', dir) == dead then redis.call('HDEL', P .. 'lease', dir) end
+  if redis.call('HGET', LEASE_KEY, dir) == dead then redis.call('HDEL', LEASE_KEY, dir) end
 end
-redis.call('DEL', held, opened, locks, leases, P .. 'session:' .. dead)
-local replies = P .. 'session:' .. dead .. ':replies'
+redis.call('DEL', held, opened, locks, leases, session_key(dead))
+local replies = session_replies_key(dead)
 if ARGV[5] == '0' then redis.call('DEL', replies) else redis.call('PEXPIRE', replies, ARGV[5]) end
-redis.call('ZREM', P .. 'sessions', dead)
+redis.call('ZREM', SESSIONS_KEY, dead)
 flush_stats()
 return { 0, deleted }

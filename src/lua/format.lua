@@ -1,9 +1,9 @@
 -- ARGV: P, sid, version, block_size, codec, uuid, created, root_record, acl (on or off)
-if redis.call('EXISTS', P .. 'meta') == 1 then return { E.EXIST } end
-redis.call('HSET', P .. 'meta', 'version', ARGV[3], 'block_size', ARGV[4], 'codec', ARGV[5],
+if redis.call('EXISTS', META_KEY) == 1 then return { E.EXIST } end
+redis.call('HSET', META_KEY, 'version', ARGV[3], 'block_size', ARGV[4], 'codec', ARGV[5],
   'uuid', ARGV[6], 'created', ARGV[7], 'acl', ARGV[9], 'state', 'ready')
-redis.call('SET', P .. 'next:ino', 1)
+redis.call('SET', NEXT_INODE_KEY, 1)
 put(1, ARGV[8])
 save()
-redis.call('HSET', P .. 'stat', 'inodes', 1, 'blocks', 0)
+redis.call('HSET', STAT_KEY, 'inodes', 1, 'blocks', 0)
 return { 0 }

@@ -1,7 +1,7 @@
 -- ARGV: P, sid, count. Free up to count blocks of one queued large map.  ->  {0, freed}
-local ino = redis.call('SRANDMEMBER', P .. 'freeing')
+local ino = redis.call('SRANDMEMBER', FREEING_KEY)
 if not ino then return { 0, 0 } end
-local map = P .. 'free:' .. ino
+local map = freed_map_key(ino)
 local want = tonumber(ARGV[3])
 local fields, ids, cursor = {}, {}, '0'
 repeat
@@ -14,6 +14,6 @@ if #fields > 0 then
   delete_blocks(ids)
   stat_add('blocks', -#ids)
 end
-if redis.call('EXISTS', map) == 0 then redis.call('SREM', P .. 'freeing', ino) end
+if redis.call('EXISTS', map) == 0 then redis.call('SREM', FREEING_KEY, ino) end
 flush_stats()
 return { 0, #fields }

@@ -8,10 +8,10 @@ if is_dir(r) then return { E.PERM } end
 if nlink(r) >= 4294967295 then return { E.MLINK } end
 local pr, err = live_dir(parent)
 if not pr then return { err } end
-local dir = P .. 'd:' .. parent
+local dir = dir_key(parent)
 if redis.call('HEXISTS', dir, ARGV[5]) == 1 then return { E.EXIST } end
 redis.call('HSET', dir, ARGV[5], letter(r) .. ino)
-if nlink(r) == 0 then redis.call('SREM', P .. 'session:' .. SID .. ':held', ino) end
+if nlink(r) == 0 then redis.call('SREM', session_held_key(SID), ino) end
 entry_changed(parent, ARGV[5])
 put(ino, touch_c(set_nlink(r, nlink(r) + 1), ARGV[6]))
 put(parent, touch_mc(pr, ARGV[6]))

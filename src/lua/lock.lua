@@ -6,7 +6,7 @@
 --       kinds ('p' fcntl, 'f' flock; 'pf' with an unlock: both, as at a last close)
 --   ->  {0} done, {EAGAIN} held by another; with test: {0, type, start, end, pid}, type 2: free
 local ino, owner = ARGV[3], ARGV[4]
-local key = P .. 'lk:' .. ino
+local key = locks_key(ino)
 local want, from, to, pid = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local test, kinds = ARGV[9] == '1', ARGV[10]
 local function holder(kind)
@@ -63,7 +63,7 @@ local function place(me)
     local parts = {}
     for _, l in ipairs(kept) do parts[#parts + 1] = string.format('%d %d %d %s;', l[1], l[2], l[3], l[4]) end
     redis.call('HSET', key, me, table.concat(parts))
-    redis.call('SADD', P .. 'session:' .. SID .. ':locks', ino)
+    redis.call('SADD', session_locks_key(SID), ino)
   end
 end
 for kind in string.gmatch(kinds, '.') do place(holder(kind)) end

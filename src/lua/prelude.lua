@@ -1,18 +1,15 @@
--- Shared by every script (prepended by src/scripts.rs). ARGV[1] is the prefix with its ':',
+-- Shared by every script (prepended by src/scripts.rs, after the layout it generates from the
+-- Rust declarations: P, the prefix with its ':', from ARGV[1]; a builder of every key name, see
+-- src/keys.rs; E, errno values; S_IFMT, S_IFDIR, S_IFREG and LETTER, the file type bits and
+-- their entry letters; PER_BUCKET, inode records per hash; AT, where each field of a record
+-- begins, see src/attr.rs).
 -- ARGV[2] is 'session:request:deadline': the session id of the mount running the script (0 for
 -- tools), the request's id (0: none), the same for every attempt of one request, and the time
 -- on this server's clock (ms) after which the request must not run, because its caller gave up
 -- on it (0: none).
 -- Inode records are packed as described in src/attr.rs; these helpers read and patch them
 -- without unpacking the timestamps, which Lua's doubles could not hold exactly.
-local P = ARGV[1]
 local SID, REQ, DEADLINE = string.match(ARGV[2], '^(%d+):(%d+):(%d+)$')
-local E = { PERM = 1, NOENT = 2, IO = 5, AGAIN = 11, EXIST = 17, NOTDIR = 20, ISDIR = 21, INVAL = 22,
-            MLINK = 31, NOTEMPTY = 39, NODATA = 61, TIMEDOUT = 110 }
-local S_IFMT, S_IFDIR, S_IFREG = 61440, 16384, 32768
-local LETTER = { [32768] = 'f', [16384] = 'd', [40960] = 'l', [4096] = 'p', [8192] = 'c',
-                 [24576] = 'b', [49152] = 's' }
-local PER_BUCKET = 64
 
 local records, changed, events = {}, {}, {}
 
@@ -28,7 +25,7 @@ local function data_changed(ino, lo, hi)
   else events[#events + 1] = 'd' .. ino end
 end
 
-local function bucket(ino) return P .. 'i:' .. math.floor(ino / PER_BUCKET) end
+local function bucket(ino) return inodes_key(math.floor(ino / PER_BUCKET)) end
 local function rec(ino)
   local r = records[ino]
   if r == nil then
@@ -45,20 +42,20 @@ local stats = {}
 local function stat_add(field, n) stats[field] = (stats[field] or 0) + n end
 local function flush_stats()
   for field, n in pairs(stats) do
-    if n ~= 0 then redis.call('HINCRBY', P .. 'stat', field, n) end
+    if n ~= 0 then redis.call('HINCRBY', STAT_KEY, field, n) end
   end
   stats = {}
 end
 
 local function splice(r, off, bytes) return string.sub(r, 1, off) .. bytes .. string.sub(r, off + #bytes + 1) end
-local function mode(r) return (struct.unpack('<I2', r, 1)) end
+local function mode(r) return (struct.unpack('<I2', r, AT.MODE + 1)) end
 local function is_dir(r) return bit.band(mode(r), S_IFMT) == S_IFDIR end
--- A directory's record with its version (bytes 61..64) counted one up; 0 means "not yet
+-- A directory's record with its version counted one up; 0 means "not yet
 -- counted" and is skipped when the count goes round (see src/attr.rs).
 local function counted(r)
   local version = 0
-  if #r >= 64 then version = struct.unpack('<I4', r, 61) end
-  return string.sub(r, 1, 60) .. struct.pack('<I4', version % 4294967295 + 1)
+  if #r >= AT.VERSION + 4 then version = struct.unpack('<I4', r, AT.VERSION + 1) end
+  return string.sub(r, 1, AT.VERSION) .. struct.pack('<I4', version % 4294967295 + 1)
 end
 local function save()
   flush_stats()
@@ -74,32 +71,32 @@ local function save()
     redis.call('HSET', bucket(ino), ino % PER_BUCKET, r)
   end
   if #events > 0 then
-    redis.call('PUBLISH', P .. 'events', SID .. '\0' .. table.concat(events, '\0'))
+    redis.call('PUBLISH', EVENTS_KEY, SID .. '\0' .. table.concat(events, '\0'))
   end
 end
 local function letter(r) return LETTER[bit.band(mode(r), S_IFMT)] end
-local function nlink(r) return (struct.unpack('<I4', r, 3)) end
-local function set_nlink(r, n) return splice(r, 2, struct.pack('<I4', n)) end
-local function size(r) return (struct.unpack('<I8', r, 15)) end
-local function set_size(r, s) return splice(r, 14, struct.pack('<I8', s)) end
-local function touch_mc(r, ts) return splice(r, 32, ts .. ts) end
-local function touch_c(r, ts) return splice(r, 42, ts) end
+local function nlink(r) return (struct.unpack('<I4', r, AT.NLINK + 1)) end
+local function set_nlink(r, n) return splice(r, AT.NLINK, struct.pack('<I4', n)) end
+local function size(r) return (struct.unpack('<I8', r, AT.SIZE + 1)) end
+local function set_size(r, s) return splice(r, AT.SIZE, struct.pack('<I8', s)) end
+local function touch_mc(r, ts) return splice(r, AT.MTIME, ts .. ts) end
+local function touch_c(r, ts) return splice(r, AT.CTIME, ts) end
 -- A regular file's record ends with the number of blocks its map names (src/attr.rs): called
 -- after every change of the map, it counts them there (a record without the count gains it).
 local function count_blocks(ino, r)
   if bit.band(mode(r), S_IFMT) ~= S_IFREG then return r end
-  return string.sub(r, 1, 52) .. struct.pack('<I8', redis.call('HLEN', P .. 'm:' .. ino))
+  return string.sub(r, 1, AT.TAIL) .. struct.pack('<I8', redis.call('HLEN', map_key(ino)))
 end
-local function parent_of(r) return (struct.unpack('<I8', r, 53)) end
-local function set_parent(r, p) return splice(r, 52, struct.pack('<I8', p)) end
+local function parent_of(r) return (struct.unpack('<I8', r, AT.TAIL + 1)) end
+local function set_parent(r, p) return splice(r, AT.TAIL, struct.pack('<I8', p)) end
 
 local function split_entry(e) return string.sub(e, 1, 1), tonumber(string.sub(e, 2)) end
 -- A directory leased to another mount may have changes that mount has not sent yet (see
--- src/delegation.rs): the script stops before changing anything and names the holder, whose
+-- src/meta/deferred.rs): the script stops before changing anything and names the holder, whose
 -- caller asks it to hand the directory back and tries again. Tools and read-only mounts
 -- (session 0) cannot ask, and read what Redis has.
 local function unleased(dir)
-  local holder = redis.call('HGET', P .. 'lease', dir)
+  local holder = redis.call('HGET', LEASE_KEY, dir)
   if holder and holder ~= SID and SID ~= '0' then error({ err = 'LEASED ' .. dir .. ' ' .. holder }) end
 end
 -- Reads the records of inodes `inos` (numbers) into `out`, false where there is none; with
@@ -116,12 +113,12 @@ local function read_records(inos, with_xattrs, out)
       fields[#fields + 1] = tostring(inos[j] % PER_BUCKET)
       j = j + 1
     until j > n
-    local got = redis.call('HMGET', P .. 'i:' .. b, unpack(fields))
+    local got = redis.call('HMGET', inodes_key(b), unpack(fields))
     for k = 1, #fields do
       local ino, r = inos[i + k - 1], got[k]
       if r and is_dir(r) then unleased(ino) end
       out[#out + 1] = r
-      if with_xattrs then xattrs[#xattrs + 1] = tostring(redis.call('EXISTS', P .. 'x:' .. ino)) end
+      if with_xattrs then xattrs[#xattrs + 1] = tostring(redis.call('EXISTS', xattrs_key(ino))) end
     end
     i = j
   end
@@ -136,22 +133,21 @@ local function live_dir(ino)
   return r
 end
 -- The last link is gone: the removing session reclaims the inode once nothing holds it open.
-local function orphan(ino) redis.call('SADD', P .. 'session:' .. SID .. ':held', ino) end
+local function orphan(ino) redis.call('SADD', session_held_key(SID), ino) end
 -- Files open on each mount: 'session:<sid>:open' counts, per inode, the opens that mount
 -- registered (one per inode it has open; a count may dip below zero for a moment, as its
 -- changes may land out of order). A file removed while open on any mount keeps its data until
 -- its last close there, or until that mount's session expires.
-local function open_key(sid) return P .. 'session:' .. sid .. ':open' end
 local function count_open(ino, n)
   -- A session that ended (unmounted, or expired) has nothing open any more.
-  if not redis.call('ZSCORE', P .. 'sessions', SID) then return end
-  if redis.call('HINCRBY', open_key(SID), ino, n) == 0 then redis.call('HDEL', open_key(SID), ino) end
+  if not redis.call('ZSCORE', SESSIONS_KEY, SID) then return end
+  if redis.call('HINCRBY', session_open_key(SID), ino, n) == 0 then redis.call('HDEL', session_open_key(SID), ino) end
 end
 -- Whether a mount (other than session `except`) has `ino` open or holds it until its last close.
 local function kept_open(ino, except)
-  for _, sid in ipairs(redis.call('ZRANGE', P .. 'sessions', 0, -1)) do
-    if sid ~= except and (redis.call('HEXISTS', open_key(sid), ino) == 1
-        or redis.call('SISMEMBER', P .. 'session:' .. sid .. ':held', ino) == 1) then
+  for _, sid in ipairs(redis.call('ZRANGE', SESSIONS_KEY, 0, -1)) do
+    if sid ~= except and (redis.call('HEXISTS', session_open_key(sid), ino) == 1
+        or redis.call('SISMEMBER', session_held_key(sid), ino) == 1) then
       return true
     end
   end
@@ -160,17 +156,17 @@ end
 -- Deletes the blocks `ids` and the keys `also`.
 local function delete_blocks(ids, also)
   local keys = also or {}
-  for _, id in ipairs(ids) do keys[#keys + 1] = P .. 'b:' .. id end
+  for _, id in ipairs(ids) do keys[#keys + 1] = block_key(id) end
   for i = 1, #keys, 500 do redis.call('DEL', unpack(keys, i, math.min(i + 499, #keys))) end
 end
 -- Frees the data of `ino` (record `r`, if it has one) and deletes the keys `also` with it. Small maps are
 -- freed at once; large ones are queued so that no script runs for long. A file of at most
 -- 512 KiB has at most 512 blocks whatever the block size, so its map is not counted first.
 local function free_data(ino, r, also)
-  local map = P .. 'm:' .. ino
+  local map = map_key(ino)
   if (not r or size(r) > 524288) and redis.call('HLEN', map) > 512 then
-    redis.call('RENAME', map, P .. 'free:' .. ino)
-    redis.call('SADD', P .. 'freeing', ino)
+    redis.call('RENAME', map, freed_map_key(ino))
+    redis.call('SADD', FREEING_KEY, ino)
     delete_blocks({}, also)
     return
   end
@@ -186,13 +182,13 @@ end
 local function delete_inode(ino)
   local r = rec(ino)
   if r and is_dir(r) then
-    local holder = redis.call('HGET', P .. 'lease', ino)
+    local holder = redis.call('HGET', LEASE_KEY, ino)
     if holder then
-      redis.call('HDEL', P .. 'lease', ino)
-      redis.call('SREM', P .. 'session:' .. holder .. ':leases', ino)
+      redis.call('HDEL', LEASE_KEY, ino)
+      redis.call('SREM', session_leases_key(holder), ino)
     end
   end
-  free_data(ino, r, { P .. 'd:' .. ino, P .. 'x:' .. ino, P .. 'l:' .. ino })
+  free_data(ino, r, { dir_key(ino), xattrs_key(ino), symlink_key(ino) })
   redis.call('HDEL', bucket(ino), ino % PER_BUCKET)
   records[ino], changed[ino] = false, nil
   stat_add('inodes', -1)
@@ -200,25 +196,25 @@ end
 -- Enters a new inode `ino` (record, kind letter) as `name` in directory `parent`.
 local function add_child(parent, name, kind, ino, record, ts, target)
   put(ino, record)
-  redis.call('HSET', P .. 'd:' .. parent, name, kind .. ino)
+  redis.call('HSET', dir_key(parent), name, kind .. ino)
   entry_changed(parent, name)
-  if kind == 'l' then redis.call('SET', P .. 'l:' .. ino, target) end
+  if kind == 'l' then redis.call('SET', symlink_key(ino), target) end
   local pr = touch_mc(rec(parent), ts)
   if kind == 'd' then pr = set_nlink(pr, nlink(pr) + 1) end
   put(parent, pr)
   stat_add('inodes', 1)
 end
--- Leases a directory this session just created to it (see src/delegation.rs).
+-- Leases a directory this session just created to it (see src/meta/deferred.rs).
 local function lease(dir)
-  redis.call('HSET', P .. 'lease', dir, SID)
-  redis.call('SADD', P .. 'session:' .. SID .. ':leases', dir)
+  redis.call('HSET', LEASE_KEY, dir, SID)
+  redis.call('SADD', session_leases_key(SID), dir)
 end
 -- Removes the entry `name` (kind letter, inode) from `parent`. If that takes the inode's last
 -- link and `closed` names it (the caller does not have it open), the inode is deleted, unless
 -- another mount has it open (its last close there deletes it); if the caller has it open, a
 -- last link gone leaves it held by this session. Returns 1 if it is held.
 local function drop_child(parent, name, kind, ino, ts, closed)
-  redis.call('HDEL', P .. 'd:' .. parent, name)
+  redis.call('HDEL', dir_key(parent), name)
   entry_changed(parent, name)
   local pr = touch_mc(rec(parent), ts)
   if kind == 'd' then pr = set_nlink(pr, nlink(pr) - 1) end

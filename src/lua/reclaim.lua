@@ -3,7 +3,7 @@
 -- ARGV: P, sid, holder (the session whose held set recorded them), then per inode 'r<ino>'
 -- (the calling mount's last handle of it closed: its registered open ends) or '<ino>' (held)
 --   ->  {0, deleted}
-local held = P .. 'session:' .. ARGV[3] .. ':held'
+local held = session_held_key(ARGV[3])
 local deleted = 0
 for i = 4, #ARGV do
   local closing = string.sub(ARGV[i], 1, 1) == 'r'

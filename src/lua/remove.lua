@@ -5,13 +5,13 @@
 local parent = tonumber(ARGV[3])
 local _, err = live_dir(parent)
 if err then return { err } end
-local e = redis.call('HGET', P .. 'd:' .. parent, ARGV[4])
+local e = redis.call('HGET', dir_key(parent), ARGV[4])
 if not e then return { E.NOENT } end
 local kind, ino = split_entry(e)
 if ARGV[5] == '1' then
   if kind ~= 'd' then return { E.NOTDIR } end
   unleased(ino)
-  if redis.call('EXISTS', P .. 'd:' .. ino) == 1 then return { E.NOTEMPTY } end
+  if redis.call('EXISTS', dir_key(ino)) == 1 then return { E.NOTEMPTY } end
 elseif kind == 'd' then
   return { E.ISDIR }
 end

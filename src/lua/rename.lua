@@ -6,7 +6,7 @@ local _, err = live_dir(sp)
 if err then return { err } end
 _, err = live_dir(dp)
 if err then return { err } end
-local sdir, ddir = P .. 'd:' .. sp, P .. 'd:' .. dp
+local sdir, ddir = dir_key(sp), dir_key(dp)
 local se = redis.call('HGET', sdir, sname)
 if not se then return { E.NOENT } end
 local skind, sino = split_entry(se)
@@ -66,7 +66,7 @@ if de then
   if skind == 'd' then
     if dkind ~= 'd' then return { E.NOTDIR } end
     unleased(dino)
-    if redis.call('EXISTS', P .. 'd:' .. dino) == 1 then return { E.NOTEMPTY } end
+    if redis.call('EXISTS', dir_key(dino)) == 1 then return { E.NOTEMPTY } end
   elseif dkind == 'd' then
     return { E.ISDIR }
   end

@@ -5,20 +5,20 @@
 -- On a size cut that ends inside a block, the caller passes that block re-written with zeros
 -- past the new end (tail_new) in place of tail_old; a lost race answers EAGAIN.
 local ino, ts, mask = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
-local function drop_new_tail() if ARGV[16] ~= '0' then redis.call('DEL', P .. 'b:' .. ARGV[16]) end end
+local function drop_new_tail() if ARGV[16] ~= '0' then redis.call('DEL', block_key(ARGV[16])) end end
 local r = rec(ino)
 if not r then drop_new_tail(); return { E.NOENT } end
 if is_dir(r) then unleased(ino) end
 local function has(b) return bit.band(mask, b) ~= 0 end
 if has(8) then
   if is_dir(r) then drop_new_tail(); return { E.ISDIR } end
-  local new, bs, map = tonumber(ARGV[12]), tonumber(ARGV[13]), P .. 'm:' .. ino
+  local new, bs, map = tonumber(ARGV[12]), tonumber(ARGV[13]), map_key(ino)
   if new < size(r) then
     if ARGV[14] ~= '' then
       local cur = redis.call('HGET', map, ARGV[14]) or '0'
       if cur ~= ARGV[15] then drop_new_tail(); return { E.AGAIN } end
       if ARGV[16] ~= '0' then redis.call('HSET', map, ARGV[14], ARGV[16]) else redis.call('HDEL', map, ARGV[14]) end
-      if cur ~= '0' then redis.call('DEL', P .. 'b:' .. cur) end
+      if cur ~= '0' then redis.call('DEL', block_key(cur)) end
       if cur == '0' and ARGV[16] ~= '0' then stat_add('blocks', 1) end
       if cur ~= '0' and ARGV[16] == '0' then stat_add('blocks', -1) end
     end
@@ -46,13 +46,13 @@ if has(8) then
   r = set_size(r, new)
 end
 if has(1) then
-  r = splice(r, 0, struct.pack('<I2', bit.bor(bit.band(mode(r), S_IFMT), bit.band(tonumber(ARGV[6]), 4095))))
+  r = splice(r, AT.MODE, struct.pack('<I2', bit.bor(bit.band(mode(r), S_IFMT), bit.band(tonumber(ARGV[6]), 4095))))
 end
-if has(2) then r = splice(r, 6, struct.pack('<I4', tonumber(ARGV[7]))) end
-if has(4) then r = splice(r, 10, struct.pack('<I4', tonumber(ARGV[8]))) end
-if has(16) then r = splice(r, 22, ARGV[9]) end
-if has(32) then r = splice(r, 32, ARGV[10]) end
-if has(64) then r = splice(r, 42, ARGV[11]) elseif not has(128) then r = touch_c(r, ts) end
+if has(2) then r = splice(r, AT.UID, struct.pack('<I4', tonumber(ARGV[7]))) end
+if has(4) then r = splice(r, AT.GID, struct.pack('<I4', tonumber(ARGV[8]))) end
+if has(16) then r = splice(r, AT.ATIME, ARGV[9]) end
+if has(32) then r = splice(r, AT.MTIME, ARGV[10]) end
+if has(64) then r = splice(r, AT.CTIME, ARGV[11]) elseif not has(128) then r = touch_c(r, ts) end
 put(ino, r)
 save()
 return { 0, records[ino] }

@@ -4,7 +4,7 @@
 local parent = tonumber(ARGV[3])
 local _, err = live_dir(parent)
 if err then return { err } end
-local ino = redis.call('INCR', P .. 'next:ino')
+local ino = redis.call('INCR', NEXT_INODE_KEY)
 put(ino, set_nlink(ARGV[4], 0))
 stat_add('inodes', 1)
 orphan(ino)

@@ -2,7 +2,7 @@
 local ino = tonumber(ARGV[3])
 local r = rec(ino)
 if not r then return { E.NOENT } end
-local key = P .. 'x:' .. ino
+local key = xattrs_key(ino)
 local exists = redis.call('HEXISTS', key, ARGV[4]) == 1
 if ARGV[6] == '1' and exists then return { E.EXIST } end
 if ARGV[6] == '2' and not exists then return { E.NODATA } end

@@ -36,9 +36,9 @@ use std::time::{Duration, Instant};
 
 use redis::RedisError;
 
+use super::{checked, redis_failure, Meta};
 use crate::attr::{Attr, FileKind, Timestamp};
 use crate::error::FsError;
-use crate::meta::{redis_failure, Meta};
 use crate::store::{Request, ScriptArgs};
 
 /// Changes sent per script call.
@@ -425,7 +425,7 @@ impl Meta {
                 .script_as(&self.scripts.deferred, &batch.request, &batch.args())
                 .await;
             let refusal = match reply {
-                Ok(reply) => match crate::meta::checked(reply) {
+                Ok(reply) => match checked(reply) {
                     Ok(reply) => {
                         let full = matches!(reply.get(1), Some(redis::Value::Int(1)));
                         d.full.store(full, Ordering::Release);

@@ -8,10 +8,12 @@ use redis::{RedisError, Value};
 
 use crate::attr::{Attr, FileKind, Timestamp};
 use crate::codec::Encoded;
-use crate::delegation::{leased_dir, Delegation};
+pub mod deferred;
+
 use crate::error::FsError;
 use crate::scripts::Scripts;
 use crate::store::{Request, ScriptArgs, Store};
+use deferred::{leased_dir, Delegation};
 
 /// One entry of a directory listing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,6 +175,15 @@ fn bytes(v: Option<&Value>) -> Option<&[u8]> {
     }
 }
 
+/// Entries of a directory one reply carries at most: a bigger directory is read in pieces.
+const ENTRIES_PER_REPLY: usize = 10_000;
+
+/// The error for a listing Redis answered in a shape no script gives.
+fn unexpected_listing(ino: u64, what: &dyn std::fmt::Display) -> FsError {
+    tracing::error!("readdir of {ino}: unexpected reply: {what}");
+    FsError::Io
+}
+
 /// Records of `inos` as a script read them (`raw`, in the same order), with the marks of
 /// which have extended attributes (`xattrs`; unknown, a reply without them: as if all had).
 fn stored_records(inos: &[u64], raw: &[Value], xattrs: Option<&[u8]>) -> (Vec<Stored>, Vec<bool>) {
@@ -246,7 +257,7 @@ impl Meta {
     }
 
     /// The same, leasing the directories this mount creates to its session, which expires
-    /// after `session_timeout` (see [`crate::delegation`]).
+    /// after `session_timeout` (see [`crate::meta::deferred`]).
     pub fn delegating(self, session_timeout: Duration) -> Meta {
         Meta {
             delegation: Arc::new(Delegation::new(self.session != 0, session_timeout)),
@@ -630,10 +641,10 @@ impl Meta {
         });
     }
 
-    /// A directory's record and its entries, in one round trip.
-    /// A directory's record and entries, in one round trip; for a directory of at most
-    /// `records_up_to` entries, also their records (and, `with_xattrs`, which of them have
-    /// extended attributes), the entries then in inode order.
+    /// A directory's record and entries, in one round trip (a big directory's entries in
+    /// pieces after it); for a directory of at most `records_up_to` entries, also their
+    /// records (and, `with_xattrs`, which of them have extended attributes), the entries then
+    /// in inode order.
     pub async fn read_dir(
         &self,
         ino: u64,
@@ -645,20 +656,22 @@ impl Meta {
         }
         let args = ScriptArgs::default()
             .num(ino)
+            .num(ENTRIES_PER_REPLY)
             .num(records_up_to)
             .num(u8::from(with_xattrs));
         let mut reply = self
             .run_unsent("readdir", &self.scripts.listing, args)
             .await?;
-        let unexpected = |e: &dyn std::fmt::Display| {
-            tracing::error!("readdir of {ino}: unexpected reply: {e}");
-            FsError::Io
-        };
         let attr = Attr::decode(ino, bytes(reply.get(1)).ok_or(FsError::Io)?).ok_or(FsError::Io)?;
-        let entries: RawEntries =
-            redis::from_redis_value(reply.get(2).cloned().unwrap_or(Value::Nil))
-                .map_err(|e| unexpected(&e))?;
-        let entries = self.parse_entries(ino, entries);
+        let entries = match reply.get_mut(2).map(std::mem::take) {
+            Some(Value::Int(count)) => self.scan_entries(ino, count).await?,
+            Some(flat) => {
+                let entries: RawEntries =
+                    redis::from_redis_value(flat).map_err(|e| unexpected_listing(ino, &e))?;
+                self.parse_entries(ino, entries)
+            }
+            None => return Err(unexpected_listing(ino, &"no entries")),
+        };
         let records = match reply.get_mut(3).map(std::mem::take) {
             Some(Value::Array(records)) => {
                 let inos: Vec<u64> = entries.iter().map(|e| e.ino).collect();
@@ -671,6 +684,35 @@ impl Meta {
             entries,
             records,
         })
+    }
+
+    /// The entries of a big directory (about `count` of them), read in pieces: memory holds
+    /// the listing, not a reply as big. HSCAN returns every entry present throughout at least
+    /// once, and one changed meanwhile possibly twice: the listing keeps each name once.
+    async fn scan_entries(&self, ino: u64, count: i64) -> Result<Vec<DirEntry>, FsError> {
+        let key = self.store.keys.dir(ino);
+        let mut list = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+        let mut cursor = 0u64;
+        loop {
+            let mut scan = redis::cmd("HSCAN");
+            scan.arg(&key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(ENTRIES_PER_REPLY);
+            let (next, piece): (u64, RawEntries) = self
+                .store
+                .cmd(&scan)
+                .await
+                .map_err(|e| redis_failure("readdir", &e))?;
+            list.extend(self.parse_entries(ino, piece));
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        list.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        list.dedup_by(|a, b| a.name == b.name);
+        Ok(list)
     }
 
     /// Entries as HGETALL gives them, decoded; one that does not decode is named as such.
