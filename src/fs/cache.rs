@@ -249,9 +249,14 @@ impl MetaCache {
     pub fn remember(&self, epoch: u64, name: Option<(u64, &[u8])>, attr: Attr) {
         let mut attrs = lock(&self.attrs);
         let names_moved = name.is_some() && self.names_changed.load(Ordering::Acquire) > epoch;
-        let newest = attrs
-            .by_version(&attr)
-            .unwrap_or_else(|| attrs.unchanged_since(attr.ino, epoch));
+        let order = attrs.by_version(&attr);
+        if !names_moved && order == Some(false) {
+            // An event brought a newer record meanwhile: it stays, and the name is known.
+            let newer = attrs.attrs[&attr.ino];
+            self.insert(&mut attrs, name, newer);
+            return;
+        }
+        let newest = order.unwrap_or_else(|| attrs.unchanged_since(attr.ino, epoch));
         if names_moved || !newest {
             if let Some((parent, name)) = name {
                 // The name exists but is not recorded.
@@ -485,6 +490,9 @@ mod tests {
         // A read that began before the event but reached Redis after a later change keeps it.
         cache.remember(read_began, None, dir(7, 7));
         assert_eq!(nlink(&cache), Some(7));
+        // A look-up that read an older record still learns the name, with the newer record.
+        cache.remember(cache.epoch(), Some((1, b"d")), dir(6, 6));
+        assert_eq!(cache.entry(1, b"d").map(|a| a.nlink), Some(7));
         // A record built here has no version: it stands (this mount's own change), and any
         // counted record heard of later replaces it.
         cache.set(None, dir(0, 8));
