@@ -77,7 +77,7 @@ impl Core {
                 access_only: true,
                 ..Default::default()
             };
-            match core.change(core.write_access_time(ino, change)).await {
+            match core.freeze.pass(core.write_access_time(ino, change)).await {
                 Ok(()) => {}
                 // An access time is not worth more: the next access tries again.
                 Err(e) => tracing::debug!("inode {ino}: access time not written ({e})"),
@@ -96,7 +96,7 @@ impl Core {
             .setattr(ino, &change, self.block_size, None)
             .await?;
         self.cache.forget_attr(ino);
-        if let Some(f) = self.open_file(ino) {
+        if let Some(f) = self.open.get(ino) {
             let mut st = f.state();
             st.attr.atime = st.attr.atime.max(attr.atime);
         }

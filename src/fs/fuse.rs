@@ -20,10 +20,11 @@ use crate::attr::{Attr, FileKind, Timestamp};
 use crate::error::FsError;
 use crate::meta::{AttrChange, LockState, Stored, Usage};
 
-use super::dir::stand_in;
-use super::locks::Lock;
-use super::ops::{Caller, XattrReply, NAME_MAX};
-use super::{lock, Core};
+use super::ops::attrs::XattrReply;
+use super::ops::dirs::stand_in;
+use super::ops::locks::Lock;
+use super::ops::{Caller, NAME_MAX};
+use super::{lock, Core, WriteAnswer};
 
 /// Requests served at once; more wait for a slot (bounding memory under a flood of writes).
 const MAX_IN_FLIGHT: usize = 512;
@@ -211,7 +212,7 @@ impl RedisFs {
     {
         self.serve(reply, move |c| {
             let work = op(c.clone());
-            async move { c.change(work).await }
+            async move { c.freeze.pass(work).await }
         });
     }
 
@@ -514,39 +515,25 @@ impl fuser::Filesystem for RedisFs {
     ) {
         // With its writeback cache the kernel keeps the size and places appends itself.
         let append = flags.0 & libc::O_APPEND != 0 && !self.core.settings.writeback;
-        // Most writes only fill the buffer: answered here unless a freeze holds changes or the
-        // buffer is full enough that the writer must wait for a store.
-        let written = data.len() as u32;
-        let by = caller(req);
-        if self.core.write_drops_set_id(ino.0, &by) {
-            let data = data.to_vec();
-            return self.serve_change(reply, move |c| async move {
-                let written = c.write(fh.0, offset, &data, append).await?;
-                c.drop_set_id_bits(c.getattr(ino.0).await?, by).await?;
-                Ok(written)
-            });
+        let (written, by) = (data.len() as u32, caller(req));
+        match self
+            .core
+            .write_now(fh.0, ino.0, offset, data, append, &by, &self.runtime)
+        {
+            Ok(WriteAnswer::Now) => reply.written(written),
+            Ok(WriteAnswer::AfterStore(file, only_full)) => {
+                self.serve_change(reply, move |c| async move {
+                    c.flush_file(&file, only_full).await.map(|_| written)
+                });
+            }
+            Ok(WriteAnswer::InTask) => {
+                let data = data.to_vec();
+                self.serve_change(reply, move |c| async move {
+                    c.write(fh.0, offset, &data, append, by).await
+                });
+            }
+            Err(e) => reply.error(errno(e)),
         }
-        let answer_here = !append || !self.core.append_waits(fh.0);
-        let must_store = match self.core.open_gate().filter(|_| answer_here) {
-            Some(_open) => match self
-                .core
-                .write_buffered(fh.0, offset, data, append, &self.runtime)
-            {
-                Ok(None) => return reply.written(written),
-                Ok(Some(store)) => Some(store),
-                Err(e) => return reply.error(errno(e)),
-            },
-            None => None,
-        };
-        if let Some((file, only_full)) = must_store {
-            return self.serve_change(reply, move |c| async move {
-                c.flush_file(&file, only_full).await.map(|_| written)
-            });
-        }
-        let data = data.to_vec();
-        self.serve_change(reply, move |c| async move {
-            c.write(fh.0, offset, &data, append).await
-        });
     }
 
     fn flush(
@@ -567,7 +554,7 @@ impl fuser::Filesystem for RedisFs {
             .begin_release(ino.0, None, Some(lock_owner.0));
         self.serve(reply, move |c| async move {
             let unlocked = c.finish_release(unlock).await;
-            c.change(c.flush(fh.0)).await.and(unlocked)
+            c.freeze.pass(c.flush(fh.0)).await.and(unlocked)
         });
     }
 
@@ -591,7 +578,7 @@ impl fuser::Filesystem for RedisFs {
         let unlock = self.core.locks.begin_release(ino.0, Some(fh.0), owner);
         self.serve(reply, move |c| async move {
             let unlocked = c.finish_release(unlock).await;
-            c.change(c.release(fh.0)).await.and(unlocked)
+            c.freeze.pass(c.release(fh.0)).await.and(unlocked)
         });
     }
 

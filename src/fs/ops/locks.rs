@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use crate::error::FsError;
 use crate::meta::{LockFamily, LockState};
 
-use super::{lock, Core};
+use crate::fs::{lock, Core};
 
 /// Lock kind meaning "unlock" (F_UNLCK on Linux).
 const UNLOCK: i32 = libc::F_UNLCK;

@@ -7,6 +7,8 @@
 //! are read a chunk at a time, a few chunks ahead of the page the kernel asks for, so that
 //! the kernel takes in one chunk's pages while Redis answers for the next ones.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -15,7 +17,7 @@ use crate::attr::{Attr, FileKind, Timestamp};
 use crate::error::FsError;
 use crate::meta::{DirEntry, Listing, Stored, UNREADABLE_ENTRY};
 
-use super::{lock, Core};
+use crate::fs::{lock, Core};
 
 /// Entries whose attributes are read in one round trip: a chunk of the listing.
 const RECORDS_PER_CALL: usize = 2048;
@@ -58,28 +60,46 @@ pub struct DirHandle {
     opened_as: Attr,
 }
 
-impl Core {
-    /// Opens directory `ino`, whose attributes are `attr` (its listing is taken when first
-    /// read).
-    pub fn opendir(&self, ino: u64, attr: Attr) -> u64 {
-        let fh = self.new_handle();
-        lock(&self.dirs).insert(
-            fh,
-            Arc::new(Mutex::new(DirHandle {
-                ino,
-                entries: None,
-                chunks: Vec::new(),
-                chunk_read: Arc::default(),
-                opened_as: attr,
-            })),
-        );
+/// A leased directory's last listing: the directory, the cache epoch it was taken in, the
+/// entries.
+type LastListing = (u64, u64, Vec<DirEntry>);
+
+/// The open directories of a mount.
+#[derive(Default)]
+pub struct DirHandles {
+    handles: Mutex<HashMap<u64, Arc<Mutex<DirHandle>>>>,
+    next_handle: AtomicU64,
+    /// The last listing taken of a leased directory (see [`Core::recent_listing`]).
+    last_listing: Mutex<Option<LastListing>>,
+}
+
+impl DirHandles {
+    /// A handle on directory `ino`, whose attributes are `attr`.
+    fn open(&self, ino: u64, attr: Attr) -> u64 {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed) + 1;
+        let handle = DirHandle {
+            ino,
+            entries: None,
+            chunks: Vec::new(),
+            chunk_read: Arc::default(),
+            opened_as: attr,
+        };
+        lock(&self.handles).insert(fh, Arc::new(Mutex::new(handle)));
         fh
+    }
+
+    /// The handle `fh`.
+    fn get(&self, fh: u64) -> Result<Arc<Mutex<DirHandle>>, FsError> {
+        lock(&self.handles)
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
     }
 
     /// Attributes of a directory open here that is no longer in Redis (removed, or replaced by
     /// a rename): as it was when opened, with no link left, as a local filesystem answers.
-    pub(super) fn removed_open_dir(&self, ino: u64) -> Option<Attr> {
-        lock(&self.dirs)
+    pub fn removed(&self, ino: u64) -> Option<Attr> {
+        lock(&self.handles)
             .values()
             .find_map(|h| {
                 let h = lock(h);
@@ -87,10 +107,18 @@ impl Core {
             })
             .map(|attr| Attr { nlink: 0, ..attr })
     }
+}
+
+impl Core {
+    /// Opens directory `ino`, whose attributes are `attr` (its listing is taken when first
+    /// read).
+    pub fn opendir(&self, ino: u64, attr: Attr) -> u64 {
+        self.dirs.open(ino, attr)
+    }
 
     /// The handle of an open directory.
     pub fn dir_handle(&self, fh: u64) -> Result<Arc<Mutex<DirHandle>>, FsError> {
-        lock(&self.dirs).get(&fh).cloned().ok_or(FsError::BadHandle)
+        self.dirs.get(fh)
     }
 
     /// Makes sure the handle holds its listing; for readdirplus (`plus`), a small directory's
@@ -126,7 +154,7 @@ impl Core {
     /// directory through two handles, one right after the other, while the stores of files
     /// just copied still land.)
     fn recent_listing(&self, ino: u64) -> Option<Vec<DirEntry>> {
-        let last = lock(&self.last_listing);
+        let last = lock(&self.dirs.last_listing);
         let (dir, epoch, entries) = last.as_ref()?;
         (*dir == ino
             && self.cache.only_data_changed_since(*epoch)
@@ -174,7 +202,7 @@ impl Core {
         list.sort_unstable_by_key(|e| e.ino);
         entries.extend(list);
         if self.meta.delegation.holds(ino) {
-            *lock(&self.last_listing) = Some((ino, epoch, entries.clone()));
+            *lock(&self.dirs.last_listing) = Some((ino, epoch, entries.clone()));
         }
         let first_chunk = records.map(|(named, has_xattrs)| {
             let inos: Vec<u64> = entries[2..].iter().map(|e| e.ino).collect();
@@ -405,7 +433,7 @@ impl Core {
             if *i < 2 {
                 continue;
             }
-            if self.open_file(attr.ino).is_some() {
+            if self.open.get(attr.ino).is_some() {
                 *stored = Stored::Attr(self.current(attr, epoch));
             } else if !self.cache.unchanged_since(attr.ino, epoch) {
                 match self.cache.attr(attr.ino) {
@@ -425,7 +453,7 @@ impl Core {
 
     /// Closes a directory handle.
     pub fn releasedir(&self, fh: u64) {
-        lock(&self.dirs).remove(&fh);
+        lock(&self.dirs.handles).remove(&fh);
     }
 }
 

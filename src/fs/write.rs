@@ -1,0 +1,388 @@
+//! The write path: a write lands in the file's [`Buffers`](super::buffers::Buffers) and is
+//! answered; full blocks are stored in the background, the rest at close, fsync, a freeze or
+//! after [`WRITE_BACK_AFTER`].
+//!
+//! A store takes a batch of blocks in three steps, as layers of their own:
+//!
+//! 1. **merge**: partial blocks are merged onto the block each replaces, as Redis holds it now;
+//! 2. **encode and place**: the images are compressed, given new block ids, and either put in
+//!    Redis first (a large batch) or carried by the commit (a small one);
+//! 3. **commit and settle**: one script swaps the block-map entries, checking that each still
+//!    names the block the merge started from (compare-and-swap), and the file's state learns
+//!    the outcome. A writer that lost a race merges again, so two mounts writing different
+//!    bytes of one block lose nothing.
+//!
+//! Up to `BATCHES_IN_FLIGHT` batches of a file are stored at once, so that encoding one
+//! overlaps the network time of another.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
+use crate::attr::Timestamp;
+use crate::blocks::{Block, Image};
+use crate::codec::Encoded;
+use crate::error::FsError;
+use crate::fs::notify::Invalidation;
+
+use super::buffers::BlockBuffer;
+use super::{Core, OpenFile, MAX_FILE_SIZE};
+
+/// Full buffered blocks of one file that start storing them in the background.
+const FLUSH_FULL_BLOCKS: usize = 16;
+/// Full buffered blocks of one file after which its writer waits for them to be stored: a
+/// full block gains nothing by waiting, so a writer faster than Redis is held to its pace.
+const MAX_FULL_BLOCKS: usize = 256;
+/// How long written bytes may wait in a buffer. Partial blocks are kept so that further
+/// writes into them cost no second store, but not for longer than this.
+pub const WRITE_BACK_AFTER: Duration = Duration::from_secs(5);
+/// Blocks stored per commit.
+const FLUSH_BATCH: usize = 64;
+/// Batches of one file stored at once.
+const BATCHES_IN_FLIGHT: usize = 3;
+/// Stored bytes a batch may carry inside its commit call rather than in SETs before it.
+const INLINE_BYTES: usize = 256 << 10;
+/// Attempts before a lost compare-and-swap becomes an error.
+pub(super) const ATTEMPTS: usize = 16;
+
+/// What a buffered write asks of its writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backlog {
+    /// Nothing to do yet.
+    Fine,
+    /// Enough full blocks: start storing them, without waiting.
+    StoreSoon,
+    /// Too many full blocks: store them before accepting more.
+    StoreFull,
+    /// The mount's write buffers are over budget: store all of this file's before accepting
+    /// more.
+    StoreAll,
+}
+
+impl Backlog {
+    /// What the writer must store before its write is answered: `Some(only_full)`, or `None`.
+    pub fn wait_for(self) -> Option<bool> {
+        match self {
+            Backlog::Fine | Backlog::StoreSoon => None,
+            Backlog::StoreFull => Some(true),
+            Backlog::StoreAll => Some(false),
+        }
+    }
+}
+
+/// A batch's blocks, with what each replaces in the map and its new image.
+struct Merged {
+    /// Block ids the map named when the merge began.
+    old_ids: Vec<u64>,
+    /// The blocks as they are to be stored.
+    images: Vec<Image>,
+}
+
+/// A batch's new blocks, placed: ids (0: the block is all zeros, a hole), and the encoded
+/// bytes the commit carries (`inline`) or that are stored already (`stored`).
+struct Placed {
+    new_ids: Vec<u64>,
+    inline: Vec<(u64, Encoded)>,
+    stored: Vec<u64>,
+}
+
+impl Core {
+    /// Buffers a write at `offset`, or with `append` at the end of the file as this mount
+    /// knows it; says whether the caller should store what is buffered.
+    pub fn buffer_write(
+        &self,
+        file: &OpenFile,
+        offset: u64,
+        data: &[u8],
+        append: bool,
+    ) -> Result<Backlog, FsError> {
+        let mut st = file.state();
+        let offset = if append && offset != st.attr.size {
+            // Without its writeback cache the kernel places an O_APPEND write at the end of
+            // file it knows, and does not ask first: another mount's appends, which this open
+            // learned of, may have moved the end. The pages it filled there are not the file's.
+            self.invalidate(Invalidation::Data(
+                file.ino,
+                offset as i64,
+                data.len() as i64,
+            ));
+            st.attr.size
+        } else {
+            offset
+        };
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(FsError::FileTooBig)?;
+        if end > MAX_FILE_SIZE {
+            return Err(FsError::FileTooBig);
+        }
+        let bs = self.block_size as u64;
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let abs = offset + pos as u64;
+            let (idx, off) = (abs / bs, (abs % bs) as usize);
+            let n = (bs as usize - off).min(data.len() - pos);
+            st.buffers.write(
+                idx,
+                off,
+                &data[pos..pos + n],
+                bs as usize,
+                &self.write_budget,
+            );
+            pos += n;
+        }
+        st.attr.size = st.attr.size.max(end);
+        // With the writeback cache the kernel owns the times of regular files and sends them
+        // with SETATTR; stamping them here as well would make the two disagree.
+        if st.stamps_times {
+            let now = Timestamp::now();
+            st.attr.mtime = now;
+            st.attr.ctime = now;
+        }
+        let full = st.buffers.full_dirty();
+        Ok(if self.write_budget.exceeded() {
+            Backlog::StoreAll
+        } else if full >= MAX_FULL_BLOCKS {
+            Backlog::StoreFull
+        } else if full >= FLUSH_FULL_BLOCKS {
+            Backlog::StoreSoon
+        } else {
+            Backlog::Fine
+        })
+    }
+
+    /// Stores buffered blocks: all of them, or with `only_full` just the complete ones.
+    pub async fn flush_file(&self, file: &OpenFile, only_full: bool) -> Result<(), FsError> {
+        let _one_flush_at_a_time = file.flush_lock.lock().await;
+        let mut running = FuturesUnordered::new();
+        let mut failure = None;
+        loop {
+            while failure.is_none() && running.len() < BATCHES_IN_FLIGHT {
+                let (batch, size) = {
+                    let mut st = file.state();
+                    (st.buffers.start_store(only_full, FLUSH_BATCH), st.attr.size)
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                running.push(async move {
+                    let stored = self.store_batch(file, &batch, size).await;
+                    (batch, stored)
+                });
+            }
+            let Some((batch, stored)) = running.next().await else {
+                if failure.is_none() {
+                    // A file kept after a close that could not store it leaves the table now.
+                    self.retire(file);
+                }
+                return failure.map_or(Ok(()), Err);
+            };
+            if let Err(e) = stored {
+                // Keep the data buffered (under anything written since) and report the error.
+                let mut st = file.state();
+                for (idx, older) in batch {
+                    st.buffers.put_back(idx, older);
+                }
+                failure.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Stores the buffers of files written to more than `WRITE_BACK_AFTER` ago, for as long as
+    /// the mount runs.
+    pub(super) async fn write_back(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(WRITE_BACK_AFTER / 5);
+        loop {
+            tick.tick().await;
+            let due = self
+                .open
+                .all()
+                .into_iter()
+                .filter(|f| f.state().buffers.dirty_for(WRITE_BACK_AFTER));
+            for file in due {
+                if let Err(e) = self.freeze.pass(self.flush_file(&file, false)).await {
+                    tracing::warn!("inode {}: write-back failed ({e}); kept buffered", file.ino);
+                }
+            }
+        }
+    }
+
+    /// Stores one batch of blocks (of a file `size` bytes long when it was taken), merging
+    /// again where another writer won.
+    async fn store_batch(
+        &self,
+        file: &OpenFile,
+        batch: &[(u64, Arc<BlockBuffer>)],
+        size: u64,
+    ) -> Result<(), FsError> {
+        let mut todo: Vec<&(u64, Arc<BlockBuffer>)> = batch.iter().collect();
+        for _ in 0..ATTEMPTS {
+            let Some(merged) = self.merge(file, &todo).await? else {
+                // A block the map named is gone: another writer replaced it; read the map again.
+                file.state().forget_map(false);
+                continue;
+            };
+            let placed = self.encode_and_place(&merged.images).await?;
+            let lost = match self
+                .commit_and_settle(file, &todo, merged, placed, size)
+                .await
+            {
+                Err(FsError::NotFound) => {
+                    // The inode was deleted under us (the script dropped the new blocks).
+                    let mut st = file.state();
+                    for (idx, _) in &todo {
+                        st.buffers.committed(*idx);
+                    }
+                    return Ok(());
+                }
+                // Whatever became of the blocks stored for it, `Meta::commit` sees to them.
+                other => other?,
+            };
+            todo.retain(|(i, _)| lost.contains(i));
+            if todo.is_empty() {
+                return Ok(());
+            }
+        }
+        tracing::error!(
+            "inode {}: gave up after {ATTEMPTS} lost block-map races",
+            file.ino
+        );
+        Err(FsError::Io)
+    }
+
+    /// Step 1: the blocks as they are to be stored, each partial one merged onto the block
+    /// the map names now; `None` if one of those is gone.
+    async fn merge(
+        &self,
+        file: &OpenFile,
+        todo: &[&(u64, Arc<BlockBuffer>)],
+    ) -> Result<Option<Merged>, FsError> {
+        let idxs: Vec<u64> = todo.iter().map(|(i, _)| *i).collect();
+        let old_ids = self.block_ids(file, &idxs).await?;
+        let base_ids: Vec<u64> = todo
+            .iter()
+            .zip(&old_ids)
+            .filter(|((_, b), &id)| !b.is_full() && id != 0)
+            .map(|(_, &id)| id)
+            .collect();
+        let bases: HashMap<u64, Option<Block>> = base_ids
+            .iter()
+            .copied()
+            .zip(self.blocks.get(&base_ids).await?)
+            .collect();
+        if bases.values().any(Option::is_none) {
+            return Ok(None);
+        }
+        let images = todo
+            .iter()
+            .zip(&old_ids)
+            .map(|((_, buffer), old)| match bases.get(old) {
+                Some(Some(base)) if !buffer.is_full() => {
+                    let mut image = base.to_vec();
+                    buffer.overlay(&mut image);
+                    Arc::new(image)
+                }
+                _ => buffer.image(),
+            })
+            .collect();
+        Ok(Some(Merged { old_ids, images }))
+    }
+
+    /// Step 2: encodes `images` and gives each that is not all zeros a new block id; a small
+    /// batch travels with the commit (one round trip), a large one is stored first, in
+    /// pipelined SETs, so that no script carries megabytes.
+    async fn encode_and_place(&self, images: &[Image]) -> Result<Placed, FsError> {
+        let encoded = self.blocks.encode_all(images).await;
+        let ids = self
+            .blocks
+            .allocate(encoded.iter().flatten().count())
+            .await?;
+        let mut fresh = ids.into_iter();
+        let new_ids: Vec<u64> = encoded
+            .iter()
+            .map(|e| {
+                if e.is_some() {
+                    fresh.next().unwrap_or(0)
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let puts: Vec<(u64, Encoded)> = new_ids
+            .iter()
+            .zip(encoded)
+            .filter_map(|(&id, e)| e.map(|e| (id, e)))
+            .collect();
+        let small = puts.iter().map(|(_, b)| b.stored_len()).sum::<usize>() <= INLINE_BYTES;
+        if small {
+            return Ok(Placed {
+                new_ids,
+                inline: puts,
+                stored: Vec::new(),
+            });
+        }
+        let stored: Vec<u64> = puts.iter().map(|(id, _)| *id).collect();
+        if let Err(e) = self.blocks.put(&puts).await {
+            // Some of them may have been stored, and no map will ever name them.
+            self.blocks.discard(stored);
+            return Err(e);
+        }
+        Ok(Placed {
+            new_ids,
+            inline: Vec::new(),
+            stored,
+        })
+    }
+
+    /// Step 3: swaps the map entries of the batch in one script and records the outcome in
+    /// the file's state and the caches; returns the indexes whose swap lost a race.
+    async fn commit_and_settle(
+        &self,
+        file: &OpenFile,
+        todo: &[&(u64, Arc<BlockBuffer>)],
+        merged: Merged,
+        placed: Placed,
+        size: u64,
+    ) -> Result<Vec<u64>, FsError> {
+        let bs = self.block_size as u64;
+        let last = todo.iter().map(|(i, _)| *i).max().unwrap_or(0);
+        let end = size.min((last + 1) * bs);
+        let swaps: Vec<(u64, u64, u64)> = todo
+            .iter()
+            .zip(&merged.old_ids)
+            .zip(&placed.new_ids)
+            .map(|((&&(i, _), &o), &n)| (i, o, n))
+            .collect();
+        // Commits of one file go one at a time, each with the file's mtime as it is then:
+        // batches finishing out of order never store an older mtime over a newer one.
+        let _in_order = file.commit_lock.lock().await;
+        let mtime = {
+            let st = file.state();
+            st.stamps_times.then_some(st.attr.mtime)
+        };
+        let epoch = self.cache.epoch();
+        let (attr, lost) = self
+            .meta
+            .commit(file.ino, mtime, end, &swaps, &placed.inline, &placed.stored)
+            .await?;
+        // What the commit left is the truth, unless something changed since it began.
+        self.cache.replace(epoch, attr);
+        let mut st = file.state();
+        st.refresh(attr);
+        st.map_changed();
+        for ((&&(idx, _), image), &new_id) in todo.iter().zip(merged.images).zip(&placed.new_ids) {
+            if lost.contains(&idx) {
+                st.committed(idx, None);
+                continue;
+            }
+            st.buffers.committed(idx);
+            st.committed(idx, Some(new_id));
+            if new_id != 0 {
+                self.blocks.remember(new_id, image);
+            }
+        }
+        Ok(lost)
+    }
+}
