@@ -260,9 +260,34 @@ pub enum Error {
     /// Something else is using the filesystem in a way that excludes this operation.
     #[error("{0}")]
     Busy(String),
-    /// A setting given at creation time is invalid.
+    /// A setting or argument is invalid.
     #[error("invalid setting: {0}")]
     Setting(String),
+    /// The operating system refused something the program needs to run (a thread, a pipe, a
+    /// process).
+    #[error("{context}: {source}")]
+    System {
+        /// What was being done.
+        context: String,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The mount started in the background ended before it was ready.
+    #[error("the background mount failed ({0})")]
+    BackgroundMount(String),
+    /// A filesystem operation a tool needs failed (the cause is logged where it happened).
+    #[error("{what}: {source}")]
+    Operation {
+        /// What was being done.
+        what: String,
+        /// The errno it failed with.
+        #[source]
+        source: FsError,
+    },
+    /// One stage of a tool's pipeline (reading, writing) stopped; its own error says why.
+    #[error("{0}")]
+    Pipeline(String),
     /// Starting or talking to a private redis-server failed.
     #[error("private redis-server: {0}")]
     LocalRedis(String),

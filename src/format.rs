@@ -2,13 +2,13 @@
 
 use std::collections::HashMap;
 
-use redis::Value;
-
 use crate::attr::{Attr, FileKind, Timestamp};
 use crate::codec::Codec;
-use crate::error::Error;
+use crate::error::{Error, FsError};
+use crate::meta::calls::{Call, Format};
+use crate::meta::checked;
 use crate::scripts::Scripts;
-use crate::store::{ScriptArgs, Store};
+use crate::store::Store;
 
 /// The newest format version this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -201,24 +201,28 @@ async fn format(store: &Store, scripts: &Scripts, create: &CreateOptions) -> Res
     let mut root = Attr::new(FileKind::Dir, 0o755, uid, gid, now);
     root.ino = 1;
     root.parent = 1;
-    let args = ScriptArgs::default()
-        .num(FORMAT_VERSION)
-        .num(block_size)
-        .bytes(create.codec.name())
-        .bytes(new_uuid())
-        .num(now.sec)
-        .bytes(root.encode())
-        .bytes(on_off(create.acl));
+    let call = Format {
+        version: FORMAT_VERSION,
+        block_size,
+        codec: create.codec.name(),
+        uuid: new_uuid(),
+        created: now.sec,
+        root: &root,
+        acl: on_off(create.acl),
+    };
     let reply = store
-        .script(&scripts.format, 0, &args)
+        .script(Format::script(scripts), 0, &call.args())
         .await
         .map_err(store.failed("creating the filesystem"))?;
     // Another mount may have created it at the same moment: that is fine.
-    if !matches!(reply.first(), Some(Value::Int(0)) | Some(Value::Int(17))) {
-        return Err(Error::CorruptKey {
-            key: store.keys.meta(),
-            reason: format!("unexpected reply while creating: {reply:?}"),
-        });
+    match checked(reply).and_then(|reply| call.parse(reply)) {
+        Ok(()) | Err(FsError::Exists) => {}
+        Err(e) => {
+            return Err(Error::CorruptKey {
+                key: store.keys.meta(),
+                reason: format!("unexpected reply while creating: {e}"),
+            })
+        }
     }
     tracing::info!(
         "created filesystem '{}' ({} byte blocks, {} compression, ACLs {})",

@@ -147,7 +147,10 @@ pub async fn snapshot(
         let left_out = Meta::new(dst.clone(), scripts, 0)
             .reclaim_for(0, &held)
             .await
-            .map_err(|e| Error::Setting(format!("leaving deleted files out of the copy: {e}")))?;
+            .map_err(|source| Error::Operation {
+                what: "leaving deleted files out of the copy".into(),
+                source,
+            })?;
         let copy = FsConfig {
             uuid: format::new_uuid(),
             ..config

@@ -78,7 +78,10 @@ pub fn block_on<T>(work: impl std::future::Future<Output = Result<T, Error>>) ->
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| Error::Setting(format!("cannot start the runtime: {e}")))?
+        .map_err(|source| Error::System {
+            context: "cannot start the runtime".into(),
+            source,
+        })?
         .block_on(work)
 }
 

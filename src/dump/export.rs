@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use tokio::sync::mpsc;
 
-use super::format::{time, Bytes, ContentHash, Data, Entry, FileEnd, Inode, Record};
+use super::records::{time, Bytes, ContentHash, Data, EntryRecord, FileEnd, Inode, Record};
 use crate::attr::{Attr, FileKind};
 use crate::codec;
 use crate::error::Error;
@@ -81,7 +81,7 @@ impl Exporter<'_> {
         self.sink
             .send(record)
             .await
-            .map_err(|_| Error::Setting("the dump's writer stopped (see the error above)".into()))
+            .map_err(|_| Error::Pipeline("the dump's writer stopped (see the error above)".into()))
     }
 
     /// The records of `inos`, in order; `None` for a missing one.
@@ -138,7 +138,7 @@ impl Exporter<'_> {
                         String::from_utf8_lossy(name)
                     ),
                 })?;
-                self.emit(Record::Entry(Entry {
+                self.emit(Record::Entry(EntryRecord {
                     parent: dir,
                     name: Bytes(name.clone()),
                     ino,

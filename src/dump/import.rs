@@ -7,8 +7,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::format::{
-    bad_dump, timestamp, valid_name, ContentHash, Data, Entry, FileEnd, Header, Inode, Record,
+use super::records::{
+    bad_dump, timestamp, valid_name, ContentHash, Data, EntryRecord, FileEnd, Header, Inode, Record,
 };
 use crate::attr::{Attr, FileKind};
 use crate::codec::Codec;
@@ -235,7 +235,7 @@ impl<'a> Importer<'a> {
         Ok(())
     }
 
-    fn entry(&mut self, entry: Entry, what: &dyn Fn(&str) -> Error) -> Result<(), Error> {
+    fn entry(&mut self, entry: EntryRecord, what: &dyn Fn(&str) -> Error) -> Result<(), Error> {
         let name = &entry.name.0;
         if !valid_name(name) {
             return Err(what(&format!(

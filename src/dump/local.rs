@@ -9,8 +9,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::format::{
-    Bytes, ContentHash, Data, Entry, FileEnd, Header, Inode, Record, DUMP_VERSION, MAGIC,
+use super::records::{
+    Bytes, ContentHash, Data, EntryRecord, FileEnd, Header, Inode, Record, DUMP_VERSION, MAGIC,
 };
 use crate::attr::FileKind;
 use crate::error::Error;
@@ -165,7 +165,7 @@ pub fn read_tree(
         } else {
             linked[&(meta.dev(), meta.ino())]
         };
-        send(Record::Entry(Entry {
+        send(Record::Entry(EntryRecord {
             parent,
             name: Bytes(item.file_name().as_bytes().to_vec()),
             ino,
@@ -275,7 +275,7 @@ impl TreeWriter {
     pub fn add(&mut self, record: Record) -> Result<(), Error> {
         match record {
             Record::Entry(e) => {
-                if !super::format::valid_name(&e.name.0) {
+                if !super::records::valid_name(&e.name.0) {
                     let shown = String::from_utf8_lossy(&e.name.0).into_owned();
                     return Err(local(
                         &self.root,

@@ -12,9 +12,9 @@
 //! channel, so memory stays bounded whatever the size of the filesystem.
 
 pub mod export;
-pub mod format;
 pub mod import;
 pub mod local;
+pub mod records;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,7 +30,7 @@ use crate::options::{parse_on_off, parse_size};
 use crate::scripts::Scripts;
 use crate::store::Store;
 use crate::tool::{self, Progress, ToolArgs};
-use format::{Encoding, Header, Record, RecordWriter, DUMP_VERSION, MAGIC};
+use records::{Encoding, Header, Record, RecordWriter, DUMP_VERSION, MAGIC};
 
 /// Records in flight between Redis and the file.
 const CHANNEL: usize = 64;
@@ -230,9 +230,9 @@ pub async fn dump(
             dump_snapshot(store, config.block_size, &tx, progress).await?
         };
         // The end marker: the writer adds the real trailer.
-        let end = Record::Trailer(format::Trailer {
+        let end = Record::Trailer(records::Trailer {
             records: 0,
-            sha256: format::Bytes::default(),
+            sha256: records::Bytes::default(),
         });
         tx.send(end).await.map_err(|_| writer_gone())?;
         Ok(stats)
@@ -241,7 +241,7 @@ pub async fn dump(
     drop(tx);
     let written = sink
         .await
-        .map_err(|e| Error::Setting(format!("the writer failed: {e}")))?;
+        .map_err(|e| Error::Pipeline(format!("the writer failed: {e}")))?;
     let stats = exported?;
     written?;
     progress.finish();
@@ -277,7 +277,7 @@ async fn dump_snapshot(
 }
 
 fn writer_gone() -> Error {
-    Error::Setting("the dump's writer stopped".into())
+    Error::Pipeline("the dump's writer stopped".into())
 }
 
 fn display_file(file: &Path) -> String {
@@ -464,7 +464,7 @@ pub async fn restore(
     let name = Arc::new(input.clone());
     let at = |pos: (u64, u64)| {
         let name = name.clone();
-        move |reason: &str| format::bad_dump(&name, pos.0, pos.1, reason)
+        move |reason: &str| records::bad_dump(&name, pos.0, pos.1, reason)
     };
     let header = match rx.recv().await {
         Some((Ok(Record::Header(h)), _)) => h,
@@ -473,7 +473,7 @@ pub async fn restore(
         None => {
             reader
                 .await
-                .map_err(|e| Error::Setting(format!("the reader failed: {e}")))??;
+                .map_err(|e| Error::Pipeline(format!("the reader failed: {e}")))??;
             return Err(at((0, 0))("the input is empty"));
         }
     };
@@ -491,7 +491,7 @@ pub async fn restore(
         }
         reader
             .await
-            .map_err(|e| Error::Setting(format!("the reader failed: {e}")))??;
+            .map_err(|e| Error::Pipeline(format!("the reader failed: {e}")))??;
         importer.finish(&at(last)).await
     }
     .await;
@@ -537,7 +537,7 @@ fn spawn_dump_reader(
                 reason: e.to_string(),
             })?)
         };
-        let mut reader = format::open_reader(input, &name)?;
+        let mut reader = records::open_reader(input, &name)?;
         loop {
             match reader.next_record() {
                 Ok(Some(record)) => {
@@ -566,7 +566,7 @@ fn spawn_tree_reader(
         let result = local::read_tree(&dir, block_size, &value, &mut |record| {
             n += 1;
             tx.blocking_send((Ok(record), (n, 0)))
-                .map_err(|_| Error::Setting("the restore stopped".into()))
+                .map_err(|_| Error::Pipeline("the restore stopped".into()))
         });
         if let Err(e) = result {
             let _ = tx.blocking_send((Err(e), (n, 0)));

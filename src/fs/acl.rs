@@ -21,7 +21,7 @@ const OTHER: u16 = 0x20;
 
 /// One entry: a tag, its permission bits (rwx) and, for named users and groups, an id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Entry {
+struct AclEntry {
     tag: u16,
     perm: u16,
     id: u32,
@@ -30,7 +30,7 @@ struct Entry {
 /// An ACL in the kernel's extended-attribute form.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Acl {
-    entries: Vec<Entry>,
+    entries: Vec<AclEntry>,
 }
 
 impl Acl {
@@ -40,9 +40,9 @@ impl Acl {
         if u32::from_le_bytes(*version) != VERSION || rest.len() % 8 != 0 {
             return None;
         }
-        let entries: Vec<Entry> = rest
+        let entries: Vec<AclEntry> = rest
             .chunks_exact(8)
-            .map(|e| Entry {
+            .map(|e| AclEntry {
                 tag: u16::from_le_bytes([e[0], e[1]]),
                 perm: u16::from_le_bytes([e[2], e[3]]) & 7,
                 id: u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
@@ -123,7 +123,7 @@ mod tests {
         Acl {
             entries: entries
                 .iter()
-                .map(|&(tag, perm, id)| Entry { tag, perm, id })
+                .map(|&(tag, perm, id)| AclEntry { tag, perm, id })
                 .collect(),
         }
     }

@@ -23,7 +23,7 @@ use crate::meta::{AttrChange, LockState, Stored, Usage};
 use super::ops::attrs::XattrReply;
 use super::ops::dirs::stand_in;
 use super::ops::locks::Lock;
-use super::ops::{Caller, NAME_MAX};
+use super::ops::{Caller, NewInode, NAME_MAX};
 use super::{lock, Core, WriteAnswer};
 
 /// Requests served at once; more wait for a slot (bounding memory under a flood of writes).
@@ -350,14 +350,14 @@ impl fuser::Filesystem for RedisFs {
         let Some(kind) = FileKind::from_mode(mode) else {
             return reply.error(Errno::EINVAL);
         };
-        if let Some(done) = self
-            .core
-            .make_deferred(parent.0, &name, kind, mode, rdev, who)
+        if let Some(done) =
+            self.core
+                .make_deferred(parent.0, &name, NewInode::new(kind, mode, rdev, who))
         {
             return self.answer_now(reply, done);
         }
         self.serve_change(reply, move |c| async move {
-            c.make(parent.0, &name, kind, mode, rdev, &[], who, false)
+            c.make(parent.0, &name, NewInode::new(kind, mode, rdev, who), false)
                 .await
                 .map(|(attr, _)| attr)
         });
@@ -373,16 +373,21 @@ impl fuser::Filesystem for RedisFs {
         reply: ReplyEntry,
     ) {
         let (name, who) = (bytes(name), creator(req, umask));
-        if let Some(done) = self
-            .core
-            .make_deferred(parent.0, &name, FileKind::Dir, mode, 0, who)
+        if let Some(done) =
+            self.core
+                .make_deferred(parent.0, &name, NewInode::new(FileKind::Dir, mode, 0, who))
         {
             return self.answer_now(reply, done);
         }
         self.serve_change(reply, move |c| async move {
-            c.make(parent.0, &name, FileKind::Dir, mode, 0, &[], who, false)
-                .await
-                .map(|(attr, _)| attr)
+            c.make(
+                parent.0,
+                &name,
+                NewInode::new(FileKind::Dir, mode, 0, who),
+                false,
+            )
+            .await
+            .map(|(attr, _)| attr)
         });
     }
 
@@ -416,18 +421,9 @@ impl fuser::Filesystem for RedisFs {
     ) {
         let (name, target, who) = (bytes(link_name), bytes(target.as_os_str()), caller(req));
         self.serve_change(reply, move |c| async move {
-            c.make(
-                parent.0,
-                &name,
-                FileKind::Symlink,
-                0o777,
-                0,
-                &target,
-                who,
-                false,
-            )
-            .await
-            .map(|(attr, _)| attr)
+            c.make(parent.0, &name, NewInode::symlink(&target, who), false)
+                .await
+                .map(|(attr, _)| attr)
         });
     }
 

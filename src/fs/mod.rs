@@ -47,6 +47,7 @@ pub use atime::AtimePolicy;
 pub use file::{OpenFile, MAX_FILE_SIZE};
 pub use ops::dirs::DirHandle;
 pub use ops::io::WriteAnswer;
+pub use ops::{Caller, NewInode};
 pub use write::Backlog;
 
 use buffers::WriteBudget;

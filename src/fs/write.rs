@@ -26,6 +26,7 @@ use crate::blocks::{Block, Image};
 use crate::codec::Encoded;
 use crate::error::FsError;
 use crate::fs::notify::Invalidation;
+use crate::meta::BlockSwap;
 
 use super::buffers::BlockBuffer;
 use super::{Core, OpenFile, MAX_FILE_SIZE};
@@ -349,11 +350,11 @@ impl Core {
         let bs = self.block_size as u64;
         let last = todo.iter().map(|(i, _)| *i).max().unwrap_or(0);
         let end = size.min((last + 1) * bs);
-        let swaps: Vec<(u64, u64, u64)> = todo
+        let swaps: Vec<BlockSwap> = todo
             .iter()
             .zip(&merged.old_ids)
             .zip(&placed.new_ids)
-            .map(|((&&(i, _), &o), &n)| (i, o, n))
+            .map(|((&&(idx, _), &old), &new)| BlockSwap { idx, old, new })
             .collect();
         // Commits of one file go one at a time, each with the file's mtime as it is then:
         // batches finishing out of order never store an older mtime over a newer one.

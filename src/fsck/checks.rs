@@ -7,12 +7,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use super::model::{self, Entry, Picture};
+use super::model::{self, Picture};
 use super::{command, Findings, FsckArgs};
 use crate::attr::{Attr, FileKind, Timestamp};
 use crate::codec;
 use crate::error::Error;
 use crate::format;
+use crate::meta::DirEntry;
 use crate::meta::Meta;
 use crate::scripts::Scripts;
 use crate::session::now_ms;
@@ -176,7 +177,10 @@ async fn sessions(
                     meta.expire_session(sid, cutoff, std::time::Duration::ZERO)
                         .await
                         .map(|_| ())
-                        .map_err(|e| Error::Setting(format!("expiring session {sid}: {e}")))
+                        .map_err(|source| Error::Operation {
+                            what: format!("expiring session {sid}"),
+                            source,
+                        })
                 },
             )
             .await?;
@@ -414,7 +418,12 @@ impl Checker<'_> {
     }
 
     /// Checks one entry; returns it as it stands after any repair (`None`: removed).
-    async fn entry(&mut self, dir: u64, dir_key: &str, e: Entry) -> Result<Option<Entry>, Error> {
+    async fn entry(
+        &mut self,
+        dir: u64,
+        dir_key: &str,
+        e: DirEntry,
+    ) -> Result<Option<DirEntry>, Error> {
         let at = format!("{dir_key} entry '{}'", String::from_utf8_lossy(&e.name));
         let kind = self.pic.inodes.get(&e.ino).map(Attr::kind);
         let wrong = match kind {
@@ -515,7 +524,10 @@ impl Checker<'_> {
                     meta.reclaim_for(0, &[ino])
                         .await
                         .map(|_| ())
-                        .map_err(|e| Error::Setting(format!("deleting inode {ino}: {e}")))
+                        .map_err(|source| Error::Operation {
+                            what: format!("deleting inode {ino}"),
+                            source,
+                        })
                 })
                 .await?;
             if self.findings.repairing() {
@@ -611,7 +623,7 @@ impl Checker<'_> {
                 .arg(value),
         )
         .await?;
-        self.pic.dirs.entry(lf).or_default().push(Entry {
+        self.pic.dirs.entry(lf).or_default().push(DirEntry {
             name: name.into_bytes(),
             kind: attr.kind(),
             ino,
@@ -655,7 +667,7 @@ impl Checker<'_> {
                 .await?;
                 self.pic.inodes.insert(ino, attr);
                 self.pic.dirs.entry(ino).or_default();
-                self.pic.dirs.entry(1).or_default().push(Entry {
+                self.pic.dirs.entry(1).or_default().push(DirEntry {
                     name: LOST_FOUND.to_vec(),
                     kind: FileKind::Dir,
                     ino,

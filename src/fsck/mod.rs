@@ -75,13 +75,13 @@ pub struct Findings {
 }
 
 /// A problem just found, to be fixed (on repair) or left.
-pub struct Pending<'a> {
+pub struct Finding<'a> {
     findings: &'a mut Findings,
 }
 
 impl Findings {
     /// Records a problem; the returned handle fixes it when repairing.
-    pub fn problem(&mut self, kind: &'static str, at: &str, detail: &str) -> Pending<'_> {
+    pub fn problem(&mut self, kind: &'static str, at: &str, detail: &str) -> Finding<'_> {
         tracing::debug!("{kind} at {at}: {detail}");
         self.problems.push(Problem {
             kind,
@@ -89,7 +89,7 @@ impl Findings {
             detail: detail.to_string(),
             repaired: false,
         });
-        Pending { findings: self }
+        Finding { findings: self }
     }
 
     /// Whether problems are being fixed.
@@ -98,7 +98,7 @@ impl Findings {
     }
 }
 
-impl Pending<'_> {
+impl Finding<'_> {
     /// Runs `fix` when repairing and marks the problem repaired, noting `done`.
     pub async fn fix(
         self,

@@ -7,10 +7,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::Findings;
-use crate::attr::{Attr, FileKind};
+use crate::attr::Attr;
 use crate::error::Error;
 use crate::keys::{KeyKind, INODES_PER_BUCKET};
 use crate::meta::parse_entry;
+use crate::meta::DirEntry;
 use crate::scan::Scan;
 use crate::store::Store;
 use crate::tool::Progress;
@@ -18,24 +19,13 @@ use crate::tool::Progress;
 /// Keys read per pipelined round trip.
 const BATCH: usize = 128;
 
-/// One directory entry as stored.
-#[derive(Clone, Debug)]
-pub struct Entry {
-    /// The name.
-    pub name: Vec<u8>,
-    /// The kind its value claims.
-    pub kind: FileKind,
-    /// The inode it names.
-    pub ino: u64,
-}
-
 /// Everything a filesystem holds, as read.
 #[derive(Default)]
 pub struct Picture {
     /// Inode records that decode.
     pub inodes: BTreeMap<u64, Attr>,
     /// Directory keys and their valid entries.
-    pub dirs: BTreeMap<u64, Vec<Entry>>,
+    pub dirs: BTreeMap<u64, Vec<DirEntry>>,
     /// Block maps: index → block id, for each `m:` key.
     pub maps: BTreeMap<u64, BTreeMap<u64, u64>>,
     /// Block ids held in `free:` maps, waiting to be freed.
@@ -164,7 +154,7 @@ impl Picture {
                         self.inodes.insert(a.ino, a);
                     }),
                 KeyKind::Dir(ino) => parse_entry(&value).map(|(kind, child)| {
-                    self.dirs.entry(ino).or_default().push(Entry {
+                    self.dirs.entry(ino).or_default().push(DirEntry {
                         name: field.clone(),
                         kind,
                         ino: child,

@@ -34,11 +34,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::RedisError;
+use redis::{RedisError, Script, Value};
 
+use super::calls::Call;
 use super::{checked, redis_failure, Meta};
 use crate::attr::{Attr, FileKind, Timestamp};
 use crate::error::FsError;
+use crate::scripts::Scripts;
 use crate::store::{Request, ScriptArgs};
 
 /// Changes sent per script call.
@@ -70,8 +72,14 @@ struct Batch {
     request: Request,
 }
 
-impl Batch {
-    /// The batch script's arguments (see `src/lua/deferred.lua`).
+/// `deferred.lua`: the recalled directories, then each change; whether Redis is over its
+/// maxmemory (the mount then stops deferring creates).
+impl Call for Batch {
+    type Reply = bool;
+    const NAME: &'static str = "deferred changes";
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.deferred
+    }
     fn args(&self) -> ScriptArgs {
         let dirs: Vec<String> = self.recalled.iter().map(u64::to_string).collect();
         let mut args = ScriptArgs::default().bytes(dirs.join(" "));
@@ -85,6 +93,9 @@ impl Batch {
                 .bytes(c.time);
         }
         args
+    }
+    fn parse(&self, reply: Vec<Value>) -> Result<bool, FsError> {
+        Ok(matches!(reply.get(1), Some(Value::Int(1))))
     }
 }
 
@@ -420,14 +431,14 @@ impl Meta {
         }
         let _turn = d.sending.lock().await;
         while let Some(batch) = d.next_batch(|| self.store.request(self.session)) {
+            let script = Batch::script(&self.scripts);
             let reply = self
                 .store
-                .script_as(&self.scripts.deferred, &batch.request, &batch.args())
+                .script_as(script, &batch.request, &batch.args())
                 .await;
             let refusal = match reply {
-                Ok(reply) => match checked(reply) {
-                    Ok(reply) => {
-                        let full = matches!(reply.get(1), Some(redis::Value::Int(1)));
+                Ok(reply) => match checked(reply).and_then(|r| batch.parse(r)) {
+                    Ok(full) => {
                         d.full.store(full, Ordering::Release);
                         d.settled(&batch);
                         continue;

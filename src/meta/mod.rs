@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use redis::{RedisError, Value};
 
-use crate::attr::{Attr, FileKind, Timestamp};
-use crate::codec::Encoded;
+pub mod calls;
 pub mod deferred;
 
+use crate::attr::{Attr, FileKind, Timestamp};
+use crate::codec::Encoded;
 use crate::error::FsError;
 use crate::scripts::Scripts;
 use crate::store::{Request, ScriptArgs, Store};
+use calls::{Call, ListedEntries};
 use deferred::{leased_dir, Delegation};
 
 /// One entry of a directory listing.
@@ -104,10 +106,19 @@ impl LockFamily {
 }
 
 /// Directory entries as Redis returns them: name, then kind letter and inode number.
-type RawEntries = Vec<(Vec<u8>, Vec<u8>)>;
+pub type RawEntries = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// A block that replaces the last one on a size cut: (index, expected old id, new id).
-pub type TailSwap = (u64, u64, u64);
+/// One block-map entry swapped by a commit: at index `idx`, the block `old` (as expected; 0: a
+/// hole) becomes `new` (0: a hole).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockSwap {
+    /// The block's index in the file.
+    pub idx: u64,
+    /// The block id the entry is expected to hold.
+    pub old: u64,
+    /// The block id it is to hold.
+    pub new: u64,
+}
 
 /// A lock reported by a test (F_GETLK).
 #[derive(Clone, Copy, Debug, Default)]
@@ -145,6 +156,37 @@ pub struct Meta {
     pub delegation: Arc<Delegation>,
 }
 
+/// Why a script call failed. Whoever stored blocks for a call must know whether it may have
+/// run: the blocks of a call that did not run are named by nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// It did not run (Redis refused it: out of memory, a replica), or it ran and refused
+    /// with this errno: nothing changed.
+    NotRun(FsError),
+    /// No answer came (Redis away past the I/O timeout, the connection lost while the call
+    /// was on it): it may have run.
+    Unknown,
+}
+
+impl From<SendError> for FsError {
+    fn from(e: SendError) -> FsError {
+        match e {
+            SendError::NotRun(errno) => errno,
+            SendError::Unknown => FsError::Io,
+        }
+    }
+}
+
+/// What a Redis error that ended a call says of it (logged with `what`): an error Redis
+/// answered with before running anything means it did not run; any other may have come after
+/// it ran.
+fn send_failure(what: &str, err: &RedisError) -> SendError {
+    match redis_failure(what, err) {
+        FsError::Io => SendError::Unknown,
+        refused => SendError::NotRun(refused),
+    }
+}
+
 /// Logs a Redis failure with its context and maps it to an errno.
 pub fn redis_failure(what: &str, err: &RedisError) -> FsError {
     let text = err.to_string();
@@ -177,12 +219,6 @@ fn bytes(v: Option<&Value>) -> Option<&[u8]> {
 
 /// Entries of a directory one reply carries at most: a bigger directory is read in pieces.
 const ENTRIES_PER_REPLY: usize = 10_000;
-
-/// The error for a listing Redis answered in a shape no script gives.
-fn unexpected_listing(ino: u64, what: &dyn std::fmt::Display) -> FsError {
-    tracing::error!("readdir of {ino}: unexpected reply: {what}");
-    FsError::Io
-}
 
 /// Records of `inos` as a script read them (`raw`, in the same order), with the marks of
 /// which have extended attributes (`xattrs`; unknown, a reply without them: as if all had).
@@ -265,31 +301,24 @@ impl Meta {
         }
     }
 
-    async fn run(
-        &self,
-        what: &str,
-        script: &redis::Script,
-        args: ScriptArgs,
-    ) -> Result<Vec<Value>, FsError> {
+    /// Sends this mount's deferred changes, then `call`.
+    async fn call<C: Call>(&self, call: &C) -> Result<C::Reply, FsError> {
         self.send_deferred().await?;
-        self.run_unsent(what, script, args).await
+        self.call_unsent(call).await
     }
 
-    /// Runs a script without sending this mount's deferred changes first: for reads of
-    /// inodes the changes do not touch.
-    async fn run_unsent(
-        &self,
-        what: &str,
-        script: &redis::Script,
-        args: ScriptArgs,
-    ) -> Result<Vec<Value>, FsError> {
-        self.run_as(
-            what,
-            script,
-            &self.store.request(self.session).bounded(),
-            &args,
-        )
-        .await
+    /// Sends `call` without sending this mount's deferred changes first: for reads of inodes
+    /// the changes do not touch.
+    async fn call_unsent<C: Call>(&self, call: &C) -> Result<C::Reply, FsError> {
+        let request = self.store.request(self.session).bounded();
+        let reply = self.send(call, &request).await?;
+        call.parse(reply)
+    }
+
+    /// Sends `call` as `request`, returning its reply unparsed (see [`Meta::run_as`]).
+    async fn send<C: Call>(&self, call: &C, request: &Request) -> Result<Vec<Value>, SendError> {
+        let script = C::script(&self.scripts);
+        self.run_as(C::NAME, script, request, &call.args()).await
     }
 
     /// Runs a script as `request` (see [`Store::script_as`]); while a directory it needs is
@@ -300,17 +329,29 @@ impl Meta {
         script: &redis::Script,
         request: &Request,
         args: &ScriptArgs,
-    ) -> Result<Vec<Value>, FsError> {
+    ) -> Result<Vec<Value>, SendError> {
         let started = std::time::Instant::now();
         let mut delay = std::time::Duration::from_millis(1);
         loop {
             match self.store.script_as(script, request, args).await {
-                Ok(reply) => return checked(reply),
+                Ok(reply) => return checked(reply).map_err(SendError::NotRun),
                 Err(e) => match leased_dir(&e) {
-                    Some(dir) => self.recall(dir, started, &mut delay).await?,
-                    None => return Err(redis_failure(what, &e)),
+                    Some(dir) => self
+                        .recall(dir, started, &mut delay)
+                        .await
+                        .map_err(SendError::NotRun)?,
+                    None => return Err(send_failure(what, &e)),
                 },
             }
+        }
+    }
+
+    /// Sees to the blocks `stored` for a call (sent as `request`) that failed: deleted at once
+    /// if it did not run, or once its outcome is known (see [`Meta::settle_later`]).
+    fn blocks_of_failed(&self, failure: SendError, request: Request, stored: Vec<u64>) {
+        match failure {
+            SendError::NotRun(_) => crate::blocks::discard(&self.store, stored),
+            SendError::Unknown => self.settle_later(request, stored),
         }
     }
 
@@ -346,15 +387,7 @@ impl Meta {
 
     /// Resolves `name` in directory `parent`.
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
-        let reply = self
-            .run(
-                "lookup",
-                &self.scripts.lookup,
-                ScriptArgs::default().num(parent).bytes(name),
-            )
-            .await?;
-        let ino = int(reply.get(1)).ok_or(FsError::Io)? as u64;
-        record(ino, reply.get(2))
+        self.call(&calls::Lookup { parent, name }).await
     }
 
     /// Reads one inode's record.
@@ -386,16 +419,8 @@ impl Meta {
         if inos.iter().any(|&ino| self.delegation.touches(ino)) {
             self.send_deferred().await?;
         }
-        let args = ScriptArgs::default().num(u8::from(with_xattrs));
-        let args = inos.iter().fold(args, |a, i| a.num(i));
-        let reply = self
-            .run_unsent("records", &self.scripts.records, args)
-            .await?;
-        Ok(stored_records(
-            inos,
-            &reply[1..],
-            bytes(reply.get(inos.len() + 1)),
-        ))
+        self.call_unsent(&calls::Records { with_xattrs, inos })
+            .await
     }
 
     /// Creates an inode described by `attr` under `parent` as `name` (a file this mount
@@ -405,28 +430,25 @@ impl Meta {
         parent: u64,
         name: &[u8],
         attr: &Attr,
-        target: &[u8],
+        symlink_target: &[u8],
         opened: bool,
     ) -> Result<(Attr, Attr), FsError> {
         self.delegation.changed_directly(parent);
-        let leased = attr.kind() == FileKind::Dir && self.delegation.enabled();
-        let args = ScriptArgs::default()
-            .num(parent)
-            .bytes(name)
-            .bytes(attr.encode())
-            .bytes(attr.kind().letter().to_string())
-            .bytes(attr.ctime.encode())
-            .bytes(target)
-            .num(u8::from(leased))
-            .num(u8::from(opened));
-        let reply = self.run("create", &self.scripts.create, args).await?;
+        let lease = attr.kind() == FileKind::Dir && self.delegation.enabled();
+        let call = calls::Create {
+            parent,
+            name,
+            attr,
+            symlink_target,
+            lease,
+            opened,
+        };
+        let (ino, dir) = self.call(&call).await?;
         self.delegation.room_again();
-        let mut created = *attr;
-        created.ino = int(reply.get(1)).ok_or(FsError::Io)? as u64;
-        if leased {
-            self.delegation.leased(created.ino);
+        if lease {
+            self.delegation.leased(ino);
         }
-        Ok((created, record(parent, reply.get(2))?))
+        Ok((Attr { ino, ..*attr }, dir))
     }
 
     /// Adds the hard link `parent/name` to `ino` (`unnamed`: an `O_TMPFILE` file held here,
@@ -439,21 +461,19 @@ impl Meta {
         unnamed: bool,
     ) -> Result<Attr, FsError> {
         self.delegation.changed_directly(parent);
-        let args = ScriptArgs::default()
-            .num(ino)
-            .num(parent)
-            .bytes(name)
-            .bytes(Timestamp::now().encode())
-            .num(u8::from(unnamed));
-        let reply = self.run("link", &self.scripts.link, args).await?;
-        record(ino, reply.get(1))
+        let call = calls::Link {
+            ino,
+            new_parent: parent,
+            new_name: name,
+            ts: Timestamp::now(),
+            unnamed,
+        };
+        self.call(&call).await
     }
 
     /// Creates an unnamed file (`O_TMPFILE`) in `parent`, held by this session: no link.
     pub async fn tmpfile(&self, parent: u64, attr: &Attr) -> Result<Attr, FsError> {
-        let args = ScriptArgs::default().num(parent).bytes(attr.encode());
-        let reply = self.run("tmpfile", &self.scripts.tmpfile, args).await?;
-        let ino = int(reply.get(1)).ok_or(FsError::Io)? as u64;
+        let ino = self.call(&calls::Tmpfile { parent, attr }).await?;
         Ok(Attr {
             ino,
             nlink: 0,
@@ -472,148 +492,112 @@ impl Meta {
         now: Timestamp,
     ) -> Result<(u64, bool), FsError> {
         self.delegation.changed_directly(parent);
-        let args = ScriptArgs::default()
-            .num(parent)
-            .bytes(name)
-            .num(u8::from(dir))
-            .bytes(now.encode())
-            .num(closed);
-        let reply = self.run("remove", &self.scripts.remove, args).await?;
-        let ino = int(reply.get(1)).ok_or(FsError::Io)? as u64;
-        Ok((ino, int(reply.get(2)) == Some(1)))
+        let call = calls::Remove {
+            parent,
+            name,
+            want_dir: dir,
+            ts: now,
+            closed,
+        };
+        self.call(&call).await
     }
 
-    /// Renames; `flags` are the kernel's RENAME_* bits. Returns an inode whose last link the
-    /// rename removed, if any, and the inodes it changed (the moved one, a replaced one).
+    /// Renames `from` to `to` (directory, name); `flags` are the kernel's RENAME_* bits.
+    /// Returns an inode whose last link the rename removed, if any, and the inodes it changed
+    /// (the moved one, a replaced one).
     pub async fn rename(
         &self,
-        parent: u64,
-        name: &[u8],
-        new_parent: u64,
-        new_name: &[u8],
+        from: (u64, &[u8]),
+        to: (u64, &[u8]),
         flags: u32,
     ) -> Result<(Option<u64>, [u64; 2]), FsError> {
-        self.delegation.changed_directly(parent);
-        self.delegation.changed_directly(new_parent);
-        let mode = if flags & libc::RENAME_EXCHANGE != 0 {
+        self.delegation.changed_directly(from.0);
+        self.delegation.changed_directly(to.0);
+        let flags = if flags & libc::RENAME_EXCHANGE != 0 {
             2
         } else if flags & libc::RENAME_NOREPLACE != 0 {
             1
         } else {
             0
         };
-        let args = ScriptArgs::default()
-            .num(parent)
-            .bytes(name)
-            .num(new_parent)
-            .bytes(new_name)
-            .num(mode)
-            .bytes(Timestamp::now().encode());
-        let reply = self.run("rename", &self.scripts.rename, args).await?;
-        let ino = |i: usize| int(reply.get(i)).unwrap_or(0).max(0) as u64;
-        Ok(((ino(1) > 0).then(|| ino(1)), [ino(2), ino(3)]))
+        let call = calls::Rename {
+            src_parent: from.0,
+            src_name: from.1,
+            dst_parent: to.0,
+            dst_name: to.1,
+            flags,
+            ts: Timestamp::now(),
+        };
+        self.call(&call).await
     }
 
-    /// Applies attribute changes; a size cut may carry a re-written last block.
+    /// Applies attribute changes; a size cut may carry a re-written last block (`tail`), which
+    /// nothing keeps when the change fails (as with [`Meta::commit`]'s blocks).
     pub async fn setattr(
         &self,
         ino: u64,
         change: &AttrChange,
         block_size: u32,
-        tail: Option<TailSwap>,
+        tail: Option<BlockSwap>,
     ) -> Result<Attr, FsError> {
-        let mut mask = 0u32;
-        let mut bit = |present: bool, b: u32| {
-            if present {
-                mask |= b
-            }
+        let call = calls::Setattr {
+            ino,
+            ts: Timestamp::now(),
+            change,
+            block_size,
+            tail,
         };
-        bit(change.mode.is_some(), 1);
-        bit(change.uid.is_some(), 2);
-        bit(change.gid.is_some(), 4);
-        bit(change.size.is_some(), 8);
-        bit(change.atime.is_some(), 16);
-        bit(change.mtime.is_some(), 32);
-        bit(change.ctime.is_some(), 64);
-        bit(change.access_only, 128);
-        let time = |t: Option<Timestamp>| t.unwrap_or_default().encode();
-        let (tail_idx, tail_old, tail_new) = match tail {
-            Some((i, o, n)) => (i.to_string(), o, n),
-            None => (String::new(), 0, 0),
-        };
-        let args = ScriptArgs::default()
-            .num(ino)
-            .bytes(Timestamp::now().encode())
-            .num(mask)
-            .num(change.mode.unwrap_or(0))
-            .num(change.uid.unwrap_or(0))
-            .num(change.gid.unwrap_or(0))
-            .bytes(time(change.atime))
-            .bytes(time(change.mtime))
-            .bytes(time(change.ctime))
-            .num(change.size.unwrap_or(0))
-            .num(block_size)
-            .bytes(tail_idx)
-            .num(tail_old)
-            .num(tail_new);
-        let reply = self.run("setattr", &self.scripts.setattr, args).await?;
-        record(ino, reply.get(1))
+        let new_tail: Vec<u64> = tail
+            .map(|t| t.new)
+            .filter(|&id| id != 0)
+            .into_iter()
+            .collect();
+        self.send_or_forget(&call, new_tail).await
     }
 
-    /// Swaps block-map entries `(index, expected old id, new id)`; id 0 is a hole. New blocks
-    /// are stored already (`stored`), or travel as `inline` (id, stored bytes) and are stored
-    /// first. Returns the new record and the indexes whose expected id no longer held (their
-    /// new blocks are gone).
-    ///
-    /// Nothing stays behind when it fails: the `stored` blocks are deleted when the commit was
-    /// refused or never sent, and when its outcome is unknown (it may be queued in a stalled
-    /// Redis), once its deadline has passed and its slot of the reply ring says it never ran.
+    /// Swaps block-map entries; id 0 is a hole. New blocks are stored already (`stored`), or
+    /// travel as `inline` (id, stored bytes) and are stored first. Returns the new record and
+    /// the indexes whose expected id no longer held (their new blocks are gone).
     pub async fn commit(
         &self,
         ino: u64,
         mtime: Option<Timestamp>,
-        end: u64,
-        swaps: &[(u64, u64, u64)],
+        end_size: u64,
+        swaps: &[BlockSwap],
         inline: &[(u64, Encoded)],
         stored: &[u64],
     ) -> Result<(Attr, Vec<u64>), FsError> {
-        let mut args = ScriptArgs::default()
-            .num(ino)
-            .bytes(mtime.map(|t| t.encode().to_vec()).unwrap_or_default())
-            .num(end)
-            .num(inline.len());
-        for (idx, old, new) in swaps {
-            args = args.num(idx).num(old).num(new);
-        }
-        for (id, bytes) in inline {
-            args = args.num(id).owned(bytes.to_vec());
-        }
+        let call = calls::Commit {
+            ino,
+            mtime,
+            end_size,
+            swaps,
+            inline,
+        };
+        self.send_or_forget(&call, stored.to_vec()).await
+    }
+
+    /// Sends `call`, for which the blocks `stored` were stored, after this mount's deferred
+    /// changes. Nothing stays behind when it fails: the blocks are deleted when the call was
+    /// refused or never sent, and when its outcome is unknown (it may be queued in a stalled
+    /// Redis), once its deadline has passed and its slot of the reply ring says it never ran.
+    async fn send_or_forget<C: Call>(
+        &self,
+        call: &C,
+        stored: Vec<u64>,
+    ) -> Result<C::Reply, FsError> {
         if let Err(e) = self.send_deferred().await {
-            crate::blocks::discard(&self.store, stored.to_vec());
+            crate::blocks::discard(&self.store, stored);
             return Err(e);
         }
         let request = self.store.request(self.session).bounded();
-        let reply = match self
-            .run_as("commit", &self.scripts.commit, &request, &args)
-            .await
-        {
-            Ok(reply) => reply,
-            Err(FsError::Io) => {
-                self.settle_later(request, stored.to_vec());
-                return Err(FsError::Io);
+        match self.send(call, &request).await {
+            Ok(reply) => call.parse(reply),
+            Err(failure) => {
+                self.blocks_of_failed(failure, request, stored);
+                Err(failure.into())
             }
-            Err(e) => {
-                crate::blocks::discard(&self.store, stored.to_vec());
-                return Err(e);
-            }
-        };
-        let attr = record(ino, reply.get(1))?;
-        let lost = reply[2..]
-            .iter()
-            .filter_map(|v| int(Some(v)))
-            .map(|i| i as u64)
-            .collect();
-        Ok((attr, lost))
+        }
     }
 
     /// Learns what became of a commit whose reply never came, once no attempt of it can run
@@ -641,10 +625,6 @@ impl Meta {
         });
     }
 
-    /// A directory's record and entries, in one round trip (a big directory's entries in
-    /// pieces after it); for a directory of at most `records_up_to` entries, also their
-    /// records (and, `with_xattrs`, which of them have extended attributes), the entries then
-    /// in inode order.
     pub async fn read_dir(
         &self,
         ino: u64,
@@ -654,33 +634,23 @@ impl Meta {
         if self.delegation.touches(ino) {
             self.send_deferred().await?;
         }
-        let args = ScriptArgs::default()
-            .num(ino)
-            .num(ENTRIES_PER_REPLY)
-            .num(records_up_to)
-            .num(u8::from(with_xattrs));
-        let mut reply = self
-            .run_unsent("readdir", &self.scripts.listing, args)
-            .await?;
-        let attr = Attr::decode(ino, bytes(reply.get(1)).ok_or(FsError::Io)?).ok_or(FsError::Io)?;
-        let entries = match reply.get_mut(2).map(std::mem::take) {
-            Some(Value::Int(count)) => self.scan_entries(ino, count).await?,
-            Some(flat) => {
-                let entries: RawEntries =
-                    redis::from_redis_value(flat).map_err(|e| unexpected_listing(ino, &e))?;
-                self.parse_entries(ino, entries)
-            }
-            None => return Err(unexpected_listing(ino, &"no entries")),
+        let call = calls::ListDir {
+            dir: ino,
+            whole: ENTRIES_PER_REPLY,
+            most: records_up_to,
+            with_xattrs,
         };
-        let records = match reply.get_mut(3).map(std::mem::take) {
-            Some(Value::Array(records)) => {
-                let inos: Vec<u64> = entries.iter().map(|e| e.ino).collect();
-                Some(stored_records(&inos, &records, bytes(reply.get(4))))
-            }
-            _ => None,
+        let reply = self.call_unsent(&call).await?;
+        let entries = match reply.entries {
+            ListedEntries::Count(count) => self.scan_entries(ino, count).await?,
+            ListedEntries::All(entries) => self.parse_entries(ino, entries),
         };
+        let records = reply.records.map(|(records, marks)| {
+            let inos: Vec<u64> = entries.iter().map(|e| e.ino).collect();
+            stored_records(&inos, &records, marks.as_deref())
+        });
         Ok(Listing {
-            attr,
+            attr: reply.attr,
             entries,
             records,
         })
@@ -782,51 +752,37 @@ impl Meta {
         value: &[u8],
         flags: u8,
     ) -> Result<(), FsError> {
-        let args = ScriptArgs::default()
-            .num(ino)
-            .bytes(name)
-            .bytes(value)
-            .num(flags)
-            .bytes(Timestamp::now().encode());
-        self.run("setxattr", &self.scripts.xattr_set, args)
-            .await
-            .map(drop)
+        let call = calls::XattrSet {
+            ino,
+            name,
+            value,
+            flags,
+            ts: Timestamp::now(),
+        };
+        self.call(&call).await
     }
 
     /// Removes an extended attribute.
     pub async fn xattr_remove(&self, ino: u64, name: &[u8]) -> Result<(), FsError> {
-        let args = ScriptArgs::default()
-            .num(ino)
-            .bytes(name)
-            .bytes(Timestamp::now().encode());
-        self.run("removexattr", &self.scripts.xattr_remove, args)
-            .await
-            .map(drop)
+        let ts = Timestamp::now();
+        self.call(&calls::XattrRemove { ino, name, ts }).await
     }
 
     /// Ends this mount's registered opens and holds of `closed`, deleting the inodes no longer
     /// linked nor open anywhere; returns how many were deleted.
     pub async fn reclaim(&self, closed: &[Closed]) -> Result<u64, FsError> {
-        let args = closed
-            .iter()
-            .fold(ScriptArgs::default().num(self.session), |a, c| match c {
-                Closed::Open(ino) => a.bytes(format!("r{ino}")),
-                Closed::Held(ino) => a.num(ino),
-            });
-        self.run_reclaim(args).await
+        let holder = self.session;
+        self.call(&calls::Reclaim { holder, closed }).await
     }
 
     /// Deletes orphaned inodes recorded by session `holder` (this one, or a dead one).
     pub async fn reclaim_for(&self, holder: u64, inos: &[u64]) -> Result<u64, FsError> {
-        let args = inos
-            .iter()
-            .fold(ScriptArgs::default().num(holder), |a, i| a.num(i));
-        self.run_reclaim(args).await
-    }
-
-    async fn run_reclaim(&self, args: ScriptArgs) -> Result<u64, FsError> {
-        let reply = self.run("reclaim", &self.scripts.reclaim, args).await?;
-        Ok(int(reply.get(1)).unwrap_or(0) as u64)
+        let closed: Vec<Closed> = inos.iter().map(|&ino| Closed::Held(ino)).collect();
+        let call = calls::Reclaim {
+            holder,
+            closed: &closed,
+        };
+        self.call(&call).await
     }
 
     /// Reads the record of a file this mount opens and did not have open, registering the
@@ -836,9 +792,7 @@ impl Meta {
         if !register {
             return self.getattr(ino).await;
         }
-        let args = ScriptArgs::default().num(ino).num(1);
-        let reply = self.run("open", &self.scripts.open, args).await?;
-        record(ino, reply.get(1))
+        self.call(&calls::Open { ino }).await
     }
 
     /// Expires session `dead` if it has not heartbeaten since `cutoff_ms`, keeping its ring of
@@ -850,14 +804,12 @@ impl Meta {
         cutoff_ms: u64,
         keep_replies: Duration,
     ) -> Result<Option<u64>, FsError> {
-        let args = ScriptArgs::default()
-            .num(dead)
-            .num(cutoff_ms)
-            .num(keep_replies.as_millis());
-        let reply = self
-            .run("expire session", &self.scripts.expire_session, args)
-            .await?;
-        Ok(int(reply.get(1)).filter(|&n| n >= 0).map(|n| n as u64))
+        let call = calls::ExpireSession {
+            dead,
+            cutoff_ms,
+            keep_replies_ms: keep_replies.as_millis(),
+        };
+        self.call(&call).await
     }
 
     /// Takes (`kind` 0 read, 1 write) or releases (2) the lock of `owner` on `range` (end
@@ -874,35 +826,22 @@ impl Meta {
         pid: u32,
         test: bool,
     ) -> Result<LockState, FsError> {
-        let args = ScriptArgs::default()
-            .num(ino)
-            .num(owner)
-            .num(kind)
-            .num(start)
-            .num(end.map_or(-1, |e| e as i64))
-            .num(pid)
-            .num(u8::from(test))
-            .bytes(family.code());
-        let reply = self.run("lock", &self.scripts.lock, args).await?;
-        let field = |i: usize| int(reply.get(i)).unwrap_or(0);
-        Ok(LockState {
-            kind: field(1) as i32,
-            start: field(2).max(0) as u64,
-            end: u64::try_from(field(3)).ok(),
-            pid: field(4) as u32,
-        })
+        let call = calls::LockRequest {
+            ino,
+            owner,
+            kind,
+            start,
+            end,
+            pid,
+            test,
+            family,
+        };
+        self.call(&call).await
     }
 
     /// Frees up to `count` blocks of a large deleted file; returns how many were freed.
     pub async fn free_batch(&self, count: u32) -> Result<u64, FsError> {
-        let reply = self
-            .run(
-                "free blocks",
-                &self.scripts.free_batch,
-                ScriptArgs::default().num(count),
-            )
-            .await?;
-        Ok(int(reply.get(1)).unwrap_or(0) as u64)
+        self.call(&calls::FreeBatch { count }).await
     }
 
     /// Frees the queued blocks of large deleted files, a batch at a time, until none are left

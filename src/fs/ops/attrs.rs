@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::attr::{Attr, FileKind};
 use crate::error::FsError;
-use crate::meta::{AttrChange, Usage};
+use crate::meta::{AttrChange, BlockSwap, Usage};
 
 use super::{Caller, NAME_MAX};
 use crate::fs::acl::{self, Acl};
@@ -97,14 +97,6 @@ impl Core {
             };
             match self.meta.setattr(ino, &change, self.block_size, tail).await {
                 Err(FsError::Again) if attempts < 16 => attempts += 1,
-                Err(e) if e != FsError::Io => {
-                    // Refused before it ran (Redis is full): its new last block is named by
-                    // nothing. (A lost race, or a missing inode, deletes it in the script.)
-                    if let Some((_, _, new)) = tail.filter(|&(_, _, new)| new != 0) {
-                        self.blocks.discard(vec![new]);
-                    }
-                    return Err(e);
-                }
                 other => break other?,
             }
         };
@@ -127,9 +119,9 @@ impl Core {
         Ok(attr)
     }
 
-    /// For a cut to `size` inside a block: that block rewritten with zeros past the new end,
-    /// as (index, old id, new id), so that growing the file again reads zeros there.
-    async fn zeroed_tail(&self, ino: u64, size: u64) -> Result<Option<(u64, u64, u64)>, FsError> {
+    /// For a cut to `size` inside a block: that block rewritten with zeros past the new end, so
+    /// that growing the file again reads zeros there.
+    async fn zeroed_tail(&self, ino: u64, size: u64) -> Result<Option<BlockSwap>, FsError> {
         let bs = u64::from(self.block_size);
         let current = self.meta.getattr(ino).await?;
         if size >= current.size || size % bs == 0 {
@@ -147,12 +139,16 @@ impl Core {
         image[(size % bs) as usize..].fill(0);
         let image = Arc::new(image);
         let Some(encoded) = self.blocks.encode(&image) else {
-            return Ok(Some((idx, old, 0)));
+            return Ok(Some(BlockSwap { idx, old, new: 0 }));
         };
         let new = self.blocks.allocate(1).await?[0];
-        self.blocks.put(&[(new, encoded)]).await?;
+        if let Err(e) = self.blocks.put(&[(new, encoded)]).await {
+            // It may have been stored, and no map will ever name it.
+            self.blocks.discard(vec![new]);
+            return Err(e);
+        }
         self.blocks.remember(new, image);
-        Ok(Some((idx, old, new)))
+        Ok(Some(BlockSwap { idx, old, new }))
     }
 }
 

@@ -11,7 +11,7 @@ use crate::attr::{Attr, FileKind, Timestamp};
 use crate::error::FsError;
 use crate::meta::deferred::Removal;
 
-use super::{check_name, Caller};
+use super::{check_name, Caller, NewInode};
 use crate::fs::acl::{self, Acl};
 use crate::fs::Core;
 
@@ -21,14 +21,8 @@ const PATH_MAX: usize = 4095;
 /// The attributes of a new inode of `kind` in directory `dir`, made at `now`. In a set-group-ID
 /// directory, new entries take the directory's group, and new directories its set-group-ID
 /// bit (the kernel has taken that bit off new files a caller outside the group creates).
-fn new_attr(
-    dir: &Attr,
-    kind: FileKind,
-    perm: u32,
-    rdev: u32,
-    caller: Caller,
-    now: Timestamp,
-) -> Attr {
+fn new_attr(dir: &Attr, new: &NewInode, perm: u32, now: Timestamp) -> Attr {
+    let (kind, caller) = (new.kind, new.caller);
     let mut attr = Attr::new(kind, perm, caller.uid, caller.gid, now);
     if dir.mode & libc::S_ISGID != 0 {
         attr.gid = dir.gid;
@@ -38,7 +32,7 @@ fn new_attr(
     }
     match kind {
         FileKind::Dir => attr.parent = dir.ino,
-        FileKind::CharDevice | FileKind::BlockDevice => attr.rdev = rdev,
+        FileKind::CharDevice | FileKind::BlockDevice => attr.rdev = new.rdev,
         _ => {}
     }
     attr
@@ -88,23 +82,19 @@ impl Core {
 impl Core {
     /// Creates an inode of any kind; for a regular file this mount is `opening`, also says
     /// whether the open was registered with it (not when the create was deferred).
-    #[allow(clippy::too_many_arguments)]
     pub async fn make(
         &self,
         parent: u64,
         name: &[u8],
-        kind: FileKind,
-        perm: u32,
-        rdev: u32,
-        target: &[u8],
-        caller: Caller,
+        new: NewInode<'_>,
         opening: bool,
     ) -> Result<(Attr, bool), FsError> {
         self.writable()?;
         check_name(name)?;
         let dir = self.getattr(parent).await?;
-        let (acls, perm) = self.creation_mode(parent, kind, perm, caller).await?;
-        let mut attr = new_attr(&dir, kind, perm, rdev, caller, Timestamp::now());
+        let (acls, perm) = self.creation_mode(parent, new).await?;
+        let mut attr = new_attr(&dir, &new, perm, Timestamp::now());
+        let (kind, target) = (new.kind, new.target);
         if kind == FileKind::Symlink {
             if target.len() > PATH_MAX {
                 return Err(FsError::NameTooLong);
@@ -114,7 +104,7 @@ impl Core {
         if self.meta.delegation.holds(parent) && self.meta.delegation.out_of_inos() {
             // The range of inode numbers ran out: reserve more and defer after all.
             self.meta.reserve_inos().await?;
-            if let Some(done) = self.make_deferred(parent, name, kind, perm, rdev, caller) {
+            if let Some(done) = self.make_deferred(parent, name, NewInode { perm, ..new }) {
                 return done.map(|attr| (attr, false));
             }
         }
@@ -142,10 +132,9 @@ impl Core {
     async fn creation_mode(
         &self,
         parent: u64,
-        kind: FileKind,
-        perm: u32,
-        caller: Caller,
+        new: NewInode<'_>,
     ) -> Result<(Inherited, u32), FsError> {
+        let (kind, perm) = (new.kind, new.perm);
         let default_acl = match kind {
             FileKind::Symlink => None,
             _ => self.default_acl(parent).await?,
@@ -156,7 +145,7 @@ impl Core {
                 let default = (kind == FileKind::Dir).then_some(inherited);
                 ((access, default), perm)
             }
-            None => ((None, None), perm & !caller.umask),
+            None => ((None, None), perm & !new.caller.umask),
         })
     }
 
@@ -183,10 +172,9 @@ impl Core {
     ) -> Result<(Attr, u64), FsError> {
         self.writable()?;
         let dir = self.getattr(parent).await?;
-        let (acls, perm) = self
-            .creation_mode(parent, FileKind::File, perm, caller)
-            .await?;
-        let attr = new_attr(&dir, FileKind::File, perm, 0, caller, Timestamp::now());
+        let new = NewInode::new(FileKind::File, perm, 0, caller);
+        let (acls, perm) = self.creation_mode(parent, new).await?;
+        let attr = new_attr(&dir, &new, perm, Timestamp::now());
         let attr = self.meta.tmpfile(parent, &attr).await?;
         self.give_acls(attr.ino, acls).await?;
         self.cache.forget_attr(parent);
@@ -208,7 +196,12 @@ impl Core {
         exclusive: bool,
     ) -> Result<(Attr, u64), FsError> {
         let made = self
-            .make(parent, name, FileKind::File, perm, 0, &[], caller, true)
+            .make(
+                parent,
+                name,
+                NewInode::new(FileKind::File, perm, 0, caller),
+                true,
+            )
             .await;
         let (attr, registered) = match made {
             // The kernel creates a name this mount said was absent: one made elsewhere whose
@@ -233,11 +226,9 @@ impl Core {
         &self,
         parent: u64,
         name: &[u8],
-        kind: FileKind,
-        perm: u32,
-        rdev: u32,
-        caller: Caller,
+        new: NewInode<'_>,
     ) -> Option<Result<Attr, FsError>> {
+        let kind = new.kind;
         if self.settings.read_only || kind == FileKind::Symlink || check_name(name).is_err() {
             return None;
         }
@@ -248,7 +239,7 @@ impl Core {
             return None;
         }
         let now = Timestamp::now();
-        let mut attr = new_attr(&dir, kind, perm & !caller.umask, rdev, caller, now);
+        let mut attr = new_attr(&dir, &new, new.perm & !new.caller.umask, now);
         if !self.meta.delegation.create(parent, name, &mut attr) {
             return None;
         }
@@ -269,7 +260,8 @@ impl Core {
         perm: u32,
         caller: Caller,
     ) -> Option<Result<(Attr, u64), FsError>> {
-        let made = self.make_deferred(parent, name, FileKind::File, perm, 0, caller)?;
+        let made =
+            self.make_deferred(parent, name, NewInode::new(FileKind::File, perm, 0, caller))?;
         Some(made.map(|attr| {
             let (fh, file) = self.attach(attr, true, self.cache.epoch());
             file.born_in.store(parent, Ordering::Release);
@@ -412,7 +404,7 @@ impl Core {
         self.publish_born_in(&[parent, new_parent], 0).await?;
         let (victim, touched) = self
             .meta
-            .rename(parent, name, new_parent, new_name, flags)
+            .rename((parent, name), (new_parent, new_name), flags)
             .await
             .inspect_err(|_| {
                 self.cache.forget_name(parent, name);
@@ -432,7 +424,7 @@ impl Core {
         }
         if whiteout {
             let kind = FileKind::CharDevice;
-            self.make(parent, name, kind, 0, 0, &[], caller, false)
+            self.make(parent, name, NewInode::new(kind, 0, 0, caller), false)
                 .await?;
         }
         Ok(())

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::attr::{Attr, FileKind, Timestamp};
 use crate::error::FsError;
-use crate::meta::{AttrChange, Closed};
+use crate::meta::{AttrChange, BlockSwap, Closed};
 
 use super::Caller;
 use crate::fs::open_files::Orphaned;
@@ -510,10 +510,10 @@ impl Core {
         if first_full < last_full {
             for _ in 0..16 {
                 let map = self.meta.map_all(file.ino).await?;
-                let swaps: Vec<(u64, u64, u64)> = map
+                let swaps: Vec<BlockSwap> = map
                     .iter()
                     .filter(|(&i, _)| (first_full..last_full).contains(&i))
-                    .map(|(&i, &id)| (i, id, 0))
+                    .map(|(&idx, &old)| BlockSwap { idx, old, new: 0 })
                     .collect();
                 file.state().forget_map(false);
                 if swaps.is_empty() {

@@ -14,6 +14,7 @@ pub mod entries;
 pub mod io;
 pub mod locks;
 
+use crate::attr::FileKind;
 use crate::error::FsError;
 
 /// Longest name in a directory.
@@ -24,6 +25,48 @@ pub(in crate::fs) fn check_name(name: &[u8]) -> Result<(), FsError> {
         Err(FsError::NameTooLong)
     } else {
         Ok(())
+    }
+}
+
+/// What a create asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct NewInode<'a> {
+    /// Its kind.
+    pub kind: FileKind,
+    /// The permission bits asked for (the caller's umask or the directory's default ACL
+    /// applies).
+    pub perm: u32,
+    /// The device number of a character or block device.
+    pub rdev: u32,
+    /// A symlink's target.
+    pub target: &'a [u8],
+    /// Who asks.
+    pub caller: Caller,
+}
+
+impl NewInode<'static> {
+    /// An inode of `kind` (not a symlink) with `perm` and device number `rdev`, for `caller`.
+    pub fn new(kind: FileKind, perm: u32, rdev: u32, caller: Caller) -> NewInode<'static> {
+        NewInode {
+            kind,
+            perm,
+            rdev,
+            target: &[],
+            caller,
+        }
+    }
+}
+
+impl<'a> NewInode<'a> {
+    /// A symlink to `target`, for `caller`.
+    pub fn symlink(target: &'a [u8], caller: Caller) -> NewInode<'a> {
+        NewInode {
+            kind: FileKind::Symlink,
+            perm: 0o777,
+            rdev: 0,
+            target,
+            caller,
+        }
     }
 }
 

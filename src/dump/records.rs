@@ -150,7 +150,7 @@ pub struct Inode {
 
 /// A directory entry.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Entry {
+pub struct EntryRecord {
     /// The directory.
     pub parent: u64,
     /// The name.
@@ -197,8 +197,8 @@ pub enum Record {
     Header(Header),
     /// See [`Inode`].
     Inode(Inode),
-    /// See [`Entry`].
-    Entry(Entry),
+    /// See [`EntryRecord`].
+    Entry(EntryRecord),
     /// See [`Data`].
     Data(Data),
     /// See [`FileEnd`].
@@ -530,7 +530,7 @@ mod tests {
                 writer: "test".into(),
                 acl: true,
             }),
-            Record::Entry(Entry {
+            Record::Entry(EntryRecord {
                 parent: 1,
                 name: Bytes(b"a\xffb".to_vec()),
                 ino: 2,
