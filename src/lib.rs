@@ -13,7 +13,7 @@
 //! | [`keys`] | the only Rust code that builds key names |
 //! | [`scripts`] | the Lua scripts that make each metadata change atomic |
 //! | [`attr`] | the packed inode record and timestamps |
-//! | [`meta`] | typed metadata operations, one round trip each; [`meta::deferred`]: directories leased to a mount, and the changes it defers in them |
+//! | [`meta`] | typed metadata operations, one round trip each; [`meta::calls`]: one typed call per script; [`meta::deferred`]: directories leased to a mount, and the changes it defers in them |
 //! | [`codec`] | block compression |
 //! | [`blocks`] | block storage and the block cache |
 //! | [`wire`] | block writes over connections of their own, without the general client's copies |
@@ -23,7 +23,7 @@
 //! | [`events`] | change events between mounts |
 //! | [`fs`] | the filesystem operations and the FUSE adapter |
 //! | [`local_redis`] | a private redis-server when none is reachable |
-//! | [`mount`] | mounting, serving and unmounting |
+//! | [`mount`] | mounting, serving and unmounting; a core without the kernel ([`mount::Headless`]) |
 //! | [`scan`] | walking a filesystem's keys with SCAN |
 //! | [`freeze`] | holding a filesystem still for a point-in-time copy |
 //! | [`tool`] | what the tools share: options, connection, progress, summaries |

@@ -50,7 +50,10 @@ pub fn init_logging(debug: bool, file: Option<&Path>) -> Result<(), Error> {
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|e| Error::Setting(format!("--log-file {}: {e}", path.display())))?;
+                .map_err(|e| Error::Local {
+                    path: format!("--log-file {}", path.display()),
+                    reason: e.to_string(),
+                })?;
             builder
                 .with_ansi(false)
                 .with_writer(std::sync::Mutex::new(f))
@@ -81,16 +84,18 @@ fn daemonize() -> Result<(), Error> {
     let mut fds = [0; 2];
     // SAFETY: fds is a valid array of two ints.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        return Err(Error::Setting(format!(
-            "pipe: {}",
-            std::io::Error::last_os_error()
-        )));
+        return Err(Error::System {
+            context: "pipe".into(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     // SAFETY: both descriptors were just created and are owned here.
     let (read_end, write_end) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::Setting(format!("cannot find own binary: {e}")))?;
+    let exe = std::env::current_exe().map_err(|source| Error::System {
+        context: "cannot find own binary".into(),
+        source,
+    })?;
     // The Redis URL may hold a password: the background mount gets it in its environment,
     // which only its owner can read, never on its command line.
     let mut url = None;
@@ -125,9 +130,10 @@ fn daemonize() -> Result<(), Error> {
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::Setting(format!("cannot start the background mount: {e}")))?;
+    let mut child = cmd.spawn().map_err(|source| Error::System {
+        context: "cannot start the background mount".into(),
+        source,
+    })?;
     drop(write_end);
     // One line, not EOF: processes the mount starts (a private redis-server) may hold the pipe.
     let mut answer = String::new();
@@ -139,10 +145,9 @@ fn daemonize() -> Result<(), Error> {
         return Ok(());
     }
     let status = child.wait().ok();
-    Err(Error::Setting(format!(
-        "the background mount failed ({})",
-        status.map_or("unknown status".into(), |s| s.to_string())
-    )))
+    Err(Error::BackgroundMount(
+        status.map_or("unknown status".into(), |s| s.to_string()),
+    ))
 }
 
 /// Marks the readiness pipe close-on-exec, so that programs this mount starts do not keep it.
@@ -257,7 +262,10 @@ pub fn run(args: MountArgs) -> Result<(), Error> {
         .thread_name("redisfs")
         .enable_all()
         .build()
-        .map_err(|e| Error::Setting(format!("cannot start the runtime: {e}")))?;
+        .map_err(|source| Error::System {
+            context: "cannot start the runtime".into(),
+            source,
+        })?;
 
     let mut target = args.connection.target()?;
     let mut local = None;
@@ -287,6 +295,67 @@ struct Mounted {
     config: fuser::Config,
     store: Store,
     session_timeout: Duration,
+}
+
+/// A mount's core, connected and running, without the kernel: what [`run`] serves, with its
+/// operations called directly. It follows other mounts' changes and heartbeats as a mount
+/// does. The tests that drive `Core` where `/dev/fuse` is missing use it.
+pub struct Headless {
+    /// The core.
+    pub core: Arc<Core>,
+    session: Option<Arc<Session>>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl Headless {
+    /// Starts the core a mount of `args` would serve (the mount point is only recorded, as
+    /// the session's), on the current tokio runtime.
+    pub async fn start(args: &MountArgs) -> Result<Headless, Error> {
+        let target = args.connection.target()?;
+        let mount_point = args.mount_point();
+        let mounted = prepare(args, &target, &mount_point).await?;
+        let session = mounted.session.map(Arc::new);
+        let tasks = run_alongside(
+            &mounted.core,
+            session.clone(),
+            &mounted.store,
+            mounted.session_timeout,
+        );
+        Ok(Headless {
+            core: mounted.core,
+            session,
+            tasks,
+        })
+    }
+
+    /// Stores what is buffered and ends the session, as an unmount does.
+    pub async fn stop(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        shutdown(&self.core, self.session.as_deref()).await;
+    }
+}
+
+/// Starts what runs beside a mount's requests: following other mounts' changes, and the
+/// heartbeat and upkeep of [`maintain`].
+fn run_alongside(
+    core: &Arc<Core>,
+    session: Option<Arc<Session>>,
+    store: &Store,
+    session_timeout: Duration,
+) -> [tokio::task::JoinHandle<()>; 2] {
+    // Read-only mounts publish nothing; u64::MAX never names a session.
+    let own = session.as_ref().map_or(u64::MAX, |s| s.id);
+    let listener: Arc<dyn Listener> = core.clone();
+    let following = tokio::spawn(events::follow(
+        store.client.clone(),
+        store.keys.events(),
+        own,
+        listener,
+    ));
+    let background = tokio::spawn(maintain(core.clone(), session, session_timeout));
+    [following, background]
 }
 
 async fn prepare(
@@ -379,18 +448,12 @@ fn serve(
     })?;
     widen_read_ahead(mount_point);
     core.attach_kernel(KernelNotifier::start(fuse.notifier()));
-    // Read-only mounts publish nothing; u64::MAX never names a session.
-    let own = session.as_ref().map_or(u64::MAX, |s| s.id);
-    let listener: Arc<dyn Listener> = core.clone();
-    let following = runtime.spawn(events::follow(
-        store.client.clone(),
-        store.keys.events(),
-        own,
-        listener,
-    ));
+    let alongside = {
+        let _entered = runtime.enter();
+        run_alongside(&core, session.clone(), &store, session_timeout)
+    };
     report_ready();
 
-    let background = runtime.spawn(maintain(core.clone(), session.clone(), session_timeout));
     let mut unmounter = fuse.unmount_callable();
     let path = mount_point.to_path_buf();
     runtime.spawn(async move {
@@ -414,8 +477,9 @@ fn serve(
     });
 
     let served = fuse.run();
-    background.abort();
-    following.abort();
+    for task in alongside {
+        task.abort();
+    }
     runtime.block_on(shutdown(&core, session.as_deref()));
     served.map_err(|source| Error::Fuse {
         context: "serving requests".into(),

@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{tool, tool_ok, Mount, Redis};
+use common::{assert_clean, tool_ok, Mount, Redis};
 
 /// How long a change in a shared directory may take to be seen elsewhere (its event takes
 /// milliseconds; the deadline is generous for a loaded machine).
@@ -29,15 +29,6 @@ fn names(dir: &Path) -> Vec<String> {
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
-}
-
-/// The filesystem is consistent: fsck finds nothing to repair.
-fn assert_clean(redis: &Redis, prefix: &str) {
-    let url = redis.url();
-    let out = tool("fsck", &["--redis", &url, "--prefix", prefix]);
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && text.contains("clean"), "{text}");
 }
 
 #[test]

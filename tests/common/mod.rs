@@ -16,13 +16,24 @@ use std::time::{Duration, Instant};
 
 /// Whether the machine can run mount tests. Prints why not; panics under CI.
 pub fn ready() -> bool {
-    let mut missing = Vec::new();
-    if !Path::new("/dev/fuse").exists() {
-        missing.push("/dev/fuse");
-    }
-    if which("redis-server").is_none() {
-        missing.push("redis-server");
-    }
+    can_run(&[("/dev/fuse", Path::new("/dev/fuse").exists())])
+}
+
+/// Whether the machine can run tests of the core without FUSE (a redis-server is all they
+/// need). Prints why not; panics under CI.
+pub fn redis_ready() -> bool {
+    can_run(&[])
+}
+
+/// Whether everything in `needs` (name, present) and a redis-server are here.
+fn can_run(needs: &[(&str, bool)]) -> bool {
+    let redis = ("redis-server", which("redis-server").is_some());
+    let missing: Vec<&str> = needs
+        .iter()
+        .chain([&redis])
+        .filter(|(_, present)| !present)
+        .map(|(name, _)| *name)
+        .collect();
     if missing.is_empty() {
         return true;
     }
@@ -557,6 +568,15 @@ pub fn tool(name: &str, args: &[&str]) -> std::process::Output {
         .stdin(Stdio::null())
         .output()
         .expect("run tool")
+}
+
+/// The filesystem under `prefix` is consistent: fsck finds nothing to repair.
+pub fn assert_clean(redis: &Redis, prefix: &str) {
+    let url = redis.url();
+    let out = tool("fsck", &["--redis", &url, "--prefix", prefix]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("clean"), "{text}");
 }
 
 /// Runs a tool that must succeed; returns its stdout.
