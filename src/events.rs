@@ -5,6 +5,7 @@
 //! then NUL-separated records. Each mount follows the channel and drops what it, and the
 //! kernel, cached about what changed.
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -23,7 +24,7 @@ pub enum Change {
     /// An entry of a directory was added, removed or replaced.
     Entry(u64, Vec<u8>),
     /// Data of an inode changed: in blocks `lo..=hi`, or anywhere when `None`.
-    Data(u64, Option<(u64, u64)>),
+    Data(u64, Option<RangeInclusive<u64>>),
     /// A tool asks every mount to store its buffers and hold still (see `src/freeze.rs`).
     Freeze(String),
     /// The tool is done; held mounts may go on.
@@ -67,7 +68,7 @@ pub fn parse(message: &[u8]) -> Option<(u64, Vec<Change>)> {
                 let mut fields = part.split(|&b| b == b':');
                 let ino = num(fields.next()?)?;
                 match (fields.next(), fields.next()) {
-                    (Some(lo), Some(hi)) => Change::Data(ino, Some((num(lo)?, num(hi)?))),
+                    (Some(lo), Some(hi)) => Change::Data(ino, Some(num(lo)?..=num(hi)?)),
                     _ => Change::Data(ino, None),
                 }
             }
@@ -154,7 +155,7 @@ mod tests {
             vec![
                 Change::Attr(12),
                 Change::Entry(1, b"na me".to_vec()),
-                Change::Data(12, Some((0, 3))),
+                Change::Data(12, Some(0..=3)),
                 Change::Data(9, None)
             ]
         );

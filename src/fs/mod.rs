@@ -269,7 +269,10 @@ impl Listener for Core {
                 self.open.forget_seen(Some(ino));
                 let bs = i64::from(self.block_size);
                 let (offset, len) = match blocks {
-                    Some((lo, hi)) => (lo as i64 * bs, (hi - lo + 1) as i64 * bs),
+                    Some(range) => {
+                        let (lo, hi) = range.into_inner();
+                        (lo as i64 * bs, (hi - lo + 1) as i64 * bs)
+                    }
                     None => (0, 0),
                 };
                 self.invalidate(Invalidation::Data(ino, offset, len));

@@ -334,6 +334,12 @@ impl Meta {
         let mut delay = std::time::Duration::from_millis(1);
         loop {
             match self.store.script_as(script, request, args).await {
+                // A script's answer: it ran and refused (an errno), or it is of a shape no
+                // script gives, and may have run.
+                Ok(reply) if int(reply.first()).is_none() => {
+                    tracing::error!("{what}: script reply without a status: {reply:?}");
+                    return Err(SendError::Unknown);
+                }
                 Ok(reply) => return checked(reply).map_err(SendError::NotRun),
                 Err(e) => match leased_dir(&e) {
                     Some(dir) => self

@@ -471,11 +471,14 @@ impl Core {
     /// are registered (a removal elsewhere keeps their data), their buffers stored now, and
     /// their closes wait for the store from now on.
     pub(super) async fn publish_born_in(&self, dirs: &[u64], ino: u64) -> Result<(), FsError> {
-        let files = self
+        // Chosen all at once: a recall clearing a file's mark while an earlier one is stored
+        // must not make this skip it.
+        let files: Vec<_> = self
             .open
             .all()
             .into_iter()
-            .filter(|f| f.ino == ino || dirs.contains(&f.born_in.load(Ordering::Acquire)));
+            .filter(|f| f.ino == ino || dirs.contains(&f.born_in.load(Ordering::Acquire)))
+            .collect();
         for f in files {
             f.born_in.store(0, Ordering::Release);
             if !self.settings.read_only && !f.registered.swap(true, Ordering::AcqRel) {
