@@ -23,7 +23,7 @@ _redisfs__snapshot() {
 
     case "${cmd}" in
         redisfs__snapshot)
-            opts="-q -h -V --from --to --replace --to-redis --redis --redis-host --host --redis-port --port --redis-db --db --json --quiet --io-timeout --help --version"
+            opts="-q -h -V --from --to --replace --to-redis --redis --redis-host --host --redis-port --port --redis-db --db --tls-ca-cert --tls-cert --tls-key --json --quiet --io-timeout --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -66,6 +66,18 @@ _redisfs__snapshot() {
                     return 0
                     ;;
                 --redis-db)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -5,6 +5,9 @@ complete -c redisfs-snapshot -l redis -d 'Redis URL: redis://[user[:password]@]h
 complete -c redisfs-snapshot -l host -l redis-host -d 'Redis host [default: 127.0.0.1]' -r
 complete -c redisfs-snapshot -l port -l redis-port -d 'Redis port [default: 6379]' -r
 complete -c redisfs-snapshot -l db -l redis-db -d 'Redis database number [default: 0]' -r
+complete -c redisfs-snapshot -l tls-ca-cert -d 'PEM file of the certificate authorities Redis\'s certificate must chain to (a private CA) [default: the system\'s CA store]. Implies TLS' -r -F
+complete -c redisfs-snapshot -l tls-cert -d 'PEM file of this client\'s certificate, for a Redis that asks for one (`tls-auth-clients`); needs --tls-key. Implies TLS' -r -F
+complete -c redisfs-snapshot -l tls-key -d 'PEM file of the private key of --tls-cert' -r -F
 complete -c redisfs-snapshot -l io-timeout -d 'How long to wait for a lost Redis to come back before giving up' -r
 complete -c redisfs-snapshot -l replace -d 'Delete whatever DST holds first (refused while DST is mounted)'
 complete -c redisfs-snapshot -l json -d 'Print a machine-readable summary (JSON) on stdout instead of text'

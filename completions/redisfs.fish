@@ -3,6 +3,9 @@ complete -c redisfs -l redis -d 'Redis URL: redis://[user[:password]@]host[:port
 complete -c redisfs -l host -l redis-host -d 'Redis host [default: 127.0.0.1]' -r
 complete -c redisfs -l port -l redis-port -d 'Redis port [default: 6379]' -r
 complete -c redisfs -l db -l redis-db -d 'Redis database number [default: 0]' -r
+complete -c redisfs -l tls-ca-cert -d 'PEM file of the certificate authorities Redis\'s certificate must chain to (a private CA) [default: the system\'s CA store]. Implies TLS' -r -F
+complete -c redisfs -l tls-cert -d 'PEM file of this client\'s certificate, for a Redis that asks for one (`tls-auth-clients`); needs --tls-key. Implies TLS' -r -F
+complete -c redisfs -l tls-key -d 'PEM file of the private key of --tls-cert' -r -F
 complete -c redisfs -l prefix -d 'Key prefix of the filesystem (no \':\'); many filesystems can share one Redis' -r
 complete -c redisfs -l block-size -d 'Block size of a new filesystem: the size of one Redis value; a block holds 64 bytes less than this so that a value fits its allocator size class exactly' -r
 complete -c redisfs -l compression -d 'Compression of a new filesystem\'s blocks: none, lz4, zstd or zlib' -r

@@ -30,6 +30,56 @@ pub struct ConnectionArgs {
     /// Redis database number [default: 0].
     #[arg(long, visible_alias = "redis-db", value_name = "N")]
     pub db: Option<i64>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// Certificates for a Redis reached over TLS (`rediss://`).
+#[derive(Args, Clone, Debug, Default)]
+pub struct TlsArgs {
+    /// PEM file of the certificate authorities Redis's certificate must chain to (a private
+    /// CA) [default: the system's CA store]. Implies TLS.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca_cert: Option<PathBuf>,
+    /// PEM file of this client's certificate, for a Redis that asks for one
+    /// (`tls-auth-clients`); needs --tls-key. Implies TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// Whether any certificate was given.
+    fn given(&self) -> bool {
+        self.tls_ca_cert.is_some() || self.tls_cert.is_some()
+    }
+
+    /// The certificates, read; a file that cannot be read is an error naming it.
+    fn certificates(&self) -> Result<redis::TlsCertificates, Error> {
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path).map_err(|e| Error::Local {
+                path: format!("{what} {}", path.display()),
+                reason: e.to_string(),
+            })
+        };
+        let client_tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert, "--tls-cert")?,
+                client_key: read(key, "--tls-key")?,
+            }),
+            _ => None,
+        };
+        let root_cert = match &self.tls_ca_cert {
+            Some(ca) => Some(read(ca, "--tls-ca-cert")?),
+            None => None,
+        };
+        Ok(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        })
+    }
 }
 
 /// A resolved Redis address, with a form that is safe to print.
@@ -58,14 +108,22 @@ impl ConnectionArgs {
                     reason: e.to_string(),
                 })?,
             None => {
-                let host = self.host.as_deref().unwrap_or(DEFAULT_HOST);
+                let host = self.host.as_deref().unwrap_or(DEFAULT_HOST).to_string();
                 let port = self.port.unwrap_or(DEFAULT_PORT);
-                let info = ConnectionAddr::Tcp(host.to_string(), port)
-                    .into_connection_info()
-                    .map_err(|e| Error::BadAddress {
-                        address: format!("{host}:{port}"),
-                        reason: e.to_string(),
-                    })?;
+                let addr = if self.tls.given() {
+                    ConnectionAddr::TcpTls {
+                        host: host.clone(),
+                        port,
+                        insecure: false,
+                        tls_params: None,
+                    }
+                } else {
+                    ConnectionAddr::Tcp(host.clone(), port)
+                };
+                let info = addr.into_connection_info().map_err(|e| Error::BadAddress {
+                    address: format!("{host}:{port}"),
+                    reason: e.to_string(),
+                })?;
                 let settings = info.redis_settings().clone().set_db(self.db.unwrap_or(0));
                 info.set_redis_settings(settings)
             }
@@ -84,12 +142,36 @@ impl ConnectionArgs {
         // with Nagle's algorithm the second waited for the first's reply to bring the ACK, a
         // whole round trip more on any network but loopback.
         let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let info = self.with_certificates(info)?;
         let display = describe(&info);
         Ok(RedisTarget {
             info,
             display,
             explicit,
         })
+    }
+}
+
+impl ConnectionArgs {
+    /// `info` with the certificates of the TLS options, if any were given (they need a TLS
+    /// address).
+    fn with_certificates(&self, info: ConnectionInfo) -> Result<ConnectionInfo, Error> {
+        if !self.tls.given() {
+            return Ok(info);
+        }
+        let refused = |reason: String| Error::BadAddress {
+            address: describe(&info),
+            reason,
+        };
+        if !matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+            return Err(refused(
+                "--tls-ca-cert and --tls-cert need a rediss:// URL (TLS)".into(),
+            ));
+        }
+        let certificates = self.tls.certificates()?;
+        let client = redis::Client::build_with_tls(info.clone(), certificates)
+            .map_err(|e| refused(format!("TLS certificates: {e}")))?;
+        Ok(client.get_connection_info().clone())
     }
 }
 

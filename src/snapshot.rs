@@ -98,8 +98,10 @@ pub fn run(args: &SnapshotArgs) -> Result<SnapshotReport, Error> {
         let src = args.tool.connect(&args.from).await?;
         let dst = match &args.to_redis {
             Some(url) => {
+                // The same certificates: one private CA usually signs both servers'.
                 let connection = crate::options::ConnectionArgs {
                     redis: Some(url.clone()),
+                    tls: args.tool.connection.tls.clone(),
                     ..Default::default()
                 };
                 tool::connect(&connection.target()?, &args.to, args.tool.io_timeout).await?

@@ -80,7 +80,7 @@ pub struct Store {
 
 /// Whether an error means "Redis is away for now" rather than "the request is wrong".
 pub fn is_transient(err: &RedisError) -> bool {
-    err.is_io_error()
+    (err.is_io_error() && !is_tls_refusal(err))
         || err.is_connection_dropped()
         || err.is_connection_refusal()
         || err.is_timeout()
@@ -93,6 +93,23 @@ pub fn is_transient(err: &RedisError) -> bool {
                     | ServerErrorKind::ClusterDown
             )
         )
+}
+
+/// Whether `err` is a TLS handshake that failed on a certificate (or another TLS rule) either
+/// side does not accept: no retry makes it pass.
+fn is_tls_refusal(err: &RedisError) -> bool {
+    let mut cause = std::error::Error::source(err);
+    while let Some(e) = cause {
+        let tls = e.is::<rustls::Error>()
+            || e.downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .is_some_and(|inner| inner.is::<rustls::Error>());
+        if tls {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// Runs `op`, retrying with back-off while Redis at `address` is unreachable, up to

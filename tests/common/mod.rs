@@ -63,7 +63,7 @@ pub fn which(program: &str) -> Option<PathBuf> {
 /// A free port below the ephemeral range. A port from that range can be taken by a client
 /// reconnecting to it while the server restarts (TCP self-connect), and the server then cannot
 /// bind it again.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let ephemeral_start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next().and_then(|p| p.parse().ok()))
