@@ -6,9 +6,9 @@
 //!   one-to-one to an errno. Operations log the cause (a Redis error, a corrupt key) where it
 //!   happens and hand the kernel only the errno.
 //! * [`Error`] is what the library's entry points (mount, format checks, connection set-up)
-//!   return: typed, with the key, prefix or URL at fault named in the message. Binaries turn it
-//!   into an `anyhow::Error` at their edge and print it; nothing in the library panics on bad
-//!   input.
+//!   return: typed, with the key, prefix or URL at fault named in the message, its cause
+//!   included. Binaries print it as one line (`tool::fail`) and exit non-zero; nothing in the
+//!   library panics on bad input.
 
 use std::fmt;
 

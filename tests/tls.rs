@@ -204,8 +204,8 @@ fn missing_or_wrong_certificates_are_refused_in_one_clear_line() {
         assert!(r.code.is_some_and(|c| c != 0), "{:?}: {}", r.code, r.stderr);
         let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         assert!(
-            lines.iter().any(|l| l.contains(needle)),
-            "expected '{needle}' in:\n{}",
+            lines.len() == 1 && lines[0].contains(needle),
+            "expected one line with '{needle}':\n{}",
             r.stderr
         );
         assert!(!r.stderr.contains("panicked"), "{}", r.stderr);

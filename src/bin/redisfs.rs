@@ -1,10 +1,16 @@
 //! `redisfs`: mount a filesystem kept in Redis.
 
-use clap::Parser;
+use std::process::ExitCode;
 
-fn main() -> anyhow::Result<()> {
+use clap::Parser;
+use redisfs::tool;
+
+fn main() -> ExitCode {
     let args = redisfs::options::MountArgs::parse();
-    redisfs::mount::init_logging(args.debug, args.log_file.as_deref())?;
-    redisfs::mount::run(args)?;
-    Ok(())
+    let mounted = redisfs::mount::init_logging(args.debug, args.log_file.as_deref())
+        .and_then(|()| redisfs::mount::run(args));
+    match mounted {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => tool::fail("redisfs", &e, 1),
+    }
 }
