@@ -29,8 +29,12 @@ fn me() -> Caller {
 
 /// A core of the filesystem under [`PREFIX`] on `redis`.
 async fn core(redis: &Redis) -> Headless {
-    let url = redis.url();
-    let args = ["redisfs", "/core-test", "--redis", &url, "--prefix", PREFIX];
+    core_at(&redis.url()).await
+}
+
+/// A core of the filesystem under [`PREFIX`] on the Redis at `url`.
+async fn core_at(url: &str) -> Headless {
+    let args = ["redisfs", "/core-test", "--redis", url, "--prefix", PREFIX];
     Headless::start(&MountArgs::parse_from(args))
         .await
         .expect("core starts")
@@ -169,4 +173,91 @@ fn renames_and_removals_through_the_core_leave_nothing_behind() {
         .filter(|k| k.starts_with(&format!("{PREFIX}:b:")))
         .collect();
     assert!(left.is_empty(), "blocks of a removed file stayed: {left:?}");
+}
+
+/// A synchronous operation sends the deferred log first (what this mount answered reaches
+/// Redis in order), and a recalled directory is handed back after the log: neither may wait
+/// for changes appended after it started, which a busy mount appends as fast as it sends.
+#[test]
+fn a_flood_of_deferred_creates_holds_up_neither_a_create_elsewhere_nor_a_recall() {
+    if !common::redis_ready() {
+        return;
+    }
+    let redis = Redis::start();
+    on_runtime(async {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        // Redis a network away: a batch's round trip is longer than the flooders take to
+        // append a batch's worth of changes.
+        let a = core_at(&redis.url_at_distance(Duration::from_millis(20))).await;
+        let b = core(&redis).await;
+        let dir = NewInode::new(FileKind::Dir, 0o755, 0, me());
+        let (flooded, _) = a.core.make(ROOT, b"flooded", dir, false).await.unwrap();
+        let (quiet, _) = a.core.make(ROOT, b"quiet", dir, false).await.unwrap();
+        let (x, fh) = a
+            .core
+            .create_deferred(quiet.ino, b"x", 0o644, me())
+            .expect("answered without Redis")
+            .unwrap();
+        a.core.release(fh).await.unwrap();
+        // Creates in a directory this core made are answered from memory and sent in
+        // batches. Flooders keep that log topped up for as long as the test lets them.
+        let stop = Arc::new(AtomicBool::new(false));
+        let made = Arc::new(AtomicU64::new(0));
+        let flooders: Vec<_> = (0..4)
+            .map(|n| {
+                let (core, stop, made) = (a.core.clone(), stop.clone(), made.clone());
+                tokio::spawn(async move {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let name = format!("f{n}-{i}");
+                        let created =
+                            match core.create_deferred(flooded.ino, name.as_bytes(), 0o644, me()) {
+                                Some(created) => created,
+                                None => {
+                                    core.create(flooded.ino, name.as_bytes(), 0o644, me(), true)
+                                        .await
+                                }
+                            };
+                        core.release(created.unwrap().1).await.unwrap();
+                        made.fetch_add(1, Ordering::Relaxed);
+                        i += 1;
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        // A create in a directory that is not leased goes to Redis, after the log as it
+        // stood: changes appended after it started must not keep it waiting. Nor may they
+        // keep another core waiting for a directory it recalls.
+        let deadline = Duration::from_secs(20);
+        let (other, recalled) = tokio::join!(
+            tokio::time::timeout(
+                deadline,
+                a.core.create(ROOT, b"elsewhere", 0o644, me(), true)
+            ),
+            tokio::time::timeout(deadline, b.core.lookup(quiet.ino, b"x")),
+        );
+        let during = made.load(Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
+        for flooder in flooders {
+            flooder.await.unwrap();
+        }
+        let (_, fh) = other
+            .expect("a create elsewhere finished while the flood went on (it waited 20 s)")
+            .unwrap();
+        a.core.release(fh).await.unwrap();
+        let found = recalled
+            .expect("another core's look-up finished while the flood went on (it waited 20 s)")
+            .unwrap();
+        assert_eq!(found.ino, x.ino);
+        assert!(during > 0, "the flood made files");
+        a.stop().await;
+        b.stop().await;
+    });
+    assert_clean(&redis, PREFIX);
 }

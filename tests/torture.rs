@@ -88,14 +88,19 @@ fn append_under_stat(path: &Path, count: usize) {
     });
 }
 
-/// Appends records to `path`, each followed by an `fsync` that must succeed, until `stop`;
-/// counts them in `appended`.
-fn append_until(path: &Path, stop: &AtomicBool, appended: &AtomicUsize) {
-    let mut journal = fs::OpenOptions::new()
+/// Opens (creating) the journal at `path` for appending. Tests open it before their fault
+/// starts: an open that met the fault would be the fault's failure, not the journal's.
+fn open_journal(path: &Path) -> fs::File {
+    fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .expect("open journal");
+        .expect("open journal")
+}
+
+/// Appends records to `journal`, each followed by an `fsync` that must succeed, until `stop`;
+/// counts them in `appended`.
+fn append_until(mut journal: fs::File, stop: &AtomicBool, appended: &AtomicUsize) {
     while !stop.load(Ordering::Relaxed) {
         let i = appended.load(Ordering::Relaxed);
         journal.write_all(record(i).as_bytes()).expect("append");
@@ -104,14 +109,9 @@ fn append_until(path: &Path, stop: &AtomicBool, appended: &AtomicUsize) {
     }
 }
 
-/// Appends records to `path` until `stop`, retrying each failed `fsync` (as a careful program
-/// does) until it succeeds; returns how many records were written.
-fn append_retrying(path: &Path, stop: &AtomicBool) -> usize {
-    let mut journal = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .expect("open journal");
+/// Appends records to `journal` until `stop`, retrying each failed `fsync` (as a careful
+/// program does) until it succeeds; returns how many records were written.
+fn append_retrying(mut journal: fs::File, stop: &AtomicBool) -> usize {
     let mut written = 0;
     let mut failures = 0;
     while !stop.load(Ordering::Relaxed) {
@@ -297,11 +297,12 @@ fn answered_creates_survive_a_redis_stall_longer_than_the_io_timeout() {
     let dir = a.join("leased");
     fs::create_dir(&dir).unwrap();
     fs::create_dir(b.join("shared")).unwrap();
+    let journal = open_journal(&a.join("journal"));
     let stop = AtomicBool::new(false);
     let ((answered, failed), (shared, shared_failed), appended) = std::thread::scope(|s| {
         let creator = s.spawn(|| create_until(&dir, &stop));
         let shared = s.spawn(|| create_until(&a.join("shared"), &stop));
-        let appender = s.spawn(|| append_retrying(&a.join("journal"), &stop));
+        let appender = s.spawn(|| append_retrying(journal, &stop));
         std::thread::sleep(Duration::from_millis(500));
         redis.stall(Duration::from_secs(10));
         std::thread::sleep(Duration::from_secs(2));
@@ -344,12 +345,13 @@ fn a_stall_shorter_than_the_io_timeout_is_only_a_pause() {
     let other = Mount::new(&redis, "skx", &[]);
     fs::create_dir(m.join("leased")).unwrap();
     fs::create_dir(other.join("shared")).unwrap();
+    let journal = open_journal(&m.join("journal"));
     let stop = AtomicBool::new(false);
     let appended = AtomicUsize::new(0);
     let ((leased, leased_failed), (shared, shared_failed)) = std::thread::scope(|s| {
         let in_leased = s.spawn(|| create_until(&m.join("leased"), &stop));
         let in_shared = s.spawn(|| create_until(&m.join("shared"), &stop));
-        s.spawn(|| append_until(&m.join("journal"), &stop, &appended));
+        s.spawn(|| append_until(journal, &stop, &appended));
         std::thread::sleep(Duration::from_millis(500));
         redis.stall(Duration::from_secs(4));
         std::thread::sleep(Duration::from_secs(1));
@@ -387,9 +389,10 @@ fn fsync_after_a_stall_longer_than_the_io_timeout_stores_everything_once() {
     let redis = Redis::start();
     let m = Mount::new(&redis, "skx", &["--io-timeout", "1"]);
     let path = m.join("journal");
+    let journal = open_journal(&path);
     let stop = AtomicBool::new(false);
     let written = std::thread::scope(|s| {
-        let writer = s.spawn(|| append_retrying(&path, &stop));
+        let writer = s.spawn(|| append_retrying(journal, &stop));
         std::thread::sleep(Duration::from_millis(300));
         redis.stall(Duration::from_secs(7));
         std::thread::sleep(Duration::from_secs(2));
@@ -413,12 +416,13 @@ fn a_redis_crash_and_restart_keeps_every_acknowledged_change() {
     let other = Mount::new(&redis, "skx", &["--io-timeout", "30"]);
     fs::create_dir(m.join("leased")).unwrap();
     fs::create_dir(other.join("shared")).unwrap();
+    let journal = open_journal(&m.join("journal"));
     let stop = AtomicBool::new(false);
     let appended = AtomicUsize::new(0);
     let ((leased, leased_failed), (shared, shared_failed), chunks) = std::thread::scope(|s| {
         let in_leased = s.spawn(|| create_until(&m.join("leased"), &stop));
         let in_shared = s.spawn(|| create_until(&m.join("shared"), &stop));
-        s.spawn(|| append_until(&m.join("journal"), &stop, &appended));
+        s.spawn(|| append_until(journal, &stop, &appended));
         let writer = s.spawn(|| {
             let mut f = fs::File::create(m.join("data")).unwrap();
             let mut chunks = 0;

@@ -13,8 +13,9 @@
 //!
 //! Every script that reads or changes a directory checks its lease first and, finding it
 //! leased to another session, fails with `LEASED <dir> <holder>` before changing anything. The
-//! asking mount then publishes a recall, and the holder sends its whole log and deletes the
-//! lease with its last batch ([`Delegation::recall`]); the asking mount's retry then goes
+//! asking mount then publishes a recall, and the holder sends its log as it stood and deletes
+//! the lease with the batch that ends it ([`Delegation::recall`]: later changes are in other
+//! directories, and a busy mount may append them as fast as it sends); the asking mount's retry then goes
 //! through. A recalled directory stays shared for the rest of the session. A holder that died
 //! loses its lease with its session (what it had not sent is lost, as a crashed disk loses
 //! what it had not written). Tools and read-only mounts (session 0) cannot recall and read
@@ -110,8 +111,9 @@ struct Log {
     changes: VecDeque<Deferred>,
     /// The batch sent last, until Redis answers it.
     unanswered: Option<Arc<Batch>>,
-    /// Directories other mounts recalled, to be released with the last batch.
-    recalled: Vec<u64>,
+    /// Directories other mounts recalled, each with the count of changes appended before
+    /// the recall: it is released with the batch that sends the last of those.
+    recalled: Vec<(u64, u64)>,
     /// Changes appended, and changes sent (or given up), since the mount started.
     appended: u64,
     settled: u64,
@@ -119,6 +121,15 @@ struct Log {
     touching: HashMap<u64, u32>,
     /// Inode numbers reserved for this mount and not yet used.
     inos: std::ops::Range<u64>,
+}
+
+impl Log {
+    /// Hands back every directory leased here, after the changes appended so far.
+    fn release_leases(&mut self) {
+        let upto = self.appended;
+        let leased: Vec<(u64, u64)> = self.leased.drain().map(|dir| (dir, upto)).collect();
+        self.recalled.extend(leased);
+    }
 }
 
 /// What a deferred removal takes away.
@@ -290,12 +301,13 @@ impl Delegation {
     }
 
     /// Another mount asks for `dir`: it is no longer deferred here, and its lease goes with
-    /// the next batch (the whole log is sent before it). Every mount hears every recall; one
-    /// that does not hold `dir` has nothing to do.
+    /// the batch that sends the last change appended before now. Every mount hears every
+    /// recall; one that does not hold `dir` has nothing to do.
     pub fn recall(&self, dir: u64) {
         let mut log = lock(&self.log);
         if log.leased.remove(&dir) {
-            log.recalled.push(dir);
+            let upto = log.appended;
+            log.recalled.push((dir, upto));
             drop(log);
             self.wake.notify_one();
         }
@@ -303,9 +315,7 @@ impl Delegation {
 
     /// Hands back every directory leased here with the next batch (a clean unmount).
     pub fn release_all(&self) {
-        let mut log = lock(&self.log);
-        let leased: Vec<u64> = log.leased.drain().collect();
-        log.recalled.extend(leased);
+        lock(&self.log).release_leases();
     }
 
     /// Whether the log holds changes or releases not yet sent.
@@ -320,21 +330,35 @@ impl Delegation {
         log.changes.len() >= BATCH || !log.recalled.is_empty()
     }
 
+    /// How many changes were appended so far: [`Delegation::next_batch`] sends up to there.
+    fn appended(&self) -> u64 {
+        lock(&self.log).appended
+    }
+
     /// The next batch to send: the one Redis has not answered yet, or up to [`BATCH`] new
-    /// changes and the recalled directories if these are the last changes; `None` when
-    /// nothing waits.
-    fn next_batch(&self, request: impl FnOnce() -> Request) -> Option<Arc<Batch>> {
+    /// changes and the recalled directories whose earlier changes it completes; `None` when
+    /// nothing waits, or when every change of the first `upto` appended is settled and
+    /// later ones wait (a sender does not wait for changes appended after it started, which
+    /// a busy mount could append as fast as it sends them).
+    fn next_batch(&self, upto: u64, request: impl FnOnce() -> Request) -> Option<Arc<Batch>> {
         let mut log = lock(&self.log);
         if let Some(batch) = &log.unanswered {
             return Some(batch.clone());
         }
+        if log.settled >= upto && !log.changes.is_empty() {
+            return None;
+        }
         let n = log.changes.len().min(BATCH);
         let changes: Vec<Deferred> = log.changes.drain(..n).collect();
-        let recalled = if log.changes.is_empty() {
-            std::mem::take(&mut log.recalled)
-        } else {
-            Vec::new()
-        };
+        let sent = log.settled + n as u64;
+        let mut recalled = Vec::new();
+        log.recalled.retain(|&(dir, upto)| {
+            let due = upto <= sent;
+            if due {
+                recalled.push(dir);
+            }
+            !due
+        });
         if changes.is_empty() && recalled.is_empty() {
             return None;
         }
@@ -375,7 +399,11 @@ impl Delegation {
     /// records as leased here is handed back with the next batch.
     fn give_up(&self, batch: &Batch) {
         self.settled(batch);
-        self.stop_deferring().recalled.extend(&batch.recalled);
+        // Released with the next batch: whatever preceded them is settled (or refused).
+        let mut log = self.stop_deferring();
+        let settled = log.settled;
+        log.recalled
+            .extend(batch.recalled.iter().map(|&dir| (dir, settled)));
     }
 
     /// Other mounts expired this mount's session while it was cut off: its leases are gone,
@@ -395,8 +423,7 @@ impl Delegation {
     fn stop_deferring(&self) -> std::sync::MutexGuard<'_, Log> {
         self.enabled.store(false, Ordering::Release);
         let mut log = lock(&self.log);
-        let leased: Vec<u64> = log.leased.drain().collect();
-        log.recalled.extend(leased);
+        log.release_leases();
         log
     }
 
@@ -420,8 +447,8 @@ pub fn leased_dir(err: &RedisError) -> Option<u64> {
 }
 
 impl Meta {
-    /// Sends every deferred change appended so far, in order; waits for a batch already
-    /// under way.
+    /// Sends every deferred change appended so far, in order (not those appended while it
+    /// sends); waits for a batch already under way.
     pub async fn send_deferred(&self) -> Result<(), FsError> {
         let d = &self.delegation;
         // Session 0 is a tool's view of this mount's connection (a clean unmount expires its
@@ -429,8 +456,9 @@ impl Meta {
         if self.session == 0 || !d.unsent() {
             return Ok(());
         }
+        let upto = d.appended();
         let _turn = d.sending.lock().await;
-        while let Some(batch) = d.next_batch(|| self.store.request(self.session)) {
+        while let Some(batch) = d.next_batch(upto, || self.store.request(self.session)) {
             let script = Batch::script(&self.scripts);
             let reply = self
                 .store

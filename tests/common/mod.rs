@@ -253,6 +253,16 @@ impl Redis {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// The URL of a link to this server adding `rtt` to every round trip, as if it ran on
+    /// another host. The link serves until the test's process ends.
+    pub fn url_at_distance(&self, rtt: Duration) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a port for the link");
+        let port = listener.local_addr().expect("the link's address").port();
+        let target = ([127, 0, 0, 1], self.port).into();
+        std::thread::spawn(move || delay_link::serve(listener, target, rtt));
+        format!("redis://127.0.0.1:{port}/")
+    }
+
     /// A plain connection for inspecting or damaging keys.
     pub fn conn(&self) -> redis::Connection {
         redis::Client::open(self.url())
