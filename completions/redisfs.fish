@@ -10,15 +10,15 @@ complete -c redisfs -l prefix -d 'Key prefix of the filesystem (no \':\'); many 
 complete -c redisfs -l block-size -d 'Block size of a new filesystem: the size of one Redis value; a block holds 64 bytes less than this so that a value fits its allocator size class exactly' -r
 complete -c redisfs -l compression -d 'Compression of a new filesystem\'s blocks: none, lz4, zstd or zlib' -r
 complete -c redisfs -l acl -d 'Whether a new filesystem keeps and enforces POSIX ACLs. Without them `ls -l` and friends cost a round trip per file less (they ask every file for its ACL)' -r
-complete -c redisfs -s o -d 'Mount options, comma separated (allow_other, default_permissions, ro, relatime (the default), strictatime, noatime, nosuid, nodev, noexec, …)' -r
-complete -c redisfs -l log-file -d 'Write logs to FILE instead of stderr' -r -F
+complete -c redisfs -s o -d 'Mount options, comma separated: any option above as NAME=VALUE or NAME, and the kernel\'s (allow_other, default_permissions, ro, relatime (the default), strictatime, noatime, nosuid, nodev, noexec, …)' -r
+complete -c redisfs -l log-file -d 'Write logs to FILE instead of stderr [default with --daemon: /var/log/redisfs/PREFIX.log as root, else PREFIX.log in the state directory (see --state-dir)]' -r -F
 complete -c redisfs -l io-timeout -d 'How long an operation waits for a lost Redis to come back before failing with EIO' -r
 complete -c redisfs -l session-timeout -d 'A mount silent for this long is dead: its locks are released, the unlinked files it held open are deleted and the directories leased to it are given back' -r
 complete -c redisfs -l cache-size -d 'Memory for cached blocks' -r
 complete -c redisfs -l write-buffer -d 'Memory for written bytes not yet stored, across all files. Whole blocks are stored as soon as they fill; partial ones wait (up to 5 seconds, or until close or fsync), so that random writes into one block are stored once' -r
 complete -c redisfs -l state-dir -d 'Directory for the private redis-server\'s data [default: /var/lib/redisfs as root, else $XDG_STATE_HOME/redisfs]' -r -F
 complete -c redisfs -l read-only -l ro -d 'Mount read-only: every write fails with EROFS'
-complete -c redisfs -s d -l daemon -d 'Return once the filesystem is mounted and keep serving it in the background'
+complete -c redisfs -s d -l daemon -d 'Return once the filesystem is mounted and keep serving it in the background (logging to --log-file)'
 complete -c redisfs -l debug -d 'Log every operation (tracing at debug level)'
 complete -c redisfs -l writeback -d 'Let the kernel cache writes and file sizes (faster small writes). Only for a filesystem mounted once: with it the kernel ignores size and time changes made by other mounts to files it caches'
 complete -c redisfs -l no-delegation -d 'Have every create and removal in Redis before it is answered. By default a directory this mount creates is leased to it until another mount looks into it, and creates and removals in it are answered at once and sent within 20 ms (a crash loses those 20 ms, as a local disk loses what it had not written)'

@@ -9,6 +9,7 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`options`] | command-line options, the Redis connection shared by every binary |
+//! | [`command_line`] | the mount's command line as mount(8) and fstab write it (`-o name=value`, the `mount.fuse.redisfs` helper) |
 //! | [`store`] | the connection to Redis and the retry policy when it is lost |
 //! | [`keys`] | the only Rust code that builds key names |
 //! | [`scripts`] | the Lua scripts that make each metadata change atomic |
@@ -35,6 +36,7 @@
 pub mod attr;
 pub mod blocks;
 pub mod codec;
+pub mod command_line;
 pub mod dump;
 pub mod error;
 pub mod events;

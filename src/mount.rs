@@ -1,6 +1,7 @@
 //! Mounting: checks, set-up, serving until unmounted, and a clean shutdown.
 
-use std::io::Write;
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -32,9 +33,11 @@ const TTL: Duration = Duration::from_secs(1);
 /// registered opens, deletions of unlinked files); what is left goes with the session's end.
 const RECLAIMS_PATIENCE: Duration = Duration::from_secs(10);
 
-/// Sets up tracing to stderr or a file; `--debug` logs every operation.
-pub fn init_logging(debug: bool, file: Option<&Path>) -> Result<(), Error> {
-    let default = if debug {
+/// Sets up tracing: to `--log-file`, else to stderr (colours only on a terminal); `--debug`
+/// logs every operation. (A mount going to the background gives its background process
+/// [`default_log_file`] when it has no `--log-file`.)
+pub fn init_logging(args: &MountArgs) -> Result<(), Error> {
+    let default = if args.debug {
         "redisfs=debug,fuser=debug"
     } else {
         "redisfs=info,fuser=error"
@@ -44,24 +47,44 @@ pub fn init_logging(debug: bool, file: Option<&Path>) -> Result<(), Error> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
-    match file {
+    match &args.log_file {
         Some(path) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| Error::Local {
-                    path: format!("--log-file {}", path.display()),
-                    reason: e.to_string(),
-                })?;
+            let open = || {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+            };
+            let f = open().map_err(|e| Error::Local {
+                path: format!("log file {}", path.display()),
+                reason: e.to_string(),
+            })?;
             builder
                 .with_ansi(false)
                 .with_writer(std::sync::Mutex::new(f))
                 .init();
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        None => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .init(),
     }
     Ok(())
+}
+
+/// Where a mount in the background logs without `--log-file`: `/var/log/redisfs/PREFIX.log`
+/// as root, else `PREFIX.log` in the state directory.
+pub fn default_log_file(prefix: &str) -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    let dir = if unsafe { libc::geteuid() } == 0 {
+        PathBuf::from("/var/log/redisfs")
+    } else {
+        local_redis::default_state_dir()
+    };
+    dir.join(format!("{prefix}.log"))
 }
 
 fn check_mount_point(path: &Path) -> Result<PathBuf, Error> {
@@ -76,11 +99,54 @@ fn check_mount_point(path: &Path) -> Result<PathBuf, Error> {
     if !meta.is_dir() {
         return Err(fail("is not a directory"));
     }
-    path.canonicalize().map_err(|e| fail(&e.to_string()))
+    let path = path.canonicalize().map_err(|e| fail(&e.to_string()))?;
+    if let Some(mounted) = mounted_on(&path) {
+        return Err(fail(&format!(
+            "is already a mount point ({}); unmount it first",
+            mounted.fs_type
+        )));
+    }
+    Ok(path)
 }
 
-/// Starts this program again without `--daemon` and waits until it reports the mount ready.
-fn daemonize() -> Result<(), Error> {
+/// A filesystem mounted on a directory, as `/proc/self/mountinfo` lists it.
+struct MountEntry {
+    /// `major:minor`.
+    device: String,
+    /// `fuse.redisfs`, `ext4`, …
+    fs_type: String,
+}
+
+/// The filesystem mounted last on `mount_point` (a canonical path), if any.
+fn mounted_on(mount_point: &Path) -> Option<MountEntry> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // mountinfo escapes space, tab, newline and backslash in paths as octal.
+    let wanted: String = mount_point
+        .to_str()?
+        .chars()
+        .map(|c| match c {
+            ' ' | '\t' | '\n' | '\\' => format!("\\{:03o}", c as u32),
+            c => c.to_string(),
+        })
+        .collect();
+    // Fields: id, parent, major:minor, root, mount point, options, optional fields, "-", type.
+    table.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        if fields.get(4) != Some(&wanted.as_str()) {
+            return None;
+        }
+        let fs_type = line.split(" - ").nth(1)?.split(' ').next()?;
+        Some(MountEntry {
+            device: fields.get(2)?.to_string(),
+            fs_type: fs_type.to_string(),
+        })
+    })
+}
+
+/// Starts this program again with `command_line` (its arguments in `redisfs`'s own syntax)
+/// without `--daemon`, logging to `log_file` unless the command line names one, and waits
+/// until it reports the mount ready.
+fn daemonize(command_line: &[OsString], log_file: Option<&Path>) -> Result<(), Error> {
     let mut fds = [0; 2];
     // SAFETY: fds is a valid array of two ints.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
@@ -100,7 +166,7 @@ fn daemonize() -> Result<(), Error> {
     // which only its owner can read, never on its command line.
     let mut url = None;
     let mut args = Vec::new();
-    let mut given = std::env::args_os().skip(1);
+    let mut given = command_line.iter().skip(1).cloned();
     while let Some(arg) = given.next() {
         if arg == "-d" || arg == "--daemon" {
             continue;
@@ -112,6 +178,11 @@ fn daemonize() -> Result<(), Error> {
         } else {
             args.push(arg);
         }
+    }
+    // Its stderr is /dev/null once it is ready.
+    if let Some(file) = log_file {
+        let options_end = args.iter().position(|a| a == "--").unwrap_or(args.len());
+        args.insert(options_end, format!("--log-file={}", file.display()).into());
     }
     crate::options::hide_passwords_from_process_list();
     let mut cmd = std::process::Command::new(exe);
@@ -245,12 +316,17 @@ fn fuse_options(args: &MountArgs, prefix: &str, read_only: bool) -> Result<fuser
     Ok(config)
 }
 
-/// Mounts the filesystem and serves it until it is unmounted (or, with `--daemon`, returns
-/// once it is mounted, leaving a background process to serve it).
-pub fn run(args: MountArgs) -> Result<(), Error> {
+/// Mounts the filesystem of `args` (parsed from `command_line`) and serves it until it is
+/// unmounted (or, with `--daemon`, returns once it is mounted, leaving a background process
+/// to serve it).
+pub fn run(args: MountArgs, command_line: &[OsString]) -> Result<(), Error> {
     let mount_point = check_mount_point(&args.mount_point())?;
     if args.daemon && std::env::var_os(READY_FD).is_none() {
-        return daemonize();
+        let log_file = args
+            .log_file
+            .is_none()
+            .then(|| default_log_file(&args.prefix));
+        return daemonize(command_line, log_file.as_deref());
     }
     keep_ready_pipe_to_ourselves();
     crate::options::hide_passwords_from_process_list();
@@ -481,6 +557,7 @@ fn serve(
         task.abort();
     }
     runtime.block_on(shutdown(&core, session.as_deref()));
+    tracing::info!("unmounted {}", mount_point.display());
     served.map_err(|source| Error::Fuse {
         context: "serving requests".into(),
         source,
@@ -516,25 +593,9 @@ fn widen_read_ahead(mount_point: &Path) {
 
 /// The `major:minor` of the FUSE filesystem mounted last on `mount_point`.
 fn mounted_device(mount_point: &Path) -> Option<String> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    // mountinfo escapes space, tab, newline and backslash in paths as octal.
-    let wanted: String = mount_point
-        .to_str()?
-        .chars()
-        .map(|c| match c {
-            ' ' | '\t' | '\n' | '\\' => format!("\\{:03o}", c as u32),
-            c => c.to_string(),
-        })
-        .collect();
-    table
-        .lines()
-        .rfind(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let fs_type = line.split(" - ").nth(1).and_then(|t| t.split(' ').next());
-            fields.get(4) == Some(&wanted.as_str())
-                && fs_type.is_some_and(|t| t == "fuse" || t.starts_with("fuse."))
-        })
-        .and_then(|line| line.split(' ').nth(2).map(str::to_owned))
+    mounted_on(mount_point)
+        .filter(|m| m.fs_type == "fuse" || m.fs_type.starts_with("fuse."))
+        .map(|m| m.device)
 }
 
 /// How long the ring of replies of a session expired for silence is kept.

@@ -313,7 +313,13 @@ pub(crate) fn parse_seconds(s: &str) -> Result<Duration, String> {
                   attribute lives in Redis under a key prefix, so any number of machines can mount \
                   the same filesystem. The first mount of an empty prefix creates the filesystem.\n\n\
                   With no Redis options and nothing listening on 127.0.0.1:6379, a private \
-                  redis-server (with AOF persistence) is started for the mount and stopped at unmount."
+                  redis-server (with AOF persistence) is started for the mount and stopped at unmount.\n\n\
+                  As mount(8) and /etc/fstab write it, the Redis URL may come before the mount point \
+                  and every option may be given as -o NAME=VALUE (or -o NAME for a switch, '_' for \
+                  '-'): redisfs redis://host:6379/0 /mnt/x -o prefix=x,io_timeout=30. Options for \
+                  mount(8) and boot (_netdev, nofail, defaults, auto, noauto, user, x-systemd.*) \
+                  are accepted and ignored. Installed as mount.fuse.redisfs (scripts/install), it \
+                  serves `mount -t fuse.redisfs` and fstab lines, in the background."
 )]
 pub struct MountArgs {
     /// Directory to mount on.
@@ -341,17 +347,20 @@ pub struct MountArgs {
     /// friends cost a round trip per file less (they ask every file for its ACL).
     #[arg(long, default_value = "on", value_parser = parse_on_off, value_name = "on|off", action = clap::ArgAction::Set)]
     pub acl: bool,
-    /// Mount options, comma separated (allow_other, default_permissions, ro, relatime (the
-    /// default), strictatime, noatime, nosuid, nodev, noexec, …).
+    /// Mount options, comma separated: any option above as NAME=VALUE or NAME, and the
+    /// kernel's (allow_other, default_permissions, ro, relatime (the default), strictatime,
+    /// noatime, nosuid, nodev, noexec, …).
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
     pub options: Vec<String>,
-    /// Return once the filesystem is mounted and keep serving it in the background.
+    /// Return once the filesystem is mounted and keep serving it in the background (logging
+    /// to --log-file).
     #[arg(short = 'd', long)]
     pub daemon: bool,
     /// Log every operation (tracing at debug level).
     #[arg(long)]
     pub debug: bool,
-    /// Write logs to FILE instead of stderr.
+    /// Write logs to FILE instead of stderr [default with --daemon: /var/log/redisfs/PREFIX.log
+    /// as root, else PREFIX.log in the state directory (see --state-dir)].
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
     /// How long an operation waits for a lost Redis to come back before failing with EIO.

@@ -211,17 +211,7 @@ fn daemon_mode_returns_once_mounted() {
     fs::write(dir.path().join("f"), b"daemon").unwrap();
     assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"daemon");
     unmount_background(dir.path());
-    for _ in 0..200 {
-        if redis.cmd::<u64>(&["ZCARD", "skx:sessions"]) == 0 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
-    assert_eq!(
-        redis.cmd::<u64>(&["ZCARD", "skx:sessions"]),
-        0,
-        "the background mount exited cleanly"
-    );
+    sessions_end(&redis, "skx");
 }
 
 #[test]
@@ -473,4 +463,157 @@ fn every_connection_to_redis_sends_at_once() {
         sockets.iter().all(|&at_once| at_once),
         "TCP_NODELAY: {sockets:?}"
     );
+}
+
+/// `/sbin/mount.fuse.redisfs` linked to the binary under test for as long as this lives;
+/// whatever was there before (an installed redisfs) is put back on drop.
+struct MountHelper {
+    before: Option<std::path::PathBuf>,
+}
+
+const HELPER: &str = "/sbin/mount.fuse.redisfs";
+
+impl MountHelper {
+    /// Installs redisfs as `scripts/install` does, with its binaries in `prefix/bin` and the
+    /// helper in /sbin.
+    fn install(prefix: &std::path::Path) -> MountHelper {
+        let before = fs::read_link(HELPER).ok();
+        assert!(
+            before.is_some() || !std::path::Path::new(HELPER).exists(),
+            "{HELPER} exists and is not a link: the test will not replace it"
+        );
+        let built = common::binary().parent().unwrap().to_path_buf();
+        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install"))
+            .arg("--prefix")
+            .arg(prefix)
+            .arg("--from")
+            .arg(&built)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        MountHelper { before }
+    }
+}
+
+impl Drop for MountHelper {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(HELPER);
+        if let Some(target) = &self.before {
+            let _ = std::os::unix::fs::symlink(target, HELPER);
+        }
+    }
+}
+
+/// Waits until no session of `prefix` is left: its mounts' processes ended cleanly.
+fn sessions_end(redis: &Redis, prefix: &str) {
+    let key = format!("{prefix}:sessions");
+    common::eventually(
+        "the mount's process ends (cleanly) after its unmount",
+        std::time::Duration::from_secs(10),
+        || redis.cmd::<u64>(&["ZCARD", &key]) == 0,
+    );
+}
+
+/// Caught: `mount -t fuse.redisfs SOURCE DIR -o prefix=x` failed ("unexpected argument"),
+/// options for mount(8) and boot reached the kernel (EINVAL), and a second mount on a mounted
+/// directory was accepted, leaving a daemon behind after `umount`.
+#[test]
+fn mount_8_and_fstab_lines_mount_and_umount_ends_them() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let installed = tempfile::tempdir().unwrap();
+    let _helper = MountHelper::install(installed.path());
+    for page in ["man/man1/redisfs.1", "bash-completion/completions/redisfs"] {
+        assert!(installed.path().join("share").join(page).exists(), "{page}");
+    }
+    let prefix = format!("m8-{}", std::process::id());
+    let source = redis.url() + "0";
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let log = a.path().join("..").join(format!("{prefix}-a.log"));
+
+    let options = format!(
+        "prefix={prefix},_netdev,nofail,defaults,noauto,x-systemd.automount,io_timeout=30,log_file={}",
+        log.display()
+    );
+    let mount = |dir: &std::path::Path| {
+        Command::new("mount")
+            .args(["-t", "fuse.redisfs", &source])
+            .arg(dir)
+            .args(["-o", &options])
+            .output()
+            .unwrap()
+    };
+    let out = mount(a.path());
+    assert!(
+        out.status.success(),
+        "mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        common::is_mounted(a.path()),
+        "mounted when mount(8) returns"
+    );
+    fs::write(a.path().join("f"), b"through mount(8)").unwrap();
+
+    // A second mount on a mounted directory is refused, in one plain line.
+    let again = mount(a.path());
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success());
+    assert!(said.contains("already a mount point"), "{said}");
+    assert!(
+        !said.contains('\x1b'),
+        "escape codes in piped stderr: {said:?}"
+    );
+
+    // An fstab line (an alternative fstab, as `mount -T` reads it); the mount logs to its
+    // default file, as a background mount without --log-file does.
+    let fstab = b.path().join("..").join(format!("{prefix}.fstab"));
+    fs::write(
+        &fstab,
+        format!(
+            "{source} {} fuse.redisfs prefix={prefix},_netdev,nofail 0 0\n",
+            b.path().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("mount")
+        .arg("-T")
+        .arg(&fstab)
+        .arg(b.path())
+        .output()
+        .unwrap();
+    let _ = fs::remove_file(&fstab);
+    assert!(
+        out.status.success(),
+        "mount -T: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(b.path().join("f")).unwrap(), b"through mount(8)");
+
+    for dir in [a.path(), b.path()] {
+        let out = Command::new("umount").arg(dir).output().unwrap();
+        assert!(
+            out.status.success(),
+            "umount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    sessions_end(&redis, &prefix);
+    let default_log = std::path::PathBuf::from(format!("/var/log/redisfs/{prefix}.log"));
+    for file in [&log, &default_log] {
+        let text = fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let _ = fs::remove_file(file);
+        assert!(
+            text.contains("mounting") && text.contains("unmounted"),
+            "{}: {text}",
+            file.display()
+        );
+        assert!(!text.contains('\x1b'), "escape codes in {}", file.display());
+    }
 }
