@@ -23,7 +23,7 @@ _redisfs() {
 
     case "${cmd}" in
         redisfs)
-            opts="-o -d -h -V --mount --redis --redis-host --host --redis-port --port --redis-db --db --tls-ca-cert --tls-cert --tls-key --prefix --ro --read-only --block-size --compression --acl --daemon --debug --log-file --io-timeout --session-timeout --cache-size --write-buffer --writeback --no-delegation --force --state-dir --help --version"
+            opts="-o -d -h -V --mount --redis --redis-host --host --redis-port --port --redis-db --db --tls-ca-cert --tls-cert --tls-key --prefix --ro --read-only --block-size --compression --acl --daemon --debug --log-file --io-timeout --session-timeout --cache-size --write-buffer --writeback --no-delegation --force --metrics --no-metrics --state-dir --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -110,6 +110,10 @@ _redisfs() {
                     return 0
                     ;;
                 --write-buffer)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -16,6 +16,7 @@ complete -c redisfs -l io-timeout -d 'How long an operation waits for a lost Red
 complete -c redisfs -l session-timeout -d 'A mount silent for this long is dead: its locks are released, the unlinked files it held open are deleted and the directories leased to it are given back' -r
 complete -c redisfs -l cache-size -d 'Memory for cached blocks' -r
 complete -c redisfs -l write-buffer -d 'Memory for written bytes not yet stored, across all files. Whole blocks are stored as soon as they fill; partial ones wait (up to 5 seconds, or until close or fsync), so that random writes into one block are stored once' -r
+complete -c redisfs -l metrics -d 'Serve Prometheus metrics on ADDR [default: 127.0.0.1:9567, or the next free port]' -r
 complete -c redisfs -l state-dir -d 'Directory for the private redis-server\'s data [default: /var/lib/redisfs as root, else $XDG_STATE_HOME/redisfs]' -r -F
 complete -c redisfs -l read-only -l ro -d 'Mount read-only: every write fails with EROFS'
 complete -c redisfs -s d -l daemon -d 'Return once the filesystem is mounted and keep serving it in the background (logging to --log-file)'
@@ -23,5 +24,6 @@ complete -c redisfs -l debug -d 'Log every operation (tracing at debug level)'
 complete -c redisfs -l writeback -d 'Let the kernel cache writes and file sizes (faster small writes). Only for a filesystem mounted once: with it the kernel ignores size and time changes made by other mounts to files it caches'
 complete -c redisfs -l no-delegation -d 'Have every create and removal in Redis before it is answered. By default a directory this mount creates is leased to it until another mount looks into it, and creates and removals in it are answered at once and sent within 20 ms (a crash loses those 20 ms, as a local disk loses what it had not written)'
 complete -c redisfs -l force -d 'Mount even if Redis may evict keys (maxmemory-policy allkeys-*), which destroys files'
+complete -c redisfs -l no-metrics -d 'Serve no metrics'
 complete -c redisfs -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c redisfs -s V -l version -d 'Print version'

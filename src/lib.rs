@@ -24,6 +24,7 @@
 //! | [`events`] | change events between mounts |
 //! | [`fs`] | the filesystem operations and the FUSE adapter |
 //! | [`local_redis`] | a private redis-server when none is reachable |
+//! | [`metrics`] | a mount's measurements, served as Prometheus text |
 //! | [`mount`] | mounting, serving and unmounting; a core without the kernel ([`mount::Headless`]) |
 //! | [`scan`] | walking a filesystem's keys with SCAN |
 //! | [`freeze`] | holding a filesystem still for a point-in-time copy |
@@ -47,6 +48,7 @@ pub mod fsck;
 pub mod keys;
 pub mod local_redis;
 pub mod meta;
+pub mod metrics;
 pub mod mount;
 pub mod options;
 pub mod scan;

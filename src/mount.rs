@@ -371,6 +371,8 @@ struct Mounted {
     config: fuser::Config,
     store: Store,
     session_timeout: Duration,
+    /// Where its metrics are served, unless `--no-metrics`.
+    metrics: Option<tokio::net::TcpListener>,
 }
 
 /// A mount's core, connected and running, without the kernel: what [`run`] serves, with its
@@ -380,7 +382,7 @@ pub struct Headless {
     /// The core.
     pub core: Arc<Core>,
     session: Option<Arc<Session>>,
-    tasks: [tokio::task::JoinHandle<()>; 2],
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Headless {
@@ -396,6 +398,7 @@ impl Headless {
             session.clone(),
             &mounted.store,
             mounted.session_timeout,
+            mounted.metrics,
         );
         Ok(Headless {
             core: mounted.core,
@@ -420,7 +423,8 @@ fn run_alongside(
     session: Option<Arc<Session>>,
     store: &Store,
     session_timeout: Duration,
-) -> [tokio::task::JoinHandle<()>; 2] {
+    metrics: Option<tokio::net::TcpListener>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     // Read-only mounts publish nothing; u64::MAX never names a session.
     let own = session.as_ref().map_or(u64::MAX, |s| s.id);
     let listener: Arc<dyn Listener> = core.clone();
@@ -431,7 +435,11 @@ fn run_alongside(
         listener,
     ));
     let background = tokio::spawn(maintain(core.clone(), session, session_timeout));
-    [following, background]
+    let mut tasks = vec![following, background];
+    if let Some(listener) = metrics {
+        tasks.push(tokio::spawn(crate::metrics::serve(listener, core.clone())));
+    }
+    tasks
 }
 
 async fn prepare(
@@ -458,10 +466,15 @@ async fn prepare(
         acl: args.acl,
     };
     let fs_config = format::open(&store, &scripts, (!read_only).then_some(&create)).await?;
+    let metrics = match args.no_metrics {
+        true => None,
+        false => Some(crate::metrics::bind(args.metrics).await?),
+    };
+    let metrics_address = metrics.as_ref().and_then(|l| l.local_addr().ok());
     let session = if read_only {
         None
     } else {
-        Some(Session::register(&store, mount_point).await?)
+        Some(Session::register(&store, mount_point, metrics_address).await?)
     };
     let mut meta = Meta::new(store.clone(), scripts, session.as_ref().map_or(0, |s| s.id));
     if !args.no_delegation {
@@ -501,6 +514,7 @@ async fn prepare(
         config,
         store,
         session_timeout: args.session_timeout,
+        metrics,
     })
 }
 
@@ -515,6 +529,7 @@ fn serve(
         config,
         store,
         session_timeout,
+        metrics,
     } = mounted;
     let session = session.map(Arc::new);
     let fs = RedisFs::new(core.clone(), runtime.handle().clone());
@@ -526,7 +541,7 @@ fn serve(
     core.attach_kernel(KernelNotifier::start(fuse.notifier()));
     let alongside = {
         let _entered = runtime.enter();
-        run_alongside(&core, session.clone(), &store, session_timeout)
+        run_alongside(&core, session.clone(), &store, session_timeout, metrics)
     };
     report_ready();
 

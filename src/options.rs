@@ -392,6 +392,12 @@ pub struct MountArgs {
     /// Mount even if Redis may evict keys (maxmemory-policy allkeys-*), which destroys files.
     #[arg(long)]
     pub force: bool,
+    /// Serve Prometheus metrics on ADDR [default: 127.0.0.1:9567, or the next free port].
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_metrics")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Serve no metrics.
+    #[arg(long)]
+    pub no_metrics: bool,
     /// Directory for the private redis-server's data [default: /var/lib/redisfs as root,
     /// else $XDG_STATE_HOME/redisfs].
     #[arg(long, value_name = "DIR")]

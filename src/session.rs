@@ -55,8 +55,12 @@ fn host_name() -> String {
 }
 
 impl Session {
-    /// Registers a mount of `mount_point`.
-    pub async fn register(store: &Store, mount_point: &Path) -> Result<Session, Error> {
+    /// Registers a mount of `mount_point`, serving its metrics at `metrics` (if it does).
+    pub async fn register(
+        store: &Store,
+        mount_point: &Path,
+        metrics: Option<std::net::SocketAddr>,
+    ) -> Result<Session, Error> {
         let keys = &store.keys;
         let fail = |e| store.failed("registering the session")(e);
         let id: u64 = store
@@ -77,6 +81,13 @@ impl Session {
             .arg("started_ms")
             .arg(now_ms())
             .ignore();
+        if let Some(address) = metrics {
+            pipe.cmd("HSET")
+                .arg(keys.session_info(id))
+                .arg("metrics")
+                .arg(address.to_string())
+                .ignore();
+        }
         pipe.cmd("ZADD")
             .arg(keys.sessions())
             .arg(now_ms())

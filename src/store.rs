@@ -242,7 +242,16 @@ impl Store {
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        retry_while_away(&self.address, self.io_timeout, || op(self.conn.clone())).await
+        retry_while_away(&self.address, self.io_timeout, || {
+            let started = std::time::Instant::now();
+            let reply = op(self.conn.clone());
+            async move {
+                let reply = reply.await;
+                crate::metrics::metrics().round_trip(started.elapsed());
+                reply
+            }
+        })
+        .await
     }
 
     /// Runs a command with retries.

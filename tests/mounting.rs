@@ -617,3 +617,80 @@ fn mount_8_and_fstab_lines_mount_and_umount_ends_them() {
         assert!(!text.contains('\x1b'), "escape codes in {}", file.display());
     }
 }
+
+/// The metrics a mount serves at `address`, fetched as Prometheus scrapes them.
+fn scrape(address: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: redisfs\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// The value of the sample `name` (with its labels, as written) in `text`, 0 when absent.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn metrics_are_served_over_http_recorded_in_the_session_and_move_with_work() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let address = format!("127.0.0.1:{}", common::free_port());
+    let m = Mount::new(&redis, "skx", &["--metrics", &address]);
+    // The default address (or the next free port after it) for a mount not told one.
+    let other = Mount::new(&redis, "skx", &[]);
+    let recorded: Vec<String> = redis
+        .keys("skx")
+        .into_iter()
+        .filter(|k| k.starts_with("skx:session:"))
+        .filter_map(|k| redis.cmd::<Option<String>>(&["HGET", &k, "metrics"]))
+        .collect();
+    assert_eq!(
+        recorded.len(),
+        2,
+        "each session records its metrics address: {recorded:?}"
+    );
+    assert!(recorded.contains(&address), "{recorded:?}");
+    let default = recorded.iter().find(|a| **a != address).unwrap();
+    assert!(default.starts_with("127.0.0.1:95"), "{default}");
+    assert!(scrape(default).contains("redisfs_written_bytes_total"));
+
+    let before = scrape(&address);
+    for i in 0..10 {
+        fs::write(m.join(format!("f{i}")), vec![7u8; 100_000]).unwrap();
+    }
+    for i in 0..10 {
+        assert_eq!(fs::read(m.join(format!("f{i}"))).unwrap().len(), 100_000);
+    }
+    assert!(fs::metadata(m.join("missing")).is_err());
+    let after = scrape(&address);
+    let grew = |name: &str| sample(&after, name) - sample(&before, name);
+    assert!(
+        grew(r#"redisfs_fuse_requests_total{operation="create"}"#) >= 10.0,
+        "{after}"
+    );
+    assert!(grew(r#"redisfs_fuse_request_seconds_count{operation="create"}"#) >= 10.0);
+    assert!(
+        grew("redisfs_written_bytes_total") >= 1_000_000.0,
+        "{after}"
+    );
+    assert!(
+        grew(r#"redisfs_fuse_errors_total{errno="ENOENT"}"#) >= 1.0,
+        "{after}"
+    );
+    assert!(grew("redisfs_redis_round_trips_total") >= 1.0, "{after}");
+    for gauge in ["redisfs_buffered_bytes ", "redisfs_deferred_changes "] {
+        assert!(after.contains(gauge), "{gauge}missing: {after}");
+    }
+    drop(other);
+}

@@ -32,6 +32,11 @@ impl WriteBudget {
         }
     }
 
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
     fn charge(&self, bytes: usize) -> Charge {
         Charge::new(&self.used, bytes)
     }

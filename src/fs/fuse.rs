@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 use crate::attr::{Attr, FileKind, Timestamp};
 use crate::error::FsError;
 use crate::meta::{AttrChange, LockState, Stored, Usage};
+use crate::metrics::{metrics, RequestTimer};
 
 use super::ops::attrs::XattrReply;
 use super::ops::dirs::stand_in;
@@ -41,6 +42,7 @@ pub struct RedisFs {
 }
 
 fn errno(e: FsError) -> Errno {
+    metrics().error(e.errno());
     Errno::from_i32(e.errno())
 }
 
@@ -171,8 +173,9 @@ impl RedisFs {
         }
     }
 
-    /// Runs `op` on the runtime and answers `reply` with its outcome.
-    fn serve<T, R, F, Fut>(&self, reply: R, op: F)
+    /// Runs `op` on the runtime and answers `reply` with its outcome (then `timer` counts
+    /// the request).
+    fn serve<T, R, F, Fut>(&self, timer: RequestTimer, reply: R, op: F)
     where
         T: Send + 'static,
         R: Respond<T>,
@@ -188,29 +191,36 @@ impl RedisFs {
                 Ok(v) => reply.answer(v, &core),
                 Err(e) => reply.fail(errno(e)),
             }
+            drop(timer);
         });
     }
 }
 
 impl RedisFs {
     /// Answers on the FUSE thread, with what this mount already knows.
-    fn answer_now<T, R: Respond<T>>(&self, reply: R, result: Result<T, FsError>) {
+    fn answer_now<T, R: Respond<T>>(
+        &self,
+        timer: RequestTimer,
+        reply: R,
+        result: Result<T, FsError>,
+    ) {
         match result {
             Ok(v) => reply.answer(v, &self.core),
             Err(e) => reply.fail(errno(e)),
         }
+        drop(timer);
     }
 
     /// Like [`RedisFs::serve`], for an operation that changes the filesystem or stores
     /// buffered data: it waits while a snapshot holds the filesystem still.
-    fn serve_change<T, R, F, Fut>(&self, reply: R, op: F)
+    fn serve_change<T, R, F, Fut>(&self, timer: RequestTimer, reply: R, op: F)
     where
         T: Send + 'static,
         R: Respond<T>,
         F: FnOnce(Arc<Core>) -> Fut,
         Fut: Future<Output = Result<T, FsError>> + Send + 'static,
     {
-        self.serve(reply, move |c| {
+        self.serve(timer, reply, move |c| {
             let work = op(c.clone());
             async move { c.freeze.pass(work).await }
         });
@@ -221,6 +231,7 @@ impl RedisFs {
     /// is signalled.
     fn take_lock(
         &self,
+        timer: RequestTimer,
         req: &Request,
         asked: Lock,
         fh: FileHandle,
@@ -228,10 +239,9 @@ impl RedisFs {
         reply: ReplyEmpty,
     ) {
         let wait = sleep.then_some(req.pid());
-        self.serve(
-            reply,
-            move |c| async move { c.setlk(asked, fh.0, wait).await },
-        );
+        self.serve(timer, reply, move |c| async move {
+            c.setlk(asked, fh.0, wait).await
+        });
     }
 }
 
@@ -277,21 +287,22 @@ impl fuser::Filesystem for RedisFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let timer = metrics().request("lookup");
         if let Some(known) = self.core.lookup_cached(parent.0, name.as_bytes()) {
-            return self.answer_now(reply, known);
+            return self.answer_now(timer, reply, known);
         }
         let name = bytes(name);
-        self.serve(
-            reply,
-            move |c| async move { c.lookup(parent.0, &name).await },
-        );
+        self.serve(timer, reply, move |c| async move {
+            c.lookup(parent.0, &name).await
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let timer = metrics().request("getattr");
         if let Some(attr) = self.core.getattr_cached(ino.0) {
-            return self.answer_now(reply, Ok(attr));
+            return self.answer_now(timer, reply, Ok(attr));
         }
-        self.serve(reply, move |c| async move { c.getattr(ino.0).await });
+        self.serve(timer, reply, move |c| async move { c.getattr(ino.0).await });
     }
 
     fn setattr(
@@ -312,6 +323,7 @@ impl fuser::Filesystem for RedisFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let timer = metrics().request("setattr");
         let change = AttrChange {
             mode,
             uid,
@@ -323,7 +335,7 @@ impl fuser::Filesystem for RedisFs {
             access_only: false,
         };
         let truncating = size.is_some().then(|| caller(req));
-        self.serve_change(reply, move |c| async move {
+        self.serve_change(timer, reply, move |c| async move {
             let attr = c.setattr(ino.0, change).await?;
             match truncating {
                 Some(by) => c.drop_set_id_bits(attr, by).await,
@@ -333,7 +345,12 @@ impl fuser::Filesystem for RedisFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.serve(reply, move |c| async move { c.readlink(ino.0).await });
+        let timer = metrics().request("readlink");
+        self.serve(
+            timer,
+            reply,
+            move |c| async move { c.readlink(ino.0).await },
+        );
     }
 
     fn mknod(
@@ -346,6 +363,7 @@ impl fuser::Filesystem for RedisFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let timer = metrics().request("mknod");
         let (name, who) = (bytes(name), creator(req, umask));
         let Some(kind) = FileKind::from_mode(mode) else {
             return reply.error(Errno::EINVAL);
@@ -354,9 +372,9 @@ impl fuser::Filesystem for RedisFs {
             self.core
                 .make_deferred(parent.0, &name, NewInode::new(kind, mode, rdev, who))
         {
-            return self.answer_now(reply, done);
+            return self.answer_now(timer, reply, done);
         }
-        self.serve_change(reply, move |c| async move {
+        self.serve_change(timer, reply, move |c| async move {
             c.make(parent.0, &name, NewInode::new(kind, mode, rdev, who), false)
                 .await
                 .map(|(attr, _)| attr)
@@ -372,14 +390,15 @@ impl fuser::Filesystem for RedisFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let timer = metrics().request("mkdir");
         let (name, who) = (bytes(name), creator(req, umask));
         if let Some(done) =
             self.core
                 .make_deferred(parent.0, &name, NewInode::new(FileKind::Dir, mode, 0, who))
         {
-            return self.answer_now(reply, done);
+            return self.answer_now(timer, reply, done);
         }
-        self.serve_change(reply, move |c| async move {
+        self.serve_change(timer, reply, move |c| async move {
             c.make(
                 parent.0,
                 &name,
@@ -392,21 +411,23 @@ impl fuser::Filesystem for RedisFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let timer = metrics().request("unlink");
         let name = bytes(name);
         if let Some(done) = self.core.remove_deferred(parent.0, &name, false) {
-            return self.answer_now(reply, done);
+            return self.answer_now(timer, reply, done);
         }
-        self.serve_change(reply, move |c| async move {
+        self.serve_change(timer, reply, move |c| async move {
             c.remove(parent.0, &name, false).await
         });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let timer = metrics().request("rmdir");
         let name = bytes(name);
         if let Some(done) = self.core.remove_deferred(parent.0, &name, true) {
-            return self.answer_now(reply, done);
+            return self.answer_now(timer, reply, done);
         }
-        self.serve_change(reply, move |c| async move {
+        self.serve_change(timer, reply, move |c| async move {
             c.remove(parent.0, &name, true).await
         });
     }
@@ -419,8 +440,9 @@ impl fuser::Filesystem for RedisFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let timer = metrics().request("symlink");
         let (name, target, who) = (bytes(link_name), bytes(target.as_os_str()), caller(req));
-        self.serve_change(reply, move |c| async move {
+        self.serve_change(timer, reply, move |c| async move {
             c.make(parent.0, &name, NewInode::symlink(&target, who), false)
                 .await
                 .map(|(attr, _)| attr)
@@ -437,9 +459,10 @@ impl fuser::Filesystem for RedisFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let timer = metrics().request("rename");
         let (name, newname) = (bytes(name), bytes(newname));
         let who = caller(req);
-        self.serve_change(reply, move |c| async move {
+        self.serve_change(timer, reply, move |c| async move {
             c.rename(parent.0, &name, newparent.0, &newname, flags.bits(), who)
                 .await
         });
@@ -453,17 +476,19 @@ impl fuser::Filesystem for RedisFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let timer = metrics().request("link");
         let name = bytes(newname);
-        self.serve_change(reply, move |c| async move {
+        self.serve_change(timer, reply, move |c| async move {
             c.link(ino.0, newparent.0, &name).await
         });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let timer = metrics().request("open");
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         let read = flags.acc_mode() != OpenAccMode::O_WRONLY;
         let runtime = self.runtime.clone();
-        self.serve(reply, move |c| async move {
+        self.serve(timer, reply, move |c| async move {
             let opened = c.open(ino.0, write).await?;
             // Reads of pages the kernel caches never reach the mount: an open for reading
             // counts as the access.
@@ -485,16 +510,19 @@ impl fuser::Filesystem for RedisFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let timer = metrics().request("read");
         if let Ok(file) = self.core.file(fh.0) {
             self.core.accessed(&file.state().attr, &self.runtime);
             if let Some(data) = self.core.read_cached(&file, offset, size, &self.runtime) {
-                return self.answer_now(reply, Ok(data));
+                metrics().read(data.len());
+                return self.answer_now(timer, reply, Ok(data));
             }
         }
-        self.serve(
-            reply,
-            move |c| async move { c.read(fh.0, offset, size).await },
-        );
+        self.serve(timer, reply, move |c| async move {
+            let data = c.read(fh.0, offset, size).await?;
+            metrics().read(data.len());
+            Ok(data)
+        });
     }
 
     fn write(
@@ -509,6 +537,7 @@ impl fuser::Filesystem for RedisFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let timer = metrics().request("write");
         // With its writeback cache the kernel keeps the size and places appends itself.
         let append = flags.0 & libc::O_APPEND != 0 && !self.core.settings.writeback;
         let (written, by) = (data.len() as u32, caller(req));
@@ -516,16 +545,23 @@ impl fuser::Filesystem for RedisFs {
             .core
             .write_now(fh.0, ino.0, offset, data, append, &by, &self.runtime)
         {
-            Ok(WriteAnswer::Now) => reply.written(written),
+            Ok(WriteAnswer::Now) => {
+                metrics().written(data.len());
+                reply.written(written);
+            }
             Ok(WriteAnswer::AfterStore(file, only_full)) => {
-                self.serve_change(reply, move |c| async move {
-                    c.flush_file(&file, only_full).await.map(|_| written)
+                self.serve_change(timer, reply, move |c| async move {
+                    c.flush_file(&file, only_full).await?;
+                    metrics().written(written as usize);
+                    Ok(written)
                 });
             }
             Ok(WriteAnswer::InTask) => {
                 let data = data.to_vec();
-                self.serve_change(reply, move |c| async move {
-                    c.write(fh.0, offset, &data, append, by).await
+                self.serve_change(timer, reply, move |c| async move {
+                    let written = c.write(fh.0, offset, &data, append, by).await?;
+                    metrics().written(written as usize);
+                    Ok(written)
                 });
             }
             Err(e) => reply.error(errno(e)),
@@ -540,15 +576,16 @@ impl fuser::Filesystem for RedisFs {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let timer = metrics().request("flush");
         if let Some(done) = self.core.flush_at_once(fh.0, ino.0, lock_owner.0) {
-            return self.answer_now(reply, done);
+            return self.answer_now(timer, reply, done);
         }
         // close(2) drops the process's fcntl locks on the file.
         let unlock = self
             .core
             .locks
             .begin_release(ino.0, None, Some(lock_owner.0));
-        self.serve(reply, move |c| async move {
+        self.serve(timer, reply, move |c| async move {
             let unlocked = c.finish_release(unlock).await;
             c.freeze.pass(c.flush(fh.0)).await.and(unlocked)
         });
@@ -564,15 +601,16 @@ impl fuser::Filesystem for RedisFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let timer = metrics().request("release");
         let owner = lock_owner.map(|o| o.0);
         if let Some(done) = self.core.release_at_once(fh.0, ino.0, owner) {
-            return self.answer_now(reply, done);
+            return self.answer_now(timer, reply, done);
         }
         // The last close of an open file description drops its flock and OFD locks; taken
         // out here, as the request is read (see `LockTable`). Unlocked outside a freeze's hold,
         // as locks are taken: lock requests on the file wait for this.
         let unlock = self.core.locks.begin_release(ino.0, Some(fh.0), owner);
-        self.serve(reply, move |c| async move {
+        self.serve(timer, reply, move |c| async move {
             let unlocked = c.finish_release(unlock).await;
             c.freeze.pass(c.release(fh.0)).await.and(unlocked)
         });
@@ -590,8 +628,9 @@ impl fuser::Filesystem for RedisFs {
         pid: u32,
         reply: ReplyLock,
     ) {
+        let timer = metrics().request("getlk");
         let asked = Lock::asked(ino.0, lock_owner.0, (start, end), typ, pid);
-        self.serve(reply, move |c| async move { c.getlk(asked).await });
+        self.serve(timer, reply, move |c| async move { c.getlk(asked).await });
     }
 
     fn setlk(
@@ -607,8 +646,9 @@ impl fuser::Filesystem for RedisFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
+        let timer = metrics().request("setlk");
         let asked = Lock::asked(ino.0, lock_owner.0, (start, end), typ, pid);
-        self.take_lock(req, asked, fh, sleep, reply);
+        self.take_lock(timer, req, asked, fh, sleep, reply);
     }
 
     fn flock(
@@ -622,8 +662,9 @@ impl fuser::Filesystem for RedisFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
+        let timer = metrics().request("flock");
         let asked = Lock::flock(ino.0, lock_owner.0, typ, pid);
-        self.take_lock(req, asked, fh, sleep, reply);
+        self.take_lock(timer, req, asked, fh, sleep, reply);
     }
 
     fn fsync(
@@ -634,18 +675,20 @@ impl fuser::Filesystem for RedisFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.serve_change(reply, move |c| async move { c.flush(fh.0).await });
+        let timer = metrics().request("fsync");
+        self.serve_change(timer, reply, move |c| async move { c.flush(fh.0).await });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let timer = metrics().request("opendir");
         // Opened to be listed: the access is counted here.
         if let Some(attr) = self.core.getattr_cached(ino.0) {
             self.core.accessed(&attr, &self.runtime);
             let fh = self.core.opendir(ino.0, attr);
-            return self.answer_now(reply, Ok((fh, false)));
+            return self.answer_now(timer, reply, Ok((fh, false)));
         }
         let runtime = self.runtime.clone();
-        self.serve(reply, move |c| async move {
+        self.serve(timer, reply, move |c| async move {
             let attr = c.getattr(ino.0).await?;
             c.accessed(&attr, &runtime);
             Ok((c.opendir(ino.0, attr), false))
@@ -660,9 +703,11 @@ impl fuser::Filesystem for RedisFs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
+        let timer = metrics().request("readdir");
         let core = self.core.clone();
         let slots = self.slots.clone();
         self.runtime.spawn(async move {
+            let _timer = timer;
             let _slot = slots.acquire_owned().await;
             let handle = match core.load_dir(fh.0, false).await {
                 Ok(h) => h,
@@ -692,9 +737,11 @@ impl fuser::Filesystem for RedisFs {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
+        let timer = metrics().request("readdirplus");
         let core = self.core.clone();
         let slots = self.slots.clone();
         self.runtime.spawn(async move {
+            let _timer = timer;
             let _slot = slots.acquire_owned().await;
             let page = match core.dir_page(fh.0, offset as usize).await {
                 Ok(page) => page,
@@ -733,6 +780,7 @@ impl fuser::Filesystem for RedisFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _timer = metrics().request("releasedir");
         self.core.releasedir(fh.0);
         reply.ok();
     }
@@ -745,12 +793,16 @@ impl fuser::Filesystem for RedisFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let timer = metrics().request("fsyncdir");
         // Changes deferred in leased directories are sent; all others are in Redis already.
-        self.serve(reply, move |c| async move { c.meta.send_deferred().await });
+        self.serve(timer, reply, move |c| async move {
+            c.meta.send_deferred().await
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.serve(reply, move |c| async move { c.usage().await });
+        let timer = metrics().request("statfs");
+        self.serve(timer, reply, move |c| async move { c.usage().await });
     }
 
     fn setxattr(
@@ -763,13 +815,15 @@ impl fuser::Filesystem for RedisFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let timer = metrics().request("setxattr");
         let (name, value) = (bytes(name), value.to_vec());
-        self.serve_change(reply, move |c| async move {
+        self.serve_change(timer, reply, move |c| async move {
             c.setxattr(ino.0, &name, &value, flags).await
         });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let timer = metrics().request("getxattr");
         if let Err(e) = self.core.check_xattr_name(name.as_bytes()) {
             return reply.error(errno(e));
         }
@@ -777,29 +831,30 @@ impl fuser::Filesystem for RedisFs {
             return reply.error(Errno::from_i32(libc::ENODATA));
         }
         let name = bytes(name);
-        self.serve(reply, move |c| async move {
+        self.serve(timer, reply, move |c| async move {
             c.getxattr(ino.0, &name, size).await
         });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.serve(
-            reply,
-            move |c| async move { c.listxattr(ino.0, size).await },
-        );
+        let timer = metrics().request("listxattr");
+        self.serve(timer, reply, move |c| async move {
+            c.listxattr(ino.0, size).await
+        });
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let timer = metrics().request("removexattr");
         let name = bytes(name);
-        self.serve_change(
-            reply,
-            move |c| async move { c.removexattr(ino.0, &name).await },
-        );
+        self.serve_change(timer, reply, move |c| async move {
+            c.removexattr(ino.0, &name).await
+        });
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let timer = metrics().request("access");
         let who = caller(req);
-        self.serve(reply, move |c| async move {
+        self.serve(timer, reply, move |c| async move {
             c.access(ino.0, mask.bits(), who).await
         });
     }
@@ -814,12 +869,13 @@ impl fuser::Filesystem for RedisFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let timer = metrics().request("create");
         let (name, who) = (bytes(name), creator(req, umask));
         if let Some(done) = self.core.create_deferred(parent.0, &name, mode, who) {
-            return self.answer_now(reply, done);
+            return self.answer_now(timer, reply, done);
         }
         let exclusive = flags & libc::O_EXCL != 0;
-        self.serve_change(reply, move |c| async move {
+        self.serve_change(timer, reply, move |c| async move {
             c.create(parent.0, &name, mode, who, exclusive).await
         });
     }
@@ -833,8 +889,9 @@ impl fuser::Filesystem for RedisFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let timer = metrics().request("tmpfile");
         let who = creator(req, umask);
-        self.serve_change(reply, move |c| async move {
+        self.serve_change(timer, reply, move |c| async move {
             c.tmpfile(parent.0, mode, who).await
         });
     }
@@ -849,8 +906,9 @@ impl fuser::Filesystem for RedisFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let timer = metrics().request("fallocate");
         let by = caller(req);
-        self.serve_change(reply, move |c| async move {
+        self.serve_change(timer, reply, move |c| async move {
             c.fallocate(fh.0, offset, length, mode, by).await
         });
     }
@@ -864,7 +922,8 @@ impl fuser::Filesystem for RedisFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        self.serve(reply, move |c| async move {
+        let timer = metrics().request("lseek");
+        self.serve(timer, reply, move |c| async move {
             c.lseek(fh.0, offset, whence).await
         });
     }
@@ -882,7 +941,8 @@ impl fuser::Filesystem for RedisFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        self.serve_change(reply, move |c| async move {
+        let timer = metrics().request("copy_file_range");
+        self.serve_change(timer, reply, move |c| async move {
             c.copy_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
                 .await
         });

@@ -162,6 +162,12 @@ impl Core {
         let _ = self.kernel.set(notifier);
     }
 
+    /// What the metrics show of this mount now: bytes written and not yet stored, and
+    /// changes deferred and not yet in Redis.
+    pub fn state_for_metrics(&self) -> (usize, u64) {
+        (self.write_budget.used(), self.meta.delegation.waiting())
+    }
+
     fn invalidate(&self, item: Invalidation) {
         if let Some(k) = self.kernel.get() {
             k.send(item);

@@ -324,6 +324,12 @@ impl Delegation {
         log.appended != log.settled || !log.recalled.is_empty() || log.unanswered.is_some()
     }
 
+    /// Changes answered and not yet settled in Redis.
+    pub fn waiting(&self) -> u64 {
+        let log = lock(&self.log);
+        log.appended - log.settled
+    }
+
     /// Whether a batch should go without waiting for more changes.
     fn urgent(&self) -> bool {
         let log = lock(&self.log);
