@@ -16,6 +16,9 @@ pub const FORMAT_VERSION: u32 = 1;
 /// protocol's line ending all fit, so a full block is exactly one allocator size class.
 pub const VALUE_OVERHEAD: u64 = 64;
 
+/// Size of one block's Redis value of a new filesystem, unless told otherwise.
+pub const DEFAULT_VALUE_SIZE: u64 = 64 << 10;
+
 /// The settings a filesystem was created with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FsConfig {
@@ -89,11 +92,22 @@ pub async fn open(
             })
         }
     }
+    read(store).await
+}
+
+/// The settings of the filesystem of `store`, which exists (its `meta` hash was found).
+pub async fn read(store: &Store) -> Result<FsConfig, Error> {
+    let meta_key = store.keys.meta();
     let meta: HashMap<String, String> = store
         .cmd(redis::cmd("HGETALL").arg(&meta_key))
         .await
         .map_err(store.failed("HGETALL"))?;
-    parse_meta(keys.prefix(), &meta_key, &meta)
+    if meta.is_empty() {
+        return Err(Error::NoFilesystem {
+            prefix: store.keys.prefix().to_string(),
+        });
+    }
+    parse_meta(store.keys.prefix(), &meta_key, &meta)
 }
 
 fn parse_meta(prefix: &str, key: &str, meta: &HashMap<String, String>) -> Result<FsConfig, Error> {

@@ -312,6 +312,23 @@ impl Keys {
     pub fn session_held(&self, sid: u64) -> String {
         SESSION_HELD.of(&self.base, sid)
     }
+
+    /// See [`SESSION_LOCKS`].
+    pub fn session_locks(&self, sid: u64) -> String {
+        SESSION_LOCKS.of(&self.base, sid)
+    }
+}
+
+/// A SCAN pattern matching the `meta` key of every filesystem on a server.
+pub fn every_meta_key() -> String {
+    format!("*:{}", META.before)
+}
+
+/// The prefix whose `meta` key `key` is, if it is one (a prefix has no `:`).
+pub fn prefix_of_meta_key(key: &str) -> Option<&str> {
+    key.strip_suffix(META.before)?
+        .strip_suffix(':')
+        .filter(|p| !p.is_empty() && !p.contains(':'))
 }
 
 /// What a key of a filesystem is, read back from its name.

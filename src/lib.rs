@@ -30,10 +30,12 @@
 //! | [`freeze`] | holding a filesystem still for a point-in-time copy |
 //! | [`tool`] | what the tools share: options, connection, progress, summaries |
 //! | [`dump`] | `redisfs-dump` and `redisfs-restore`: portable backups, local trees |
+//! | [`admin`] | `redisfs-admin`: the filesystems of a server, one's status and mounts, settings, removal |
 //! | [`fsck`] | `redisfs-fsck`: checks and repairs |
 //! | [`snapshot`] | `redisfs-snapshot`: a point-in-time copy under another prefix |
 //! | [`error`] | the error policy: errno-shaped [`error::FsError`], typed [`error::Error`] |
 
+pub mod admin;
 pub mod attr;
 pub mod blocks;
 pub mod codec;

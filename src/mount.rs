@@ -11,6 +11,7 @@ use std::time::Duration;
 use fuser::{MountOption, SessionACL};
 
 use crate::blocks::BlockStore;
+use crate::codec::Codec;
 use crate::error::Error;
 use crate::events::{self, Listener};
 use crate::format::{self, CreateOptions};
@@ -442,6 +443,40 @@ fn run_alongside(
     tasks
 }
 
+/// Warns of the creation options given for a filesystem made with others: it keeps its own.
+fn warn_of_ignored_creation_options(
+    args: &MountArgs,
+    create: &CreateOptions,
+    made: &format::FsConfig,
+) {
+    let mut ignored = Vec::new();
+    if args.block_size.is_some() && create.block_size().ok() != Some(made.block_size) {
+        ignored.push(format!(
+            "--block-size (its blocks hold {} bytes)",
+            made.block_size
+        ));
+    }
+    if args.compression.is_some_and(|c| c != made.codec) {
+        ignored.push(format!(
+            "--compression (it uses {}; redisfs-admin config changes it)",
+            made.codec.name()
+        ));
+    }
+    if args.acl.is_some_and(|acl| acl != made.acl) {
+        ignored.push(format!(
+            "--acl (ACLs are {} on it)",
+            if made.acl { "on" } else { "off" }
+        ));
+    }
+    if !ignored.is_empty() {
+        tracing::warn!(
+            "'{}' exists and keeps the settings it was made with; ignored: {}",
+            args.prefix,
+            ignored.join(", ")
+        );
+    }
+}
+
 async fn prepare(
     args: &MountArgs,
     target: &crate::options::RedisTarget,
@@ -461,11 +496,12 @@ async fn prepare(
     }
     let scripts = Arc::new(Scripts::new());
     let create = CreateOptions {
-        value_size: args.block_size,
-        codec: args.compression,
-        acl: args.acl,
+        value_size: args.block_size.unwrap_or(format::DEFAULT_VALUE_SIZE),
+        codec: args.compression.unwrap_or(Codec::Lz4),
+        acl: args.acl.unwrap_or(true),
     };
     let fs_config = format::open(&store, &scripts, (!read_only).then_some(&create)).await?;
+    warn_of_ignored_creation_options(args, &create, &fs_config);
     let metrics = match args.no_metrics {
         true => None,
         false => Some(crate::metrics::bind(args.metrics).await?),

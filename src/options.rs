@@ -337,16 +337,18 @@ pub struct MountArgs {
     #[arg(long, visible_alias = "ro")]
     pub read_only: bool,
     /// Block size of a new filesystem: the size of one Redis value; a block holds 64 bytes
-    /// less than this so that a value fits its allocator size class exactly.
-    #[arg(long, default_value = "64K", value_parser = parse_size, value_name = "SIZE")]
-    pub block_size: u64,
-    /// Compression of a new filesystem's blocks: none, lz4, zstd or zlib.
-    #[arg(long, default_value = "lz4", value_name = "CODEC")]
-    pub compression: Codec,
-    /// Whether a new filesystem keeps and enforces POSIX ACLs. Without them `ls -l` and
-    /// friends cost a round trip per file less (they ask every file for its ACL).
-    #[arg(long, default_value = "on", value_parser = parse_on_off, value_name = "on|off", action = clap::ArgAction::Set)]
-    pub acl: bool,
+    /// less than this so that a value fits its allocator size class exactly [default: 64K].
+    /// An existing filesystem keeps its own (a different one is warned about).
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub block_size: Option<u64>,
+    /// Compression of a new filesystem's blocks: none, lz4, zstd or zlib [default: lz4]. An
+    /// existing filesystem keeps its own (see redisfs-admin config).
+    #[arg(long, value_name = "CODEC")]
+    pub compression: Option<Codec>,
+    /// Whether a new filesystem keeps and enforces POSIX ACLs [default: on]. Without them
+    /// `ls -l` and friends cost a round trip per file less (they ask every file for its ACL).
+    #[arg(long, value_parser = parse_on_off, value_name = "on|off", action = clap::ArgAction::Set)]
+    pub acl: Option<bool>,
     /// Mount options, comma separated: any option above as NAME=VALUE or NAME, and the
     /// kernel's (allow_other, default_permissions, ro, relatime (the default), strictatime,
     /// noatime, nosuid, nodev, noexec, …).

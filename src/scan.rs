@@ -1,7 +1,8 @@
 //! Walking the keys of a filesystem with SCAN (never KEYS, which blocks Redis), in batches.
 //!
 //! The pattern always comes from [`crate::keys::Keys::scan_pattern`] or names one kind of key
-//! under it, so a walk never sees a key outside the prefix.
+//! under it, so a walk never sees a key outside the prefix; the one exception lists the
+//! filesystems of a server ([`Scan::every_filesystem`]).
 
 use crate::error::Error;
 use crate::store::Store;
@@ -22,6 +23,12 @@ impl<'a> Scan<'a> {
     /// A walk over every key of the store's filesystem.
     pub fn all(store: &'a Store) -> Scan<'a> {
         Scan::matching(store, store.keys.scan_pattern())
+    }
+
+    /// A walk over the `meta` key of every filesystem on the server (`redisfs-admin list`):
+    /// the only walk outside one prefix, and it only reads.
+    pub fn every_filesystem(store: &'a Store) -> Scan<'a> {
+        Scan::matching(store, crate::keys::every_meta_key())
     }
 
     /// A walk over the keys matching `pattern`.

@@ -1,5 +1,5 @@
 //! The man pages in `man/` and the shell completions in `completions/` are generated from the
-//! clap definitions of the five binaries. This test fails when they are stale; regenerate them
+//! clap definitions of the six binaries. This test fails when they are stale; regenerate them
 //! with `REDISFS_REGENERATE=1 cargo test --test generated`.
 
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ fn commands() -> Vec<clap::Command> {
         redisfs::dump::DumpArgs::command(),
         redisfs::dump::RestoreArgs::command(),
         redisfs::fsck::FsckArgs::command(),
+        redisfs::admin::AdminArgs::command(),
     ]
 }
 

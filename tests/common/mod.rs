@@ -571,6 +571,7 @@ pub fn tool(name: &str, args: &[&str]) -> std::process::Output {
         "dump" => env!("CARGO_BIN_EXE_redisfs-dump"),
         "restore" => env!("CARGO_BIN_EXE_redisfs-restore"),
         "fsck" => env!("CARGO_BIN_EXE_redisfs-fsck"),
+        "admin" => env!("CARGO_BIN_EXE_redisfs-admin"),
         other => panic!("no tool named {other}"),
     };
     Command::new(program)

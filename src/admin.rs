@@ -1,0 +1,473 @@
+//! `redisfs-admin`: the filesystems on a Redis, one filesystem's settings, usage and mounts,
+//! the settings that may change after creation, and removing a filesystem.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::codec::Codec;
+use crate::error::Error;
+use crate::format::{self, FsConfig};
+use crate::options::parse_seconds;
+use crate::server::ServerInfo;
+use crate::session::now_ms;
+use crate::store::Store;
+use crate::tool::{self, ToolArgs};
+
+/// `redisfs-admin`: see and manage the filesystems kept in a Redis.
+#[derive(Parser, Debug)]
+#[command(
+    name = "redisfs-admin",
+    version,
+    about = "See and manage the redisfs filesystems kept in a Redis",
+    long_about = "See and manage the redisfs filesystems kept in a Redis: list them, show one's \
+                  settings, usage and live mounts, change what may change after creation, \
+                  destroy one that is no longer mounted."
+)]
+pub struct AdminArgs {
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+/// What `redisfs-admin` does.
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// The filesystems on this Redis, with their files and blocks.
+    List {
+        #[command(flatten)]
+        tool: ToolArgs,
+    },
+    /// A filesystem's settings, usage, and every mount of it (host, pid, mount point, version,
+    /// start, last heartbeat, metrics address, leases, locks and held files).
+    Status {
+        #[command(flatten)]
+        tool: ToolArgs,
+        /// Prefix of the filesystem.
+        #[arg(long, default_value = "skx", value_name = "NAME")]
+        prefix: String,
+        /// A mount silent for this long counts as dead.
+        #[arg(long, default_value = "30", value_parser = parse_seconds, value_name = "SECONDS")]
+        session_timeout: std::time::Duration,
+    },
+    /// Change a setting of an existing filesystem (mounts started afterwards use it).
+    Config {
+        #[command(flatten)]
+        tool: ToolArgs,
+        /// Prefix of the filesystem.
+        #[arg(long, default_value = "skx", value_name = "NAME")]
+        prefix: String,
+        /// Compression of blocks written from now on (none, lz4, zstd, zlib); blocks already
+        /// stored keep theirs and stay readable.
+        #[arg(long, value_name = "CODEC")]
+        compression: Option<Codec>,
+        /// Refused: every block map is cut at the block size the filesystem was made with.
+        #[arg(long, value_name = "SIZE", hide_possible_values = true)]
+        block_size: Option<String>,
+        /// Refused: files' ACLs would start or stop being enforced without their owners'
+        /// knowledge; dump and restore into a filesystem made with --acl instead.
+        #[arg(long, value_name = "on|off")]
+        acl: Option<String>,
+    },
+    /// Delete every key of a filesystem (refused while it is mounted).
+    Destroy {
+        #[command(flatten)]
+        tool: ToolArgs,
+        /// Prefix of the filesystem.
+        #[arg(long, value_name = "NAME")]
+        prefix: String,
+        /// Confirm: the filesystem and all its files are gone for good.
+        #[arg(long)]
+        yes: bool,
+        /// A mount silent for this long counts as dead.
+        #[arg(long, default_value = "30", value_parser = parse_seconds, value_name = "SECONDS")]
+        session_timeout: std::time::Duration,
+    },
+}
+
+impl AdminCommand {
+    /// The connection and output options of the command.
+    pub fn tool(&self) -> &ToolArgs {
+        match self {
+            AdminCommand::List { tool }
+            | AdminCommand::Status { tool, .. }
+            | AdminCommand::Config { tool, .. }
+            | AdminCommand::Destroy { tool, .. } => tool,
+        }
+    }
+}
+
+/// One filesystem of `list`.
+#[derive(Serialize, Debug)]
+pub struct Listed {
+    pub prefix: String,
+    pub inodes: u64,
+    pub blocks: u64,
+    pub block_size: u32,
+    pub codec: &'static str,
+    pub live_mounts: u64,
+}
+
+/// What `list` found.
+#[derive(Serialize, Debug)]
+pub struct Listing {
+    pub filesystems: Vec<Listed>,
+}
+
+impl fmt::Display for Listing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<20} {:>12} {:>12} {:>10} {:>6} {:>6}",
+            "PREFIX", "INODES", "BLOCKS", "BLOCK", "CODEC", "MOUNTS"
+        )?;
+        for fs in &self.filesystems {
+            writeln!(
+                f,
+                "{:<20} {:>12} {:>12} {:>10} {:>6} {:>6}",
+                fs.prefix, fs.inodes, fs.blocks, fs.block_size, fs.codec, fs.live_mounts
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A mount of a filesystem, as its session records it.
+#[derive(Serialize, Debug)]
+pub struct MountStatus {
+    pub session: u64,
+    pub host: String,
+    pub pid: u64,
+    pub mount_point: String,
+    pub version: String,
+    /// Milliseconds since the epoch.
+    pub started_ms: u64,
+    /// Milliseconds since its last heartbeat.
+    pub heartbeat_age_ms: u64,
+    /// Whether it heartbeated within the session timeout.
+    pub live: bool,
+    /// Where it serves its metrics (on its host), if it does.
+    pub metrics: Option<String>,
+    /// Directories leased to it.
+    pub leases: u64,
+    /// Inodes it holds byte-range or flock locks on.
+    pub locked_inodes: u64,
+    /// Unlinked files it still holds open.
+    pub held_inodes: u64,
+}
+
+/// What `status` shows.
+#[derive(Serialize, Debug)]
+pub struct Status {
+    pub prefix: String,
+    pub uuid: String,
+    pub block_size: u32,
+    pub codec: &'static str,
+    pub acl: bool,
+    pub inodes: u64,
+    pub blocks: u64,
+    /// Blocks times the block size: what the data takes at most before compression.
+    pub data_bytes_at_most: u64,
+    pub redis_used_memory: u64,
+    /// `maxmemory`, or the machine's memory when unlimited.
+    pub redis_capacity: u64,
+    pub mounts: Vec<MountStatus>,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        writeln!(f, "filesystem {} ({})", self.prefix, self.uuid)?;
+        writeln!(
+            f,
+            "  settings: block size {}, compression {}, ACLs {}",
+            self.block_size,
+            self.codec,
+            if self.acl { "on" } else { "off" }
+        )?;
+        writeln!(
+            f,
+            "  usage: {} inodes, {} blocks (at most {:.1} MiB of data); Redis uses {:.1} of {:.1} MiB",
+            self.inodes,
+            self.blocks,
+            mib(self.data_bytes_at_most),
+            mib(self.redis_used_memory),
+            mib(self.redis_capacity)
+        )?;
+        if self.mounts.is_empty() {
+            return writeln!(f, "  not mounted");
+        }
+        for m in &self.mounts {
+            writeln!(
+                f,
+                "  session {}: {}:{} pid {} (redisfs {}), heartbeat {:.1} s ago{}; metrics {}; {} leases, {} locked, {} held",
+                m.session,
+                m.host,
+                m.mount_point,
+                m.pid,
+                m.version,
+                m.heartbeat_age_ms as f64 / 1000.0,
+                if m.live { "" } else { " (dead)" },
+                m.metrics.as_deref().unwrap_or("none"),
+                m.leases,
+                m.locked_inodes,
+                m.held_inodes
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// What `config` and `destroy` did.
+#[derive(Serialize, Debug)]
+pub struct Done {
+    pub prefix: String,
+    pub done: String,
+}
+
+impl fmt::Display for Done {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.prefix, self.done)
+    }
+}
+
+/// The outcome of a command, printed as text or JSON.
+#[derive(Serialize, Debug)]
+#[serde(untagged)]
+pub enum Outcome {
+    Listing(Listing),
+    Status(Box<Status>),
+    Done(Done),
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Listing(l) => l.fmt(f),
+            Outcome::Status(s) => s.fmt(f),
+            Outcome::Done(d) => d.fmt(f),
+        }
+    }
+}
+
+/// Runs `redisfs-admin`.
+pub fn run(args: &AdminArgs) -> Result<Outcome, Error> {
+    tool::block_on(async {
+        match &args.command {
+            AdminCommand::List { tool } => {
+                // Any valid prefix: `list` reads every filesystem's keys by name.
+                let store = tool.connect("skx").await?;
+                Ok(Outcome::Listing(list(&store).await?))
+            }
+            AdminCommand::Status {
+                tool,
+                prefix,
+                session_timeout,
+            } => {
+                let store = tool.connect(prefix).await?;
+                Ok(Outcome::Status(Box::new(
+                    status(&store, *session_timeout).await?,
+                )))
+            }
+            AdminCommand::Config {
+                tool,
+                prefix,
+                compression,
+                block_size,
+                acl,
+            } => {
+                if block_size.is_some() {
+                    return Err(Error::Setting(
+                        "the block size cannot change: every file's block map is cut at the \
+                         size the filesystem was made with (dump, then restore into a new \
+                         filesystem made with --block-size)"
+                            .into(),
+                    ));
+                }
+                if acl.is_some() {
+                    return Err(Error::Setting(
+                        "ACLs cannot be turned on or off: files' ACLs would start or stop being \
+                         enforced behind their owners' backs (dump, then restore into a new \
+                         filesystem made with --acl)"
+                            .into(),
+                    ));
+                }
+                let Some(codec) = compression else {
+                    return Err(Error::Setting(
+                        "nothing to change: give --compression".into(),
+                    ));
+                };
+                let store = tool.connect(prefix).await?;
+                format::read(&store).await?;
+                store
+                    .cmd::<()>(
+                        redis::cmd("HSET")
+                            .arg(store.keys.meta())
+                            .arg("codec")
+                            .arg(codec.name()),
+                    )
+                    .await
+                    .map_err(store.failed("HSET"))?;
+                Ok(Outcome::Done(Done {
+                    prefix: prefix.clone(),
+                    done: format!(
+                        "new blocks are compressed with {} by mounts started from now on",
+                        codec.name()
+                    ),
+                }))
+            }
+            AdminCommand::Destroy {
+                tool,
+                prefix,
+                yes,
+                session_timeout,
+            } => {
+                let store = tool.connect(prefix).await?;
+                destroy(&store, *yes, *session_timeout).await
+            }
+        }
+    })
+}
+
+/// Every filesystem on the server of `store`.
+async fn list(store: &Store) -> Result<Listing, Error> {
+    let mut scan = crate::scan::Scan::every_filesystem(store);
+    let mut prefixes = Vec::new();
+    while let Some(keys) = scan.next_batch().await? {
+        for key in keys {
+            let key = String::from_utf8_lossy(&key);
+            if let Some(prefix) = crate::keys::prefix_of_meta_key(&key) {
+                if tool::validate_prefix(prefix).is_ok() {
+                    prefixes.push(prefix.to_string());
+                }
+            }
+        }
+    }
+    prefixes.sort();
+    prefixes.dedup();
+    let mut filesystems = Vec::new();
+    for prefix in prefixes {
+        let store = store.for_prefix(&prefix);
+        // A key that happens to be named like a filesystem's, or one being restored.
+        let Ok(config) = format::read(&store).await else {
+            continue;
+        };
+        let (inodes, blocks) = counters(&store).await?;
+        let live = crate::session::live(&store, crate::session::DEFAULT_TIMEOUT).await?;
+        filesystems.push(Listed {
+            prefix,
+            inodes,
+            blocks,
+            block_size: config.block_size,
+            codec: config.codec.name(),
+            live_mounts: live.len() as u64,
+        });
+    }
+    Ok(Listing { filesystems })
+}
+
+/// The inode and block counters of the filesystem of `store`.
+async fn counters(store: &Store) -> Result<(u64, u64), Error> {
+    let (inodes, blocks): (Option<u64>, Option<u64>) = store
+        .cmd(
+            redis::cmd("HMGET")
+                .arg(store.keys.stat())
+                .arg("inodes")
+                .arg("blocks"),
+        )
+        .await
+        .map_err(store.failed("HMGET"))?;
+    Ok((inodes.unwrap_or(0), blocks.unwrap_or(0)))
+}
+
+async fn status(store: &Store, session_timeout: std::time::Duration) -> Result<Status, Error> {
+    let FsConfig {
+        block_size,
+        codec,
+        uuid,
+        acl,
+    } = format::read(store).await?;
+    let (inodes, blocks) = counters(store).await?;
+    let server = ServerInfo::read(store).await?;
+    let sessions: Vec<(u64, u64)> = store
+        .cmd(
+            redis::cmd("ZRANGE")
+                .arg(store.keys.sessions())
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES"),
+        )
+        .await
+        .map_err(store.failed("ZRANGE"))?;
+    let now = now_ms();
+    let mut mounts = Vec::new();
+    for (session, heartbeat) in sessions {
+        let keys = &store.keys;
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL").arg(keys.session_info(session));
+        for set in [
+            keys.session_leases(session),
+            keys.session_locks(session),
+            keys.session_held(session),
+        ] {
+            pipe.cmd("SCARD").arg(set);
+        }
+        let (info, leases, locked_inodes, held_inodes): (HashMap<String, String>, u64, u64, u64) =
+            store.pipe(&pipe).await.map_err(store.failed("HGETALL"))?;
+        let field = |name: &str| info.get(name).cloned().unwrap_or_default();
+        let heartbeat_age_ms = now.saturating_sub(heartbeat);
+        mounts.push(MountStatus {
+            session,
+            host: field("host"),
+            pid: field("pid").parse().unwrap_or(0),
+            mount_point: field("mount_point"),
+            version: field("version"),
+            started_ms: field("started_ms").parse().unwrap_or(0),
+            heartbeat_age_ms,
+            live: heartbeat_age_ms <= session_timeout.as_millis() as u64,
+            metrics: info.get("metrics").cloned(),
+            leases,
+            locked_inodes,
+            held_inodes,
+        });
+    }
+    Ok(Status {
+        prefix: store.keys.prefix().to_string(),
+        uuid,
+        block_size,
+        codec: codec.name(),
+        acl,
+        inodes,
+        blocks,
+        data_bytes_at_most: blocks * u64::from(block_size),
+        redis_used_memory: server.used_memory,
+        redis_capacity: server.capacity(),
+        mounts,
+    })
+}
+
+async fn destroy(
+    store: &Store,
+    yes: bool,
+    session_timeout: std::time::Duration,
+) -> Result<Outcome, Error> {
+    let prefix = store.keys.prefix().to_string();
+    format::read(store).await?;
+    let live = crate::session::live(store, session_timeout).await?;
+    if !live.is_empty() {
+        return Err(Error::Setting(format!(
+            "'{prefix}' is mounted (live sessions {live:?}); unmount it everywhere first"
+        )));
+    }
+    if !yes {
+        return Err(Error::Setting(format!(
+            "destroying '{prefix}' deletes all its files for good: add --yes to confirm"
+        )));
+    }
+    let deleted = crate::scan::delete_all(store).await?;
+    Ok(Outcome::Done(Done {
+        prefix,
+        done: format!("destroyed ({deleted} keys deleted)"),
+    }))
+}

@@ -1,0 +1,162 @@
+//! `redisfs-admin` against live mounts: what it lists and reports (checked in its JSON),
+//! what it changes, and what it refuses.
+
+mod common;
+
+use std::fs;
+use std::os::unix::io::AsRawFd;
+
+use common::{Mount, Redis};
+use serde_json::Value;
+
+/// Runs `redisfs-admin COMMAND --redis URL ARGS… --json`; returns its JSON.
+fn admin_json(redis: &Redis, command: &str, args: &[&str]) -> Value {
+    let url = redis.url();
+    let mut all = vec![command, "--redis", &url, "--json"];
+    all.extend(args);
+    serde_json::from_str(&common::tool_ok("admin", &all)).expect("JSON")
+}
+
+/// Runs a `redisfs-admin` command that must be refused; returns its one line of stderr.
+fn admin_refused(redis: &Redis, command: &str, args: &[&str]) -> String {
+    let url = redis.url();
+    let mut all = vec![command, "--redis", &url];
+    all.extend(args);
+    let out = common::tool("admin", &all);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert_eq!(said.lines().count(), 1, "one line: {said}");
+    said
+}
+
+#[test]
+fn list_status_config_and_destroy_against_live_mounts() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &[]);
+    let b = Mount::new(&redis, "skx", &["--no-metrics"]);
+    Mount::new(&redis, "spare", &[]).unmount();
+    // Something to report: a leased directory, a lock, an unlinked file held open.
+    fs::create_dir(a.join("mine")).unwrap();
+    fs::write(a.join("mine/f"), vec![1u8; 200_000]).unwrap();
+    let locked = fs::File::create(a.join("locked")).unwrap();
+    // SAFETY: flock on an open descriptor.
+    assert_eq!(unsafe { libc::flock(locked.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let held = fs::File::create(a.join("held")).unwrap();
+    fs::remove_file(a.join("held")).unwrap();
+
+    let listed = admin_json(&redis, "list", &[]);
+    let filesystems = listed["filesystems"].as_array().unwrap();
+    let prefixes: Vec<&str> = filesystems
+        .iter()
+        .map(|f| f["prefix"].as_str().unwrap())
+        .collect();
+    assert_eq!(prefixes, ["skx", "spare"], "{listed}");
+    assert_eq!(filesystems[0]["live_mounts"], 2);
+    assert_eq!(filesystems[1]["live_mounts"], 0);
+    assert!(filesystems[0]["blocks"].as_u64().unwrap() >= 4, "{listed}");
+
+    let status = admin_json(&redis, "status", &["--prefix", "skx"]);
+    assert_eq!(status["codec"], "lz4");
+    assert_eq!(status["block_size"], 65472);
+    assert!(status["inodes"].as_u64().unwrap() >= 5, "{status}");
+    let mounts = status["mounts"].as_array().unwrap();
+    assert_eq!(mounts.len(), 2, "{status}");
+    let of = |m: &Mount| {
+        mounts
+            .iter()
+            .find(|s| s["pid"] == m.pid())
+            .unwrap_or_else(|| panic!("no session of pid {}: {status}", m.pid()))
+            .clone()
+    };
+    let (sa, sb) = (of(&a), of(&b));
+    assert_eq!(sa["mount_point"], a.path.to_str().unwrap());
+    assert_eq!(sa["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(sa["live"], true);
+    assert!(sa["heartbeat_age_ms"].as_u64().unwrap() < 30_000);
+    assert!(
+        sa["metrics"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{sa}"
+    );
+    assert_eq!(sb["metrics"], Value::Null, "--no-metrics records none");
+    assert_eq!(
+        (
+            sa["leases"].as_u64(),
+            sa["locked_inodes"].as_u64(),
+            sa["held_inodes"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{sa}"
+    );
+    assert_eq!(
+        (
+            sb["leases"].as_u64(),
+            sb["locked_inodes"].as_u64(),
+            sb["held_inodes"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{sb}"
+    );
+    drop((locked, held));
+
+    // Settings: the codec may change (for blocks written by mounts started afterwards, the
+    // old ones staying readable); the block size and ACLs may not.
+    admin_json(
+        &redis,
+        "config",
+        &["--prefix", "skx", "--compression", "zstd"],
+    );
+    let said = admin_refused(&redis, "config", &["--prefix", "skx", "--block-size", "4K"]);
+    assert!(said.contains("block size cannot change"), "{said}");
+    let said = admin_refused(&redis, "config", &["--prefix", "skx", "--acl", "off"]);
+    assert!(said.contains("ACLs cannot be turned"), "{said}");
+    drop(a);
+    drop(b);
+    // A creation option given for an existing filesystem is ignored, with a warning.
+    let c = Mount::new(&redis, "skx", &["--compression", "lz4"]);
+    let log = c.log_text();
+    assert!(
+        log.contains("ignored: --compression (it uses zstd"),
+        "{log}"
+    );
+    fs::write(c.join("new"), vec![b'x'; 100_000]).unwrap();
+    assert_eq!(fs::read(c.join("mine/f")).unwrap(), vec![1u8; 200_000]);
+    assert_eq!(
+        admin_json(&redis, "status", &["--prefix", "skx"])["codec"],
+        "zstd"
+    );
+    // Each block's first byte names its codec: 1 for LZ4, 2 for zstd.
+    let codecs = |path: &std::path::Path| -> Vec<u8> {
+        let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).unwrap());
+        let ids: Vec<String> = redis.cmd(&["HVALS", &format!("skx:m:{ino}")]);
+        assert!(!ids.is_empty(), "{} has blocks", path.display());
+        ids.iter()
+            .map(|id| redis.cmd::<Vec<u8>>(&["GET", &format!("skx:b:{id}")])[0])
+            .collect()
+    };
+    assert!(codecs(&c.join("new")).iter().all(|&tag| tag == 2));
+    assert!(codecs(&c.join("mine/f")).iter().all(|&tag| tag == 1));
+
+    // Destroy: refused while mounted, then without --yes; then everything of it is gone and
+    // nothing else.
+    let said = admin_refused(&redis, "destroy", &["--prefix", "skx", "--yes"]);
+    assert!(said.contains("is mounted"), "{said}");
+    c.unmount();
+    let said = admin_refused(&redis, "destroy", &["--prefix", "skx"]);
+    assert!(said.contains("--yes"), "{said}");
+    admin_json(&redis, "destroy", &["--prefix", "skx", "--yes"]);
+    assert!(
+        redis.keys("skx").is_empty(),
+        "keys left: {:?}",
+        redis.keys("skx")
+    );
+    let listed = admin_json(&redis, "list", &[]);
+    assert_eq!(
+        listed["filesystems"].as_array().unwrap().len(),
+        1,
+        "{listed}"
+    );
+    common::assert_clean(&redis, "spare");
+}
