@@ -28,6 +28,9 @@ _redisfs__admin() {
             redisfs__admin,list)
                 cmd="redisfs__admin__subcmd__list"
                 ;;
+            redisfs__admin,stats)
+                cmd="redisfs__admin__subcmd__stats"
+                ;;
             redisfs__admin,status)
                 cmd="redisfs__admin__subcmd__status"
                 ;;
@@ -43,6 +46,9 @@ _redisfs__admin() {
             redisfs__admin__subcmd__help,list)
                 cmd="redisfs__admin__subcmd__help__subcmd__list"
                 ;;
+            redisfs__admin__subcmd__help,stats)
+                cmd="redisfs__admin__subcmd__help__subcmd__stats"
+                ;;
             redisfs__admin__subcmd__help,status)
                 cmd="redisfs__admin__subcmd__help__subcmd__status"
                 ;;
@@ -53,7 +59,7 @@ _redisfs__admin() {
 
     case "${cmd}" in
         redisfs__admin)
-            opts="-h -V --help --version list status config destroy help"
+            opts="-h -V --help --version list status config stats destroy help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -122,7 +128,7 @@ _redisfs__admin() {
                     return 0
                     ;;
                 --compression)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "none lz4 zstd zlib" -- "${cur}"))
                     return 0
                     ;;
                 --block-size)
@@ -207,7 +213,7 @@ _redisfs__admin() {
             return 0
             ;;
         redisfs__subcmd__admin__subcmd__help)
-            opts="list status config destroy help"
+            opts="list status config stats destroy help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -263,6 +269,20 @@ _redisfs__admin() {
             return 0
             ;;
         redisfs__subcmd__admin__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        redisfs__subcmd__admin__subcmd__help__subcmd__stats)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -338,6 +358,76 @@ _redisfs__admin() {
                     return 0
                     ;;
                 --io-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        redisfs__subcmd__admin__subcmd__stats)
+            opts="-q -h --redis --redis-host --host --redis-port --port --redis-db --db --tls-ca-cert --tls-cert --tls-key --json --quiet --io-timeout --prefix --interval --count --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --redis)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --db)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-db)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --io-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --count)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -29,6 +29,7 @@ complete -c redisfs-admin -n "__fish_redisfs_admin_needs_command" -s V -l versio
 complete -c redisfs-admin -n "__fish_redisfs_admin_needs_command" -f -a "list" -d 'The filesystems on this Redis, with their files and blocks'
 complete -c redisfs-admin -n "__fish_redisfs_admin_needs_command" -f -a "status" -d 'A filesystem\'s settings, usage, and every mount of it (host, pid, mount point, version, start, last heartbeat, metrics address, leases, locks and held files)'
 complete -c redisfs-admin -n "__fish_redisfs_admin_needs_command" -f -a "config" -d 'Change a setting of an existing filesystem (mounts started afterwards use it)'
+complete -c redisfs-admin -n "__fish_redisfs_admin_needs_command" -f -a "stats" -d 'A live view of a mount on this machine: requests, bytes and Redis round trips per second, from the metrics it serves'
 complete -c redisfs-admin -n "__fish_redisfs_admin_needs_command" -f -a "destroy" -d 'Delete every key of a filesystem (refused while it is mounted)'
 complete -c redisfs-admin -n "__fish_redisfs_admin_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand list" -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, or redis+unix:///path/to/socket?db=N. Overrides --host/--port/--db' -r
@@ -64,12 +65,29 @@ complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand config" -l t
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand config" -l tls-key -d 'PEM file of the private key of --tls-cert' -r -F
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand config" -l io-timeout -d 'How long to wait for a lost Redis to come back before giving up' -r
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand config" -l prefix -d 'Prefix of the filesystem' -r
-complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand config" -l compression -d 'Compression of blocks written from now on (none, lz4, zstd, zlib); blocks already stored keep theirs and stay readable' -r
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand config" -l compression -d 'Compression of blocks written from now on (none, lz4, zstd, zlib); blocks already stored keep theirs and stay readable' -r -f -a "none\t'Store bytes as they are'
+lz4\t'LZ4: fastest, about 2x on text'
+zstd\t'Zstandard level 1: fast, better ratio than LZ4'
+zlib\t'zlib level 6: the slowest, kept for compatibility'"
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand config" -l block-size -d 'Refused: every block map is cut at the block size the filesystem was made with' -r
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand config" -l acl -d 'Refused: files\' ACLs would start or stop being enforced without their owners\' knowledge; dump and restore into a filesystem made with --acl instead' -r
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand config" -l json -d 'Print a machine-readable summary (JSON) on stdout instead of text'
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand config" -s q -l quiet -d 'Print nothing but errors (no progress, no summary)'
-complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand config" -s h -l help -d 'Print help'
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand config" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, or redis+unix:///path/to/socket?db=N. Overrides --host/--port/--db' -r
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -l host -l redis-host -d 'Redis host [default: 127.0.0.1]' -r
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -l port -l redis-port -d 'Redis port [default: 6379]' -r
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -l db -l redis-db -d 'Redis database number [default: 0]' -r
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -l tls-ca-cert -d 'PEM file of the certificate authorities Redis\'s certificate must chain to (a private CA) [default: the system\'s CA store]. Implies TLS' -r -F
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -l tls-cert -d 'PEM file of this client\'s certificate, for a Redis that asks for one (`tls-auth-clients`); needs --tls-key. Implies TLS' -r -F
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -l tls-key -d 'PEM file of the private key of --tls-cert' -r -F
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -l io-timeout -d 'How long to wait for a lost Redis to come back before giving up' -r
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -l prefix -d 'Prefix of the filesystem' -r
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -l interval -d 'Seconds between lines' -r
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -l count -d 'Stop after this many lines [default: until interrupted]' -r
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -l json -d 'Print a machine-readable summary (JSON) on stdout instead of text'
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -s q -l quiet -d 'Print nothing but errors (no progress, no summary)'
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -s h -l help -d 'Print help'
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand destroy" -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, or redis+unix:///path/to/socket?db=N. Overrides --host/--port/--db' -r
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand destroy" -l host -l redis-host -d 'Redis host [default: 127.0.0.1]' -r
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand destroy" -l port -l redis-port -d 'Redis port [default: 6379]' -r
@@ -84,8 +102,9 @@ complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand destroy" -l 
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand destroy" -s q -l quiet -d 'Print nothing but errors (no progress, no summary)'
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand destroy" -l yes -d 'Confirm: the filesystem and all its files are gone for good'
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand destroy" -s h -l help -d 'Print help'
-complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand help; and not __fish_seen_subcommand_from list status config destroy help" -f -a "list" -d 'The filesystems on this Redis, with their files and blocks'
-complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand help; and not __fish_seen_subcommand_from list status config destroy help" -f -a "status" -d 'A filesystem\'s settings, usage, and every mount of it (host, pid, mount point, version, start, last heartbeat, metrics address, leases, locks and held files)'
-complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand help; and not __fish_seen_subcommand_from list status config destroy help" -f -a "config" -d 'Change a setting of an existing filesystem (mounts started afterwards use it)'
-complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand help; and not __fish_seen_subcommand_from list status config destroy help" -f -a "destroy" -d 'Delete every key of a filesystem (refused while it is mounted)'
-complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand help; and not __fish_seen_subcommand_from list status config destroy help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand help; and not __fish_seen_subcommand_from list status config stats destroy help" -f -a "list" -d 'The filesystems on this Redis, with their files and blocks'
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand help; and not __fish_seen_subcommand_from list status config stats destroy help" -f -a "status" -d 'A filesystem\'s settings, usage, and every mount of it (host, pid, mount point, version, start, last heartbeat, metrics address, leases, locks and held files)'
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand help; and not __fish_seen_subcommand_from list status config stats destroy help" -f -a "config" -d 'Change a setting of an existing filesystem (mounts started afterwards use it)'
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand help; and not __fish_seen_subcommand_from list status config stats destroy help" -f -a "stats" -d 'A live view of a mount on this machine: requests, bytes and Redis round trips per second, from the metrics it serves'
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand help; and not __fish_seen_subcommand_from list status config stats destroy help" -f -a "destroy" -d 'Delete every key of a filesystem (refused while it is mounted)'
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand help; and not __fish_seen_subcommand_from list status config stats destroy help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -38,7 +38,7 @@ _redisfs__restore() {
                     return 0
                     ;;
                 --compression)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "none lz4 zstd zlib" -- "${cur}"))
                     return 0
                     ;;
                 --block-size)
@@ -46,7 +46,7 @@ _redisfs__restore() {
                     return 0
                     ;;
                 --acl)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "on off" -- "${cur}"))
                     return 0
                     ;;
                 --redis)

@@ -1,8 +1,12 @@
 complete -c redisfs-restore -l prefix -d 'Prefix to restore into; must hold no keys' -r
 complete -c redisfs-restore -l from-dir -d 'Import the local directory tree DIR instead' -r -F
-complete -c redisfs-restore -l compression -d 'Compression of the restored blocks [default: the dump\'s; lz4 for --from-dir]' -r
+complete -c redisfs-restore -l compression -d 'Compression of the restored blocks [default: the dump\'s; lz4 for --from-dir]' -r -f -a "none\t'Store bytes as they are'
+lz4\t'LZ4: fastest, about 2x on text'
+zstd\t'Zstandard level 1: fast, better ratio than LZ4'
+zlib\t'zlib level 6: the slowest, kept for compatibility'"
 complete -c redisfs-restore -l block-size -d 'Block size (Redis value size) of a filesystem imported with --from-dir' -r
-complete -c redisfs-restore -l acl -d 'Whether a filesystem imported with --from-dir keeps POSIX ACLs' -r
+complete -c redisfs-restore -l acl -d 'Whether a filesystem imported with --from-dir keeps POSIX ACLs' -r -f -a "on\t''
+off\t''"
 complete -c redisfs-restore -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, or redis+unix:///path/to/socket?db=N. Overrides --host/--port/--db' -r
 complete -c redisfs-restore -l host -l redis-host -d 'Redis host [default: 127.0.0.1]' -r
 complete -c redisfs-restore -l port -l redis-port -d 'Redis port [default: 6379]' -r

@@ -82,11 +82,11 @@ _redisfs() {
                     return 0
                     ;;
                 --compression)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "none lz4 zstd zlib" -- "${cur}"))
                     return 0
                     ;;
                 --acl)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "on off" -- "${cur}"))
                     return 0
                     ;;
                 -o)

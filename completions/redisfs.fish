@@ -8,8 +8,12 @@ complete -c redisfs -l tls-cert -d 'PEM file of this client\'s certificate, for 
 complete -c redisfs -l tls-key -d 'PEM file of the private key of --tls-cert' -r -F
 complete -c redisfs -l prefix -d 'Key prefix of the filesystem (no \':\'); many filesystems can share one Redis' -r
 complete -c redisfs -l block-size -d 'Block size of a new filesystem: the size of one Redis value; a block holds 64 bytes less than this so that a value fits its allocator size class exactly [default: 64K]. An existing filesystem keeps its own (a different one is warned about)' -r
-complete -c redisfs -l compression -d 'Compression of a new filesystem\'s blocks: none, lz4, zstd or zlib [default: lz4]. An existing filesystem keeps its own (see redisfs-admin config)' -r
-complete -c redisfs -l acl -d 'Whether a new filesystem keeps and enforces POSIX ACLs [default: on]. Without them `ls -l` and friends cost a round trip per file less (they ask every file for its ACL)' -r
+complete -c redisfs -l compression -d 'Compression of a new filesystem\'s blocks: none, lz4, zstd or zlib [default: lz4]. An existing filesystem keeps its own (see redisfs-admin config)' -r -f -a "none\t'Store bytes as they are'
+lz4\t'LZ4: fastest, about 2x on text'
+zstd\t'Zstandard level 1: fast, better ratio than LZ4'
+zlib\t'zlib level 6: the slowest, kept for compatibility'"
+complete -c redisfs -l acl -d 'Whether a new filesystem keeps and enforces POSIX ACLs [default: on]. Without them `ls -l` and friends cost a round trip per file less (they ask every file for its ACL)' -r -f -a "on\t''
+off\t''"
 complete -c redisfs -s o -d 'Mount options, comma separated: any option above as NAME=VALUE or NAME, and the kernel\'s (allow_other, default_permissions, ro, relatime (the default), strictatime, noatime, nosuid, nodev, noexec, …)' -r
 complete -c redisfs -l log-file -d 'Write logs to FILE instead of stderr [default with --daemon: /var/log/redisfs/PREFIX.log as root, else PREFIX.log in the state directory (see --state-dir)]' -r -F
 complete -c redisfs -l io-timeout -d 'How long an operation waits for a lost Redis to come back before failing with EIO' -r

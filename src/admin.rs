@@ -70,6 +70,24 @@ pub enum AdminCommand {
         #[arg(long, value_name = "on|off")]
         acl: Option<String>,
     },
+    /// A live view of a mount on this machine: requests, bytes and Redis round trips per
+    /// second, from the metrics it serves.
+    Stats {
+        #[command(flatten)]
+        tool: ToolArgs,
+        /// Prefix of the filesystem.
+        #[arg(long, default_value = "skx", value_name = "NAME")]
+        prefix: String,
+        /// The mount to watch [default: the only mount of the filesystem on this machine].
+        #[arg(value_name = "MOUNTPOINT")]
+        mount_point: Option<std::path::PathBuf>,
+        /// Seconds between lines.
+        #[arg(long, default_value = "1", value_parser = parse_seconds, value_name = "SECONDS")]
+        interval: std::time::Duration,
+        /// Stop after this many lines [default: until interrupted].
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
     /// Delete every key of a filesystem (refused while it is mounted).
     Destroy {
         #[command(flatten)]
@@ -93,6 +111,7 @@ impl AdminCommand {
             AdminCommand::List { tool }
             | AdminCommand::Status { tool, .. }
             | AdminCommand::Config { tool, .. }
+            | AdminCommand::Stats { tool, .. }
             | AdminCommand::Destroy { tool, .. } => tool,
         }
     }
@@ -239,6 +258,7 @@ pub enum Outcome {
     Listing(Listing),
     Status(Box<Status>),
     Done(Done),
+    Watched(Watched),
 }
 
 impl fmt::Display for Outcome {
@@ -247,6 +267,7 @@ impl fmt::Display for Outcome {
             Outcome::Listing(l) => l.fmt(f),
             Outcome::Status(s) => s.fmt(f),
             Outcome::Done(d) => d.fmt(f),
+            Outcome::Watched(w) => w.fmt(f),
         }
     }
 }
@@ -316,6 +337,17 @@ pub fn run(args: &AdminArgs) -> Result<Outcome, Error> {
                         codec.name()
                     ),
                 }))
+            }
+            AdminCommand::Stats {
+                tool,
+                prefix,
+                mount_point,
+                interval,
+                count,
+            } => {
+                let store = tool.connect(prefix).await?;
+                let address = metrics_address(&store, mount_point.as_deref()).await?;
+                watch(&address, *interval, *count, tool.json).await
             }
             AdminCommand::Destroy {
                 tool,
@@ -470,4 +502,210 @@ async fn destroy(
         prefix,
         done: format!("destroyed ({deleted} keys deleted)"),
     }))
+}
+
+/// The metrics address of the mount of `store`'s filesystem on `mount_point` on this machine
+/// (or of its only mount here).
+async fn metrics_address(
+    store: &Store,
+    mount_point: Option<&std::path::Path>,
+) -> Result<String, Error> {
+    let prefix = store.keys.prefix();
+    let wanted = match mount_point {
+        Some(path) => Some(path.canonicalize().map_err(|e| Error::MountPoint {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?),
+        None => None,
+    };
+    let here = crate::session::host_name();
+    let mounts: Vec<MountStatus> = status(store, crate::session::DEFAULT_TIMEOUT)
+        .await?
+        .mounts
+        .into_iter()
+        .filter(|m| m.live && m.host == here)
+        .filter(|m| {
+            wanted
+                .as_ref()
+                .is_none_or(|w| std::path::Path::new(&m.mount_point) == w)
+        })
+        .collect();
+    let [mount] = mounts.as_slice() else {
+        let points: Vec<&str> = mounts.iter().map(|m| m.mount_point.as_str()).collect();
+        return Err(Error::Setting(match (mounts.len(), mount_point) {
+            (0, Some(path)) => format!("'{prefix}' is not mounted on {} here", path.display()),
+            (0, None) => format!("'{prefix}' is not mounted on this machine"),
+            _ => format!("'{prefix}' is mounted here on {points:?}: name one"),
+        }));
+    };
+    mount.metrics.clone().ok_or_else(|| {
+        Error::Setting(format!(
+            "the mount on {} serves no metrics (--no-metrics)",
+            mount.mount_point
+        ))
+    })
+}
+
+/// The counters of one scrape that `stats` shows.
+#[derive(Clone, Copy, Default, Debug)]
+struct Counters {
+    requests: f64,
+    request_seconds: f64,
+    read_bytes: f64,
+    written_bytes: f64,
+    round_trips: f64,
+    round_trip_seconds: f64,
+    buffered_bytes: f64,
+    deferred_changes: f64,
+}
+
+impl Counters {
+    /// Sums the samples of Prometheus `text` that `stats` shows.
+    fn parse(text: &str) -> Counters {
+        let mut c = Counters::default();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((name, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let family = name.split('{').next().unwrap_or(name);
+            let slot = match family {
+                "redisfs_fuse_requests_total" => &mut c.requests,
+                "redisfs_fuse_request_seconds_sum" => &mut c.request_seconds,
+                "redisfs_read_bytes_total" => &mut c.read_bytes,
+                "redisfs_written_bytes_total" => &mut c.written_bytes,
+                "redisfs_redis_round_trips_total" => &mut c.round_trips,
+                "redisfs_redis_round_trip_seconds_sum" => &mut c.round_trip_seconds,
+                "redisfs_buffered_bytes" => &mut c.buffered_bytes,
+                "redisfs_deferred_changes" => &mut c.deferred_changes,
+                _ => continue,
+            };
+            *slot += value;
+        }
+        c
+    }
+}
+
+/// One line of `stats`: rates over the last interval and the state now.
+#[derive(Serialize, Debug)]
+pub struct Rates {
+    pub requests_per_second: f64,
+    /// Mean latency of the interval's requests.
+    pub request_ms: f64,
+    pub read_mib_per_second: f64,
+    pub written_mib_per_second: f64,
+    pub round_trips_per_second: f64,
+    pub round_trip_ms: f64,
+    pub buffered_mib: f64,
+    pub deferred_changes: u64,
+}
+
+impl Rates {
+    fn between(before: &Counters, after: &Counters, seconds: f64) -> Rates {
+        let per_second = |a: f64, b: f64| (b - a).max(0.0) / seconds;
+        let mean_ms = |sum: f64, n: f64| if n > 0.0 { sum / n * 1000.0 } else { 0.0 };
+        let mib = (1u64 << 20) as f64;
+        Rates {
+            requests_per_second: per_second(before.requests, after.requests),
+            request_ms: mean_ms(
+                after.request_seconds - before.request_seconds,
+                after.requests - before.requests,
+            ),
+            read_mib_per_second: per_second(before.read_bytes, after.read_bytes) / mib,
+            written_mib_per_second: per_second(before.written_bytes, after.written_bytes) / mib,
+            round_trips_per_second: per_second(before.round_trips, after.round_trips),
+            round_trip_ms: mean_ms(
+                after.round_trip_seconds - before.round_trip_seconds,
+                after.round_trips - before.round_trips,
+            ),
+            buffered_mib: after.buffered_bytes / mib,
+            deferred_changes: after.deferred_changes as u64,
+        }
+    }
+}
+
+/// How many lines `stats` printed.
+#[derive(Serialize, Debug)]
+pub struct Watched {
+    pub lines: u64,
+}
+
+impl fmt::Display for Watched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} lines", self.lines)
+    }
+}
+
+/// Prints the rates of the mount serving metrics at `address` every `interval`, `count`
+/// times (or until interrupted): a table, or one JSON object per line.
+async fn watch(
+    address: &str,
+    interval: std::time::Duration,
+    count: Option<u64>,
+    json: bool,
+) -> Result<Outcome, Error> {
+    let mut before = Counters::parse(&scrape(address).await?);
+    let mut at = std::time::Instant::now();
+    if !json {
+        println!(
+            "{:>9} {:>8} {:>10} {:>10} {:>9} {:>8} {:>10} {:>9}",
+            "requests/s",
+            "ms",
+            "read MiB/s",
+            "write MiB/s",
+            "redis/s",
+            "rtt ms",
+            "buffered",
+            "deferred"
+        );
+    }
+    let mut lines = 0;
+    while count.is_none_or(|n| lines < n) {
+        tokio::time::sleep(interval).await;
+        let after = Counters::parse(&scrape(address).await?);
+        let now = std::time::Instant::now();
+        let rates = Rates::between(&before, &after, (now - at).as_secs_f64());
+        if json {
+            println!("{}", serde_json::to_string(&rates).unwrap_or_default());
+        } else {
+            println!(
+                "{:>10.0} {:>8.3} {:>10.1} {:>11.1} {:>9.0} {:>8.3} {:>9.1}M {:>9}",
+                rates.requests_per_second,
+                rates.request_ms,
+                rates.read_mib_per_second,
+                rates.written_mib_per_second,
+                rates.round_trips_per_second,
+                rates.round_trip_ms,
+                rates.buffered_mib,
+                rates.deferred_changes
+            );
+        }
+        (before, at) = (after, now);
+        lines += 1;
+    }
+    Ok(Outcome::Watched(Watched { lines }))
+}
+
+/// The metrics text a mount serves at `address`.
+async fn scrape(address: &str) -> Result<String, Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let failed = |e: std::io::Error| Error::System {
+        context: format!("reading the mount's metrics at {address}"),
+        source: e,
+    };
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(failed)?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: redisfs\r\n\r\n")
+        .await
+        .map_err(failed)?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.map_err(failed)?;
+    Ok(answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default())
 }

@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::error::Error;
+use crate::error::{Error, FsError};
 use crate::fs::Core;
 
 /// Where a mount serves its metrics unless told otherwise; taken, the next free port.
@@ -134,13 +134,8 @@ impl Metrics {
             metrics: self,
             operation,
             started: Instant::now(),
+            errno: None,
         }
-    }
-
-    /// A request answered with `errno`.
-    pub fn error(&self, errno: i32) {
-        let name = errno_name(errno);
-        self.errors.get_or_create(&ErrnoLabel { errno: name }).inc();
     }
 
     /// Bytes read by an application.
@@ -171,11 +166,27 @@ impl Metrics {
     }
 }
 
-/// Times one FUSE request (see [`Metrics::request`]).
+/// Times one FUSE request (see [`Metrics::request`]); with `--debug`, logs it with its
+/// outcome and latency.
 pub struct RequestTimer {
     metrics: &'static Metrics,
     operation: &'static str,
     started: Instant,
+    /// The error it was answered with, if any.
+    errno: Option<&'static str>,
+}
+
+impl RequestTimer {
+    /// The request is answered with `e`: counted by errno; the errno to answer with.
+    pub fn failed(&mut self, e: FsError) -> fuser::Errno {
+        let name = errno_name(e.errno());
+        self.metrics
+            .errors
+            .get_or_create(&ErrnoLabel { errno: name })
+            .inc();
+        self.errno = Some(name);
+        fuser::Errno::from_i32(e.errno())
+    }
 }
 
 impl Drop for RequestTimer {
@@ -183,11 +194,18 @@ impl Drop for RequestTimer {
         let label = OperationLabel {
             operation: self.operation,
         };
+        let took = self.started.elapsed();
         self.metrics.requests.get_or_create(&label).inc();
         self.metrics
             .request_seconds
             .get_or_create(&label)
-            .observe(self.started.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
+        tracing::debug!(
+            "{} {} in {} µs",
+            self.operation,
+            self.errno.unwrap_or("ok"),
+            took.as_micros()
+        );
     }
 }
 

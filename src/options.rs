@@ -286,13 +286,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is too large"))
 }
 
-/// A switch: `on` or `off`.
-pub fn parse_on_off(s: &str) -> Result<bool, String> {
-    match s {
-        "on" => Ok(true),
-        "off" => Ok(false),
-        _ => Err(format!("'{s}' is neither on nor off")),
-    }
+/// A switch: `on` or `off` (both offered to shell completion).
+pub fn on_off() -> impl clap::builder::TypedValueParser<Value = bool> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["on", "off"]).map(|v| v == "on")
 }
 
 pub(crate) fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -347,7 +344,7 @@ pub struct MountArgs {
     pub compression: Option<Codec>,
     /// Whether a new filesystem keeps and enforces POSIX ACLs [default: on]. Without them
     /// `ls -l` and friends cost a round trip per file less (they ask every file for its ACL).
-    #[arg(long, value_parser = parse_on_off, value_name = "on|off", action = clap::ArgAction::Set)]
+    #[arg(long, value_parser = on_off(), value_name = "on|off", action = clap::ArgAction::Set)]
     pub acl: Option<bool>,
     /// Mount options, comma separated: any option above as NAME=VALUE or NAME, and the
     /// kernel's (allow_other, default_permissions, ro, relatime (the default), strictatime,

@@ -42,7 +42,8 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn host_name() -> String {
+/// This machine's host name, as sessions record it.
+pub fn host_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length and gethostname NUL-terminates within it.
     let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;

@@ -160,3 +160,59 @@ fn list_status_config_and_destroy_against_live_mounts() {
     );
     common::assert_clean(&redis, "spare");
 }
+
+#[test]
+fn stats_shows_a_mount_at_work() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let m = Mount::new(&redis, "skx", &[]);
+    let url = redis.url();
+    let mount_point = m.path.to_str().unwrap().to_string();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let out = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                fs::write(m.join(format!("f{}", i % 50)), vec![3u8; 300_000]).unwrap();
+                i += 1;
+            }
+        });
+        let args = [
+            "stats",
+            "--redis",
+            &url,
+            &mount_point,
+            "--interval",
+            "0.5",
+            "--count",
+            "3",
+            "--json",
+        ];
+        let out = common::tool_ok("admin", &args);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        out
+    });
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    let busiest = |field: &str| {
+        lines
+            .iter()
+            .map(|l| l[field].as_f64().unwrap())
+            .fold(0.0, f64::max)
+    };
+    assert!(busiest("requests_per_second") > 10.0, "{out}");
+    assert!(busiest("written_mib_per_second") > 1.0, "{out}");
+    assert!(busiest("round_trips_per_second") > 1.0, "{out}");
+
+    Mount::new(&redis, "other", &[]).unmount();
+    let said = admin_refused(&redis, "stats", &["--prefix", "other", "--count", "1"]);
+    assert!(
+        said.contains("'other' is not mounted on this machine"),
+        "{said}"
+    );
+}

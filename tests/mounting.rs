@@ -694,3 +694,21 @@ fn metrics_are_served_over_http_recorded_in_the_session_and_move_with_work() {
     }
     drop(other);
 }
+
+#[test]
+fn debug_logs_each_request_with_its_result_and_latency() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let m = Mount::new(&redis, "skx", &["--debug"]);
+    fs::write(m.join("made"), b"x").unwrap();
+    assert!(fs::metadata(m.join("absent")).is_err());
+    let log = m.log_text();
+    let logged = |needle: &str| {
+        log.lines()
+            .any(|l| l.contains(needle) && l.ends_with(" µs"))
+    };
+    assert!(logged("create ok in "), "{log}");
+    assert!(logged("lookup ENOENT in "), "{log}");
+}

@@ -92,10 +92,20 @@ fn pjdfstest_passes_everything_tmpfs_passes() {
         .lines()
         .filter(|l| l.trim_end().ends_with("FAILED"))
         .collect();
+    // pjdfstest says why a case failed (a panic with the assertion) on stderr.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let reasons: Vec<&str> = stderr
+        .lines()
+        .filter(|l| {
+            !l.trim_start().starts_with(|c: char| c.is_ascii_digit()) && !l.contains(" at ")
+        })
+        .take(40)
+        .collect();
     assert!(
         summary.contains(" 0 failed"),
-        "{summary}\n{}",
-        failures.join("\n")
+        "{summary}\n{}\n{}",
+        failures.join("\n"),
+        reasons.join("\n")
     );
     let passed: u32 = summary
         .split(',')

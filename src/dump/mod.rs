@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 
 use crate::codec::Codec;
 use crate::error::Error;
-use crate::options::{parse_on_off, parse_size};
+use crate::options::{on_off, parse_size};
 use crate::scripts::Scripts;
 use crate::store::Store;
 use crate::tool::{self, Progress, ToolArgs};
@@ -107,7 +107,7 @@ pub struct RestoreArgs {
     #[arg(long, default_value = "64K", value_parser = parse_size, value_name = "SIZE")]
     pub block_size: u64,
     /// Whether a filesystem imported with --from-dir keeps POSIX ACLs.
-    #[arg(long, default_value = "on", value_parser = parse_on_off, value_name = "on|off", action = clap::ArgAction::Set)]
+    #[arg(long, default_value = "on", value_parser = on_off(), value_name = "on|off", action = clap::ArgAction::Set)]
     pub acl: bool,
     #[command(flatten)]
     pub tool: ToolArgs,

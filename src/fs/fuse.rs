@@ -41,11 +41,6 @@ pub struct RedisFs {
     slots: Arc<Semaphore>,
 }
 
-fn errno(e: FsError) -> Errno {
-    metrics().error(e.errno());
-    Errno::from_i32(e.errno())
-}
-
 /// A fuser reply that can carry a `T`.
 trait Respond<T>: Send + 'static {
     fn answer(self, value: T, core: &Core);
@@ -186,10 +181,11 @@ impl RedisFs {
         let work = op(core.clone());
         let slots = self.slots.clone();
         self.runtime.spawn(async move {
+            let mut timer = timer;
             let _slot = slots.acquire_owned().await;
             match work.await {
                 Ok(v) => reply.answer(v, &core),
-                Err(e) => reply.fail(errno(e)),
+                Err(e) => reply.fail(timer.failed(e)),
             }
             drop(timer);
         });
@@ -200,13 +196,13 @@ impl RedisFs {
     /// Answers on the FUSE thread, with what this mount already knows.
     fn answer_now<T, R: Respond<T>>(
         &self,
-        timer: RequestTimer,
+        mut timer: RequestTimer,
         reply: R,
         result: Result<T, FsError>,
     ) {
         match result {
             Ok(v) => reply.answer(v, &self.core),
-            Err(e) => reply.fail(errno(e)),
+            Err(e) => reply.fail(timer.failed(e)),
         }
         drop(timer);
     }
@@ -363,10 +359,10 @@ impl fuser::Filesystem for RedisFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let timer = metrics().request("mknod");
+        let mut timer = metrics().request("mknod");
         let (name, who) = (bytes(name), creator(req, umask));
         let Some(kind) = FileKind::from_mode(mode) else {
-            return reply.error(Errno::EINVAL);
+            return reply.error(timer.failed(FsError::Invalid));
         };
         if let Some(done) =
             self.core
@@ -537,7 +533,7 @@ impl fuser::Filesystem for RedisFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let timer = metrics().request("write");
+        let mut timer = metrics().request("write");
         // With its writeback cache the kernel keeps the size and places appends itself.
         let append = flags.0 & libc::O_APPEND != 0 && !self.core.settings.writeback;
         let (written, by) = (data.len() as u32, caller(req));
@@ -564,7 +560,7 @@ impl fuser::Filesystem for RedisFs {
                     Ok(written)
                 });
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(timer.failed(e)),
         }
     }
 
@@ -707,11 +703,11 @@ impl fuser::Filesystem for RedisFs {
         let core = self.core.clone();
         let slots = self.slots.clone();
         self.runtime.spawn(async move {
-            let _timer = timer;
+            let mut timer = timer;
             let _slot = slots.acquire_owned().await;
             let handle = match core.load_dir(fh.0, false).await {
                 Ok(h) => h,
-                Err(e) => return reply.error(errno(e)),
+                Err(e) => return reply.error(timer.failed(e)),
             };
             let mut reply = reply;
             let h = lock(&handle);
@@ -741,11 +737,11 @@ impl fuser::Filesystem for RedisFs {
         let core = self.core.clone();
         let slots = self.slots.clone();
         self.runtime.spawn(async move {
-            let _timer = timer;
+            let mut timer = timer;
             let _slot = slots.acquire_owned().await;
             let page = match core.dir_page(fh.0, offset as usize).await {
                 Ok(page) => page,
-                Err(e) => return reply.error(errno(e)),
+                Err(e) => return reply.error(timer.failed(e)),
             };
             let mut reply = reply;
             for (i, e, stored) in page {
@@ -823,12 +819,12 @@ impl fuser::Filesystem for RedisFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let timer = metrics().request("getxattr");
+        let mut timer = metrics().request("getxattr");
         if let Err(e) = self.core.check_xattr_name(name.as_bytes()) {
-            return reply.error(errno(e));
+            return reply.error(timer.failed(e));
         }
         if self.core.xattr_known_absent(ino.0) {
-            return reply.error(Errno::from_i32(libc::ENODATA));
+            return reply.error(timer.failed(FsError::NoData));
         }
         let name = bytes(name);
         self.serve(timer, reply, move |c| async move {
