@@ -288,6 +288,9 @@ pub enum Error {
     /// One stage of a tool's pipeline (reading, writing) stopped; its own error says why.
     #[error("{0}")]
     Pipeline(String),
+    /// A dump's writer stopped taking records: its own error is the cause, reported instead.
+    #[error("the dump's writer stopped")]
+    WriterStopped,
     /// Starting or talking to a private redis-server failed.
     #[error("private redis-server: {0}")]
     LocalRedis(String),

@@ -425,3 +425,52 @@ fn a_dump_into_a_device_fifo_or_symlink_writes_through_it_and_leaves_it_in_place
     assert_eq!(fs::read(copy.join("hello")).unwrap(), b"hello");
     copy.unmount();
 }
+
+/// Caught: a dump to a path it could not create said "the dump's writer stopped (see the
+/// error above)" with nothing above; and `redisfs-dump -` wrote binary to a terminal.
+#[test]
+fn a_dump_that_cannot_be_written_says_why_and_binary_never_goes_to_a_terminal() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let m = Mount::new(&redis, "skx", &[]);
+    fs::write(m.join("f"), b"data").unwrap();
+    m.unmount();
+    let url = redis.url();
+    let out = tool("dump", &["--redis", &url, "/nonexistent-dir/x.dump"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("/nonexistent-dir/x.dump") && said.contains("No such file or directory"),
+        "{said}"
+    );
+    assert!(!said.contains("see the error above"), "{said}");
+
+    // On a terminal (script(1) gives the dump one), binary output is refused; JSON is not.
+    let script = common::which("script").expect("script(1), from util-linux");
+    let dump = env!("CARGO_BIN_EXE_redisfs-dump");
+    let on_terminal = |format: &str| {
+        let command = format!("{dump} --redis {url} --format {format} -q -");
+        let out = Command::new(&script)
+            .args(["-qec", &command, "/dev/null"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, shown) = on_terminal("msgpack");
+    assert_eq!(code, Some(1), "{shown}");
+    assert!(
+        shown.contains("a binary dump would go to the terminal"),
+        "{shown}"
+    );
+    let (code, shown) = on_terminal("json");
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(
+        shown.contains("\"header\"") || shown.contains("skx"),
+        "{shown}"
+    );
+}

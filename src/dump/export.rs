@@ -81,7 +81,7 @@ impl Exporter<'_> {
         self.sink
             .send(record)
             .await
-            .map_err(|_| Error::Pipeline("the dump's writer stopped (see the error above)".into()))
+            .map_err(|_| Error::WriterStopped)
     }
 
     /// The records of `inos`, in order; `None` for a missing one.

@@ -16,7 +16,7 @@ pub mod import;
 pub mod local;
 pub mod records;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -213,6 +213,14 @@ pub async fn dump(
         ),
         (None, Some(file)) => {
             let gzip = args.gzip || file.extension().is_some_and(|e| e == "gz");
+            let binary = gzip || args.format == Encoding::Msgpack;
+            if binary && file == Path::new("-") && std::io::stdout().is_terminal() {
+                return Err(Error::Setting(
+                    "a binary dump would go to the terminal: redirect standard output \
+                     (> FILE, | …), name a file, or use --format json"
+                        .into(),
+                ));
+            }
             (
                 display_file(file),
                 spawn_file_writer(file.clone(), args.format, gzip, rx),
@@ -223,7 +231,7 @@ pub async fn dump(
     let exported = async {
         tx.send(Record::Header(header))
             .await
-            .map_err(|_| writer_gone())?;
+            .map_err(|_| Error::WriterStopped)?;
         let stats = if live.is_empty() {
             export::export(store, config.block_size, &tx, progress).await?
         } else {
@@ -234,7 +242,7 @@ pub async fn dump(
             records: 0,
             sha256: records::Bytes::default(),
         });
-        tx.send(end).await.map_err(|_| writer_gone())?;
+        tx.send(end).await.map_err(|_| Error::WriterStopped)?;
         Ok(stats)
     }
     .await;
@@ -242,8 +250,13 @@ pub async fn dump(
     let written = sink
         .await
         .map_err(|e| Error::Pipeline(format!("the writer failed: {e}")))?;
-    let stats = exported?;
-    written?;
+    let stats = match (exported, written) {
+        (Ok(stats), Ok(())) => stats,
+        // The writer failed first (an unwritable file, a full disk): its error is the cause.
+        (Err(Error::WriterStopped), Err(cause)) => return Err(cause),
+        // Otherwise the export's error is, and the writer only saw the dump end early.
+        (Err(e), _) | (Ok(_), Err(e)) => return Err(e),
+    };
     progress.finish();
     Ok(DumpReport {
         prefix: store.keys.prefix().into(),
@@ -274,10 +287,6 @@ async fn dump_snapshot(
         );
     }
     result
-}
-
-fn writer_gone() -> Error {
-    Error::Pipeline("the dump's writer stopped".into())
 }
 
 fn display_file(file: &Path) -> String {
