@@ -42,6 +42,10 @@ pub async fn export(
     sink: &mpsc::Sender<Record>,
     progress: &Progress,
 ) -> Result<ExportStats, Error> {
+    // Data is what takes the time; its size is at most the blocks stored times the block size
+    // (less for partial blocks and holes: the total then grows no further than the bytes met).
+    let blocks = crate::tool::counter(store, "blocks").await;
+    progress.set_total_bytes(blocks * u64::from(block_size));
     let mut export = Exporter {
         store,
         block_size,
@@ -184,7 +188,6 @@ impl Exporter<'_> {
             });
         }
         self.stats.inodes += 1;
-        self.progress.advance(1);
         self.emit(Record::Inode(Inode {
             ino: attr.ino,
             mode: attr.mode,
@@ -252,6 +255,7 @@ impl Exporter<'_> {
                 bytes.truncate(used);
                 hash.add(index, &bytes);
                 self.stats.data_bytes += bytes.len() as u64;
+                self.progress.advance(bytes.len() as u64);
                 self.emit(Record::Data(Data {
                     ino: attr.ino,
                     index,

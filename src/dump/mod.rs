@@ -18,6 +18,7 @@ pub mod records;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -180,7 +181,7 @@ impl std::fmt::Display for RestoreReport {
 pub fn run_dump(args: &DumpArgs) -> Result<DumpReport, Error> {
     tool::block_on(async {
         let store = args.tool.connect(&args.prefix).await?;
-        let progress = args.tool.progress("dumping inodes");
+        let progress = args.tool.progress("dumping data");
         dump(&store, args, &progress).await
     })
 }
@@ -204,7 +205,6 @@ pub async fn dump(
         writer: env!("CARGO_PKG_VERSION").into(),
         acl: config.acl,
     };
-    progress.total_from_counters(store, 1, 0).await;
     let (tx, rx) = mpsc::channel(CHANNEL);
     let (output, sink) = match (&args.to_dir, &args.file) {
         (Some(dir), _) => (
@@ -439,7 +439,7 @@ fn spawn_tree_writer(
 pub fn run_restore(args: &RestoreArgs) -> Result<RestoreReport, Error> {
     tool::block_on(async {
         let store = args.tool.connect(&args.prefix).await?;
-        let progress = args.tool.progress("restoring inodes");
+        let progress = args.tool.progress("restoring");
         restore(&store, args, &progress).await
     })
 }
@@ -455,6 +455,8 @@ pub async fn restore(
 ) -> Result<RestoreReport, Error> {
     let started = Instant::now();
     let (tx, mut rx) = mpsc::channel::<Positioned>(CHANNEL);
+    // Bytes of a dump file read so far (a tree is counted in inodes instead).
+    let input_read = Arc::new(AtomicU64::new(0));
     let (input, reader) = match (&args.from_dir, &args.file) {
         (Some(dir), _) => {
             let value = crate::format::CreateOptions {
@@ -467,7 +469,16 @@ pub async fn restore(
                 spawn_tree_reader(dir.clone(), value, tx)?,
             )
         }
-        (None, Some(file)) => (display_input(file), spawn_dump_reader(file.clone(), tx)),
+        (None, Some(file)) => {
+            // A dump in a file shows progress in its bytes, read of its size.
+            if let Ok(size) = std::fs::metadata(file).map(|m| m.len()) {
+                if file != Path::new("-") {
+                    progress.set_total_bytes(size);
+                }
+            }
+            let reader = spawn_dump_reader(file.clone(), tx, input_read.clone());
+            (display_input(file), reader)
+        }
         (None, None) => return Err(Error::Setting("give a FILE or --from-dir".into())),
     };
     let name = Arc::new(input.clone());
@@ -494,8 +505,10 @@ pub async fn restore(
             last = pos;
             let is_inode = matches!(record, Ok(Record::Inode(_)));
             importer.add(record?, &at(pos)).await?;
-            if is_inode {
-                progress.advance(1);
+            match input_read.load(Ordering::Relaxed) {
+                0 if is_inode => progress.advance(1),
+                0 => {}
+                read => progress.reach(read),
             }
         }
         reader
@@ -532,19 +545,38 @@ fn display_input(file: &Path) -> String {
     }
 }
 
+/// Counts the bytes read through it into a counter shared with the progress.
+struct CountingReader<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: std::io::Read> std::io::Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 fn spawn_dump_reader(
     file: PathBuf,
     tx: mpsc::Sender<Positioned>,
+    read: Arc<AtomicU64>,
 ) -> tokio::task::JoinHandle<Result<(), Error>> {
     tokio::task::spawn_blocking(move || {
         let name = display_input(&file);
         let input: Box<dyn std::io::Read + Send> = if file == Path::new("-") {
             Box::new(std::io::stdin())
         } else {
-            Box::new(std::fs::File::open(&file).map_err(|e| Error::Local {
+            let opened = std::fs::File::open(&file).map_err(|e| Error::Local {
                 path: name.clone(),
                 reason: e.to_string(),
-            })?)
+            })?;
+            Box::new(CountingReader {
+                inner: opened,
+                read,
+            })
         };
         let mut reader = records::open_reader(input, &name)?;
         loop {
