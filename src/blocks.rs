@@ -48,7 +48,9 @@ struct BlockCache {
 
 impl BlockCache {
     fn get(&mut self, id: u64) -> Option<Block> {
-        let (block, age) = self.entries.get_mut(&id)?;
+        let found = self.entries.get_mut(&id);
+        crate::metrics::metrics().cache_lookup("blocks", found.is_some());
+        let (block, age) = found?;
         self.by_age.remove(age);
         self.tick += 1;
         *age = self.tick;

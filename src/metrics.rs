@@ -32,6 +32,12 @@ struct OperationLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabel {
+    cache: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrnoLabel {
     errno: &'static str,
 }
@@ -42,6 +48,7 @@ pub struct Metrics {
     requests: Family<OperationLabel, Counter>,
     request_seconds: Family<OperationLabel, Histogram>,
     errors: Family<ErrnoLabel, Counter>,
+    cache_lookups: Family<CacheLabel, Counter>,
     read_bytes: Counter,
     written_bytes: Counter,
     round_trips: Counter,
@@ -76,6 +83,12 @@ impl Metrics {
             "fuse_errors",
             "FUSE requests answered with an error, by errno",
             errors.clone(),
+        );
+        let cache_lookups = Family::<CacheLabel, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Look-ups in the mount's caches (blocks, names, attributes), by outcome (hit, miss)",
+            cache_lookups.clone(),
         );
         let read_bytes = Counter::default();
         registry.register(
@@ -118,6 +131,7 @@ impl Metrics {
             requests,
             request_seconds,
             errors,
+            cache_lookups,
             read_bytes,
             written_bytes,
             round_trips,
@@ -136,6 +150,15 @@ impl Metrics {
             started: Instant::now(),
             errno: None,
         }
+    }
+
+    /// A look-up in `cache` (`blocks`, `names`, `attributes`) that found what it looked for,
+    /// or not.
+    pub fn cache_lookup(&self, cache: &'static str, hit: bool) {
+        let outcome = if hit { "hit" } else { "miss" };
+        self.cache_lookups
+            .get_or_create(&CacheLabel { cache, outcome })
+            .inc();
     }
 
     /// Bytes read by an application.

@@ -689,6 +689,13 @@ fn metrics_are_served_over_http_recorded_in_the_session_and_move_with_work() {
         "{after}"
     );
     assert!(grew("redisfs_redis_round_trips_total") >= 1.0, "{after}");
+    let lookups = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("redisfs_cache_lookups_total{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(lookups(&after) > lookups(&before), "{after}");
     for gauge in ["redisfs_buffered_bytes ", "redisfs_deferred_changes "] {
         assert!(after.contains(gauge), "{gauge}missing: {after}");
     }

@@ -284,7 +284,9 @@ impl fuser::Filesystem for RedisFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let timer = metrics().request("lookup");
-        if let Some(known) = self.core.lookup_cached(parent.0, name.as_bytes()) {
+        let known = self.core.lookup_cached(parent.0, name.as_bytes());
+        metrics().cache_lookup("names", known.is_some());
+        if let Some(known) = known {
             return self.answer_now(timer, reply, known);
         }
         let name = bytes(name);
@@ -295,7 +297,9 @@ impl fuser::Filesystem for RedisFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let timer = metrics().request("getattr");
-        if let Some(attr) = self.core.getattr_cached(ino.0) {
+        let known = self.core.getattr_cached(ino.0);
+        metrics().cache_lookup("attributes", known.is_some());
+        if let Some(attr) = known {
             return self.answer_now(timer, reply, Ok(attr));
         }
         self.serve(timer, reply, move |c| async move { c.getattr(ino.0).await });
