@@ -121,6 +121,8 @@ impl AdminCommand {
 #[derive(Serialize, Debug)]
 pub struct Listed {
     pub prefix: String,
+    /// `ready`, or the state of a restore that did not finish.
+    pub state: String,
     pub inodes: u64,
     pub blocks: u64,
     pub block_size: u32,
@@ -138,14 +140,14 @@ impl fmt::Display for Listing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<20} {:>12} {:>12} {:>10} {:>6} {:>6}",
+            "{:<20} {:>12} {:>12} {:>10} {:>6} {:>6}  STATE",
             "PREFIX", "INODES", "BLOCKS", "BLOCK", "CODEC", "MOUNTS"
         )?;
         for fs in &self.filesystems {
             writeln!(
                 f,
-                "{:<20} {:>12} {:>12} {:>10} {:>6} {:>6}",
-                fs.prefix, fs.inodes, fs.blocks, fs.block_size, fs.codec, fs.live_mounts
+                "{:<20} {:>12} {:>12} {:>10} {:>6} {:>6}  {}",
+                fs.prefix, fs.inodes, fs.blocks, fs.block_size, fs.codec, fs.live_mounts, fs.state
             )?;
         }
         Ok(())
@@ -381,18 +383,21 @@ async fn list(store: &Store) -> Result<Listing, Error> {
     let mut filesystems = Vec::new();
     for prefix in prefixes {
         let store = store.for_prefix(&prefix);
-        // A key that happens to be named like a filesystem's, or one being restored.
-        let Ok(config) = format::read(&store).await else {
-            continue;
+        let (state, block_size, codec) = match format::read(&store).await {
+            Ok(config) => ("ready".to_string(), config.block_size, config.codec.name()),
+            Err(Error::Incomplete { state, .. }) => (state, 0, "?"),
+            // A key that happens to be named like a filesystem's.
+            Err(_) => continue,
         };
         let (inodes, blocks) = counters(&store).await?;
         let live = crate::session::live(&store, crate::session::DEFAULT_TIMEOUT).await?;
         filesystems.push(Listed {
             prefix,
+            state,
             inodes,
             blocks,
-            block_size: config.block_size,
-            codec: config.codec.name(),
+            block_size,
+            codec,
             live_mounts: live.len() as u64,
         });
     }
@@ -485,7 +490,12 @@ async fn destroy(
     session_timeout: std::time::Duration,
 ) -> Result<Outcome, Error> {
     let prefix = store.keys.prefix().to_string();
-    format::read(store).await?;
+    // A filesystem whose restore never finished may be destroyed too; keys that are not a
+    // filesystem's never are.
+    match format::read(store).await {
+        Ok(_) | Err(Error::Incomplete { .. }) => {}
+        Err(e) => return Err(e),
+    }
     let live = crate::session::live(store, session_timeout).await?;
     if !live.is_empty() {
         return Err(Error::Setting(format!(

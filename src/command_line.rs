@@ -10,7 +10,7 @@
 //!   switch), with `_` for `-` as fstab writers like it (`io_timeout=30`); a `\,` in a value is
 //!   a comma;
 //! - options meant for `mount(8)`, boot and desktop tools (`_netdev`, `nofail`, `defaults`,
-//!   `auto`, `noauto`, `user`, `users`, `nouser`, `owner`, `group`, `comment=…`, `x-…`) are
+//!   `auto`, `noauto`, `user`, `user=…`, `users`, `nouser`, `owner`, `group`, `comment=…`, `x-…`) are
 //!   consumed here: the kernel refuses what it does not know;
 //! - the rest of `-o` (`allow_other`, `noatime`, `ro`, …) stays for the kernel (see
 //!   `mount::fuse_options`);
@@ -50,6 +50,7 @@ fn for_user_space(option: &str) -> bool {
             | "group"
     ) || option.starts_with("x-")
         || option.starts_with("comment=")
+        || option.starts_with("user=")
 }
 
 /// Turns `argv` (as the process got it) into [`Invocation`]; an option it cannot place is an
@@ -217,7 +218,7 @@ mod tests {
                 "redis://h:6379/0",
                 "/mnt/x",
                 "-o",
-                "rw,prefix=x,_netdev,nofail,defaults,io_timeout=30,allow_other,x-systemd.automount",
+                "rw,prefix=x,_netdev,nofail,defaults,io_timeout=30,allow_other,x-systemd.automount,user=bob",
                 "-n",
             ]),
             [

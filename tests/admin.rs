@@ -159,6 +159,22 @@ fn list_status_config_and_destroy_against_live_mounts() {
         "{listed}"
     );
     common::assert_clean(&redis, "spare");
+
+    // A filesystem whose restore never finished is listed with its state and may be
+    // destroyed; keys that only look like a filesystem's are neither.
+    redis.cmd::<()>(&["HSET", "spare:meta", "state", "restoring"]);
+    redis.cmd::<()>(&["HSET", "foreign:meta", "owner", "someone else"]);
+    let listed = admin_json(&redis, "list", &[]);
+    assert_eq!(listed["filesystems"][0]["state"], "restoring", "{listed}");
+    assert_eq!(
+        listed["filesystems"].as_array().unwrap().len(),
+        1,
+        "{listed}"
+    );
+    admin_json(&redis, "destroy", &["--prefix", "spare", "--yes"]);
+    assert!(redis.keys("spare").is_empty());
+    admin_refused(&redis, "destroy", &["--prefix", "foreign", "--yes"]);
+    assert_eq!(redis.keys("foreign"), ["foreign:meta"]);
 }
 
 #[test]
