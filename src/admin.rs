@@ -382,7 +382,7 @@ async fn list(store: &Store) -> Result<Listing, Error> {
     prefixes.dedup();
     let mut filesystems = Vec::new();
     for prefix in prefixes {
-        let store = store.for_prefix(&prefix);
+        let store = store.with_prefix(&prefix);
         let (state, block_size, codec) = match format::read(&store).await {
             Ok(config) => ("ready".to_string(), config.block_size, config.codec.name()),
             Err(Error::Incomplete { state, .. }) => (state, 0, "?"),

@@ -49,7 +49,7 @@ struct BlockCache {
 impl BlockCache {
     fn get(&mut self, id: u64) -> Option<Block> {
         let found = self.entries.get_mut(&id);
-        crate::metrics::metrics().cache_lookup("blocks", found.is_some());
+        crate::metrics::metrics().cache_lookup(crate::metrics::Cache::Blocks, found.is_some());
         let (block, age) = found?;
         self.by_age.remove(age);
         self.tick += 1;

@@ -2,8 +2,10 @@
 //! (`--metrics`, recorded in its session for `redisfs-admin`).
 //!
 //! One registry per process (a process serves one mount): the FUSE adapter times each request
-//! ([`Metrics::request`]), the store each Redis round trip, and the gauges that describe the
+//! ([`time_request!`]), the store each Redis round trip, and the gauges that describe the
 //! mount's state now (bytes buffered, changes deferred) are read from the core at each scrape.
+//! What is counted on every request is looked up once (a handle per operation and per cache
+//! outcome), so a request costs atomic increments and one histogram observation.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -37,6 +39,20 @@ struct CacheLabel {
     outcome: &'static str,
 }
 
+/// A cache whose look-ups are counted.
+#[derive(Clone, Copy, Debug)]
+pub enum Cache {
+    /// Decoded blocks.
+    Blocks = 0,
+    /// Names (entries and known absences).
+    Names = 1,
+    /// Attributes.
+    Attributes = 2,
+}
+
+/// The label of each [`Cache`], in its order.
+const CACHES: [&str; 3] = ["blocks", "names", "attributes"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrnoLabel {
     errno: &'static str,
@@ -48,7 +64,8 @@ pub struct Metrics {
     requests: Family<OperationLabel, Counter>,
     request_seconds: Family<OperationLabel, Histogram>,
     errors: Family<ErrnoLabel, Counter>,
-    cache_lookups: Family<CacheLabel, Counter>,
+    /// Per cache, its misses and hits.
+    cache_lookups: [[Counter; 2]; 3],
     read_bytes: Counter,
     written_bytes: Counter,
     round_trips: Counter,
@@ -84,12 +101,19 @@ impl Metrics {
             "FUSE requests answered with an error, by errno",
             errors.clone(),
         );
-        let cache_lookups = Family::<CacheLabel, Counter>::default();
+        let lookups = Family::<CacheLabel, Counter>::default();
         registry.register(
             "cache_lookups",
             "Look-ups in the mount's caches (blocks, names, attributes), by outcome (hit, miss)",
-            cache_lookups.clone(),
+            lookups.clone(),
         );
+        let cache_lookups = CACHES.map(|cache| {
+            ["miss", "hit"].map(|outcome| {
+                lookups
+                    .get_or_create(&CacheLabel { cache, outcome })
+                    .clone()
+            })
+        });
         let read_bytes = Counter::default();
         registry.register(
             "read_bytes",
@@ -141,24 +165,19 @@ impl Metrics {
         }
     }
 
-    /// Starts timing a FUSE request of `operation`: it counts when the returned guard drops
-    /// (after the answer was sent).
-    pub fn request(&'static self, operation: &'static str) -> RequestTimer {
-        RequestTimer {
-            metrics: self,
-            operation,
-            started: Instant::now(),
-            errno: None,
+    /// The counters of FUSE requests of `name`, for [`time_request!`] to keep.
+    pub fn operation(&self, name: &'static str) -> Operation {
+        let label = OperationLabel { operation: name };
+        Operation {
+            name,
+            requests: self.requests.get_or_create(&label).clone(),
+            seconds: self.request_seconds.get_or_create(&label).clone(),
         }
     }
 
-    /// A look-up in `cache` (`blocks`, `names`, `attributes`) that found what it looked for,
-    /// or not.
-    pub fn cache_lookup(&self, cache: &'static str, hit: bool) {
-        let outcome = if hit { "hit" } else { "miss" };
-        self.cache_lookups
-            .get_or_create(&CacheLabel { cache, outcome })
-            .inc();
+    /// A look-up in `cache` that found what it looked for, or not.
+    pub fn cache_lookup(&self, cache: Cache, hit: bool) {
+        self.cache_lookups[cache as usize][usize::from(hit)].inc();
     }
 
     /// Bytes read by an application.
@@ -189,21 +208,49 @@ impl Metrics {
     }
 }
 
-/// Times one FUSE request (see [`Metrics::request`]); with `--debug`, logs it with its
-/// outcome and latency.
+/// The counters of one FUSE operation.
+pub struct Operation {
+    name: &'static str,
+    requests: Counter,
+    seconds: Histogram,
+}
+
+/// Starts timing a FUSE request of the operation named: the request counts when the timer
+/// drops, after the answer. The operation's counters are looked up once per call site.
+#[macro_export]
+macro_rules! time_request {
+    ($operation:literal) => {{
+        static OPERATION: std::sync::OnceLock<$crate::metrics::Operation> =
+            std::sync::OnceLock::new();
+        $crate::metrics::RequestTimer::start(
+            OPERATION.get_or_init(|| $crate::metrics::metrics().operation($operation)),
+        )
+    }};
+}
+
+/// Times one FUSE request (see [`time_request!`]); with `--debug`, logs it with its outcome
+/// and latency.
 pub struct RequestTimer {
-    metrics: &'static Metrics,
-    operation: &'static str,
+    operation: &'static Operation,
     started: Instant,
     /// The error it was answered with, if any.
     errno: Option<&'static str>,
 }
 
 impl RequestTimer {
+    /// Starts timing a request of `operation`.
+    pub fn start(operation: &'static Operation) -> RequestTimer {
+        RequestTimer {
+            operation,
+            started: Instant::now(),
+            errno: None,
+        }
+    }
+
     /// The request is answered with `e`: counted by errno; the errno to answer with.
     pub fn failed(&mut self, e: FsError) -> fuser::Errno {
         let name = errno_name(e.errno());
-        self.metrics
+        metrics()
             .errors
             .get_or_create(&ErrnoLabel { errno: name })
             .inc();
@@ -214,18 +261,12 @@ impl RequestTimer {
 
 impl Drop for RequestTimer {
     fn drop(&mut self) {
-        let label = OperationLabel {
-            operation: self.operation,
-        };
         let took = self.started.elapsed();
-        self.metrics.requests.get_or_create(&label).inc();
-        self.metrics
-            .request_seconds
-            .get_or_create(&label)
-            .observe(took.as_secs_f64());
+        self.operation.requests.inc();
+        self.operation.seconds.observe(took.as_secs_f64());
         tracing::debug!(
             "{} {} in {} µs",
-            self.operation,
+            self.operation.name,
             self.errno.unwrap_or("ok"),
             took.as_micros()
         );

@@ -69,7 +69,8 @@ impl Session {
             .await
             .map_err(fail)?;
         let mut pipe = redis::pipe();
-        pipe.cmd("HSET")
+        let info = pipe
+            .cmd("HSET")
             .arg(keys.session_info(id))
             .arg("host")
             .arg(host_name())
@@ -80,15 +81,11 @@ impl Session {
             .arg("version")
             .arg(env!("CARGO_PKG_VERSION"))
             .arg("started_ms")
-            .arg(now_ms())
-            .ignore();
+            .arg(now_ms());
         if let Some(address) = metrics {
-            pipe.cmd("HSET")
-                .arg(keys.session_info(id))
-                .arg("metrics")
-                .arg(address.to_string())
-                .ignore();
+            info.arg("metrics").arg(address.to_string());
         }
+        info.ignore();
         pipe.cmd("ZADD")
             .arg(keys.sessions())
             .arg(now_ms())

@@ -236,14 +236,6 @@ impl Store {
         }
     }
 
-    /// The same connection, for the filesystem under `prefix`.
-    pub fn for_prefix(&self, prefix: &str) -> Store {
-        Store {
-            keys: Keys::new(prefix),
-            ..self.clone()
-        }
-    }
-
     /// Runs `op`, retrying with back-off while Redis is unreachable, up to the I/O timeout.
     pub async fn retry<T, F, Fut>(&self, op: F) -> RedisResult<T>
     where

@@ -205,12 +205,18 @@ impl Progress {
     /// Sets how much work there is, when known (an estimate is fine: the bar stops at full).
     pub fn set_total(&self, total: u64) {
         self.total.store(total, Ordering::Relaxed);
+        self.show_bar(
+            "{msg}: {human_pos}/{human_len} {wide_bar} {eta} left",
+            total,
+        );
+    }
+
+    /// Turns the spinner into a bar of `total` drawn by `template`.
+    fn show_bar(&self, template: &str, total: u64) {
         if let Some(bar) = &self.bar {
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{msg}: {human_pos}/{human_len} {wide_bar} {eta} left",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             bar.set_length(total);
         }
@@ -233,14 +239,11 @@ impl Progress {
         self.total.store(total, Ordering::Relaxed);
         self.done.store(0, Ordering::Relaxed);
         self.bytes.store(true, Ordering::Relaxed);
+        self.show_bar(
+            "{msg}: {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}) {wide_bar} {eta} left",
+            total,
+        );
         if let Some(bar) = &self.bar {
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{msg}: {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}) {wide_bar} {eta} left",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            bar.set_length(total);
             bar.set_position(0);
             bar.reset_eta();
             bar.reset_elapsed();

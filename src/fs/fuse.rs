@@ -19,7 +19,8 @@ use tokio::sync::Semaphore;
 use crate::attr::{Attr, FileKind, Timestamp};
 use crate::error::FsError;
 use crate::meta::{AttrChange, LockState, Stored, Usage};
-use crate::metrics::{metrics, RequestTimer};
+use crate::metrics::{metrics, Cache, RequestTimer};
+use crate::time_request;
 
 use super::ops::attrs::XattrReply;
 use super::ops::dirs::stand_in;
@@ -283,9 +284,9 @@ impl fuser::Filesystem for RedisFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let timer = metrics().request("lookup");
+        let timer = time_request!("lookup");
         let known = self.core.lookup_cached(parent.0, name.as_bytes());
-        metrics().cache_lookup("names", known.is_some());
+        metrics().cache_lookup(Cache::Names, known.is_some());
         if let Some(known) = known {
             return self.answer_now(timer, reply, known);
         }
@@ -296,9 +297,9 @@ impl fuser::Filesystem for RedisFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let timer = metrics().request("getattr");
+        let timer = time_request!("getattr");
         let known = self.core.getattr_cached(ino.0);
-        metrics().cache_lookup("attributes", known.is_some());
+        metrics().cache_lookup(Cache::Attributes, known.is_some());
         if let Some(attr) = known {
             return self.answer_now(timer, reply, Ok(attr));
         }
@@ -323,7 +324,7 @@ impl fuser::Filesystem for RedisFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let timer = metrics().request("setattr");
+        let timer = time_request!("setattr");
         let change = AttrChange {
             mode,
             uid,
@@ -345,7 +346,7 @@ impl fuser::Filesystem for RedisFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let timer = metrics().request("readlink");
+        let timer = time_request!("readlink");
         self.serve(
             timer,
             reply,
@@ -363,7 +364,7 @@ impl fuser::Filesystem for RedisFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let mut timer = metrics().request("mknod");
+        let mut timer = time_request!("mknod");
         let (name, who) = (bytes(name), creator(req, umask));
         let Some(kind) = FileKind::from_mode(mode) else {
             return reply.error(timer.failed(FsError::Invalid));
@@ -390,7 +391,7 @@ impl fuser::Filesystem for RedisFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let timer = metrics().request("mkdir");
+        let timer = time_request!("mkdir");
         let (name, who) = (bytes(name), creator(req, umask));
         if let Some(done) =
             self.core
@@ -411,7 +412,7 @@ impl fuser::Filesystem for RedisFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let timer = metrics().request("unlink");
+        let timer = time_request!("unlink");
         let name = bytes(name);
         if let Some(done) = self.core.remove_deferred(parent.0, &name, false) {
             return self.answer_now(timer, reply, done);
@@ -422,7 +423,7 @@ impl fuser::Filesystem for RedisFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let timer = metrics().request("rmdir");
+        let timer = time_request!("rmdir");
         let name = bytes(name);
         if let Some(done) = self.core.remove_deferred(parent.0, &name, true) {
             return self.answer_now(timer, reply, done);
@@ -440,7 +441,7 @@ impl fuser::Filesystem for RedisFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let timer = metrics().request("symlink");
+        let timer = time_request!("symlink");
         let (name, target, who) = (bytes(link_name), bytes(target.as_os_str()), caller(req));
         self.serve_change(timer, reply, move |c| async move {
             c.make(parent.0, &name, NewInode::symlink(&target, who), false)
@@ -459,7 +460,7 @@ impl fuser::Filesystem for RedisFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let timer = metrics().request("rename");
+        let timer = time_request!("rename");
         let (name, newname) = (bytes(name), bytes(newname));
         let who = caller(req);
         self.serve_change(timer, reply, move |c| async move {
@@ -476,7 +477,7 @@ impl fuser::Filesystem for RedisFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let timer = metrics().request("link");
+        let timer = time_request!("link");
         let name = bytes(newname);
         self.serve_change(timer, reply, move |c| async move {
             c.link(ino.0, newparent.0, &name).await
@@ -484,7 +485,7 @@ impl fuser::Filesystem for RedisFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let timer = metrics().request("open");
+        let timer = time_request!("open");
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         let read = flags.acc_mode() != OpenAccMode::O_WRONLY;
         let runtime = self.runtime.clone();
@@ -510,7 +511,7 @@ impl fuser::Filesystem for RedisFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let timer = metrics().request("read");
+        let timer = time_request!("read");
         if let Ok(file) = self.core.file(fh.0) {
             self.core.accessed(&file.state().attr, &self.runtime);
             if let Some(data) = self.core.read_cached(&file, offset, size, &self.runtime) {
@@ -537,7 +538,7 @@ impl fuser::Filesystem for RedisFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let mut timer = metrics().request("write");
+        let mut timer = time_request!("write");
         // With its writeback cache the kernel keeps the size and places appends itself.
         let append = flags.0 & libc::O_APPEND != 0 && !self.core.settings.writeback;
         let (written, by) = (data.len() as u32, caller(req));
@@ -576,7 +577,7 @@ impl fuser::Filesystem for RedisFs {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let timer = metrics().request("flush");
+        let timer = time_request!("flush");
         if let Some(done) = self.core.flush_at_once(fh.0, ino.0, lock_owner.0) {
             return self.answer_now(timer, reply, done);
         }
@@ -601,7 +602,7 @@ impl fuser::Filesystem for RedisFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let timer = metrics().request("release");
+        let timer = time_request!("release");
         let owner = lock_owner.map(|o| o.0);
         if let Some(done) = self.core.release_at_once(fh.0, ino.0, owner) {
             return self.answer_now(timer, reply, done);
@@ -628,7 +629,7 @@ impl fuser::Filesystem for RedisFs {
         pid: u32,
         reply: ReplyLock,
     ) {
-        let timer = metrics().request("getlk");
+        let timer = time_request!("getlk");
         let asked = Lock::asked(ino.0, lock_owner.0, (start, end), typ, pid);
         self.serve(timer, reply, move |c| async move { c.getlk(asked).await });
     }
@@ -646,7 +647,7 @@ impl fuser::Filesystem for RedisFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        let timer = metrics().request("setlk");
+        let timer = time_request!("setlk");
         let asked = Lock::asked(ino.0, lock_owner.0, (start, end), typ, pid);
         self.take_lock(timer, req, asked, fh, sleep, reply);
     }
@@ -662,7 +663,7 @@ impl fuser::Filesystem for RedisFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        let timer = metrics().request("flock");
+        let timer = time_request!("flock");
         let asked = Lock::flock(ino.0, lock_owner.0, typ, pid);
         self.take_lock(timer, req, asked, fh, sleep, reply);
     }
@@ -675,12 +676,12 @@ impl fuser::Filesystem for RedisFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let timer = metrics().request("fsync");
+        let timer = time_request!("fsync");
         self.serve_change(timer, reply, move |c| async move { c.flush(fh.0).await });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let timer = metrics().request("opendir");
+        let timer = time_request!("opendir");
         // Opened to be listed: the access is counted here.
         if let Some(attr) = self.core.getattr_cached(ino.0) {
             self.core.accessed(&attr, &self.runtime);
@@ -703,7 +704,7 @@ impl fuser::Filesystem for RedisFs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        let timer = metrics().request("readdir");
+        let timer = time_request!("readdir");
         let core = self.core.clone();
         let slots = self.slots.clone();
         self.runtime.spawn(async move {
@@ -737,7 +738,7 @@ impl fuser::Filesystem for RedisFs {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        let timer = metrics().request("readdirplus");
+        let timer = time_request!("readdirplus");
         let core = self.core.clone();
         let slots = self.slots.clone();
         self.runtime.spawn(async move {
@@ -780,7 +781,7 @@ impl fuser::Filesystem for RedisFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let _timer = metrics().request("releasedir");
+        let _timer = time_request!("releasedir");
         self.core.releasedir(fh.0);
         reply.ok();
     }
@@ -793,7 +794,7 @@ impl fuser::Filesystem for RedisFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let timer = metrics().request("fsyncdir");
+        let timer = time_request!("fsyncdir");
         // Changes deferred in leased directories are sent; all others are in Redis already.
         self.serve(timer, reply, move |c| async move {
             c.meta.send_deferred().await
@@ -801,7 +802,7 @@ impl fuser::Filesystem for RedisFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let timer = metrics().request("statfs");
+        let timer = time_request!("statfs");
         self.serve(timer, reply, move |c| async move { c.usage().await });
     }
 
@@ -815,7 +816,7 @@ impl fuser::Filesystem for RedisFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let timer = metrics().request("setxattr");
+        let timer = time_request!("setxattr");
         let (name, value) = (bytes(name), value.to_vec());
         self.serve_change(timer, reply, move |c| async move {
             c.setxattr(ino.0, &name, &value, flags).await
@@ -823,7 +824,7 @@ impl fuser::Filesystem for RedisFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let mut timer = metrics().request("getxattr");
+        let mut timer = time_request!("getxattr");
         if let Err(e) = self.core.check_xattr_name(name.as_bytes()) {
             return reply.error(timer.failed(e));
         }
@@ -837,14 +838,14 @@ impl fuser::Filesystem for RedisFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let timer = metrics().request("listxattr");
+        let timer = time_request!("listxattr");
         self.serve(timer, reply, move |c| async move {
             c.listxattr(ino.0, size).await
         });
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let timer = metrics().request("removexattr");
+        let timer = time_request!("removexattr");
         let name = bytes(name);
         self.serve_change(timer, reply, move |c| async move {
             c.removexattr(ino.0, &name).await
@@ -852,7 +853,7 @@ impl fuser::Filesystem for RedisFs {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        let timer = metrics().request("access");
+        let timer = time_request!("access");
         let who = caller(req);
         self.serve(timer, reply, move |c| async move {
             c.access(ino.0, mask.bits(), who).await
@@ -869,7 +870,7 @@ impl fuser::Filesystem for RedisFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let timer = metrics().request("create");
+        let timer = time_request!("create");
         let (name, who) = (bytes(name), creator(req, umask));
         if let Some(done) = self.core.create_deferred(parent.0, &name, mode, who) {
             return self.answer_now(timer, reply, done);
@@ -889,7 +890,7 @@ impl fuser::Filesystem for RedisFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let timer = metrics().request("tmpfile");
+        let timer = time_request!("tmpfile");
         let who = creator(req, umask);
         self.serve_change(timer, reply, move |c| async move {
             c.tmpfile(parent.0, mode, who).await
@@ -906,7 +907,7 @@ impl fuser::Filesystem for RedisFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let timer = metrics().request("fallocate");
+        let timer = time_request!("fallocate");
         let by = caller(req);
         self.serve_change(timer, reply, move |c| async move {
             c.fallocate(fh.0, offset, length, mode, by).await
@@ -922,7 +923,7 @@ impl fuser::Filesystem for RedisFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let timer = metrics().request("lseek");
+        let timer = time_request!("lseek");
         self.serve(timer, reply, move |c| async move {
             c.lseek(fh.0, offset, whence).await
         });
@@ -941,7 +942,7 @@ impl fuser::Filesystem for RedisFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let timer = metrics().request("copy_file_range");
+        let timer = time_request!("copy_file_range");
         self.serve_change(timer, reply, move |c| async move {
             c.copy_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
                 .await
