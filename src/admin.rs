@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::codec::Codec;
 use crate::error::Error;
 use crate::format::{self, FsConfig};
+use crate::meta::counters::Counters;
 use crate::options::parse_seconds;
 use crate::server::ServerInfo;
 use crate::session::now_ms;
@@ -125,9 +126,33 @@ pub struct Listed {
     pub state: String,
     pub inodes: u64,
     pub blocks: u64,
+    /// The regular files' sizes, summed; `None` until fsck counts it on a filesystem made
+    /// before the counter.
+    pub file_bytes: Option<u64>,
+    /// What the blocks take in Redis; `None` as for `file_bytes`.
+    pub stored_bytes: Option<u64>,
     pub block_size: u32,
     pub codec: &'static str,
     pub live_mounts: u64,
+}
+
+/// A byte count for people: `1.5G`, `300K`, `?` when not known.
+fn bytes_shown(bytes: Option<u64>) -> String {
+    let Some(bytes) = bytes else {
+        return "?".into();
+    };
+    let mut value = bytes as f64;
+    for unit in ["", "K", "M", "G", "T"] {
+        if value < 1024.0 || unit == "T" {
+            return if unit.is_empty() {
+                format!("{bytes}")
+            } else {
+                format!("{value:.1}{unit}")
+            };
+        }
+        value /= 1024.0;
+    }
+    unreachable!("the last unit returns")
 }
 
 /// What `list` found.
@@ -140,14 +165,22 @@ impl fmt::Display for Listing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<20} {:>12} {:>12} {:>10} {:>6} {:>6}  STATE",
-            "PREFIX", "INODES", "BLOCKS", "BLOCK", "CODEC", "MOUNTS"
+            "{:<20} {:>12} {:>10} {:>10} {:>12} {:>10} {:>6} {:>6}  STATE",
+            "PREFIX", "INODES", "SIZE", "STORED", "BLOCKS", "BLOCK", "CODEC", "MOUNTS"
         )?;
         for fs in &self.filesystems {
             writeln!(
                 f,
-                "{:<20} {:>12} {:>12} {:>10} {:>6} {:>6}  {}",
-                fs.prefix, fs.inodes, fs.blocks, fs.block_size, fs.codec, fs.live_mounts, fs.state
+                "{:<20} {:>12} {:>10} {:>10} {:>12} {:>10} {:>6} {:>6}  {}",
+                fs.prefix,
+                fs.inodes,
+                bytes_shown(fs.file_bytes),
+                bytes_shown(fs.stored_bytes),
+                fs.blocks,
+                fs.block_size,
+                fs.codec,
+                fs.live_mounts,
+                fs.state
             )?;
         }
         Ok(())
@@ -188,8 +221,11 @@ pub struct Status {
     pub acl: bool,
     pub inodes: u64,
     pub blocks: u64,
-    /// Blocks times the block size: what the data takes at most before compression.
-    pub data_bytes_at_most: u64,
+    /// The regular files' sizes, summed; `None` until fsck counts it on a filesystem made
+    /// before the counter.
+    pub file_bytes: Option<u64>,
+    /// What the blocks take in Redis (after compression); `None` as for `file_bytes`.
+    pub stored_bytes: Option<u64>,
     pub redis_used_memory: u64,
     /// `maxmemory`, or the machine's memory when unlimited.
     pub redis_capacity: u64,
@@ -209,10 +245,16 @@ impl fmt::Display for Status {
         )?;
         writeln!(
             f,
-            "  usage: {} inodes, {} blocks (at most {:.1} MiB of data); Redis uses {:.1} of {:.1} MiB",
+            "  usage: {} inodes, {} bytes in files, {} stored in {} blocks{}; Redis uses {:.1} of {:.1} MiB",
             self.inodes,
+            bytes_shown(self.file_bytes),
+            bytes_shown(self.stored_bytes),
             self.blocks,
-            mib(self.data_bytes_at_most),
+            if self.stored_bytes.is_none() {
+                " (byte counts come with redisfs-fsck --repair)"
+            } else {
+                ""
+            },
             mib(self.redis_used_memory),
             mib(self.redis_capacity)
         )?;
@@ -389,33 +431,21 @@ async fn list(store: &Store) -> Result<Listing, Error> {
             // A key that happens to be named like a filesystem's.
             Err(_) => continue,
         };
-        let (inodes, blocks) = counters(&store).await?;
+        let counters = Counters::read(&store).await?;
         let live = crate::session::live(&store, crate::session::DEFAULT_TIMEOUT).await?;
         filesystems.push(Listed {
             prefix,
             state,
-            inodes,
-            blocks,
+            inodes: counters.inodes,
+            blocks: counters.blocks,
+            file_bytes: counters.file_bytes,
+            stored_bytes: counters.stored_bytes,
             block_size,
             codec,
             live_mounts: live.len() as u64,
         });
     }
     Ok(Listing { filesystems })
-}
-
-/// The inode and block counters of the filesystem of `store`.
-async fn counters(store: &Store) -> Result<(u64, u64), Error> {
-    let (inodes, blocks): (Option<u64>, Option<u64>) = store
-        .cmd(
-            redis::cmd("HMGET")
-                .arg(store.keys.stat())
-                .arg("inodes")
-                .arg("blocks"),
-        )
-        .await
-        .map_err(store.failed("HMGET"))?;
-    Ok((inodes.unwrap_or(0), blocks.unwrap_or(0)))
 }
 
 async fn status(store: &Store, session_timeout: std::time::Duration) -> Result<Status, Error> {
@@ -425,7 +455,7 @@ async fn status(store: &Store, session_timeout: std::time::Duration) -> Result<S
         uuid,
         acl,
     } = format::read(store).await?;
-    let (inodes, blocks) = counters(store).await?;
+    let counters = Counters::read(store).await?;
     let server = ServerInfo::read(store).await?;
     let sessions: Vec<(u64, u64)> = store
         .cmd(
@@ -475,9 +505,10 @@ async fn status(store: &Store, session_timeout: std::time::Duration) -> Result<S
         block_size,
         codec: codec.name(),
         acl,
-        inodes,
-        blocks,
-        data_bytes_at_most: blocks * u64::from(block_size),
+        inodes: counters.inodes,
+        blocks: counters.blocks,
+        file_bytes: counters.file_bytes,
+        stored_bytes: counters.stored_bytes,
         redis_used_memory: server.used_memory,
         redis_capacity: server.capacity(),
         mounts,
@@ -556,9 +587,9 @@ async fn metrics_address(
     })
 }
 
-/// The counters of one scrape that `stats` shows.
+/// The counters of one scrape of a mount's metrics that `stats` shows.
 #[derive(Clone, Copy, Default, Debug)]
-struct Counters {
+struct Scrape {
     requests: f64,
     request_seconds: f64,
     read_bytes: f64,
@@ -569,10 +600,10 @@ struct Counters {
     deferred_changes: f64,
 }
 
-impl Counters {
+impl Scrape {
     /// Sums the samples of Prometheus `text` that `stats` shows.
-    fn parse(text: &str) -> Counters {
-        let mut c = Counters::default();
+    fn parse(text: &str) -> Scrape {
+        let mut c = Scrape::default();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let Some((name, value)) = line.rsplit_once(' ') else {
                 continue;
@@ -613,7 +644,7 @@ pub struct Rates {
 }
 
 impl Rates {
-    fn between(before: &Counters, after: &Counters, seconds: f64) -> Rates {
+    fn between(before: &Scrape, after: &Scrape, seconds: f64) -> Rates {
         let per_second = |a: f64, b: f64| (b - a).max(0.0) / seconds;
         let mean_ms = |sum: f64, n: f64| if n > 0.0 { sum / n * 1000.0 } else { 0.0 };
         let mib = (1u64 << 20) as f64;
@@ -656,7 +687,7 @@ async fn watch(
     count: Option<u64>,
     json: bool,
 ) -> Result<Outcome, Error> {
-    let mut before = Counters::parse(&scrape(address).await?);
+    let mut before = Scrape::parse(&scrape(address).await?);
     let mut at = std::time::Instant::now();
     if !json {
         println!(
@@ -674,7 +705,7 @@ async fn watch(
     let mut lines = 0;
     while count.is_none_or(|n| lines < n) {
         tokio::time::sleep(interval).await;
-        let after = Counters::parse(&scrape(address).await?);
+        let after = Scrape::parse(&scrape(address).await?);
         let now = std::time::Instant::now();
         let rates = Rates::between(&before, &after, (now - at).as_secs_f64());
         if json {

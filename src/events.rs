@@ -4,6 +4,11 @@
 //! atomic step (see `src/lua/prelude.lua`): the session id of the mount that made the change,
 //! then NUL-separated records. Each mount follows the channel and drops what it, and the
 //! kernel, cached about what changed.
+//!
+//! How late events arrive is measured with probes: every few seconds a mount publishes the
+//! time on `<prefix>:events:probes` and times the probe's return. The probe channel is
+//! followed on the same connection as the events, so a probe waits behind the events published
+//! before it, in Redis's output buffer and in the mount's queue, as a change's event would.
 
 use std::ops::RangeInclusive;
 use std::time::Duration;
@@ -11,6 +16,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use crate::attr::{Attr, DIR_RECORD_LEN};
+use crate::store::Store;
+
+/// How often a mount times the delivery of events.
+const PROBE_PERIOD: Duration = Duration::from_secs(5);
 
 /// One change named by an event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,20 +106,38 @@ pub trait Listener: Send + Sync + 'static {
     fn missed(&self);
 }
 
-/// Follows `channel` for as long as the runtime runs, reconnecting with back-off; calls
-/// `listener` for every change not made by session `own`.
-pub async fn follow(
-    client: redis::Client,
-    channel: String,
-    own: u64,
-    listener: std::sync::Arc<dyn Listener>,
-) {
+/// Microseconds since the epoch, the unit of probes.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// This mount's probe, published now: its token and the time.
+fn probe(token: &str) -> String {
+    format!("{token} {}", now_us())
+}
+
+/// How long ago the probe `payload` was sent, if it is one of `token`'s.
+fn probe_trip(payload: &[u8], token: &str) -> Option<Duration> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let (from, sent) = text.split_once(' ')?;
+    let sent: u64 = sent.parse().ok().filter(|_| from == token)?;
+    Some(Duration::from_micros(now_us().saturating_sub(sent)))
+}
+
+/// Follows the filesystem's events for as long as the runtime runs, reconnecting with
+/// back-off; calls `listener` for every change not made by session `own`, and times probes.
+pub async fn follow(store: Store, own: u64, listener: std::sync::Arc<dyn Listener>) {
+    let channel = store.keys.events();
+    let probes = store.keys.event_probes();
+    let token = crate::format::new_uuid();
     let mut delay = Duration::from_millis(50);
     let mut first = true;
     loop {
         let subscribed = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
+            let mut pubsub = store.client.get_async_pubsub().await?;
+            pubsub.subscribe(&[&channel, &probes]).await?;
             Ok::<_, redis::RedisError>(pubsub)
         }
         .await;
@@ -130,7 +157,29 @@ pub async fn follow(
         first = false;
         delay = Duration::from_millis(50);
         let mut messages = pubsub.into_on_message();
-        while let Some(msg) = messages.next().await {
+        let mut tick = tokio::time::interval(PROBE_PERIOD);
+        loop {
+            let msg = tokio::select! {
+                msg = messages.next() => msg,
+                _ = tick.tick() => {
+                    // Sent aside: the message loop never waits for Redis.
+                    let (store, probes, payload) = (store.clone(), probes.clone(), probe(&token));
+                    tokio::spawn(async move {
+                        let publish = redis::cmd("PUBLISH").arg(&probes).arg(payload).clone();
+                        if let Err(e) = store.cmd::<()>(&publish).await {
+                            tracing::debug!("publishing an event probe: {e}");
+                        }
+                    });
+                    continue;
+                }
+            };
+            let Some(msg) = msg else { break };
+            if msg.get_channel_name() == probes {
+                if let Some(trip) = probe_trip(msg.get_payload_bytes(), &token) {
+                    crate::metrics::metrics().event_delivery(trip);
+                }
+                continue;
+            }
             match parse(msg.get_payload_bytes()) {
                 Some((session, _)) if session == own => {}
                 Some((_, changes)) => changes.into_iter().for_each(|c| listener.changed(c)),
@@ -145,6 +194,16 @@ pub async fn follow(
 mod tests {
     use super::*;
     use crate::attr::{FileKind, Timestamp};
+
+    #[test]
+    fn only_this_mounts_probes_are_timed() {
+        let sent = probe("mine");
+        let trip = probe_trip(sent.as_bytes(), "mine").expect("its own probe");
+        assert!(trip < Duration::from_secs(1), "{trip:?}");
+        assert_eq!(probe_trip(sent.as_bytes(), "another"), None);
+        assert_eq!(probe_trip(b"mine soon", "mine"), None);
+        assert_eq!(probe_trip(b"\xff", "mine"), None);
+    }
 
     #[test]
     fn events_parse() {

@@ -81,6 +81,8 @@ pub const FREEING: Family = Family::single("FREEING_KEY", "freeing");
 pub const LOCKS: Family = Family::numbered("locks_key", "lk:", "");
 /// `P:events`: the Pub/Sub channel of change events.
 pub const EVENTS: Family = Family::single("EVENTS_KEY", "events");
+/// `P:events:probes`: the Pub/Sub channel on which mounts time the delivery of events.
+pub const EVENT_PROBES: Family = Family::single("EVENT_PROBES_KEY", "events:probes");
 /// `P:freeze`: set while a snapshot or dump holds the filesystem still (see `freeze.rs`).
 pub const FREEZE: Family = Family::single("FREEZE_KEY", "freeze");
 /// `P:freeze:acks`: the sessions that have stored their buffers and hold their changes.
@@ -121,6 +123,7 @@ pub const FAMILIES: &[Family] = &[
     FREEING,
     LOCKS,
     EVENTS,
+    EVENT_PROBES,
     FREEZE,
     FREEZE_ACKS,
     SESSIONS,
@@ -251,6 +254,11 @@ impl Keys {
     /// See [`EVENTS`].
     pub fn events(&self) -> String {
         EVENTS.at(&self.base)
+    }
+
+    /// See [`EVENT_PROBES`].
+    pub fn event_probes(&self) -> String {
+        EVENT_PROBES.at(&self.base)
     }
 
     /// See [`FREED_MAP`].

@@ -72,6 +72,7 @@ pub struct Metrics {
     round_trip_seconds: Histogram,
     buffered_bytes: Gauge,
     deferred_changes: Gauge,
+    event_delivery_seconds: Histogram,
 }
 
 /// Latency buckets from 50 µs to about 1.6 s.
@@ -150,6 +151,13 @@ impl Metrics {
             "Creates and removals answered in leased directories, not yet sent to Redis",
             deferred_changes.clone(),
         );
+        let event_delivery_seconds = latency_histogram();
+        registry.register(
+            "event_delivery_seconds",
+            "Pub/Sub lag: time for a probe this mount publishes every 5 s to come back through \
+             Redis, behind the change events published before it",
+            event_delivery_seconds.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -162,6 +170,7 @@ impl Metrics {
             round_trip_seconds,
             buffered_bytes,
             deferred_changes,
+            event_delivery_seconds,
         }
     }
 
@@ -194,6 +203,11 @@ impl Metrics {
     pub fn round_trip(&self, took: Duration) {
         self.round_trips.inc();
         self.round_trip_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A probe came back through Pub/Sub after `took`.
+    pub fn event_delivery(&self, took: Duration) {
+        self.event_delivery_seconds.observe(took.as_secs_f64());
     }
 
     /// The metrics as Prometheus text, with the core's gauges as they are now.

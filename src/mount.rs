@@ -429,12 +429,7 @@ fn run_alongside(
     // Read-only mounts publish nothing; u64::MAX never names a session.
     let own = session.as_ref().map_or(u64::MAX, |s| s.id);
     let listener: Arc<dyn Listener> = core.clone();
-    let following = tokio::spawn(events::follow(
-        store.client.clone(),
-        store.keys.events(),
-        own,
-        listener,
-    ));
+    let following = tokio::spawn(events::follow(store.clone(), own, listener));
     let background = tokio::spawn(maintain(core.clone(), session, session_timeout));
     let mut tasks = vec![following, background];
     if let Some(listener) = metrics {

@@ -57,6 +57,15 @@ fn list_status_config_and_destroy_against_live_mounts() {
     assert_eq!(filesystems[0]["live_mounts"], 2);
     assert_eq!(filesystems[1]["live_mounts"], 0);
     assert!(filesystems[0]["blocks"].as_u64().unwrap() >= 4, "{listed}");
+    // 200,000 bytes of ones: their blocks take far less once compressed.
+    let (file_bytes, stored_bytes) = (
+        filesystems[0]["file_bytes"].as_u64().unwrap(),
+        filesystems[0]["stored_bytes"].as_u64().unwrap(),
+    );
+    assert!(
+        file_bytes >= 200_000 && stored_bytes > 0 && stored_bytes < file_bytes / 10,
+        "{listed}"
+    );
 
     let status = admin_json(&redis, "status", &["--prefix", "skx"]);
     assert_eq!(status["codec"], "lz4");

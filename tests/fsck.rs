@@ -193,6 +193,29 @@ fn every_kind_of_damage_is_found_and_repaired() {
         patch_record(&redis, p, big, 52, &99u64.to_le_bytes())
     });
 
+    // The byte counters: drifted, or absent (a filesystem made before them). Repaired, they
+    // are what the mount that wrote the base kept.
+    let counters = |p: &str| -> Vec<Option<u64>> {
+        redis.cmd(&[
+            "HMGET",
+            &format!("{p}:stat"),
+            "inodes",
+            "blocks",
+            "stored_bytes",
+            "file_bytes",
+        ])
+    };
+    let kept = counters("base");
+    assert!(kept.iter().all(|c| c.is_some_and(|c| c > 0)), "{kept:?}");
+    case(&redis, "drifted", "wrong_counters", &[], |p| {
+        redis.cmd::<()>(&["HINCRBY", &format!("{p}:stat"), "stored_bytes", "1000"])
+    });
+    case(&redis, "older", "no stored_bytes", &[], |p| {
+        redis.cmd::<()>(&["HDEL", &format!("{p}:stat"), "stored_bytes", "file_bytes"])
+    });
+    assert_eq!(counters("drifted"), kept);
+    assert_eq!(counters("older"), kept);
+
     // A directory's entries stored as a set: the key goes, its children to lost+found.
     case(&redis, "typed", "wrong_type", &[], |p| {
         let key = format!("{p}:d:{dir}");

@@ -699,6 +699,19 @@ fn metrics_are_served_over_http_recorded_in_the_session_and_move_with_work() {
     for gauge in ["redisfs_buffered_bytes ", "redisfs_deferred_changes "] {
         assert!(after.contains(gauge), "{gauge}missing: {after}");
     }
+    // Pub/Sub lag: a probe at the start, and every 5 s, each back within a second here.
+    let delivered =
+        |text: &str, name: &str| sample(text, &format!("redisfs_event_delivery_seconds_{name}"));
+    common::eventually(
+        "an event probe came back",
+        std::time::Duration::from_secs(10),
+        || delivered(&scrape(&address), "count") >= 1.0,
+    );
+    let probed = scrape(&address);
+    assert!(
+        delivered(&probed, "sum") < delivered(&probed, "count"),
+        "{probed}"
+    );
     drop(other);
 }
 

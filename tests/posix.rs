@@ -443,6 +443,128 @@ fn statfs_reports_real_figures() {
     assert_eq!(st.f_namemax, 255);
 }
 
+fn statvfs(path: &std::path::Path) -> libc::statvfs {
+    // SAFETY: zeroed statvfs is a valid out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out-parameter.
+    check(unsafe { libc::statvfs(cpath(path).as_ptr(), &mut st) } as i64).unwrap();
+    st
+}
+
+/// The bytes the filesystem's blocks take in Redis, as Redis counts them.
+fn bytes_in_blocks(r: &Redis, prefix: &str) -> u64 {
+    let blocks = format!("{prefix}:b:");
+    r.keys(prefix)
+        .iter()
+        .filter(|k| k.starts_with(&blocks))
+        .map(|k| r.cmd::<u64>(&["STRLEN", k]))
+        .sum()
+}
+
+/// What `redisfs-admin status --json` says of the filesystem's usage.
+fn usage_by_admin(r: &Redis, prefix: &str) -> (u64, u64) {
+    let out = common::tool_ok(
+        "admin",
+        &["status", "--redis", &r.url(), "--prefix", prefix, "--json"],
+    );
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let field = |name: &str| {
+        status[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name} in {out}"))
+    };
+    (field("file_bytes"), field("stored_bytes"))
+}
+
+#[test]
+fn df_counts_the_bytes_stored_and_offers_what_redis_has_left() {
+    if !common::ready() {
+        return;
+    }
+    let r = Redis::start_with(&["--maxmemory", "768mb"]);
+    let m = Mount::new(&r, "skx", &["--compression", "zstd"]);
+    let expect = |files: &[(String, u64)], why: &str| {
+        let logical: u64 = files.iter().map(|(_, size)| size).sum();
+        common::eventually(why, Duration::from_secs(20), || {
+            let stored = bytes_in_blocks(&r, "skx");
+            let st = statvfs(&m.path);
+            let used = (st.f_blocks - st.f_bfree) * st.f_frsize;
+            used == stored.div_ceil(4096) * 4096 && usage_by_admin(&r, "skx") == (logical, stored)
+        });
+        for (name, size) in files {
+            assert_eq!(fs::metadata(m.join(name)).unwrap().len(), *size, "{name}");
+        }
+    };
+    // Small files take what they hold, not a block each; text takes what it compresses to.
+    let mut files: Vec<(String, u64)> = Vec::new();
+    fs::create_dir(m.join("small")).unwrap();
+    for i in 0..100 {
+        let name = format!("small/{i}");
+        fs::write(m.join(&name), common::random_bytes(1000, i)).unwrap();
+        files.push((name, 1000));
+    }
+    fs::write(m.join("random"), common::random_bytes(3 << 20, 7)).unwrap();
+    fs::write(m.join("text"), common::text_bytes(8 << 20)).unwrap();
+    // Over 512 blocks: freed in the background when removed.
+    fs::write(m.join("big"), common::random_bytes(40 << 20, 8)).unwrap();
+    files.extend([
+        ("random".into(), 3 << 20),
+        ("text".into(), 8 << 20),
+        ("big".into(), 40 << 20),
+    ]);
+    let stored = bytes_in_blocks(&r, "skx");
+    assert!(
+        stored < (100 * 1000 + (3 << 20) + (8 << 20) / 2 + (40 << 20)) + (1 << 20),
+        "stored {stored}"
+    );
+    expect(&files, "df and admin show the bytes written");
+
+    // Overwrites, truncation (inside a block and to nothing), an extension with a hole,
+    // removals.
+    let mut text = fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("text"))
+        .unwrap();
+    text.seek(SeekFrom::Start(1 << 20)).unwrap();
+    text.write_all(&common::random_bytes(2 << 20, 9)).unwrap();
+    text.sync_all().unwrap();
+    drop(text);
+    let new_sizes = [("random", 100_000), ("small/0", 0), ("small/1", 5 << 20)];
+    for (name, size) in new_sizes {
+        fs::File::options()
+            .write(true)
+            .open(m.join(name))
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+    }
+    for i in 50..100 {
+        fs::remove_file(m.join(format!("small/{i}"))).unwrap();
+    }
+    fs::remove_file(m.join("big")).unwrap();
+    files.retain(|(n, _)| n != "big" && !(50..100).any(|i| *n == format!("small/{i}")));
+    for (name, size) in files.iter_mut() {
+        if let Some((_, new)) = new_sizes.iter().find(|(changed, _)| changed == name) {
+            *size = *new;
+        }
+    }
+    expect(
+        &files,
+        "df and admin follow overwrites, truncation and removal",
+    );
+
+    // Free space is what Redis may still use, under its maxmemory.
+    let st = statvfs(&m.path);
+    let available = st.f_bavail * st.f_frsize;
+    let room = (768u64 << 20) - r.used_memory();
+    assert!(
+        available <= 768 << 20 && available.abs_diff(room) < 16 << 20,
+        "available {available}, Redis has {room} left"
+    );
+    drop(m);
+    common::assert_clean(&r, "skx");
+}
+
 #[test]
 fn unlinked_open_file_stays_usable_until_closed() {
     let Some((r, m)) = setup() else { return };

@@ -14,6 +14,7 @@ use crate::attr::{Attr, FileKind};
 use crate::codec::Codec;
 use crate::error::Error;
 use crate::format::{self, FsConfig};
+use crate::meta::counters::Counters;
 use crate::store::Store;
 
 /// Commands per pipeline before it is sent.
@@ -58,6 +59,10 @@ pub struct Importer<'a> {
     /// Inodes with several links: (links declared, entries seen).
     links: HashMap<u64, (u32, u32)>,
     stats: ImportStats,
+    /// What the blocks written take in Redis.
+    stored_bytes: u64,
+    /// The regular files' sizes, summed.
+    file_bytes: u64,
 }
 
 impl<'a> Importer<'a> {
@@ -99,6 +104,8 @@ impl<'a> Importer<'a> {
             named_directories: HashSet::new(),
             links: HashMap::new(),
             stats: ImportStats::default(),
+            stored_bytes: 0,
+            file_bytes: 0,
         })
     }
 
@@ -220,7 +227,10 @@ impl<'a> Importer<'a> {
             FileKind::Dir => {
                 self.directories.insert(inode.ino);
             }
-            FileKind::File => self.file = Some((attr, ContentHash::default())),
+            FileKind::File => {
+                self.file_bytes += attr.size;
+                self.file = Some((attr, ContentHash::default()));
+            }
             _ => {}
         }
         if !self.inodes.insert(inode.ino) {
@@ -306,6 +316,7 @@ impl<'a> Importer<'a> {
         );
         self.stats.blocks += 1;
         self.stats.data_bytes += data.bytes.0.len() as u64;
+        self.stored_bytes += stored.len() as u64;
         Ok(())
     }
 
@@ -392,12 +403,15 @@ impl<'a> Importer<'a> {
             .arg(keys.next_block())
             .arg(self.next_block)
             .ignore()
-            .cmd("HSET")
-            .arg(keys.stat())
-            .arg("inodes")
-            .arg(self.stats.inodes)
-            .arg("blocks")
-            .arg(self.stats.blocks)
+            .add_command(
+                Counters {
+                    inodes: self.stats.inodes,
+                    blocks: self.stats.blocks,
+                    stored_bytes: Some(self.stored_bytes),
+                    file_bytes: Some(self.file_bytes),
+                }
+                .write(keys),
+            )
             .ignore();
         self.pipe_commands += 3;
         self.send().await?;

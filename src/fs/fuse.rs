@@ -119,7 +119,10 @@ respond!(ReplyXattr, XattrReply, |self, r, _| {
 });
 
 respond!(ReplyStatfs, Usage, |self, u, core| {
-    let used = u.blocks * u64::from(core.block_size) / STATFS_UNIT;
+    // A filesystem made before the byte counters shows the most its blocks may hold.
+    let stored =
+        (u.counters.stored_bytes).unwrap_or(u.counters.blocks * u64::from(core.block_size));
+    let used = stored.div_ceil(STATFS_UNIT);
     let free = u.available / STATFS_UNIT;
     // Inodes cost about 150 bytes of Redis each: offer what the free memory would hold.
     let free_inodes = u.available / 150;
@@ -127,7 +130,7 @@ respond!(ReplyStatfs, Usage, |self, u, core| {
         used + free,
         free,
         free,
-        u.inodes + free_inodes,
+        u.counters.inodes + free_inodes,
         free_inodes,
         STATFS_UNIT as u32,
         NAME_MAX as u32,

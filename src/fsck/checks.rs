@@ -13,6 +13,7 @@ use crate::attr::{Attr, FileKind, Timestamp};
 use crate::codec;
 use crate::error::Error;
 use crate::format;
+use crate::meta::counters::Counters;
 use crate::meta::DirEntry;
 use crate::meta::Meta;
 use crate::scripts::Scripts;
@@ -763,7 +764,7 @@ impl Checker<'_> {
             let blocks_in_size = attr.size.div_ceil(self.block_size);
             for (index, id) in map {
                 let at = format!("{map_key} block {index}");
-                let problem = if !self.pic.blocks.contains(&id) {
+                let problem = if !self.pic.blocks.contains_key(&id) {
                     Some(("missing_block", format!("names {}, which is missing (those bytes are lost: they read as zeros after repair)", self.store.keys.block(id))))
                 } else if index >= blocks_in_size {
                     Some((
@@ -867,7 +868,8 @@ impl Checker<'_> {
             .await?;
         if self.findings.repairing() {
             referenced.insert(copy);
-            self.pic.blocks.insert(copy);
+            let bytes = self.pic.blocks.get(&id).copied().unwrap_or(0);
+            self.pic.blocks.insert(copy, bytes);
         }
         Ok(())
     }
@@ -925,7 +927,10 @@ impl Checker<'_> {
 
     /// Blocks no map names: a crash between storing a block and committing it leaves them.
     async fn leaks(&mut self, referenced: &HashSet<u64>) -> Result<(), Error> {
-        let mut leaked: Vec<u64> = self.pic.blocks.difference(referenced).copied().collect();
+        let mut leaked: Vec<u64> = (self.pic.blocks.keys())
+            .filter(|id| !referenced.contains(id))
+            .copied()
+            .collect();
         if leaked.is_empty() {
             return Ok(());
         }
@@ -992,16 +997,31 @@ impl Checker<'_> {
         Ok(())
     }
 
-    /// Inode and block counters, and the statfs figures.
+    /// The counters as the picture (repaired, when repairing) gives them.
+    fn count(&self) -> Counters {
+        let pic = &self.pic;
+        let bytes_of = |id: &u64| pic.blocks.get(id).copied().unwrap_or(0);
+        let named = pic.maps.values().flat_map(|m| m.values());
+        Counters {
+            inodes: pic.inodes.len() as u64,
+            blocks: pic.maps.values().map(|m| m.len() as u64).sum::<u64>() + pic.freeing_entries,
+            stored_bytes: Some(named.chain(&pic.freeing_blocks).map(bytes_of).sum()),
+            file_bytes: Some(
+                (pic.inodes.values())
+                    .filter(|a| a.kind() == FileKind::File)
+                    .map(|a| a.size)
+                    .sum(),
+            ),
+        }
+    }
+
+    /// Inode and block counters, the byte counters, and the statfs figures.
     async fn counters(&mut self) -> Result<(), Error> {
         let keys = self.store.keys.clone();
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(keys.next_inode());
         pipe.cmd("GET").arg(keys.next_block());
-        pipe.cmd("HMGET")
-            .arg(keys.stat())
-            .arg("inodes")
-            .arg("blocks");
+        Counters::ask(&mut pipe, &keys);
         let (next_ino, next_blk, stat): (Option<u64>, Option<u64>, Vec<Option<u64>>) = self
             .store
             .pipe(&pipe)
@@ -1024,7 +1044,7 @@ impl Checker<'_> {
                 )
                 .await?;
         }
-        let max_block = self.pic.blocks.iter().max().copied().unwrap_or(0);
+        let max_block = self.pic.blocks.keys().max().copied().unwrap_or(0);
         if next_blk.unwrap_or(0) < max_block {
             self.findings
                 .problem(
@@ -1041,35 +1061,16 @@ impl Checker<'_> {
                 )
                 .await?;
         }
-        let inodes = self.pic.inodes.len() as u64;
-        let blocks =
-            self.pic.maps.values().map(|m| m.len() as u64).sum::<u64>() + self.pic.freeing_entries;
-        let stored = (
-            stat.first().copied().flatten(),
-            stat.get(1).copied().flatten(),
-        );
-        if stored != (Some(inodes), Some(blocks)) {
+        let recorded = Counters::parse(stat);
+        let counted = self.count();
+        if recorded != counted {
             self.findings
                 .problem(
                     "wrong_counters",
                     &keys.stat(),
-                    &format!(
-                        "inodes {:?} blocks {:?}, counted {inodes} and {blocks}",
-                        stored.0, stored.1
-                    ),
+                    &format!("{recorded}; counted {counted}"),
                 )
-                .fix(
-                    "corrected",
-                    command(
-                        self.store,
-                        redis::cmd("HSET")
-                            .arg(keys.stat())
-                            .arg("inodes")
-                            .arg(inodes)
-                            .arg("blocks")
-                            .arg(blocks),
-                    ),
-                )
+                .fix("corrected", command(self.store, &counted.write(&keys)))
                 .await?;
         }
         Ok(())

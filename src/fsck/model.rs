@@ -32,8 +32,8 @@ pub struct Picture {
     pub freeing_blocks: HashSet<u64>,
     /// Entries in `free:` maps.
     pub freeing_entries: u64,
-    /// Block ids that exist.
-    pub blocks: HashSet<u64>,
+    /// Block ids that exist, with the bytes each takes.
+    pub blocks: HashMap<u64, u64>,
     /// Inodes with an `x:` key.
     pub xattr_keys: HashSet<u64>,
     /// Inodes with an `l:` key.
@@ -66,6 +66,7 @@ pub async fn read(
         }
         let types: Vec<String> = store.pipe(&pipe).await.map_err(store.failed("TYPE"))?;
         let mut hashes = Vec::new();
+        let mut blocks = Vec::new();
         for (key, kind_of) in fresh.into_iter().zip(types) {
             let name = String::from_utf8_lossy(&key).into_owned();
             let Some(kind) = store.keys.classify(&key) else {
@@ -90,9 +91,7 @@ pub async fn read(
                 continue;
             }
             match kind {
-                KeyKind::Block(id) => {
-                    picture.blocks.insert(id);
-                }
+                KeyKind::Block(id) => blocks.push((id, key)),
                 KeyKind::Symlink(ino) => {
                     picture.symlink_keys.insert(ino);
                 }
@@ -108,6 +107,16 @@ pub async fn read(
                 }
                 _ => {}
             }
+        }
+        for chunk in blocks.chunks(BATCH) {
+            let mut pipe = redis::pipe();
+            for (_, key) in chunk {
+                pipe.cmd("STRLEN").arg(key);
+            }
+            let lengths: Vec<u64> = store.pipe(&pipe).await.map_err(store.failed("STRLEN"))?;
+            picture
+                .blocks
+                .extend(chunk.iter().map(|(id, _)| *id).zip(lengths));
         }
         for chunk in hashes.chunks(BATCH) {
             let mut pipe = redis::pipe();

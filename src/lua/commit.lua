@@ -7,7 +7,7 @@
 local ino = tonumber(ARGV[3])
 local r = rec(ino)
 local map = map_key(ino)
-local lost, added, won, lo, hi = {}, 0, 0, nil, nil
+local lost, won, lo, hi = {}, 0, nil, nil
 local last_triple = #ARGV - 2 * tonumber(ARGV[6])
 -- Blocks first, as a mount that stores them separately does: a map never names a missing one.
 for i = last_triple + 1, #ARGV, 2 do redis.call('SET', block_key(ARGV[i]), ARGV[i + 1]) end
@@ -21,8 +21,8 @@ for i = 7, last_triple, 3 do
     lost[#lost + 1] = idx
   else
     if new == '0' then redis.call('HDEL', map, idx) else redis.call('HSET', map, idx, new) end
-    if old ~= '0' then redis.call('DEL', block_key(old)); added = added - 1 end
-    if new ~= '0' then added = added + 1 end
+    if old ~= '0' then delete_blocks({ old }) end
+    if new ~= '0' then adopt_block(new) end
     won = won + 1
     local n = tonumber(idx)
     if lo == nil or n < lo then lo = n end
@@ -30,7 +30,6 @@ for i = 7, last_triple, 3 do
   end
 end
 if not r then return { E.NOENT } end
-stat_add('blocks', added)
 if won > 0 then
   local target = tonumber(ARGV[5])
   if target > size(r) then r = set_size(r, target) end

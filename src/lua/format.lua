@@ -5,5 +5,5 @@ redis.call('HSET', META_KEY, 'version', ARGV[3], 'block_size', ARGV[4], 'codec',
 redis.call('SET', NEXT_INODE_KEY, 1)
 put(1, ARGV[8])
 save()
-redis.call('HSET', STAT_KEY, 'inodes', 1, 'blocks', 0)
+redis.call('HSET', STAT_KEY, 'inodes', 1, 'blocks', 0, 'stored_bytes', 0, 'file_bytes', 0)
 return { 0 }

@@ -12,7 +12,6 @@ until cursor == '0' or #fields >= want
 if #fields > 0 then
   for i = 1, #fields, 500 do redis.call('HDEL', map, unpack(fields, i, math.min(i + 499, #fields))) end
   delete_blocks(ids)
-  stat_add('blocks', -#ids)
 end
 if redis.call('EXISTS', map) == 0 then redis.call('SREM', FREEING_KEY, ino) end
 flush_stats()

@@ -38,11 +38,16 @@ local function put(ino, r) records[ino] = r; changed[ino] = true end
 local function update(ino, f) local r = rec(ino); if r then put(ino, f(r)) end end
 -- Counter changes are summed over the script and written once, by save() or flush_stats()
 -- (a batch of unlinks would otherwise write each counter once per file).
+-- The byte counters came after the first filesystems: one made before them has none until
+-- redisfs-fsck counts its bytes, since counting on from nothing would give a wrong figure.
 local stats = {}
+local COUNTED_SINCE_FSCK = { stored_bytes = true, file_bytes = true }
 local function stat_add(field, n) stats[field] = (stats[field] or 0) + n end
 local function flush_stats()
   for field, n in pairs(stats) do
-    if n ~= 0 then redis.call('HINCRBY', STAT_KEY, field, n) end
+    if n ~= 0 and (not COUNTED_SINCE_FSCK[field] or redis.call('HEXISTS', STAT_KEY, field) == 1) then
+      redis.call('HINCRBY', STAT_KEY, field, n)
+    end
   end
   stats = {}
 end
@@ -78,7 +83,11 @@ local function letter(r) return LETTER[bit.band(mode(r), S_IFMT)] end
 local function nlink(r) return (struct.unpack('<I4', r, AT.NLINK + 1)) end
 local function set_nlink(r, n) return splice(r, AT.NLINK, struct.pack('<I4', n)) end
 local function size(r) return (struct.unpack('<I8', r, AT.SIZE + 1)) end
-local function set_size(r, s) return splice(r, AT.SIZE, struct.pack('<I8', s)) end
+-- Sets a regular file's size (the only kind whose size is set), counted in `file_bytes`.
+local function set_size(r, s)
+  stat_add('file_bytes', s - size(r))
+  return splice(r, AT.SIZE, struct.pack('<I8', s))
+end
 local function touch_mc(r, ts) return splice(r, AT.MTIME, ts .. ts) end
 local function touch_c(r, ts) return splice(r, AT.CTIME, ts) end
 -- A regular file's record ends with the number of blocks its map names (src/attr.rs): called
@@ -153,10 +162,21 @@ local function kept_open(ino, except)
   end
   return false
 end
--- Deletes the blocks `ids` and the keys `also`.
+-- A block stored by a mount becomes the filesystem's: it is counted.
+local function adopt_block(id)
+  stat_add('blocks', 1)
+  stat_add('stored_bytes', redis.call('STRLEN', block_key(id)))
+end
+-- Deletes the blocks `ids` (counted: the filesystem's) and the keys `also`.
 local function delete_blocks(ids, also)
-  local keys = also or {}
-  for _, id in ipairs(ids) do keys[#keys + 1] = block_key(id) end
+  local keys, bytes = also or {}, 0
+  for _, id in ipairs(ids) do
+    local key = block_key(id)
+    bytes = bytes + redis.call('STRLEN', key)
+    keys[#keys + 1] = key
+  end
+  stat_add('blocks', -#ids)
+  stat_add('stored_bytes', -bytes)
   for i = 1, #keys, 500 do redis.call('DEL', unpack(keys, i, math.min(i + 499, #keys))) end
 end
 -- Frees the data of `ino` (record `r`, if it has one) and deletes the keys `also` with it. Small maps are
@@ -174,7 +194,6 @@ local function free_data(ino, r, also)
   if #ids > 0 then
     also = also or {}
     also[#also + 1] = map
-    stat_add('blocks', -#ids)
   end
   delete_blocks(ids, also)
 end
@@ -188,6 +207,7 @@ local function delete_inode(ino)
       redis.call('SREM', session_leases_key(holder), ino)
     end
   end
+  if r and bit.band(mode(r), S_IFMT) == S_IFREG then stat_add('file_bytes', -size(r)) end
   free_data(ino, r, { dir_key(ino), xattrs_key(ino), symlink_key(ino) })
   redis.call('HDEL', bucket(ino), ino % PER_BUCKET)
   records[ino], changed[ino] = false, nil

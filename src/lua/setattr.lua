@@ -17,10 +17,13 @@ if has(8) then
     if ARGV[14] ~= '' then
       local cur = redis.call('HGET', map, ARGV[14]) or '0'
       if cur ~= ARGV[15] then drop_new_tail(); return { E.AGAIN } end
-      if ARGV[16] ~= '0' then redis.call('HSET', map, ARGV[14], ARGV[16]) else redis.call('HDEL', map, ARGV[14]) end
-      if cur ~= '0' then redis.call('DEL', block_key(cur)) end
-      if cur == '0' and ARGV[16] ~= '0' then stat_add('blocks', 1) end
-      if cur ~= '0' and ARGV[16] == '0' then stat_add('blocks', -1) end
+      if ARGV[16] ~= '0' then
+        redis.call('HSET', map, ARGV[14], ARGV[16])
+        adopt_block(ARGV[16])
+      else
+        redis.call('HDEL', map, ARGV[14])
+      end
+      if cur ~= '0' then delete_blocks({ cur }) end
     end
     if new == 0 then
       free_data(ino, r)
@@ -35,7 +38,6 @@ if has(8) then
         redis.call('HDEL', map, unpack(fields, i, math.min(i + 499, #fields)))
       end
       delete_blocks(ids)
-      stat_add('blocks', -#ids)
     end
     r = count_blocks(ino, r)
   else

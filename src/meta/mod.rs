@@ -7,6 +7,7 @@ use std::time::Duration;
 use redis::{RedisError, Value};
 
 pub mod calls;
+pub mod counters;
 pub mod deferred;
 
 use crate::attr::{Attr, FileKind, Timestamp};
@@ -15,6 +16,7 @@ use crate::error::FsError;
 use crate::scripts::Scripts;
 use crate::store::{Request, ScriptArgs, Store};
 use calls::{Call, ListedEntries};
+use counters::Counters;
 use deferred::{leased_dir, Delegation};
 
 /// One entry of a directory listing.
@@ -136,10 +138,7 @@ pub struct LockState {
 /// Filesystem-wide counters for statfs.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Usage {
-    /// Inodes in use.
-    pub inodes: u64,
-    /// Blocks stored.
-    pub blocks: u64,
+    pub counters: Counters,
     /// Bytes Redis may still use.
     pub available: u64,
 }
@@ -887,20 +886,16 @@ impl Meta {
     pub async fn usage(&self) -> Result<Usage, FsError> {
         self.send_deferred().await?;
         let mut pipe = redis::pipe();
-        pipe.cmd("HMGET")
-            .arg(self.store.keys.stat())
-            .arg("inodes")
-            .arg("blocks");
+        Counters::ask(&mut pipe, &self.store.keys);
         pipe.cmd("INFO").arg("memory");
-        let ((inodes, blocks), info): ((Option<u64>, Option<u64>), String) = self
+        let (counters, info): (Vec<Option<u64>>, String) = self
             .store
             .pipe(&pipe)
             .await
             .map_err(|e| redis_failure("statfs", &e))?;
         let server = crate::server::ServerInfo::parse(&info);
         Ok(Usage {
-            inodes: inodes.unwrap_or(0),
-            blocks: blocks.unwrap_or(0),
+            counters: Counters::parse(counters),
             available: server.capacity().saturating_sub(server.used_memory),
         })
     }
