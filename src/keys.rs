@@ -509,8 +509,8 @@ mod tests {
     #[test]
     fn every_family_is_a_name_the_checks_know() {
         let keys = Keys::new("skx");
-        // (The events are a Pub/Sub channel: never a key.)
-        for family in FAMILIES.iter().filter(|&&f| f != EVENTS) {
+        // (The events and probes are Pub/Sub channels: never keys.)
+        for family in FAMILIES.iter().filter(|&&f| f != EVENTS && f != EVENT_PROBES) {
             let key = match family.after {
                 None => family.at(keys.base()),
                 Some(_) => family.of(keys.base(), 70),
