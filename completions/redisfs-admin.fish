@@ -32,7 +32,7 @@ complete -c redisfs-admin -n "__fish_redisfs_admin_needs_command" -f -a "config"
 complete -c redisfs-admin -n "__fish_redisfs_admin_needs_command" -f -a "stats" -d 'A live view of a mount on this machine: requests, bytes and Redis round trips per second, from the metrics it serves'
 complete -c redisfs-admin -n "__fish_redisfs_admin_needs_command" -f -a "destroy" -d 'Delete every key of a filesystem (refused while it is mounted)'
 complete -c redisfs-admin -n "__fish_redisfs_admin_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand list" -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, or redis+unix:///path/to/socket?db=N. Overrides --host/--port/--db' -r
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand list" -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, redis+unix:///path/to/socket?db=N, or redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/MASTER[/db] for the primary that sentinels name (rediss+sentinel:// for TLS; sentinels\' password from REDISFS_SENTINEL_PASSWORD). Overrides --host/--port/--db' -r
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand list" -l host -l redis-host -d 'Redis host [default: 127.0.0.1]' -r
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand list" -l port -l redis-port -d 'Redis port [default: 6379]' -r
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand list" -l db -l redis-db -d 'Redis database number [default: 0]' -r
@@ -43,7 +43,7 @@ complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand list" -l io-
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand list" -l json -d 'Print a machine-readable summary (JSON) on stdout instead of text'
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand list" -s q -l quiet -d 'Print nothing but errors (no progress, no summary)'
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand list" -s h -l help -d 'Print help'
-complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand status" -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, or redis+unix:///path/to/socket?db=N. Overrides --host/--port/--db' -r
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand status" -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, redis+unix:///path/to/socket?db=N, or redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/MASTER[/db] for the primary that sentinels name (rediss+sentinel:// for TLS; sentinels\' password from REDISFS_SENTINEL_PASSWORD). Overrides --host/--port/--db' -r
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand status" -l host -l redis-host -d 'Redis host [default: 127.0.0.1]' -r
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand status" -l port -l redis-port -d 'Redis port [default: 6379]' -r
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand status" -l db -l redis-db -d 'Redis database number [default: 0]' -r
@@ -56,7 +56,7 @@ complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand status" -l s
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand status" -l json -d 'Print a machine-readable summary (JSON) on stdout instead of text'
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand status" -s q -l quiet -d 'Print nothing but errors (no progress, no summary)'
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand status" -s h -l help -d 'Print help'
-complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand config" -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, or redis+unix:///path/to/socket?db=N. Overrides --host/--port/--db' -r
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand config" -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, redis+unix:///path/to/socket?db=N, or redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/MASTER[/db] for the primary that sentinels name (rediss+sentinel:// for TLS; sentinels\' password from REDISFS_SENTINEL_PASSWORD). Overrides --host/--port/--db' -r
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand config" -l host -l redis-host -d 'Redis host [default: 127.0.0.1]' -r
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand config" -l port -l redis-port -d 'Redis port [default: 6379]' -r
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand config" -l db -l redis-db -d 'Redis database number [default: 0]' -r
@@ -74,7 +74,7 @@ complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand config" -l a
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand config" -l json -d 'Print a machine-readable summary (JSON) on stdout instead of text'
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand config" -s q -l quiet -d 'Print nothing but errors (no progress, no summary)'
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand config" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, or redis+unix:///path/to/socket?db=N. Overrides --host/--port/--db' -r
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, redis+unix:///path/to/socket?db=N, or redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/MASTER[/db] for the primary that sentinels name (rediss+sentinel:// for TLS; sentinels\' password from REDISFS_SENTINEL_PASSWORD). Overrides --host/--port/--db' -r
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -l host -l redis-host -d 'Redis host [default: 127.0.0.1]' -r
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -l port -l redis-port -d 'Redis port [default: 6379]' -r
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -l db -l redis-db -d 'Redis database number [default: 0]' -r
@@ -88,7 +88,7 @@ complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -l co
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -l json -d 'Print a machine-readable summary (JSON) on stdout instead of text'
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -s q -l quiet -d 'Print nothing but errors (no progress, no summary)'
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand stats" -s h -l help -d 'Print help'
-complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand destroy" -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, or redis+unix:///path/to/socket?db=N. Overrides --host/--port/--db' -r
+complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand destroy" -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, redis+unix:///path/to/socket?db=N, or redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/MASTER[/db] for the primary that sentinels name (rediss+sentinel:// for TLS; sentinels\' password from REDISFS_SENTINEL_PASSWORD). Overrides --host/--port/--db' -r
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand destroy" -l host -l redis-host -d 'Redis host [default: 127.0.0.1]' -r
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand destroy" -l port -l redis-port -d 'Redis port [default: 6379]' -r
 complete -c redisfs-admin -n "__fish_redisfs_admin_using_subcommand destroy" -l db -l redis-db -d 'Redis database number [default: 0]' -r

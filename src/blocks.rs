@@ -12,7 +12,6 @@ use crate::codec::{self, Codec, Encoded};
 use crate::error::FsError;
 use crate::meta::redis_failure;
 use crate::store::Store;
-use crate::wire::BlockWriter;
 
 /// Block ids reserved from Redis at a time, so that writers rarely wait for an id.
 const ID_BATCH: u64 = 256;
@@ -87,8 +86,6 @@ pub struct BlockStore {
     ids: tokio::sync::Mutex<(u64, u64)>,
     /// Blocks being fetched, with what their fetch's end wakes.
     loading: Mutex<HashMap<u64, Done>>,
-    /// Block writes without the general client's copies, where the address allows.
-    writer: Option<BlockWriter>,
 }
 
 impl BlockStore {
@@ -106,11 +103,6 @@ impl BlockStore {
             }),
             ids: tokio::sync::Mutex::new((0, 0)),
             loading: Mutex::new(HashMap::new()),
-            writer: BlockWriter::new(
-                store.client.get_connection_info(),
-                &store.address,
-                store.io_timeout(),
-            ),
             store,
         }
     }
@@ -170,31 +162,27 @@ impl BlockStore {
         Ok(out)
     }
 
-    /// Stores encoded blocks under their ids, in pipelines.
+    /// Stores encoded blocks under their ids, in pipelines: through the node's block writer
+    /// where it has one, the general client otherwise. Setting a block again is harmless, so a
+    /// pipeline cut short by a lost connection is simply sent again.
     pub async fn put(&self, blocks: &[(u64, Encoded)]) -> Result<(), FsError> {
-        if let Some(writer) = &self.writer {
-            for chunk in blocks.chunks(PIPELINE_BLOCKS) {
-                let named: Vec<(String, &Encoded)> = chunk
-                    .iter()
-                    .map(|(id, data)| (self.store.keys.block(*id), data))
-                    .collect();
-                writer
-                    .set(&named)
-                    .await
-                    .map_err(|e| redis_failure("write blocks", &e))?;
-            }
-            return Ok(());
-        }
         for chunk in blocks.chunks(PIPELINE_BLOCKS) {
-            let mut pipe = redis::pipe();
-            for (id, data) in chunk {
-                pipe.cmd("SET")
-                    .arg(self.store.keys.block(*id))
-                    .arg(data)
-                    .ignore();
-            }
+            let named: Vec<(String, &Encoded)> = chunk
+                .iter()
+                .map(|(id, data)| (self.store.keys.block(*id), data))
+                .collect();
+            let named = &named;
             self.store
-                .pipe::<()>(&pipe)
+                .retry_on_node(|node| async move {
+                    if let Some(writer) = &node.writer {
+                        return writer.set(named).await;
+                    }
+                    let mut pipe = redis::pipe();
+                    for (key, data) in named {
+                        pipe.cmd("SET").arg(key).arg(*data).ignore();
+                    }
+                    pipe.query_async::<()>(&mut node.conn.clone()).await
+                })
                 .await
                 .map_err(|e| redis_failure("write blocks", &e))?;
         }

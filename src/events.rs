@@ -134,9 +134,11 @@ pub async fn follow(store: Store, own: u64, listener: std::sync::Arc<dyn Listene
     let token = crate::format::new_uuid();
     let mut delay = Duration::from_millis(50);
     let mut first = true;
+    let mut moves = store.link.moves();
     loop {
+        moves.mark_unchanged();
         let subscribed = async {
-            let mut pubsub = store.client.get_async_pubsub().await?;
+            let mut pubsub = store.link.node().client.get_async_pubsub().await?;
             pubsub.subscribe(&[&channel, &probes]).await?;
             Ok::<_, redis::RedisError>(pubsub)
         }
@@ -161,6 +163,8 @@ pub async fn follow(store: Store, own: u64, listener: std::sync::Arc<dyn Listene
         loop {
             let msg = tokio::select! {
                 msg = messages.next() => msg,
+                // The primary moved: follow it there (what was missed meanwhile is dropped).
+                _ = moves.changed() => None,
                 _ = tick.tick() => {
                     // Sent aside: the message loop never waits for Redis.
                     let (store, probes, payload) = (store.clone(), probes.clone(), probe(&token));

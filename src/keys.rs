@@ -510,7 +510,10 @@ mod tests {
     fn every_family_is_a_name_the_checks_know() {
         let keys = Keys::new("skx");
         // (The events and probes are Pub/Sub channels: never keys.)
-        for family in FAMILIES.iter().filter(|&&f| f != EVENTS && f != EVENT_PROBES) {
+        for family in FAMILIES
+            .iter()
+            .filter(|&&f| f != EVENTS && f != EVENT_PROBES)
+        {
             let key = match family.after {
                 None => family.at(keys.base()),
                 Some(_) => family.of(keys.base(), 70),

@@ -11,6 +11,7 @@
 //! | [`options`] | command-line options, the Redis connection shared by every binary |
 //! | [`command_line`] | the mount's command line as mount(8) and fstab write it (`-o name=value`, the `mount.fuse.redisfs` helper) |
 //! | [`store`] | the connection to Redis and the retry policy when it is lost |
+//! | [`link`] | where the Redis primary is now (a fixed address, or the one sentinels name) and the connections to it |
 //! | [`keys`] | the only Rust code that builds key names |
 //! | [`scripts`] | the Lua scripts that make each metadata change atomic |
 //! | [`attr`] | the packed inode record and timestamps |
@@ -48,6 +49,7 @@ pub mod freeze;
 pub mod fs;
 pub mod fsck;
 pub mod keys;
+pub mod link;
 pub mod local_redis;
 pub mod meta;
 pub mod metrics;

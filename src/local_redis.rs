@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use redis::{ConnectionAddr, IntoConnectionInfo};
 
 use crate::error::Error;
-use crate::options::{describe, RedisTarget, DEFAULT_HOST, DEFAULT_PORT};
+use crate::options::{describe, Place, RedisTarget, DEFAULT_HOST, DEFAULT_PORT};
 
 /// A redis-server started by this process.
 pub struct LocalRedis {
@@ -133,7 +133,7 @@ impl LocalRedis {
             .map_err(|e| Error::LocalRedis(e.to_string()))?;
         Ok(RedisTarget {
             display: describe(&info),
-            info,
+            place: Place::Fixed(info),
             explicit: false,
         })
     }

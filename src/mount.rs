@@ -660,6 +660,14 @@ async fn maintain(core: Arc<Core>, session: Option<Arc<Session>>, timeout: Durat
         if let Err(e) = core.meta.store.measure_clock().await {
             tracing::warn!("reading Redis's clock: {e}");
         }
+        // A failover that left this mount's connections standing (the old primary lives on as
+        // a replica) is found here; and replicas come and go.
+        if let Err(e) = core.meta.store.link.check_primary().await {
+            tracing::warn!("asking the sentinels for the primary: {e}");
+        }
+        if let Err(e) = core.meta.store.link.node().count_replicas().await {
+            tracing::warn!("counting Redis's replicas: {e}");
+        }
         let (stale, cutoff) = session.stale(timeout).await;
         for dead in stale {
             // Its ring of replies stays a while: it may only be cut off, retrying requests

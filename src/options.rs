@@ -17,8 +17,11 @@ pub const DEFAULT_PORT: u16 = 6379;
 /// Where Redis is and how to log in: flattened into every binary's options.
 #[derive(Args, Clone, Debug, Default)]
 pub struct ConnectionArgs {
-    /// Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, or
-    /// redis+unix:///path/to/socket?db=N. Overrides --host/--port/--db.
+    /// Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS,
+    /// redis+unix:///path/to/socket?db=N, or
+    /// redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/MASTER[/db] for the
+    /// primary that sentinels name (rediss+sentinel:// for TLS; sentinels' password from
+    /// REDISFS_SENTINEL_PASSWORD). Overrides --host/--port/--db.
     #[arg(long, value_name = "URL", env = "REDISFS_URL", hide_env_values = true)]
     pub redis: Option<String>,
     /// Redis host [default: 127.0.0.1].
@@ -82,15 +85,63 @@ impl TlsArgs {
     }
 }
 
+/// Where a Redis is found.
+#[derive(Clone)]
+pub enum Place {
+    /// At one address (may hold a password).
+    Fixed(ConnectionInfo),
+    /// Wherever the sentinels say its primary is.
+    Sentinel(SentinelTarget),
+}
+
+/// A Redis whose primary sentinels name (`redis+sentinel://`).
+#[derive(Clone)]
+pub struct SentinelTarget {
+    /// The sentinels' addresses.
+    pub sentinels: Vec<ConnectionAddr>,
+    /// The name the sentinels know the primary by.
+    pub master: String,
+    pub db: i64,
+    /// Logging in to the primary.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Logging in to the sentinels (`REDISFS_SENTINEL_PASSWORD`).
+    pub sentinel_password: Option<String>,
+    /// TLS to the sentinels and the primary (`rediss+sentinel://`).
+    pub tls: bool,
+    /// Certificates of the TLS options.
+    pub certificates: Option<redis::TlsCertificates>,
+}
+
+/// Port of a sentinel given without one.
+pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
+
 /// A resolved Redis address, with a form that is safe to print.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RedisTarget {
-    /// What the client connects with (may hold a password).
-    pub info: ConnectionInfo,
+    /// Where to connect (may hold a password).
+    pub place: Place,
     /// The address without credentials, for messages and logs.
     pub display: String,
     /// Whether the user named a server (otherwise a private one may be started).
     pub explicit: bool,
+}
+
+impl std::fmt::Debug for RedisTarget {
+    // Credentials stay out of debug output, as they do of `display`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisTarget({})", self.display)
+    }
+}
+
+impl RedisTarget {
+    /// The database number selected.
+    pub fn db(&self) -> i64 {
+        match &self.place {
+            Place::Fixed(info) => info.redis_settings().db(),
+            Place::Sentinel(target) => target.db,
+        }
+    }
 }
 
 impl ConnectionArgs {
@@ -99,6 +150,34 @@ impl ConnectionArgs {
     pub fn target(&self) -> Result<RedisTarget, Error> {
         let explicit =
             self.redis.is_some() || self.host.is_some() || self.port.is_some() || self.db.is_some();
+        if let Some(url) = &self.redis {
+            if let Some(target) = sentinel_url(url) {
+                let mut target = target.map_err(|reason| Error::BadAddress {
+                    address: redact_url(url),
+                    reason,
+                })?;
+                target.password = target.password.or_else(password_from_env);
+                target.sentinel_password = std::env::var("REDISFS_SENTINEL_PASSWORD")
+                    .ok()
+                    .filter(|p| !p.is_empty());
+                if self.tls.given() {
+                    if !target.tls {
+                        return Err(Error::BadAddress {
+                            address: redact_url(url),
+                            reason:
+                                "--tls-ca-cert and --tls-cert need a rediss+sentinel:// URL (TLS)"
+                                    .into(),
+                        });
+                    }
+                    target.certificates = Some(self.tls.certificates()?);
+                }
+                return Ok(RedisTarget {
+                    display: describe_sentinels(&target),
+                    place: Place::Sentinel(target),
+                    explicit,
+                });
+            }
+        }
         let mut info = match &self.redis {
             Some(url) => url
                 .as_str()
@@ -129,11 +208,7 @@ impl ConnectionArgs {
             }
         };
         if info.redis_settings().password().is_none() {
-            let from_env = std::env::var("REDISFS_PASSWORD")
-                .or_else(|_| std::env::var("REDISCLI_AUTH"))
-                .ok()
-                .filter(|p| !p.is_empty());
-            if let Some(password) = from_env {
+            if let Some(password) = password_from_env() {
                 let settings = info.redis_settings().clone().set_password(password);
                 info = info.set_redis_settings(settings);
             }
@@ -145,11 +220,142 @@ impl ConnectionArgs {
         let info = self.with_certificates(info)?;
         let display = describe(&info);
         Ok(RedisTarget {
-            info,
+            place: Place::Fixed(info),
             display,
             explicit,
         })
     }
+}
+
+/// The password of `REDISFS_PASSWORD`, or of `REDISCLI_AUTH` as redis-cli reads it.
+fn password_from_env() -> Option<String> {
+    std::env::var("REDISFS_PASSWORD")
+        .or_else(|_| std::env::var("REDISCLI_AUTH"))
+        .ok()
+        .filter(|p| !p.is_empty())
+}
+
+/// Reads `redis+sentinel://[user[:password]@]host[:port][,host[:port]…]/MASTER[/db]` (and
+/// `rediss+sentinel://`); `None` for other URLs, the reason for a bad one.
+fn sentinel_url(url: &str) -> Option<Result<SentinelTarget, String>> {
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+        (false, rest)
+    } else {
+        (true, url.strip_prefix("rediss+sentinel://")?)
+    };
+    Some(parse_sentinel_url(tls, rest))
+}
+
+fn parse_sentinel_url(tls: bool, rest: &str) -> Result<SentinelTarget, String> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|d| d.into_owned())
+            .map_err(|_| format!("'{s}' is not valid UTF-8 once decoded"))
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (user_info, hosts) = match authority.rsplit_once('@') {
+        Some((user_info, hosts)) => (Some(user_info), hosts),
+        None => (None, authority),
+    };
+    let (username, password) = match user_info.map(|u| u.split_once(':').unwrap_or((u, ""))) {
+        None => (None, None),
+        Some((user, password)) => (
+            Some(decode(user)?).filter(|u| !u.is_empty()),
+            Some(decode(password)?).filter(|p| !p.is_empty()),
+        ),
+    };
+    let mut sentinels = Vec::new();
+    for host_port in hosts.split(',') {
+        // An IPv6 address is written in brackets: `[::1]:26379`.
+        let (host, port) = match host_port.strip_prefix('[') {
+            Some(bracketed) => bracketed
+                .split_once(']')
+                .map(|(host, after)| (host, after.strip_prefix(':')))
+                .ok_or_else(|| format!("'{host_port}' lacks its ']'"))?,
+            None => match host_port.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (host_port, None),
+            },
+        };
+        let port = match port {
+            None => DEFAULT_SENTINEL_PORT,
+            Some(port) => port
+                .parse()
+                .map_err(|_| format!("'{port}' is not a port number"))?,
+        };
+        if host.is_empty() {
+            return Err("a sentinel's host is empty".into());
+        }
+        sentinels.push(if tls {
+            ConnectionAddr::TcpTls {
+                host: host.to_string(),
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(host.to_string(), port)
+        });
+    }
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    let master = decode(
+        segments
+            .next()
+            .ok_or("no master name after the sentinels (…/MASTER[/db])")?,
+    )?;
+    let db = match segments.next() {
+        None => 0,
+        Some(db) => db
+            .parse()
+            .map_err(|_| format!("'{db}' is not a database number"))?,
+    };
+    if let Some(extra) = segments.next() {
+        return Err(format!("unexpected '{extra}' after the database number"));
+    }
+    Ok(SentinelTarget {
+        sentinels,
+        master,
+        db,
+        username,
+        password,
+        sentinel_password: None,
+        tls,
+        certificates: None,
+    })
+}
+
+/// A sentinel target in URL form with no credentials.
+fn describe_sentinels(target: &SentinelTarget) -> String {
+    let hosts: Vec<String> = (target.sentinels.iter())
+        .map(|addr| match addr {
+            ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. }
+                if host.contains(':') =>
+            {
+                format!("[{host}]:{port}")
+            }
+            ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                format!("{host}:{port}")
+            }
+            other => format!("{other:?}"),
+        })
+        .collect();
+    let user = target
+        .username
+        .as_ref()
+        .map(|u| format!("{u}@"))
+        .unwrap_or_default();
+    format!(
+        "{}://{user}{}/{}/{}",
+        if target.tls {
+            "rediss+sentinel"
+        } else {
+            "redis+sentinel"
+        },
+        hosts.join(","),
+        target.master,
+        target.db
+    )
 }
 
 impl ConnectionArgs {
@@ -462,5 +668,44 @@ mod tests {
         };
         let err = args.target().unwrap_err().to_string();
         assert!(err.contains("http://nope"), "{err}");
+    }
+    #[test]
+    fn sentinel_urls_name_sentinels_a_primary_and_a_database() {
+        let target = |url: &str| {
+            let args = ConnectionArgs {
+                redis: Some(url.into()),
+                ..Default::default()
+            };
+            args.target().map_err(|e| e.to_string())
+        };
+        let t = target("redis+sentinel://app:s%40cret@h1:26380,h2,[::1]:26381/main/3").unwrap();
+        assert_eq!(
+            t.display,
+            "redis+sentinel://app@h1:26380,h2:26379,[::1]:26381/main/3"
+        );
+        let Place::Sentinel(s) = &t.place else {
+            panic!("not a sentinel target")
+        };
+        assert_eq!((s.master.as_str(), s.db, s.tls), ("main", 3, false));
+        assert_eq!(s.password.as_deref(), Some("s@cret"));
+        assert_eq!(t.db(), 3);
+        let tls = target("rediss+sentinel://h1/main").unwrap();
+        assert_eq!(tls.display, "rediss+sentinel://h1:26379/main/0");
+        for (bad, reason) in [
+            ("redis+sentinel://h1:26379", "no master name"),
+            (
+                "redis+sentinel://h1:port/main",
+                "'port' is not a port number",
+            ),
+            ("redis+sentinel://,h2/main", "host is empty"),
+            ("redis+sentinel://[::1/main", "lacks its ']'"),
+            ("redis+sentinel://h1/main/x", "'x' is not a database number"),
+            ("redis+sentinel://h1/main/0/more", "unexpected 'more'"),
+        ] {
+            let err = target(bad).unwrap_err();
+            assert!(err.contains(reason) && !err.contains('\n'), "{bad}: {err}");
+        }
+        let secret = target("redis+sentinel://u:hunter2@h1:x/main").unwrap_err();
+        assert!(!secret.contains("hunter2"), "{secret}");
     }
 }

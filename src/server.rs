@@ -26,6 +26,8 @@ pub struct ServerInfo {
     pub used_memory: u64,
     /// `run_id`: tells two connections to one server from connections to two.
     pub run_id: String,
+    /// `connected_slaves`: replicas linked to this server now.
+    pub replicas: u64,
 }
 
 impl ServerInfo {
@@ -97,6 +99,7 @@ impl ServerInfo {
             total_system_memory: num("total_system_memory"),
             used_memory: num("used_memory"),
             run_id: fields.get("run_id").unwrap_or(&"").to_string(),
+            replicas: num("connected_slaves"),
         }
     }
 

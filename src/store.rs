@@ -1,17 +1,20 @@
-//! The connection to Redis: one multiplexed, reconnecting connection, and the retry policy.
+//! The connection to Redis (see [`crate::link`]) and the retry policy.
 //!
 //! A lost connection is treated like a hard NFS mount: a request waits and retries with
-//! back-off until the I/O timeout passes, and only then fails. Retrying is ours to do: the
-//! client's `ConnectionManager` reconnects in the background but fails the request in flight.
+//! back-off until the I/O timeout passes, and only then fails. A connection that broke is
+//! replaced before the next attempt (by the primary the sentinels name now, where they do).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::Arc;
+
+use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, RedisError, RedisResult, Script, ServerErrorKind, Value};
 
 use crate::error::Error;
 use crate::keys::Keys;
+use crate::link::{Link, Node};
 use crate::options::RedisTarget;
 
 /// Arguments of one script call, after the prefix.
@@ -60,15 +63,46 @@ impl Request {
     }
 }
 
+/// A change answered by a primary that has replicas, numbered in the order of the answers:
+/// kept by its writer until a [`Replicated`] covers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answered {
+    /// The node it was sent to (see [`Node::generation`]).
+    pub generation: u64,
+    pub serial: u64,
+}
+
+/// A replica of node `generation` has every change that node answered up to `through`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replicated {
+    pub generation: u64,
+    pub through: u64,
+}
+
+impl Replicated {
+    /// Whether `answered` is known to be on a replica.
+    pub fn covers(&self, answered: Answered) -> bool {
+        answered.generation == self.generation && answered.serial <= self.through
+    }
+
+    /// Whether `answered` went to a primary replaced since, which may not have passed it on:
+    /// it must be written again.
+    pub fn lost(&self, answered: Answered) -> bool {
+        answered.generation < self.generation
+    }
+}
+
+/// How long one `WAIT` for a replica lasts before the replicas are counted again.
+const REPLICA_WAIT: Duration = Duration::from_secs(1);
+
 /// A connected Redis, the filesystem's key names, and the retry policy.
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
-    /// The client the connection came from (Pub/Sub opens its own connection with it).
-    pub client: redis::Client,
+    /// The connected server, replaced when it is lost.
+    pub link: Arc<Link>,
     /// Key names of the filesystem.
     pub keys: Keys,
-    /// The server's address, safe to print.
+    /// Where the server is, safe to print (the sentinels, for a Sentinel-managed one).
     pub address: String,
     /// The database number selected.
     pub db: i64,
@@ -76,6 +110,8 @@ pub struct Store {
     requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// How far Redis's clock is ahead of this machine's, in ms, as last measured.
     clock_offset: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// Changes answered that a writer keeps until a replica has them (see [`Answered`]).
+    answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Whether an error means "Redis is away for now" rather than "the request is wrong".
@@ -151,27 +187,18 @@ impl Store {
             context: context.to_string(),
             source,
         };
-        let client =
-            redis::Client::open(target.info.clone()).map_err(|e| redis_err("bad address", e))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(3)))
-            .set_response_timeout(Some(
-                io_timeout.clamp(Duration::from_secs(5), Duration::from_secs(30)),
-            ))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client.clone(), config)
+        let link = Link::open(target, io_timeout)
             .await
             .map_err(|e| redis_err("cannot connect", e))?;
         Ok(Store {
-            conn,
-            client,
+            link: Arc::new(link),
             keys: Keys::new(prefix),
             address: target.display.clone(),
-            db: target.info.redis_settings().db(),
+            db: target.db(),
             io_timeout,
             requests: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1)),
             clock_offset: std::sync::Arc::default(),
+            answered: std::sync::Arc::default(),
         })
     }
 
@@ -182,7 +209,7 @@ impl Store {
         // queued in a stalled Redis would put its clock far from where it is.
         let mut best: Option<(u64, i64)> = None;
         for _ in 0..3 {
-            let mut conn = self.conn.clone();
+            let mut conn = self.link.node().conn.clone();
             let before = crate::session::now_ms();
             let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
             let after = crate::session::now_ms();
@@ -217,6 +244,77 @@ impl Store {
         self.io_timeout
     }
 
+    /// The node a change is about to be sent to, if it has replicas: its writer keeps the
+    /// change until a replica has it (see [`Store::answered`]).
+    pub fn replicated_node(&self) -> Option<u64> {
+        let node = self.link.node();
+        (node.replicas.load(std::sync::atomic::Ordering::Relaxed) > 0).then_some(node.generation)
+    }
+
+    /// Numbers a change answered by the node of `generation` ([`Store::replicated_node`],
+    /// read before it was sent).
+    pub fn answered(&self, generation: u64) -> Answered {
+        let serial = self
+            .answered
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
+        Answered { generation, serial }
+    }
+
+    /// Waits until a replica of the primary has every change answered so far (at once, for a
+    /// primary without replicas), for up to the I/O timeout; a primary lost meanwhile is
+    /// replaced, and the answer says so (see [`Replicated::lost`]).
+    pub async fn reach_replicas(&self) -> RedisResult<Replicated> {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(5);
+        loop {
+            let node = self.link.node();
+            let through = self.answered.load(std::sync::atomic::Ordering::Acquire);
+            let confirmed = Replicated {
+                generation: node.generation,
+                through,
+            };
+            if node.replicas.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                return Ok(confirmed);
+            }
+            // WAIT covers its own connection's last write: a PUBLISH (which replicas receive
+            // too) on it puts that after every change already answered on the other one.
+            let mut pipe = redis::pipe();
+            pipe.cmd("PUBLISH")
+                .arg(self.keys.event_probes())
+                .arg("")
+                .ignore();
+            pipe.cmd("WAIT").arg(1).arg(REPLICA_WAIT.as_millis() as u64);
+            let waited: RedisResult<(u64,)> =
+                pipe.query_async(&mut node.replication_conn.clone()).await;
+            match waited {
+                Ok((acknowledged,)) if acknowledged >= 1 => return Ok(confirmed),
+                // No replica answered in time: perhaps none is left.
+                Ok(_) => {
+                    if node.count_replicas().await == Ok(0) {
+                        return Ok(confirmed);
+                    }
+                }
+                Err(e) if self.link.is_lost(&e) => {
+                    if let Err(e) = self.link.replace(node.generation).await {
+                        tracing::warn!("Redis at {} unavailable ({e}); retrying", self.address);
+                    }
+                }
+                Err(e) if is_transient(&e) => {}
+                Err(e) => return Err(e),
+            }
+            if started.elapsed() >= self.io_timeout {
+                return Err(RedisError::from((
+                    ErrorKind::Io,
+                    "no replica acknowledged the writes",
+                    format!("within {:?}", self.io_timeout),
+                )));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(200));
+        }
+    }
+
     /// The same connection, for the filesystem under another prefix.
     pub fn with_prefix(&self, prefix: &str) -> Store {
         Store {
@@ -236,19 +334,44 @@ impl Store {
         }
     }
 
-    /// Runs `op`, retrying with back-off while Redis is unreachable, up to the I/O timeout.
+    /// Runs `op` on a connection, retrying with back-off while Redis is unreachable, up to
+    /// the I/O timeout.
     pub async fn retry<T, F, Fut>(&self, op: F) -> RedisResult<T>
     where
-        F: Fn(ConnectionManager) -> Fut,
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        self.retry_on_node(|node| op(node.conn.clone())).await
+    }
+
+    /// Runs `op` on the node in use, retrying with back-off while Redis is unreachable, up
+    /// to the I/O timeout; a node lost is replaced before the next attempt.
+    pub async fn retry_on_node<T, F, Fut>(&self, op: F) -> RedisResult<T>
+    where
+        F: Fn(Arc<Node>) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         retry_while_away(&self.address, self.io_timeout, || {
             let started = std::time::Instant::now();
-            let reply = op(self.conn.clone());
+            let node = self.link.node();
+            let generation = node.generation;
+            let reply = op(node);
             async move {
                 let reply = reply.await;
                 crate::metrics::metrics().round_trip(started.elapsed());
-                reply
+                match reply {
+                    Err(e) if self.link.is_lost(&e) => match self.link.replace(generation).await {
+                        // Sent again, to the new node (a retry runs nothing twice).
+                        Ok(()) if !is_transient(&e) => Err(RedisError::from((
+                            ErrorKind::Io,
+                            "the primary moved",
+                            e.to_string(),
+                        ))),
+                        Ok(()) => Err(e),
+                        Err(unreachable) => Err(unreachable),
+                    },
+                    other => other,
+                }
             }
         })
         .await

@@ -15,7 +15,6 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::codec::Encoded;
-use crate::store::retry_while_away;
 
 /// Idle connections kept for the next batch.
 const IDLE_CONNECTIONS: usize = 8;
@@ -26,20 +25,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct BlockWriter {
     host: String,
     port: u16,
-    /// The server's address, safe to print.
-    address: String,
     /// AUTH and SELECT, sent on every new connection, and how many replies they draw.
     greeting: Vec<u8>,
     greeting_replies: usize,
     idle: Mutex<Vec<BufReader<TcpStream>>>,
-    io_timeout: Duration,
     reply_timeout: Duration,
 }
 
 impl BlockWriter {
-    /// A writer for the server `info` names (printed as `address`), or `None` for addresses
-    /// it does not speak.
-    pub fn new(info: &ConnectionInfo, address: &str, io_timeout: Duration) -> Option<BlockWriter> {
+    /// A writer for the server `info` names, or `None` for addresses it does not speak.
+    pub fn new(info: &ConnectionInfo, io_timeout: Duration) -> Option<BlockWriter> {
         let ConnectionAddr::Tcp(host, port) = info.addr() else {
             return None;
         };
@@ -63,23 +58,15 @@ impl BlockWriter {
         Some(BlockWriter {
             host: host.clone(),
             port: *port,
-            address: address.to_string(),
             greeting,
             greeting_replies,
             idle: Mutex::new(Vec::new()),
-            io_timeout,
             reply_timeout: io_timeout.clamp(Duration::from_secs(5), Duration::from_secs(30)),
         })
     }
 
-    /// Stores each block under its key (in one pipeline), retrying with back-off while Redis
-    /// is unreachable, up to the I/O timeout. Setting a block again is harmless, so a batch
-    /// cut short by a lost connection is simply sent again.
+    /// Stores each block under its key, in one pipeline.
     pub async fn set(&self, blocks: &[(String, &Encoded)]) -> RedisResult<()> {
-        retry_while_away(&self.address, self.io_timeout, || self.try_set(blocks)).await
-    }
-
-    async fn try_set(&self, blocks: &[(String, &Encoded)]) -> RedisResult<()> {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut conn = match idle {
             Some(conn) => conn,

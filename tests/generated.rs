@@ -88,6 +88,10 @@ const ENVIRONMENT: &[(&str, &str)] = &[
         "The Redis password, when the URL has none (never printed or logged).",
     ),
     (
+        "REDISFS_SENTINEL_PASSWORD",
+        "The sentinels' password, for a redis+sentinel:// URL.",
+    ),
+    (
         "RUST_LOG",
         "The log level and filter (for example redisfs=debug).",
     ),

@@ -251,7 +251,7 @@ const COMMANDS: &str = "+ping +hello +auth +select +client|setname +info +time +
      +get +set +del +incr +incrby +strlen +hget +hset +hdel +hgetall +hmget +hkeys +hvals +hlen +hexists \
      +hincrby +hscan +sadd +srem +smembers +srandmember +zadd +zrem +zscore +zrange +zrangebyscore \
      +rename +evalsha +eval +script|load \
-     +publish +subscribe +unsubscribe";
+     +publish +subscribe +unsubscribe +wait +role";
 
 #[test]
 fn a_user_confined_to_the_prefix_can_run_the_whole_flow() {

@@ -6,6 +6,11 @@
 //! ([`Buffers::committed`]); one that fails puts them back under whatever was written to those
 //! blocks meanwhile ([`Buffers::put_back`]). A read sees both layers over the stored block.
 //!
+//! Where the primary has replicas, a committed block is **unreplicated** until a replica is
+//! known to have it ([`Buffers::committed_unreplicated`], [`Buffers::replicated`]): should the
+//! primary fail before that, its replica, promoted, may lack the block, so the bytes are
+//! buffered again and stored on the new primary.
+//!
 //! Every buffer holds a [`Charge`] on the mount's [`WriteBudget`], given back when the buffer
 //! is dropped, so the count stays right however buffers move between the states.
 
@@ -16,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::blocks::Image;
+use crate::store::{Answered, Replicated};
 
 /// Bytes of unstored writes a mount may hold before writers must wait for stores.
 pub struct WriteBudget {
@@ -183,12 +189,20 @@ pub struct Buffers {
     /// When the oldest bytes in `dirty` were written.
     dirty_since: Option<Instant>,
     in_flight: BTreeMap<u64, Arc<BlockBuffer>>,
+    /// Committed blocks no replica is known to have, in the order of their commits (which
+    /// are one at a time per file).
+    unreplicated: Vec<(Answered, u64, Arc<BlockBuffer>)>,
 }
 
 impl Buffers {
-    /// Whether nothing is buffered or being stored.
+    /// Whether nothing is buffered, being stored, or waiting to reach a replica.
     pub fn is_empty(&self) -> bool {
-        self.dirty.is_empty() && self.in_flight.is_empty()
+        self.dirty.is_empty() && self.in_flight.is_empty() && self.unreplicated.is_empty()
+    }
+
+    /// Whether committed blocks wait to reach a replica.
+    pub fn has_unreplicated(&self) -> bool {
+        !self.unreplicated.is_empty()
     }
 
     /// How many dirty blocks are full.
@@ -233,11 +247,16 @@ impl Buffers {
         }
     }
 
-    /// The buffers over block `idx`, oldest first: in flight, then dirty.
+    /// The buffers over block `idx`, oldest first: unreplicated, in flight, then dirty.
     pub fn layers(&self, idx: u64) -> Vec<Arc<BlockBuffer>> {
-        [self.in_flight.get(&idx), self.dirty.get(&idx)]
-            .into_iter()
-            .flatten()
+        (self.unreplicated.iter())
+            .filter(|(_, i, _)| *i == idx)
+            .map(|(_, _, b)| b)
+            .chain(
+                [self.in_flight.get(&idx), self.dirty.get(&idx)]
+                    .into_iter()
+                    .flatten(),
+            )
             .cloned()
             .collect()
     }
@@ -271,6 +290,54 @@ impl Buffers {
         self.in_flight.remove(&idx);
     }
 
+    /// Block `idx`'s store committed, `answered` by a primary with replicas: kept until a
+    /// replica has it.
+    pub fn committed_unreplicated(&mut self, idx: u64, answered: Answered) {
+        if let Some(buffer) = self.in_flight.remove(&idx) {
+            self.unreplicated.push((answered, idx, buffer));
+        }
+    }
+
+    /// A replica has what `confirmed` covers: those blocks are let go. Blocks committed to a
+    /// primary replaced since are buffered again, under what was written to them later, to be
+    /// stored anew; says whether there were any.
+    pub fn replicated(&mut self, confirmed: Replicated) -> bool {
+        self.unreplicated
+            .retain(|(answered, _, _)| !confirmed.covers(*answered));
+        // Commits of one file go in order and to ever newer primaries: the lost come first.
+        let lost = (self.unreplicated.iter())
+            .take_while(|(answered, _, _)| confirmed.lost(*answered))
+            .count();
+        if lost == 0 {
+            return false;
+        }
+        let mut idxs: Vec<u64> = self.unreplicated[..lost]
+            .iter()
+            .map(|(_, i, _)| *i)
+            .collect();
+        idxs.sort_unstable();
+        idxs.dedup();
+        let gone: Vec<_> = self.unreplicated.drain(..lost).collect();
+        for idx in idxs {
+            // Every kept layer of the block, oldest first, then what flies and what is dirty.
+            let mut layers = (gone.iter().chain(&self.unreplicated))
+                .filter(|(_, i, _)| *i == idx)
+                .map(|(_, _, b)| b.clone());
+            let Some(oldest) = layers.next() else {
+                continue;
+            };
+            let merged = layers.chain(self.in_flight.get(&idx).cloned()).fold(
+                (*oldest).clone(),
+                |mut merged, newer| {
+                    merged.absorb(&newer);
+                    merged
+                },
+            );
+            self.buffer_again(idx, Arc::new(merged));
+        }
+        true
+    }
+
     /// Block `idx`'s store of `older` failed: its bytes go back to dirty, under anything
     /// written since. A block that has left flight meanwhile (committed by this store before
     /// it failed, and perhaps being stored again with newer bytes) is left alone.
@@ -283,6 +350,11 @@ impl Buffers {
             return;
         }
         self.in_flight.remove(&idx);
+        self.buffer_again(idx, older);
+    }
+
+    /// Buffers `older` bytes of block `idx` as dirty, under the dirty ones.
+    fn buffer_again(&mut self, idx: u64, older: Arc<BlockBuffer>) {
         let merged = match self.take_dirty(idx) {
             Some(newer) => {
                 let mut m = (*older).clone();
@@ -374,5 +446,45 @@ mod tests {
         assert_eq!(layers[0].data.as_slice(), b"aabb\0\0\0\0");
         buffers.committed(0);
         assert!(!buffers.is_empty());
+    }
+
+    #[test]
+    fn blocks_wait_for_a_replica_and_are_buffered_again_after_a_failover() {
+        let budget = WriteBudget::new(u64::MAX);
+        let mut buffers = Buffers::default();
+        let on = |generation, serial| Answered { generation, serial };
+        let commit = |buffers: &mut Buffers, idx, bytes: &[u8], answered| {
+            buffers.write(idx, 0, bytes, 4, &budget);
+            buffers.start_store(false, 64);
+            buffers.committed_unreplicated(idx, answered);
+        };
+        commit(&mut buffers, 0, b"aaaa", on(1, 1));
+        commit(&mut buffers, 1, b"bbbb", on(1, 2));
+        // Reads still see them; nothing is dirty.
+        assert_eq!(buffers.layers(0).len(), 1);
+        assert!(!buffers.is_empty() && buffers.start_store(false, 64).is_empty());
+        // A replica has the first.
+        let redone = buffers.replicated(Replicated {
+            generation: 1,
+            through: 1,
+        });
+        assert!(!redone && buffers.layers(0).is_empty() && buffers.layers(1).len() == 1);
+        // Block 1 is written again, and a store of it is in flight, when the primary is
+        // replaced: its old bytes go under both.
+        buffers.write(1, 2, b"cc", 4, &budget);
+        let flying = buffers.start_store(false, 64);
+        buffers.write(1, 3, b"d", 4, &budget);
+        assert!(buffers.replicated(Replicated {
+            generation: 2,
+            through: 5
+        }));
+        assert!(!buffers.has_unreplicated());
+        // The flight ends (say it failed): one dirty block, oldest bytes under newest.
+        let (idx, older) = flying.into_iter().next().unwrap();
+        buffers.put_back(idx, older);
+        let layers = buffers.layers(1);
+        assert_eq!(layers.len(), 1);
+        assert_eq!(layers[0].data.as_slice(), b"bbcd");
+        assert_eq!(buffers.start_store(false, 64).len(), 1);
     }
 }

@@ -798,10 +798,7 @@ impl fuser::Filesystem for RedisFs {
         reply: ReplyEmpty,
     ) {
         let timer = time_request!("fsyncdir");
-        // Changes deferred in leased directories are sent; all others are in Redis already.
-        self.serve(timer, reply, move |c| async move {
-            c.meta.send_deferred().await
-        });
+        self.serve(timer, reply, move |c| async move { c.sync_entries().await });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -153,6 +153,7 @@ impl Core {
         tokio::spawn(async move { core.reclaimer.run(&core.meta, queues.reclaims).await });
         tokio::spawn(self.clone().answer_freezes(queues.freezes));
         tokio::spawn(self.clone().write_back());
+        tokio::spawn(self.clone().replicate_in_background());
         tokio::spawn(self.meta.clone().send_in_background());
         tokio::spawn(self.clone().recaller(queues.recalls));
     }

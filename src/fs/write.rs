@@ -26,7 +26,8 @@ use crate::blocks::{Block, Image};
 use crate::codec::Encoded;
 use crate::error::FsError;
 use crate::fs::notify::Invalidation;
-use crate::meta::BlockSwap;
+use crate::meta::{redis_failure, BlockSwap};
+use crate::store::Replicated;
 
 use super::buffers::BlockBuffer;
 use super::{Core, OpenFile, MAX_FILE_SIZE};
@@ -45,6 +46,8 @@ const FLUSH_BATCH: usize = 64;
 const BATCHES_IN_FLIGHT: usize = 3;
 /// Stored bytes a batch may carry inside its commit call rather than in SETs before it.
 const INLINE_BYTES: usize = 256 << 10;
+/// How often committed blocks waiting to reach a replica are looked at.
+const REPLICATION_CHECK: Duration = Duration::from_millis(50);
 /// Attempts before a lost compare-and-swap becomes an error.
 pub(super) const ATTEMPTS: usize = 16;
 
@@ -187,6 +190,90 @@ impl Core {
                     st.buffers.put_back(idx, older);
                 }
                 failure.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Stores the file's buffers and, where the primary has replicas, waits until one has
+    /// every change answered so far: what `fsync` and `close` promise. Blocks committed to a
+    /// primary that failed before that are stored again on the one that replaced it.
+    pub async fn make_durable(self: &Arc<Self>, file: &OpenFile) -> Result<(), FsError> {
+        let started = std::time::Instant::now();
+        loop {
+            self.flush_file(file, false).await?;
+            if self.meta.store.replicated_node().is_none()
+                && !file.state().buffers.has_unreplicated()
+            {
+                return Ok(());
+            }
+            let confirmed = self
+                .meta
+                .store
+                .reach_replicas()
+                .await
+                .map_err(|e| redis_failure("waiting for a replica", &e))?;
+            self.replicated(confirmed);
+            if !file.state().has_pending() {
+                return Ok(());
+            }
+            if started.elapsed() >= self.meta.store.io_timeout() {
+                tracing::error!("inode {}: its writes reached no replica", file.ino);
+                return Err(FsError::Io);
+            }
+        }
+    }
+
+    /// Sends the changes deferred in leased directories (all others are in Redis already) and
+    /// sees every change answered so far reach a replica, where the primary has replicas
+    /// (`fsyncdir`).
+    pub async fn sync_entries(self: &Arc<Self>) -> Result<(), FsError> {
+        self.meta.send_deferred().await?;
+        if self.meta.store.replicated_node().is_some() {
+            let confirmed = (self.meta.store.reach_replicas().await)
+                .map_err(|e| redis_failure("waiting for a replica", &e))?;
+            self.replicated(confirmed);
+        }
+        Ok(())
+    }
+
+    /// Lets go of what `confirmed` says a replica has, in every open file; files with blocks
+    /// to store again (after a failover) are stored now, in the background.
+    fn replicated(self: &Arc<Self>, confirmed: Replicated) {
+        for file in self.open.all() {
+            let again = file.state().buffers.replicated(confirmed);
+            if again {
+                let core = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = core.freeze.pass(core.flush_file(&file, false)).await {
+                        tracing::warn!(
+                            "inode {}: storing again after a failover failed ({e}); kept buffered",
+                            file.ino
+                        );
+                    }
+                });
+            } else {
+                self.retire(&file);
+            }
+        }
+    }
+
+    /// Lets go of committed blocks once a replica has them, for as long as the mount runs:
+    /// their buffers count against the write budget meanwhile.
+    pub(super) async fn replicate_in_background(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(REPLICATION_CHECK);
+        loop {
+            tick.tick().await;
+            if !self
+                .open
+                .all()
+                .iter()
+                .any(|f| f.state().buffers.has_unreplicated())
+            {
+                continue;
+            }
+            match self.meta.store.reach_replicas().await {
+                Ok(confirmed) => self.replicated(confirmed),
+                Err(e) => tracing::warn!("waiting for a replica: {e}"),
             }
         }
     }
@@ -364,10 +451,12 @@ impl Core {
             st.stamps_times.then_some(st.attr.mtime)
         };
         let epoch = self.cache.epoch();
+        let replicated_node = self.meta.store.replicated_node();
         let (attr, lost) = self
             .meta
             .commit(file.ino, mtime, end, &swaps, &placed.inline, &placed.stored)
             .await?;
+        let answered = replicated_node.map(|node| self.meta.store.answered(node));
         // What the commit left is the truth, unless something changed since it began.
         self.cache.replace(epoch, attr);
         let mut st = file.state();
@@ -378,7 +467,10 @@ impl Core {
                 st.committed(idx, None);
                 continue;
             }
-            st.buffers.committed(idx);
+            match answered {
+                Some(answered) => st.buffers.committed_unreplicated(idx, answered),
+                None => st.buffers.committed(idx),
+            }
             st.committed(idx, Some(new_id));
             if new_id != 0 {
                 self.blocks.remember(new_id, image);

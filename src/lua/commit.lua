@@ -11,6 +11,20 @@ local lost, won, lo, hi = {}, 0, nil, nil
 local last_triple = #ARGV - 2 * tonumber(ARGV[6])
 -- Blocks first, as a mount that stores them separately does: a map never names a missing one.
 for i = last_triple + 1, #ARGV, 2 do redis.call('SET', block_key(ARGV[i]), ARGV[i + 1]) end
+-- A block stored before this call is missing if the primary it went to failed before its
+-- replica, now primary, had it: every entry is then lost, and the writer stores them again.
+for i = 7, last_triple, 3 do
+  local new = ARGV[i + 2]
+  if new ~= '0' and redis.call('EXISTS', block_key(new)) == 0 then
+    if not r then return { E.NOENT } end
+    local out = { 0, r }
+    for j = 7, last_triple, 3 do
+      if ARGV[j + 2] ~= '0' then redis.call('DEL', block_key(ARGV[j + 2])) end
+      out[#out + 1] = ARGV[j]
+    end
+    return out
+  end
+end
 for i = 7, last_triple, 3 do
   local idx, old, new = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local cur = r and (redis.call('HGET', map, idx) or '0')

@@ -8,6 +8,8 @@ local ino, ts, mask = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local function drop_new_tail() if ARGV[16] ~= '0' then redis.call('DEL', block_key(ARGV[16])) end end
 local r = rec(ino)
 if not r then drop_new_tail(); return { E.NOENT } end
+-- A new last block stored before this call and missing (see commit.lua): written again.
+if ARGV[16] ~= '0' and redis.call('EXISTS', block_key(ARGV[16])) == 0 then return { E.AGAIN } end
 if is_dir(r) then unleased(ino) end
 local function has(b) return bit.band(mask, b) ~= 0 end
 if has(8) then

@@ -152,15 +152,19 @@ impl Redis {
     }
 
     /// Starts a supervisor that runs redis-server and starts it again whenever it exits (until
-    /// told to stop). Restarts come from the supervisor, not from the test: a process the test
-    /// forks later would inherit its open files on a mount, and closing them at exec would wait
-    /// for the very server being restarted.
+    /// told to stop; not while held, see [`Redis::kill_and_hold`]). Restarts come from the
+    /// supervisor, not from the test: a process the test forks later would inherit its open
+    /// files on a mount, and closing them at exec would wait for the very server being
+    /// restarted.
     fn launch(&mut self) {
         let stop = self.dir.path().join("stop");
         let mut command = Command::new("sh");
         command
             .arg("-c")
-            .arg("while :; do redis-server \"$@\"; [ -e \"$0\" ] && exit 0; sleep 0.02; done")
+            .arg(
+                "while :; do redis-server \"$@\"; [ -e \"$0\" ] && exit 0; \
+                 while [ -e \"$0.hold\" ]; do sleep 0.02; done; sleep 0.02; done",
+            )
             .arg(&stop)
             .args([
                 "--port",
@@ -248,6 +252,30 @@ impl Redis {
         self.wait_until_up();
     }
 
+    /// Kills the server with SIGKILL and keeps it down until [`Redis::release`]: a machine that
+    /// died and comes back later, with no data (the test servers keep none) and the
+    /// configuration it started with.
+    pub fn kill_and_hold(&self) {
+        std::fs::write(self.dir.path().join("stop.hold"), b"").expect("hold file");
+        let old = self.server_pid();
+        // SAFETY: kill with the server's pid.
+        unsafe { libc::kill(old, libc::SIGKILL) };
+        wait_for("redis-server to die", Duration::from_secs(20), || {
+            !Path::new(&format!("/proc/{old}")).exists()
+        });
+    }
+
+    /// Starts a server held down by [`Redis::kill_and_hold`] again, and waits until it answers.
+    pub fn release(&self) {
+        std::fs::remove_file(self.dir.path().join("stop.hold")).expect("hold file");
+        self.wait_until_up();
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `redis://127.0.0.1:<port>/`
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
@@ -256,11 +284,23 @@ impl Redis {
     /// The URL of a link to this server adding `rtt` to every round trip, as if it ran on
     /// another host. The link serves until the test's process ends.
     pub fn url_at_distance(&self, rtt: Duration) -> String {
+        format!("redis://127.0.0.1:{}/", self.port_at_distance(rtt))
+    }
+
+    /// The port of a link to this server adding `rtt` to every round trip (see
+    /// [`Redis::url_at_distance`]).
+    pub fn port_at_distance(&self, rtt: Duration) -> u16 {
         let listener = TcpListener::bind("127.0.0.1:0").expect("a port for the link");
         let port = listener.local_addr().expect("the link's address").port();
         let target = ([127, 0, 0, 1], self.port).into();
         std::thread::spawn(move || delay_link::serve(listener, target, rtt));
-        format!("redis://127.0.0.1:{port}/")
+        port
+    }
+
+    /// Whether the server is a replica now.
+    pub fn is_replica(&self) -> bool {
+        self.cmd::<String>(&["INFO", "replication"])
+            .contains("role:slave")
     }
 
     /// A plain connection for inspecting or damaging keys.
@@ -304,6 +344,113 @@ impl Redis {
             .find_map(|l| l.strip_prefix("used_memory:"))
             .and_then(|v| v.trim().parse().ok())
             .expect("used_memory in INFO")
+    }
+}
+
+/// Redis Sentinels watching one primary, each a `redis-server --sentinel` on a free port, with
+/// a failover a second after the primary stops answering. Killed on drop.
+pub struct Sentinels {
+    children: Vec<Child>,
+    ports: Vec<u16>,
+    /// The name they know the primary by.
+    pub name: String,
+    /// Their configuration files and logs.
+    pub dir: tempfile::TempDir,
+}
+
+impl Sentinels {
+    /// Starts `count` sentinels watching `primary` (quorum: a majority) and waits until each
+    /// knows the others and the primary's `replicas`.
+    pub fn start(count: usize, name: &str, primary: &Redis, replicas: usize) -> Sentinels {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut sentinels = Sentinels {
+            children: Vec::new(),
+            ports: Vec::new(),
+            name: name.to_string(),
+            dir,
+        };
+        for i in 0..count {
+            let port = free_port();
+            let conf = sentinels.dir.path().join(format!("sentinel-{i}.conf"));
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel-{i}.log\n\
+                 sentinel monitor {name} 127.0.0.1 {primary} {quorum}\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 5000\n",
+                dir = sentinels.dir.path().display(),
+                primary = primary.port(),
+                quorum = count / 2 + 1,
+            );
+            std::fs::write(&conf, text).expect("sentinel configuration");
+            let mut command = Command::new("redis-server");
+            command
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            std::os::unix::process::CommandExt::process_group(&mut command, 0);
+            sentinels
+                .children
+                .push(command.spawn().expect("start redis-server --sentinel"));
+            sentinels.ports.push(port);
+        }
+        let log = sentinels.dir.path().join("sentinel-0.log");
+        for &port in &sentinels.ports {
+            let ask = |what: &str| -> usize {
+                let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) else {
+                    return 0;
+                };
+                let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(300))
+                else {
+                    return 0;
+                };
+                redis::cmd("SENTINEL")
+                    .arg(what)
+                    .arg(name)
+                    .query::<Vec<redis::Value>>(&mut conn)
+                    .map_or(0, |v| v.len())
+            };
+            wait_for(
+                &format!(
+                    "sentinels to know each other and the replicas (log: {})",
+                    log.display()
+                ),
+                Duration::from_secs(30),
+                || ask("sentinels") == count - 1 && ask("replicas") == replicas,
+            );
+        }
+        sentinels
+    }
+
+    /// `redis+sentinel://` with every sentinel, naming the primary.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = (self.ports.iter())
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+sentinel://{}/{}", hosts.join(","), self.name)
+    }
+
+    /// The port of the server the sentinels name as primary now.
+    pub fn primary_port(&self) -> Option<u16> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.ports[0])).ok()?;
+        let mut conn = client.get_connection().ok()?;
+        let (_, port): (String, u16) = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&self.name)
+            .query(&mut conn)
+            .ok()?;
+        Some(port)
+    }
+}
+
+impl Drop for Sentinels {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            // SAFETY: each sentinel leads its own process group.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+        }
     }
 }
 

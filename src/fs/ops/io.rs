@@ -316,10 +316,10 @@ impl Core {
             .then_some(Ok(()))
     }
 
-    /// Stores a handle's buffered writes (close, fsync).
-    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
+    /// Stores a handle's buffered writes, and sees them reach a replica (close, fsync).
+    pub async fn flush(self: &Arc<Self>, fh: u64) -> Result<(), FsError> {
         let file = self.file(fh)?;
-        self.flush_file(&file, false).await
+        self.make_durable(&file).await
     }
 }
 
