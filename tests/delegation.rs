@@ -302,3 +302,26 @@ fn without_delegation_every_create_is_in_redis_before_it_is_answered() {
     }
     assert_eq!(redis.cmd::<u64>(&["HLEN", "skx:lease"]), 0);
 }
+
+/// A script that makes a file and lists the directory, again and again, sees each file it
+/// made: whether a create is deferred or goes to Redis at once, the listing this mount last
+/// took of a directory leased to it is not reused once a name was made there.
+#[test]
+fn every_file_made_is_in_the_next_listing() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let m = Mount::new(&redis, "skx", &[]);
+    let dir = m.join("busy");
+    fs::create_dir(&dir).unwrap();
+    for made in 1..=100u64 {
+        fs::write(dir.join(format!("f{made}")), b"x").unwrap();
+        let listed = fs::read_dir(&dir).unwrap().count() as u64;
+        assert_eq!(listed, made, "the listing after making f{made}");
+        // As a script's next command would come: the deferred changes go meanwhile.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(m);
+    assert_clean(&redis, "skx");
+}

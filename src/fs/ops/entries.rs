@@ -117,8 +117,9 @@ impl Core {
             .inspect_err(|_| self.cache.forget_name(parent, name))?;
         // Kept rather than forgotten: the next create here needs the directory's mode and group.
         self.cache.replace(epoch, dir);
-        self.cache
-            .remember(self.cache.epoch(), Some((parent, name)), created);
+        // A change of this mount's own, as a deferred create is: it moves the epoch past what
+        // a listing taken before may reuse (see `Core::recent_listing`).
+        self.cache.set(Some((parent, name)), created);
         if kind == FileKind::Dir {
             self.cache.created_dir(names_epoch, created.ino);
         }
