@@ -66,6 +66,32 @@ pub struct Link {
     moved: tokio::sync::watch::Sender<u64>,
     config: AsyncConnectionConfig,
     io_timeout: Duration,
+    /// When the last replacement failed, and why.
+    last_failure: std::sync::Mutex<Option<(std::time::Instant, RedisError)>>,
+}
+
+/// How long the failure of a replacement stands for the callers that queued behind it.
+const RETRY_REPLACEMENT: Duration = Duration::from_millis(100);
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why no primary was connected: as it is (for a mount starting, which reports it), and as a
+/// running mount takes it (sentinels that name no primary yet, or name one that is not
+/// primary yet: a failover under way, waited out like an unreachable Redis).
+struct NotConnected {
+    found: RedisError,
+    while_running: RedisError,
+}
+
+impl From<RedisError> for NotConnected {
+    fn from(err: RedisError) -> NotConnected {
+        NotConnected {
+            found: err.clone(),
+            while_running: err,
+        }
+    }
 }
 
 impl Link {
@@ -83,7 +109,9 @@ impl Link {
             .set_response_timeout(Some(
                 io_timeout.clamp(Duration::from_secs(5), Duration::from_secs(30)),
             ));
-        let first = connect(&locator, &config, io_timeout, 1).await?;
+        let first = connect(&locator, &config, io_timeout, 1)
+            .await
+            .map_err(|e| e.found)?;
         Ok(Link {
             locator,
             node: RwLock::new(Arc::new(first)),
@@ -91,6 +119,7 @@ impl Link {
             moved: tokio::sync::watch::Sender::new(1),
             config,
             io_timeout,
+            last_failure: std::sync::Mutex::new(None),
         })
     }
 
@@ -120,7 +149,20 @@ impl Link {
         if self.node().generation != failed {
             return Ok(());
         }
-        let next = connect(&self.locator, &self.config, self.io_timeout, failed + 1).await?;
+        // Callers that queued behind an attempt that failed a moment ago share its error
+        // instead of each trying in turn.
+        let recent = lock(&self.last_failure).clone();
+        if let Some((_, err)) = recent.filter(|(when, _)| when.elapsed() < RETRY_REPLACEMENT) {
+            return Err(err);
+        }
+        let next = match connect(&self.locator, &self.config, self.io_timeout, failed + 1).await {
+            Ok(next) => next,
+            Err(e) => {
+                let err = e.while_running;
+                *lock(&self.last_failure) = Some((std::time::Instant::now(), err.clone()));
+                return Err(err);
+            }
+        };
         let address = next.address.clone();
         *self.node.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         self.moved.send_replace(failed + 1);
@@ -172,24 +214,22 @@ async fn connect(
     config: &AsyncConnectionConfig,
     io_timeout: Duration,
     generation: u64,
-) -> RedisResult<Node> {
+) -> Result<Node, NotConnected> {
     let client = match locator {
         Locator::Fixed(info) => Client::open(info.clone())?,
         Locator::Sentinel { sentinels, master } => {
             let mut sentinels = sentinels.lock().await;
-            sentinels.async_get_client().await.map_err(|e| {
-                if e.kind() == ErrorKind::MasterNameNotFoundBySentinel {
-                    e
-                } else {
-                    // No sentinel answered, or the one named is not (yet) primary: a failover
-                    // under way, waited out like any unreachable Redis.
-                    RedisError::from((
+            sentinels
+                .async_get_client()
+                .await
+                .map_err(|e| NotConnected {
+                    while_running: RedisError::from((
                         ErrorKind::Io,
                         "no primary found",
                         format!("the sentinels of {master}: {e}"),
-                    ))
-                }
-            })?
+                    )),
+                    found: e,
+                })?
         }
     };
     let conn = client

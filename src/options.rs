@@ -247,22 +247,25 @@ fn sentinel_url(url: &str) -> Option<Result<SentinelTarget, String>> {
 }
 
 fn parse_sentinel_url(tls: bool, rest: &str) -> Result<SentinelTarget, String> {
-    let decode = |s: &str| {
+    // (Errors never show the user name or password, which may be what did not decode.)
+    let decode = |s: &str, what: &str| {
         percent_encoding::percent_decode_str(s)
             .decode_utf8()
             .map(|d| d.into_owned())
-            .map_err(|_| format!("'{s}' is not valid UTF-8 once decoded"))
+            .map_err(|_| format!("the {what} is not valid UTF-8 once decoded"))
     };
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (user_info, hosts) = match authority.rsplit_once('@') {
-        Some((user_info, hosts)) => (Some(user_info), hosts),
-        None => (None, authority),
+    // The credentials end at the last '@' (a '/' in a password that should have been written
+    // %2F must not cut them short); the sentinels at the first '/' after them.
+    let (user_info, rest) = match rest.rsplit_once('@') {
+        Some((user_info, rest)) => (Some(user_info), rest),
+        None => (None, rest),
     };
+    let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
     let (username, password) = match user_info.map(|u| u.split_once(':').unwrap_or((u, ""))) {
         None => (None, None),
         Some((user, password)) => (
-            Some(decode(user)?).filter(|u| !u.is_empty()),
-            Some(decode(password)?).filter(|p| !p.is_empty()),
+            Some(decode(user, "user name")?).filter(|u| !u.is_empty()),
+            Some(decode(password, "password")?).filter(|p| !p.is_empty()),
         ),
     };
     let mut sentinels = Vec::new();
@@ -303,6 +306,7 @@ fn parse_sentinel_url(tls: bool, rest: &str) -> Result<SentinelTarget, String> {
         segments
             .next()
             .ok_or("no master name after the sentinels (…/MASTER[/db])")?,
+        "master name",
     )?;
     let db = match segments.next() {
         None => 0,
@@ -705,7 +709,13 @@ mod tests {
             let err = target(bad).unwrap_err();
             assert!(err.contains(reason) && !err.contains('\n'), "{bad}: {err}");
         }
-        let secret = target("redis+sentinel://u:hunter2@h1:x/main").unwrap_err();
-        assert!(!secret.contains("hunter2"), "{secret}");
+        for leaky in [
+            "redis+sentinel://u:hunter2@h1:x/main",
+            "redis+sentinel://u:hun/ter2@h1/main",
+            "redis+sentinel://u:hunter2%ff@h1/main",
+        ] {
+            let said = target(leaky).map(|t| t.display).unwrap_or_else(|e| e);
+            assert!(!said.contains("hunter") && !said.contains("ter2"), "{said}");
+        }
     }
 }

@@ -52,6 +52,15 @@ pub struct Request {
 }
 
 impl Request {
+    /// A request of `session` numbered `id`, sent before: for asking its ring of replies.
+    pub fn sent(session: u64, id: u64) -> Request {
+        Request {
+            session,
+            id,
+            bounded: false,
+        }
+    }
+
     /// The same request, refusing to run once its caller gave up on it: an attempt queued on
     /// a connection to a stalled Redis must not take effect after the caller was told it
     /// failed.
@@ -67,9 +76,12 @@ impl Request {
 /// kept by its writer until a [`Replicated`] covers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Answered {
-    /// The node it was sent to (see [`Node::generation`]).
+    /// The node it was sent to (see [`Node::generation`]); it may have been answered by a
+    /// later one.
     pub generation: u64,
     pub serial: u64,
+    /// The request, whose reply the ring of any primary that ran it holds.
+    pub request: Request,
 }
 
 /// A replica of node `generation` has every change that node answered up to `through`.
@@ -85,8 +97,8 @@ impl Replicated {
         answered.generation == self.generation && answered.serial <= self.through
     }
 
-    /// Whether `answered` went to a primary replaced since, which may not have passed it on:
-    /// it must be written again.
+    /// Whether `answered` went to a primary replaced since, which may not have passed it on
+    /// (unless the new primary's ring of replies has it, it must be written again).
     pub fn lost(&self, answered: Answered) -> bool {
         answered.generation < self.generation
     }
@@ -251,14 +263,23 @@ impl Store {
         (node.replicas.load(std::sync::atomic::Ordering::Relaxed) > 0).then_some(node.generation)
     }
 
-    /// Numbers a change answered by the node of `generation` ([`Store::replicated_node`],
-    /// read before it was sent).
-    pub fn answered(&self, generation: u64) -> Answered {
+    /// Numbers `request`, sent to the node of `generation` ([`Store::replicated_node`], read
+    /// before it was sent), now that it is answered.
+    pub fn answered(&self, generation: u64, request: Request) -> Answered {
         let serial = self
             .answered
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
             + 1;
-        Answered { generation, serial }
+        Answered {
+            generation,
+            serial,
+            request,
+        }
+    }
+
+    /// How many changes kept for a replica were answered so far.
+    pub fn answered_so_far(&self) -> u64 {
+        self.answered.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Waits until a replica of the primary has every change answered so far (at once, for a
@@ -288,7 +309,12 @@ impl Store {
             let waited: RedisResult<(u64,)> =
                 pipe.query_async(&mut node.replication_conn.clone()).await;
             match waited {
-                Ok((acknowledged,)) if acknowledged >= 1 => return Ok(confirmed),
+                // (Unless the link moved meanwhile: then the new node is asked.)
+                Ok((acknowledged,)) if acknowledged >= 1 => {
+                    if self.link.node().generation == node.generation {
+                        return Ok(confirmed);
+                    }
+                }
                 // No replica answered in time: perhaps none is left.
                 Ok(_) => {
                     if node.count_replicas().await == Ok(0) {

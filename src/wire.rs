@@ -10,7 +10,7 @@ use std::io::{self, IoSlice};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult};
+use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult, ServerErrorKind};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -186,5 +186,14 @@ fn refused(reason: String) -> RedisError {
     if reason.starts_with("LOADING") || reason.starts_with("TRYAGAIN") {
         return io::Error::new(io::ErrorKind::ConnectionRefused, reason).into();
     }
-    RedisError::from((ErrorKind::Extension, "Redis refused a block write", reason))
+    // A node demoted, or one whose primary is gone, is to be replaced, as the general client's
+    // errors say (see `Link::is_lost`).
+    let kind = if reason.starts_with("READONLY") {
+        ErrorKind::Server(ServerErrorKind::ReadOnly)
+    } else if reason.starts_with("MASTERDOWN") {
+        ErrorKind::Server(ServerErrorKind::MasterDown)
+    } else {
+        ErrorKind::Extension
+    };
+    RedisError::from((kind, "Redis refused a block write", reason))
 }

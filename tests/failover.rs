@@ -77,6 +77,22 @@ fn a_sentinel_failover_is_a_pause_that_loses_no_fsynced_record() {
             Ok(())
         })
     };
+    // Another program creates and lists files meanwhile: each request waits, none fails.
+    let lister = {
+        let (dir, stop) = (m.join("busy"), stop.clone());
+        fs::create_dir(&dir).unwrap();
+        std::thread::spawn(move || -> std::io::Result<u64> {
+            let mut made = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                fs::write(dir.join(format!("f{made}")), b"x")?;
+                made += 1;
+                let listed = fs::read_dir(&dir)?.count() as u64;
+                assert_eq!(listed, made, "the listing after f{made}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(made)
+        })
+    };
     let synced_at_least = |n: u64, why: &str| {
         common::eventually(why, Duration::from_secs(60), || {
             synced.load(Ordering::Acquire) >= n || writer.is_finished()
@@ -104,6 +120,10 @@ fn a_sentinel_failover_is_a_pause_that_loses_no_fsynced_record() {
         .join()
         .unwrap()
         .expect("the writer saw no error through the failover");
+    let made = lister
+        .join()
+        .unwrap()
+        .expect("creates and listings saw no error through the failover");
     let acknowledged = synced.load(Ordering::Acquire);
     assert_journal(&journal, acknowledged);
 
@@ -111,6 +131,9 @@ fn a_sentinel_failover_is_a_pause_that_loses_no_fsynced_record() {
     drop(m);
     let again = mount_through(&sentinels, "skx");
     assert_journal(&again.join("journal"), acknowledged);
+    // (The last create may have been answered but not sent when the first mount ended.)
+    let kept = fs::read_dir(again.join("busy")).unwrap().count() as u64;
+    assert!(kept + 1 >= made, "{kept} of {made} files");
     drop(again);
     common::assert_clean(&replica, "skx");
 }

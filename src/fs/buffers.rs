@@ -200,6 +200,11 @@ impl Buffers {
         self.dirty.is_empty() && self.in_flight.is_empty() && self.unreplicated.is_empty()
     }
 
+    /// Whether blocks are buffered or being stored.
+    pub fn has_unstored(&self) -> bool {
+        !self.dirty.is_empty() || !self.in_flight.is_empty()
+    }
+
     /// Whether committed blocks wait to reach a replica.
     pub fn has_unreplicated(&self) -> bool {
         !self.unreplicated.is_empty()
@@ -247,16 +252,13 @@ impl Buffers {
         }
     }
 
-    /// The buffers over block `idx`, oldest first: unreplicated, in flight, then dirty.
+    /// The buffers over block `idx`, oldest first: in flight, then dirty. (Unreplicated
+    /// blocks are in Redis, where a read finds them; after a failover that lost them they are
+    /// dirty again.)
     pub fn layers(&self, idx: u64) -> Vec<Arc<BlockBuffer>> {
-        (self.unreplicated.iter())
-            .filter(|(_, i, _)| *i == idx)
-            .map(|(_, _, b)| b)
-            .chain(
-                [self.in_flight.get(&idx), self.dirty.get(&idx)]
-                    .into_iter()
-                    .flatten(),
-            )
+        [self.in_flight.get(&idx), self.dirty.get(&idx)]
+            .into_iter()
+            .flatten()
             .cloned()
             .collect()
     }
@@ -298,30 +300,35 @@ impl Buffers {
         }
     }
 
-    /// A replica has what `confirmed` covers: those blocks are let go. Blocks committed to a
-    /// primary replaced since are buffered again, under what was written to them later, to be
-    /// stored anew; says whether there were any.
-    pub fn replicated(&mut self, confirmed: Replicated) -> bool {
-        self.unreplicated
-            .retain(|(answered, _, _)| !confirmed.covers(*answered));
-        // Commits of one file go in order and to ever newer primaries: the lost come first.
-        let lost = (self.unreplicated.iter())
-            .take_while(|(answered, _, _)| confirmed.lost(*answered))
-            .count();
-        if lost == 0 {
-            return false;
-        }
-        let mut idxs: Vec<u64> = self.unreplicated[..lost]
-            .iter()
+    /// The commits of blocks kept here that went to a primary replaced since `confirmed`:
+    /// whether each reached the new one is for its ring of replies to say.
+    pub fn sent_to_replaced(&self, confirmed: Replicated) -> impl Iterator<Item = Answered> + '_ {
+        (self.unreplicated.iter())
+            .map(|(answered, _, _)| *answered)
+            .filter(move |answered| confirmed.lost(*answered))
+    }
+
+    /// A replica has what `confirmed` covers, and the new primary has the commits `reached`
+    /// names: those blocks are let go. The others committed to a primary replaced since are
+    /// buffered again, each under every later write to its block (committed, flying or
+    /// dirty), to be stored anew; says whether there were any.
+    pub fn replicated(
+        &mut self,
+        confirmed: Replicated,
+        reached: impl Fn(Answered) -> bool,
+    ) -> bool {
+        let lost = |answered: Answered| confirmed.lost(answered) && !reached(answered);
+        let mut again: Vec<u64> = (self.unreplicated.iter())
+            .filter(|(answered, _, _)| lost(*answered))
             .map(|(_, i, _)| *i)
             .collect();
-        idxs.sort_unstable();
-        idxs.dedup();
-        let gone: Vec<_> = self.unreplicated.drain(..lost).collect();
-        for idx in idxs {
-            // Every kept layer of the block, oldest first, then what flies and what is dirty.
-            let mut layers = (gone.iter().chain(&self.unreplicated))
+        again.sort_unstable();
+        again.dedup();
+        for &idx in &again {
+            // From the block's first lost layer on, oldest first, then what flies.
+            let mut layers = (self.unreplicated.iter())
                 .filter(|(_, i, _)| *i == idx)
+                .skip_while(|(answered, _, _)| !lost(*answered))
                 .map(|(_, _, b)| b.clone());
             let Some(oldest) = layers.next() else {
                 continue;
@@ -335,7 +342,17 @@ impl Buffers {
             );
             self.buffer_again(idx, Arc::new(merged));
         }
-        true
+        // Kept: what neither a replica nor the new primary is known to have, and that is not
+        // buffered again.
+        self.unreplicated.retain(|(answered, idx, _)| {
+            !confirmed.covers(*answered) && !confirmed.lost(*answered) && !again.contains(idx)
+        });
+        !again.is_empty()
+    }
+
+    /// Whether a commit answered up to `through` still waits to reach a replica.
+    pub fn unreplicated_through(&self, through: u64) -> bool {
+        (self.unreplicated.iter()).any(|(answered, _, _)| answered.serial <= through)
     }
 
     /// Block `idx`'s store of `older` failed: its bytes go back to dirty, under anything
@@ -452,39 +469,57 @@ mod tests {
     fn blocks_wait_for_a_replica_and_are_buffered_again_after_a_failover() {
         let budget = WriteBudget::new(u64::MAX);
         let mut buffers = Buffers::default();
-        let on = |generation, serial| Answered { generation, serial };
-        let commit = |buffers: &mut Buffers, idx, bytes: &[u8], answered| {
-            buffers.write(idx, 0, bytes, 4, &budget);
+        let on = |generation, serial| Answered {
+            generation,
+            serial,
+            request: crate::store::Request::sent(1, serial),
+        };
+        let commit = |buffers: &mut Buffers, idx, at, bytes: &[u8], answered| {
+            buffers.write(idx, at, bytes, 4, &budget);
             buffers.start_store(false, 64);
             buffers.committed_unreplicated(idx, answered);
         };
-        commit(&mut buffers, 0, b"aaaa", on(1, 1));
-        commit(&mut buffers, 1, b"bbbb", on(1, 2));
-        // Reads still see them; nothing is dirty.
-        assert_eq!(buffers.layers(0).len(), 1);
+        let none_reached = |_: Answered| false;
+        commit(&mut buffers, 0, 0, b"aaaa", on(1, 1));
+        commit(&mut buffers, 1, 0, b"bbbb", on(1, 2));
+        commit(&mut buffers, 2, 0, b"zzzz", on(1, 3));
+        // Kept, not dirty: reads find them in Redis.
+        assert!(buffers.layers(0).is_empty() && buffers.has_unreplicated());
         assert!(!buffers.is_empty() && buffers.start_store(false, 64).is_empty());
         // A replica has the first.
-        let redone = buffers.replicated(Replicated {
+        let confirmed = Replicated {
             generation: 1,
             through: 1,
-        });
-        assert!(!redone && buffers.layers(0).is_empty() && buffers.layers(1).len() == 1);
-        // Block 1 is written again, and a store of it is in flight, when the primary is
-        // replaced: its old bytes go under both.
-        buffers.write(1, 2, b"cc", 4, &budget);
-        let flying = buffers.start_store(false, 64);
+        };
+        assert!(!buffers.replicated(confirmed, none_reached));
+        assert!(buffers.unreplicated_through(2) && !buffers.unreplicated_through(1));
+        // Node 1 is replaced. Block 1 is written again and committed on node 2 (which a
+        // replica confirms), then once more, and that store is in flight.
+        commit(&mut buffers, 1, 2, b"cc", on(2, 4));
         buffers.write(1, 3, b"d", 4, &budget);
-        assert!(buffers.replicated(Replicated {
+        let flying = buffers.start_store(false, 64);
+        let confirmed = Replicated {
             generation: 2,
-            through: 5
-        }));
+            through: 4,
+        };
+        let sent_before: Vec<u64> = (buffers.sent_to_replaced(confirmed))
+            .map(|a| a.serial)
+            .collect();
+        assert_eq!(sent_before, [2, 3]);
+        // Node 2's ring of replies has commit 3 (block 2), not commit 2 (block 1).
+        assert!(buffers.replicated(confirmed, |a| a.serial == 3));
         assert!(!buffers.has_unreplicated());
-        // The flight ends (say it failed): one dirty block, oldest bytes under newest.
+        // Block 1's lost bytes go under everything written to it later, the confirmed commit
+        // and the flying store included; block 2 is not stored again.
+        let layers = buffers.layers(1);
+        assert_eq!(layers.len(), 2, "in flight, and dirty again");
+        assert_eq!(layers[1].data.as_slice(), b"bbcd");
+        assert!(buffers.layers(2).is_empty());
+        // The flight ends (say it failed): its bytes go under the dirty ones, which win.
         let (idx, older) = flying.into_iter().next().unwrap();
         buffers.put_back(idx, older);
-        let layers = buffers.layers(1);
-        assert_eq!(layers.len(), 1);
-        assert_eq!(layers[0].data.as_slice(), b"bbcd");
+        assert_eq!(buffers.layers(1).len(), 1);
+        assert_eq!(buffers.layers(1)[0].data.as_slice(), b"bbcd");
         assert_eq!(buffers.start_store(false, 64).len(), 1);
     }
 }

@@ -50,16 +50,23 @@ impl FileState {
         self.buffers.drop_dirty();
     }
 
-    /// Whether writes are buffered or being stored.
+    /// Whether writes are buffered, being stored, or waiting to reach a replica: the file
+    /// stays in the table until none are.
     pub fn has_pending(&self) -> bool {
         !self.buffers.is_empty()
+    }
+
+    /// Whether writes are buffered or being stored: this mount knows the file's size and times
+    /// better than Redis does. (Blocks waiting to reach a replica are in Redis already.)
+    pub fn has_unstored(&self) -> bool {
+        self.buffers.has_unstored()
     }
 
     /// Takes attributes read from Redis, keeping the size and times of buffered writes.
     pub fn refresh(&mut self, remote: Attr) {
         let local = self.attr;
         self.attr = remote;
-        if self.has_pending() {
+        if self.has_unstored() {
             self.attr.size = local.size.max(remote.size);
             if self.stamps_times {
                 self.attr.mtime = local.mtime.max(remote.mtime);

@@ -157,7 +157,7 @@ impl OpenFiles {
             if entry.handles == 1 {
                 st.refresh(attr);
                 st.changed_elsewhere = false;
-                if !st.has_pending() {
+                if !st.has_unstored() {
                     st.forget_map(created);
                 }
             } else if newer() {
@@ -183,10 +183,17 @@ impl OpenFiles {
         if entry.handles > 0 {
             return None;
         }
-        let unstored = {
+        let (unstored, unreplicated) = {
             let st = file.state();
-            st.has_pending() && !st.orphaned
+            (
+                st.has_unstored() && !st.orphaned,
+                st.buffers.has_unreplicated(),
+            )
         };
+        if unreplicated && !unstored {
+            // Kept until a replica has its blocks (see `Core::replicated`), quietly.
+            return None;
+        }
         if unstored {
             tracing::warn!(
                 "inode {}: closed with data not yet stored; it is kept and stored when Redis \

@@ -15,7 +15,7 @@
 //! Up to `BATCHES_IN_FLIGHT` batches of a file are stored at once, so that encoding one
 //! overlaps the network time of another.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use crate::codec::Encoded;
 use crate::error::FsError;
 use crate::fs::notify::Invalidation;
 use crate::meta::{redis_failure, BlockSwap};
-use crate::store::Replicated;
+use crate::store::{Answered, Replicated};
 
 use super::buffers::BlockBuffer;
 use super::{Core, OpenFile, MAX_FILE_SIZE};
@@ -196,27 +196,30 @@ impl Core {
 
     /// Stores the file's buffers and, where the primary has replicas, waits until one has
     /// every change answered so far: what `fsync` and `close` promise. Blocks committed to a
-    /// primary that failed before that are stored again on the one that replaced it.
+    /// primary that failed before that, and that the new one lacks, are stored again there.
+    /// (Writes made meanwhile by other threads are not waited for.)
     pub async fn make_durable(self: &Arc<Self>, file: &OpenFile) -> Result<(), FsError> {
+        let store = &self.meta.store;
         let started = std::time::Instant::now();
+        if store.link.follows_sentinels() {
+            // Under Sentinel a new primary may have gained its replicas since it was counted.
+            let _ = store.link.node().count_replicas().await;
+        }
         loop {
             self.flush_file(file, false).await?;
-            if self.meta.store.replicated_node().is_none()
-                && !file.state().buffers.has_unreplicated()
+            let through = store.answered_so_far();
+            if store.replicated_node().is_none() && !file.state().buffers.has_unreplicated() {
+                return Ok(());
+            }
+            let confirmed = (store.reach_replicas().await)
+                .map_err(|e| redis_failure("waiting for a replica", &e))?;
+            let stored_again = self.replicated(confirmed).await?;
+            if !stored_again.contains(&file.ino)
+                && !file.state().buffers.unreplicated_through(through)
             {
                 return Ok(());
             }
-            let confirmed = self
-                .meta
-                .store
-                .reach_replicas()
-                .await
-                .map_err(|e| redis_failure("waiting for a replica", &e))?;
-            self.replicated(confirmed);
-            if !file.state().has_pending() {
-                return Ok(());
-            }
-            if started.elapsed() >= self.meta.store.io_timeout() {
+            if started.elapsed() >= store.io_timeout() {
                 tracing::error!("inode {}: its writes reached no replica", file.ino);
                 return Err(FsError::Io);
             }
@@ -231,49 +234,76 @@ impl Core {
         if self.meta.store.replicated_node().is_some() {
             let confirmed = (self.meta.store.reach_replicas().await)
                 .map_err(|e| redis_failure("waiting for a replica", &e))?;
-            self.replicated(confirmed);
+            self.replicated(confirmed).await?;
         }
         Ok(())
     }
 
-    /// Lets go of what `confirmed` says a replica has, in every open file; files with blocks
-    /// to store again (after a failover) are stored now, in the background.
-    fn replicated(self: &Arc<Self>, confirmed: Replicated) {
-        for file in self.open.all() {
-            let again = file.state().buffers.replicated(confirmed);
-            if again {
-                let core = self.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = core.freeze.pass(core.flush_file(&file, false)).await {
-                        tracing::warn!(
-                            "inode {}: storing again after a failover failed ({e}); kept buffered",
-                            file.ino
-                        );
-                    }
-                });
-            } else {
-                self.retire(&file);
+    /// Lets go, in every open file, of the blocks `confirmed` says a replica has, and of those
+    /// sent to a primary replaced since that the new one ran (its ring of replies says so);
+    /// the rest of those are buffered again and stored now, in the background. Answers the
+    /// inodes stored again.
+    async fn replicated(self: &Arc<Self>, confirmed: Replicated) -> Result<Vec<u64>, FsError> {
+        let files = self.open.all();
+        let suspects: Vec<Answered> = (files.iter())
+            .flat_map(|f| {
+                f.state()
+                    .buffers
+                    .sent_to_replaced(confirmed)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut reached = HashSet::new();
+        for answered in suspects {
+            let ran = (self.meta.store.ran(&answered.request).await).map_err(|e| {
+                redis_failure("asking whether a commit reached the new primary", &e)
+            })?;
+            if ran {
+                reached.insert(answered.serial);
             }
         }
+        let mut stored_again = Vec::new();
+        for file in files {
+            let again = (file.state().buffers)
+                .replicated(confirmed, |answered| reached.contains(&answered.serial));
+            if !again {
+                self.retire(&file);
+                continue;
+            }
+            stored_again.push(file.ino);
+            let core = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = core.freeze.pass(core.flush_file(&file, false)).await {
+                    tracing::warn!(
+                        "inode {}: storing again after a failover failed ({e}); kept buffered",
+                        file.ino
+                    );
+                }
+            });
+        }
+        Ok(stored_again)
     }
 
     /// Lets go of committed blocks once a replica has them, for as long as the mount runs:
     /// their buffers count against the write budget meanwhile.
     pub(super) async fn replicate_in_background(self: Arc<Self>) {
         let mut tick = tokio::time::interval(REPLICATION_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if !self
-                .open
-                .all()
-                .iter()
-                .any(|f| f.state().buffers.has_unreplicated())
-            {
+            let waiting = (self.open.all().iter()).any(|f| f.state().buffers.has_unreplicated());
+            if !waiting {
                 continue;
             }
-            match self.meta.store.reach_replicas().await {
-                Ok(confirmed) => self.replicated(confirmed),
-                Err(e) => tracing::warn!("waiting for a replica: {e}"),
+            let confirmed = match self.meta.store.reach_replicas().await {
+                Ok(confirmed) => confirmed,
+                Err(e) => {
+                    tracing::warn!("waiting for a replica: {e}");
+                    continue;
+                }
+            };
+            if let Err(e) = self.replicated(confirmed).await {
+                tracing::warn!("after a replica answered: {e}");
             }
         }
     }
@@ -452,11 +482,11 @@ impl Core {
         };
         let epoch = self.cache.epoch();
         let replicated_node = self.meta.store.replicated_node();
-        let (attr, lost) = self
+        let (attr, lost, request) = self
             .meta
             .commit(file.ino, mtime, end, &swaps, &placed.inline, &placed.stored)
             .await?;
-        let answered = replicated_node.map(|node| self.meta.store.answered(node));
+        let answered = replicated_node.map(|node| self.meta.store.answered(node, request));
         // What the commit left is the truth, unless something changed since it began.
         self.cache.replace(epoch, attr);
         let mut st = file.state();

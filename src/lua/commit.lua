@@ -16,12 +16,12 @@ for i = last_triple + 1, #ARGV, 2 do redis.call('SET', block_key(ARGV[i]), ARGV[
 for i = 7, last_triple, 3 do
   local new = ARGV[i + 2]
   if new ~= '0' and redis.call('EXISTS', block_key(new)) == 0 then
-    if not r then return { E.NOENT } end
     local out = { 0, r }
     for j = 7, last_triple, 3 do
       if ARGV[j + 2] ~= '0' then redis.call('DEL', block_key(ARGV[j + 2])) end
       out[#out + 1] = ARGV[j]
     end
+    if not r then return { E.NOENT } end
     return out
   end
 end

@@ -557,7 +557,7 @@ impl Meta {
             .filter(|&id| id != 0)
             .into_iter()
             .collect();
-        self.send_or_forget(&call, new_tail).await
+        Ok(self.send_or_forget(&call, new_tail).await?.0)
     }
 
     /// Swaps block-map entries; id 0 is a hole. New blocks are stored already (`stored`), or
@@ -571,7 +571,7 @@ impl Meta {
         swaps: &[BlockSwap],
         inline: &[(u64, Encoded)],
         stored: &[u64],
-    ) -> Result<(Attr, Vec<u64>), FsError> {
+    ) -> Result<(Attr, Vec<u64>, Request), FsError> {
         let call = calls::Commit {
             ino,
             mtime,
@@ -579,25 +579,26 @@ impl Meta {
             swaps,
             inline,
         };
-        self.send_or_forget(&call, stored.to_vec()).await
+        let ((attr, lost), request) = self.send_or_forget(&call, stored.to_vec()).await?;
+        Ok((attr, lost, request))
     }
 
     /// Sends `call`, for which the blocks `stored` were stored, after this mount's deferred
-    /// changes. Nothing stays behind when it fails: the blocks are deleted when the call was
+    /// changes; answers its reply and identity. Nothing stays behind when it fails: the blocks are deleted when the call was
     /// refused or never sent, and when its outcome is unknown (it may be queued in a stalled
     /// Redis), once its deadline has passed and its slot of the reply ring says it never ran.
     async fn send_or_forget<C: Call>(
         &self,
         call: &C,
         stored: Vec<u64>,
-    ) -> Result<C::Reply, FsError> {
+    ) -> Result<(C::Reply, Request), FsError> {
         if let Err(e) = self.send_deferred().await {
             crate::blocks::discard(&self.store, stored);
             return Err(e);
         }
         let request = self.store.request(self.session).bounded();
         match self.send(call, &request).await {
-            Ok(reply) => call.parse(reply),
+            Ok(reply) => Ok((call.parse(reply)?, request)),
             Err(failure) => {
                 self.blocks_of_failed(failure, request, stored);
                 Err(failure.into())

@@ -297,10 +297,13 @@ impl Redis {
         port
     }
 
-    /// Whether the server is a replica now.
+    /// Whether the server is a replica now (not while it cannot say: a server turned into a
+    /// replica drops its clients' connections as it loads its primary's data).
     pub fn is_replica(&self) -> bool {
-        self.cmd::<String>(&["INFO", "replication"])
-            .contains("role:slave")
+        let info: redis::RedisResult<String> = redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c));
+        info.is_ok_and(|text| text.contains("role:slave"))
     }
 
     /// A plain connection for inspecting or damaging keys.

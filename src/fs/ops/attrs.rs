@@ -45,7 +45,7 @@ impl Core {
         let epoch = self.cache.epoch();
         if let Some(f) = self.open.get(ino) {
             let st = f.state();
-            if st.has_pending() {
+            if st.has_unstored() {
                 return Ok(st.attr);
             }
         }

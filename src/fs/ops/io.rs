@@ -519,7 +519,7 @@ impl Core {
                 if swaps.is_empty() {
                     break;
                 }
-                let (_, lost) = self
+                let (_, lost, _) = self
                     .meta
                     .commit(file.ino, Some(Timestamp::now()), 0, &swaps, &[], &[])
                     .await?;
