@@ -54,6 +54,13 @@ fn a_sentinel_failover_is_a_pause_that_loses_no_fsynced_record() {
     // on the primary alone, unless the mount waited for the replica before answering.
     let far_primary = primary.port_at_distance(Duration::from_millis(40));
     let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &far_primary.to_string()]);
+    // A replica that never finished its first sync (Redis waits 5 s for more replicas before
+    // sending its data) is not one the sentinels would promote.
+    common::eventually("the replica to be in sync", Duration::from_secs(30), || {
+        replica
+            .cmd::<String>(&["INFO", "replication"])
+            .contains("master_link_status:up")
+    });
     let sentinels = Sentinels::start(3, "fsprimary", &primary, 1);
     let m = mount_through(&sentinels, "skx");
 
