@@ -128,7 +128,7 @@ impl Link {
         self.node.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Whether `err`, from node `failed`, means that node is not to be used again.
+    /// Whether `err`, from the node in use, means that node is not to be used again.
     pub fn is_lost(&self, err: &RedisError) -> bool {
         if err.is_unrecoverable_error() {
             return true;

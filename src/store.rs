@@ -283,17 +283,13 @@ impl Store {
     }
 
     /// Waits until a replica of the primary has every change answered so far (at once, for a
-    /// primary without replicas), for up to the I/O timeout; a primary lost meanwhile is
-    /// replaced, and the answer says so (see [`Replicated::lost`]).
+    /// primary without replicas), retrying as any request does, up to the I/O timeout; a
+    /// primary lost meanwhile is replaced, and the answer says so (see [`Replicated::lost`]).
     pub async fn reach_replicas(&self) -> RedisResult<Replicated> {
-        let started = Instant::now();
-        let mut delay = Duration::from_millis(5);
-        loop {
-            let node = self.link.node();
-            let through = self.answered.load(std::sync::atomic::Ordering::Acquire);
+        self.retry_on_node(|node| async move {
             let confirmed = Replicated {
                 generation: node.generation,
-                through,
+                through: self.answered.load(std::sync::atomic::Ordering::Acquire),
             };
             if node.replicas.load(std::sync::atomic::Ordering::Relaxed) == 0 {
                 return Ok(confirmed);
@@ -306,39 +302,22 @@ impl Store {
                 .arg("")
                 .ignore();
             pipe.cmd("WAIT").arg(1).arg(REPLICA_WAIT.as_millis() as u64);
-            let waited: RedisResult<(u64,)> =
-                pipe.query_async(&mut node.replication_conn.clone()).await;
-            match waited {
-                // (Unless the link moved meanwhile: then the new node is asked.)
-                Ok((acknowledged,)) if acknowledged >= 1 => {
-                    if self.link.node().generation == node.generation {
-                        return Ok(confirmed);
-                    }
-                }
-                // No replica answered in time: perhaps none is left.
-                Ok(_) => {
-                    if node.count_replicas().await == Ok(0) {
-                        return Ok(confirmed);
-                    }
-                }
-                Err(e) if self.link.is_lost(&e) => {
-                    if let Err(e) = self.link.replace(node.generation).await {
-                        tracing::warn!("Redis at {} unavailable ({e}); retrying", self.address);
-                    }
-                }
-                Err(e) if is_transient(&e) => {}
-                Err(e) => return Err(e),
+            let (acknowledged,): (u64,) =
+                pipe.query_async(&mut node.replication_conn.clone()).await?;
+            // No replica answered in time and none is left: nothing to wait for.
+            let answered = acknowledged >= 1 || node.count_replicas().await? == 0;
+            // (A node replaced meanwhile does not speak for the new one.)
+            if answered && self.link.node().generation == node.generation {
+                return Ok(confirmed);
             }
-            if started.elapsed() >= self.io_timeout {
-                return Err(RedisError::from((
-                    ErrorKind::Io,
-                    "no replica acknowledged the writes",
-                    format!("within {:?}", self.io_timeout),
-                )));
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(200));
-        }
+            // Waited for again, as a busy server is (the node itself stays in use).
+            Err(RedisError::from((
+                ErrorKind::Server(ServerErrorKind::TryAgain),
+                "no replica acknowledged the writes",
+                format!("on {}", node.address),
+            )))
+        })
+        .await
     }
 
     /// The same connection, for the filesystem under another prefix.
