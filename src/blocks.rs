@@ -11,7 +11,7 @@ use bytes::Bytes;
 use crate::codec::{self, Codec, Encoded};
 use crate::error::FsError;
 use crate::meta::redis_failure;
-use crate::store::Store;
+use crate::store::{Counter, Store};
 
 /// Block ids reserved from Redis at a time, so that writers rarely wait for an id.
 const ID_BATCH: u64 = 256;
@@ -145,13 +145,7 @@ impl BlockStore {
         while out.len() < count {
             if range.0 == range.1 {
                 let want = ID_BATCH.max((count - out.len()) as u64);
-                let end: u64 = self
-                    .store
-                    .cmd(
-                        redis::cmd("INCRBY")
-                            .arg(self.store.keys.next_block())
-                            .arg(want),
-                    )
+                let end = (self.store.reserve(Counter::Block, want))
                     .await
                     .map_err(|e| redis_failure("allocate block ids", &e))?;
                 *range = (end - want + 1, end + 1);

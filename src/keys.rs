@@ -61,6 +61,10 @@ pub const NEXT_BLOCK: Family = Family::single("NEXT_BLOCK_KEY", "next:blk");
 pub const NEXT_INODE: Family = Family::single("NEXT_INODE_KEY", "next:ino");
 /// `P:next:sid`: the session id counter.
 pub const NEXT_SESSION: Family = Family::single("NEXT_SESSION_KEY", "next:sid");
+/// `P:next:issuer`: the server (its replication id) each counter last handed out numbers on,
+/// counter key → id; a counter moves far ahead on a server that is not that one (see
+/// `issue` in `src/lua/prelude.lua`).
+pub const ISSUERS: Family = Family::single("ISSUERS_KEY", "next:issuer");
 /// `P:i:<bucket>`: the records of inodes `bucket * 64 ..`, field `ino % 64`.
 pub const INODES: Family = Family::numbered("inodes_key", "i:", "");
 /// `P:d:<ino>`: a directory's entries, name → type letter and inode number.
@@ -113,6 +117,7 @@ pub const FAMILIES: &[Family] = &[
     NEXT_BLOCK,
     NEXT_INODE,
     NEXT_SESSION,
+    ISSUERS,
     INODES,
     DIR,
     MAP,
@@ -216,6 +221,11 @@ impl Keys {
     /// See [`NEXT_SESSION`].
     pub fn next_session(&self) -> String {
         NEXT_SESSION.at(&self.base)
+    }
+
+    /// See [`ISSUERS`].
+    pub fn issuers(&self) -> String {
+        ISSUERS.at(&self.base)
     }
 
     /// The hash holding the record of `ino` (see [`INODES`]), and the field within it.
@@ -348,6 +358,8 @@ pub enum KeyKind {
     Stat,
     /// `next:ino`, `next:blk`, `next:sid`
     Counter,
+    /// `next:issuer`
+    Issuers,
     /// `i:<bucket>`
     Inodes(u64),
     /// `d:<ino>`
@@ -388,6 +400,7 @@ impl KeyKind {
             | KeyKind::Xattrs(_)
             | KeyKind::FreedMap(_)
             | KeyKind::Locks(_)
+            | KeyKind::Issuers
             | KeyKind::Leases => "hash",
             KeyKind::Counter | KeyKind::Block(_) | KeyKind::Symlink(_) => "string",
             KeyKind::Freeing => "set",
@@ -428,6 +441,7 @@ impl Keys {
             "meta" => KeyKind::Meta,
             "stat" => KeyKind::Stat,
             "next:ino" | "next:blk" | "next:sid" => KeyKind::Counter,
+            "next:issuer" => KeyKind::Issuers,
             "freeing" => KeyKind::Freeing,
             "sessions" => KeyKind::Sessions,
             "lease" => KeyKind::Leases,

@@ -151,6 +151,14 @@ fn read_only(prelude: &str, body: &str) -> Script {
 }
 
 impl Scripts {
+    /// Whether `script` may change something (is not one of the read-only ones).
+    pub fn changes(&self, script: &Script) -> bool {
+        let hash = script.get_hash();
+        ![&self.lookup, &self.records, &self.listing]
+            .iter()
+            .any(|s| s.get_hash() == hash)
+    }
+
     /// Builds every script (hashing them; nothing is sent yet).
     pub fn new() -> Scripts {
         let prelude = &prelude();
@@ -176,6 +184,21 @@ impl Scripts {
             deferred: writing_when_full(prelude, include_str!("lua/deferred.lua")),
         }
     }
+}
+
+/// `reserve.lua`: counts numbers off a counter for the caller, outside of any request's ring of
+/// replies (a reservation sent twice only wastes numbers) and of a snapshot's hold (a mount
+/// storing its buffers for the snapshot may need block ids). Every counting is there or in a
+/// script's `issue` (see `src/lua/prelude.lua`).
+pub fn reserve() -> &'static Script {
+    static RESERVE: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+    RESERVE.get_or_init(|| {
+        Script::new(&format!(
+            "{}\n{}",
+            prelude(),
+            include_str!("lua/reserve.lua")
+        ))
+    })
 }
 
 impl Default for Scripts {

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::Error;
-use crate::store::Store;
+use crate::store::{Counter, Store};
 
 /// A mount silent for this long is dead, unless configured otherwise (`--session-timeout`).
 pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -64,10 +64,7 @@ impl Session {
     ) -> Result<Session, Error> {
         let keys = &store.keys;
         let fail = |e| store.failed("registering the session")(e);
-        let id: u64 = store
-            .cmd(redis::cmd("INCR").arg(keys.next_session()))
-            .await
-            .map_err(fail)?;
+        let id = store.reserve(Counter::Session, 1).await.map_err(fail)?;
         let mut pipe = redis::pipe();
         let info = pipe
             .cmd("HSET")

@@ -41,6 +41,25 @@ impl ScriptArgs {
     }
 }
 
+/// A counter handing out numbers that are never handed out twice (see `src/lua/reserve.lua`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    Inode,
+    Block,
+    Session,
+}
+
+impl Counter {
+    /// The counter's name in `reserve.lua`'s arguments.
+    fn name(self) -> &'static str {
+        match self {
+            Counter::Inode => "inode",
+            Counter::Block => "block",
+            Counter::Session => "session",
+        }
+    }
+}
+
 /// The identity of one changing script call, the same for every attempt to send it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Request {
@@ -104,6 +123,19 @@ impl Replicated {
     }
 }
 
+/// What a mount knows of whether a failover lost changes it had answered (see
+/// [`Store::changes_lost`]).
+#[derive(Default)]
+struct Losses {
+    /// The last change answered on each node not yet looked at from a later one, oldest
+    /// node first.
+    last_changes: std::sync::Mutex<Vec<(u64, Request)>>,
+    /// One look at a new primary at a time.
+    looking: tokio::sync::Mutex<()>,
+    /// Failovers found to have lost changes this mount had answered.
+    count: std::sync::atomic::AtomicU64,
+}
+
 /// How long one `WAIT` for a replica lasts before the replicas are counted again.
 const REPLICA_WAIT: Duration = Duration::from_secs(1);
 
@@ -124,6 +156,7 @@ pub struct Store {
     clock_offset: std::sync::Arc<std::sync::atomic::AtomicI64>,
     /// Changes answered that a writer keeps until a replica has them (see [`Answered`]).
     answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    losses: Arc<Losses>,
 }
 
 /// Whether an error means "Redis is away for now" rather than "the request is wrong".
@@ -211,6 +244,7 @@ impl Store {
             requests: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1)),
             clock_offset: std::sync::Arc::default(),
             answered: std::sync::Arc::default(),
+            losses: Arc::default(),
         })
     }
 
@@ -275,6 +309,61 @@ impl Store {
             serial,
             request,
         }
+    }
+
+    /// Notes that `request`, a change sent to the node of `generation`, was answered.
+    pub fn changed(&self, generation: u64, request: Request) {
+        if request.session == 0 {
+            return;
+        }
+        let mut last = (self.losses.last_changes.lock()).unwrap_or_else(|p| p.into_inner());
+        match last.iter().position(|(on, _)| *on >= generation) {
+            Some(i) if last[i].0 == generation => last[i].1 = request,
+            Some(i) => last.insert(i, (generation, request)),
+            None => last.push((generation, request)),
+        }
+    }
+
+    /// How many failovers lost changes this mount had answered, as far as is known with the
+    /// node of `generation` in use: for each node replaced since, the new primary's ring of
+    /// replies says whether it has the last change answered there, and if it has, it has
+    /// every change before it (a replica takes changes in the order they ran).
+    pub async fn changes_lost(&self, generation: u64) -> RedisResult<u64> {
+        let losses = &self.losses;
+        let _one_look = losses.looking.lock().await;
+        let replaced: Vec<(u64, Request)> = {
+            let last = losses
+                .last_changes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            last.iter()
+                .copied()
+                .filter(|(on, _)| *on < generation)
+                .collect()
+        };
+        for (sent_on, request) in &replaced {
+            if !self.ran(request).await? {
+                tracing::error!(
+                    "the primary replaced (node {sent_on}, now {generation}) did not pass on \
+                     every change this mount had answered"
+                );
+                losses
+                    .count
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                break;
+            }
+        }
+        let mut last = losses
+            .last_changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        last.retain(|(on, request)| !replaced.contains(&(*on, *request)));
+        Ok(losses.count.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Failovers found so far to have lost changes this mount had answered.
+    pub fn losses(&self) -> u64 {
+        self.losses.count.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// How many changes kept for a replica were answered so far.
@@ -422,6 +511,21 @@ impl Store {
             )
             .await?;
         Ok(done.is_some_and(|d| d.starts_with(format!("{}:", request.id).as_bytes())))
+    }
+
+    /// Reserves `count` numbers of `counter`: the last of them (the first is `count - 1`
+    /// before it).
+    pub async fn reserve(&self, counter: Counter, count: u64) -> RedisResult<u64> {
+        let args = ScriptArgs::default().bytes(counter.name()).num(count);
+        let reply = self.script(crate::scripts::reserve(), 0, &args).await?;
+        match reply.get(1) {
+            Some(Value::Int(last)) => Ok(*last as u64),
+            other => Err(RedisError::from((
+                ErrorKind::Parse,
+                "reserving numbers",
+                format!("{other:?}"),
+            ))),
+        }
     }
 
     /// Runs a script with the prefix and the calling session as its first two arguments;

@@ -7,12 +7,57 @@ mod common;
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Mount, Redis, Sentinels};
+use common::{Link, Mount, Redis, Sentinels};
+
+/// A primary, its replica (which reaches it through a link the test can cut) and three
+/// sentinels watching them.
+struct Watched {
+    primary: Redis,
+    link: Link,
+    replica: Redis,
+    sentinels: Sentinels,
+}
+
+impl Watched {
+    /// Starts them, the link adding `rtt` to every round trip, and waits until the replica
+    /// is in sync: one that never finished its first sync (Redis waits 5 s for more replicas
+    /// before sending its data) is not one the sentinels would promote.
+    fn start(rtt: Duration) -> Watched {
+        let primary = Redis::start();
+        let link = primary.link_at_distance(rtt);
+        let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &link.port.to_string()]);
+        common::eventually("the replica to be in sync", Duration::from_secs(30), || {
+            replica
+                .cmd::<String>(&["INFO", "replication"])
+                .contains("master_link_status:up")
+        });
+        let sentinels = Sentinels::start(3, "fsprimary", &primary, 1);
+        Watched {
+            primary,
+            link,
+            replica,
+            sentinels,
+        }
+    }
+
+    /// Kills the primary and holds it down until the sentinels promote the replica, then
+    /// starts it again, empty (primary by its own account until the sentinels demote it).
+    fn fail_over(&self) {
+        self.primary.kill_and_hold();
+        common::eventually(
+            "the sentinels to promote the replica",
+            Duration::from_secs(30),
+            || self.sentinels.primary_port() == Some(self.replica.port()),
+        );
+        self.primary.release();
+    }
+}
 
 /// Mounts `prefix` through the sentinels.
 fn mount_through(sentinels: &Sentinels, prefix: &str) -> Mount {
@@ -49,20 +94,16 @@ fn a_sentinel_failover_is_a_pause_that_loses_no_fsynced_record() {
     if !common::ready() {
         return;
     }
-    let primary = Redis::start();
     // The replica is 40 ms from its primary: what the primary answered in its last 40 ms is
     // on the primary alone, unless the mount waited for the replica before answering.
-    let far_primary = primary.port_at_distance(Duration::from_millis(40));
-    let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &far_primary.to_string()]);
-    // A replica that never finished its first sync (Redis waits 5 s for more replicas before
-    // sending its data) is not one the sentinels would promote.
-    common::eventually("the replica to be in sync", Duration::from_secs(30), || {
-        replica
-            .cmd::<String>(&["INFO", "replication"])
-            .contains("master_link_status:up")
-    });
-    let sentinels = Sentinels::start(3, "fsprimary", &primary, 1);
-    let m = mount_through(&sentinels, "skx");
+    let watched = Watched::start(Duration::from_millis(40));
+    let Watched {
+        primary,
+        replica,
+        sentinels,
+        ..
+    } = &watched;
+    let m = mount_through(sentinels, "skx");
 
     let journal = m.join("journal");
     let synced = Arc::new(AtomicU64::new(0));
@@ -107,15 +148,8 @@ fn a_sentinel_failover_is_a_pause_that_loses_no_fsynced_record() {
     };
     synced_at_least(20, "the writer to sync 20 records");
 
-    primary.kill_and_hold();
     let before = synced.load(Ordering::Acquire);
-    common::eventually(
-        "the sentinels to promote the replica",
-        Duration::from_secs(30),
-        || sentinels.primary_port() == Some(replica.port()),
-    );
-    // Back, empty, and primary by its own account until the sentinels make it a replica.
-    primary.release();
+    watched.fail_over();
     common::eventually(
         "the old primary to be demoted",
         Duration::from_secs(30),
@@ -136,13 +170,126 @@ fn a_sentinel_failover_is_a_pause_that_loses_no_fsynced_record() {
 
     // A new mount, through the sentinels, reads what the new primary holds.
     drop(m);
-    let again = mount_through(&sentinels, "skx");
+    let again = mount_through(sentinels, "skx");
     assert_journal(&again.join("journal"), acknowledged);
     // (The last create may have been answered but not sent when the first mount ended.)
     let kept = fs::read_dir(again.join("busy")).unwrap().count() as u64;
     assert!(kept + 1 >= made, "{kept} of {made} files");
     drop(again);
-    common::assert_clean(&replica, "skx");
+    common::assert_clean(replica, "skx");
+}
+
+/// Files `dir/name0..` of `count`, each holding its own path (or empty).
+fn make_files(dir: &Path, name: &str, count: usize, with_content: bool) {
+    fs::create_dir(dir).unwrap();
+    for i in 0..count {
+        let path = dir.join(format!("{name}{i}"));
+        let content = if with_content {
+            path.to_string_lossy().into_owned()
+        } else {
+            String::new()
+        };
+        fs::write(&path, content).unwrap();
+    }
+}
+
+/// Every file `made` by [`make_files`] (with content) holds its own path under `root`.
+fn assert_files(root: &Path, made: &[(&str, &str, usize)]) {
+    for (dir, name, count) in made {
+        for i in 0..*count {
+            let rel = format!("{dir}/{name}{i}");
+            let got = fs::read_to_string(root.join(&rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+            assert!(got.ends_with(&rel), "{rel} holds {got:?}");
+        }
+    }
+}
+
+/// A primary that dies before its replica heard of the inode numbers, block ids and ranges of
+/// them it handed out leaves mounts holding numbers the new primary never counted: the new
+/// primary must not hand them out again. Mount A takes numbers while the primary's link to its
+/// replica is cut, the primary dies, the replica is promoted, and then A (with what it still
+/// holds) and a new mount B (with what the new primary counts) make files and write data: no
+/// file may end up with another's inode or blocks.
+#[test]
+fn numbers_a_dead_primary_handed_out_are_never_handed_out_again() {
+    if !common::ready() {
+        return;
+    }
+    let w = Watched::start(Duration::ZERO);
+    let a = mount_through(&w.sentinels, "skx");
+    common::eventually(
+        "the mount to reserve its first inode numbers",
+        Duration::from_secs(10),
+        || {
+            w.primary
+                .cmd::<Option<u64>>(&["GET", "skx:next:ino"])
+                .unwrap_or(0)
+                > 1
+        },
+    );
+    // The file written during the cut exists before it (what becomes of a file made during
+    // the cut is another test's question).
+    fs::File::create(a.join("x1")).unwrap().sync_all().unwrap();
+    // Everything so far is on the replica; nothing from now on will be.
+    let mut conn = w.primary.conn();
+    let _: () = redis::cmd("SET")
+        .arg("sync-mark")
+        .arg(1)
+        .query(&mut conn)
+        .unwrap();
+    let reached: u64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(10_000)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(reached, 1, "the replica acknowledged");
+    w.link.cut();
+
+    // More creates than one reservation of inode numbers holds, and a first write: a range
+    // of inode numbers and one of block ids, both known to the primary alone.
+    make_files(&a.join("lost"), "e", 1100, false);
+    let first = common::random_bytes(3 << 20, 1);
+    let writer = {
+        let (path, data) = (a.join("x1"), first.clone());
+        std::thread::spawn(move || fs::write(path, data))
+    };
+    common::eventually(
+        "the primary to hand out block ids",
+        Duration::from_secs(10),
+        || {
+            w.primary
+                .cmd::<Option<u64>>(&["GET", "skx:next:blk"])
+                .is_some_and(|n| n > 0)
+        },
+    );
+
+    w.fail_over();
+    writer
+        .join()
+        .unwrap()
+        .expect("the write closed across the failover");
+
+    // A goes on with the numbers it holds; B starts from what the new primary counts.
+    make_files(&a.join("a2"), "g", 30, true);
+    let second = common::random_bytes(3 << 20, 2);
+    fs::write(a.join("x2"), &second).unwrap();
+    let b = mount_through(&w.sentinels, "skx");
+    make_files(&b.join("b1"), "h", 1100, true);
+    let third = common::random_bytes(3 << 20, 3);
+    fs::write(b.join("y"), &third).unwrap();
+    drop(a);
+    drop(b);
+
+    let c = mount_through(&w.sentinels, "skx");
+    assert_files(&c.join(""), &[("a2", "g", 30), ("b1", "h", 1100)]);
+    for (name, data) in [("x1", &first), ("x2", &second), ("y", &third)] {
+        assert!(
+            fs::read(c.join(name)).unwrap() == *data,
+            "{name} as written"
+        );
+    }
+    drop(c);
+    common::assert_clean(&w.replica, "skx");
 }
 
 #[test]
@@ -167,4 +314,53 @@ fn sentinels_that_know_no_such_primary_are_named_in_one_line() {
         text.contains("unknown") && text.contains("redis+sentinel://"),
         "{text}"
     );
+}
+
+/// A file made while the primary's link to its replica is cut exists on the primary alone: when
+/// that primary dies, its `fsync` cannot have kept it, and must say so (`EIO`), with data
+/// written to it or without; so must an `fsyncdir` of the directory the files were made in.
+#[test]
+fn an_fsync_or_fsyncdir_that_a_failover_took_the_files_from_fails() {
+    if !common::ready() {
+        return;
+    }
+    let w = Watched::start(Duration::ZERO);
+    let a = mount_through(&w.sentinels, "skx");
+    fs::create_dir(a.join("d")).unwrap();
+    fs::File::open(a.join("d")).unwrap().sync_all().unwrap();
+    let dir_key = format!("skx:d:{}", fs::metadata(a.join("d")).unwrap().ino());
+    w.link.cut();
+    let fsync_new_file = |name: &str, size: usize| {
+        let path = a.join("d").join(name);
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let mut f = fs::File::create(path)?;
+            f.write_all(&common::random_bytes(size, 1))?;
+            f.sync_all()
+        })
+    };
+    let written = fsync_new_file("written", 100_000);
+    let empty = fsync_new_file("empty", 0);
+    let listed = {
+        let dir = a.join("d");
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let handle = fs::File::open(&dir)?;
+            fs::write(dir.join("unsynced"), b"")?;
+            handle.sync_all()
+        })
+    };
+    common::eventually(
+        "the primary to have the three files",
+        Duration::from_secs(10),
+        || w.primary.cmd::<u64>(&["HLEN", &dir_key]) == 3,
+    );
+    w.fail_over();
+    for (name, fsynced) in [("written", written), ("empty", empty), ("d", listed)] {
+        let err = fsynced.join().unwrap().expect_err(name);
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{name}: {err}");
+    }
+    drop(a);
+    let again = mount_through(&w.sentinels, "skx");
+    assert_eq!(fs::read_dir(again.join("d")).unwrap().count(), 0);
+    drop(again);
+    common::assert_clean(&w.replica, "skx");
 }

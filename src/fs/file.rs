@@ -42,6 +42,10 @@ pub struct FileState {
     pub ahead_to: u64,
     /// Whether this mount sets mtime/ctime on writes (the kernel does with its writeback cache).
     pub stamps_times: bool,
+    /// The inode is gone from Redis while open here: a primary that failed took its creation
+    /// along, or other mounts took this one for dead and let its files go. What was written
+    /// to it cannot be stored, and `fsync` and `close` say so.
+    pub lost: bool,
 }
 
 impl FileState {
@@ -130,11 +134,16 @@ pub struct OpenFile {
     /// This mount's open of the file is registered in Redis (see `src/lua/prelude.lua`), so
     /// that a removal by another mount keeps its data; its last close here ends it.
     pub registered: AtomicBool,
+    /// The node (see `Node::generation`) on which the inode was last known to be in Redis:
+    /// after a failover, `fsync` makes sure the new primary has it (see
+    /// [`Core::make_durable`]).
+    pub known_on: AtomicU64,
 }
 
 impl OpenFile {
-    /// A newly opened inode; `created` means this mount just made it (its map is empty).
-    pub fn new(attr: Attr, created: bool, stamps_times: bool) -> OpenFile {
+    /// A newly opened inode; `created` means this mount just made it (its map is empty);
+    /// `generation` is the node in use (see [`OpenFile::known_on`]).
+    pub fn new(attr: Attr, created: bool, stamps_times: bool, generation: u64) -> OpenFile {
         OpenFile {
             ino: attr.ino,
             state: Mutex::new(FileState {
@@ -149,12 +158,14 @@ impl OpenFile {
                 read_end: 0,
                 ahead_to: 0,
                 stamps_times,
+                lost: false,
             }),
             flush_lock: tokio::sync::Mutex::new(()),
             commit_lock: tokio::sync::Mutex::new(()),
             storing: AtomicBool::new(false),
             born_in: AtomicU64::new(0),
             registered: AtomicBool::new(false),
+            known_on: AtomicU64::new(generation),
         }
     }
 

@@ -793,12 +793,16 @@ impl fuser::Filesystem for RedisFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
         let timer = time_request!("fsyncdir");
-        self.serve(timer, reply, move |c| async move { c.sync_entries().await });
+        self.serve(
+            timer,
+            reply,
+            move |c| async move { c.sync_entries(fh.0).await },
+        );
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -139,17 +139,19 @@ impl OpenFiles {
 
     /// Registers a new handle on `attr`'s inode. At the first open what Redis says is the
     /// truth (close-to-open); at another, `attr` is taken if `newer()` says nothing changed
-    /// the inode since it was read (it may be another mount's change).
+    /// the inode since it was read (it may be another mount's change). `generation`: the
+    /// node in use.
     pub fn attach(
         &self,
         attr: Attr,
         created: bool,
+        generation: u64,
         newer: impl FnOnce() -> bool,
     ) -> (u64, Arc<OpenFile>) {
         let file = {
             let mut files = lock(&self.files);
             let entry = files.entry(attr.ino).or_insert_with(|| OpenInode {
-                file: Arc::new(OpenFile::new(attr, created, self.stamps_times)),
+                file: Arc::new(OpenFile::new(attr, created, self.stamps_times, generation)),
                 handles: 0,
             });
             entry.handles += 1;

@@ -16,6 +16,7 @@
 //! overlaps the network time of another.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use crate::meta::{redis_failure, BlockSwap};
 use crate::store::{Answered, Replicated};
 
 use super::buffers::BlockBuffer;
+use super::file::FileState;
 use super::{Core, OpenFile, MAX_FILE_SIZE};
 
 /// Full buffered blocks of one file that start storing them in the background.
@@ -181,6 +183,9 @@ impl Core {
                     // A file kept after a close that could not store it leaves the table now.
                     self.retire(file);
                 }
+                if file.state().lost {
+                    failure.get_or_insert(FsError::Io);
+                }
                 return failure.map_or(Ok(()), Err);
             };
             if let Err(e) = stored {
@@ -207,6 +212,7 @@ impl Core {
         }
         loop {
             self.flush_file(file, false).await?;
+            self.still_there(file, store.link.node().generation).await?;
             let through = store.answered_so_far();
             if store.replicated_node().is_none() && !file.state().buffers.has_unreplicated() {
                 return Ok(());
@@ -214,6 +220,7 @@ impl Core {
             let confirmed = (store.reach_replicas().await)
                 .map_err(|e| redis_failure("waiting for a replica", &e))?;
             let stored_again = self.replicated(confirmed).await?;
+            self.still_there(file, confirmed.generation).await?;
             if !stored_again.contains(&file.ino)
                 && !file.state().buffers.unreplicated_through(through)
             {
@@ -226,15 +233,43 @@ impl Core {
         }
     }
 
+    /// After a failover, whether the new primary has the inode of `file`: the primary that
+    /// failed may have had its creation alone (`EIO` then, and the file is lost).
+    async fn still_there(&self, file: &OpenFile, generation: u64) -> Result<(), FsError> {
+        if file.known_on.load(Ordering::Acquire) >= generation {
+            return Ok(());
+        }
+        match self.meta.getattr(file.ino).await {
+            Ok(_) => {
+                file.known_on.fetch_max(generation, Ordering::AcqRel);
+                Ok(())
+            }
+            Err(FsError::NotFound) => {
+                file_lost(file.ino, &mut file.state());
+                Err(FsError::Io)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sends the changes deferred in leased directories (all others are in Redis already) and
     /// sees every change answered so far reach a replica, where the primary has replicas
-    /// (`fsyncdir`).
-    pub async fn sync_entries(self: &Arc<Self>) -> Result<(), FsError> {
+    /// (`fsyncdir` on handle `fh`); `EIO` when a failover lost changes this mount had
+    /// answered, once per handle.
+    pub async fn sync_entries(self: &Arc<Self>, fh: u64) -> Result<(), FsError> {
         self.meta.send_deferred().await?;
-        if self.meta.store.replicated_node().is_some() {
-            let confirmed = (self.meta.store.reach_replicas().await)
+        let store = &self.meta.store;
+        let mut generation = store.link.node().generation;
+        if store.replicated_node().is_some() {
+            let confirmed = (store.reach_replicas().await)
                 .map_err(|e| redis_failure("waiting for a replica", &e))?;
             self.replicated(confirmed).await?;
+            generation = confirmed.generation;
+        }
+        let losses = (store.changes_lost(generation).await)
+            .map_err(|e| redis_failure("asking whether changes reached the new primary", &e))?;
+        if self.losses_untold(fh, losses)? {
+            return Err(FsError::Io);
         }
         Ok(())
     }
@@ -348,11 +383,13 @@ impl Core {
                 .await
             {
                 Err(FsError::NotFound) => {
-                    // The inode was deleted under us (the script dropped the new blocks).
+                    // The inode is gone from Redis, though this mount's open kept it (the
+                    // script dropped the new blocks): nowhere to store them.
                     let mut st = file.state();
                     for (idx, _) in &todo {
                         st.buffers.committed(*idx);
                     }
+                    file_lost(file.ino, &mut st);
                     return Ok(());
                 }
                 // Whatever became of the blocks stored for it, `Meta::commit` sees to them.
@@ -508,4 +545,14 @@ impl Core {
         }
         Ok(lost)
     }
+}
+
+/// Marks an open file whose inode is gone from Redis as lost (see [`FileState::lost`]).
+fn file_lost(ino: u64, st: &mut FileState) {
+    if !st.lost {
+        tracing::error!(
+            "inode {ino} is gone from Redis while open here: what was written to it is lost"
+        );
+    }
+    st.lost = true;
 }

@@ -18,7 +18,7 @@ use crate::meta::DirEntry;
 use crate::meta::Meta;
 use crate::scripts::Scripts;
 use crate::session::now_ms;
-use crate::store::Store;
+use crate::store::{Counter, Store};
 use crate::tool::Progress;
 
 /// The directory unreachable inodes are linked into.
@@ -649,11 +649,9 @@ impl Checker<'_> {
             Some(lf) => lf,
             None => {
                 let keys = &self.store.keys;
-                let ino: u64 = self
-                    .store
-                    .cmd(redis::cmd("INCR").arg(keys.next_inode()))
+                let ino = (self.store.reserve(Counter::Inode, 1))
                     .await
-                    .map_err(self.store.failed("INCR"))?;
+                    .map_err(self.store.failed("reserving an inode number"))?;
                 let mut attr = Attr::new(FileKind::Dir, 0o700, 0, 0, Timestamp::now());
                 attr.ino = ino;
                 attr.parent = 1;
@@ -843,10 +841,9 @@ impl Checker<'_> {
         let keys = &self.store.keys;
         let store = self.store;
         let copy: u64 = if self.findings.repairing() {
-            store
-                .cmd(redis::cmd("INCR").arg(keys.next_block()))
+            (store.reserve(Counter::Block, 1))
                 .await
-                .map_err(store.failed("INCR"))?
+                .map_err(store.failed("reserving a block id"))?
         } else {
             0
         };

@@ -2,7 +2,7 @@
 if redis.call('EXISTS', META_KEY) == 1 then return { E.EXIST } end
 redis.call('HSET', META_KEY, 'version', ARGV[3], 'block_size', ARGV[4], 'codec', ARGV[5],
   'uuid', ARGV[6], 'created', ARGV[7], 'acl', ARGV[9], 'state', 'ready')
-redis.call('SET', NEXT_INODE_KEY, 1)
+start_counters()
 put(1, ARGV[8])
 save()
 redis.call('HSET', STAT_KEY, 'inodes', 1, 'blocks', 0, 'stored_bytes', 0, 'file_bytes', 0)

@@ -52,6 +52,31 @@ local function flush_stats()
   stats = {}
 end
 
+-- Numbers handed out by a counter (inodes, blocks, sessions) must never be handed out twice,
+-- yet a primary that dies, or a server restarted from its files, can have handed out numbers
+-- that its successor never heard of while mounts still hold and use them. The first count on
+-- a server other than the one that counted last therefore moves the counter further on than
+-- any such loss could reach (a replication id changes with every promotion and restart). A
+-- filesystem made before the record of issuers moves on once.
+local JUMP = { [NEXT_INODE_KEY] = 16777216, [NEXT_BLOCK_KEY] = 4294967296, [NEXT_SESSION_KEY] = 65536 }
+local function this_server() return string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') end
+local function issue(counter, n)
+  local server = this_server()
+  if redis.call('HGET', ISSUERS_KEY, counter) ~= server then
+    redis.call('INCRBY', counter, JUMP[counter])
+    redis.call('HSET', ISSUERS_KEY, counter, server)
+  end
+  return redis.call('INCRBY', counter, n)
+end
+-- A new filesystem's counters, counting on this server.
+local function start_counters()
+  local server = this_server()
+  redis.call('SET', NEXT_INODE_KEY, 1)
+  redis.call('SET', NEXT_BLOCK_KEY, 0)
+  redis.call('SET', NEXT_SESSION_KEY, 0)
+  redis.call('HSET', ISSUERS_KEY, NEXT_INODE_KEY, server, NEXT_BLOCK_KEY, server, NEXT_SESSION_KEY, server)
+end
+
 local function splice(r, off, bytes) return string.sub(r, 1, off) .. bytes .. string.sub(r, off + #bytes + 1) end
 local function mode(r) return (struct.unpack('<I2', r, AT.MODE + 1)) end
 local function is_dir(r) return bit.band(mode(r), S_IFMT) == S_IFDIR end

@@ -42,7 +42,7 @@ use super::{checked, redis_failure, Meta};
 use crate::attr::{Attr, FileKind, Timestamp};
 use crate::error::FsError;
 use crate::scripts::Scripts;
-use crate::store::{Request, ScriptArgs};
+use crate::store::{Counter, Request, ScriptArgs};
 
 /// Changes sent per script call.
 pub const BATCH: usize = 256;
@@ -466,6 +466,7 @@ impl Meta {
         let _turn = d.sending.lock().await;
         while let Some(batch) = d.next_batch(upto, || self.store.request(self.session)) {
             let script = Batch::script(&self.scripts);
+            let generation = self.store.link.node().generation;
             let reply = self
                 .store
                 .script_as(script, &batch.request, &batch.args())
@@ -473,6 +474,7 @@ impl Meta {
             let refusal = match reply {
                 Ok(reply) => match checked(reply).and_then(|r| batch.parse(r)) {
                     Ok(full) => {
+                        self.store.changed(generation, batch.request);
                         d.full.store(full, Ordering::Release);
                         d.settled(&batch);
                         continue;
@@ -528,13 +530,7 @@ impl Meta {
 
     /// Reserves inode numbers for deferred creates.
     pub async fn reserve_inos(&self) -> Result<(), FsError> {
-        let end: u64 = self
-            .store
-            .cmd(
-                redis::cmd("INCRBY")
-                    .arg(self.store.keys.next_inode())
-                    .arg(INO_RANGE),
-            )
+        let end = (self.store.reserve(Counter::Inode, INO_RANGE))
             .await
             .map_err(|e| redis_failure("reserving inode numbers", &e))?;
         lock(&self.delegation.log).inos = end + 1 - INO_RANGE..end + 1;

@@ -332,6 +332,7 @@ impl Meta {
         let started = std::time::Instant::now();
         let mut delay = std::time::Duration::from_millis(1);
         loop {
+            let generation = self.store.link.node().generation;
             match self.store.script_as(script, request, args).await {
                 // A script's answer: it ran and refused (an errno), or it is of a shape no
                 // script gives, and may have run.
@@ -339,7 +340,12 @@ impl Meta {
                     tracing::error!("{what}: script reply without a status: {reply:?}");
                     return Err(SendError::Unknown);
                 }
-                Ok(reply) => return checked(reply).map_err(SendError::NotRun),
+                Ok(reply) => {
+                    if self.scripts.changes(script) {
+                        self.store.changed(generation, *request);
+                    }
+                    return checked(reply).map_err(SendError::NotRun);
+                }
                 Err(e) => match leased_dir(&e) {
                     Some(dir) => self
                         .recall(dir, started, &mut delay)

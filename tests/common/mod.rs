@@ -12,6 +12,8 @@ use std::net::TcpListener;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Whether the machine can run mount tests. Prints why not; panics under CI.
@@ -290,11 +292,18 @@ impl Redis {
     /// The port of a link to this server adding `rtt` to every round trip (see
     /// [`Redis::url_at_distance`]).
     pub fn port_at_distance(&self, rtt: Duration) -> u16 {
+        self.link_at_distance(rtt).port
+    }
+
+    /// A link to this server adding `rtt` to every round trip, which the test can cut.
+    pub fn link_at_distance(&self, rtt: Duration) -> Link {
         let listener = TcpListener::bind("127.0.0.1:0").expect("a port for the link");
         let port = listener.local_addr().expect("the link's address").port();
         let target = ([127, 0, 0, 1], self.port).into();
-        std::thread::spawn(move || delay_link::serve(listener, target, rtt));
-        port
+        let cut = Arc::new(AtomicBool::new(false));
+        let cut_link = cut.clone();
+        std::thread::spawn(move || delay_link::serve_until_cut(listener, target, rtt, cut_link));
+        Link { port, cut }
     }
 
     /// Whether the server is a replica now (not while it cannot say: a server turned into a
@@ -347,6 +356,21 @@ impl Redis {
             .find_map(|l| l.strip_prefix("used_memory:"))
             .and_then(|v| v.trim().parse().ok())
             .expect("used_memory in INFO")
+    }
+}
+
+/// A link to a Redis that serves until the test process ends (see [`Redis::link_at_distance`]).
+pub struct Link {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    cut: Arc<AtomicBool>,
+}
+
+impl Link {
+    /// From now on the link drops every byte either way, its connections left open: a
+    /// network partition neither end is told of.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

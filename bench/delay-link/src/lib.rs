@@ -10,7 +10,8 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,17 @@ const CHUNK: usize = 1 << 20;
 /// Accepts connections on `listener` for as long as the process runs, linking each to
 /// `target` with `rtt` added to every round trip (half each way).
 pub fn serve(listener: TcpListener, target: SocketAddr, rtt: Duration) {
+    serve_until_cut(listener, target, rtt, Arc::new(AtomicBool::new(false)));
+}
+
+/// [`serve`], except that once `cut` is set every byte in either direction is dropped, while
+/// the connections stay open: a network partition, as neither end learns of it.
+pub fn serve_until_cut(
+    listener: TcpListener,
+    target: SocketAddr,
+    rtt: Duration,
+    cut: Arc<AtomicBool>,
+) {
     let delay = rtt / 2;
     for client in listener.incoming().flatten() {
         let Ok(server) = TcpStream::connect(target) else {
@@ -31,13 +43,13 @@ pub fn serve(listener: TcpListener, target: SocketAddr, rtt: Duration) {
         let (Ok(client2), Ok(server2)) = (client.try_clone(), server.try_clone()) else {
             continue;
         };
-        pump(client, server2, delay);
-        pump(server, client2, delay);
+        pump(client, server2, delay, cut.clone());
+        pump(server, client2, delay, cut.clone());
     }
 }
 
-/// Moves what `from` sends to `to`, each byte `delay` after it arrived.
-fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+/// Moves what `from` sends to `to`, each byte `delay` after it arrived, until `cut`.
+fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration, cut: Arc<AtomicBool>) {
     let (due, arrivals) = mpsc::channel::<(Instant, Vec<u8>)>();
     thread::spawn(move || {
         let mut buf = vec![0; CHUNK];
@@ -56,6 +68,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
         for (at, data) in arrivals {
             if let Some(wait) = at.checked_duration_since(Instant::now()) {
                 thread::sleep(wait);
+            }
+            if cut.load(Ordering::Relaxed) {
+                continue;
             }
             if data.is_empty() {
                 let _ = to.shutdown(Shutdown::Write);

@@ -58,6 +58,10 @@ pub struct DirHandle {
     /// The directory's own attributes when it was opened: what `fstat` answers (with no link)
     /// once a removal or a rename over it deleted it.
     opened_as: Attr,
+    /// The failovers known to have lost changes this mount had answered (see
+    /// `Store::changes_lost`) when `fsyncdir` on this handle last said so, or when it was
+    /// opened.
+    losses_told: u64,
 }
 
 /// A leased directory's last listing: the directory, the cache epoch it was taken in, the
@@ -75,7 +79,7 @@ pub struct DirHandles {
 
 impl DirHandles {
     /// A handle on directory `ino`, whose attributes are `attr`.
-    fn open(&self, ino: u64, attr: Attr) -> u64 {
+    fn open(&self, ino: u64, attr: Attr, losses: u64) -> u64 {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed) + 1;
         let handle = DirHandle {
             ino,
@@ -83,6 +87,7 @@ impl DirHandles {
             chunks: Vec::new(),
             chunk_read: Arc::default(),
             opened_as: attr,
+            losses_told: losses,
         };
         lock(&self.handles).insert(fh, Arc::new(Mutex::new(handle)));
         fh
@@ -113,7 +118,18 @@ impl Core {
     /// Opens directory `ino`, whose attributes are `attr` (its listing is taken when first
     /// read).
     pub fn opendir(&self, ino: u64, attr: Attr) -> u64 {
-        self.dirs.open(ino, attr)
+        self.dirs.open(ino, attr, self.meta.store.losses())
+    }
+
+    /// Whether `fsyncdir` on handle `fh` is to report losses up to `losses`: each handle is
+    /// told once of changes a failover lost since it was opened or last told (a directory's
+    /// lost entries are not told apart from the rest of the mount's lost changes).
+    pub(in crate::fs) fn losses_untold(&self, fh: u64, losses: u64) -> Result<bool, FsError> {
+        let handle = self.dirs.get(fh)?;
+        let mut handle = lock(&handle);
+        let untold = losses > handle.losses_told;
+        handle.losses_told = losses;
+        Ok(untold)
     }
 
     /// The handle of an open directory.

@@ -108,7 +108,8 @@ impl Core {
         created: bool,
         epoch: u64,
     ) -> (u64, Arc<OpenFile>) {
-        self.open.attach(attr, created, || {
+        let generation = self.meta.store.link.node().generation;
+        self.open.attach(attr, created, generation, || {
             self.cache.unchanged_since(attr.ino, epoch)
         })
     }
