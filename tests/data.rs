@@ -4,6 +4,7 @@ mod common;
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
 
 use common::{Mount, Redis};
 use sha2::{Digest, Sha256};
@@ -374,5 +375,38 @@ fn buffered_reads_after_direct_writes_see_the_new_bytes() {
         assert!(seen[65536..131072].iter().all(|&b| b == b'a'));
         fs::remove_file(&path).unwrap();
         m.unmount();
+    }
+}
+
+/// A program copied in, made executable and run at once, as a build does: the chmod that
+/// follows the close must not bring back a size from before the close's store (it did, now
+/// and then: `stat` said 0 bytes and `exec` failed with `ENOEXEC`).
+#[test]
+fn a_program_written_made_executable_and_run_at_once_runs() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let m = Mount::new(&redis, "skx", &[]);
+    let program = fs::read("/bin/true").unwrap();
+    let dir = m.join("bin");
+    fs::create_dir(&dir).unwrap();
+    for i in 0..400 {
+        let path = dir.join(format!("true{i}"));
+        fs::write(&path, &program).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        let size = fs::metadata(&path).unwrap().len();
+        assert_eq!(
+            size,
+            program.len() as u64,
+            "the size of {} after its chmod",
+            path.display()
+        );
+        let ran = std::process::Command::new(&path).status();
+        assert!(
+            ran.as_ref().is_ok_and(|s| s.success()),
+            "{}: {ran:?}",
+            path.display()
+        );
     }
 }

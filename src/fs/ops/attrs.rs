@@ -89,6 +89,13 @@ impl Core {
                 self.flush_file(f, false).await?;
             }
         }
+        // A store of the open file's data answered while this change is on its way would
+        // leave a record this change's reply may predate (or follow): the two take turns, so
+        // that the file's attributes here are whichever Redis answered last.
+        let _in_order = match &open {
+            Some(f) => Some(f.commit_lock.lock().await),
+            None => None,
+        };
         let mut attempts = 0;
         let attr = loop {
             let tail = match change.size {
@@ -101,7 +108,7 @@ impl Core {
             }
         };
         self.cache.forget_attr(ino);
-        if let Some(f) = open {
+        if let Some(f) = &open {
             let mut st = f.state();
             st.refresh(attr);
             // Explicitly set times win over those of buffered writes.
