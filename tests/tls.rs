@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{assert_clean, random_bytes, tool_ok, Mount, Redis};
+use common::{assert_clean, random_bytes, tool_ok, Mount, Redis, Sentinels};
 
 /// Certificates of one test: a CA, the server's (for 127.0.0.1) and a client's, signed by it.
 struct Certificates {
@@ -226,4 +226,65 @@ fn missing_or_wrong_certificates_are_refused_in_one_clear_line() {
     let mut missing = tls_args(&url, &certs, true);
     missing[3] = Path::new("/nonexistent/ca.pem").display().to_string();
     one_line(&refused(missing), "/nonexistent/ca.pem");
+}
+
+/// `rediss+sentinel://`: a sentinel that speaks only TLS to its clients and to the primary
+/// (which asks every client for a certificate) names the primary; the mount reaches both
+/// with the private CA and its client certificate, and the tools take the same URL.
+#[test]
+fn a_mount_through_a_sentinel_over_mutual_tls_keeps_its_files() {
+    if !tls_ready() {
+        return;
+    }
+    let certs = Certificates::make();
+    let tls_port = common::free_port();
+    let redis = tls_redis(&certs, tls_port);
+    let sentinel_tls_port = common::free_port();
+    let path = |n: &str| certs.file(n).display().to_string();
+    let _sentinel = Sentinels::start_configured(
+        1,
+        "secure",
+        tls_port,
+        0,
+        &format!(
+            "tls-port {sentinel_tls_port}\ntls-cert-file {}\ntls-key-file {}\n\
+             tls-ca-cert-file {}\ntls-auth-clients yes\ntls-replication yes",
+            path("server.pem"),
+            path("server.key"),
+            path("ca.pem"),
+        ),
+    );
+    let url = format!("rediss+sentinel://127.0.0.1:{sentinel_tls_port}/secure");
+    let mut args = tls_args(&url, &certs, true);
+    args.extend(strings(&["--prefix", "secure"]));
+    let data = random_bytes(1 << 20, 12);
+    {
+        let m = Mount::with_args(&args).unwrap_or_else(|r| panic!("{}", r.stderr));
+        std::fs::write(m.join("f"), &data).unwrap();
+        m.unmount();
+    }
+    assert!(!redis.keys("secure").is_empty());
+    let m = Mount::with_args(&args).unwrap_or_else(|r| panic!("{}", r.stderr));
+    assert_eq!(std::fs::read(m.join("f")).unwrap(), data);
+    m.unmount();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = tool_ok("fsck", &refs);
+    assert!(out.contains("clean"), "{out}");
+
+    // Without the client certificate the sentinel ends the handshake: one line.
+    let mut bare = tls_args(&url, &certs, false);
+    bare.extend(strings(&["--prefix", "secure", "--io-timeout", "3"]));
+    let Err(refused) = Mount::with_args(&bare) else {
+        panic!("mounted without a client certificate");
+    };
+    let lines: Vec<&str> = refused
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(
+        lines.len() == 1 && lines[0].contains("rediss+sentinel://"),
+        "{}",
+        refused.stderr
+    );
 }

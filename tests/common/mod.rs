@@ -389,6 +389,19 @@ impl Sentinels {
     /// Starts `count` sentinels watching `primary` (quorum: a majority) and waits until each
     /// knows the others and the primary's `replicas`.
     pub fn start(count: usize, name: &str, primary: &Redis, replicas: usize) -> Sentinels {
+        Sentinels::start_configured(count, name, primary.port(), replicas, "")
+    }
+
+    /// [`Sentinels::start`], watching the primary's `primary_port` (a TLS one, say), each
+    /// sentinel's configuration ending with `extra` (each still answers on a plain port, for
+    /// the harness).
+    pub fn start_configured(
+        count: usize,
+        name: &str,
+        primary_port: u16,
+        replicas: usize,
+        extra: &str,
+    ) -> Sentinels {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut sentinels = Sentinels {
             children: Vec::new(),
@@ -403,9 +416,9 @@ impl Sentinels {
                 "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel-{i}.log\n\
                  sentinel monitor {name} 127.0.0.1 {primary} {quorum}\n\
                  sentinel down-after-milliseconds {name} 1000\n\
-                 sentinel failover-timeout {name} 5000\n",
+                 sentinel failover-timeout {name} 5000\n{extra}\n",
                 dir = sentinels.dir.path().display(),
-                primary = primary.port(),
+                primary = primary_port,
                 quorum = count / 2 + 1,
             );
             std::fs::write(&conf, text).expect("sentinel configuration");
