@@ -437,19 +437,18 @@ impl Sentinels {
         }
         let log = sentinels.dir.path().join("sentinel-0.log");
         for &port in &sentinels.ports {
-            let ask = |what: &str| -> usize {
-                let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) else {
-                    return 0;
-                };
-                let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(300))
-                else {
-                    return 0;
-                };
+            // `None` while the sentinel does not answer (a count of 0 is no sign of life).
+            let ask = |what: &str| -> Option<usize> {
+                let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+                let mut conn = client
+                    .get_connection_with_timeout(Duration::from_millis(300))
+                    .ok()?;
                 redis::cmd("SENTINEL")
                     .arg(what)
                     .arg(name)
                     .query::<Vec<redis::Value>>(&mut conn)
-                    .map_or(0, |v| v.len())
+                    .ok()
+                    .map(|v| v.len())
             };
             wait_for(
                 &format!(
@@ -457,7 +456,7 @@ impl Sentinels {
                     log.display()
                 ),
                 Duration::from_secs(30),
-                || ask("sentinels") == count - 1 && ask("replicas") == replicas,
+                || ask("sentinels") == Some(count - 1) && ask("replicas") == Some(replicas),
             );
         }
         sentinels
