@@ -136,6 +136,17 @@ struct Losses {
     count: std::sync::atomic::AtomicU64,
 }
 
+/// The waits for a replica of one store: one `WAIT` at a time, whose answer serves every
+/// caller that arrived before it began (concurrent `fsync`s share one round trip to the
+/// replica instead of queueing one each behind the connection's last).
+#[derive(Default)]
+struct Waits {
+    /// `WAIT`s begun so far.
+    begun: std::sync::atomic::AtomicU64,
+    /// The last one answered: its number and what it confirmed.
+    last: tokio::sync::Mutex<Option<(u64, Replicated)>>,
+}
+
 /// How long one `WAIT` for a replica lasts before the replicas are counted again.
 const REPLICA_WAIT: Duration = Duration::from_secs(1);
 
@@ -157,6 +168,7 @@ pub struct Store {
     /// Changes answered that a writer keeps until a replica has them (see [`Answered`]).
     answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
     losses: Arc<Losses>,
+    waits: Arc<Waits>,
 }
 
 /// Whether an error means "Redis is away for now" rather than "the request is wrong".
@@ -245,6 +257,7 @@ impl Store {
             clock_offset: std::sync::Arc::default(),
             answered: std::sync::Arc::default(),
             losses: Arc::default(),
+            waits: Arc::default(),
         })
     }
 
@@ -374,7 +387,26 @@ impl Store {
     /// Waits until a replica of the primary has every change answered so far (at once, for a
     /// primary without replicas), retrying as any request does, up to the I/O timeout; a
     /// primary lost meanwhile is replaced, and the answer says so (see [`Replicated::lost`]).
+    /// A `WAIT` begun after this call covers everything answered before it: callers that
+    /// arrive while one is under way share the next.
     pub async fn reach_replicas(&self) -> RedisResult<Replicated> {
+        use std::sync::atomic::Ordering::AcqRel;
+        let waits = &self.waits;
+        let arrived = waits.begun.load(std::sync::atomic::Ordering::Acquire);
+        let mut last = waits.last.lock().await;
+        if let Some((number, confirmed)) = *last {
+            if number > arrived {
+                return Ok(confirmed);
+            }
+        }
+        let number = waits.begun.fetch_add(1, AcqRel) + 1;
+        let confirmed = self.wait_for_a_replica().await?;
+        *last = Some((number, confirmed));
+        Ok(confirmed)
+    }
+
+    /// One wait for a replica (see [`Store::reach_replicas`]).
+    async fn wait_for_a_replica(&self) -> RedisResult<Replicated> {
         self.retry_on_node(|node| async move {
             let confirmed = Replicated {
                 generation: node.generation,

@@ -364,3 +364,56 @@ fn an_fsync_or_fsyncdir_that_a_failover_took_the_files_from_fails() {
     drop(again);
     common::assert_clean(&w.replica, "skx");
 }
+
+/// `fsync`s of several threads at once share their waits for the replica: a `WAIT` that began
+/// after a thread's `fsync` was asked for covers it, so one round trip to the replica serves
+/// every `fsync` that came in while the one before was under way.
+#[test]
+fn concurrent_fsyncs_share_their_waits_for_the_replica() {
+    if !common::ready() {
+        return;
+    }
+    let primary = Redis::start();
+    let far_primary = primary.port_at_distance(Duration::from_millis(20));
+    let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &far_primary.to_string()]);
+    common::eventually("the replica to be in sync", Duration::from_secs(30), || {
+        replica
+            .cmd::<String>(&["INFO", "replication"])
+            .contains("master_link_status:up")
+    });
+    let m = Mount::new(&primary, "skx", &[]);
+    let _: () = primary.cmd(&["CONFIG", "RESETSTAT"]);
+    let (threads, each) = (8, 25);
+    let writers: Vec<_> = (0..threads)
+        .map(|t| {
+            let path = m.join(format!("journal{t}"));
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut f = fs::File::create(path)?;
+                for i in 0..each {
+                    writeln!(f, "record {i:08}")?;
+                    f.sync_data()?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap().expect("every fsync succeeded");
+    }
+    let stats: String = primary.cmd(&["INFO", "commandstats"]);
+    let waits: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .expect("WAIT counted");
+    let fsyncs = threads * each;
+    eprintln!("{waits} WAITs for {fsyncs} fsyncs of {threads} threads");
+    assert!(
+        waits * 2 <= fsyncs,
+        "{waits} WAITs for {fsyncs} fsyncs of {threads} threads"
+    );
+    for t in 0..threads {
+        assert_journal(&m.join(format!("journal{t}")), each);
+    }
+}
