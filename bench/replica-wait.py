@@ -2,6 +2,7 @@
 """What waiting for a replica costs: `fsync` and `close` with Redis alone, then with a replica.
 
 Usage (as root): bench/replica-wait.py [REDISFS_BINARY] (default target/release/redisfs).
+Measures appends with `fsync` from one thread and from eight at once, and small files closed.
 Runs each setting three times, alternating, each on fresh redis-server processes and a fresh
 mount, and prints the rates. The replica is used only once its primary reports it `online`:
 a replica still syncing answers WAIT many times slower.
@@ -11,10 +12,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/release/redisfs"
 FSYNCS, CLOSES, REPETITIONS = 2000, 1000, 3
+THREADS = 8
 
 
 def redis_server(port, directory, extra=()):
@@ -56,6 +59,22 @@ def measure(name, with_replica, port):
             os.fsync(journal)
         fsyncs = FSYNCS / (time.time() - started)
         os.close(journal)
+
+        # THREADS appenders at once, each on its own file: concurrent fsyncs share their waits.
+        def append(n):
+            fd = os.open(f"{mount_point}/journal{n}", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+            for _ in range(FSYNCS // THREADS):
+                os.write(fd, block)
+                os.fsync(fd)
+            os.close(fd)
+
+        appenders = [threading.Thread(target=append, args=(n,)) for n in range(THREADS)]
+        started = time.time()
+        for t in appenders:
+            t.start()
+        for t in appenders:
+            t.join()
+        parallel = FSYNCS // THREADS * THREADS / (time.time() - started)
         # In the root directory: files made in a directory leased to the mount close without
         # waiting (see the README's consistency model).
         started = time.time()
@@ -70,7 +89,11 @@ def measure(name, with_replica, port):
             server.terminate()
             server.wait()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"{name:8} 4 KiB append + fsync {fsyncs:7.0f}/s   create + 4 KiB + close {closes:7.0f}/s", flush=True)
+    print(
+        f"{name:8} 4 KiB append + fsync {fsyncs:7.0f}/s   {THREADS} threads at once {parallel:7.0f}/s"
+        f"   create + 4 KiB + close {closes:7.0f}/s",
+        flush=True,
+    )
 
 
 port = 17600

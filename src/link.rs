@@ -66,6 +66,8 @@ pub struct Link {
     moved: tokio::sync::watch::Sender<u64>,
     config: AsyncConnectionConfig,
     io_timeout: Duration,
+    /// The TLS options' certificates, for the block writer's connections.
+    certificates: Option<redis::TlsCertificates>,
     /// When the last replacement failed, and why.
     last_failure: std::sync::Mutex<Option<(std::time::Instant, RedisError)>>,
 }
@@ -109,11 +111,13 @@ impl Link {
             .set_response_timeout(Some(
                 io_timeout.clamp(Duration::from_secs(5), Duration::from_secs(30)),
             ));
-        let first = connect(&locator, &config, io_timeout, 1)
+        let certificates = target.certificates.clone();
+        let first = connect(&locator, &config, io_timeout, certificates.as_ref(), 1)
             .await
             .map_err(|e| e.found)?;
         Ok(Link {
             locator,
+            certificates,
             node: RwLock::new(Arc::new(first)),
             replacing: tokio::sync::Mutex::new(()),
             moved: tokio::sync::watch::Sender::new(1),
@@ -155,7 +159,15 @@ impl Link {
         if let Some((_, err)) = recent.filter(|(when, _)| when.elapsed() < RETRY_REPLACEMENT) {
             return Err(err);
         }
-        let next = match connect(&self.locator, &self.config, self.io_timeout, failed + 1).await {
+        let next = match connect(
+            &self.locator,
+            &self.config,
+            self.io_timeout,
+            self.certificates.as_ref(),
+            failed + 1,
+        )
+        .await
+        {
             Ok(next) => next,
             Err(e) => {
                 let err = e.while_running;
@@ -213,6 +225,7 @@ async fn connect(
     locator: &Locator,
     config: &AsyncConnectionConfig,
     io_timeout: Duration,
+    certificates: Option<&redis::TlsCertificates>,
     generation: u64,
 ) -> Result<Node, NotConnected> {
     let client = match locator {
@@ -245,7 +258,7 @@ async fn connect(
         conn,
         replication_conn,
         replicas: AtomicU64::new(0),
-        writer: BlockWriter::new(info, io_timeout),
+        writer: BlockWriter::new(info, io_timeout, certificates),
         address,
         client,
     };

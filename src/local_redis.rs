@@ -135,6 +135,7 @@ impl LocalRedis {
             display: describe(&info),
             place: Place::Fixed(info),
             explicit: false,
+            certificates: None,
         })
     }
 

@@ -125,6 +125,9 @@ pub struct RedisTarget {
     pub display: String,
     /// Whether the user named a server (otherwise a private one may be started).
     pub explicit: bool,
+    /// The certificates of the TLS options, for connections made outside the client (the
+    /// block writer's).
+    pub certificates: Option<redis::TlsCertificates>,
 }
 
 impl std::fmt::Debug for RedisTarget {
@@ -173,6 +176,7 @@ impl ConnectionArgs {
                 }
                 return Ok(RedisTarget {
                     display: describe_sentinels(&target),
+                    certificates: target.certificates.clone(),
                     place: Place::Sentinel(target),
                     explicit,
                 });
@@ -217,12 +221,17 @@ impl ConnectionArgs {
         // with Nagle's algorithm the second waited for the first's reply to bring the ACK, a
         // whole round trip more on any network but loopback.
         let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let info = self.with_certificates(info)?;
+        let certificates = match self.tls.given() {
+            true => Some(self.tls.certificates()?),
+            false => None,
+        };
+        let info = with_certificates(info, certificates.clone())?;
         let display = describe(&info);
         Ok(RedisTarget {
             place: Place::Fixed(info),
             display,
             explicit,
+            certificates,
         })
     }
 }
@@ -362,27 +371,27 @@ fn describe_sentinels(target: &SentinelTarget) -> String {
     )
 }
 
-impl ConnectionArgs {
-    /// `info` with the certificates of the TLS options, if any were given (they need a TLS
-    /// address).
-    fn with_certificates(&self, info: ConnectionInfo) -> Result<ConnectionInfo, Error> {
-        if !self.tls.given() {
-            return Ok(info);
-        }
-        let refused = |reason: String| Error::BadAddress {
-            address: describe(&info),
-            reason,
-        };
-        if !matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
-            return Err(refused(
-                "--tls-ca-cert and --tls-cert need a rediss:// URL (TLS)".into(),
-            ));
-        }
-        let certificates = self.tls.certificates()?;
-        let client = redis::Client::build_with_tls(info.clone(), certificates)
-            .map_err(|e| refused(format!("TLS certificates: {e}")))?;
-        Ok(client.get_connection_info().clone())
+/// `info` with the certificates of the TLS options, if any were given (they need a TLS
+/// address).
+fn with_certificates(
+    info: ConnectionInfo,
+    certificates: Option<redis::TlsCertificates>,
+) -> Result<ConnectionInfo, Error> {
+    let Some(certificates) = certificates else {
+        return Ok(info);
+    };
+    let refused = |reason: String| Error::BadAddress {
+        address: describe(&info),
+        reason,
+    };
+    if !matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+        return Err(refused(
+            "--tls-ca-cert and --tls-cert need a rediss:// URL (TLS)".into(),
+        ));
     }
+    let client = redis::Client::build_with_tls(info.clone(), certificates)
+        .map_err(|e| refused(format!("TLS certificates: {e}")))?;
+    Ok(client.get_connection_info().clone())
 }
 
 /// Replaces the password of every Redis URL on this process's command line, as `ps` and

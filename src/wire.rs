@@ -3,16 +3,19 @@
 //! The general client copies a value three times on its way out (into the command, into the
 //! pipeline, into its codec's buffer); for block data, most of what a sequential writer moves,
 //! those copies were the mount's largest cost. Here each block goes from its buffer to the
-//! socket in one vectored write. Only plain TCP is spoken; other addresses (TLS, Unix sockets)
-//! keep the general client.
+//! socket (or, over TLS, to the encryption) in one vectored write. TCP and TLS over TCP are
+//! spoken; other addresses (Unix sockets) keep the general client.
 
 use std::io::{self, IoSlice};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult, ServerErrorKind};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::codec::Encoded;
 
@@ -21,22 +24,48 @@ const IDLE_CONNECTIONS: usize = 8;
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Writes blocks to one Redis server over a small pool of plain connections.
+/// A byte stream both ways: a TCP connection, or TLS over one.
+trait Duplex: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Duplex for T {}
+
+/// One connection for block writes, its replies read through a buffer.
+type Connection = BufReader<Box<dyn Duplex>>;
+
+/// Writes blocks to one Redis server over a small pool of connections of its own.
 pub struct BlockWriter {
     host: String,
     port: u16,
+    /// For a TLS address: the client's TLS settings and the name the server must prove.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
     /// AUTH and SELECT, sent on every new connection, and how many replies they draw.
     greeting: Vec<u8>,
     greeting_replies: usize,
-    idle: Mutex<Vec<BufReader<TcpStream>>>,
+    idle: Mutex<Vec<Connection>>,
     reply_timeout: Duration,
 }
 
 impl BlockWriter {
-    /// A writer for the server `info` names, or `None` for addresses it does not speak.
-    pub fn new(info: &ConnectionInfo, io_timeout: Duration) -> Option<BlockWriter> {
-        let ConnectionAddr::Tcp(host, port) = info.addr() else {
-            return None;
+    /// A writer for the server `info` names (over TLS: trusting the CA of `certificates`, or
+    /// the system's, and showing its client certificate, as the general client does), or
+    /// `None` for addresses it does not speak.
+    pub fn new(
+        info: &ConnectionInfo,
+        io_timeout: Duration,
+        certificates: Option<&redis::TlsCertificates>,
+    ) -> Option<BlockWriter> {
+        let (host, port, tls) = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => (host, port, None),
+            ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: false,
+                ..
+            } => {
+                let name = ServerName::try_from(host.clone()).ok()?;
+                let connector = TlsConnector::from(tls_settings(certificates)?);
+                (host, port, Some((connector, name)))
+            }
+            _ => return None,
         };
         let settings = info.redis_settings();
         let mut greeting = Vec::new();
@@ -58,6 +87,7 @@ impl BlockWriter {
         Some(BlockWriter {
             host: host.clone(),
             port: *port,
+            tls,
             greeting,
             greeting_replies,
             idle: Mutex::new(Vec::new()),
@@ -86,14 +116,23 @@ impl BlockWriter {
         }
     }
 
-    async fn connect(&self) -> RedisResult<BufReader<TcpStream>> {
+    async fn connect(&self) -> RedisResult<Connection> {
+        let timed_out = |_| io::Error::new(io::ErrorKind::TimedOut, "connecting timed out");
         let stream = tokio::time::timeout(
             CONNECT_TIMEOUT,
             TcpStream::connect((self.host.as_str(), self.port)),
         )
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connecting timed out"))??;
+        .map_err(timed_out)??;
         stream.set_nodelay(true)?;
+        let stream: Box<dyn Duplex> = match &self.tls {
+            Some((connector, name)) => Box::new(
+                tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), stream))
+                    .await
+                    .map_err(timed_out)??,
+            ),
+            None => Box::new(stream),
+        };
         let mut conn = BufReader::new(stream);
         if self.greeting_replies > 0 {
             conn.get_mut().write_all(&self.greeting).await?;
@@ -114,7 +153,7 @@ impl BlockWriter {
 /// Writes one SET per block in a single vectored write and reads every reply; returns the
 /// first refusal, if any.
 async fn send_sets(
-    conn: &mut BufReader<TcpStream>,
+    conn: &mut Connection,
     blocks: &[(String, &Encoded)],
 ) -> io::Result<Option<String>> {
     let headers: Vec<Vec<u8>> = blocks
@@ -139,6 +178,8 @@ async fn send_sets(
         }
         IoSlice::advance_slices(&mut rest, written);
     }
+    // TLS keeps what it encrypted until flushed.
+    conn.get_mut().flush().await?;
     let mut refusal = None;
     for _ in blocks {
         let reason = read_status(conn).await?;
@@ -165,7 +206,7 @@ fn command_header(args: &[&[u8]], last_len: Option<usize>) -> Vec<u8> {
 
 /// Reads a status reply: `None` for `+...`, the message of an error reply. Anything else
 /// means the connection is out of step.
-async fn read_status(conn: &mut BufReader<TcpStream>) -> io::Result<Option<String>> {
+async fn read_status(conn: &mut Connection) -> io::Result<Option<String>> {
     let mut line = Vec::new();
     if conn.read_until(b'\n', &mut line).await? == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());
@@ -179,6 +220,40 @@ async fn read_status(conn: &mut BufReader<TcpStream>) -> io::Result<Option<Strin
             format!("unexpected reply to a block write: {text:?}"),
         )),
     }
+}
+
+/// The TLS settings of block writes: the CA of `certificates` (or the system's roots) and its
+/// client certificate. `None` where they cannot be made: the general client, which reads the
+/// same files, then says what is wrong with them.
+fn tls_settings(
+    certificates: Option<&redis::TlsCertificates>,
+) -> Option<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    match certificates.and_then(|c| c.root_cert.as_deref()) {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                roots.add(cert.ok()?).ok()?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                // A system certificate rustls cannot use is one the general client skips too.
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let settings = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let settings = match certificates.and_then(|c| c.client_tls.as_ref()) {
+        Some(client) => {
+            let chain = CertificateDer::pem_slice_iter(&client.client_cert)
+                .collect::<Result<Vec<_>, _>>()
+                .ok()?;
+            let key = PrivateKeyDer::from_pem_slice(&client.client_key).ok()?;
+            settings.with_client_auth_cert(chain, key).ok()?
+        }
+        None => settings.with_no_client_auth(),
+    };
+    Some(Arc::new(settings))
 }
 
 /// A refused write: a server still loading its data is waited for, anything else is final.
