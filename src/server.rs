@@ -28,6 +28,8 @@ pub struct ServerInfo {
     pub run_id: String,
     /// `connected_slaves`: replicas linked to this server now.
     pub replicas: u64,
+    /// `cluster_enabled`: the server is a node of a Redis Cluster.
+    pub cluster: bool,
 }
 
 impl ServerInfo {
@@ -38,7 +40,8 @@ impl ServerInfo {
                 redis::cmd("INFO")
                     .arg("server")
                     .arg("memory")
-                    .arg("replication"),
+                    .arg("replication")
+                    .arg("cluster"),
             )
             .await
             .map_err(store.failed("INFO"))?;
@@ -100,6 +103,7 @@ impl ServerInfo {
             used_memory: num("used_memory"),
             run_id: fields.get("run_id").unwrap_or(&"").to_string(),
             replicas: num("connected_slaves"),
+            cluster: num("cluster_enabled") == 1,
         }
     }
 
@@ -124,6 +128,11 @@ impl ServerInfo {
             return Err(Error::RedisTooOld {
                 address: address.to_string(),
                 version: self.version.clone(),
+            });
+        }
+        if self.cluster {
+            return Err(Error::ClusterNode {
+                address: address.to_string(),
             });
         }
         // volatile-* policies only evict keys with a TTL, and redisfs sets none.
@@ -162,6 +171,13 @@ mod tests {
             .to_string()
             .contains("allkeys-lru"));
         assert!(info.check("x", true).is_ok());
+        let node = ServerInfo::parse("redis_version:7.0.15\r\n# Cluster\r\ncluster_enabled:1\r\n");
+        assert!(node.cluster);
+        assert!(node
+            .check("x", true)
+            .unwrap_err()
+            .to_string()
+            .contains("Redis Cluster"));
         let old = ServerInfo {
             version: "6.2.1".into(),
             ..info

@@ -359,6 +359,53 @@ impl Redis {
     }
 }
 
+/// A Redis Cluster of private servers on free ports, each in its own directory, killed on
+/// drop; its slots spread over the primaries, each primary with its replicas.
+pub struct Cluster {
+    /// Every node, primaries first.
+    pub nodes: Vec<Redis>,
+}
+
+impl Cluster {
+    /// Starts `primaries` primaries with `replicas` replicas each, joins them with `redis-cli
+    /// --cluster create`, and waits until every node says the cluster is `ok`.
+    pub fn start(primaries: usize, replicas: usize) -> Cluster {
+        let nodes: Vec<Redis> = (0..primaries * (1 + replicas))
+            .map(|_| {
+                Redis::start_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for node in &nodes {
+            eventually("the cluster to be ok", Duration::from_secs(30), || {
+                node.cmd::<String>(&["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
+            });
+        }
+        Cluster { nodes }
+    }
+
+    /// The URL of its first node.
+    pub fn url(&self) -> String {
+        self.nodes[0].url()
+    }
+}
+
 /// A link to a Redis that serves until the test process ends (see [`Redis::link_at_distance`]).
 pub struct Link {
     /// Its port on 127.0.0.1.
