@@ -62,8 +62,8 @@ pub const NEXT_INODE: Family = Family::single("NEXT_INODE_KEY", "next:ino");
 /// `P:next:sid`: the session id counter.
 pub const NEXT_SESSION: Family = Family::single("NEXT_SESSION_KEY", "next:sid");
 /// `P:next:issuer`: the server (its replication id) each counter last handed out numbers on,
-/// counter key → id; a counter moves far ahead on a server that is not that one (see
-/// `issue` in `src/lua/prelude.lua`).
+/// `inode`/`block`/`session` → id; a counter moves far ahead on a server that is not that one
+/// (see `issue` in `src/lua/prelude.lua`).
 pub const ISSUERS: Family = Family::single("ISSUERS_KEY", "next:issuer");
 /// `P:i:<bucket>`: the records of inodes `bucket * 64 ..`, field `ino % 64`.
 pub const INODES: Family = Family::numbered("inodes_key", "i:", "");

@@ -61,7 +61,7 @@ impl Counter {
 }
 
 /// The identity of one changing script call, the same for every attempt to send it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Request {
     session: u64,
     id: u64,
@@ -123,28 +123,39 @@ impl Replicated {
     }
 }
 
+/// Changes answered on one node and kept until a replica confirmed them, at most the number
+/// of slots in a session's ring of replies (older ones could not be looked up there).
+const CHANGES_KEPT: usize = 4096;
+
 /// What a mount knows of whether a failover lost changes it had answered (see
 /// [`Store::changes_lost`]).
 #[derive(Default)]
 struct Losses {
-    /// The last change answered on each node not yet looked at from a later one, oldest
-    /// node first.
-    last_changes: std::sync::Mutex<Vec<(u64, Request)>>,
+    /// The changes answered on each node, numbered in the order their answers were taken,
+    /// not yet confirmed by a replica nor looked up from a later node.
+    answered_on: std::sync::Mutex<
+        std::collections::BTreeMap<u64, std::collections::VecDeque<(u64, Request)>>,
+    >,
+    /// Numbers the entries of `answered_on`.
+    noted: std::sync::atomic::AtomicU64,
+    /// The changes found missing on a new primary.
+    lost: std::sync::Mutex<std::collections::HashSet<Request>>,
     /// One look at a new primary at a time.
     looking: tokio::sync::Mutex<()>,
     /// Failovers found to have lost changes this mount had answered.
     count: std::sync::atomic::AtomicU64,
 }
 
-/// The waits for a replica of one store: one `WAIT` at a time, whose answer serves every
+/// The waits for a replica of one store: one `WAIT` at a time, whose outcome serves every
 /// caller that arrived before it began (concurrent `fsync`s share one round trip to the
-/// replica instead of queueing one each behind the connection's last).
+/// replica instead of queueing one each behind the connection's last; in an outage they share
+/// one `--io-timeout` instead of waiting it out one after another).
 #[derive(Default)]
 struct Waits {
     /// `WAIT`s begun so far.
     begun: std::sync::atomic::AtomicU64,
-    /// The last one answered: its number and what it confirmed.
-    last: tokio::sync::Mutex<Option<(u64, Replicated)>>,
+    /// The last one that ended: its number and what it confirmed, or why it failed.
+    last: tokio::sync::Mutex<Option<(u64, RedisResult<Replicated>)>>,
 }
 
 /// How long one `WAIT` for a replica lasts before the replicas are counted again.
@@ -169,6 +180,11 @@ pub struct Store {
     answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
     losses: Arc<Losses>,
     waits: Arc<Waits>,
+}
+
+/// Whether a slot of a session's ring of replies holds the reply to `request`.
+fn holds_reply(slot: Option<&[u8]>, request: &Request) -> bool {
+    slot.is_some_and(|d| d.starts_with(format!("{}:", request.id).as_bytes()))
 }
 
 /// Whether an error means "Redis is away for now" rather than "the request is wrong".
@@ -315,7 +331,7 @@ impl Store {
     pub fn answered(&self, generation: u64, request: Request) -> Answered {
         let serial = self
             .answered
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
             + 1;
         Answered {
             generation,
@@ -324,54 +340,84 @@ impl Store {
         }
     }
 
-    /// Notes that `request`, a change sent to the node of `generation`, was answered.
+    /// Notes that `request`, a change, was answered by the node of `generation`.
     pub fn changed(&self, generation: u64, request: Request) {
         if request.session == 0 {
             return;
         }
-        let mut last = (self.losses.last_changes.lock()).unwrap_or_else(|p| p.into_inner());
-        match last.iter().position(|(on, _)| *on >= generation) {
-            Some(i) if last[i].0 == generation => last[i].1 = request,
-            Some(i) => last.insert(i, (generation, request)),
-            None => last.push((generation, request)),
+        let number = self
+            .losses
+            .noted
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let mut answered = (self.losses.answered_on.lock()).unwrap_or_else(|p| p.into_inner());
+        let on_node = answered.entry(generation).or_default();
+        on_node.push_back((number, request));
+        if on_node.len() > CHANGES_KEPT {
+            on_node.pop_front();
+        }
+    }
+
+    /// A replica of the node of `generation` has every change answered before the change
+    /// numbered `through` was noted: they are no longer looked for after a failover.
+    fn changes_replicated(&self, generation: u64, through: u64) {
+        let mut answered = (self.losses.answered_on.lock()).unwrap_or_else(|p| p.into_inner());
+        if let Some(on_node) = answered.get_mut(&generation) {
+            on_node.retain(|(number, _)| *number > through);
         }
     }
 
     /// How many failovers lost changes this mount had answered, as far as is known with the
-    /// node of `generation` in use: for each node replaced since, the new primary's ring of
-    /// replies says whether it has the last change answered there, and if it has, it has
-    /// every change before it (a replica takes changes in the order they ran).
+    /// node of `generation` in use: the new primary's ring of replies is asked, in one
+    /// pipeline, for every change answered by a node replaced since that no replica had
+    /// confirmed. Asked soon after the move (see `Core::replicate_in_background`), before
+    /// later requests take their slots of the ring.
     pub async fn changes_lost(&self, generation: u64) -> RedisResult<u64> {
         let losses = &self.losses;
         let _one_look = losses.looking.lock().await;
-        let replaced: Vec<(u64, Request)> = {
-            let last = losses
-                .last_changes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            last.iter()
-                .copied()
-                .filter(|(on, _)| *on < generation)
+        let replaced: Vec<Request> = {
+            let answered = losses.answered_on.lock().unwrap_or_else(|p| p.into_inner());
+            (answered.range(..generation))
+                .flat_map(|(_, on_node)| on_node.iter().map(|(_, request)| *request))
                 .collect()
         };
-        for (sent_on, request) in &replaced {
-            if !self.ran(request).await? {
+        if !replaced.is_empty() {
+            let mut pipe = redis::pipe();
+            for request in &replaced {
+                pipe.cmd("HGET")
+                    .arg(self.keys.session_replies(request.session))
+                    .arg(request.id % 4096);
+            }
+            let slots: Vec<Option<Vec<u8>>> = self.pipe(&pipe).await?;
+            let missing: Vec<Request> = (replaced.iter().zip(&slots))
+                .filter(|(request, slot)| !holds_reply(slot.as_deref(), request))
+                .map(|(request, _)| *request)
+                .collect();
+            let missing = {
+                let mut lost = losses.lost.lock().unwrap_or_else(|p| p.into_inner());
+                lost.extend(&missing);
+                missing.len()
+            };
+            if missing > 0 {
                 tracing::error!(
-                    "the primary replaced (node {sent_on}, now {generation}) did not pass on \
-                     every change this mount had answered"
+                    "the primary that was replaced (now node {generation}) did not pass on \
+                     {missing} of the {} changes this mount had answered there",
+                    replaced.len()
                 );
                 losses
                     .count
                     .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                break;
             }
+            let mut answered = losses.answered_on.lock().unwrap_or_else(|p| p.into_inner());
+            answered.retain(|on, _| *on >= generation);
         }
-        let mut last = losses
-            .last_changes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        last.retain(|(on, request)| !replaced.contains(&(*on, *request)));
         Ok(losses.count.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Whether `request` was answered by a primary that failed before its successor had it
+    /// (as far as [`Store::changes_lost`] has looked).
+    pub fn was_lost(&self, request: &Request) -> bool {
+        (self.losses.lost.lock().unwrap_or_else(|p| p.into_inner())).contains(request)
     }
 
     /// Failovers found so far to have lost changes this mount had answered.
@@ -390,19 +436,19 @@ impl Store {
     /// A `WAIT` begun after this call covers everything answered before it: callers that
     /// arrive while one is under way share the next.
     pub async fn reach_replicas(&self) -> RedisResult<Replicated> {
-        use std::sync::atomic::Ordering::AcqRel;
+        use std::sync::atomic::Ordering::SeqCst;
         let waits = &self.waits;
-        let arrived = waits.begun.load(std::sync::atomic::Ordering::Acquire);
+        let arrived = waits.begun.load(SeqCst);
         let mut last = waits.last.lock().await;
-        if let Some((number, confirmed)) = *last {
-            if number > arrived {
-                return Ok(confirmed);
+        if let Some((number, outcome)) = &*last {
+            if *number > arrived {
+                return outcome.clone();
             }
         }
-        let number = waits.begun.fetch_add(1, AcqRel) + 1;
-        let confirmed = self.wait_for_a_replica().await?;
-        *last = Some((number, confirmed));
-        Ok(confirmed)
+        let number = waits.begun.fetch_add(1, SeqCst) + 1;
+        let outcome = self.wait_for_a_replica().await;
+        *last = Some((number, outcome.clone()));
+        outcome
     }
 
     /// One wait for a replica (see [`Store::reach_replicas`]).
@@ -410,8 +456,9 @@ impl Store {
         self.retry_on_node(|node| async move {
             let confirmed = Replicated {
                 generation: node.generation,
-                through: self.answered.load(std::sync::atomic::Ordering::Acquire),
+                through: self.answered.load(std::sync::atomic::Ordering::SeqCst),
             };
+            let noted = self.losses.noted.load(std::sync::atomic::Ordering::SeqCst);
             if node.replicas.load(std::sync::atomic::Ordering::Relaxed) == 0 {
                 return Ok(confirmed);
             }
@@ -429,6 +476,7 @@ impl Store {
             let answered = acknowledged >= 1 || node.count_replicas().await? == 0;
             // (A node replaced meanwhile does not speak for the new one.)
             if answered && self.link.node().generation == node.generation {
+                self.changes_replicated(node.generation, noted);
                 return Ok(confirmed);
             }
             // Waited for again, as a busy server is (the node itself stays in use).
@@ -542,7 +590,7 @@ impl Store {
                     .arg(request.id % 4096),
             )
             .await?;
-        Ok(done.is_some_and(|d| d.starts_with(format!("{}:", request.id).as_bytes())))
+        Ok(holds_reply(done.as_deref(), request))
     }
 
     /// Reserves `count` numbers of `counter`: the last of them (the first is `count - 1`
@@ -568,10 +616,14 @@ impl Store {
         session: u64,
         args: &ScriptArgs,
     ) -> RedisResult<Vec<Value>> {
-        self.script_as(script, &self.request(session), args).await
+        Ok(self
+            .script_as(script, &self.request(session), args)
+            .await?
+            .0)
     }
 
-    /// Runs a script as `request`, which may have been sent before: it runs at most once
+    /// Runs a script as `request`, which may have been sent before; answers its reply and the
+    /// node that gave it: it runs at most once
     /// (see `src/scripts.rs`), so a caller that gave up waiting for a reply can send the same
     /// request again later and learn what became of it. A bounded request carries a deadline
     /// on Redis's clock, set anew whenever Redis answered that it did not run it (a snapshot's
@@ -581,25 +633,29 @@ impl Store {
         script: &Script,
         request: &Request,
         args: &ScriptArgs,
-    ) -> RedisResult<Vec<Value>> {
+    ) -> RedisResult<(Vec<Value>, u64)> {
         let meta = self.keys.meta();
         let base = self.keys.base();
         let mut held = Duration::from_millis(1);
         loop {
             let deadline = if request.bounded { self.deadline() } else { 0 };
             let identity = format!("{}:{}:{deadline}", request.session, request.id);
-            let reply = self
-                .retry(|mut c| {
+            let (reply, generation) = self
+                .retry_on_node(|node| {
                     let mut inv = script.key(&meta);
                     inv.arg(base).arg(&identity);
                     for a in &args.0 {
                         inv.arg(a.as_slice());
                     }
-                    async move { inv.invoke_async::<Vec<Value>>(&mut c).await }
+                    let mut conn = node.conn.clone();
+                    async move {
+                        let reply = inv.invoke_async::<Vec<Value>>(&mut conn).await?;
+                        Ok((reply, node.generation))
+                    }
                 })
                 .await?;
             if !matches!(reply.first(), Some(Value::Int(-1))) {
-                return Ok(reply);
+                return Ok((reply, generation));
             }
             tokio::time::sleep(held).await;
             held = (held * 2).min(Duration::from_millis(20));

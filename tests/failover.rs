@@ -318,7 +318,8 @@ fn sentinels_that_know_no_such_primary_are_named_in_one_line() {
 
 /// A file made while the primary's link to its replica is cut exists on the primary alone: when
 /// that primary dies, its `fsync` cannot have kept it, and must say so (`EIO`), with data
-/// written to it or without; so must an `fsyncdir` of the directory the files were made in.
+/// written to it or without; so must an `fsyncdir` of the directory the files were made in,
+/// and the `fsync` of a file whose truncation the primary had alone.
 #[test]
 fn an_fsync_or_fsyncdir_that_a_failover_took_the_files_from_fails() {
     if !common::ready() {
@@ -327,6 +328,7 @@ fn an_fsync_or_fsyncdir_that_a_failover_took_the_files_from_fails() {
     let w = Watched::start(Duration::ZERO);
     let a = mount_through(&w.sentinels, "skx");
     fs::create_dir(a.join("d")).unwrap();
+    fs::write(a.join("t"), common::random_bytes(10_000, 2)).unwrap();
     fs::File::open(a.join("d")).unwrap().sync_all().unwrap();
     let dir_key = format!("skx:d:{}", fs::metadata(a.join("d")).unwrap().ino());
     w.link.cut();
@@ -348,13 +350,26 @@ fn an_fsync_or_fsyncdir_that_a_failover_took_the_files_from_fails() {
             handle.sync_all()
         })
     };
+    let truncated = {
+        let path = a.join("t");
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let f = fs::OpenOptions::new().write(true).open(path)?;
+            f.set_len(10)?;
+            f.sync_all()
+        })
+    };
     common::eventually(
         "the primary to have the three files",
         Duration::from_secs(10),
         || w.primary.cmd::<u64>(&["HLEN", &dir_key]) == 3,
     );
     w.fail_over();
-    for (name, fsynced) in [("written", written), ("empty", empty), ("d", listed)] {
+    for (name, fsynced) in [
+        ("written", written),
+        ("empty", empty),
+        ("d", listed),
+        ("t", truncated),
+    ] {
         let err = fsynced.join().unwrap().expect_err(name);
         assert_eq!(err.raw_os_error(), Some(libc::EIO), "{name}: {err}");
     }

@@ -91,7 +91,7 @@ impl Core {
     /// undo them in what the mount knows.
     async fn write_access_time(&self, ino: u64, change: AttrChange) -> Result<(), FsError> {
         self.writable()?;
-        let attr = self
+        let (attr, _) = self
             .meta
             .setattr(ino, &change, self.block_size, None)
             .await?;

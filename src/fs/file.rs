@@ -46,6 +46,9 @@ pub struct FileState {
     /// along, or other mounts took this one for dead and let its files go. What was written
     /// to it cannot be stored, and `fsync` and `close` say so.
     pub lost: bool,
+    /// The last change of attributes made through this mount while open (a truncation, a
+    /// chmod): after a failover, `fsync` asks whether the new primary has it.
+    pub last_attr_change: Option<crate::store::Request>,
 }
 
 impl FileState {
@@ -159,6 +162,7 @@ impl OpenFile {
                 ahead_to: 0,
                 stamps_times,
                 lost: false,
+                last_attr_change: None,
             }),
             flush_lock: tokio::sync::Mutex::new(()),
             commit_lock: tokio::sync::Mutex::new(()),

@@ -206,10 +206,7 @@ impl Core {
     pub async fn make_durable(self: &Arc<Self>, file: &OpenFile) -> Result<(), FsError> {
         let store = &self.meta.store;
         let started = std::time::Instant::now();
-        if store.link.follows_sentinels() {
-            // Under Sentinel a new primary may have gained its replicas since it was counted.
-            let _ = store.link.node().count_replicas().await;
-        }
+        self.recount_replicas().await;
         loop {
             self.flush_file(file, false).await?;
             self.still_there(file, store.link.node().generation).await?;
@@ -233,15 +230,41 @@ impl Core {
         }
     }
 
-    /// After a failover, whether the new primary has the inode of `file`: the primary that
-    /// failed may have had its creation alone (`EIO` then, and the file is lost).
+    /// Under Sentinel, counts the primary's replicas again before a wait for one: a new
+    /// primary may have gained its replicas since it was counted.
+    async fn recount_replicas(&self) {
+        let link = &self.meta.store.link;
+        if link.follows_sentinels() {
+            let _ = link.node().count_replicas().await;
+        }
+    }
+
+    /// After a failover, whether the new primary has the inode of `file` and its last change
+    /// of attributes made here: the primary that failed may have had its creation, or a
+    /// truncation, alone (`EIO` then; a file without its inode is lost).
     async fn still_there(&self, file: &OpenFile, generation: u64) -> Result<(), FsError> {
-        if file.known_on.load(Ordering::Acquire) >= generation {
+        // An open not registered in Redis (a read-only mount's) does not keep the inode: a
+        // removal elsewhere may have taken it.
+        if file.known_on.load(Ordering::Acquire) >= generation
+            || !file.registered.load(Ordering::Acquire) && file.born_in.load(Ordering::Acquire) == 0
+        {
             return Ok(());
         }
+        let store = &self.meta.store;
+        (store.changes_lost(generation).await)
+            .map_err(|e| redis_failure("asking the new primary what it lacks", &e))?;
         match self.meta.getattr(file.ino).await {
             Ok(_) => {
                 file.known_on.fetch_max(generation, Ordering::AcqRel);
+                // Said once, as a lost write-back is.
+                let change = file.state().last_attr_change.take();
+                if change.is_some_and(|r| store.was_lost(&r)) {
+                    tracing::error!(
+                        "inode {}: a change of its attributes was lost in a failover",
+                        file.ino
+                    );
+                    return Err(FsError::Io);
+                }
                 Ok(())
             }
             Err(FsError::NotFound) => {
@@ -258,6 +281,7 @@ impl Core {
     /// answered, once per handle.
     pub async fn sync_entries(self: &Arc<Self>, fh: u64) -> Result<(), FsError> {
         self.meta.send_deferred().await?;
+        self.recount_replicas().await;
         let store = &self.meta.store;
         let mut generation = store.link.node().generation;
         if store.replicated_node().is_some() {
@@ -320,12 +344,22 @@ impl Core {
     }
 
     /// Lets go of committed blocks once a replica has them, for as long as the mount runs:
-    /// their buffers count against the write budget meanwhile.
+    /// their buffers count against the write budget meanwhile. After a failover, asks the new
+    /// primary at once which changes answered by the old one it lacks (see
+    /// `Store::changes_lost`): later requests would take their slots of the ring of replies.
     pub(super) async fn replicate_in_background(self: Arc<Self>) {
         let mut tick = tokio::time::interval(REPLICATION_CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut looked_from = self.node_in_use();
         loop {
             tick.tick().await;
+            let generation = self.node_in_use();
+            if generation != looked_from {
+                match self.meta.store.changes_lost(generation).await {
+                    Ok(_) => looked_from = generation,
+                    Err(e) => tracing::warn!("asking the new primary what it lacks: {e}"),
+                }
+            }
             let waiting = (self.open.all().iter()).any(|f| f.state().buffers.has_unreplicated());
             if !waiting {
                 continue;

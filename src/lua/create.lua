@@ -6,7 +6,7 @@ local parent = tonumber(ARGV[3])
 local _, err = live_dir(parent)
 if err then return { err } end
 if redis.call('HEXISTS', dir_key(parent), ARGV[4]) == 1 then return { E.EXIST } end
-local ino = issue(NEXT_INODE_KEY, 1)
+local ino = issue('inode', 1)
 add_child(parent, ARGV[4], ARGV[6], ino, ARGV[5], ARGV[7], ARGV[8])
 if ARGV[6] == 'd' and ARGV[9] == '1' then lease(ino) end
 if ARGV[10] == '1' then count_open(ino, 1) end

@@ -55,18 +55,32 @@ end
 -- Numbers handed out by a counter (inodes, blocks, sessions) must never be handed out twice,
 -- yet a primary that dies, or a server restarted from its files, can have handed out numbers
 -- that its successor never heard of while mounts still hold and use them. The first count on
--- a server other than the one that counted last therefore moves the counter further on than
--- any such loss could reach (a replication id changes with every promotion and restart). A
--- filesystem made before the record of issuers moves on once.
-local JUMP = { [NEXT_INODE_KEY] = 16777216, [NEXT_BLOCK_KEY] = 4294967296, [NEXT_SESSION_KEY] = 65536 }
-local function this_server() return string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') end
-local function issue(counter, n)
-  local server = this_server()
-  if redis.call('HGET', ISSUERS_KEY, counter) ~= server then
-    redis.call('INCRBY', counter, JUMP[counter])
-    redis.call('HSET', ISSUERS_KEY, counter, server)
+-- a server other than the one that counted last (a replication id changes with every
+-- promotion and restart) therefore moves the counter on: to where the server's clock says a
+-- counter handing out at most `per_ms` numbers a millisecond since 2026 would be, and at least
+-- a second's worth past where it is. A successor that lost even that move (its predecessor
+-- died before passing anything on) moves from a later time, past what the predecessor can have
+-- handed out in its life. A filesystem made before the record of issuers moves on once.
+local EPOCH_MS = 1767225600000
+local COUNTERS = {
+  inode = { key = NEXT_INODE_KEY, per_ms = 1024 },
+  block = { key = NEXT_BLOCK_KEY, per_ms = 1024 },
+  session = { key = NEXT_SESSION_KEY, per_ms = 1 },
+}
+local function this_server()
+  return string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or 'unknown'
+end
+local function issue(name, n)
+  local counter, server = COUNTERS[name], this_server()
+  if redis.call('HGET', ISSUERS_KEY, name) ~= server then
+    local t = redis.call('TIME')
+    local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - EPOCH_MS
+    local at = tonumber(redis.call('GET', counter.key) or '0')
+    local moved = math.max(ms * counter.per_ms, at + 1000 * counter.per_ms)
+    redis.call('SET', counter.key, string.format('%.0f', moved))
+    redis.call('HSET', ISSUERS_KEY, name, server)
   end
-  return redis.call('INCRBY', counter, n)
+  return redis.call('INCRBY', counter.key, n)
 end
 -- A new filesystem's counters, counting on this server.
 local function start_counters()
@@ -74,7 +88,7 @@ local function start_counters()
   redis.call('SET', NEXT_INODE_KEY, 1)
   redis.call('SET', NEXT_BLOCK_KEY, 0)
   redis.call('SET', NEXT_SESSION_KEY, 0)
-  redis.call('HSET', ISSUERS_KEY, NEXT_INODE_KEY, server, NEXT_BLOCK_KEY, server, NEXT_SESSION_KEY, server)
+  redis.call('HSET', ISSUERS_KEY, 'inode', server, 'block', server, 'session', server)
 end
 
 local function splice(r, off, bytes) return string.sub(r, 1, off) .. bytes .. string.sub(r, off + #bytes + 1) end

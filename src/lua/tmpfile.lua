@@ -4,7 +4,7 @@
 local parent = tonumber(ARGV[3])
 local _, err = live_dir(parent)
 if err then return { err } end
-local ino = issue(NEXT_INODE_KEY, 1)
+local ino = issue('inode', 1)
 put(ino, set_nlink(ARGV[4], 0))
 stat_add('inodes', 1)
 orphan(ino)

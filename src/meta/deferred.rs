@@ -466,13 +466,12 @@ impl Meta {
         let _turn = d.sending.lock().await;
         while let Some(batch) = d.next_batch(upto, || self.store.request(self.session)) {
             let script = Batch::script(&self.scripts);
-            let generation = self.store.link.node().generation;
             let reply = self
                 .store
                 .script_as(script, &batch.request, &batch.args())
                 .await;
             let refusal = match reply {
-                Ok(reply) => match checked(reply).and_then(|r| batch.parse(r)) {
+                Ok((reply, generation)) => match checked(reply).and_then(|r| batch.parse(r)) {
                     Ok(full) => {
                         self.store.changed(generation, batch.request);
                         d.full.store(full, Ordering::Release);

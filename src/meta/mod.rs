@@ -332,15 +332,14 @@ impl Meta {
         let started = std::time::Instant::now();
         let mut delay = std::time::Duration::from_millis(1);
         loop {
-            let generation = self.store.link.node().generation;
             match self.store.script_as(script, request, args).await {
                 // A script's answer: it ran and refused (an errno), or it is of a shape no
                 // script gives, and may have run.
-                Ok(reply) if int(reply.first()).is_none() => {
+                Ok((reply, _)) if int(reply.first()).is_none() => {
                     tracing::error!("{what}: script reply without a status: {reply:?}");
                     return Err(SendError::Unknown);
                 }
-                Ok(reply) => {
+                Ok((reply, generation)) => {
                     if self.scripts.changes(script) {
                         self.store.changed(generation, *request);
                     }
@@ -550,7 +549,7 @@ impl Meta {
         change: &AttrChange,
         block_size: u32,
         tail: Option<BlockSwap>,
-    ) -> Result<Attr, FsError> {
+    ) -> Result<(Attr, Request), FsError> {
         let call = calls::Setattr {
             ino,
             ts: Timestamp::now(),
@@ -563,7 +562,7 @@ impl Meta {
             .filter(|&id| id != 0)
             .into_iter()
             .collect();
-        Ok(self.send_or_forget(&call, new_tail).await?.0)
+        self.send_or_forget(&call, new_tail).await
     }
 
     /// Swaps block-map entries; id 0 is a hole. New blocks are stored already (`stored`), or

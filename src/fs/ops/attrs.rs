@@ -97,7 +97,7 @@ impl Core {
             None => None,
         };
         let mut attempts = 0;
-        let attr = loop {
+        let (attr, request) = loop {
             let tail = match change.size {
                 Some(size) => self.zeroed_tail(ino, size).await?,
                 None => None,
@@ -110,6 +110,7 @@ impl Core {
         self.cache.forget_attr(ino);
         if let Some(f) = &open {
             let mut st = f.state();
+            st.last_attr_change = Some(request);
             st.refresh(attr);
             // Explicitly set times win over those of buffered writes.
             if change.mtime.is_some() {

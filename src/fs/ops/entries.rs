@@ -176,10 +176,11 @@ impl Core {
         let new = NewInode::new(FileKind::File, perm, 0, caller);
         let (acls, perm) = self.creation_mode(parent, new).await?;
         let attr = new_attr(&dir, &new, perm, Timestamp::now());
+        let generation = self.node_in_use();
         let attr = self.meta.tmpfile(parent, &attr).await?;
         self.give_acls(attr.ino, acls).await?;
         self.cache.forget_attr(parent);
-        let (fh, file) = self.attach(attr, true, self.cache.epoch());
+        let (fh, file) = self.attach(attr, true, self.cache.epoch(), generation);
         let mut st = file.state();
         st.orphaned = true;
         st.unnamed = true;
@@ -196,6 +197,7 @@ impl Core {
         caller: Caller,
         exclusive: bool,
     ) -> Result<(Attr, u64), FsError> {
+        let generation = self.node_in_use();
         let made = self
             .make(
                 parent,
@@ -212,7 +214,7 @@ impl Core {
             Err(FsError::Exists) if !exclusive => return Err(FsError::Stale),
             made => made?,
         };
-        let (fh, file) = self.attach(attr, true, self.cache.epoch());
+        let (fh, file) = self.attach(attr, true, self.cache.epoch(), generation);
         if registered {
             file.registered.store(true, Ordering::Release);
         } else {
@@ -261,10 +263,11 @@ impl Core {
         perm: u32,
         caller: Caller,
     ) -> Option<Result<(Attr, u64), FsError>> {
+        let generation = self.node_in_use();
         let made =
             self.make_deferred(parent, name, NewInode::new(FileKind::File, perm, 0, caller))?;
         Some(made.map(|attr| {
-            let (fh, file) = self.attach(attr, true, self.cache.epoch());
+            let (fh, file) = self.attach(attr, true, self.cache.epoch(), generation);
             file.born_in.store(parent, Ordering::Release);
             (attr, fh)
         }))
@@ -439,6 +442,12 @@ impl Core {
         self.publish_born_in(&[], ino).await?;
         let open = self.open.get(ino);
         let unnamed = open.as_ref().is_some_and(|f| f.state().unnamed);
+        // The reply is applied to the open file below: it takes turns with the file's
+        // commits, as a change of attributes does (see `Core::change_attrs`).
+        let _in_order = match &open {
+            Some(f) => Some(f.commit_lock.lock().await),
+            None => None,
+        };
         // On any failure (a lost reply too) the name's state is unknown here.
         let attr = self
             .meta
@@ -448,7 +457,7 @@ impl Core {
         self.cache.forget_name(parent, name);
         self.cache.forget_attr(parent);
         self.cache.forget_attr(ino);
-        match open {
+        match &open {
             Some(f) => {
                 let mut st = f.state();
                 st.refresh(attr);

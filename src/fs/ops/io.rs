@@ -101,14 +101,20 @@ impl Core {
         self.open.handle(fh)
     }
 
-    /// Registers a new handle on `attr`'s inode (read in `epoch`).
+    /// The node requests go to now (see `Node::generation`).
+    pub(in crate::fs) fn node_in_use(&self) -> u64 {
+        self.meta.store.link.node().generation
+    }
+
+    /// Registers a new handle on `attr`'s inode (read in `epoch`, from the node of
+    /// `generation` or a later one: see [`OpenFile::known_on`]).
     pub(in crate::fs) fn attach(
         &self,
         attr: Attr,
         created: bool,
         epoch: u64,
+        generation: u64,
     ) -> (u64, Arc<OpenFile>) {
-        let generation = self.meta.store.link.node().generation;
         self.open.attach(attr, created, generation, || {
             self.cache.unchanged_since(attr.ino, epoch)
         })
@@ -166,6 +172,7 @@ impl Core {
             self.flush_file(&file, false).await?;
         }
         let epoch = self.cache.epoch();
+        let generation = self.node_in_use();
         // The first open here is registered, so that a removal elsewhere keeps the data.
         let register = !self.settings.read_only && self.open.get(ino).is_none();
         let attr = self.meta.open(ino, register).await?;
@@ -186,7 +193,7 @@ impl Core {
                 k.attributes_now(ino);
             }
         }
-        let (fh, file) = self.attach(attr, false, epoch);
+        let (fh, file) = self.attach(attr, false, epoch, generation);
         if register && file.registered.swap(true, Ordering::AcqRel) {
             // Registered twice (an open raced with a create here): one is enough.
             self.reclaimer.hand_over(Closed::Open(ino));
@@ -337,9 +344,15 @@ impl Core {
         store_later: impl FnOnce(&OpenFile) -> bool,
     ) -> bool {
         !self.locks.may_hold(ino, last.then_some(fh), owner)
-            && self
-                .file(fh)
-                .is_ok_and(|f| !f.state().has_pending() || store_later(&f))
+            && self.file(fh).is_ok_and(|f| {
+                let st = f.state();
+                // A lost file's close says so (`EIO`), however little it has to store.
+                !st.lost
+                    && (!st.has_pending() || {
+                        drop(st);
+                        store_later(&f)
+                    })
+            })
     }
 
     /// A release with nothing to store or unlock, done here.
