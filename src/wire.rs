@@ -135,18 +135,29 @@ impl BlockWriter {
         };
         let mut conn = BufReader::new(stream);
         if self.greeting_replies > 0 {
-            conn.get_mut().write_all(&self.greeting).await?;
-            for _ in 0..self.greeting_replies {
-                if let Some(reason) = read_status(&mut conn).await? {
-                    return Err(RedisError::from((
-                        ErrorKind::AuthenticationFailed,
-                        "a connection for block writes was refused",
-                        reason,
-                    )));
-                }
+            let greeted = tokio::time::timeout(self.reply_timeout, self.greet(&mut conn))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no reply to AUTH"))??;
+            if let Some(reason) = greeted {
+                return Err(RedisError::from((
+                    ErrorKind::AuthenticationFailed,
+                    "a connection for block writes was refused",
+                    reason,
+                )));
             }
         }
         Ok(conn)
+    }
+
+    /// Sends `AUTH` and `SELECT` and reads their replies: the first refusal, if any.
+    async fn greet(&self, conn: &mut Connection) -> io::Result<Option<String>> {
+        conn.get_mut().write_all(&self.greeting).await?;
+        conn.get_mut().flush().await?;
+        let mut refusal = None;
+        for _ in 0..self.greeting_replies {
+            refusal = refusal.or(read_status(conn).await?);
+        }
+        Ok(refusal)
     }
 }
 
