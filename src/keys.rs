@@ -142,23 +142,27 @@ pub const FAMILIES: &[Family] = &[
 ];
 
 /// Lua defining a builder of every key family from the prefix `P`, for the scripts' prelude:
-/// the only place the scripts' key names come from.
+/// the only place the scripts' key names come from. Numbers go in through `decimal`: Lua writes
+/// a number past 10^14 as `1e+14` (to 14 digits), which would name another key.
 pub fn lua_builders() -> String {
-    FAMILIES
-        .iter()
-        .map(|f| match f.after {
-            None => format!("local {} = P .. '{}'\n", f.lua, f.before),
-            Some("") => format!(
-                "local function {}(n) return P .. '{}' .. n end\n",
-                f.lua, f.before
-            ),
-            Some(after) => format!(
-                "local function {}(n) return P .. '{}' .. n .. '{after}' end\n",
-                f.lua, f.before
-            ),
-        })
+    let builders = FAMILIES.iter().map(|f| match f.after {
+        None => format!("local {} = P .. '{}'\n", f.lua, f.before),
+        Some("") => format!(
+            "local function {}(n) return P .. '{}' .. decimal(n) end\n",
+            f.lua, f.before
+        ),
+        Some(after) => format!(
+            "local function {}(n) return P .. '{}' .. decimal(n) .. '{after}' end\n",
+            f.lua, f.before
+        ),
+    });
+    std::iter::once(LUA_DECIMAL.to_string())
+        .chain(builders)
         .collect()
 }
+
+/// A whole number (or a string of one) as its decimal digits, exact up to 2^53.
+const LUA_DECIMAL: &str = "local function decimal(n) return string.format('%d', n) end\n";
 
 /// The key names of one filesystem.
 #[derive(Clone, Debug)]
@@ -557,14 +561,30 @@ mod tests {
                     path.display(),
                     n + 1
                 );
+                // Names that hold numbers go into strings through `decimal` only.
+                for number in ["ino", "parent", "dir", "id", "lo", "hi"] {
+                    let joined = |s: &str| {
+                        code.split(s).skip(1).any(|after| {
+                            after.starts_with(number)
+                                && !after[number.len()..]
+                                    .starts_with(|c: char| c.is_alphanumeric() || c == '_')
+                        })
+                    };
+                    assert!(
+                        !joined(".. ") && !joined(".."),
+                        "{}:{}: {number} joined without decimal(): {line}",
+                        path.display(),
+                        n + 1
+                    );
+                }
             }
             read += 1;
         }
         assert!(read > 15, "read {read} scripts from {dir}");
         let builders = lua_builders();
-        assert!(builders.contains("local function dir_key(n) return P .. 'd:' .. n end\n"));
+        assert!(builders.contains("local function dir_key(n) return P .. 'd:' .. decimal(n) end\n"));
         assert!(builders.contains(
-            "local function session_held_key(n) return P .. 'session:' .. n .. ':held' end\n"
+            "local function session_held_key(n) return P .. 'session:' .. decimal(n) .. ':held' end\n"
         ));
         assert!(builders.contains("local META_KEY = P .. 'meta'\n"));
     }

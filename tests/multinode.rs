@@ -789,3 +789,61 @@ fn a_small_directory_is_listed_with_its_attributes_in_one_round_trip() {
     expected.sort();
     assert_eq!(listed, expected);
 }
+
+/// Inode numbers and block ids past 10^14 (where counters reach after a move to the clock's
+/// floor, see `src/lua/reserve.lua`) name the same files everywhere: Lua writes a number that
+/// large as `1e+14` unless told otherwise, and a key or entry built so would name nothing.
+#[test]
+fn numbers_past_ten_to_the_fourteenth_name_the_same_files_everywhere() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    Mount::new(&redis, "skx", &[]).unmount();
+    let far = "1000000000000000";
+    redis.cmd::<()>(&["SET", "skx:next:ino", far]);
+    redis.cmd::<()>(&["SET", "skx:next:blk", far]);
+    let (a, b) = (
+        Mount::new(&redis, "skx", &[]),
+        Mount::new(&redis, "skx", &[]),
+    );
+    // A directory made here (leased: its creates are deferred), files in it and in the root
+    // (created synchronously), data in blocks, a link, a symlink, a rename, an xattr, a removal.
+    fs::create_dir(a.join("d")).unwrap();
+    for i in 0..20 {
+        fs::write(a.join(format!("d/f{i}")), common::random_bytes(70_000, i)).unwrap();
+    }
+    fs::write(a.join("top"), b"in the root").unwrap();
+    fs::create_dir(a.join("d/sub")).unwrap();
+    fs::hard_link(a.join("d/f1"), a.join("d/sub/f1-link")).unwrap();
+    std::os::unix::fs::symlink("../f2", a.join("d/sub/to-f2")).unwrap();
+    fs::rename(a.join("d/f3"), a.join("moved")).unwrap();
+    fs::remove_file(a.join("d/f4")).unwrap();
+    let f5 = cpath(&a.join("d/f5"));
+    // SAFETY: valid C strings and buffer.
+    let set = unsafe {
+        libc::setxattr(
+            f5.as_ptr(),
+            c"user.mark".as_ptr(),
+            b"far".as_ptr().cast(),
+            3,
+            0,
+        )
+    };
+    assert_eq!(set, 0, "setxattr");
+    let ino = fs::metadata(a.join("top")).unwrap().ino();
+    assert!(ino > 1_000_000_000_000_000, "top has inode {ino}");
+    let seen_here = common::tree_listing(&a.path);
+    common::eventually("the other mount sees the same tree", PROPAGATION, || {
+        common::tree_listing(&b.path) == seen_here
+    });
+    assert_eq!(
+        fs::read(b.join("d/sub/to-f2")).unwrap(),
+        common::random_bytes(70_000, 2)
+    );
+    a.unmount();
+    b.unmount();
+    common::assert_clean(&redis, "skx");
+    let again = Mount::new(&redis, "skx", &[]);
+    assert_eq!(common::tree_listing(&again.path), seen_here);
+}

@@ -15,7 +15,7 @@ local n = (#ARGV - FIRST + 1) / WIDTH
 local names, born, kinds, added, held = {}, {}, {}, {}, {}
 local function count(dir, n) added[dir] = (added[dir] or 0) + n end
 local function entry_now(parent, name)
-  local e = names[parent .. '/' .. name]
+  local e = names[decimal(parent) .. '/' .. name]
   if e == nil then e = redis.call('HGET', dir_key(parent), name) or false end
   return e
 end
@@ -38,12 +38,12 @@ for i = 0, n - 1 do
       if redis.call('HLEN', dir_key(ino)) + (added[ino] or 0) ~= 0 then return { E.NOTEMPTY, i } end
     end
     kinds[i] = kind
-    names[parent .. '/' .. name] = false
+    names[decimal(parent) .. '/' .. name] = false
     count(parent, -1)
   else
     if e then return { E.EXIST, i } end
     if rec(ino) then return { E.EXIST, i } end
-    names[parent .. '/' .. name] = op .. ino
+    names[decimal(parent) .. '/' .. name] = op .. decimal(ino)
     count(parent, 1)
     if op == 'd' then born[ino] = true end
   end

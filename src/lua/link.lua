@@ -10,7 +10,7 @@ local pr, err = live_dir(parent)
 if not pr then return { err } end
 local dir = dir_key(parent)
 if redis.call('HEXISTS', dir, ARGV[5]) == 1 then return { E.EXIST } end
-redis.call('HSET', dir, ARGV[5], letter(r) .. ino)
+redis.call('HSET', dir, ARGV[5], letter(r) .. decimal(ino))
 if nlink(r) == 0 then redis.call('SREM', session_held_key(SID), ino) end
 entry_changed(parent, ARGV[5])
 put(ino, touch_c(set_nlink(r, nlink(r) + 1), ARGV[6]))

@@ -7,6 +7,7 @@
 -- tools), the request's id (0: none), the same for every attempt of one request, and the time
 -- on this server's clock (ms) after which the request must not run, because its caller gave up
 -- on it (0: none).
+-- Numbers are written into names and events by `decimal` (see src/keys.rs), never by `..`.
 -- Inode records are packed as described in src/attr.rs; these helpers read and patch them
 -- without unpacking the timestamps, which Lua's doubles could not hold exactly.
 local SID, REQ, DEADLINE = string.match(ARGV[2], '^(%d+):(%d+):(%d+)$')
@@ -18,11 +19,11 @@ local records, changed, events = {}, {}, {}
 -- 'D<ino>:<record>' a directory's record changed, to these 64 bytes (which may hold NULs),
 -- 'x<ino>' extended attributes changed, 'e<dir>/<name>' an entry changed, 'd<ino>' data
 -- changed, 'd<ino>:<lo>:<hi>' blocks lo..hi.
-local function entry_changed(dir, name) events[#events + 1] = 'e' .. dir .. '/' .. name end
-local function xattrs_changed(ino) events[#events + 1] = 'x' .. ino end
+local function entry_changed(dir, name) events[#events + 1] = 'e' .. decimal(dir) .. '/' .. name end
+local function xattrs_changed(ino) events[#events + 1] = 'x' .. decimal(ino) end
 local function data_changed(ino, lo, hi)
-  if lo then events[#events + 1] = 'd' .. ino .. ':' .. lo .. ':' .. hi
-  else events[#events + 1] = 'd' .. ino end
+  if lo then events[#events + 1] = 'd' .. decimal(ino) .. ':' .. decimal(lo) .. ':' .. decimal(hi)
+  else events[#events + 1] = 'd' .. decimal(ino) end
 end
 
 local function bucket(ino) return inodes_key(math.floor(ino / PER_BUCKET)) end
@@ -52,43 +53,10 @@ local function flush_stats()
   stats = {}
 end
 
--- Numbers handed out by a counter (inodes, blocks, sessions) must never be handed out twice,
--- yet a primary that dies, or a server restarted from its files, can have handed out numbers
--- that its successor never heard of while mounts still hold and use them. The first count on
--- a server other than the one that counted last (a replication id changes with every
--- promotion and restart) therefore moves the counter on: to where the server's clock says a
--- counter handing out at most `per_ms` numbers a millisecond since 2026 would be, and at least
--- a second's worth past where it is. A successor that lost even that move (its predecessor
--- died before passing anything on) moves from a later time, past what the predecessor can have
--- handed out in its life. A filesystem made before the record of issuers moves on once.
-local EPOCH_MS = 1767225600000
-local COUNTERS = {
-  inode = { key = NEXT_INODE_KEY, per_ms = 1024 },
-  block = { key = NEXT_BLOCK_KEY, per_ms = 1024 },
-  session = { key = NEXT_SESSION_KEY, per_ms = 1 },
-}
+-- The server running the script, as its replication id: new at every promotion and restart
+-- (see reserve.lua).
 local function this_server()
   return string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or 'unknown'
-end
-local function issue(name, n)
-  local counter, server = COUNTERS[name], this_server()
-  if redis.call('HGET', ISSUERS_KEY, name) ~= server then
-    local t = redis.call('TIME')
-    local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - EPOCH_MS
-    local at = tonumber(redis.call('GET', counter.key) or '0')
-    local moved = math.max(ms * counter.per_ms, at + 1000 * counter.per_ms)
-    redis.call('SET', counter.key, string.format('%.0f', moved))
-    redis.call('HSET', ISSUERS_KEY, name, server)
-  end
-  return redis.call('INCRBY', counter.key, n)
-end
--- A new filesystem's counters, counting on this server.
-local function start_counters()
-  local server = this_server()
-  redis.call('SET', NEXT_INODE_KEY, 1)
-  redis.call('SET', NEXT_BLOCK_KEY, 0)
-  redis.call('SET', NEXT_SESSION_KEY, 0)
-  redis.call('HSET', ISSUERS_KEY, 'inode', server, 'block', server, 'session', server)
 end
 
 local function splice(r, off, bytes) return string.sub(r, 1, off) .. bytes .. string.sub(r, off + #bytes + 1) end
@@ -108,9 +76,9 @@ local function save()
     if is_dir(r) then
       r = counted(r)
       records[ino] = r
-      events[#events + 1] = 'D' .. ino .. ':' .. r
+      events[#events + 1] = 'D' .. decimal(ino) .. ':' .. r
     else
-      events[#events + 1] = 'a' .. ino
+      events[#events + 1] = 'a' .. decimal(ino)
     end
     redis.call('HSET', bucket(ino), ino % PER_BUCKET, r)
   end
@@ -145,7 +113,7 @@ local function split_entry(e) return string.sub(e, 1, 1), tonumber(string.sub(e,
 -- (session 0) cannot ask, and read what Redis has.
 local function unleased(dir)
   local holder = redis.call('HGET', LEASE_KEY, dir)
-  if holder and holder ~= SID and SID ~= '0' then error({ err = 'LEASED ' .. dir .. ' ' .. holder }) end
+  if holder and holder ~= SID and SID ~= '0' then error({ err = 'LEASED ' .. decimal(dir) .. ' ' .. holder }) end
 end
 -- Reads the records of inodes `inos` (numbers) into `out`, false where there is none; with
 -- `with_xattrs`, returns one character per inode, '1' if it has extended attributes (an
@@ -255,7 +223,7 @@ end
 -- Enters a new inode `ino` (record, kind letter) as `name` in directory `parent`.
 local function add_child(parent, name, kind, ino, record, ts, target)
   put(ino, record)
-  redis.call('HSET', dir_key(parent), name, kind .. ino)
+  redis.call('HSET', dir_key(parent), name, kind .. decimal(ino))
   entry_changed(parent, name)
   if kind == 'l' then redis.call('SET', symlink_key(ino), target) end
   local pr = touch_mc(rec(parent), ts)
@@ -284,7 +252,7 @@ local function drop_child(parent, name, kind, ino, ts, closed)
   if kind ~= 'd' then left = nlink(r) - 1 end
   if left == 0 and closed == ino and not kept_open(ino, '') then
     delete_inode(ino)
-    events[#events + 1] = 'a' .. ino
+    events[#events + 1] = 'a' .. decimal(ino)
     return 0
   end
   put(ino, touch_c(set_nlink(r, left), ts))

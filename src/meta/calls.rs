@@ -153,6 +153,8 @@ pub struct Create<'a> {
     pub symlink_target: &'a [u8],
     pub lease: bool,
     pub opened: bool,
+    /// The new inode's number, from the mount's reserved range.
+    pub ino: u64,
 }
 
 impl Call for Create<'_> {
@@ -171,6 +173,7 @@ impl Call for Create<'_> {
             .bytes(self.symlink_target)
             .num(u8::from(self.lease))
             .num(u8::from(self.opened))
+            .num(self.ino)
     }
     fn parse(&self, reply: Vec<Value>) -> Result<Self::Reply, FsError> {
         Ok((ino_at(&reply, 1)?, record(self.parent, reply.get(2))?))
@@ -210,6 +213,8 @@ impl Call for Link<'_> {
 pub struct Tmpfile<'a> {
     pub parent: u64,
     pub attr: &'a Attr,
+    /// The new inode's number, from the mount's reserved range.
+    pub ino: u64,
 }
 
 impl Call for Tmpfile<'_> {
@@ -222,6 +227,7 @@ impl Call for Tmpfile<'_> {
         ScriptArgs::default()
             .num(self.parent)
             .bytes(self.attr.encode())
+            .num(self.ino)
     }
     fn parse(&self, reply: Vec<Value>) -> Result<u64, FsError> {
         ino_at(&reply, 1)

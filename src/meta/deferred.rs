@@ -217,12 +217,9 @@ impl Delegation {
         if !log.leased.contains(&parent) || log.changes.len() >= LOG_LIMIT {
             return false;
         }
-        let Some(ino) = log.inos.next() else {
+        let Some(ino) = self.next_ino(&mut log) else {
             return false;
         };
-        if log.inos.end - log.inos.start == INO_RANGE / 4 {
-            self.wake.notify_one();
-        }
         attr.ino = ino;
         if attr.kind() == FileKind::Dir {
             log.leased.insert(ino);
@@ -433,6 +430,20 @@ impl Delegation {
         log
     }
 
+    /// An inode number reserved for this mount, if one is at hand (the background sender is
+    /// asked for more when a quarter is left).
+    pub fn take_ino(&self) -> Option<u64> {
+        self.next_ino(&mut lock(&self.log))
+    }
+
+    fn next_ino(&self, log: &mut Log) -> Option<u64> {
+        let ino = log.inos.next()?;
+        if log.inos.end - log.inos.start == INO_RANGE / 4 {
+            self.wake.notify_one();
+        }
+        Some(ino)
+    }
+
     /// Whether deferred creates lack inode numbers.
     pub fn out_of_inos(&self) -> bool {
         lock(&self.log).inos.is_empty()
@@ -527,7 +538,19 @@ impl Meta {
         Ok(())
     }
 
-    /// Reserves inode numbers for deferred creates.
+    /// A number for a new inode: every create takes one from the range reserved for this
+    /// mount, so that only one create in [`INO_RANGE`] has Redis count (and check which server
+    /// counts, see `src/lua/reserve.lua`).
+    pub async fn new_ino(&self) -> Result<u64, FsError> {
+        loop {
+            if let Some(ino) = self.delegation.take_ino() {
+                return Ok(ino);
+            }
+            self.reserve_inos().await?;
+        }
+    }
+
+    /// Reserves inode numbers for this mount's creates.
     pub async fn reserve_inos(&self) -> Result<(), FsError> {
         let end = (self.store.reserve(Counter::Inode, INO_RANGE))
             .await

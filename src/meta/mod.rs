@@ -452,6 +452,7 @@ impl Meta {
             symlink_target,
             lease,
             opened,
+            ino: self.new_ino().await?,
         };
         let (ino, dir) = self.call(&call).await?;
         self.delegation.room_again();
@@ -483,7 +484,8 @@ impl Meta {
 
     /// Creates an unnamed file (`O_TMPFILE`) in `parent`, held by this session: no link.
     pub async fn tmpfile(&self, parent: u64, attr: &Attr) -> Result<Attr, FsError> {
-        let ino = self.call(&calls::Tmpfile { parent, attr }).await?;
+        let ino = self.new_ino().await?;
+        let ino = self.call(&calls::Tmpfile { parent, attr, ino }).await?;
         Ok(Attr {
             ino,
             nlink: 0,
