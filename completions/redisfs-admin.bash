@@ -34,6 +34,9 @@ _redisfs__admin() {
             redisfs__admin,status)
                 cmd="redisfs__admin__subcmd__status"
                 ;;
+            redisfs__admin,upgrade)
+                cmd="redisfs__admin__subcmd__upgrade"
+                ;;
             redisfs__admin__subcmd__help,config)
                 cmd="redisfs__admin__subcmd__help__subcmd__config"
                 ;;
@@ -52,6 +55,9 @@ _redisfs__admin() {
             redisfs__admin__subcmd__help,status)
                 cmd="redisfs__admin__subcmd__help__subcmd__status"
                 ;;
+            redisfs__admin__subcmd__help,upgrade)
+                cmd="redisfs__admin__subcmd__help__subcmd__upgrade"
+                ;;
             *)
                 ;;
         esac
@@ -59,7 +65,7 @@ _redisfs__admin() {
 
     case "${cmd}" in
         redisfs__admin)
-            opts="-h -V --help --version list status config stats destroy help"
+            opts="-h -V --help --version list status config stats upgrade destroy help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -213,7 +219,7 @@ _redisfs__admin() {
             return 0
             ;;
         redisfs__subcmd__admin__subcmd__help)
-            opts="list status config stats destroy help"
+            opts="list status config stats upgrade destroy help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -297,6 +303,20 @@ _redisfs__admin() {
             return 0
             ;;
         redisfs__subcmd__admin__subcmd__help__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        redisfs__subcmd__admin__subcmd__help__subcmd__upgrade)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -439,6 +459,72 @@ _redisfs__admin() {
             return 0
             ;;
         redisfs__subcmd__admin__subcmd__status)
+            opts="-q -h --redis --redis-host --host --redis-port --port --redis-db --db --tls-ca-cert --tls-cert --tls-key --json --quiet --io-timeout --prefix --session-timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --redis)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --db)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-db)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-ca-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --io-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --session-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        redisfs__subcmd__admin__subcmd__upgrade)
             opts="-q -h --redis --redis-host --host --redis-port --port --redis-db --db --tls-ca-cert --tls-cert --tls-key --json --quiet --io-timeout --prefix --session-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -89,6 +89,19 @@ pub enum AdminCommand {
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
+    /// Convert a filesystem made before format 2 (metadata keys `<prefix>:…`) to the current
+    /// key layout (`{<prefix>}:…`, one hash slot on a Redis Cluster); blocks keep their names.
+    /// Refused while it is mounted; safe to run again after an interruption.
+    Upgrade {
+        #[command(flatten)]
+        tool: ToolArgs,
+        /// Prefix of the filesystem.
+        #[arg(long, value_name = "NAME")]
+        prefix: String,
+        /// A mount silent for this long counts as dead.
+        #[arg(long, default_value = "30", value_parser = parse_seconds, value_name = "SECONDS")]
+        session_timeout: std::time::Duration,
+    },
     /// Delete every key of a filesystem (refused while it is mounted).
     Destroy {
         #[command(flatten)]
@@ -113,6 +126,7 @@ impl AdminCommand {
             | AdminCommand::Status { tool, .. }
             | AdminCommand::Config { tool, .. }
             | AdminCommand::Stats { tool, .. }
+            | AdminCommand::Upgrade { tool, .. }
             | AdminCommand::Destroy { tool, .. } => tool,
         }
     }
@@ -393,6 +407,14 @@ pub fn run(args: &AdminArgs) -> Result<Outcome, Error> {
                 let address = metrics_address(&store, mount_point.as_deref()).await?;
                 watch(&address, *interval, *count, tool.json).await
             }
+            AdminCommand::Upgrade {
+                tool,
+                prefix,
+                session_timeout,
+            } => {
+                let store = tool.connect(prefix).await?;
+                upgrade(&store, *session_timeout).await
+            }
             AdminCommand::Destroy {
                 tool,
                 prefix,
@@ -542,6 +564,116 @@ async fn destroy(
     Ok(Outcome::Done(Done {
         prefix,
         done: format!("destroyed ({deleted} keys deleted)"),
+    }))
+}
+
+/// Renames a format-1 filesystem's metadata keys into braces, its `meta` hash last, so that
+/// an interrupted upgrade still reads as format 1 and runs again from where it stopped.
+async fn upgrade(store: &Store, session_timeout: std::time::Duration) -> Result<Outcome, Error> {
+    let keys = &store.keys;
+    let prefix = keys.prefix().to_string();
+    let (meta, old_meta) = (keys.meta(), keys.format_1(&keys.meta()));
+    let (state, version): (Option<String>, Option<String>) = store
+        .cmd(
+            redis::cmd("HMGET")
+                .arg(&old_meta)
+                .arg("state")
+                .arg("version"),
+        )
+        .await
+        .map_err(store.failed("HMGET"))?;
+    let Some(version) = version else {
+        format::read(store).await?;
+        return Ok(Outcome::Done(Done {
+            prefix,
+            done: "already in the current key layout".into(),
+        }));
+    };
+    let state = state.unwrap_or_default();
+    if version != "1" || !matches!(state.as_str(), "ready" | "upgrading") {
+        return Err(Error::CorruptKey {
+            key: old_meta,
+            reason: format!("version '{version}' in state '{state}' is not a format-1 filesystem"),
+        });
+    }
+    let cutoff = now_ms().saturating_sub(session_timeout.as_millis() as u64);
+    let live: Vec<u64> = store
+        .cmd(
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(keys.format_1(&keys.sessions()))
+                .arg(cutoff)
+                .arg("+inf"),
+        )
+        .await
+        .map_err(store.failed("listing the live mounts"))?;
+    if !live.is_empty() {
+        return Err(Error::Setting(format!(
+            "'{prefix}' is mounted (live sessions {live:?}); unmount it everywhere first"
+        )));
+    }
+    // Mounts of format 1 refuse a filesystem that is not ready.
+    store
+        .cmd::<()>(
+            redis::cmd("HSET")
+                .arg(&old_meta)
+                .arg("state")
+                .arg("upgrading"),
+        )
+        .await
+        .map_err(store.failed("HSET"))?;
+    let pattern = keys.scan_patterns()[1].clone();
+    let mut scan = crate::scan::Scan::matching(store, pattern);
+    let mut renamed = 0;
+    while let Some(batch) = scan.next_batch().await? {
+        let moves: Vec<(Vec<u8>, Vec<u8>)> = batch
+            .into_iter()
+            .filter(|key| key.as_slice() != old_meta.as_bytes())
+            .filter_map(|key| keys.from_format_1(&key).map(|new| (key, new)))
+            .filter(|(old, new)| old != new)
+            .collect();
+        let mut pipe = redis::pipe();
+        for (old, new) in &moves {
+            pipe.cmd("RENAMENX").arg(old).arg(new);
+        }
+        let done: Vec<bool> = store.pipe(&pipe).await.map_err(store.failed("RENAMENX"))?;
+        if let Some(((old, new), _)) = moves.iter().zip(&done).find(|(_, done)| !**done) {
+            return Err(Error::CorruptKey {
+                key: String::from_utf8_lossy(old).into_owned(),
+                reason: format!(
+                    "'{}' exists already: both layouts hold this key",
+                    String::from_utf8_lossy(new)
+                ),
+            });
+        }
+        renamed += moves.len();
+    }
+    let mut last = redis::pipe();
+    last.atomic()
+        .cmd("HSET")
+        .arg(&old_meta)
+        .arg("version")
+        .arg(format::FORMAT_VERSION)
+        .arg("state")
+        .arg("ready")
+        .ignore()
+        .cmd("RENAMENX")
+        .arg(&old_meta)
+        .arg(&meta);
+    let (moved,): (bool,) = store.pipe(&last).await.map_err(store.failed("RENAMENX"))?;
+    if !moved {
+        return Err(Error::CorruptKey {
+            key: meta,
+            reason: format!("exists beside '{old_meta}': both layouts hold the filesystem"),
+        });
+    }
+    format::read(store).await?;
+    Ok(Outcome::Done(Done {
+        prefix,
+        done: format!(
+            "converted to format {} ({} metadata keys renamed; blocks keep their names)",
+            format::FORMAT_VERSION,
+            renamed + 1
+        ),
     }))
 }
 

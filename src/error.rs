@@ -176,6 +176,15 @@ pub enum Error {
         /// One of the keys found.
         example: String,
     },
+    /// The filesystem keeps its metadata under the names of format 1.
+    #[error(
+        "filesystem '{prefix}' has the key layout of format 1: convert it once with \
+         `redisfs-admin upgrade --prefix {prefix}` while nothing mounts it"
+    )]
+    Format1 {
+        /// The prefix.
+        prefix: String,
+    },
     /// The prefix holds no keys at all.
     #[error("there is no filesystem under prefix '{prefix}' (a writable mount of an empty prefix creates one)")]
     NoFilesystem {

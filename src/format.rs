@@ -11,7 +11,9 @@ use crate::scripts::Scripts;
 use crate::store::Store;
 
 /// The newest format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 put the metadata keys in braces (one hash slot on a cluster, see `src/keys.rs`);
+/// `redisfs-admin upgrade` converts version 1.
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes a block leaves free in its Redis value: the tag byte, Redis's string header and the
 /// protocol's line ending all fit, so a full block is exactly one allocator size class.
 pub const VALUE_OVERHEAD: u64 = 64;
@@ -72,6 +74,7 @@ pub async fn open(
     match kind.as_str() {
         "hash" => {}
         "none" => {
+            refuse_format_1(store).await?;
             if let Some(example) = crate::scan::any_key(store).await? {
                 return Err(Error::NotAFilesystem {
                     prefix: keys.prefix().to_string(),
@@ -103,11 +106,28 @@ pub async fn read(store: &Store) -> Result<FsConfig, Error> {
         .await
         .map_err(store.failed("HGETALL"))?;
     if meta.is_empty() {
+        refuse_format_1(store).await?;
         return Err(Error::NoFilesystem {
             prefix: store.keys.prefix().to_string(),
         });
     }
     parse_meta(store.keys.prefix(), &meta_key, &meta)
+}
+
+/// Refuses a filesystem still in the key layout of format 1, naming the command that
+/// converts it.
+async fn refuse_format_1(store: &Store) -> Result<(), Error> {
+    let old_meta = store.keys.format_1(&store.keys.meta());
+    let exists: bool = store
+        .cmd(redis::cmd("EXISTS").arg(&old_meta))
+        .await
+        .map_err(store.failed("EXISTS"))?;
+    if exists {
+        return Err(Error::Format1 {
+            prefix: store.keys.prefix().to_string(),
+        });
+    }
+    Ok(())
 }
 
 fn parse_meta(prefix: &str, key: &str, meta: &HashMap<String, String>) -> Result<FsConfig, Error> {
@@ -290,7 +310,7 @@ mod tests {
     #[test]
     fn meta_is_checked() {
         let good = [
-            ("version", "1"),
+            ("version", "2"),
             ("state", "ready"),
             ("block_size", "65472"),
             ("codec", "lz4"),
@@ -301,7 +321,7 @@ mod tests {
             65472
         );
         let mut newer = good;
-        newer[0] = ("version", "2");
+        newer[0] = ("version", "3");
         assert!(matches!(
             parse_meta("p", "p:meta", &meta(&newer)),
             Err(Error::FormatVersion { .. })

@@ -1,17 +1,21 @@
 //! Key names: the only Rust code that builds or parses them.
 //!
-//! Every key of a filesystem starts with `<prefix>:`; nothing outside that space is ever
-//! touched. The Lua scripts (`src/lua/prelude.lua`) build the same names from the same prefix,
-//! and `docs/design.md` describes the layout. Inodes are stored 64 to a hash (see
+//! A filesystem's metadata keys start with `{<prefix>}:`, its blocks' with `<prefix>:b:`;
+//! nothing outside those two spaces is ever touched. On a Redis Cluster the braces put every
+//! metadata key in one hash slot, so that a script can change any of them at once, while each
+//! block's slot comes from its whole name, so that blocks spread over every node. The Lua
+//! scripts (`src/lua/prelude.lua`) build the same names from the same prefix, and
+//! `docs/design.md` describes the layout. Inodes are stored 64 to a hash (see
 //! [`INODES_PER_BUCKET`]) because a key per inode costs more Redis memory than the inode itself.
 
 /// Inode records per `P:i:<bucket>` hash. Small enough that the hash stays a compact listpack
 /// under Redis's default `hash-max-listpack-entries` (128).
 pub const INODES_PER_BUCKET: u64 = 64;
 
-/// One kind of key, named once for Rust and for the scripts: `<prefix>:<before><n><after>` for
-/// the kinds numbered by an inode, bucket, block or session, `<prefix>:<before>` for the single
-/// keys. The scripts' prelude gets a builder of each, named `lua` (see [`lua_builders`]).
+/// One kind of key, named once for Rust and for the scripts: `{<prefix>}:<before><n><after>`
+/// for the kinds numbered by an inode, bucket or session, `{<prefix>}:<before>` for the single
+/// keys, and `<prefix>:<before><n>` for blocks (the one `spread` family). The scripts' prelude
+/// gets a builder of each, named `lua` (see [`lua_builders`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Family {
     /// The Lua name: a function of the number, or a constant for a single key.
@@ -20,6 +24,9 @@ pub struct Family {
     pub before: &'static str,
     /// What follows the number; `None` for a single key.
     pub after: Option<&'static str>,
+    /// Keys spread over a cluster's slots by their whole name (blocks), rather than kept in
+    /// the filesystem's metadata slot.
+    pub spread: bool,
 }
 
 impl Family {
@@ -28,6 +35,7 @@ impl Family {
             lua,
             before: name,
             after: None,
+            spread: false,
         }
     }
 
@@ -36,6 +44,14 @@ impl Family {
             lua,
             before,
             after: Some(after),
+            spread: false,
+        }
+    }
+
+    const fn spread(self) -> Family {
+        Family {
+            spread: true,
+            ..self
         }
     }
 
@@ -71,8 +87,8 @@ pub const INODES: Family = Family::numbered("inodes_key", "i:", "");
 pub const DIR: Family = Family::numbered("dir_key", "d:", "");
 /// `P:m:<ino>`: a file's block map, block index → block id.
 pub const MAP: Family = Family::numbered("map_key", "m:", "");
-/// `P:b:<id>`: one block.
-pub const BLOCK: Family = Family::numbered("block_key", "b:", "");
+/// `<prefix>:b:<id>` (no braces: see the module's note): one block.
+pub const BLOCK: Family = Family::numbered("block_key", "b:", "").spread();
 /// `P:x:<ino>`: extended attributes.
 pub const XATTRS: Family = Family::numbered("xattrs_key", "x:", "");
 /// `P:l:<ino>`: a symlink's target.
@@ -145,212 +161,256 @@ pub const FAMILIES: &[Family] = &[
 /// the only place the scripts' key names come from. Numbers go in through `decimal`: Lua writes
 /// a number past 10^14 as `1e+14` (to 14 digits), which would name another key.
 pub fn lua_builders() -> String {
-    let builders = FAMILIES.iter().map(|f| match f.after {
-        None => format!("local {} = P .. '{}'\n", f.lua, f.before),
-        Some("") => format!(
-            "local function {}(n) return P .. '{}' .. decimal(n) end\n",
-            f.lua, f.before
-        ),
-        Some(after) => format!(
-            "local function {}(n) return P .. '{}' .. decimal(n) .. '{after}' end\n",
-            f.lua, f.before
-        ),
+    let builders = FAMILIES.iter().map(|f| {
+        let base = if f.spread { "SPREAD" } else { "P" };
+        match f.after {
+            None => format!("local {} = {base} .. '{}'\n", f.lua, f.before),
+            Some("") => format!(
+                "local function {}(n) return {base} .. '{}' .. decimal(n) end\n",
+                f.lua, f.before
+            ),
+            Some(after) => format!(
+                "local function {}(n) return {base} .. '{}' .. decimal(n) .. '{after}' end\n",
+                f.lua, f.before
+            ),
+        }
     });
-    std::iter::once(LUA_DECIMAL.to_string())
+    std::iter::once(LUA_BASES.to_string())
         .chain(builders)
         .collect()
 }
 
-/// A whole number (or a string of one) as its decimal digits, exact up to 2^53.
-const LUA_DECIMAL: &str = "local function decimal(n) return string.format('%d', n) end\n";
+/// The two bases of a filesystem's names from its prefix (`PREFIX`, the scripts' first
+/// argument), and a whole number (or a string of one) as its decimal digits, exact to 2^53.
+const LUA_BASES: &str = "local P, SPREAD = '{' .. PREFIX .. '}:', PREFIX .. ':'\n\
+                         local function decimal(n) return string.format('%d', n) end\n";
 
 /// The key names of one filesystem.
 #[derive(Clone, Debug)]
 pub struct Keys {
-    /// The prefix followed by `:`.
-    base: String,
+    prefix: String,
+    /// `{<prefix>}:`, before every metadata key.
+    metadata_base: String,
+    /// `<prefix>:`, before every block key.
+    spread_base: String,
 }
 
 impl Keys {
     /// Key names for the filesystem stored under `prefix`.
     pub fn new(prefix: &str) -> Keys {
         Keys {
-            base: format!("{prefix}:"),
+            prefix: prefix.to_string(),
+            metadata_base: format!("{{{prefix}}}:"),
+            spread_base: format!("{prefix}:"),
         }
     }
 
-    /// The prefix with its trailing `:`, as the scripts receive it.
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
-    /// The prefix without the trailing `:`.
+    /// The prefix, as the scripts receive it.
     pub fn prefix(&self) -> &str {
-        &self.base[..self.base.len() - 1]
+        &self.prefix
     }
 
-    /// A SCAN MATCH pattern for every key of this filesystem, glob characters escaped.
-    pub fn scan_pattern(&self) -> String {
-        let mut pattern = String::with_capacity(self.base.len() + 1);
-        for c in self.base.chars() {
-            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-                pattern.push('\\');
-            }
-            pattern.push(c);
+    fn base(&self, family: &Family) -> &str {
+        if family.spread {
+            &self.spread_base
+        } else {
+            &self.metadata_base
         }
-        pattern.push('*');
-        pattern
+    }
+
+    fn single(&self, family: Family) -> String {
+        family.at(self.base(&family))
+    }
+
+    fn numbered(&self, family: Family, n: u64) -> String {
+        family.of(self.base(&family), n)
+    }
+
+    /// SCAN MATCH patterns that together match every key of this filesystem (its metadata,
+    /// then everything under `<prefix>:`), glob characters escaped.
+    pub fn scan_patterns(&self) -> [String; 2] {
+        [&self.metadata_base, &self.spread_base].map(|base| {
+            let mut pattern = String::with_capacity(base.len() + 1);
+            for c in base.chars() {
+                if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                    pattern.push('\\');
+                }
+                pattern.push(c);
+            }
+            pattern.push('*');
+            pattern
+        })
+    }
+
+    /// The name a key of this layout had in format 1, before the metadata had its braces
+    /// (see `redisfs-admin upgrade`).
+    pub fn format_1(&self, key: &str) -> String {
+        match key.strip_prefix(&self.metadata_base) {
+            Some(rest) => format!("{}{rest}", self.spread_base),
+            None => key.to_string(),
+        }
+    }
+
+    /// A format-1 key's name in this layout (blocks keep theirs), if it is one of this
+    /// filesystem's.
+    pub fn from_format_1(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let rest = key.strip_prefix(self.spread_base.as_bytes())?;
+        if rest.starts_with(BLOCK.before.as_bytes()) {
+            return Some(key.to_vec());
+        }
+        Some([self.metadata_base.as_bytes(), rest].concat())
     }
 
     /// See [`META`].
     pub fn meta(&self) -> String {
-        META.at(&self.base)
+        self.single(META)
     }
 
     /// See [`STAT`].
     pub fn stat(&self) -> String {
-        STAT.at(&self.base)
+        self.single(STAT)
     }
 
     /// See [`NEXT_BLOCK`].
     pub fn next_block(&self) -> String {
-        NEXT_BLOCK.at(&self.base)
+        self.single(NEXT_BLOCK)
     }
 
     /// See [`NEXT_INODE`].
     pub fn next_inode(&self) -> String {
-        NEXT_INODE.at(&self.base)
+        self.single(NEXT_INODE)
     }
 
     /// See [`NEXT_SESSION`].
     pub fn next_session(&self) -> String {
-        NEXT_SESSION.at(&self.base)
+        self.single(NEXT_SESSION)
     }
 
     /// See [`ISSUERS`].
     pub fn issuers(&self) -> String {
-        ISSUERS.at(&self.base)
+        self.single(ISSUERS)
     }
 
     /// The hash holding the record of `ino` (see [`INODES`]), and the field within it.
     pub fn inode(&self, ino: u64) -> (String, u64) {
         (
-            INODES.of(&self.base, ino / INODES_PER_BUCKET),
+            self.numbered(INODES, ino / INODES_PER_BUCKET),
             ino % INODES_PER_BUCKET,
         )
     }
 
     /// See [`DIR`].
     pub fn dir(&self, ino: u64) -> String {
-        DIR.of(&self.base, ino)
+        self.numbered(DIR, ino)
     }
 
     /// See [`MAP`].
     pub fn map(&self, ino: u64) -> String {
-        MAP.of(&self.base, ino)
+        self.numbered(MAP, ino)
     }
 
     /// See [`BLOCK`].
     pub fn block(&self, id: u64) -> String {
-        BLOCK.of(&self.base, id)
+        self.numbered(BLOCK, id)
     }
 
     /// See [`XATTRS`].
     pub fn xattrs(&self, ino: u64) -> String {
-        XATTRS.of(&self.base, ino)
+        self.numbered(XATTRS, ino)
     }
 
     /// See [`SYMLINK`].
     pub fn symlink(&self, ino: u64) -> String {
-        SYMLINK.of(&self.base, ino)
+        self.numbered(SYMLINK, ino)
     }
 
     /// See [`EVENTS`].
     pub fn events(&self) -> String {
-        EVENTS.at(&self.base)
+        self.single(EVENTS)
     }
 
     /// See [`EVENT_PROBES`].
     pub fn event_probes(&self) -> String {
-        EVENT_PROBES.at(&self.base)
+        self.single(EVENT_PROBES)
     }
 
     /// See [`FREED_MAP`].
     pub fn freed_map(&self, ino: u64) -> String {
-        FREED_MAP.of(&self.base, ino)
+        self.numbered(FREED_MAP, ino)
     }
 
     /// See [`LOCKS`].
     pub fn locks(&self, ino: u64) -> String {
-        LOCKS.of(&self.base, ino)
+        self.numbered(LOCKS, ino)
     }
 
     /// See [`FREEZE`].
     pub fn freeze(&self) -> String {
-        FREEZE.at(&self.base)
+        self.single(FREEZE)
     }
 
     /// See [`FREEZE_ACKS`].
     pub fn freeze_acks(&self) -> String {
-        FREEZE_ACKS.at(&self.base)
+        self.single(FREEZE_ACKS)
     }
 
     /// See [`FREEING`].
     pub fn freeing(&self) -> String {
-        FREEING.at(&self.base)
+        self.single(FREEING)
     }
 
     /// See [`SESSIONS`].
     pub fn sessions(&self) -> String {
-        SESSIONS.at(&self.base)
+        self.single(SESSIONS)
     }
 
     /// See [`SESSION`].
     pub fn session_info(&self, sid: u64) -> String {
-        SESSION.of(&self.base, sid)
+        self.numbered(SESSION, sid)
     }
 
     /// See [`SESSION_REPLIES`].
     pub fn session_replies(&self, sid: u64) -> String {
-        SESSION_REPLIES.of(&self.base, sid)
+        self.numbered(SESSION_REPLIES, sid)
     }
 
     /// See [`LEASE`].
     pub fn lease(&self) -> String {
-        LEASE.at(&self.base)
+        self.single(LEASE)
     }
 
     /// See [`SESSION_LEASES`].
     pub fn session_leases(&self, sid: u64) -> String {
-        SESSION_LEASES.of(&self.base, sid)
+        self.numbered(SESSION_LEASES, sid)
     }
 
     /// See [`SESSION_OPEN`].
     pub fn session_open(&self, sid: u64) -> String {
-        SESSION_OPEN.of(&self.base, sid)
+        self.numbered(SESSION_OPEN, sid)
     }
 
     /// See [`SESSION_HELD`].
     pub fn session_held(&self, sid: u64) -> String {
-        SESSION_HELD.of(&self.base, sid)
+        self.numbered(SESSION_HELD, sid)
     }
 
     /// See [`SESSION_LOCKS`].
     pub fn session_locks(&self, sid: u64) -> String {
-        SESSION_LOCKS.of(&self.base, sid)
+        self.numbered(SESSION_LOCKS, sid)
     }
 }
 
 /// A SCAN pattern matching the `meta` key of every filesystem on a server.
 pub fn every_meta_key() -> String {
-    format!("*:{}", META.before)
+    format!("{{*}}:{}", META.before)
 }
 
 /// The prefix whose `meta` key `key` is, if it is one (a prefix has no `:`).
 pub fn prefix_of_meta_key(key: &str) -> Option<&str> {
     key.strip_suffix(META.before)?
-        .strip_suffix(':')
-        .filter(|p| !p.is_empty() && !p.contains(':'))
+        .strip_suffix("}:")?
+        .strip_prefix('{')
+        .filter(|p| !p.is_empty() && !p.contains([':', '{', '}']))
 }
 
 /// What a key of a filesystem is, read back from its name.
@@ -433,7 +493,6 @@ impl Keys {
     /// The kind of `key`, or `None` if it is not a name this format uses (or not under the
     /// prefix at all).
     pub fn classify(&self, key: &[u8]) -> Option<KeyKind> {
-        let rest = std::str::from_utf8(key.strip_prefix(self.base.as_bytes())?).ok()?;
         let number = |s: &str| -> Option<u64> {
             (!s.is_empty()
                 && s.bytes().all(|b| b.is_ascii_digit())
@@ -441,6 +500,11 @@ impl Keys {
             .then(|| s.parse().ok())
             .flatten()
         };
+        if let Some(block) = key.strip_prefix(self.spread_base.as_bytes()) {
+            let id = std::str::from_utf8(block.strip_prefix(BLOCK.before.as_bytes())?).ok()?;
+            return number(id).map(KeyKind::Block);
+        }
+        let rest = std::str::from_utf8(key.strip_prefix(self.metadata_base.as_bytes())?).ok()?;
         Some(match rest {
             "meta" => KeyKind::Meta,
             "stat" => KeyKind::Stat,
@@ -467,7 +531,6 @@ impl Keys {
                     "i" => KeyKind::Inodes(n),
                     "d" => KeyKind::Dir(n),
                     "m" => KeyKind::Map(n),
-                    "b" => KeyKind::Block(n),
                     "x" => KeyKind::Xattrs(n),
                     "l" => KeyKind::Symlink(n),
                     "free" => KeyKind::FreedMap(n),
@@ -480,8 +543,11 @@ impl Keys {
 
     /// The same key under another filesystem's prefix.
     pub fn rebase(&self, key: &[u8], to: &Keys) -> Option<Vec<u8>> {
-        let rest = key.strip_prefix(self.base.as_bytes())?;
-        Some([to.base.as_bytes(), rest].concat())
+        if let Some(rest) = key.strip_prefix(self.metadata_base.as_bytes()) {
+            return Some([to.metadata_base.as_bytes(), rest].concat());
+        }
+        let rest = key.strip_prefix(self.spread_base.as_bytes())?;
+        Some([to.spread_base.as_bytes(), rest].concat())
     }
 }
 
@@ -492,36 +558,49 @@ mod tests {
     #[test]
     fn keys_stay_inside_the_prefix() {
         let keys = Keys::new("skx");
-        assert_eq!(keys.meta(), "skx:meta");
-        assert_eq!(keys.inode(1), ("skx:i:0".to_string(), 1));
-        assert_eq!(keys.inode(130), ("skx:i:2".to_string(), 2));
+        assert_eq!(keys.meta(), "{skx}:meta");
+        assert_eq!(keys.inode(1), ("{skx}:i:0".to_string(), 1));
+        assert_eq!(keys.inode(130), ("{skx}:i:2".to_string(), 2));
         assert_eq!(keys.block(7), "skx:b:7");
         assert_eq!(keys.prefix(), "skx");
+        assert_eq!(keys.format_1(&keys.meta()), "skx:meta");
+        assert_eq!(keys.format_1(&keys.block(7)), "skx:b:7");
+        assert_eq!(keys.from_format_1(b"skx:d:1"), Some(b"{skx}:d:1".to_vec()));
+        assert_eq!(keys.from_format_1(b"skx:b:9"), Some(b"skx:b:9".to_vec()));
+        assert_eq!(keys.from_format_1(b"skx2:d:1"), None);
     }
 
     #[test]
     fn keys_are_classified() {
         let keys = Keys::new("skx");
-        assert_eq!(keys.classify(b"skx:i:3"), Some(KeyKind::Inodes(3)));
+        assert_eq!(keys.classify(b"{skx}:i:3"), Some(KeyKind::Inodes(3)));
         assert_eq!(keys.classify(b"skx:b:70"), Some(KeyKind::Block(70)));
-        assert_eq!(keys.classify(b"skx:lease"), Some(KeyKind::Leases));
+        assert_eq!(keys.classify(b"{skx}:lease"), Some(KeyKind::Leases));
         assert_eq!(
-            keys.classify(b"skx:session:4:leases"),
+            keys.classify(b"{skx}:session:4:leases"),
             Some(KeyKind::Session(4))
         );
         assert!(!KeyKind::Leases.is_content());
         assert_eq!(
-            keys.classify(b"skx:session:4:held"),
+            keys.classify(b"{skx}:session:4:held"),
             Some(KeyKind::Session(4))
         );
-        assert_eq!(keys.classify(b"skx:session:4:other"), None);
+        assert_eq!(keys.classify(b"{skx}:session:4:other"), None);
         assert_eq!(keys.classify(b"skx:b:07"), None);
-        assert_eq!(keys.classify(b"skx:zz"), None);
-        assert_eq!(keys.classify(b"skx2:meta"), None);
+        assert_eq!(keys.classify(b"{skx}:zz"), None);
+        assert_eq!(keys.classify(b"{skx2}:meta"), None);
+        // Format 1's names and a block in the metadata slot are not this layout's.
+        assert_eq!(keys.classify(b"skx:meta"), None);
+        assert_eq!(keys.classify(b"skx:i:3"), None);
+        assert_eq!(keys.classify(b"{skx}:b:70"), None);
+        let copy = Keys::new("copy");
         assert_eq!(
-            keys.rebase(b"skx:d:1", &Keys::new("copy")),
-            Some(b"copy:d:1".to_vec())
+            keys.rebase(b"{skx}:d:1", &copy),
+            Some(b"{copy}:d:1".to_vec())
         );
+        assert_eq!(keys.rebase(b"skx:b:5", &copy), Some(b"copy:b:5".to_vec()));
+        assert_eq!(prefix_of_meta_key("{skx}:meta"), Some("skx"));
+        assert_eq!(prefix_of_meta_key("skx:meta"), None);
     }
 
     #[test]
@@ -533,8 +612,8 @@ mod tests {
             .filter(|&&f| f != EVENTS && f != EVENT_PROBES)
         {
             let key = match family.after {
-                None => family.at(keys.base()),
-                Some(_) => family.of(keys.base(), 70),
+                None => keys.single(*family),
+                Some(_) => keys.numbered(*family, 70),
             };
             assert!(keys.classify(key.as_bytes()).is_some(), "{key}");
         }
@@ -556,7 +635,7 @@ mod tests {
             for (n, line) in text.lines().enumerate() {
                 let code = line.split("--").next().unwrap_or_default();
                 assert!(
-                    !code.contains("P .."),
+                    !code.contains("P ..") && !code.contains("SPREAD .."),
                     "{}:{}: a key name built by hand: {line}",
                     path.display(),
                     n + 1
@@ -583,6 +662,8 @@ mod tests {
         assert!(read > 15, "read {read} scripts from {dir}");
         let builders = lua_builders();
         assert!(builders.contains("local function dir_key(n) return P .. 'd:' .. decimal(n) end\n"));
+        assert!(builders
+            .contains("local function block_key(n) return SPREAD .. 'b:' .. decimal(n) end\n"));
         assert!(builders.contains(
             "local function session_held_key(n) return P .. 'session:' .. decimal(n) .. ':held' end\n"
         ));
@@ -591,8 +672,8 @@ mod tests {
 
     #[test]
     fn scan_pattern_escapes_globs() {
-        assert_eq!(Keys::new("a*b").scan_pattern(), "a\\*b:*");
-        // `skx:*` can never match `skx2:...`.
-        assert_eq!(Keys::new("skx").scan_pattern(), "skx:*");
+        assert_eq!(Keys::new("a*b").scan_patterns(), ["{a\\*b}:*", "a\\*b:*"]);
+        // `skx:*` can never match `skx2:...`, nor `{skx}:*` another's metadata.
+        assert_eq!(Keys::new("skx").scan_patterns(), ["{skx}:*", "skx:*"]);
     }
 }

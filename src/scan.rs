@@ -1,7 +1,7 @@
 //! Walking the keys of a filesystem with SCAN (never KEYS, which blocks Redis), in batches.
 //!
-//! The pattern always comes from [`crate::keys::Keys::scan_pattern`] or names one kind of key
-//! under it, so a walk never sees a key outside the prefix; the one exception lists the
+//! The patterns always come from [`crate::keys::Keys::scan_patterns`] or name one kind of key
+//! under them, so a walk never sees a key outside the filesystem; the one exception lists the
 //! filesystems of a server ([`Scan::every_filesystem`]).
 
 use crate::error::Error;
@@ -14,15 +14,20 @@ const SCAN_COUNT: u64 = 1000;
 /// at least once (SCAN may return a key twice; callers that count deduplicate).
 pub struct Scan<'a> {
     store: &'a Store,
-    pattern: String,
+    /// The patterns still to walk, the current one last.
+    patterns: Vec<String>,
     cursor: u64,
-    finished: bool,
 }
 
 impl<'a> Scan<'a> {
     /// A walk over every key of the store's filesystem.
     pub fn all(store: &'a Store) -> Scan<'a> {
-        Scan::matching(store, store.keys.scan_pattern())
+        let [metadata, spread] = store.keys.scan_patterns();
+        Scan {
+            store,
+            patterns: vec![spread, metadata],
+            cursor: 0,
+        }
     }
 
     /// A walk over the `meta` key of every filesystem on the server (`redisfs-admin list`):
@@ -35,29 +40,30 @@ impl<'a> Scan<'a> {
     pub fn matching(store: &'a Store, pattern: String) -> Scan<'a> {
         Scan {
             store,
-            pattern,
+            patterns: vec![pattern],
             cursor: 0,
-            finished: false,
         }
     }
 
     /// The next batch of key names; `None` once the walk is over.
     pub async fn next_batch(&mut self) -> Result<Option<Vec<Vec<u8>>>, Error> {
-        while !self.finished {
+        while let Some(pattern) = self.patterns.last() {
             let (next, keys): (u64, Vec<Vec<u8>>) = self
                 .store
                 .cmd(
                     redis::cmd("SCAN")
                         .arg(self.cursor)
                         .arg("MATCH")
-                        .arg(&self.pattern)
+                        .arg(pattern)
                         .arg("COUNT")
                         .arg(SCAN_COUNT),
                 )
                 .await
                 .map_err(self.store.failed("SCAN"))?;
             self.cursor = next;
-            self.finished = next == 0;
+            if next == 0 {
+                self.patterns.pop();
+            }
             if !keys.is_empty() {
                 return Ok(Some(keys));
             }
@@ -66,7 +72,7 @@ impl<'a> Scan<'a> {
     }
 }
 
-/// The first key found under the store's prefix, if any.
+/// The first key found of the store's filesystem, if any.
 pub async fn any_key(store: &Store) -> Result<Option<String>, Error> {
     let mut scan = Scan::all(store);
     Ok(scan
@@ -76,7 +82,7 @@ pub async fn any_key(store: &Store) -> Result<Option<String>, Error> {
         .map(|k| String::from_utf8_lossy(&k).into_owned()))
 }
 
-/// Deletes every key under the store's prefix (UNLINK, in batches); returns how many.
+/// Deletes every key of the store's filesystem (UNLINK, in batches); returns how many.
 pub async fn delete_all(store: &Store) -> Result<u64, Error> {
     let mut scan = Scan::all(store);
     let mut deleted = 0;

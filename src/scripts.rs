@@ -84,7 +84,7 @@ fn prelude() -> String {
         .map(|(n, at)| format!("{n} = {at}"))
         .collect();
     format!(
-        "local P = ARGV[1]\n{}local E = {{ {} }}\n\
+        "local PREFIX = ARGV[1]\n{}local E = {{ {} }}\n\
          local AT = {{ {} }}\n\
          local S_IFMT, S_IFDIR, S_IFREG = {}, {}, {}\n\
          local LETTER = {{ {} }}\n\

@@ -635,7 +635,7 @@ impl Store {
         args: &ScriptArgs,
     ) -> RedisResult<(Vec<Value>, u64)> {
         let meta = self.keys.meta();
-        let base = self.keys.base();
+        let prefix = self.keys.prefix();
         let mut held = Duration::from_millis(1);
         loop {
             let deadline = if request.bounded { self.deadline() } else { 0 };
@@ -643,7 +643,7 @@ impl Store {
             let (reply, generation) = self
                 .retry_on_node(|node| {
                     let mut inv = script.key(&meta);
-                    inv.arg(base).arg(&identity);
+                    inv.arg(prefix).arg(&identity);
                     for a in &args.0 {
                         inv.arg(a.as_slice());
                     }

@@ -61,12 +61,14 @@ pub async fn connect(
 
 /// Refuses prefixes that cannot name a filesystem.
 pub fn validate_prefix(prefix: &str) -> Result<(), Error> {
-    // A ':' would let one filesystem's keys (`a:…`) cover another's (`a:b:…`).
+    // A ':' would let one filesystem's keys (`a:…`) cover another's (`a:b:…`); braces would
+    // choose another hash slot than the layout's (see `src/keys.rs`).
     if prefix.is_empty()
-        || prefix.contains(|c: char| c == ':' || c.is_whitespace() || c.is_control())
+        || prefix
+            .contains(|c: char| matches!(c, ':' | '{' | '}') || c.is_whitespace() || c.is_control())
     {
         return Err(Error::Setting(format!(
-            "prefix '{prefix}' must be non-empty, without ':', spaces or control characters"
+            "prefix '{prefix}' must be non-empty, without ':', '{{', '}}', spaces or control characters"
         )));
     }
     Ok(())

@@ -139,7 +139,7 @@ fn list_status_config_and_destroy_against_live_mounts() {
     // Each block's first byte names its codec: 1 for LZ4, 2 for zstd.
     let codecs = |path: &std::path::Path| -> Vec<u8> {
         let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).unwrap());
-        let ids: Vec<String> = redis.cmd(&["HVALS", &format!("skx:m:{ino}")]);
+        let ids: Vec<String> = redis.cmd(&["HVALS", &format!("{{skx}}:m:{ino}")]);
         assert!(!ids.is_empty(), "{} has blocks", path.display());
         ids.iter()
             .map(|id| redis.cmd::<Vec<u8>>(&["GET", &format!("skx:b:{id}")])[0])
@@ -171,8 +171,8 @@ fn list_status_config_and_destroy_against_live_mounts() {
 
     // A filesystem whose restore never finished is listed with its state and may be
     // destroyed; keys that only look like a filesystem's are neither.
-    redis.cmd::<()>(&["HSET", "spare:meta", "state", "restoring"]);
-    redis.cmd::<()>(&["HSET", "foreign:meta", "owner", "someone else"]);
+    redis.cmd::<()>(&["HSET", "{spare}:meta", "state", "restoring"]);
+    redis.cmd::<()>(&["HSET", "{foreign}:meta", "owner", "someone else"]);
     let listed = admin_json(&redis, "list", &[]);
     assert_eq!(listed["filesystems"][0]["state"], "restoring", "{listed}");
     assert_eq!(
@@ -183,7 +183,7 @@ fn list_status_config_and_destroy_against_live_mounts() {
     admin_json(&redis, "destroy", &["--prefix", "spare", "--yes"]);
     assert!(redis.keys("spare").is_empty());
     admin_refused(&redis, "destroy", &["--prefix", "foreign", "--yes"]);
-    assert_eq!(redis.keys("foreign"), ["foreign:meta"]);
+    assert_eq!(redis.keys("foreign"), ["{foreign}:meta"]);
 }
 
 #[test]
@@ -240,4 +240,95 @@ fn stats_shows_a_mount_at_work() {
         said.contains("'other' is not mounted on this machine"),
         "{said}"
     );
+}
+
+/// A filesystem of format 1 (its metadata under `skx:` rather than `{skx}:`) is refused with
+/// the command that converts it; `upgrade` refuses while a mount lives, finishes an upgrade that
+/// was interrupted, keeps every file and leaves nothing of the old names behind.
+#[test]
+fn upgrade_converts_a_format_1_filesystem_and_keeps_every_file() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let m = Mount::new(&redis, "skx", &[]);
+    fs::create_dir_all(m.join("d/e")).unwrap();
+    for i in 0..30 {
+        fs::write(
+            m.join(format!("d/f{i}")),
+            common::random_bytes(100_000 + i, i as u64),
+        )
+        .unwrap();
+    }
+    std::os::unix::fs::symlink("d/f1", m.join("link")).unwrap();
+    fs::hard_link(m.join("d/f2"), m.join("d/e/f2-again")).unwrap();
+    let before = common::tree_listing(&m.path);
+    m.unmount();
+    // Format 1, as an earlier redisfs left it: the same keys without braces, version 1.
+    for key in redis.keys("skx") {
+        if let Some(rest) = key.strip_prefix("{skx}:") {
+            redis.cmd::<()>(&["RENAME", &key, &format!("skx:{rest}")]);
+        }
+    }
+    redis.cmd::<()>(&["HSET", "skx:meta", "version", "1"]);
+
+    let url = redis.url();
+    let refusal = Mount::with_args(&[
+        "--redis".into(),
+        url.clone(),
+        "--prefix".into(),
+        "skx".into(),
+    ])
+    .err()
+    .expect("a format-1 filesystem is refused");
+    assert!(
+        refusal
+            .stderr
+            .contains("redisfs-admin upgrade --prefix skx"),
+        "{}",
+        refusal.stderr
+    );
+    let fsck = common::tool("fsck", &["--redis", &url, "--prefix", "skx"]);
+    assert!(
+        String::from_utf8_lossy(&fsck.stderr).contains("redisfs-admin upgrade --prefix skx"),
+        "{}",
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+
+    // A mount that heartbeat a moment ago holds it back.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    redis.cmd::<()>(&["ZADD", "skx:sessions", &now_ms, "77"]);
+    let said = admin_refused(&redis, "upgrade", &["--prefix", "skx"]);
+    assert!(said.contains("is mounted"), "{said}");
+    redis.cmd::<()>(&["ZREM", "skx:sessions", "77"]);
+
+    // An upgrade interrupted after its first renames.
+    redis.cmd::<()>(&["HSET", "skx:meta", "state", "upgrading"]);
+    redis.cmd::<()>(&["RENAME", "skx:i:0", "{skx}:i:0"]);
+    let done = admin_json(&redis, "upgrade", &["--prefix", "skx"]);
+    assert!(
+        done["done"]
+            .as_str()
+            .unwrap()
+            .contains("converted to format 2"),
+        "{done}"
+    );
+    let again = admin_json(&redis, "upgrade", &["--prefix", "skx"]);
+    assert_eq!(again["done"], "already in the current key layout");
+    let keys = redis.keys("skx");
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with("{skx}:") || k.starts_with("skx:b:")),
+        "{keys:?}"
+    );
+    common::assert_clean(&redis, "skx");
+    let after = Mount::new(&redis, "skx", &[]);
+    assert_eq!(common::tree_listing(&after.path), before);
+    fs::write(after.join("new"), b"written after the upgrade").unwrap();
+    after.unmount();
+    common::assert_clean(&redis, "skx");
 }

@@ -117,7 +117,7 @@ fn every_codec_stores_text_compactly_and_random_data_intact() {
         let prefix = format!("fs-{codec}");
         let m = Mount::new(&redis, &prefix, &["--compression", codec]);
         assert_eq!(
-            redis.cmd::<String>(&["HGET", &format!("{prefix}:meta"), "codec"]),
+            redis.cmd::<String>(&["HGET", &format!("{{{prefix}}}:meta"), "codec"]),
             codec
         );
         fs::write(m.join("text"), &text).unwrap();

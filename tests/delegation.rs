@@ -103,7 +103,7 @@ fn another_mount_sees_creates_and_removals_at_once() {
     });
     drop((a, b));
     assert_clean(&redis, "skx");
-    assert_eq!(redis.cmd::<u64>(&["HLEN", "skx:lease"]), 0);
+    assert_eq!(redis.cmd::<u64>(&["HLEN", "{skx}:lease"]), 0);
 }
 
 #[test]
@@ -116,7 +116,7 @@ fn deferred_changes_reach_redis_by_themselves_and_keep_program_order() {
     fs::create_dir(a.join("d")).unwrap();
     let dir = fs::metadata(a.join("d")).unwrap().ino().to_string();
     assert_eq!(
-        redis.cmd::<Option<String>>(&["HGET", "skx:lease", &dir]),
+        redis.cmd::<Option<String>>(&["HGET", "{skx}:lease", &dir]),
         Some("1".to_string()),
         "a new directory is leased to the mount that made it"
     );
@@ -125,7 +125,7 @@ fn deferred_changes_reach_redis_by_themselves_and_keep_program_order() {
     }
     // Nobody asks; the log goes out on its own within milliseconds.
     common::eventually("deferred creates in Redis", SOON, || {
-        redis.cmd::<u64>(&["HLEN", &format!("skx:d:{dir}")]) == 50
+        redis.cmd::<u64>(&["HLEN", &format!("{{skx}}:d:{dir}")]) == 50
     });
 
     // Operations that must see deferred ones (rename, link, rmdir, a data commit) do.
@@ -218,7 +218,7 @@ fn files_removed_while_open_stay_usable_and_leave_nothing_once_closed() {
         !redis
             .keys("skx")
             .iter()
-            .any(|k| k.starts_with("skx:b:") || k.starts_with("skx:m:"))
+            .any(|k| k.starts_with("skx:b:") || k.starts_with("{skx}:m:"))
     });
     drop((a, b));
     assert_clean(&redis, "skx");
@@ -272,7 +272,7 @@ fn a_killed_mount_gives_its_directories_back_when_its_session_expires() {
         "waited {:?} for a dead mount's directory",
         asked.elapsed()
     );
-    let inodes: u64 = redis.cmd(&["HGET", "skx:stat", "inodes"]);
+    let inodes: u64 = redis.cmd(&["HGET", "{skx}:stat", "inodes"]);
     assert_eq!(
         inodes,
         2 + seen.len() as u64,
@@ -284,7 +284,7 @@ fn a_killed_mount_gives_its_directories_back_when_its_session_expires() {
     fs::write(b.join("d/after"), b"b").unwrap();
     drop(b);
     assert_clean(&redis, "skx");
-    assert_eq!(redis.cmd::<u64>(&["HLEN", "skx:lease"]), 0);
+    assert_eq!(redis.cmd::<u64>(&["HLEN", "{skx}:lease"]), 0);
 }
 
 #[test]
@@ -298,9 +298,12 @@ fn without_delegation_every_create_is_in_redis_before_it_is_answered() {
     let dir = fs::metadata(a.join("d")).unwrap().ino();
     for i in 0..20 {
         fs::write(a.join(format!("d/{i}")), b"").unwrap();
-        assert_eq!(redis.cmd::<u64>(&["HLEN", &format!("skx:d:{dir}")]), i + 1);
+        assert_eq!(
+            redis.cmd::<u64>(&["HLEN", &format!("{{skx}}:d:{dir}")]),
+            i + 1
+        );
     }
-    assert_eq!(redis.cmd::<u64>(&["HLEN", "skx:lease"]), 0);
+    assert_eq!(redis.cmd::<u64>(&["HLEN", "{skx}:lease"]), 0);
 }
 
 /// A script that makes a file and lists the directory, again and again, sees each file it

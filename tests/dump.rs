@@ -232,7 +232,7 @@ fn restore_refuses_a_non_empty_prefix_and_a_mount_refuses_an_unfinished_one() {
         b"1"
     );
 
-    redis.cmd::<()>(&["HSET", "half:meta", "version", "1", "state", "restoring"]);
+    redis.cmd::<()>(&["HSET", "{half}:meta", "version", "2", "state", "restoring"]);
     let refusal = Mount::with_args(&[
         "--redis".into(),
         url.clone(),

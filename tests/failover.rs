@@ -222,7 +222,7 @@ fn numbers_a_dead_primary_handed_out_are_never_handed_out_again() {
         Duration::from_secs(10),
         || {
             w.primary
-                .cmd::<Option<u64>>(&["GET", "skx:next:ino"])
+                .cmd::<Option<u64>>(&["GET", "{skx}:next:ino"])
                 .unwrap_or(0)
                 > 1
         },
@@ -258,7 +258,7 @@ fn numbers_a_dead_primary_handed_out_are_never_handed_out_again() {
         Duration::from_secs(10),
         || {
             w.primary
-                .cmd::<Option<u64>>(&["GET", "skx:next:blk"])
+                .cmd::<Option<u64>>(&["GET", "{skx}:next:blk"])
                 .is_some_and(|n| n > 0)
         },
     );
@@ -330,7 +330,7 @@ fn an_fsync_or_fsyncdir_that_a_failover_took_the_files_from_fails() {
     fs::create_dir(a.join("d")).unwrap();
     fs::write(a.join("t"), common::random_bytes(10_000, 2)).unwrap();
     fs::File::open(a.join("d")).unwrap().sync_all().unwrap();
-    let dir_key = format!("skx:d:{}", fs::metadata(a.join("d")).unwrap().ino());
+    let dir_key = format!("{{skx}}:d:{}", fs::metadata(a.join("d")).unwrap().ino());
     w.link.cut();
     let fsync_new_file = |name: &str, size: usize| {
         let path = a.join("d").join(name);

@@ -47,7 +47,7 @@ fn ino_of(redis: &Redis, prefix: &str, path: &str) -> u64 {
 }
 
 fn block_of(redis: &Redis, prefix: &str, ino: u64) -> String {
-    let id: String = redis.cmd(&["HGET", &format!("{prefix}:m:{ino}"), "0"]);
+    let id: String = redis.cmd(&["HGET", &format!("{{{prefix}}}:m:{ino}"), "0"]);
     format!("{prefix}:b:{id}")
 }
 
@@ -76,7 +76,7 @@ fn patch_nlink(redis: &Redis, prefix: &str, ino: u64, nlink: u32) {
 
 /// Overwrites bytes of an inode's record from `offset`.
 fn patch_record(redis: &Redis, prefix: &str, ino: u64, offset: usize, bytes: &[u8]) {
-    let bucket = format!("{prefix}:i:{}", ino / 64);
+    let bucket = format!("{{{prefix}}}:i:{}", ino / 64);
     let field = (ino % 64).to_string();
     let mut conn = redis.conn();
     let mut record: Vec<u8> = redis::cmd("HGET")
@@ -106,7 +106,7 @@ fn every_kind_of_damage_is_found_and_repaired() {
 
     // The inode hash holding every inode, the root's too: rebuilt from what survives.
     case(&redis, "inodes", "missing_root", &[], |p| {
-        redis.cmd::<()>(&["DEL", &format!("{p}:i:0")])
+        redis.cmd::<()>(&["DEL", &format!("{{{p}}}:i:0")])
     });
     {
         let m = Mount::new(&redis, "inodes", &["--read-only"]);
@@ -141,7 +141,7 @@ fn every_kind_of_damage_is_found_and_repaired() {
     }
 
     case(&redis, "entry", "unreachable_inode", &[], |p| {
-        redis.cmd::<()>(&["HDEL", &format!("{p}:d:1"), "big"]);
+        redis.cmd::<()>(&["HDEL", &format!("{{{p}}}:d:1"), "big"]);
     });
     {
         let m = Mount::new(&redis, "entry", &["--read-only"]);
@@ -164,13 +164,13 @@ fn every_kind_of_damage_is_found_and_repaired() {
 
     // An inode whose last link went but which nothing holds open, and was never deleted.
     case(&redis, "orphan", "unreclaimed_inode", &[], |p| {
-        redis.cmd::<()>(&["HDEL", &format!("{p}:d:1"), "big"]);
+        redis.cmd::<()>(&["HDEL", &format!("{{{p}}}:d:1"), "big"]);
         patch_nlink(&redis, p, big, 0);
     });
     assert!(redis
         .keys("orphan")
         .iter()
-        .all(|k| k != &format!("orphan:m:{big}")));
+        .all(|k| k != &format!("{{orphan}}:m:{big}")));
 
     case(&redis, "leak", "leaked_blocks", &[], |p| {
         redis.cmd::<()>(&["SET", &format!("{p}:b:999999"), "\x00leak"])
@@ -198,7 +198,7 @@ fn every_kind_of_damage_is_found_and_repaired() {
     let counters = |p: &str| -> Vec<Option<u64>> {
         redis.cmd(&[
             "HMGET",
-            &format!("{p}:stat"),
+            &format!("{{{p}}}:stat"),
             "inodes",
             "blocks",
             "stored_bytes",
@@ -208,17 +208,22 @@ fn every_kind_of_damage_is_found_and_repaired() {
     let kept = counters("base");
     assert!(kept.iter().all(|c| c.is_some_and(|c| c > 0)), "{kept:?}");
     case(&redis, "drifted", "wrong_counters", &[], |p| {
-        redis.cmd::<()>(&["HINCRBY", &format!("{p}:stat"), "stored_bytes", "1000"])
+        redis.cmd::<()>(&["HINCRBY", &format!("{{{p}}}:stat"), "stored_bytes", "1000"])
     });
     case(&redis, "older", "no stored_bytes", &[], |p| {
-        redis.cmd::<()>(&["HDEL", &format!("{p}:stat"), "stored_bytes", "file_bytes"])
+        redis.cmd::<()>(&[
+            "HDEL",
+            &format!("{{{p}}}:stat"),
+            "stored_bytes",
+            "file_bytes",
+        ])
     });
     assert_eq!(counters("drifted"), kept);
     assert_eq!(counters("older"), kept);
 
     // A directory's entries stored as a set: the key goes, its children to lost+found.
     case(&redis, "typed", "wrong_type", &[], |p| {
-        let key = format!("{p}:d:{dir}");
+        let key = format!("{{{p}}}:d:{dir}");
         redis.cmd::<()>(&["DEL", &key]);
         redis.cmd::<()>(&["SADD", &key, "x"]);
     });
@@ -238,8 +243,13 @@ fn every_kind_of_damage_is_found_and_repaired() {
     // A loop: `dir` loses its entry in the root and gains one inside its own subdirectory.
     let sub = ino_of(&redis, "base", "dir/sub");
     case(&redis, "loop", "unreachable_inode", &[], |p| {
-        redis.cmd::<()>(&["HDEL", &format!("{p}:d:1"), "dir"]);
-        redis.cmd::<()>(&["HSET", &format!("{p}:d:{sub}"), "back", &format!("d{dir}")]);
+        redis.cmd::<()>(&["HDEL", &format!("{{{p}}}:d:1"), "dir"]);
+        redis.cmd::<()>(&[
+            "HSET",
+            &format!("{{{p}}}:d:{sub}"),
+            "back",
+            &format!("d{dir}"),
+        ]);
     });
     {
         let m = Mount::new(&redis, "loop", &["--read-only"]);

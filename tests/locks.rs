@@ -222,7 +222,10 @@ fn a_killed_holders_locks_go_when_its_session_expires() {
     let _ = holder.wait();
     // The kernel sends RELEASE (which drops a flock) after close(2) returns: give it a moment.
     common::eventually("no lock keys left", Duration::from_secs(10), || {
-        redis.keys("skx").iter().all(|k| !k.starts_with("skx:lk:"))
+        redis
+            .keys("skx")
+            .iter()
+            .all(|k| !k.starts_with("{skx}:lk:"))
     });
 }
 
@@ -303,7 +306,10 @@ fn ofd_locks_go_with_the_last_close_of_their_description() {
     std::fs::write(a.join("ofd"), b"").unwrap();
     run_script(OFD_SCRIPT, &a.join("ofd"), &b.join("ofd"), "ofd ok");
     common::eventually("no lock keys left", Duration::from_secs(10), || {
-        redis.keys("skx").iter().all(|k| !k.starts_with("skx:lk:"))
+        redis
+            .keys("skx")
+            .iter()
+            .all(|k| !k.starts_with("{skx}:lk:"))
     });
 }
 

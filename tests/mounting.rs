@@ -84,15 +84,15 @@ fn foreign_corrupt_newer_and_incomplete_prefixes_are_refused() {
     let base = |prefix: &str| args(&["--redis", &redis.url(), "--prefix", prefix]);
     let _: () = redis.cmd(&["SET", "app:config", "x"]);
     assert_clear(&refused(&base("app")), "not a redisfs filesystem");
-    let _: () = redis.cmd(&["SET", "odd:meta", "x"]);
-    assert_clear(&refused(&base("odd")), "odd:meta");
+    let _: () = redis.cmd(&["SET", "{odd}:meta", "x"]);
+    assert_clear(&refused(&base("odd")), "{odd}:meta");
 
     Mount::new(&redis, "newer", &[]).unmount();
-    let _: () = redis.cmd(&["HSET", "newer:meta", "version", "2"]);
-    assert_clear(&refused(&base("newer")), "format version 2");
+    let _: () = redis.cmd(&["HSET", "{newer}:meta", "version", "3"]);
+    assert_clear(&refused(&base("newer")), "format version 3");
 
     Mount::new(&redis, "half", &[]).unmount();
-    let _: () = redis.cmd(&["HSET", "half:meta", "state", "restoring"]);
+    let _: () = redis.cmd(&["HSET", "{half}:meta", "state", "restoring"]);
     assert_clear(&refused(&base("half")), "incomplete");
 
     let _: () = redis.cmd(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
@@ -165,7 +165,7 @@ fn signals_unmount_cleanly_after_storing_buffered_data() {
         m.unmount();
     }
     assert_eq!(
-        redis.cmd::<u64>(&["ZCARD", "skx:sessions"]),
+        redis.cmd::<u64>(&["ZCARD", "{skx}:sessions"]),
         0,
         "clean unmounts remove their sessions"
     );
@@ -652,7 +652,7 @@ fn metrics_are_served_over_http_recorded_in_the_session_and_move_with_work() {
     let recorded: Vec<String> = redis
         .keys("skx")
         .into_iter()
-        .filter(|k| k.starts_with("skx:session:"))
+        .filter(|k| k.starts_with("{skx}:session:"))
         .filter_map(|k| redis.cmd::<Option<String>>(&["HGET", &k, "metrics"]))
         .collect();
     assert_eq!(

@@ -205,19 +205,19 @@ fn a_killed_mounts_unlinked_open_files_are_reclaimed_by_a_live_one() {
     let mut buf = [0u8; 10];
     held.read_exact(&mut buf).unwrap();
     assert_eq!(
-        redis.cmd::<u64>(&["HGET", "skx:stat", "inodes"]),
+        redis.cmd::<u64>(&["HGET", "{skx}:stat", "inodes"]),
         2,
         "root and the open orphan"
     );
-    assert_eq!(redis.cmd::<u64>(&["ZCARD", "skx:sessions"]), 2);
+    assert_eq!(redis.cmd::<u64>(&["ZCARD", "{skx}:sessions"]), 2);
     // A dies without closing; the kernel detaches its mount.
     std::mem::forget(held);
     a.kill();
     common::eventually("reclaim", PROPAGATION, || {
-        redis.cmd::<u64>(&["HGET", "skx:stat", "inodes"]) == 1
+        redis.cmd::<u64>(&["HGET", "{skx}:stat", "inodes"]) == 1
     });
     assert_eq!(
-        redis.cmd::<u64>(&["ZCARD", "skx:sessions"]),
+        redis.cmd::<u64>(&["ZCARD", "{skx}:sessions"]),
         1,
         "the dead session is gone"
     );
@@ -225,7 +225,7 @@ fn a_killed_mounts_unlinked_open_files_are_reclaimed_by_a_live_one() {
         !redis
             .keys("skx")
             .iter()
-            .any(|k| k.starts_with("skx:b:") || k.starts_with("skx:m:")),
+            .any(|k| k.starts_with("skx:b:") || k.starts_with("{skx}:m:")),
         "its blocks are freed"
     );
     drop(b);
@@ -242,7 +242,7 @@ fn a_mount_of_a_replica_is_read_only_and_follows_the_primary() {
     let a = Mount::new(&primary, "skx", &[]);
     fs::write(a.join("before"), b"1").unwrap();
     common::eventually("replication", PROPAGATION, || {
-        replica.keys("skx").contains(&"skx:meta".to_string())
+        replica.keys("skx").contains(&"{skx}:meta".to_string())
     });
     let b = Mount::new(&replica, "skx", &[]);
     assert!(
@@ -457,7 +457,7 @@ fn a_file_removed_elsewhere_stays_readable_where_it_is_open() {
     let redis = Redis::start();
     let a = Mount::new(&redis, "skx", &["--session-timeout", "2"]);
     let b = Mount::new(&redis, "skx", &["--session-timeout", "2"]);
-    let inodes = || redis.cmd::<u64>(&["HGET", "skx:stat", "inodes"]);
+    let inodes = || redis.cmd::<u64>(&["HGET", "{skx}:stat", "inodes"]);
     let data = common::random_bytes(3_000_000, 7);
     for (name, how) in [("unlinked", "unlink"), ("replaced", "rename")] {
         fs::write(a.join(name), &data).unwrap();
@@ -572,7 +572,7 @@ fn o_creat_opens_a_name_this_mount_has_not_heard_of_yet() {
     };
     fs::write(a.join("d/theirs"), b"made elsewhere").unwrap();
     let dir = fs::metadata(a.join("d")).unwrap().ino();
-    let entries = format!("skx:d:{dir}");
+    let entries = format!("{{skx}}:d:{dir}");
     // `name` names the same inode as "theirs", written behind every mount's back.
     let write_unheard = |name: &str| {
         let entry: Vec<u8> = redis.cmd(&["HGET", &entries, "theirs"]);
@@ -801,8 +801,8 @@ fn numbers_past_ten_to_the_fourteenth_name_the_same_files_everywhere() {
     let redis = Redis::start();
     Mount::new(&redis, "skx", &[]).unmount();
     let far = "1000000000000000";
-    redis.cmd::<()>(&["SET", "skx:next:ino", far]);
-    redis.cmd::<()>(&["SET", "skx:next:blk", far]);
+    redis.cmd::<()>(&["SET", "{skx}:next:ino", far]);
+    redis.cmd::<()>(&["SET", "{skx}:next:blk", far]);
     let (a, b) = (
         Mount::new(&redis, "skx", &[]),
         Mount::new(&redis, "skx", &[]),

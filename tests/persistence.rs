@@ -234,14 +234,17 @@ fn prefixes_never_see_each_other() {
     assert_eq!(redis.keys("skx2"), skx2_keys);
     assert_eq!(fs::read(b.join("only-in-skx2")).unwrap(), b"2");
     assert!(
-        redis.keys("skx").iter().all(|k| k.starts_with("skx:")),
+        redis
+            .keys("skx")
+            .iter()
+            .all(|k| k.starts_with("{skx}:") || k.starts_with("skx:")),
         "skx's scan pattern never matches skx2"
     );
     assert!(
         !redis
             .keys("skx")
             .iter()
-            .any(|k| k.starts_with("skx:b:") || k.starts_with("skx:m:")),
+            .any(|k| k.starts_with("skx:b:") || k.starts_with("{skx}:m:")),
         "deleted files leave no blocks or maps"
     );
 }
@@ -260,7 +263,7 @@ fn a_user_confined_to_the_prefix_can_run_the_whole_flow() {
     }
     let redis = Redis::start();
     let setup: Vec<String> =
-        format!("ACL SETUSER fs on >s3cret resetkeys ~skx:* resetchannels &skx:* -@all {COMMANDS}")
+        format!("ACL SETUSER fs on >s3cret resetkeys ~{{skx}}:* ~skx:* resetchannels &{{skx}}:* -@all {COMMANDS}")
             .split(' ')
             .map(String::from)
             .collect();
@@ -308,7 +311,7 @@ fn a_user_confined_to_the_prefix_can_run_the_whole_flow() {
     assert_eq!(observe(&m.path).len(), before.len() - 1);
     m.unmount();
     assert_eq!(
-        redis.cmd::<u64>(&["ZCARD", "skx:sessions"]),
+        redis.cmd::<u64>(&["ZCARD", "{skx}:sessions"]),
         0,
         "each unmount ended its own session"
     );

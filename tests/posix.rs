@@ -586,7 +586,7 @@ fn unlinked_open_file_stays_usable_until_closed() {
     handle.read_to_string(&mut s).unwrap();
     assert_eq!(s, "still here and more");
     handle.sync_all().unwrap();
-    let inodes = |r: &Redis| r.cmd::<u64>(&["HGET", "skx:stat", "inodes"]);
+    let inodes = |r: &Redis| r.cmd::<u64>(&["HGET", "{skx}:stat", "inodes"]);
     assert_eq!(inodes(&r), 2, "root and the open orphan");
     drop(handle);
     for _ in 0..100 {
@@ -599,7 +599,7 @@ fn unlinked_open_file_stays_usable_until_closed() {
     assert!(
         r.keys("skx")
             .iter()
-            .all(|k| !k.starts_with("skx:b:") && !k.starts_with("skx:m:")),
+            .all(|k| !k.starts_with("skx:b:") && !k.starts_with("{skx}:m:")),
         "its blocks are gone"
     );
 }
@@ -616,7 +616,7 @@ fn removed_files_and_directories_are_deleted_and_racing_opens_see_whole_files() 
     fs::remove_file(&f).unwrap();
     // The removal deletes the inode, its block map and its blocks (itself, or at the release
     // the kernel sends after close(2) returns, if that comes later).
-    let inodes = || r.cmd::<u64>(&["HGET", "skx:stat", "inodes"]);
+    let inodes = || r.cmd::<u64>(&["HGET", "{skx}:stat", "inodes"]);
     for _ in 0..100 {
         if inodes() == 1 {
             break;
@@ -628,7 +628,7 @@ fn removed_files_and_directories_are_deleted_and_racing_opens_see_whole_files() 
         .keys("skx")
         .into_iter()
         .filter(|k| {
-            ["skx:b:", "skx:m:", "skx:d:"]
+            ["skx:b:", "{skx}:m:", "{skx}:d:"]
                 .iter()
                 .any(|p| k.starts_with(p))
                 || k.ends_with(":held")
@@ -926,10 +926,10 @@ fn entries_that_cannot_be_read_are_listed_and_fail_with_eio() {
     }
     let ino = fs::metadata(m.join("broken")).unwrap().ino();
     m.unmount();
-    let bucket = format!("skx:i:{}", ino / 64);
+    let bucket = format!("{{skx}}:i:{}", ino / 64);
     let field = (ino % 64).to_string();
     redis.cmd::<()>(&["HSET", &bucket, &field, "not a record"]);
-    redis.cmd::<()>(&["HSET", "skx:d:1", "garbled", "?"]);
+    redis.cmd::<()>(&["HSET", "{skx}:d:1", "garbled", "?"]);
 
     let m = Mount::new(&redis, "skx", &[]);
     let mut names: Vec<String> = fs::read_dir(&m.path)
@@ -1555,12 +1555,12 @@ fn a_filesystem_made_without_acls_refuses_them_everywhere() {
     sh("umask 077 && touch d/g", &root);
     assert_eq!(fs::metadata(m.join("d/g")).unwrap().mode() & 0o777, 0o600);
     m.unmount();
-    assert_eq!(redis.cmd::<String>(&["HGET", "plain:meta", "acl"]), "off");
+    assert_eq!(redis.cmd::<String>(&["HGET", "{plain}:meta", "acl"]), "off");
     common::tool_ok(
         "snapshot",
         &["--redis", &url, "--from", "plain", "--to", "copy"],
     );
-    assert_eq!(redis.cmd::<String>(&["HGET", "copy:meta", "acl"]), "off");
+    assert_eq!(redis.cmd::<String>(&["HGET", "{copy}:meta", "acl"]), "off");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("plain.rfs");
     common::tool_ok(
@@ -1571,7 +1571,7 @@ fn a_filesystem_made_without_acls_refuses_them_everywhere() {
         "restore",
         &["--redis", &url, "--prefix", "back", file.to_str().unwrap()],
     );
-    assert_eq!(redis.cmd::<String>(&["HGET", "back:meta", "acl"]), "off");
+    assert_eq!(redis.cmd::<String>(&["HGET", "{back}:meta", "acl"]), "off");
     // A mount's --acl is for new filesystems only: the restored one keeps its setting.
     let back = Mount::new(&redis, "back", &["--acl", "on"]);
     assert_eq!(
@@ -1582,7 +1582,7 @@ fn a_filesystem_made_without_acls_refuses_them_everywhere() {
     let old = Mount::new(&redis, "old", &[]);
     fs::write(old.join("f"), b"").unwrap();
     old.unmount();
-    redis.cmd::<()>(&["HDEL", "old:meta", "acl"]);
+    redis.cmd::<()>(&["HDEL", "{old}:meta", "acl"]);
     let old = Mount::new(&redis, "old", &["--acl", "off"]);
     sh("setfacl -m u:65534:r f", &old.join(""));
 }
@@ -1592,7 +1592,7 @@ fn a_filesystem_made_without_acls_refuses_them_everywhere() {
 #[test]
 fn o_tmpfile_files_are_unnamed_until_linked() {
     let Some((r, m)) = setup() else { return };
-    let inodes = || r.cmd::<u64>(&["HGET", "skx:stat", "inodes"]);
+    let inodes = || r.cmd::<u64>(&["HGET", "{skx}:stat", "inodes"]);
     let before = inodes();
     let open_tmp = || {
         // SAFETY: a valid path.

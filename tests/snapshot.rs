@@ -138,7 +138,7 @@ fn snapshots_refuse_what_they_must_not_touch() {
         fs::write(m.join("a"), b"alpha").unwrap();
         m.unmount();
     }
-    redis.cmd::<()>(&["SET", "other:x", "1"]);
+    redis.cmd::<()>(&["SET", "{other}:x", "1"]);
     redis.cmd::<()>(&["SET", "skx2:keep", "1"]);
 
     let refused = |args: &[&str], needle: &str| {
@@ -189,7 +189,7 @@ fn snapshots_refuse_what_they_must_not_touch() {
             "--replace",
         ],
     );
-    assert!(redis.keys("other").iter().all(|k| k != "other:x"));
+    assert!(redis.keys("other").iter().all(|k| k != "{other}:x"));
     assert_eq!(redis.cmd::<String>(&["GET", "skx2:keep"]), "1");
     let copy = Mount::new(&redis, "other", &["--read-only"]);
     assert_eq!(fs::read(copy.join("a")).unwrap(), b"alpha");

@@ -1,6 +1,6 @@
 -- Shared by every script (prepended by src/scripts.rs, after the layout it generates from the
--- Rust declarations: P, the prefix with its ':', from ARGV[1]; a builder of every key name, see
--- src/keys.rs; E, errno values; S_IFMT, S_IFDIR, S_IFREG and LETTER, the file type bits and
+-- Rust declarations: PREFIX, the filesystem's prefix, from ARGV[1]; a builder of every key
+-- name, see src/keys.rs; E, errno values; S_IFMT, S_IFDIR, S_IFREG and LETTER, the file type bits and
 -- their entry letters; PER_BUCKET, inode records per hash; AT, where each field of a record
 -- begins, see src/attr.rs).
 -- ARGV[2] is 'session:request:deadline': the session id of the mount running the script (0 for

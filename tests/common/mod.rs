@@ -331,19 +331,24 @@ impl Redis {
         cmd.query(&mut self.conn()).expect("redis command")
     }
 
-    /// Every key under `prefix:`.
+    /// Every key of the filesystem `prefix`: under `{prefix}:` (metadata) and `prefix:`.
     pub fn keys(&self, prefix: &str) -> Vec<String> {
         let mut conn = self.conn();
-        let mut keys: Vec<String> = redis::cmd("SCAN")
-            .cursor_arg(0)
-            .arg("MATCH")
-            .arg(format!("{prefix}:*"))
-            .arg("COUNT")
-            .arg(1000)
-            .clone()
-            .iter(&mut conn)
-            .expect("scan")
-            .map(|k| k.expect("key name"))
+        let mut keys: Vec<String> = [format!("{{{prefix}}}:*"), format!("{prefix}:*")]
+            .iter()
+            .flat_map(|pattern| {
+                redis::cmd("SCAN")
+                    .cursor_arg(0)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .clone()
+                    .iter(&mut conn)
+                    .expect("scan")
+                    .map(|k| k.expect("key name"))
+                    .collect::<Vec<String>>()
+            })
             .collect();
         keys.sort();
         keys
