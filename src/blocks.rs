@@ -327,17 +327,31 @@ pub fn discard(store: &Store, ids: Vec<u64>) {
     }
     let store = store.clone();
     tokio::spawn(async move {
-        let mut del = redis::cmd("DEL");
-        for id in &ids {
-            del.arg(store.keys.block(*id));
-        }
         let mut wait = Duration::from_millis(100);
-        while let Err(e) = store.cmd::<i64>(&del).await {
+        while let Err(e) = delete(&store, &ids).await {
             tracing::warn!("deleting {} unneeded blocks: {e}; trying again", ids.len());
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));
         }
     });
+}
+
+/// What the blocks `ids` take in Redis (0 for one that is gone), in one pipeline.
+pub async fn lengths(store: &Store, ids: &[u64]) -> redis::RedisResult<Vec<u64>> {
+    let mut pipe = redis::pipe();
+    for &id in ids {
+        pipe.cmd("STRLEN").arg(store.keys.block(id));
+    }
+    store.pipe(&pipe).await
+}
+
+/// Deletes the blocks `ids`.
+pub async fn delete(store: &Store, ids: &[u64]) -> redis::RedisResult<()> {
+    let mut del = redis::cmd("DEL");
+    for &id in ids {
+        del.arg(store.keys.block(id));
+    }
+    store.cmd::<i64>(&del).await.map(drop)
 }
 
 #[cfg(test)]

@@ -97,6 +97,10 @@ pub const SYMLINK: Family = Family::numbered("symlink_key", "l:", "");
 pub const FREED_MAP: Family = Family::numbered("freed_map_key", "free:", "");
 /// `P:freeing`: inodes whose large block maps are being freed in the background.
 pub const FREEING: Family = Family::single("FREEING_KEY", "freeing");
+/// `P:garbage`: blocks no map names any more, waiting to be deleted in the background, block
+/// id → `c` (counted in `stored_bytes`), `u` (never counted) or `w` (weighed: its bytes left
+/// the count; see `src/lua/garbage.lua`).
+pub const GARBAGE: Family = Family::single("GARBAGE_KEY", "garbage");
 /// `P:lk:<ino>`: the byte-range locks held on an inode.
 pub const LOCKS: Family = Family::numbered("locks_key", "lk:", "");
 /// `P:events`: the Pub/Sub channel of change events.
@@ -142,6 +146,7 @@ pub const FAMILIES: &[Family] = &[
     SYMLINK,
     FREED_MAP,
     FREEING,
+    GARBAGE,
     LOCKS,
     EVENTS,
     EVENT_PROBES,
@@ -359,6 +364,11 @@ impl Keys {
         self.single(FREEING)
     }
 
+    /// See [`GARBAGE`].
+    pub fn garbage(&self) -> String {
+        self.single(GARBAGE)
+    }
+
     /// See [`SESSIONS`].
     pub fn sessions(&self) -> String {
         self.single(SESSIONS)
@@ -440,6 +450,8 @@ pub enum KeyKind {
     FreedMap(u64),
     /// `freeing`
     Freeing,
+    /// `garbage`
+    Garbage,
     /// `lk:<ino>`
     Locks(u64),
     /// `sessions`
@@ -465,6 +477,7 @@ impl KeyKind {
             | KeyKind::FreedMap(_)
             | KeyKind::Locks(_)
             | KeyKind::Issuers
+            | KeyKind::Garbage
             | KeyKind::Leases => "hash",
             KeyKind::Counter | KeyKind::Block(_) | KeyKind::Symlink(_) => "string",
             KeyKind::Freeing => "set",
@@ -511,6 +524,7 @@ impl Keys {
             "next:ino" | "next:blk" | "next:sid" => KeyKind::Counter,
             "next:issuer" => KeyKind::Issuers,
             "freeing" => KeyKind::Freeing,
+            "garbage" => KeyKind::Garbage,
             "sessions" => KeyKind::Sessions,
             "lease" => KeyKind::Leases,
             "freeze" | "freeze:acks" => KeyKind::Freeze,

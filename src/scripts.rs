@@ -43,6 +43,8 @@ pub struct Scripts {
     pub tmpfile: Script,
     /// Frees a batch of blocks of a large deleted file.
     pub free_batch: Script,
+    /// Takes the bytes of queued blocks about to be deleted from the count.
+    pub garbage: Script,
     /// Forgets a dead mount, deletes the unlinked inodes it held and releases its locks.
     pub expire_session: Script,
     /// Takes, releases or tests a byte-range lock.
@@ -159,6 +161,23 @@ impl Scripts {
             .any(|s| s.get_hash() == hash)
     }
 
+    /// Whether `script` may queue blocks for deletion (see `queue_garbage` in the prelude).
+    pub fn frees(&self, script: &Script) -> bool {
+        let hash = script.get_hash();
+        [
+            &self.commit,
+            &self.setattr,
+            &self.remove,
+            &self.rename,
+            &self.reclaim,
+            &self.expire_session,
+            &self.free_batch,
+            &self.deferred,
+        ]
+        .iter()
+        .any(|s| s.get_hash() == hash)
+    }
+
     /// Builds every script (hashing them; nothing is sent yet).
     pub fn new() -> Scripts {
         let prelude = &prelude();
@@ -179,6 +198,7 @@ impl Scripts {
             open: writing_when_full(prelude, include_str!("lua/open.lua")),
             tmpfile: writing(prelude, include_str!("lua/tmpfile.lua")),
             free_batch: writing_when_full(prelude, include_str!("lua/free_batch.lua")),
+            garbage: writing_when_full(prelude, include_str!("lua/garbage.lua")),
             expire_session: writing_when_full(prelude, include_str!("lua/expire_session.lua")),
             lock: writing(prelude, include_str!("lua/lock.lua")),
             deferred: writing_when_full(prelude, include_str!("lua/deferred.lua")),
@@ -188,8 +208,8 @@ impl Scripts {
 
 /// `reserve.lua`: counts numbers off a counter for the caller, outside of any request's ring of
 /// replies (a reservation sent twice only wastes numbers) and of a snapshot's hold (a mount
-/// storing its buffers for the snapshot may need block ids). Every counting is there or in a
-/// script's `issue` (see `src/lua/prelude.lua`).
+/// storing its buffers for the snapshot may need block ids). Every counting is there (and in
+/// `format.lua`, which starts the counters).
 pub fn reserve() -> &'static Script {
     static RESERVE: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
     RESERVE.get_or_init(|| {

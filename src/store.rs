@@ -80,6 +80,12 @@ impl Request {
         }
     }
 
+    /// A request outside every session's ring of replies, for a script whose second run
+    /// changes nothing.
+    pub fn unrecorded() -> Request {
+        Request::sent(0, 0)
+    }
+
     /// The same request, refusing to run once its caller gave up on it: an attempt queued on
     /// a connection to a stalled Redis must not take effect after the caller was told it
     /// failed.

@@ -847,3 +847,56 @@ fn numbers_past_ten_to_the_fourteenth_name_the_same_files_everywhere() {
     let again = Mount::new(&redis, "skx", &[]);
     assert_eq!(common::tree_listing(&again.path), seen_here);
 }
+
+/// Blocks no file names any more leave Redis a moment after the change that freed them, each
+/// deleted once and its bytes taken from the count once, though every mount deletes what it
+/// finds queued: two mounts overwrite and delete files at once, then nothing is left queued,
+/// no block is left over, and the count of stored bytes is what the blocks take.
+#[test]
+fn freed_blocks_leave_redis_once_whichever_mount_deletes_them() {
+    let Some((redis, a, b)) = two_mounts() else {
+        return;
+    };
+    for i in 0..40u64 {
+        fs::write(a.join(format!("f{i}")), common::random_bytes(150_000, i)).unwrap();
+    }
+    let overwrite = {
+        let root = a.path.clone();
+        std::thread::spawn(move || {
+            for i in (0..40u64).step_by(2) {
+                fs::write(
+                    root.join(format!("f{i}")),
+                    common::random_bytes(90_000, i + 100),
+                )
+                .unwrap();
+            }
+        })
+    };
+    for i in (1..40u64).step_by(2) {
+        fs::remove_file(b.join(format!("f{i}"))).unwrap();
+    }
+    overwrite.join().unwrap();
+    let stored = |r: &Redis| -> (u64, u64) {
+        let blocks = r
+            .keys("skx")
+            .into_iter()
+            .filter(|k| k.starts_with("skx:b:"));
+        let total: u64 = blocks.map(|k| r.cmd::<u64>(&["STRLEN", &k])).sum();
+        (total, r.cmd::<u64>(&["HGET", "{skx}:stat", "stored_bytes"]))
+    };
+    common::eventually("the freed blocks to be deleted", PROPAGATION, || {
+        redis.cmd::<u64>(&["HLEN", "{skx}:garbage"]) == 0
+    });
+    let (in_blocks, counted) = stored(&redis);
+    assert_eq!(
+        counted, in_blocks,
+        "stored_bytes against the blocks' lengths"
+    );
+    assert!(
+        (20 * 90_000..20 * 100_000).contains(&in_blocks),
+        "{in_blocks}"
+    );
+    a.unmount();
+    b.unmount();
+    common::assert_clean(&redis, "skx");
+}

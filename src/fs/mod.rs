@@ -155,6 +155,7 @@ impl Core {
         tokio::spawn(self.clone().write_back());
         tokio::spawn(self.clone().replicate_in_background());
         tokio::spawn(self.meta.clone().send_in_background());
+        tokio::spawn(self.meta.clone().delete_garbage_in_background());
         tokio::spawn(self.clone().recaller(queues.recalls));
     }
 

@@ -90,6 +90,8 @@ struct Merged {
 /// bytes the commit carries (`inline`) or that are stored already (`stored`).
 struct Placed {
     new_ids: Vec<u64>,
+    /// What each new block takes in Redis (0 for a hole).
+    new_lens: Vec<u64>,
     inline: Vec<(u64, Encoded)>,
     stored: Vec<u64>,
 }
@@ -499,6 +501,9 @@ impl Core {
                 }
             })
             .collect();
+        let new_lens: Vec<u64> = (encoded.iter())
+            .map(|e| e.as_ref().map_or(0, |e| e.stored_len() as u64))
+            .collect();
         let puts: Vec<(u64, Encoded)> = new_ids
             .iter()
             .zip(encoded)
@@ -508,6 +513,7 @@ impl Core {
         if small {
             return Ok(Placed {
                 new_ids,
+                new_lens,
                 inline: puts,
                 stored: Vec::new(),
             });
@@ -520,6 +526,7 @@ impl Core {
         }
         Ok(Placed {
             new_ids,
+            new_lens,
             inline: Vec::new(),
             stored,
         })
@@ -541,8 +548,13 @@ impl Core {
         let swaps: Vec<BlockSwap> = todo
             .iter()
             .zip(&merged.old_ids)
-            .zip(&placed.new_ids)
-            .map(|((&&(idx, _), &old), &new)| BlockSwap { idx, old, new })
+            .zip(placed.new_ids.iter().zip(&placed.new_lens))
+            .map(|((&&(idx, _), &old), (&new, &new_len))| BlockSwap {
+                idx,
+                old,
+                new,
+                new_len,
+            })
             .collect();
         // Commits of one file go one at a time, each with the file's mtime as it is then:
         // batches finishing out of order never store an older mtime over a newer one.

@@ -98,6 +98,9 @@ pub async fn check(
     c.entries().await?;
     c.unreachable().await?;
     c.links().await?;
+    if c.findings.repairing() {
+        c.drain_garbage().await?;
+    }
     let referenced = c.maps().await?;
     let referenced = if args.verify_data {
         c.verify_data(referenced).await?
@@ -498,6 +501,21 @@ impl Checker<'_> {
         self.refs.contains_key(&ino) || self.parent_of.contains_key(&ino)
     }
 
+    /// Deletes the blocks queued for deletion, those the repairs above queued among them, so
+    /// that the checks of blocks and counters below see them gone.
+    async fn drain_garbage(&mut self) -> Result<(), Error> {
+        let deleted = (self.meta.delete_garbage().await).map_err(|source| Error::Operation {
+            what: "deleting the blocks queued for deletion".into(),
+            source,
+        })?;
+        for id in deleted {
+            self.pic.blocks.remove(&id);
+            self.pic.garbage_blocks.remove(&id);
+            self.pic.counted_garbage.remove(&id);
+        }
+        Ok(())
+    }
+
     /// Deleted inodes nobody holds are deleted; inodes with links but no path go to
     /// /lost+found: the top of each unreachable subtree (the rest comes with it), and one
     /// directory of each loop of directories that only name each other.
@@ -734,7 +752,10 @@ impl Checker<'_> {
     /// Block maps: of regular files only, naming existing blocks within the size, no block
     /// twice. Returns every block referenced.
     async fn maps(&mut self) -> Result<HashSet<u64>, Error> {
-        let mut referenced: HashSet<u64> = self.pic.freeing_blocks.clone();
+        let mut referenced: HashSet<u64> = (self.pic.freeing_blocks.iter())
+            .chain(&self.pic.garbage_blocks)
+            .copied()
+            .collect();
         let maps: Vec<(u64, BTreeMap<u64, u64>)> =
             self.pic.maps.iter().map(|(k, v)| (*k, v.clone())).collect();
         for (ino, map) in maps {
@@ -1002,7 +1023,11 @@ impl Checker<'_> {
         Counters {
             inodes: pic.inodes.len() as u64,
             blocks: pic.maps.values().map(|m| m.len() as u64).sum::<u64>() + pic.freeing_entries,
-            stored_bytes: Some(named.chain(&pic.freeing_blocks).map(bytes_of).sum()),
+            stored_bytes: Some(
+                (named.chain(&pic.freeing_blocks).chain(&pic.counted_garbage))
+                    .map(bytes_of)
+                    .sum(),
+            ),
             file_bytes: Some(
                 (pic.inodes.values())
                     .filter(|a| a.kind() == FileKind::File)

@@ -32,6 +32,10 @@ pub struct Picture {
     pub freeing_blocks: HashSet<u64>,
     /// Entries in `free:` maps.
     pub freeing_entries: u64,
+    /// Block ids queued in `garbage`, waiting to be deleted (not orphans).
+    pub garbage_blocks: HashSet<u64>,
+    /// Those of them still counted in `stored_bytes` (state `c`).
+    pub counted_garbage: HashSet<u64>,
     /// Block ids that exist, with the bytes each takes.
     pub blocks: HashMap<u64, u64>,
     /// Inodes with an `x:` key.
@@ -102,9 +106,11 @@ pub async fn read(
                     picture.lock_keys.insert(ino);
                 }
                 KeyKind::Session(sid) => picture.session_keys.entry(sid).or_default().push(key),
-                KeyKind::Inodes(_) | KeyKind::Dir(_) | KeyKind::Map(_) | KeyKind::FreedMap(_) => {
-                    hashes.push((kind, key))
-                }
+                KeyKind::Inodes(_)
+                | KeyKind::Dir(_)
+                | KeyKind::Map(_)
+                | KeyKind::FreedMap(_)
+                | KeyKind::Garbage => hashes.push((kind, key)),
                 _ => {}
             }
         }
@@ -176,6 +182,14 @@ impl Picture {
                     self.freeing_blocks.insert(id);
                     self.freeing_entries += 1;
                 }),
+                KeyKind::Garbage => number(&field)
+                    .filter(|_| matches!(value.as_slice(), b"c" | b"u" | b"w"))
+                    .map(|id| {
+                        self.garbage_blocks.insert(id);
+                        if value == b"c" {
+                            self.counted_garbage.insert(id);
+                        }
+                    }),
                 _ => Some(()),
             };
             if valid.is_none() {

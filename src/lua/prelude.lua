@@ -169,21 +169,27 @@ local function kept_open(ino, except)
   end
   return false
 end
--- A block stored by a mount becomes the filesystem's: it is counted.
-local function adopt_block(id)
+-- A block stored by a mount (`bytes` long in Redis, as the mount that stored it says) becomes
+-- the filesystem's: it is counted.
+local function adopt_block(id, bytes)
   stat_add('blocks', 1)
-  stat_add('stored_bytes', redis.call('STRLEN', block_key(id)))
+  stat_add('stored_bytes', tonumber(bytes))
 end
+-- Scripts never touch a block: on a cluster blocks live on other nodes (see src/keys.rs). A
+-- block no map names any more is queued in GARBAGE_KEY, 'c' if it was counted (the
+-- filesystem's: its bytes leave `stored_bytes` when it is deleted) or 'u' if not (stored by a
+-- call that lost a race); the mounts delete queued blocks in the background (garbage.lua).
+local function queue_garbage(ids, state)
+  local args = {}
+  for _, id in ipairs(ids) do args[#args + 1] = id; args[#args + 1] = state end
+  for i = 1, #args, 1000 do redis.call('HSET', GARBAGE_KEY, unpack(args, i, math.min(i + 999, #args))) end
+end
+local function discard_block(id) queue_garbage({ id }, 'u') end
 -- Deletes the blocks `ids` (counted: the filesystem's) and the keys `also`.
 local function delete_blocks(ids, also)
-  local keys, bytes = also or {}, 0
-  for _, id in ipairs(ids) do
-    local key = block_key(id)
-    bytes = bytes + redis.call('STRLEN', key)
-    keys[#keys + 1] = key
-  end
+  local keys = also or {}
   stat_add('blocks', -#ids)
-  stat_add('stored_bytes', -bytes)
+  queue_garbage(ids, 'c')
   for i = 1, #keys, 500 do redis.call('DEL', unpack(keys, i, math.min(i + 499, #keys))) end
 end
 -- Frees the data of `ino` (record `r`, if it has one) and deletes the keys `also` with it. Small maps are

@@ -1,11 +1,11 @@
 -- ARGV: P, sid, ino, ts, mask, mode, uid, gid, atime, mtime, ctime, size, block_size,
---       tail_index, tail_old, tail_new                                 ->  {0, record}
+--       tail_index, tail_old, tail_new, tail_new's length in Redis     ->  {0, record}
 -- mask bits: 1 mode, 2 uid, 4 gid, 8 size, 16 atime, 32 mtime, 64 ctime, 128 an access recorded
 -- (ctime stays).
 -- On a size cut that ends inside a block, the caller passes that block re-written with zeros
 -- past the new end (tail_new) in place of tail_old; a lost race answers EAGAIN.
 local ino, ts, mask = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
-local function drop_new_tail() if ARGV[16] ~= '0' then redis.call('DEL', block_key(ARGV[16])) end end
+local function drop_new_tail() if ARGV[16] ~= '0' then discard_block(ARGV[16]) end end
 local r = rec(ino)
 if not r then drop_new_tail(); return { E.NOENT } end
 -- A new last block stored before this call and missing (see commit.lua): written again.
@@ -21,7 +21,7 @@ if has(8) then
       if cur ~= ARGV[15] then drop_new_tail(); return { E.AGAIN } end
       if ARGV[16] ~= '0' then
         redis.call('HSET', map, ARGV[14], ARGV[16])
-        adopt_block(ARGV[16])
+        adopt_block(ARGV[16], ARGV[17])
       else
         redis.call('HDEL', map, ARGV[14])
       end

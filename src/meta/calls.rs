@@ -337,9 +337,9 @@ impl Call for Setattr<'_> {
     fn args(&self) -> ScriptArgs {
         let c = self.change;
         let time = |t: Option<Timestamp>| t.unwrap_or_default().encode();
-        let (tail_index, tail_old, tail_new) = match self.tail {
-            Some(t) => (t.idx.to_string(), t.old, t.new),
-            None => (String::new(), 0, 0),
+        let (tail_index, tail_old, tail_new, tail_len) = match self.tail {
+            Some(t) => (t.idx.to_string(), t.old, t.new, t.new_len),
+            None => (String::new(), 0, 0, 0),
         };
         ScriptArgs::default()
             .num(self.ino)
@@ -356,6 +356,7 @@ impl Call for Setattr<'_> {
             .bytes(tail_index)
             .num(tail_old)
             .num(tail_new)
+            .num(tail_len)
     }
     fn parse(&self, reply: Vec<Value>) -> Result<Attr, FsError> {
         record(self.ino, reply.get(1))
@@ -386,7 +387,7 @@ impl Call for Commit<'_> {
             .num(self.end_size)
             .num(self.inline.len());
         for s in self.swaps {
-            args = args.num(s.idx).num(s.old).num(s.new);
+            args = args.num(s.idx).num(s.old).num(s.new).num(s.new_len);
         }
         for (id, bytes) in self.inline {
             args = args.num(id).owned(bytes.to_vec());
@@ -564,6 +565,26 @@ impl Call for LockRequest {
             end: u64::try_from(field(3)).ok(),
             pid: field(4) as u32,
         })
+    }
+}
+
+/// `garbage.lua`: takes the bytes of queued blocks (id, length in Redis) from `stored_bytes`
+/// before they are deleted, once each.
+pub struct WeighGarbage<'a> {
+    pub blocks: &'a [(u64, u64)],
+}
+
+impl Call for WeighGarbage<'_> {
+    type Reply = ();
+    const NAME: &'static str = "garbage";
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.garbage
+    }
+    fn args(&self) -> ScriptArgs {
+        (self.blocks.iter()).fold(ScriptArgs::default(), |a, (id, len)| a.num(id).num(len))
+    }
+    fn parse(&self, _reply: Vec<Value>) -> Result<(), FsError> {
+        Ok(())
     }
 }
 

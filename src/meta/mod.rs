@@ -120,6 +120,9 @@ pub struct BlockSwap {
     pub old: u64,
     /// The block id it is to hold.
     pub new: u64,
+    /// What the new block takes in Redis (its stored bytes; 0 for a hole), counted in
+    /// `stored_bytes` when the swap succeeds: scripts never read a block (see `src/keys.rs`).
+    pub new_len: u64,
 }
 
 /// A lock reported by a test (F_GETLK).
@@ -153,6 +156,8 @@ pub struct Meta {
     pub session: u64,
     /// Directories leased to this mount and the changes deferred in them.
     pub delegation: Arc<Delegation>,
+    /// Wakes [`Meta::delete_garbage_in_background`]: a script may have queued blocks.
+    garbage_queued: Arc<tokio::sync::Notify>,
 }
 
 /// Why a script call failed. Whoever stored blocks for a call must know whether it may have
@@ -218,6 +223,8 @@ fn bytes(v: Option<&Value>) -> Option<&[u8]> {
 
 /// Entries of a directory one reply carries at most: a bigger directory is read in pieces.
 const ENTRIES_PER_REPLY: usize = 10_000;
+/// Queued blocks deleted per round (see [`Meta::delete_garbage`]).
+const GARBAGE_BATCH: u64 = 512;
 
 /// Records of `inos` as a script read them (`raw`, in the same order), with the marks of
 /// which have extended attributes (`xattrs`; unknown, a reply without them: as if all had).
@@ -288,6 +295,7 @@ impl Meta {
             scripts,
             session,
             delegation: Arc::new(Delegation::new(false, Duration::ZERO)),
+            garbage_queued: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -342,6 +350,9 @@ impl Meta {
                 Ok((reply, generation)) => {
                     if self.scripts.changes(script) {
                         self.store.changed(generation, *request);
+                    }
+                    if self.scripts.frees(script) {
+                        self.garbage_queued.notify_one();
                     }
                     return checked(reply).map_err(SendError::NotRun);
                 }
@@ -857,12 +868,104 @@ impl Meta {
         self.call(&calls::FreeBatch { count }).await
     }
 
-    /// Frees the queued blocks of large deleted files, a batch at a time, until none are left
-    /// (or Redis fails: the queue stays for the next try).
+    /// Frees the queued blocks of large deleted files, a batch at a time, and deletes the
+    /// blocks no map names any more, until none are left (or Redis fails: the queues stay for
+    /// the next try).
     pub async fn free_queued(&self) {
         while let Ok(n) = self.free_batch(2048).await {
             if n == 0 {
                 break;
+            }
+        }
+        if let Err(e) = self.delete_garbage().await {
+            tracing::warn!("deleting unneeded blocks: {e}; they stay queued");
+        }
+    }
+
+    /// Deletes queued blocks whenever a script may have queued some, for as long as the mount
+    /// runs: what a removal frees leaves Redis a moment later, and `df` shows it then.
+    pub async fn delete_garbage_in_background(self) {
+        loop {
+            self.garbage_queued.notified().await;
+            if let Err(e) = self.delete_garbage().await {
+                tracing::warn!("deleting unneeded blocks: {e}; trying again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.garbage_queued.notify_one();
+            }
+        }
+    }
+
+    /// Deletes the queued blocks no map names (see `src/lua/garbage.lua`), a batch at a time,
+    /// until the queue is empty; returns the blocks deleted.
+    ///
+    /// The change that queued a block and the block's deletion are two steps, and a failover
+    /// between them may take the change (a truncation, an unlink) while the block goes: the map
+    /// on the new primary would name a deleted block. So a batch is deleted only once a replica
+    /// has its queue entries (a `WAIT` after weighing them, at once where there is no replica),
+    /// and only on the primary it was read from; a move between the steps starts over there.
+    pub async fn delete_garbage(&self) -> Result<Vec<u64>, FsError> {
+        let failed = |e: &redis::RedisError| redis_failure("deleting unneeded blocks", e);
+        let garbage = self.store.keys.garbage();
+        let mut deleted = Vec::new();
+        loop {
+            let generation = self.store.link.node().generation;
+            let queued: Vec<(u64, String)> = self
+                .store
+                .cmd(
+                    redis::cmd("HRANDFIELD")
+                        .arg(&garbage)
+                        .arg(GARBAGE_BATCH)
+                        .arg("WITHVALUES"),
+                )
+                .await
+                .map_err(|e| failed(&e))?;
+            if queued.is_empty() {
+                return Ok(deleted);
+            }
+            let ids: Vec<u64> = queued.iter().map(|(id, _)| *id).collect();
+            let unweighed: Vec<u64> = (queued.iter())
+                .filter(|(_, state)| state != "w")
+                .map(|(id, _)| *id)
+                .collect();
+            if !unweighed.is_empty() {
+                let lengths = crate::blocks::lengths(&self.store, &unweighed)
+                    .await
+                    .map_err(|e| failed(&e))?;
+                let blocks: Vec<(u64, u64)> = unweighed.into_iter().zip(lengths).collect();
+                // Outside any session's ring of replies (weighing twice changes nothing),
+                // which may run after this mount's session ended.
+                let unrecorded = Request::unrecorded();
+                self.send(&calls::WeighGarbage { blocks: &blocks }, &unrecorded)
+                    .await
+                    .map_err(FsError::from)?;
+            }
+            let replicated = self.store.reach_replicas().await.map_err(|e| failed(&e))?;
+            if replicated.generation != generation {
+                continue;
+            }
+            let mut delete = redis::pipe();
+            delete.cmd("DEL");
+            for &id in &ids {
+                delete.arg(self.store.keys.block(id));
+            }
+            delete.ignore().cmd("HDEL").arg(&garbage).arg(&ids).ignore();
+            let still_there = self
+                .store
+                .retry_on_node(|node| {
+                    let (mut conn, delete) = (node.conn.clone(), &delete);
+                    async move {
+                        if node.generation != generation {
+                            return Ok(false);
+                        }
+                        delete.query_async::<()>(&mut conn).await.map(|()| true)
+                    }
+                })
+                .await
+                .map_err(|e| failed(&e))?;
+            if still_there {
+                deleted.extend(ids);
+            } else {
+                tracing::info!("the primary moved while blocks were being deleted: starting over");
             }
         }
     }

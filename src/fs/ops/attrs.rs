@@ -147,16 +147,27 @@ impl Core {
         image[(size % bs) as usize..].fill(0);
         let image = Arc::new(image);
         let Some(encoded) = self.blocks.encode(&image) else {
-            return Ok(Some(BlockSwap { idx, old, new: 0 }));
+            return Ok(Some(BlockSwap {
+                idx,
+                old,
+                new: 0,
+                new_len: 0,
+            }));
         };
         let new = self.blocks.allocate(1).await?[0];
+        let new_len = encoded.stored_len() as u64;
         if let Err(e) = self.blocks.put(&[(new, encoded)]).await {
             // It may have been stored, and no map will ever name it.
             self.blocks.discard(vec![new]);
             return Err(e);
         }
         self.blocks.remember(new, image);
-        Ok(Some(BlockSwap { idx, old, new }))
+        Ok(Some(BlockSwap {
+            idx,
+            old,
+            new,
+            new_len,
+        }))
     }
 }
 

@@ -527,7 +527,12 @@ impl Core {
                 let swaps: Vec<BlockSwap> = map
                     .iter()
                     .filter(|(&i, _)| (first_full..last_full).contains(&i))
-                    .map(|(&idx, &old)| BlockSwap { idx, old, new: 0 })
+                    .map(|(&idx, &old)| BlockSwap {
+                        idx,
+                        old,
+                        new: 0,
+                        new_len: 0,
+                    })
                     .collect();
                 file.state().forget_map(false);
                 if swaps.is_empty() {
