@@ -225,6 +225,8 @@ fn bytes(v: Option<&Value>) -> Option<&[u8]> {
 const ENTRIES_PER_REPLY: usize = 10_000;
 /// Queued blocks deleted per round (see [`Meta::delete_garbage`]).
 const GARBAGE_BATCH: u64 = 512;
+/// How long the background deletion of queued blocks waits for more after it is woken.
+const GARBAGE_DELAY: Duration = Duration::from_millis(20);
 
 /// Records of `inos` as a script read them (`raw`, in the same order), with the marks of
 /// which have extended attributes (`xattrs`; unknown, a reply without them: as if all had).
@@ -887,6 +889,8 @@ impl Meta {
     pub async fn delete_garbage_in_background(self) {
         loop {
             self.garbage_queued.notified().await;
+            // Removals come in runs (`rm -rf`): what a few milliseconds queue goes in one batch.
+            tokio::time::sleep(GARBAGE_DELAY).await;
             if let Err(e) = self.delete_garbage().await {
                 tracing::warn!("deleting unneeded blocks: {e}; trying again");
                 tokio::time::sleep(Duration::from_millis(100)).await;
