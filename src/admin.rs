@@ -596,6 +596,19 @@ async fn upgrade(store: &Store, session_timeout: std::time::Duration) -> Result<
             reason: format!("version '{version}' in state '{state}' is not a format-1 filesystem"),
         });
     }
+    // Marked first, so that no mount of format 1 starts once the check below has passed (they
+    // refuse a filesystem that is not ready).
+    let mark = |state: &str| {
+        redis::cmd("HSET")
+            .arg(&old_meta)
+            .arg("state")
+            .arg(state)
+            .clone()
+    };
+    store
+        .cmd::<()>(&mark("upgrading"))
+        .await
+        .map_err(store.failed("HSET"))?;
     let cutoff = now_ms().saturating_sub(session_timeout.as_millis() as u64);
     let live: Vec<u64> = store
         .cmd(
@@ -607,20 +620,14 @@ async fn upgrade(store: &Store, session_timeout: std::time::Duration) -> Result<
         .await
         .map_err(store.failed("listing the live mounts"))?;
     if !live.is_empty() {
+        store
+            .cmd::<()>(&mark(&state))
+            .await
+            .map_err(store.failed("HSET"))?;
         return Err(Error::Setting(format!(
             "'{prefix}' is mounted (live sessions {live:?}); unmount it everywhere first"
         )));
     }
-    // Mounts of format 1 refuse a filesystem that is not ready.
-    store
-        .cmd::<()>(
-            redis::cmd("HSET")
-                .arg(&old_meta)
-                .arg("state")
-                .arg("upgrading"),
-        )
-        .await
-        .map_err(store.failed("HSET"))?;
     let pattern = keys.scan_patterns()[1].clone();
     let mut scan = crate::scan::Scan::matching(store, pattern);
     let mut renamed = 0;

@@ -704,5 +704,8 @@ async fn shutdown(core: &Core, session: Option<&Session>) {
             );
         }
         as_tool.free_queued().await;
+        if let Err(e) = as_tool.delete_garbage().await {
+            tracing::warn!("deleting unneeded blocks: {e}; they stay queued for another mount");
+        }
     }
 }

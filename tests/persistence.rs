@@ -252,7 +252,7 @@ fn prefixes_never_see_each_other() {
 /// The commands a mount needs, for a user confined to its prefix.
 const COMMANDS: &str = "+ping +hello +auth +select +client|setname +info +time +type +pexpire +scan +exists \
      +get +set +del +incr +incrby +strlen +hget +hset +hdel +hgetall +hmget +hkeys +hvals +hlen +hexists \
-     +hincrby +hscan +sadd +srem +smembers +srandmember +zadd +zrem +zscore +zrange +zrangebyscore \
+     +hincrby +hscan +hrandfield +hsetnx +sadd +srem +smembers +srandmember +zadd +zrem +zscore +zrange +zrangebyscore \
      +rename +evalsha +eval +script|load \
      +publish +subscribe +unsubscribe +wait +role";
 
@@ -315,6 +315,9 @@ fn a_user_confined_to_the_prefix_can_run_the_whole_flow() {
         0,
         "each unmount ended its own session"
     );
+    // What the removal and the truncation freed left Redis: the user may delete blocks.
+    assert_eq!(redis.cmd::<u64>(&["HLEN", "{skx}:garbage"]), 0);
+    common::assert_clean(&redis, "skx");
     let _: String = redis.cmd(&["GET", "outside"]);
     assert_eq!(redis.cmd::<String>(&["GET", "outside"]), "untouched");
 }

@@ -179,10 +179,10 @@ end
 -- block no map names any more is queued in GARBAGE_KEY, 'c' if it was counted (the
 -- filesystem's: its bytes leave `stored_bytes` when it is deleted) or 'u' if not (stored by a
 -- call that lost a race); the mounts delete queued blocks in the background (garbage.lua).
+-- A block queued already keeps its state (a run of a request replayed after its slot of the
+-- ring was overwritten must not count a weighed block again, nor forget a counted one).
 local function queue_garbage(ids, state)
-  local args = {}
-  for _, id in ipairs(ids) do args[#args + 1] = id; args[#args + 1] = state end
-  for i = 1, #args, 1000 do redis.call('HSET', GARBAGE_KEY, unpack(args, i, math.min(i + 999, #args))) end
+  for _, id in ipairs(ids) do redis.call('HSETNX', GARBAGE_KEY, id, state) end
 end
 local function discard_block(id) queue_garbage({ id }, 'u') end
 -- Deletes the blocks `ids` (counted: the filesystem's) and the keys `also`.

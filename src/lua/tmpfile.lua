@@ -5,6 +5,7 @@ local parent = tonumber(ARGV[3])
 local _, err = live_dir(parent)
 if err then return { err } end
 local ino = tonumber(ARGV[5])
+if rec(ino) then return { E.IO } end
 put(ino, set_nlink(ARGV[4], 0))
 stat_add('inodes', 1)
 orphan(ino)

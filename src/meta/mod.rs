@@ -870,18 +870,17 @@ impl Meta {
         self.call(&calls::FreeBatch { count }).await
     }
 
-    /// Frees the queued blocks of large deleted files, a batch at a time, and deletes the
-    /// blocks no map names any more, until none are left (or Redis fails: the queues stay for
-    /// the next try).
+    /// Frees the queued blocks of large deleted files, a batch at a time, until none are left
+    /// (or Redis fails: the queue stays for the next try); the blocks they held are deleted in
+    /// the background (see [`Meta::delete_garbage`]), woken here too in case a mount that
+    /// queued some stopped before deleting them.
     pub async fn free_queued(&self) {
         while let Ok(n) = self.free_batch(2048).await {
             if n == 0 {
                 break;
             }
         }
-        if let Err(e) = self.delete_garbage().await {
-            tracing::warn!("deleting unneeded blocks: {e}; they stay queued");
-        }
+        self.garbage_queued.notify_one();
     }
 
     /// Deletes queued blocks whenever a script may have queued some, for as long as the mount
@@ -904,9 +903,9 @@ impl Meta {
     ///
     /// The change that queued a block and the block's deletion are two steps, and a failover
     /// between them may take the change (a truncation, an unlink) while the block goes: the map
-    /// on the new primary would name a deleted block. So a batch is deleted only once a replica
-    /// has its queue entries (a `WAIT` after weighing them, at once where there is no replica),
-    /// and only on the primary it was read from; a move between the steps starts over there.
+    /// on the new primary would name a deleted block. So a batch is deleted only on the primary
+    /// its queue was read from (a move between the steps starts over on the new one): a replica
+    /// receives that primary's writes in order, so one that has the deletion has the change.
     pub async fn delete_garbage(&self) -> Result<Vec<u64>, FsError> {
         let failed = |e: &redis::RedisError| redis_failure("deleting unneeded blocks", e);
         let garbage = self.store.keys.garbage();
@@ -942,10 +941,6 @@ impl Meta {
                 self.send(&calls::WeighGarbage { blocks: &blocks }, &unrecorded)
                     .await
                     .map_err(FsError::from)?;
-            }
-            let replicated = self.store.reach_replicas().await.map_err(|e| failed(&e))?;
-            if replicated.generation != generation {
-                continue;
             }
             let mut delete = redis::pipe();
             delete.cmd("DEL");
