@@ -156,31 +156,11 @@ impl BlockStore {
         Ok(out)
     }
 
-    /// Stores encoded blocks under their ids, in pipelines: through the node's block writer
-    /// where it has one, the general client otherwise. Setting a block again is harmless, so a
-    /// pipeline cut short by a lost connection is simply sent again.
-    pub async fn put(&self, blocks: &[(u64, Encoded)]) -> Result<(), FsError> {
-        for chunk in blocks.chunks(PIPELINE_BLOCKS) {
-            let named: Vec<(String, &Encoded)> = chunk
-                .iter()
-                .map(|(id, data)| (self.store.keys.block(*id), data))
-                .collect();
-            let named = &named;
-            self.store
-                .retry_on_node(|node| async move {
-                    if let Some(writer) = &node.writer {
-                        return writer.set(named).await;
-                    }
-                    let mut pipe = redis::pipe();
-                    for (key, data) in named {
-                        pipe.cmd("SET").arg(key).arg(*data).ignore();
-                    }
-                    pipe.query_async::<()>(&mut node.conn.clone()).await
-                })
-                .await
-                .map_err(|e| redis_failure("write blocks", &e))?;
-        }
-        Ok(())
+    /// Stores encoded blocks under their ids (see [`put`]); answers the node that has them.
+    pub async fn put(&self, blocks: &[(u64, Encoded)]) -> Result<u64, FsError> {
+        put(&self.store, blocks)
+            .await
+            .map_err(|e| redis_failure("write blocks", &e))
     }
 
     /// Deletes blocks that a store wrote but no map names (see [`discard`]).
@@ -334,6 +314,42 @@ pub fn discard(store: &Store, ids: Vec<u64>) {
             wait = (wait * 2).min(Duration::from_secs(5));
         }
     });
+}
+
+/// Stores encoded blocks under their ids, in pipelines: through the node's block writer where
+/// it has one, the general client otherwise. Setting a block again is harmless, so a pipeline
+/// cut short by a lost connection is simply sent again. Answers the node (its generation) that
+/// has them all: when the primary changed part-way, everything is stored again on the new one.
+pub async fn put(store: &Store, blocks: &[(u64, Encoded)]) -> redis::RedisResult<u64> {
+    loop {
+        let mut nodes = Vec::new();
+        for chunk in blocks.chunks(PIPELINE_BLOCKS) {
+            let named: Vec<(String, &Encoded)> = chunk
+                .iter()
+                .map(|(id, data)| (store.keys.block(*id), data))
+                .collect();
+            let named = &named;
+            let node = store
+                .retry_on_node(|node| async move {
+                    if let Some(writer) = &node.writer {
+                        writer.set(named).await?;
+                    } else {
+                        let mut pipe = redis::pipe();
+                        for (key, data) in named {
+                            pipe.cmd("SET").arg(key).arg(*data).ignore();
+                        }
+                        pipe.query_async::<()>(&mut node.conn.clone()).await?;
+                    }
+                    Ok(node.generation)
+                })
+                .await?;
+            nodes.push(node);
+        }
+        let first = nodes.first().copied().unwrap_or(0);
+        if nodes.iter().all(|&n| n == first) {
+            return Ok(first);
+        }
+    }
 }
 
 /// What the blocks `ids` take in Redis (0 for one that is gone), in one pipeline.

@@ -165,29 +165,33 @@ pub const FAMILIES: &[Family] = &[
 /// Lua defining a builder of every key family from the prefix `P`, for the scripts' prelude:
 /// the only place the scripts' key names come from. Numbers go in through `decimal`: Lua writes
 /// a number past 10^14 as `1e+14` (to 14 digits), which would name another key.
+///
+/// Blocks get no builder: a script never touches a block, which on a cluster lives on another
+/// node than the metadata (the caller stores blocks before the script that names them, and
+/// deletes them after, see `src/lua/garbage.lua`).
 pub fn lua_builders() -> String {
-    let builders = FAMILIES.iter().map(|f| {
-        let base = if f.spread { "SPREAD" } else { "P" };
-        match f.after {
-            None => format!("local {} = {base} .. '{}'\n", f.lua, f.before),
+    let builders = FAMILIES
+        .iter()
+        .filter(|f| !f.spread)
+        .map(|f| match f.after {
+            None => format!("local {} = P .. '{}'\n", f.lua, f.before),
             Some("") => format!(
-                "local function {}(n) return {base} .. '{}' .. decimal(n) end\n",
+                "local function {}(n) return P .. '{}' .. decimal(n) end\n",
                 f.lua, f.before
             ),
             Some(after) => format!(
-                "local function {}(n) return {base} .. '{}' .. decimal(n) .. '{after}' end\n",
+                "local function {}(n) return P .. '{}' .. decimal(n) .. '{after}' end\n",
                 f.lua, f.before
             ),
-        }
-    });
+        });
     std::iter::once(LUA_BASES.to_string())
         .chain(builders)
         .collect()
 }
 
-/// The two bases of a filesystem's names from its prefix (`PREFIX`, the scripts' first
-/// argument), and a whole number (or a string of one) as its decimal digits, exact to 2^53.
-const LUA_BASES: &str = "local P, SPREAD = '{' .. PREFIX .. '}:', PREFIX .. ':'\n\
+/// The metadata's base from the prefix (`PREFIX`, the scripts' first argument), and a whole
+/// number (or a string of one) as its decimal digits, exact to 2^53.
+const LUA_BASES: &str = "local P = '{' .. PREFIX .. '}:'\n\
                          local function decimal(n) return string.format('%d', n) end\n";
 
 /// The key names of one filesystem.
@@ -649,7 +653,7 @@ mod tests {
             for (n, line) in text.lines().enumerate() {
                 let code = line.split("--").next().unwrap_or_default();
                 assert!(
-                    !code.contains("P ..") && !code.contains("SPREAD .."),
+                    !code.contains("P .."),
                     "{}:{}: a key name built by hand: {line}",
                     path.display(),
                     n + 1
@@ -676,8 +680,10 @@ mod tests {
         assert!(read > 15, "read {read} scripts from {dir}");
         let builders = lua_builders();
         assert!(builders.contains("local function dir_key(n) return P .. 'd:' .. decimal(n) end\n"));
-        assert!(builders
-            .contains("local function block_key(n) return SPREAD .. 'b:' .. decimal(n) end\n"));
+        assert!(
+            !builders.contains("block_key"),
+            "scripts never touch a block"
+        );
         assert!(builders.contains(
             "local function session_held_key(n) return P .. 'session:' .. decimal(n) .. ':held' end\n"
         ));

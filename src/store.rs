@@ -12,6 +12,7 @@ use std::sync::Arc;
 use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, RedisError, RedisResult, Script, ServerErrorKind, Value};
 
+use crate::codec::Encoded;
 use crate::error::Error;
 use crate::keys::Keys;
 use crate::link::{Link, Node};
@@ -640,6 +641,20 @@ impl Store {
         request: &Request,
         args: &ScriptArgs,
     ) -> RedisResult<(Vec<Value>, u64)> {
+        self.script_after_blocks(script, request, args, BlocksFirst::default())
+            .await
+    }
+
+    /// [`Store::script_as`] for a script that swaps blocks into maps: scripts never touch a
+    /// block (on a cluster it lives elsewhere, see `src/keys.rs`), so the blocks it names are
+    /// stored first, with it in one transaction or before it on one node (see [`BlocksFirst`]).
+    pub async fn script_after_blocks(
+        &self,
+        script: &Script,
+        request: &Request,
+        args: &ScriptArgs,
+        blocks: BlocksFirst<'_>,
+    ) -> RedisResult<(Vec<Value>, u64)> {
         let meta = self.keys.meta();
         let prefix = self.keys.prefix();
         let mut held = Duration::from_millis(1);
@@ -655,7 +670,14 @@ impl Store {
                     }
                     let mut conn = node.conn.clone();
                     async move {
-                        let reply = inv.invoke_async::<Vec<Value>>(&mut conn).await?;
+                        if blocks.stored_on.is_some_and(|g| g != node.generation) {
+                            return Err(moved_since_stored(&node.address));
+                        }
+                        let reply = if blocks.with.is_empty() {
+                            inv.invoke_async::<Vec<Value>>(&mut conn).await?
+                        } else {
+                            in_one_transaction(script, &inv, blocks.with, &mut conn).await?
+                        };
                         Ok((reply, node.generation))
                     }
                 })
@@ -666,5 +688,58 @@ impl Store {
             tokio::time::sleep(held).await;
             held = (held * 2).min(Duration::from_millis(20));
         }
+    }
+}
+
+/// The blocks a script that swaps them into maps names, stored before it runs.
+#[derive(Clone, Copy, Default)]
+pub struct BlocksFirst<'a> {
+    /// Blocks (key, stored bytes) set in one transaction with the script (`MULTI` … `EXEC`):
+    /// they land with it or not at all, in one round trip.
+    pub with: &'a [(String, &'a Encoded)],
+    /// The node (its generation) the script's other blocks were stored on before: the script
+    /// runs there only, since a node that replaced it may lack them (answered with
+    /// [`moved_since_stored`]: store them again).
+    pub stored_on: Option<u64>,
+}
+
+/// Why a script that names blocks stored on one node was not sent to the node that replaced
+/// it.
+fn moved_since_stored(address: &str) -> RedisError {
+    RedisError::from((
+        ErrorKind::Client,
+        MOVED_SINCE_STORED,
+        format!("now {address}"),
+    ))
+}
+
+const MOVED_SINCE_STORED: &str = "the primary changed after the blocks were stored";
+
+/// Whether `err` says a script was not sent because the primary changed after its blocks were
+/// stored (see [`BlocksFirst::stored_on`]).
+pub fn is_moved_since_stored(err: &RedisError) -> bool {
+    err.to_string().contains(MOVED_SINCE_STORED)
+}
+
+/// Sets `blocks` and runs the script `inv` of `script` in one transaction, loading the script
+/// first when the server lacks it.
+async fn in_one_transaction(
+    script: &Script,
+    inv: &redis::ScriptInvocation<'_>,
+    blocks: &[(String, &Encoded)],
+    conn: &mut MultiplexedConnection,
+) -> RedisResult<Vec<Value>> {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for (key, data) in blocks {
+        pipe.cmd("SET").arg(key).arg(*data).ignore();
+    }
+    pipe.invoke_script(inv);
+    match pipe.query_async::<(Vec<Value>,)>(conn).await {
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            script.load_async(conn).await?;
+            Ok(pipe.query_async::<(Vec<Value>,)>(conn).await?.0)
+        }
+        other => Ok(other?.0),
     }
 }

@@ -510,7 +510,7 @@ impl Drop for MountHelper {
 
 /// Waits until no session of `prefix` is left: its mounts' processes ended cleanly.
 fn sessions_end(redis: &Redis, prefix: &str) {
-    let key = format!("{prefix}:sessions");
+    let key = format!("{{{prefix}}}:sessions");
     common::eventually(
         "the mount's process ends (cleanly) after its unmount",
         std::time::Duration::from_secs(10),

@@ -253,7 +253,7 @@ fn prefixes_never_see_each_other() {
 const COMMANDS: &str = "+ping +hello +auth +select +client|setname +info +time +type +pexpire +scan +exists \
      +get +set +del +incr +incrby +strlen +hget +hset +hdel +hgetall +hmget +hkeys +hvals +hlen +hexists \
      +hincrby +hscan +hrandfield +hsetnx +sadd +srem +smembers +srandmember +zadd +zrem +zscore +zrange +zrangebyscore \
-     +rename +evalsha +eval +script|load \
+     +rename +evalsha +eval +script|load +multi +exec \
      +publish +subscribe +unsubscribe +wait +role";
 
 #[test]

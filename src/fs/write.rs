@@ -27,7 +27,7 @@ use crate::blocks::{Block, Image};
 use crate::codec::Encoded;
 use crate::error::FsError;
 use crate::fs::notify::Invalidation;
-use crate::meta::{redis_failure, BlockSwap};
+use crate::meta::{redis_failure, BlockSwap, NewBlocks};
 use crate::store::{Answered, Replicated};
 
 use super::buffers::BlockBuffer;
@@ -92,8 +92,20 @@ struct Placed {
     new_ids: Vec<u64>,
     /// What each new block takes in Redis (0 for a hole).
     new_lens: Vec<u64>,
+    /// The node (its generation) the `stored` blocks went to.
+    stored_on: Option<u64>,
     inline: Vec<(u64, Encoded)>,
-    stored: Vec<u64>,
+    stored: Vec<(u64, Encoded)>,
+}
+
+impl Placed {
+    fn new_blocks(&self) -> NewBlocks<'_> {
+        NewBlocks {
+            inline: &self.inline,
+            stored: &self.stored,
+            stored_on: self.stored_on,
+        }
+    }
 }
 
 impl Core {
@@ -428,6 +440,12 @@ impl Core {
                     file_lost(file.ino, &mut st);
                     return Ok(());
                 }
+                // The primary changed since the blocks were stored, and the new one may lack
+                // them: store them again there (`Meta::commit` sees to the old ones).
+                Err(FsError::Again) => {
+                    file.state().forget_map(false);
+                    continue;
+                }
                 // Whatever became of the blocks stored for it, `Meta::commit` sees to them.
                 other => other?,
             };
@@ -514,21 +532,26 @@ impl Core {
             return Ok(Placed {
                 new_ids,
                 new_lens,
+                stored_on: None,
                 inline: puts,
                 stored: Vec::new(),
             });
         }
-        let stored: Vec<u64> = puts.iter().map(|(id, _)| *id).collect();
-        if let Err(e) = self.blocks.put(&puts).await {
-            // Some of them may have been stored, and no map will ever name them.
-            self.blocks.discard(stored);
-            return Err(e);
-        }
+        let stored_on = match self.blocks.put(&puts).await {
+            Ok(node) => node,
+            Err(e) => {
+                // Some of them may have been stored, and no map will ever name them.
+                self.blocks
+                    .discard(puts.iter().map(|(id, _)| *id).collect());
+                return Err(e);
+            }
+        };
         Ok(Placed {
             new_ids,
             new_lens,
+            stored_on: Some(stored_on),
             inline: Vec::new(),
-            stored,
+            stored: puts,
         })
     }
 
@@ -567,7 +590,7 @@ impl Core {
         let replicated_node = self.meta.store.replicated_node();
         let (attr, lost, request) = self
             .meta
-            .commit(file.ino, mtime, end, &swaps, &placed.inline, &placed.stored)
+            .commit(file.ino, mtime, end, &swaps, placed.new_blocks())
             .await?;
         let answered = replicated_node.map(|node| self.meta.store.answered(node, request));
         // What the commit left is the truth, unless something changed since it began.

@@ -1,31 +1,14 @@
--- Swap block-map entries written by a mount. ARGV: P, sid, ino, ts, end_size, inline count K,
--- then quadruples (index, expected_old_id, new_id, the new block's length in Redis), then K
--- pairs (block id, stored bytes) of new blocks sent with the call (a small batch: one round
--- trip instead of two); id 0 means "no block" (a hole).  ->  {0, record, lost...}
--- An entry that no longer holds expected_old_id is not touched; its index is returned so the
--- writer re-reads it and tries again, and its new block is queued for deletion here.
+-- Swap block-map entries written by a mount. ARGV: P, sid, ino, ts, end_size, then quadruples
+-- (index, expected_old_id, new_id, the new block's length in Redis); id 0 means "no block" (a
+-- hole).  ->  {0, record, lost...}
+-- The new blocks are stored before (see Store::script_after_blocks): a script never touches a
+-- block. An entry that no longer holds expected_old_id is not touched; its index is returned so
+-- the writer re-reads it and tries again, and its new block is queued for deletion here.
 local ino = tonumber(ARGV[3])
 local r = rec(ino)
 local map = map_key(ino)
 local lost, won, lo, hi = {}, 0, nil, nil
-local last_swap = #ARGV - 2 * tonumber(ARGV[6])
--- Blocks first, as a mount that stores them separately does: a map never names a missing one.
-for i = last_swap + 1, #ARGV, 2 do redis.call('SET', block_key(ARGV[i]), ARGV[i + 1]) end
--- A block stored before this call is missing if the primary it went to failed before its
--- replica, now primary, had it: every entry is then lost, and the writer stores them again.
-for i = 7, last_swap, 4 do
-  local new = ARGV[i + 2]
-  if new ~= '0' and redis.call('EXISTS', block_key(new)) == 0 then
-    local out = { 0, r }
-    for j = 7, last_swap, 4 do
-      if ARGV[j + 2] ~= '0' then discard_block(ARGV[j + 2]) end
-      out[#out + 1] = ARGV[j]
-    end
-    if not r then return { E.NOENT } end
-    return out
-  end
-end
-for i = 7, last_swap, 4 do
+for i = 6, #ARGV, 4 do
   local idx, old, new = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local cur = r and (redis.call('HGET', map, idx) or '0')
   if cur ~= old then

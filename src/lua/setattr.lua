@@ -3,13 +3,12 @@
 -- mask bits: 1 mode, 2 uid, 4 gid, 8 size, 16 atime, 32 mtime, 64 ctime, 128 an access recorded
 -- (ctime stays).
 -- On a size cut that ends inside a block, the caller passes that block re-written with zeros
--- past the new end (tail_new) in place of tail_old; a lost race answers EAGAIN.
+-- past the new end (tail_new, stored before on this node) in place of tail_old; a lost race
+-- answers EAGAIN.
 local ino, ts, mask = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local function drop_new_tail() if ARGV[16] ~= '0' then discard_block(ARGV[16]) end end
 local r = rec(ino)
 if not r then drop_new_tail(); return { E.NOENT } end
--- A new last block stored before this call and missing (see commit.lua): written again.
-if ARGV[16] ~= '0' and redis.call('EXISTS', block_key(ARGV[16])) == 0 then return { E.AGAIN } end
 if is_dir(r) then unleased(ino) end
 local function has(b) return bit.band(mask, b) ~= 0 end
 if has(8) then

@@ -6,7 +6,6 @@
 use redis::{Script, Value};
 
 use crate::attr::{Attr, Timestamp};
-use crate::codec::Encoded;
 use crate::error::FsError;
 use crate::scripts::Scripts;
 use crate::store::ScriptArgs;
@@ -371,7 +370,6 @@ pub struct Commit<'a> {
     pub mtime: Option<Timestamp>,
     pub end_size: u64,
     pub swaps: &'a [BlockSwap],
-    pub inline: &'a [(u64, Encoded)],
 }
 
 impl Call for Commit<'_> {
@@ -384,13 +382,9 @@ impl Call for Commit<'_> {
         let mut args = ScriptArgs::default()
             .num(self.ino)
             .bytes(self.mtime.map(|t| t.encode().to_vec()).unwrap_or_default())
-            .num(self.end_size)
-            .num(self.inline.len());
+            .num(self.end_size);
         for s in self.swaps {
             args = args.num(s.idx).num(s.old).num(s.new).num(s.new_len);
-        }
-        for (id, bytes) in self.inline {
-            args = args.num(id).owned(bytes.to_vec());
         }
         args
     }

@@ -14,7 +14,7 @@ use crate::attr::{Attr, FileKind, Timestamp};
 use crate::codec::Encoded;
 use crate::error::FsError;
 use crate::scripts::Scripts;
-use crate::store::{Request, ScriptArgs, Store};
+use crate::store::{BlocksFirst, Request, ScriptArgs, Store};
 use calls::{Call, ListedEntries};
 use counters::Counters;
 use deferred::{leased_dir, Delegation};
@@ -125,6 +125,36 @@ pub struct BlockSwap {
     pub new_len: u64,
 }
 
+/// The new blocks a call swaps into maps, which it does not store itself (scripts never touch
+/// a block, see `src/keys.rs`): `stored` before it on the node of generation `stored_on`, or
+/// `inline`, set with it in one transaction (a small batch: one round trip).
+#[derive(Clone, Copy, Default)]
+pub struct NewBlocks<'a> {
+    pub inline: &'a [(u64, Encoded)],
+    pub stored: &'a [(u64, Encoded)],
+    pub stored_on: Option<u64>,
+}
+
+impl NewBlocks<'_> {
+    fn ids(&self) -> Vec<u64> {
+        (self.inline.iter().chain(self.stored))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+/// A size cut's re-written last block (see [`Meta::setattr`]): its swap, and, unless it
+/// became a hole, the block as stored on the node of `stored_on`.
+pub struct Tail {
+    pub swap: BlockSwap,
+    pub stored: Vec<(u64, Encoded)>,
+    pub stored_on: Option<u64>,
+}
+
+/// Times a call whose blocks were stored on a primary that was then replaced stores them again
+/// and is sent again, before its writer is told to start over.
+const MOVES: u32 = 4;
+
 /// A lock reported by a test (F_GETLK).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LockState {
@@ -167,6 +197,9 @@ pub enum SendError {
     /// It did not run (Redis refused it: out of memory, a replica), or it ran and refused
     /// with this errno: nothing changed.
     NotRun(FsError),
+    /// The primary changed after the blocks it names were stored: it was not sent to the new
+    /// one, which may lack them (it may have run on the one before). Store them again.
+    Moved,
     /// No answer came (Redis away past the I/O timeout, the connection lost while the call
     /// was on it): it may have run.
     Unknown,
@@ -176,6 +209,7 @@ impl From<SendError> for FsError {
     fn from(e: SendError) -> FsError {
         match e {
             SendError::NotRun(errno) => errno,
+            SendError::Moved => FsError::Again,
             SendError::Unknown => FsError::Io,
         }
     }
@@ -185,6 +219,10 @@ impl From<SendError> for FsError {
 /// answered with before running anything means it did not run; any other may have come after
 /// it ran.
 fn send_failure(what: &str, err: &RedisError) -> SendError {
+    if crate::store::is_moved_since_stored(err) {
+        tracing::info!("{what}: {err}; storing them again");
+        return SendError::Moved;
+    }
     match redis_failure(what, err) {
         FsError::Io => SendError::Unknown,
         refused => SendError::NotRun(refused),
@@ -326,8 +364,19 @@ impl Meta {
 
     /// Sends `call` as `request`, returning its reply unparsed (see [`Meta::run_as`]).
     async fn send<C: Call>(&self, call: &C, request: &Request) -> Result<Vec<Value>, SendError> {
+        self.send_after(call, request, BlocksFirst::default()).await
+    }
+
+    /// [`Meta::send`] for a call whose new blocks are stored first (see [`BlocksFirst`]).
+    async fn send_after<C: Call>(
+        &self,
+        call: &C,
+        request: &Request,
+        blocks: BlocksFirst<'_>,
+    ) -> Result<Vec<Value>, SendError> {
         let script = C::script(&self.scripts);
-        self.run_as(C::NAME, script, request, &call.args()).await
+        self.run_as(C::NAME, script, request, &call.args(), blocks)
+            .await
     }
 
     /// Runs a script as `request` (see [`Store::script_as`]); while a directory it needs is
@@ -338,11 +387,16 @@ impl Meta {
         script: &redis::Script,
         request: &Request,
         args: &ScriptArgs,
+        blocks: BlocksFirst<'_>,
     ) -> Result<Vec<Value>, SendError> {
         let started = std::time::Instant::now();
         let mut delay = std::time::Duration::from_millis(1);
         loop {
-            match self.store.script_as(script, request, args).await {
+            match (self
+                .store
+                .script_after_blocks(script, request, args, blocks))
+            .await
+            {
                 // A script's answer: it ran and refused (an errno), or it is of a shape no
                 // script gives, and may have run.
                 Ok((reply, _)) if int(reply.first()).is_none() => {
@@ -374,7 +428,7 @@ impl Meta {
     fn blocks_of_failed(&self, failure: SendError, request: Request, stored: Vec<u64>) {
         match failure {
             SendError::NotRun(_) => crate::blocks::discard(&self.store, stored),
-            SendError::Unknown => self.settle_later(request, stored),
+            SendError::Unknown | SendError::Moved => self.settle_later(request, stored),
         }
     }
 
@@ -556,50 +610,59 @@ impl Meta {
         self.call(&call).await
     }
 
-    /// Applies attribute changes; a size cut may carry a re-written last block (`tail`), which
-    /// nothing keeps when the change fails (as with [`Meta::commit`]'s blocks).
+    /// Applies attribute changes; a size cut may carry a re-written last block (`tail`,
+    /// stored on the node of `tail_on`), which nothing keeps when the change fails (as with
+    /// [`Meta::commit`]'s blocks). `EAGAIN`: store the tail again.
     pub async fn setattr(
         &self,
         ino: u64,
         change: &AttrChange,
         block_size: u32,
-        tail: Option<BlockSwap>,
+        tail: Option<&Tail>,
     ) -> Result<(Attr, Request), FsError> {
         let call = calls::Setattr {
             ino,
             ts: Timestamp::now(),
             change,
             block_size,
-            tail,
+            tail: tail.map(|t| t.swap),
         };
-        let new_tail: Vec<u64> = tail
-            .map(|t| t.new)
-            .filter(|&id| id != 0)
-            .into_iter()
-            .collect();
-        self.send_or_forget(&call, new_tail).await
+        let blocks = match tail {
+            Some(t) => NewBlocks {
+                stored: &t.stored,
+                stored_on: t.stored_on,
+                ..NewBlocks::default()
+            },
+            None => NewBlocks::default(),
+        };
+        self.send_or_forget(&call, blocks).await
     }
 
-    /// Swaps block-map entries; id 0 is a hole. New blocks are stored already (`stored`), or
-    /// travel as `inline` (id, stored bytes) and are stored first. Returns the new record and
-    /// the indexes whose expected id no longer held (their new blocks are gone).
+    /// Swaps block-map entries; id 0 is a hole. Returns the new record and the indexes whose
+    /// expected id no longer held (their new blocks are gone). `EAGAIN`: the primary changed
+    /// since the blocks were stored; store them again.
     pub async fn commit(
         &self,
         ino: u64,
         mtime: Option<Timestamp>,
         end_size: u64,
         swaps: &[BlockSwap],
-        inline: &[(u64, Encoded)],
-        stored: &[u64],
+        blocks: NewBlocks<'_>,
     ) -> Result<(Attr, Vec<u64>, Request), FsError> {
         let call = calls::Commit {
             ino,
             mtime,
             end_size,
             swaps,
-            inline,
         };
-        let ((attr, lost), request) = self.send_or_forget(&call, stored.to_vec()).await?;
+        let ((attr, lost), request) = self.send_or_forget(&call, blocks).await?;
+        // The script queued a loser's new block for deletion, but a run replayed from the
+        // ring of replies set it again (in the transaction before the script): delete it.
+        let losers: Vec<u64> = (swaps.iter())
+            .filter(|s| s.new != 0 && lost.contains(&s.idx))
+            .map(|s| s.new)
+            .collect();
+        crate::blocks::discard(&self.store, losers);
         Ok((attr, lost, request))
     }
 
@@ -610,18 +673,43 @@ impl Meta {
     async fn send_or_forget<C: Call>(
         &self,
         call: &C,
-        stored: Vec<u64>,
+        blocks: NewBlocks<'_>,
     ) -> Result<(C::Reply, Request), FsError> {
         if let Err(e) = self.send_deferred().await {
-            crate::blocks::discard(&self.store, stored);
+            crate::blocks::discard(&self.store, blocks.ids());
             return Err(e);
         }
         let request = self.store.request(self.session).bounded();
-        match self.send(call, &request).await {
-            Ok(reply) => Ok((call.parse(reply)?, request)),
-            Err(failure) => {
-                self.blocks_of_failed(failure, request, stored);
-                Err(failure.into())
+        let inline: Vec<(String, &Encoded)> = (blocks.inline.iter())
+            .map(|(id, data)| (self.store.keys.block(*id), data))
+            .collect();
+        let mut stored_on = blocks.stored_on;
+        let mut moves = 0;
+        loop {
+            let first = BlocksFirst {
+                with: &inline,
+                stored_on,
+            };
+            match self.send_after(call, &request, first).await {
+                Ok(reply) => return Ok((call.parse(reply)?, request)),
+                // The primary was replaced after the blocks were stored, and the new one may
+                // lack them: they are stored there again, under the same ids, and the same
+                // request sent (its ring of replies answers if it ran already).
+                Err(SendError::Moved) if moves < MOVES => {
+                    moves += 1;
+                    match crate::blocks::put(&self.store, blocks.stored).await {
+                        Ok(node) => stored_on = Some(node),
+                        Err(e) => {
+                            redis_failure("storing blocks again on the new primary", &e);
+                            self.blocks_of_failed(SendError::Unknown, request, blocks.ids());
+                            return Err(FsError::Io);
+                        }
+                    }
+                }
+                Err(failure) => {
+                    self.blocks_of_failed(failure, request, blocks.ids());
+                    return Err(failure.into());
+                }
             }
         }
     }

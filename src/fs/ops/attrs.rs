@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::attr::{Attr, FileKind};
 use crate::error::FsError;
-use crate::meta::{AttrChange, BlockSwap, Usage};
+use crate::meta::{AttrChange, BlockSwap, Tail, Usage};
 
 use super::{Caller, NAME_MAX};
 use crate::fs::acl::{self, Acl};
@@ -102,7 +102,10 @@ impl Core {
                 Some(size) => self.zeroed_tail(ino, size).await?,
                 None => None,
             };
-            match self.meta.setattr(ino, &change, self.block_size, tail).await {
+            match (self.meta)
+                .setattr(ino, &change, self.block_size, tail.as_ref())
+                .await
+            {
                 Err(FsError::Again) if attempts < 16 => attempts += 1,
                 other => break other?,
             }
@@ -129,7 +132,7 @@ impl Core {
 
     /// For a cut to `size` inside a block: that block rewritten with zeros past the new end, so
     /// that growing the file again reads zeros there.
-    async fn zeroed_tail(&self, ino: u64, size: u64) -> Result<Option<BlockSwap>, FsError> {
+    async fn zeroed_tail(&self, ino: u64, size: u64) -> Result<Option<Tail>, FsError> {
         let bs = u64::from(self.block_size);
         let current = self.meta.getattr(ino).await?;
         if size >= current.size || size % bs == 0 {
@@ -147,26 +150,40 @@ impl Core {
         image[(size % bs) as usize..].fill(0);
         let image = Arc::new(image);
         let Some(encoded) = self.blocks.encode(&image) else {
-            return Ok(Some(BlockSwap {
+            let hole = BlockSwap {
                 idx,
                 old,
                 new: 0,
                 new_len: 0,
+            };
+            return Ok(Some(Tail {
+                swap: hole,
+                stored: Vec::new(),
+                stored_on: None,
             }));
         };
         let new = self.blocks.allocate(1).await?[0];
         let new_len = encoded.stored_len() as u64;
-        if let Err(e) = self.blocks.put(&[(new, encoded)]).await {
-            // It may have been stored, and no map will ever name it.
-            self.blocks.discard(vec![new]);
-            return Err(e);
-        }
+        let stored = vec![(new, encoded)];
+        let stored_on = match self.blocks.put(&stored).await {
+            Ok(node) => node,
+            Err(e) => {
+                // It may have been stored, and no map will ever name it.
+                self.blocks.discard(vec![new]);
+                return Err(e);
+            }
+        };
         self.blocks.remember(new, image);
-        Ok(Some(BlockSwap {
+        let swap = BlockSwap {
             idx,
             old,
             new,
             new_len,
+        };
+        Ok(Some(Tail {
+            swap,
+            stored,
+            stored_on: Some(stored_on),
         }))
     }
 }

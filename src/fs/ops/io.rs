@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::attr::{Attr, FileKind, Timestamp};
 use crate::error::FsError;
-use crate::meta::{AttrChange, BlockSwap, Closed};
+use crate::meta::{AttrChange, BlockSwap, Closed, NewBlocks};
 
 use super::Caller;
 use crate::fs::open_files::Orphaned;
@@ -540,7 +540,13 @@ impl Core {
                 }
                 let (_, lost, _) = self
                     .meta
-                    .commit(file.ino, Some(Timestamp::now()), 0, &swaps, &[], &[])
+                    .commit(
+                        file.ino,
+                        Some(Timestamp::now()),
+                        0,
+                        &swaps,
+                        NewBlocks::default(),
+                    )
                     .await?;
                 self.cache.forget_attr(file.ino);
                 if lost.is_empty() {
