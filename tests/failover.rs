@@ -277,15 +277,21 @@ fn numbers_a_dead_primary_handed_out_are_never_handed_out_again() {
     make_files(&b.join("b1"), "h", 1100, true);
     let third = common::random_bytes(3 << 20, 3);
     fs::write(b.join("y"), &third).unwrap();
+    let a_log = a.log_text();
     drop(a);
     drop(b);
 
     let c = mount_through(&w.sentinels, "skx");
     assert_files(&c.join(""), &[("a2", "g", 30), ("b1", "h", 1100)]);
     for (name, data) in [("x1", &first), ("x2", &second), ("y", &third)] {
+        let read = fs::read(c.join(name)).unwrap();
+        let first_difference = read.iter().zip(data.iter()).position(|(a, b)| a != b);
         assert!(
-            fs::read(c.join(name)).unwrap() == *data,
-            "{name} as written"
+            read == *data,
+            "{name} as written: {} bytes read of {}, first difference at {first_difference:?}\n{}",
+            read.len(),
+            data.len(),
+            a_log
         );
     }
     drop(c);

@@ -607,7 +607,15 @@ fn mount_8_and_fstab_lines_mount_and_umount_ends_them() {
     sessions_end(&redis, &prefix);
     let default_log = std::path::PathBuf::from(format!("/var/log/redisfs/{prefix}.log"));
     for file in [&log, &default_log] {
-        let text = fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let read =
+            || fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        // The daemon's last line comes as it exits, a moment after its session ends.
+        common::eventually(
+            "the daemon to log its end",
+            std::time::Duration::from_secs(10),
+            || read().contains("unmounted"),
+        );
+        let text = read();
         let _ = fs::remove_file(file);
         assert!(
             text.contains("mounting") && text.contains("unmounted"),
