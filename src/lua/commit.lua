@@ -11,10 +11,12 @@ local lost, won, lo, hi = {}, 0, nil, nil
 for i = 6, #ARGV, 4 do
   local idx, old, new = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local cur = r and (redis.call('HGET', map, idx) or '0')
-  if cur ~= old then
-    -- (A run of this same request that happened already, its reply lost with its session's
-    -- ring, finds its own block in place: that one is not to be deleted.)
-    if new ~= '0' and cur ~= new then discard_block(new) end
+  if cur == new and cur ~= old then
+    -- A run of this same request that happened already (its reply lost with its session's
+    -- ring) left the entry as this one would: done. Not reported lost, so that the caller,
+    -- which deletes the new blocks of lost entries, never deletes one the map names.
+  elseif cur ~= old then
+    if new ~= '0' then discard_block(new) end
     lost[#lost + 1] = idx
   else
     if new == '0' then redis.call('HDEL', map, idx) else redis.call('HSET', map, idx, new) end

@@ -657,7 +657,8 @@ impl Meta {
         };
         let ((attr, lost), request) = self.send_or_forget(&call, blocks).await?;
         // The script queued a loser's new block for deletion, but a run replayed from the
-        // ring of replies set it again (in the transaction before the script): delete it.
+        // ring of replies set it again (in the transaction before the script): delete it. (An
+        // entry a run before left as this one would is not lost: see commit.lua.)
         let losers: Vec<u64> = (swaps.iter())
             .filter(|s| s.new != 0 && lost.contains(&s.idx))
             .map(|s| s.new)
