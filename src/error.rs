@@ -247,6 +247,17 @@ pub enum Error {
         /// The version it reported.
         version: String,
     },
+    /// Redis writes some numbers of scripts wrongly.
+    #[error(
+        "Redis at {address} is version {version}, which passes some numbers from scripts to \
+         commands wrongly (redis/redis#13113); use 7.2.5 or newer, or 7.0"
+    )]
+    RedisNumbers {
+        /// Where Redis is.
+        address: String,
+        /// The version it reported.
+        version: String,
+    },
     /// The mount point is unusable.
     #[error("mount point {path}: {reason}")]
     MountPoint {

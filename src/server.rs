@@ -116,16 +116,29 @@ impl ServerInfo {
         }
     }
 
-    /// Refuses servers that are too old for the scripts, or that may evict keys.
+    /// Refuses servers that are too old for the scripts, that write numbers from scripts
+    /// wrongly, or that may evict keys.
     pub fn check(&self, address: &str, force: bool) -> Result<(), Error> {
-        let major: u32 = self
+        let mut parts = self
             .version
             .split('.')
-            .next()
-            .and_then(|m| m.parse().ok())
-            .unwrap_or(0);
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor, patch) = (
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+        );
         if major < 7 {
             return Err(Error::RedisTooOld {
+                address: address.to_string(),
+                version: self.version.clone(),
+            });
+        }
+        // These hand a script's number with eight or more trailing zeros to commands as
+        // `1e+08` (redis/redis#13113): a count of exactly 100,000,000 bytes would fail a
+        // script half-way.
+        if (major, minor) == (7, 2) && patch < 5 {
+            return Err(Error::RedisNumbers {
                 address: address.to_string(),
                 version: self.version.clone(),
             });
@@ -178,6 +191,22 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("Redis Cluster"));
+        let numbers_wrong = ServerInfo {
+            version: "7.2.4".into(),
+            cluster: false,
+            ..info.clone()
+        };
+        assert!(numbers_wrong
+            .check("x", true)
+            .unwrap_err()
+            .to_string()
+            .contains("7.2.5"));
+        let fixed = ServerInfo {
+            version: "7.2.5".into(),
+            cluster: false,
+            ..info.clone()
+        };
+        assert!(fixed.check("x", true).is_ok());
         let old = ServerInfo {
             version: "6.2.1".into(),
             ..info
