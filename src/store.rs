@@ -566,7 +566,7 @@ impl Store {
 
     /// Runs a pipeline with retries.
     pub async fn pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> RedisResult<T> {
-        self.retry(|mut c| async move { pipe.query_async(&mut c).await })
+        self.retry(|mut c| async move { pipe.query_async(&mut c).await.map_err(cause_of_abort) })
             .await
     }
 
@@ -735,11 +735,30 @@ async fn in_one_transaction(
         pipe.cmd("SET").arg(key).arg(*data).ignore();
     }
     pipe.invoke_script(inv);
-    match pipe.query_async::<(Vec<Value>,)>(conn).await {
+    match pipe
+        .query_async::<(Vec<Value>,)>(conn)
+        .await
+        .map_err(cause_of_abort)
+    {
         Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
             script.load_async(conn).await?;
-            Ok(pipe.query_async::<(Vec<Value>,)>(conn).await?.0)
+            let again = pipe.query_async::<(Vec<Value>,)>(conn).await;
+            Ok(again.map_err(cause_of_abort)?.0)
         }
         other => Ok(other?.0),
+    }
+}
+
+/// The error a transaction Redis refused before running any of it (`EXECABORT`) stands for:
+/// its first refused command's, so that the transaction fails as that command sent alone
+/// would (a server still loading its data is waited for, a full one answers `ENOSPC`).
+fn cause_of_abort(err: RedisError) -> RedisError {
+    if err.kind() != ErrorKind::Server(ServerErrorKind::ExecAbort) {
+        return err;
+    }
+    let first = (err.clone().into_server_errors()).and_then(|all| all.first().cloned());
+    match first {
+        Some((_, cause)) => cause.into(),
+        None => err,
     }
 }

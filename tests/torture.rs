@@ -476,6 +476,57 @@ fn a_redis_crash_and_restart_keeps_every_acknowledged_change() {
     assert_fsck_clean(&redis, "skx");
 }
 
+/// Caught: a small write's blocks go with its commit in one `MULTI` transaction, and a Redis
+/// that restarted and was still loading its data refused the queued commands (`LOADING`);
+/// the aborted transaction (`EXECABORT`) was taken for a final failure and the `fsync` failed
+/// with `EIO` instead of waiting for the load, as every other request does.
+#[test]
+fn fsync_waits_for_a_restarted_redis_loading_its_data() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start_with(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--enable-debug-command",
+        "yes",
+    ]);
+    // Keys of another application, enough that loading them takes a while after a restart.
+    let _: () = redis.cmd(&["DEBUG", "POPULATE", "3000000", "other-application", "64"]);
+    let _: () = redis.cmd(&["BGREWRITEAOF"]);
+    common::eventually("the AOF rewrite", Duration::from_secs(60), || {
+        let info: String = redis.cmd(&["INFO", "persistence"]);
+        info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0")
+    });
+    let m = Mount::new(&redis, "skx", &["--io-timeout", "60"]);
+    let journal = open_journal(&m.join("journal"));
+    let stop = AtomicBool::new(false);
+    let appended = AtomicUsize::new(0);
+    let loading_seen = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        let appender = s.spawn(|| append_until(journal, &stop, &appended));
+        std::thread::sleep(Duration::from_millis(300));
+        redis.crash();
+        let before = appended.load(Ordering::Relaxed);
+        common::eventually("appends after the restart", Duration::from_secs(30), || {
+            appended.load(Ordering::Relaxed) > before + 20 || appender.is_finished()
+        });
+        m.log_text().contains("loading the dataset")
+    });
+    assert!(
+        loading_seen,
+        "the restarted Redis was never seen loading: the test proves nothing"
+    );
+    eprintln!(
+        "{} records appended, each fsync'd, across a restart",
+        appended.load(Ordering::Relaxed)
+    );
+    assert_records(&m.join("journal"), appended.load(Ordering::Relaxed));
+    unmount_checked(m, &redis);
+}
+
 /// Bytes per write of the crash test's data writer (not a multiple of the block size).
 const CHUNK: usize = 300_000;
 

@@ -743,6 +743,18 @@ fn lazy_unmount(path: &Path) {
 
 impl Drop for Mount {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failed test's mount says what it saw: the log is gone with the temp dir after.
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!(
+                "--- last lines of the log of the mount at {} ---",
+                self.path.display()
+            );
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         if let Some(mut child) = self.child.take() {
             lazy_unmount(&self.path);
             // SAFETY: kill with our own child's pid.
