@@ -251,7 +251,7 @@ fn numbers_a_dead_primary_handed_out_are_never_handed_out_again() {
     let first = common::random_bytes(3 << 20, 1);
     let writer = {
         let (path, data) = (a.join("x1"), first.clone());
-        std::thread::spawn(move || fs::write(path, data))
+        std::thread::spawn(move || write_and_close(&path, &data))
     };
     common::eventually(
         "the primary to hand out block ids",
@@ -436,5 +436,20 @@ fn concurrent_fsyncs_share_their_waits_for_the_replica() {
     );
     for t in 0..threads {
         assert_journal(&m.join(format!("journal{t}")), each);
+    }
+}
+
+/// Writes `data` into the existing empty file `path` (no truncation: a change of attributes
+/// lost in a failover fails the close, see
+/// `an_fsync_or_fsyncdir_that_a_failover_took_the_files_from_fails`)
+/// and closes it, with the close's own error (which `fs::write` drops).
+fn write_and_close(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let mut file = fs::OpenOptions::new().write(true).open(path)?;
+    file.write_all(data)?;
+    // SAFETY: closing the descriptor this function owns, once.
+    match unsafe { libc::close(file.into_raw_fd()) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
