@@ -230,15 +230,6 @@ pub enum Error {
         /// The configured policy.
         policy: String,
     },
-    /// Redis is a node of a Redis Cluster, over which a filesystem is not spread yet.
-    #[error(
-        "Redis at {address} is a node of a Redis Cluster, which redisfs cannot spread a \
-         filesystem over yet; use a standalone Redis (with replicas and Sentinel for failover)"
-    )]
-    ClusterNode {
-        /// Where Redis is.
-        address: String,
-    },
     /// Redis is too old for the scripts.
     #[error("Redis at {address} is version {version}; redisfs needs 7.0 or newer")]
     RedisTooOld {

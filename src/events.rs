@@ -138,7 +138,7 @@ pub async fn follow(store: Store, own: u64, listener: std::sync::Arc<dyn Listene
     loop {
         moves.mark_unchanged();
         let subscribed = async {
-            let mut pubsub = store.link.node().client.get_async_pubsub().await?;
+            let mut pubsub = store.link.node().pubsub().await?;
             pubsub.subscribe(&[&channel, &probes]).await?;
             Ok::<_, redis::RedisError>(pubsub)
         }

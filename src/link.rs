@@ -1,7 +1,12 @@
 //! Where the filesystem's Redis is now, and the connections to it.
 //!
 //! A [`Link`] holds the connected [`Node`]: one multiplexed connection for commands, the client
-//! that Pub/Sub connects with, and the fast block writer where the address allows one. A node
+//! that Pub/Sub connects with, and the fast block writer where the address allows one. On a
+//! Redis Cluster the node is the whole cluster: its connection sends every command to the node
+//! that serves its key and follows the cluster through resharding and failover by itself
+//! (`MOVED`, `ASK`, a new slot map), a pipeline of keys in many slots goes out command by
+//! command, all at once (see [`Conn`]), and Pub/Sub connects to any node (a cluster passes
+//! every message to every node). A node
 //! is never reconnected in place: when its connection breaks, or a Sentinel-managed node answers
 //! that it is no longer the primary, the link finds the primary again (the same address for a
 //! fixed one; the sentinels' answer otherwise, checked with `ROLE`) and every user moves to the
@@ -13,9 +18,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{AsyncConnectionConfig, Client, ConnectionInfo, ErrorKind, RedisError, RedisResult};
+use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, ErrorKind};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, ServerError, Value};
 use redis::{ServerErrorKind, TlsMode};
 
 use crate::options::{describe, Place, RedisTarget, SentinelTarget};
@@ -24,20 +33,150 @@ use crate::wire::BlockWriter;
 /// How long connecting to one server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// One connected server.
+/// How long one reply may take before its connection is held broken: within the I/O timeout
+/// (a stalled Redis is waited for by retries), and never less than a slow script may need.
+fn response_timeout(io_timeout: Duration) -> Duration {
+    io_timeout.clamp(Duration::from_secs(5), Duration::from_secs(30))
+}
+
+/// A connection to the filesystem's Redis: to one server, or to a Redis Cluster.
+#[derive(Clone)]
+pub enum Conn {
+    Server(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Server(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Server(c) => c.req_packed_commands(pipeline, offset, count),
+            // A transaction's keys share a slot (its sender sees to it).
+            Conn::Cluster(c) => match pipeline.is_transaction() {
+                true => c.req_packed_commands(pipeline, offset, count),
+                false => Box::pin(each_on_its_node(c.clone(), pipeline)),
+            },
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Server(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    /// Sends `cmd` to the node at `address` of a cluster (`SCAN`, which walks one node's keys).
+    pub async fn send_to(&mut self, cmd: &Cmd, address: &NodeAddress) -> RedisResult<Value> {
+        match self {
+            Conn::Server(c) => c.req_packed_command(cmd).await,
+            Conn::Cluster(c) => {
+                let route = SingleNodeRoutingInfo::ByAddress {
+                    host: address.host.clone(),
+                    port: address.port,
+                };
+                c.route_command(cmd.clone(), RoutingInfo::SingleNode(route))
+                    .await
+            }
+        }
+    }
+}
+
+/// Sends the commands of a pipeline whose keys lie in many slots of a cluster (blocks are
+/// spread over all of them) each to its node, all at once: the cluster's connection to a node
+/// carries those bound for it together, as one pipeline would. A command's own error stays in
+/// its place among the replies, as in a pipeline.
+async fn each_on_its_node(conn: ClusterConnection, pipeline: &Pipeline) -> RedisResult<Vec<Value>> {
+    let sent = pipeline.cmd_iter().map(|cmd| {
+        let mut conn = conn.clone();
+        async move { conn.req_packed_command(cmd).await }
+    });
+    (futures_util::future::join_all(sent).await.into_iter())
+        .map(|reply| match reply {
+            Ok(value) => Ok(value),
+            Err(e) => ServerError::try_from(e).map(Value::ServerError),
+        })
+        .collect()
+}
+
+/// Where a node of a cluster listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeAddress {
+    pub host: String,
+    pub port: u16,
+}
+
+/// One node of a cluster, as `CLUSTER NODES` describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ClusterNode {
+    id: String,
+    address: NodeAddress,
+    primary: bool,
+    /// The primary it replicates, for a replica.
+    replicates: Option<String>,
+    /// Whether the cluster holds it failed (`fail`, or `fail?` for this node's view alone).
+    failed: bool,
+}
+
+/// The nodes `CLUSTER NODES` lists, skipping lines it cannot read.
+fn cluster_nodes(text: &str) -> Vec<ClusterNode> {
+    (text.lines())
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (id, address, flags, primary_id) = (
+                fields.first()?,
+                fields.get(1)?,
+                fields.get(2)?,
+                fields.get(3)?,
+            );
+            let host_port = address.split(['@', ',']).next()?;
+            let (host, port) = host_port.rsplit_once(':')?;
+            let flags: Vec<&str> = flags.split(',').collect();
+            Some(ClusterNode {
+                id: id.to_string(),
+                address: NodeAddress {
+                    host: host.trim_start_matches('[').trim_end_matches(']').into(),
+                    port: port.parse().ok()?,
+                },
+                primary: flags.contains(&"master"),
+                replicates: (*primary_id != "-").then(|| primary_id.to_string()),
+                failed: flags.iter().any(|f| f.starts_with("fail")),
+            })
+        })
+        .filter(|node| !node.address.host.is_empty() && node.address.port != 0)
+        .collect()
+}
+
+/// One connected server, or the connected cluster.
 pub struct Node {
     /// Counts the nodes a link has had, so that a failure reported late does not replace
     /// the node that replaced the one that failed.
     pub generation: u64,
     /// Commands, pipelines and scripts.
-    pub conn: MultiplexedConnection,
+    pub conn: Conn,
     /// `WAIT`, which holds the connection it is sent on until replicas answer: apart, so
-    /// that other requests do not wait behind it.
-    pub replication_conn: MultiplexedConnection,
-    /// Replicas connected to the server, as last asked (`INFO replication`).
+    /// that other requests do not wait behind it (on a cluster, the same: `WAIT` covers the
+    /// writes of its own connection to each node).
+    pub replication_conn: Conn,
+    /// Replicas connected to the server (to each primary of a cluster, the fewest), as last
+    /// asked.
     pub replicas: AtomicU64,
-    /// Pub/Sub connects with it.
-    pub client: Client,
+    /// Pub/Sub connects with the first of them that answers: the server's, or one for each
+    /// node of a cluster known when it was connected.
+    pub subscribers: Vec<Client>,
     /// Block writes without the general client's copies, where the address allows.
     pub writer: Option<BlockWriter>,
     /// The server's address, safe to print.
@@ -46,11 +185,11 @@ pub struct Node {
 
 /// How the primary is found.
 enum Locator {
-    /// At one address.
-    Fixed(ConnectionInfo),
+    /// At fixed addresses: one server's, or nodes of a cluster.
+    Addresses(Vec<ConnectionInfo>),
     /// By asking sentinels, which name it and check it with `ROLE`.
     Sentinel {
-        sentinels: tokio::sync::Mutex<SentinelClient>,
+        sentinels: Box<tokio::sync::Mutex<SentinelClient>>,
         master: String,
     },
 }
@@ -100,17 +239,15 @@ impl Link {
     /// Finds and connects to the primary of `target`.
     pub async fn open(target: &RedisTarget, io_timeout: Duration) -> RedisResult<Link> {
         let locator = match &target.place {
-            Place::Fixed(info) => Locator::Fixed(info.clone()),
+            Place::Addresses(infos) => Locator::Addresses(infos.clone()),
             Place::Sentinel(s) => Locator::Sentinel {
-                sentinels: tokio::sync::Mutex::new(sentinel_client(s)?),
+                sentinels: Box::new(tokio::sync::Mutex::new(sentinel_client(s)?)),
                 master: s.master.clone(),
             },
         };
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(
-                io_timeout.clamp(Duration::from_secs(5), Duration::from_secs(30)),
-            ));
+            .set_response_timeout(Some(response_timeout(io_timeout)));
         let certificates = target.certificates.clone();
         let first = connect(&locator, &config, io_timeout, certificates.as_ref(), 1)
             .await
@@ -229,7 +366,21 @@ async fn connect(
     generation: u64,
 ) -> Result<Node, NotConnected> {
     let client = match locator {
-        Locator::Fixed(info) => Client::open(info.clone())?,
+        Locator::Addresses(seeds) => {
+            let (client, cluster) = first_answering(seeds).await?;
+            if cluster {
+                return Ok(connect_cluster(seeds, io_timeout, certificates, generation).await?);
+            }
+            if seeds.len() > 1 {
+                return Err(RedisError::from((
+                    ErrorKind::InvalidClientConfig,
+                    "several addresses name nodes of a Redis Cluster",
+                    format!("{} is not one", describe(client.get_connection_info())),
+                ))
+                .into());
+            }
+            client
+        }
         Locator::Sentinel { sentinels, master } => {
             let mut sentinels = sentinels.lock().await;
             sentinels
@@ -255,27 +406,174 @@ async fn connect(
     let address = describe(info);
     let node = Node {
         generation,
-        conn,
-        replication_conn,
+        conn: Conn::Server(conn),
+        replication_conn: Conn::Server(replication_conn),
         replicas: AtomicU64::new(0),
         writer: BlockWriter::new(info, io_timeout, certificates),
         address,
-        client,
+        subscribers: vec![client],
     };
     node.count_replicas().await?;
     Ok(node)
 }
 
+/// The client of the first of `seeds` that answers, and whether it is a node of a cluster.
+async fn first_answering(seeds: &[ConnectionInfo]) -> RedisResult<(Client, bool)> {
+    let mut failure = None;
+    for seed in seeds {
+        let client = Client::open(seed.clone())?;
+        let asked = async {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("INFO")
+                .arg("cluster")
+                .query_async::<String>(&mut conn)
+                .await
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, asked).await {
+            Ok(Ok(info)) => return Ok((client, info.contains("cluster_enabled:1"))),
+            Ok(Err(e)) => failure = Some(e),
+            Err(_) => {
+                failure = Some(RedisError::from((
+                    ErrorKind::Io,
+                    "no answer",
+                    describe(seed),
+                )))
+            }
+        }
+        if seeds.len() > 1 {
+            tracing::warn!(
+                "{}: {}",
+                describe(seed),
+                failure.as_ref().map_or(String::new(), |e| e.to_string())
+            );
+        }
+    }
+    Err(failure.unwrap_or_else(|| RedisError::from((ErrorKind::InvalidClientConfig, "no address"))))
+}
+
+/// Connects to the Redis Cluster `seeds` are nodes of (it has database 0 alone).
+async fn connect_cluster(
+    seeds: &[ConnectionInfo],
+    io_timeout: Duration,
+    certificates: Option<&redis::TlsCertificates>,
+    generation: u64,
+) -> RedisResult<Node> {
+    if let Some(seed) = seeds.iter().find(|s| s.redis_settings().db() != 0) {
+        return Err(RedisError::from((
+            ErrorKind::InvalidClientConfig,
+            "a Redis Cluster has database 0 alone",
+            describe(seed),
+        )));
+    }
+    let mut builder = ClusterClientBuilder::new(seeds.to_vec())
+        .connection_timeout(CONNECT_TIMEOUT)
+        .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    builder = builder.response_timeout(response_timeout(io_timeout));
+    if let Some(certificates) = certificates {
+        builder = builder.certs(certificates.clone());
+    }
+    let conn = builder.build()?.get_async_connection().await?;
+    let mut node = Node {
+        generation,
+        replication_conn: Conn::Cluster(conn.clone()),
+        conn: Conn::Cluster(conn),
+        replicas: AtomicU64::new(0),
+        writer: None,
+        address: describe_cluster(seeds),
+        subscribers: Vec::new(),
+    };
+    let nodes = node.cluster_nodes().await?;
+    let first = &seeds[0];
+    node.subscribers = (nodes.iter())
+        .map(|n| {
+            let addr = match first.addr() {
+                ConnectionAddr::TcpTls {
+                    insecure,
+                    tls_params,
+                    ..
+                } => ConnectionAddr::TcpTls {
+                    host: n.address.host.clone(),
+                    port: n.address.port,
+                    insecure: *insecure,
+                    tls_params: tls_params.clone(),
+                },
+                _ => ConnectionAddr::Tcp(n.address.host.clone(), n.address.port),
+            };
+            Client::open(first.clone().set_addr(addr))
+        })
+        .collect::<RedisResult<_>>()?;
+    node.count_replicas().await?;
+    Ok(node)
+}
+
+/// A cluster's address for messages: its seeds.
+fn describe_cluster(seeds: &[ConnectionInfo]) -> String {
+    let listed: Vec<String> = seeds.iter().map(describe).collect();
+    format!("the Redis Cluster of {}", listed.join(", "))
+}
+
 impl Node {
-    /// Asks the server how many replicas it has now.
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
+    }
+
+    /// Asks how many replicas the server has now (each primary of a cluster: the fewest).
     pub async fn count_replicas(&self) -> RedisResult<u64> {
-        let info: String = redis::cmd("INFO")
-            .arg("replication")
-            .query_async(&mut self.conn.clone())
-            .await?;
-        let count = crate::server::ServerInfo::parse(&info).replicas;
+        let count = if self.is_cluster() {
+            let nodes = self.cluster_nodes().await?;
+            let replicas_of = |primary: &ClusterNode| {
+                (nodes.iter())
+                    .filter(|n| !n.failed && n.replicates.as_ref() == Some(&primary.id))
+                    .count() as u64
+            };
+            (nodes.iter())
+                .filter(|n| n.primary && !n.failed)
+                .map(replicas_of)
+                .min()
+                .unwrap_or(0)
+        } else {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut self.conn.clone())
+                .await?;
+            crate::server::ServerInfo::parse(&info).replicas
+        };
         self.replicas.store(count, Ordering::Relaxed);
         Ok(count)
+    }
+
+    /// The primaries of a cluster now (none for one server: it is its own).
+    pub async fn primaries(&self) -> RedisResult<Vec<NodeAddress>> {
+        if !self.is_cluster() {
+            return Ok(Vec::new());
+        }
+        let nodes = self.cluster_nodes().await?;
+        Ok((nodes.into_iter())
+            .filter(|n| n.primary && !n.failed)
+            .map(|n| n.address)
+            .collect())
+    }
+
+    /// The nodes of the cluster, as one of them sees them now.
+    async fn cluster_nodes(&self) -> RedisResult<Vec<ClusterNode>> {
+        let text: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(cluster_nodes(&text))
+    }
+
+    /// A Pub/Sub connection to the server, or to the first node of a cluster that answers.
+    pub async fn pubsub(&self) -> RedisResult<redis::aio::PubSub> {
+        let mut failure = None;
+        for client in &self.subscribers {
+            match client.get_async_pubsub().await {
+                Ok(pubsub) => return Ok(pubsub),
+                Err(e) => failure = Some(e),
+            }
+        }
+        Err(failure.unwrap_or_else(|| RedisError::from((ErrorKind::Io, "no node to subscribe on"))))
     }
 }
 
@@ -308,4 +606,34 @@ fn sentinel_client(target: &SentinelTarget) -> RedisResult<SentinelClient> {
         }
     }
     builder.build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_lists_primaries_replicas_and_failures() {
+        let text = "\
+a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7001@17001,node-b master,fail - 0 0 2 disconnected
+c3 [::1]:7002@17002 slave a1 0 0 1 connected
+d4 :0@0 master,noaddr - 0 0 0 disconnected
+garbage
+";
+        let nodes = cluster_nodes(text);
+        assert_eq!(nodes.len(), 3);
+        assert!(nodes[0].primary && !nodes[0].failed);
+        assert_eq!(
+            nodes[0].address,
+            NodeAddress {
+                host: "127.0.0.1".into(),
+                port: 7000
+            }
+        );
+        assert!(nodes[1].primary && nodes[1].failed);
+        assert_eq!(nodes[2].address.host, "::1");
+        assert_eq!(nodes[2].replicates.as_deref(), Some("a1"));
+        assert!(!nodes[2].primary);
+    }
 }

@@ -133,7 +133,7 @@ impl LocalRedis {
             .map_err(|e| Error::LocalRedis(e.to_string()))?;
         Ok(RedisTarget {
             display: describe(&info),
-            place: Place::Fixed(info),
+            place: Place::Addresses(vec![info]),
             explicit: false,
             certificates: None,
         })

@@ -88,8 +88,9 @@ impl TlsArgs {
 /// Where a Redis is found.
 #[derive(Clone)]
 pub enum Place {
-    /// At one address (may hold a password).
-    Fixed(ConnectionInfo),
+    /// At these addresses (each may hold a password): one server, or any nodes of a Redis
+    /// Cluster (its seeds: the client learns the rest from the first that answers).
+    Addresses(Vec<ConnectionInfo>),
     /// Wherever the sentinels say its primary is.
     Sentinel(SentinelTarget),
 }
@@ -141,7 +142,7 @@ impl RedisTarget {
     /// The database number selected.
     pub fn db(&self) -> i64 {
         match &self.place {
-            Place::Fixed(info) => info.redis_settings().db(),
+            Place::Addresses(infos) => infos.first().map_or(0, |i| i.redis_settings().db()),
             Place::Sentinel(target) => target.db,
         }
     }
@@ -182,14 +183,23 @@ impl ConnectionArgs {
                 });
             }
         }
-        let mut info = match &self.redis {
-            Some(url) => url
-                .as_str()
-                .into_connection_info()
-                .map_err(|e| Error::BadAddress {
-                    address: redact_url(url),
-                    reason: e.to_string(),
-                })?,
+        let certificates = match self.tls.given() {
+            true => Some(self.tls.certificates()?),
+            false => None,
+        };
+        let infos = match &self.redis {
+            Some(url) => (seed_urls(url).iter())
+                .map(|seed| {
+                    let info =
+                        seed.as_str()
+                            .into_connection_info()
+                            .map_err(|e| Error::BadAddress {
+                                address: redact_url(url),
+                                reason: e.to_string(),
+                            })?;
+                    finish(info, certificates.clone())
+                })
+                .collect::<Result<Vec<_>, Error>>()?,
             None => {
                 let host = self.host.as_deref().unwrap_or(DEFAULT_HOST).to_string();
                 let port = self.port.unwrap_or(DEFAULT_PORT);
@@ -208,31 +218,80 @@ impl ConnectionArgs {
                     reason: e.to_string(),
                 })?;
                 let settings = info.redis_settings().clone().set_db(self.db.unwrap_or(0));
-                info.set_redis_settings(settings)
+                vec![finish(
+                    info.set_redis_settings(settings),
+                    certificates.clone(),
+                )?]
             }
         };
-        if info.redis_settings().password().is_none() {
-            if let Some(password) = password_from_env() {
-                let settings = info.redis_settings().clone().set_password(password);
-                info = info.set_redis_settings(settings);
-            }
-        }
-        // Requests overlap on one connection (a close's bookkeeping and the next create):
-        // with Nagle's algorithm the second waited for the first's reply to bring the ACK, a
-        // whole round trip more on any network but loopback.
-        let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let certificates = match self.tls.given() {
-            true => Some(self.tls.certificates()?),
-            false => None,
-        };
-        let info = with_certificates(info, certificates.clone())?;
-        let display = describe(&info);
         Ok(RedisTarget {
-            place: Place::Fixed(info),
-            display,
+            display: describe_all(&infos),
+            place: Place::Addresses(infos),
             explicit,
             certificates,
         })
+    }
+}
+
+/// One URL per address of a URL naming several (`redis://h1:6379,h2:6380/0`, a cluster's
+/// seeds), each with the URL's scheme, credentials, database and options.
+fn seed_urls(url: &str) -> Vec<String> {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return vec![url.to_string()];
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let (credentials, hosts) = match authority.rfind('@') {
+        Some(at) => authority.split_at(at + 1),
+        None => ("", authority),
+    };
+    if !hosts.contains(',') {
+        return vec![url.to_string()];
+    }
+    let scheme = &url[..scheme_end];
+    (hosts.split(','))
+        .map(|host| format!("{scheme}{credentials}{host}{path}"))
+        .collect()
+}
+
+/// Completes the connection settings of one address: the password from the environment where
+/// the URL gave none, TCP without delays, the TLS options' certificates.
+fn finish(
+    mut info: ConnectionInfo,
+    certificates: Option<redis::TlsCertificates>,
+) -> Result<ConnectionInfo, Error> {
+    if info.redis_settings().password().is_none() {
+        if let Some(password) = password_from_env() {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+    }
+    // Requests overlap on one connection (a close's bookkeeping and the next create):
+    // with Nagle's algorithm the second waited for the first's reply to bring the ACK, a
+    // whole round trip more on any network but loopback.
+    let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    with_certificates(info, certificates)
+}
+
+/// Addresses in URL form with no credentials: several as one URL with the hosts listed.
+fn describe_all(infos: &[ConnectionInfo]) -> String {
+    let host_port = |info: &ConnectionInfo| match info.addr() {
+        ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+            Some(host_and_port(host, *port))
+        }
+        _ => None,
+    };
+    let Some(first) = infos.first() else {
+        return String::new();
+    };
+    let one = describe(first);
+    let hosts: Option<Vec<String>> = infos.iter().map(host_port).collect();
+    match (hosts, host_port(first)) {
+        (Some(hosts), Some(first_host)) if hosts.len() > 1 => {
+            one.replacen(&first_host, &hosts.join(","), 1)
+        }
+        _ => one,
     }
 }
 
@@ -342,13 +401,8 @@ fn parse_sentinel_url(tls: bool, rest: &str) -> Result<SentinelTarget, String> {
 fn describe_sentinels(target: &SentinelTarget) -> String {
     let hosts: Vec<String> = (target.sentinels.iter())
         .map(|addr| match addr {
-            ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. }
-                if host.contains(':') =>
-            {
-                format!("[{host}]:{port}")
-            }
             ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
-                format!("{host}:{port}")
+                host_and_port(host, *port)
             }
             other => format!("{other:?}"),
         })
@@ -454,6 +508,14 @@ fn password_in(arg: &[u8]) -> Option<(usize, usize)> {
     })
 }
 
+/// `host:port`, an IPv6 address in brackets.
+fn host_and_port(host: &str, port: u16) -> String {
+    match host.contains(':') {
+        true => format!("[{host}]:{port}"),
+        false => format!("{host}:{port}"),
+    }
+}
+
 /// An address in URL form with no credentials.
 pub fn describe(info: &ConnectionInfo) -> String {
     let db = info.redis_settings().db();
@@ -463,8 +525,12 @@ pub fn describe(info: &ConnectionInfo) -> String {
         .map(|u| format!("{u}@"))
         .unwrap_or_default();
     match info.addr() {
-        ConnectionAddr::Tcp(host, port) => format!("redis://{user}{host}:{port}/{db}"),
-        ConnectionAddr::TcpTls { host, port, .. } => format!("rediss://{user}{host}:{port}/{db}"),
+        ConnectionAddr::Tcp(host, port) => {
+            format!("redis://{user}{}/{db}", host_and_port(host, *port))
+        }
+        ConnectionAddr::TcpTls { host, port, .. } => {
+            format!("rediss://{user}{}/{db}", host_and_port(host, *port))
+        }
         ConnectionAddr::Unix(path) => format!("redis+unix://{user}{}?db={db}", path.display()),
         other => format!("{other:?}"),
     }
@@ -682,6 +748,35 @@ mod tests {
         let err = args.target().unwrap_err().to_string();
         assert!(err.contains("http://nope"), "{err}");
     }
+    #[test]
+    fn a_url_may_name_several_nodes_of_a_cluster() {
+        let args = ConnectionArgs {
+            redis: Some("redis://app:s%40cret@h1:7000,h2:7001,[::1]:7002/0".into()),
+            ..Default::default()
+        };
+        let t = args.target().unwrap();
+        assert_eq!(t.display, "redis://app@h1:7000,h2:7001,[::1]:7002/0");
+        let Place::Addresses(seeds) = &t.place else {
+            panic!("not addresses")
+        };
+        assert_eq!(seeds.len(), 3);
+        for seed in seeds {
+            assert_eq!(seed.redis_settings().password(), Some("s@cret"));
+            assert_eq!(seed.redis_settings().username(), Some("app"));
+        }
+        assert!(matches!(seeds[2].addr(), ConnectionAddr::Tcp(h, 7002) if h == "::1"));
+        let one = ConnectionArgs {
+            redis: Some("redis://h1:7000/2".into()),
+            ..Default::default()
+        };
+        assert_eq!(one.target().unwrap().display, "redis://h1:7000/2");
+        let bad = ConnectionArgs {
+            redis: Some("redis://h1:7000,h2:x/0".into()),
+            ..Default::default()
+        };
+        assert!(bad.target().is_err());
+    }
+
     #[test]
     fn sentinel_urls_name_sentinels_a_primary_and_a_database() {
         let target = |url: &str| {

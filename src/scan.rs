@@ -5,6 +5,7 @@
 //! filesystems of a server ([`Scan::every_filesystem`]).
 
 use crate::error::Error;
+use crate::link::NodeAddress;
 use crate::store::Store;
 
 /// Keys asked for per SCAN call.
@@ -14,8 +15,11 @@ const SCAN_COUNT: u64 = 1000;
 /// at least once (SCAN may return a key twice; callers that count deduplicate).
 pub struct Scan<'a> {
     store: &'a Store,
-    /// The patterns still to walk, the current one last.
+    /// The patterns to walk.
     patterns: Vec<String>,
+    /// Each pattern on each primary (SCAN walks the keys of one node), still to walk, the
+    /// current one last; listed when the walk begins.
+    walks: Option<Vec<(String, Option<NodeAddress>)>>,
     cursor: u64,
 }
 
@@ -26,6 +30,7 @@ impl<'a> Scan<'a> {
         Scan {
             store,
             patterns: vec![spread, metadata],
+            walks: None,
             cursor: 0,
         }
     }
@@ -41,28 +46,38 @@ impl<'a> Scan<'a> {
         Scan {
             store,
             patterns: vec![pattern],
+            walks: None,
             cursor: 0,
         }
     }
 
     /// The next batch of key names; `None` once the walk is over.
     pub async fn next_batch(&mut self) -> Result<Option<Vec<Vec<u8>>>, Error> {
-        while let Some(pattern) = self.patterns.last() {
-            let (next, keys): (u64, Vec<Vec<u8>>) = self
-                .store
-                .cmd(
-                    redis::cmd("SCAN")
-                        .arg(self.cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(SCAN_COUNT),
-                )
-                .await
-                .map_err(self.store.failed("SCAN"))?;
+        if self.walks.is_none() {
+            let nodes =
+                (self.store.primaries().await).map_err(self.store.failed("CLUSTER NODES"))?;
+            let walks = (self.patterns.iter())
+                .flat_map(|pattern| nodes.iter().map(|node| (pattern.clone(), node.clone())))
+                .collect();
+            self.walks = Some(walks);
+        }
+        let walks = self.walks.get_or_insert_default();
+        while let Some((pattern, node)) = walks.last() {
+            let scan = redis::cmd("SCAN")
+                .arg(self.cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .clone();
+            let answer = match node {
+                Some(address) => self.store.cmd_on(&scan, address).await,
+                None => self.store.cmd(&scan).await,
+            };
+            let (next, keys): (u64, Vec<Vec<u8>>) = answer.map_err(self.store.failed("SCAN"))?;
             self.cursor = next;
             if next == 0 {
-                self.patterns.pop();
+                walks.pop();
             }
             if !keys.is_empty() {
                 return Ok(Some(keys));

@@ -33,19 +33,59 @@ pub struct ServerInfo {
 }
 
 impl ServerInfo {
-    /// Reads INFO from the server.
+    /// Reads INFO from the server, or from every primary of a cluster (see
+    /// [`ServerInfo::of_cluster`]).
     pub async fn read(store: &Store) -> Result<ServerInfo, Error> {
-        let text: String = store
-            .cmd(
-                redis::cmd("INFO")
-                    .arg("server")
-                    .arg("memory")
-                    .arg("replication")
-                    .arg("cluster"),
-            )
-            .await
+        let info = redis::cmd("INFO")
+            .arg("server")
+            .arg("memory")
+            .arg("replication")
+            .arg("cluster")
+            .clone();
+        let primaries = (store.primaries().await).map_err(store.failed("CLUSTER NODES"))?;
+        let mut each = Vec::new();
+        for primary in &primaries {
+            let text: String = match primary {
+                Some(address) => store.cmd_on(&info, address).await,
+                None => store.cmd(&info).await,
+            }
             .map_err(store.failed("INFO"))?;
-        Ok(ServerInfo::parse(&text))
+            each.push(ServerInfo::parse(&text));
+        }
+        Ok(match <[ServerInfo; 1]>::try_from(each) {
+            Ok([server]) => server,
+            Err(primaries) => ServerInfo::of_cluster(primaries),
+        })
+    }
+
+    /// What a cluster's primaries say, as one server: the oldest version, a policy that may
+    /// evict if any may, their memory together, the fewest replicas.
+    fn of_cluster(primaries: Vec<ServerInfo>) -> ServerInfo {
+        let oldest = (primaries.iter())
+            .min_by_key(|p| version_numbers(&p.version))
+            .map(|p| p.version.clone())
+            .unwrap_or_default();
+        let policy = (primaries.iter())
+            .find(|p| p.maxmemory_policy.starts_with("allkeys"))
+            .or(primaries.first())
+            .map(|p| p.maxmemory_policy.clone())
+            .unwrap_or_default();
+        let capacity = primaries.iter().map(ServerInfo::capacity).sum();
+        ServerInfo {
+            version: oldest,
+            maxmemory_policy: policy,
+            is_replica: false,
+            synced: true,
+            maxmemory: capacity,
+            total_system_memory: capacity,
+            used_memory: primaries.iter().map(|p| p.used_memory).sum(),
+            run_id: (primaries.iter())
+                .map(|p| p.run_id.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            replicas: primaries.iter().map(|p| p.replicas).min().unwrap_or(0),
+            cluster: true,
+        }
     }
 
     /// Reads INFO; of a replica still loading its primary's data (right after it started or
@@ -119,15 +159,7 @@ impl ServerInfo {
     /// Refuses servers that are too old for the scripts, that write numbers from scripts
     /// wrongly, or that may evict keys.
     pub fn check(&self, address: &str, force: bool) -> Result<(), Error> {
-        let mut parts = self
-            .version
-            .split('.')
-            .map(|p| p.parse::<u32>().unwrap_or(0));
-        let (major, minor, patch) = (
-            parts.next().unwrap_or(0),
-            parts.next().unwrap_or(0),
-            parts.next().unwrap_or(0),
-        );
+        let (major, minor, patch) = version_numbers(&self.version);
         if major < 7 {
             return Err(Error::RedisTooOld {
                 address: address.to_string(),
@@ -143,11 +175,6 @@ impl ServerInfo {
                 version: self.version.clone(),
             });
         }
-        if self.cluster {
-            return Err(Error::ClusterNode {
-                address: address.to_string(),
-            });
-        }
         // volatile-* policies only evict keys with a TTL, and redisfs sets none.
         if self.maxmemory_policy.starts_with("allkeys") && !force {
             return Err(Error::EvictingPolicy {
@@ -157,6 +184,16 @@ impl ServerInfo {
         }
         Ok(())
     }
+}
+
+/// A version's major, minor and patch numbers (0 for what is missing).
+fn version_numbers(version: &str) -> (u32, u32, u32) {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    )
 }
 
 #[cfg(test)]
@@ -184,13 +221,16 @@ mod tests {
             .to_string()
             .contains("allkeys-lru"));
         assert!(info.check("x", true).is_ok());
-        let node = ServerInfo::parse("redis_version:7.0.15\r\n# Cluster\r\ncluster_enabled:1\r\n");
-        assert!(node.cluster);
-        assert!(node
-            .check("x", true)
-            .unwrap_err()
-            .to_string()
-            .contains("Redis Cluster"));
+        let node = |text: &str| ServerInfo::parse(&format!("cluster_enabled:1\r\n{text}"));
+        let cluster = ServerInfo::of_cluster(vec![
+            node("redis_version:7.0.15\r\nmaxmemory:100\r\nused_memory:10\r\nconnected_slaves:1"),
+            node("redis_version:7.2.5\r\nmaxmemory:200\r\nused_memory:20\r\nconnected_slaves:0"),
+        ]);
+        assert!(cluster.cluster && !cluster.is_replica);
+        assert_eq!(cluster.version, "7.0.15");
+        assert_eq!((cluster.capacity(), cluster.used_memory), (300, 30));
+        assert_eq!(cluster.replicas, 0);
+        assert!(cluster.check("x", false).is_ok());
         let numbers_wrong = ServerInfo {
             version: "7.2.4".into(),
             cluster: false,

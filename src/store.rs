@@ -9,13 +9,12 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, RedisError, RedisResult, Script, ServerErrorKind, Value};
 
 use crate::codec::Encoded;
 use crate::error::Error;
 use crate::keys::Keys;
-use crate::link::{Link, Node};
+use crate::link::{Conn, Link, Node, NodeAddress};
 use crate::options::RedisTarget;
 
 /// Arguments of one script call, after the prefix.
@@ -470,12 +469,16 @@ impl Store {
                 return Ok(confirmed);
             }
             // WAIT covers its own connection's last write: a PUBLISH (which replicas receive
-            // too) on it puts that after every change already answered on the other one.
+            // too) on it puts that after every change already answered on the other one. On
+            // a cluster, the connection to each primary that carried the writes asks it (and
+            // a cluster's PUBLISH goes to other nodes, not to replicas).
             let mut pipe = redis::pipe();
-            pipe.cmd("PUBLISH")
-                .arg(self.keys.event_probes())
-                .arg("")
-                .ignore();
+            if !node.is_cluster() {
+                pipe.cmd("PUBLISH")
+                    .arg(self.keys.event_probes())
+                    .arg("")
+                    .ignore();
+            }
             pipe.cmd("WAIT").arg(1).arg(REPLICA_WAIT.as_millis() as u64);
             let (acknowledged,): (u64,) =
                 pipe.query_async(&mut node.replication_conn.clone()).await?;
@@ -519,7 +522,7 @@ impl Store {
     /// the I/O timeout.
     pub async fn retry<T, F, Fut>(&self, op: F) -> RedisResult<T>
     where
-        F: Fn(MultiplexedConnection) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         self.retry_on_node(|node| op(node.conn.clone())).await
@@ -562,6 +565,32 @@ impl Store {
     pub async fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> RedisResult<T> {
         self.retry(|mut c| async move { cmd.query_async(&mut c).await })
             .await
+    }
+
+    /// Runs `cmd` on the node at `address` of a cluster (on the server, for one server),
+    /// with retries.
+    pub async fn cmd_on<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        address: &NodeAddress,
+    ) -> RedisResult<T> {
+        self.retry(|mut c| async move {
+            let value = c.send_to(cmd, address).await?.extract_error()?;
+            Ok(T::from_redis_value(value)?)
+        })
+        .await
+    }
+
+    /// The primaries of a cluster now, one `None` standing for the server otherwise: where
+    /// a walk over every key goes.
+    pub async fn primaries(&self) -> RedisResult<Vec<Option<NodeAddress>>> {
+        let listed = self
+            .retry_on_node(|node| async move { node.primaries().await })
+            .await?;
+        Ok(match listed.is_empty() {
+            true => vec![None],
+            false => listed.into_iter().map(Some).collect(),
+        })
     }
 
     /// Runs a pipeline with retries.
@@ -727,7 +756,7 @@ async fn in_one_transaction(
     script: &Script,
     inv: &redis::ScriptInvocation<'_>,
     blocks: &[(String, &Encoded)],
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
 ) -> RedisResult<Vec<Value>> {
     let mut pipe = redis::pipe();
     pipe.atomic();

@@ -528,7 +528,8 @@ impl Core {
             .filter_map(|(&id, e)| e.map(|e| (id, e)))
             .collect();
         let small = puts.iter().map(|(_, b)| b.stored_len()).sum::<usize>() <= INLINE_BYTES;
-        if small {
+        // (A cluster's transaction stays in one slot: blocks live in others.)
+        if small && !self.meta.store.link.node().is_cluster() {
             return Ok(Placed {
                 new_ids,
                 new_lens,

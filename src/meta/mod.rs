@@ -1086,13 +1086,13 @@ impl Meta {
         self.send_deferred().await?;
         let mut pipe = redis::pipe();
         Counters::ask(&mut pipe, &self.store.keys);
-        pipe.cmd("INFO").arg("memory");
-        let (counters, info): (Vec<Option<u64>>, String) = self
-            .store
-            .pipe(&pipe)
-            .await
-            .map_err(|e| redis_failure("statfs", &e))?;
-        let server = crate::server::ServerInfo::parse(&info);
+        let (counters,): (Vec<Option<u64>>,) =
+            (self.store.pipe(&pipe).await).map_err(|e| redis_failure("statfs", &e))?;
+        // (Of a cluster, every primary's memory.)
+        let server = (crate::server::ServerInfo::read(&self.store).await).map_err(|e| {
+            tracing::error!("statfs: {e}");
+            FsError::Io
+        })?;
         Ok(Usage {
             counters: Counters::parse(counters),
             available: server.capacity().saturating_sub(server.used_memory),

@@ -409,6 +409,19 @@ impl Cluster {
     pub fn url(&self) -> String {
         self.nodes[0].url()
     }
+
+    /// One URL naming every node (`redis://127.0.0.1:p1,127.0.0.1:p2,…/0`).
+    pub fn seeds_url(&self) -> String {
+        let hosts: Vec<String> = (self.nodes.iter())
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis://{}/0", hosts.join(","))
+    }
+
+    /// The nodes that are primaries now.
+    pub fn primaries(&self) -> Vec<&Redis> {
+        (self.nodes.iter()).filter(|n| !n.is_replica()).collect()
+    }
 }
 
 /// A link to a Redis that serves until the test process ends (see [`Redis::link_at_distance`]).
@@ -602,13 +615,15 @@ pub struct Refusal {
 impl Mount {
     /// Mounts `prefix` of `redis` with extra arguments; panics with the log if it fails.
     pub fn new(redis: &Redis, prefix: &str, extra: &[&str]) -> Mount {
-        let mut args = vec![
-            "--redis".to_string(),
-            redis.url(),
-            "--prefix".to_string(),
-            prefix.to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
+        Mount::at_url(&redis.url(), prefix, extra)
+    }
+
+    /// Mounts `prefix` of the Redis at `url` (a cluster's, say) with extra arguments; panics
+    /// with the log if it fails.
+    pub fn at_url(url: &str, prefix: &str, extra: &[&str]) -> Mount {
+        let mut args = vec!["--redis", url, "--prefix", prefix];
+        args.extend(extra);
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         Mount::with_args(&args)
             .unwrap_or_else(|r| panic!("mount failed ({:?}):\n{}", r.code, r.stderr))
     }
@@ -833,8 +848,12 @@ pub fn tool(name: &str, args: &[&str]) -> std::process::Output {
 
 /// The filesystem under `prefix` is consistent: fsck finds nothing to repair.
 pub fn assert_clean(redis: &Redis, prefix: &str) {
-    let url = redis.url();
-    let out = tool("fsck", &["--redis", &url, "--prefix", prefix]);
+    assert_clean_at(&redis.url(), prefix);
+}
+
+/// [`assert_clean`] of the Redis at `url`.
+pub fn assert_clean_at(url: &str, prefix: &str) {
+    let out = tool("fsck", &["--redis", url, "--prefix", prefix]);
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && text.contains("clean"), "{text}");
