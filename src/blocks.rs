@@ -361,6 +361,22 @@ pub async fn lengths(store: &Store, ids: &[u64]) -> redis::RedisResult<Vec<u64>>
     store.pipe(&pipe).await
 }
 
+/// Copies block `from` to the new id `to`: in Redis where both lie on one server, through
+/// this process on a cluster (they may lie on two nodes, where `COPY` cannot go).
+pub async fn copy(store: &Store, from: u64, to: u64) -> redis::RedisResult<()> {
+    let (from, to) = (store.keys.block(from), store.keys.block(to));
+    if !store.link.node().is_cluster() {
+        return store
+            .cmd::<()>(redis::cmd("COPY").arg(&from).arg(&to))
+            .await;
+    }
+    let data: Option<Vec<u8>> = store.cmd(redis::cmd("GET").arg(&from)).await?;
+    match data {
+        Some(data) => store.cmd::<()>(redis::cmd("SET").arg(&to).arg(data)).await,
+        None => Ok(()),
+    }
+}
+
 /// Deletes the blocks `ids`.
 pub async fn delete(store: &Store, ids: &[u64]) -> redis::RedisResult<()> {
     let mut del = redis::cmd("DEL");

@@ -14,6 +14,7 @@
 //! primary that comes back still calling itself primary (it does, for seconds, before the
 //! sentinels demote it) gets nothing that would be lost when it is.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -21,10 +22,10 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{Arg, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, ServerError, Value};
 use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, ErrorKind};
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, ServerError, Value};
 use redis::{ServerErrorKind, TlsMode};
 
 use crate::options::{describe, Place, RedisTarget, SentinelTarget};
@@ -95,21 +96,65 @@ impl Conn {
     }
 }
 
-/// Sends the commands of a pipeline whose keys lie in many slots of a cluster (blocks are
-/// spread over all of them) each to its node, all at once: the cluster's connection to a node
-/// carries those bound for it together, as one pipeline would. A command's own error stays in
-/// its place among the replies, as in a pipeline.
+/// Commands whose one key is their first argument: such commands of a pipeline are grouped by
+/// the slot of their key.
+const ONE_KEY_COMMANDS: [&str; 21] = [
+    "GET", "SET", "STRLEN", "DUMP", "RESTORE", "TYPE", "PTTL", "PEXPIRE", "EXPIRE", "HGET", "HSET",
+    "HSETNX", "HDEL", "HMGET", "HGETALL", "HLEN", "HINCRBY", "SADD", "SREM", "SCARD", "ZADD",
+];
+
+/// The key of a command that names one, as its first argument (see [`ONE_KEY_COMMANDS`]).
+fn one_key(cmd: &Cmd) -> Option<&[u8]> {
+    let mut args = cmd.args_iter();
+    let (Some(Arg::Simple(name)), Some(Arg::Simple(key))) = (args.next(), args.next()) else {
+        return None;
+    };
+    (ONE_KEY_COMMANDS.iter())
+        .any(|c| c.as_bytes().eq_ignore_ascii_case(name))
+        .then_some(key)
+}
+
+/// Sends a pipeline whose keys lie in many slots of a cluster (blocks are spread over all of
+/// them; a pipeline of one connection cannot cross slots): a run of one-key commands goes out
+/// as one pipeline per slot, all at once, each to its node, so that commands on one key keep
+/// their order; any other command (several keys, or none) waits for what came before it and
+/// goes alone. A command's own error stays in its place among the replies, as in a pipeline.
 async fn each_on_its_node(conn: ClusterConnection, pipeline: &Pipeline) -> RedisResult<Vec<Value>> {
-    let sent = pipeline.cmd_iter().map(|cmd| {
-        let mut conn = conn.clone();
-        async move { conn.req_packed_command(cmd).await }
-    });
-    (futures_util::future::join_all(sent).await.into_iter())
-        .map(|reply| match reply {
-            Ok(value) => Ok(value),
-            Err(e) => ServerError::try_from(e).map(Value::ServerError),
-        })
-        .collect()
+    let commands: Vec<&Cmd> = pipeline.cmd_iter().collect();
+    let mut replies: Vec<Value> = vec![Value::Nil; commands.len()];
+    let mut next = 0;
+    while next < commands.len() {
+        let mut by_slot: HashMap<Route, Vec<usize>> = HashMap::new();
+        while let Some(key) = commands.get(next).and_then(|c| one_key(c)) {
+            let slot = Route::with_key(key, SlotAddr::Master);
+            by_slot.entry(slot).or_default().push(next);
+            next += 1;
+        }
+        if by_slot.is_empty() {
+            let reply = conn.clone().req_packed_command(commands[next]).await;
+            replies[next] = reply.or_else(|e| ServerError::try_from(e).map(Value::ServerError))?;
+            next += 1;
+            continue;
+        }
+        let sent = by_slot.into_iter().map(|(slot, indexes)| {
+            let mut part = redis::pipe();
+            for &i in &indexes {
+                part.add_command(commands[i].clone());
+            }
+            let mut conn = conn.clone();
+            async move {
+                let count = indexes.len();
+                let route = SingleNodeRoutingInfo::SpecificNode(slot);
+                (indexes, conn.route_pipeline(part, 0, count, route).await)
+            }
+        });
+        for (indexes, values) in futures_util::future::join_all(sent).await {
+            for (i, value) in indexes.into_iter().zip(values?) {
+                replies[i] = value;
+            }
+        }
+    }
+    Ok(replies)
 }
 
 /// Where a node of a cluster listens.
@@ -611,6 +656,21 @@ fn sentinel_client(target: &SentinelTarget) -> RedisResult<SentinelClient> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commands_of_one_key_are_told_from_others() {
+        assert_eq!(one_key(redis::cmd("get").arg("k")), Some(&b"k"[..]));
+        assert_eq!(
+            one_key(redis::cmd("HSET").arg("h").arg("f").arg(1)),
+            Some(&b"h"[..])
+        );
+        assert_eq!(one_key(redis::cmd("DEL").arg("a").arg("b")), None);
+        assert_eq!(one_key(&redis::cmd("INFO")), None);
+        assert_eq!(
+            one_key(redis::cmd("EVALSHA").arg("x").arg(1).arg("k")),
+            None
+        );
+    }
 
     #[test]
     fn cluster_nodes_lists_primaries_replicas_and_failures() {

@@ -123,14 +123,12 @@ pub async fn snapshot(
     let started = Instant::now();
     let scripts = Arc::new(Scripts::new());
     let config = format::open(src, &scripts, None).await?;
-    let (here, there) = (
-        ServerInfo::read(src).await?.run_id,
-        ServerInfo::read(dst).await?.run_id,
-    );
+    let (here, there) = (ServerInfo::read(src).await?, ServerInfo::read(dst).await?);
     // A server that does not say who it is is taken for another one (DUMP/RESTORE works
-    // either way; COPY only inside one server).
-    let same_server = !here.is_empty() && here == there;
-    if same_server && src.db == dst.db && src.keys.prefix() == dst.keys.prefix() {
+    // either way; COPY only inside one server, and not across a cluster's slots).
+    let same_redis = !here.run_id.is_empty() && here.run_id == there.run_id;
+    let same_server = same_redis && !here.cluster;
+    if same_redis && src.db == dst.db && src.keys.prefix() == dst.keys.prefix() {
         return Err(Error::Setting(
             "--from and --to name the same filesystem".into(),
         ));

@@ -8,22 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::{check, cpath, tool, tool_ok, tree_listing, Mount, Redis};
-
-fn set_xattr(path: &Path, name: &str, value: &[u8]) {
-    let n = std::ffi::CString::new(name).unwrap();
-    // SAFETY: valid C strings and buffer.
-    let r = unsafe {
-        libc::lsetxattr(
-            cpath(path).as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    check(r as i64).unwrap();
-}
+use common::{check, cpath, set_xattr, tool, tool_ok, tree_listing, Mount, Redis};
 
 fn set_times(path: &Path, sec: i64, nsec: i64) {
     let t = [

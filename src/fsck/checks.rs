@@ -869,11 +869,7 @@ impl Checker<'_> {
             0
         };
         let fix = async {
-            command(
-                store,
-                redis::cmd("COPY").arg(keys.block(id)).arg(keys.block(copy)),
-            )
-            .await?;
+            (crate::blocks::copy(store, id, copy).await).map_err(store.failed("repairing"))?;
             command(store, redis::cmd("HSET").arg(map_key).arg(index).arg(copy)).await
         };
         self.findings

@@ -920,6 +920,22 @@ pub fn tree_listing(root: &Path) -> Vec<String> {
     out
 }
 
+/// Sets the extended attribute `name` of `path` (not following symlinks).
+pub fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid C strings and buffer.
+    let r = unsafe {
+        libc::lsetxattr(
+            cpath(path).as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    check(r as i64).unwrap();
+}
+
 /// The extended attributes of `path` (not following symlinks), sorted by name.
 pub fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
     let c = cpath(path);
