@@ -22,7 +22,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo};
+use redis::cluster_routing::{SingleNodeRoutingInfo, SlotAddr};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{Arg, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, ServerError, Value};
 use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, ErrorKind};
@@ -222,6 +223,9 @@ pub struct Node {
     /// Pub/Sub connects with the first of them that answers: the server's, or one for each
     /// node of a cluster known when it was connected.
     pub subscribers: Vec<Client>,
+    /// Of a cluster, the replication histories of its primaries when it was connected (see
+    /// [`Node::failed_over`]).
+    histories: Vec<String>,
     /// Block writes without the general client's copies, where the address allows.
     pub writer: Option<BlockWriter>,
     /// The server's address, safe to print.
@@ -457,6 +461,7 @@ async fn connect(
         writer: BlockWriter::new(info, io_timeout, certificates),
         address,
         subscribers: vec![client],
+        histories: Vec::new(),
     };
     node.count_replicas().await?;
     Ok(node)
@@ -526,7 +531,9 @@ async fn connect_cluster(
         writer: None,
         address: describe_cluster(seeds),
         subscribers: Vec::new(),
+        histories: Vec::new(),
     };
+    node.histories = node.histories_now().await?;
     let nodes = node.cluster_nodes().await?;
     let first = &seeds[0];
     node.subscribers = (nodes.iter())
@@ -586,6 +593,43 @@ impl Node {
         };
         self.replicas.store(count, Ordering::Relaxed);
         Ok(count)
+    }
+
+    /// Whether a primary of the cluster changed since it was connected: a replica promoted,
+    /// or a primary restarted, begins a new replication history (`master_replid`), and the
+    /// writes its predecessor had not passed on are gone. (A cluster's connection follows
+    /// failovers by itself, unseen; a mount asks this before it confirms a replica has its
+    /// writes, and takes a change for a move to a new node.)
+    pub async fn failed_over(&self) -> RedisResult<bool> {
+        Ok(self.is_cluster() && self.histories_now().await? != self.histories)
+    }
+
+    /// The replication histories of a cluster's primaries now, sorted.
+    async fn histories_now(&self) -> RedisResult<Vec<String>> {
+        let Conn::Cluster(conn) = &self.conn else {
+            return Ok(Vec::new());
+        };
+        let every_primary = RoutingInfo::MultiNode((
+            MultipleNodeRoutingInfo::AllMasters,
+            Some(ResponsePolicy::Special),
+        ));
+        let info = redis::cmd("INFO").arg("replication").clone();
+        let replies = conn.clone().route_command(info, every_primary).await?;
+        let Value::Map(replies) = replies else {
+            return Err(RedisError::from((
+                ErrorKind::Parse,
+                "INFO of every primary",
+                format!("{replies:?}"),
+            )));
+        };
+        let mut histories = Vec::new();
+        for (_, reply) in replies {
+            let text: String = redis::from_redis_value(reply.extract_error()?)?;
+            let info = crate::server::ServerInfo::parse(&text);
+            histories.push(info.replication_id);
+        }
+        histories.sort();
+        Ok(histories)
     }
 
     /// The primaries of a cluster now (none for one server: it is its own).

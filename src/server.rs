@@ -28,6 +28,9 @@ pub struct ServerInfo {
     pub run_id: String,
     /// `connected_slaves`: replicas linked to this server now.
     pub replicas: u64,
+    /// `master_replid`: the replication history the server is on (a new one when a replica
+    /// is promoted or a primary restarts).
+    pub replication_id: String,
     /// `cluster_enabled`: the server is a node of a Redis Cluster.
     pub cluster: bool,
 }
@@ -84,6 +87,7 @@ impl ServerInfo {
                 .collect::<Vec<_>>()
                 .join(","),
             replicas: primaries.iter().map(|p| p.replicas).min().unwrap_or(0),
+            replication_id: String::new(),
             cluster: true,
         }
     }
@@ -143,6 +147,7 @@ impl ServerInfo {
             used_memory: num("used_memory"),
             run_id: fields.get("run_id").unwrap_or(&"").to_string(),
             replicas: num("connected_slaves"),
+            replication_id: fields.get("master_replid").unwrap_or(&"").to_string(),
             cluster: num("cluster_enabled") == 1,
         }
     }

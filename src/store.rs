@@ -482,6 +482,19 @@ impl Store {
             pipe.cmd("WAIT").arg(1).arg(REPLICA_WAIT.as_millis() as u64);
             let (acknowledged,): (u64,) =
                 pipe.query_async(&mut node.replication_conn.clone()).await?;
+            if node.failed_over().await? {
+                tracing::warn!(
+                    "a primary of {} changed: what was answered before is checked and stored \
+                     again",
+                    node.address
+                );
+                self.link.replace(node.generation).await?;
+                return Err(RedisError::from((
+                    ErrorKind::Server(ServerErrorKind::TryAgain),
+                    "a primary of the cluster changed",
+                    node.address.clone(),
+                )));
+            }
             // No replica answered in time and none is left: nothing to wait for.
             let answered = acknowledged >= 1 || node.count_replicas().await? == 0;
             // (A node replaced meanwhile does not speak for the new one.)

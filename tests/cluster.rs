@@ -88,6 +88,44 @@ fn fsck(url: &str, prefix: &str, extra: &[&str]) -> (Option<i32>, String) {
     (out.status.code(), text)
 }
 
+/// A filesystem larger than any one node may hold (`maxmemory` 48 MiB each, 100 MB of
+/// incompressible data): written whole, read back whole after a remount; `df` counts every
+/// primary's memory.
+#[test]
+fn a_filesystem_larger_than_any_node_fits_in_the_cluster() {
+    if !common::ready() {
+        return;
+    }
+    let cluster = Cluster::start_with(3, 0, &["--maxmemory", "48mb"]);
+    let m = Mount::at_url(&cluster.url(), "skx", &[]);
+    let total = statvfs_bytes(&m.join(""));
+    assert!(total > 120 << 20, "df counts every primary: {total} bytes");
+    for i in 0..10u64 {
+        fs::write(m.join(format!("f{i}")), common::random_bytes(10_000_000, i)).unwrap();
+    }
+    m.unmount();
+    for node in cluster.primaries() {
+        let used: u64 = node.used_memory();
+        assert!(used < 48 << 20, "{} uses {used} bytes", node.port());
+    }
+    let again = Mount::at_url(&cluster.url(), "skx", &[]);
+    for i in 0..10u64 {
+        let read = fs::read(again.join(format!("f{i}"))).unwrap();
+        assert!(read == common::random_bytes(10_000_000, i), "f{i} differs");
+    }
+    again.unmount();
+    common::assert_clean_at(&cluster.url(), "skx");
+}
+
+/// The size of the filesystem at `path`, as `df` shows it.
+fn statvfs_bytes(path: &std::path::Path) -> u64 {
+    let c = common::cpath(path);
+    // SAFETY: a valid C string and a zeroed struct for the kernel to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0, "statvfs");
+    st.f_blocks * st.f_frsize
+}
+
 /// The migration path and the tools on a cluster: a dump of a filesystem on one server is
 /// restored into a cluster, snapshotted there (keys copied across slots), listed, checked
 /// (a block no map names, on whichever node it lies, is found and removed), mounted from both
@@ -160,3 +198,109 @@ fn a_standalone_dump_restores_into_a_cluster_where_every_tool_works() {
     assert_eq!(common::tree_listing(&mounted.join("")), expected);
     mounted.unmount();
 }
+
+/// The primary that holds `prefix`'s metadata.
+fn metadata_primary<'a>(cluster: &'a Cluster, prefix: &str) -> &'a common::Redis {
+    let braced = format!("{{{prefix}}}:");
+    (cluster.primaries().into_iter())
+        .find(|n| keys_on(n, prefix).iter().any(|k| k.starts_with(&braced)))
+        .expect("a primary with the metadata")
+}
+
+/// Journal record `i`: its number on a line of its own.
+fn record(i: usize) -> String {
+    format!("{i:08}\n")
+}
+
+/// `kill -9` of the primary that holds the metadata (and blocks) while a writer appends
+/// records with an `fsync` after each and another writes large chunks: the cluster promotes
+/// its replica, the writers pause and go on without an error, and every fsync'd record and
+/// chunk is there, read through a new mount; fsck finds the filesystem clean.
+#[test]
+fn fsynced_writes_survive_the_loss_of_the_metadata_primary() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+    if !common::ready() {
+        return;
+    }
+    let cluster = Cluster::start(3, 1);
+    let m = Mount::at_url(&cluster.seeds_url(), "skx", &["--io-timeout", "30"]);
+    let mut journal = fs::File::create(m.join("journal")).unwrap();
+    let mut data = fs::File::create(m.join("data")).unwrap();
+    let victim = metadata_primary(&cluster, "skx");
+    let stop = AtomicBool::new(false);
+    let (appended, chunks) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        let appender = s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let i = appended.load(Ordering::Relaxed);
+                journal.write_all(record(i).as_bytes()).expect("append");
+                journal.sync_all().expect("fsync across the failover");
+                appended.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let writer = s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let i = chunks.load(Ordering::Relaxed);
+                data.write_all(&common::random_bytes(CHUNK, i as u64))
+                    .expect("write");
+                data.sync_all()
+                    .expect("fsync of a chunk across the failover");
+                chunks.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        victim.kill_and_hold();
+        common::eventually("a replica promoted", Duration::from_secs(30), || {
+            cluster
+                .nodes
+                .iter()
+                .filter(|n| n.port() != victim.port())
+                .all(|n| {
+                    n.cmd::<String>(&["CLUSTER", "INFO"])
+                        .contains("cluster_state:ok")
+                })
+        });
+        let before = appended.load(Ordering::Relaxed);
+        common::eventually(
+            "appends after the failover",
+            Duration::from_secs(30),
+            || appended.load(Ordering::Relaxed) > before + 20 || appender.is_finished(),
+        );
+        stop.store(true, Ordering::Relaxed);
+        appender.join().unwrap();
+        writer.join().unwrap();
+    });
+    drop((journal, data));
+    let (appended, chunks) = (appended.into_inner(), chunks.into_inner());
+    eprintln!("{appended} records and {chunks} chunks fsync'd across the failover");
+    m.unmount();
+    let again = Mount::at_url(&cluster.seeds_url(), "skx", &[]);
+    let text = fs::read_to_string(again.join("journal")).unwrap();
+    let expected: String = (0..appended).map(record).collect();
+    assert!(
+        text.starts_with(&expected),
+        "{appended} fsync'd records, read back {} bytes",
+        text.len()
+    );
+    let read = fs::read(again.join("data")).unwrap();
+    assert!(
+        read.len() >= chunks * CHUNK,
+        "{} of {} bytes",
+        read.len(),
+        chunks * CHUNK
+    );
+    for (i, chunk) in read.chunks(CHUNK).take(chunks).enumerate() {
+        assert!(
+            chunk == common::random_bytes(CHUNK, i as u64),
+            "chunk {i} differs"
+        );
+    }
+    again.unmount();
+    victim.release();
+    common::assert_clean_at(&cluster.seeds_url(), "skx");
+}
+
+/// Bytes per write of the chunk writer (not a multiple of the block size).
+const CHUNK: usize = 300_000;

@@ -375,10 +375,15 @@ impl Cluster {
     /// Starts `primaries` primaries with `replicas` replicas each, joins them with `redis-cli
     /// --cluster create`, and waits until every node says the cluster is `ok`.
     pub fn start(primaries: usize, replicas: usize) -> Cluster {
+        Cluster::start_with(primaries, replicas, &[])
+    }
+
+    /// [`Cluster::start`] with more arguments for every `redis-server`.
+    pub fn start_with(primaries: usize, replicas: usize, extra: &[&str]) -> Cluster {
+        let mut args = vec!["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"];
+        args.extend(extra);
         let nodes: Vec<Redis> = (0..primaries * (1 + replicas))
-            .map(|_| {
-                Redis::start_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-            })
+            .map(|_| Redis::start_with(&args))
             .collect();
         let addresses: Vec<String> = nodes
             .iter()
