@@ -304,3 +304,87 @@ fn fsynced_writes_survive_the_loss_of_the_metadata_primary() {
 
 /// Bytes per write of the chunk writer (not a multiple of the block size).
 const CHUNK: usize = 300_000;
+
+/// Resharding under a workload: every slot of a primary that holds blocks but no metadata
+/// moves to another primary with `redis-cli --cluster reshard` while a mount creates, writes,
+/// fsyncs and reads back files; nothing fails, every file holds what was written, and fsck
+/// finds the filesystem clean. (No script touches a block, so their slots move freely; the
+/// metadata's slot is another matter, see the README.)
+#[test]
+fn resharding_the_slots_of_blocks_under_a_workload_loses_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+    if !common::ready() {
+        return;
+    }
+    let cluster = Cluster::start(3, 0);
+    let m = Mount::at_url(&cluster.url(), "skx", &[]);
+    fs::create_dir(m.join("work")).unwrap();
+    let holder = metadata_primary(&cluster, "skx").port();
+    let others: Vec<&common::Redis> = (cluster.primaries().into_iter())
+        .filter(|n| n.port() != holder)
+        .collect();
+    let (source, target) = (others[0], others[1]);
+    let id = |n: &common::Redis| n.cmd::<String>(&["CLUSTER", "MYID"]);
+    let slots_of_source = 16384 / 3;
+    let stop = AtomicBool::new(false);
+    let made = std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            let mut made = 0u64;
+            while !stop.load(Ordering::Relaxed) || made < 50 {
+                let path = m.join(format!("work/f{made}"));
+                let data = common::random_bytes(20_000 + (made as usize % 7) * 70_000, made);
+                let mut f = fs::File::create(&path).expect("create during resharding");
+                std::io::Write::write_all(&mut f, &data).expect("write during resharding");
+                f.sync_all().expect("fsync during resharding");
+                drop(f);
+                let back = made / 2;
+                let again = fs::read(m.join(format!("work/f{back}"))).expect("read");
+                let want = common::random_bytes(20_000 + (back as usize % 7) * 70_000, back);
+                assert!(
+                    again == want,
+                    "f{back} read back different during resharding"
+                );
+                made += 1;
+            }
+            made
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let out = std::process::Command::new("redis-cli")
+            .args([
+                "--cluster",
+                "reshard",
+                &format!("127.0.0.1:{}", source.port()),
+            ])
+            .args(["--cluster-from", &id(source), "--cluster-to", &id(target)])
+            .args([
+                "--cluster-slots",
+                &slots_of_source.to_string(),
+                "--cluster-yes",
+            ])
+            .output()
+            .expect("run redis-cli --cluster reshard");
+        assert!(
+            out.status.success(),
+            "reshard: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stop.store(true, Ordering::Relaxed);
+        worker.join().unwrap()
+    });
+    assert!(
+        keys_on(source, "skx").is_empty(),
+        "the source primary still holds keys of the filesystem"
+    );
+    eprintln!("{made} files made while {slots_of_source} slots moved");
+    m.unmount();
+    let again = Mount::at_url(&cluster.url(), "skx", &[]);
+    for i in 0..made {
+        let read = fs::read(again.join(format!("work/f{i}"))).unwrap();
+        let want = common::random_bytes(20_000 + (i as usize % 7) * 70_000, i);
+        assert!(read == want, "f{i} differs after resharding");
+    }
+    again.unmount();
+    common::assert_clean_at(&cluster.url(), "skx");
+}
