@@ -177,8 +177,9 @@ struct ClusterNode {
     failed: bool,
 }
 
-/// The nodes `CLUSTER NODES` lists, skipping lines it cannot read.
-fn cluster_nodes(text: &str) -> Vec<ClusterNode> {
+/// The nodes `CLUSTER NODES` lists, skipping lines it cannot read; a node that does not know
+/// its own address yet (a cluster of one node never told it) is at `reached_at`.
+fn cluster_nodes(text: &str, reached_at: &str) -> Vec<ClusterNode> {
     (text.lines())
         .filter_map(|line| {
             let fields: Vec<&str> = line.split(' ').collect();
@@ -191,6 +192,10 @@ fn cluster_nodes(text: &str) -> Vec<ClusterNode> {
             let host_port = address.split(['@', ',']).next()?;
             let (host, port) = host_port.rsplit_once(':')?;
             let flags: Vec<&str> = flags.split(',').collect();
+            let host = match host.is_empty() && flags.contains(&"myself") {
+                true => reached_at,
+                false => host,
+            };
             Some(ClusterNode {
                 id: id.to_string(),
                 address: NodeAddress {
@@ -226,6 +231,8 @@ pub struct Node {
     /// Of a cluster, the replication histories of its primaries when it was connected (see
     /// [`Node::failed_over`]).
     histories: Vec<String>,
+    /// Of a cluster, the host of its first seed.
+    seed_host: String,
     /// Block writes without the general client's copies, where the address allows.
     pub writer: Option<BlockWriter>,
     /// The server's address, safe to print.
@@ -462,6 +469,7 @@ async fn connect(
         address,
         subscribers: vec![client],
         histories: Vec::new(),
+        seed_host: String::new(),
     };
     node.count_replicas().await?;
     Ok(node)
@@ -532,6 +540,10 @@ async fn connect_cluster(
         address: describe_cluster(seeds),
         subscribers: Vec::new(),
         histories: Vec::new(),
+        seed_host: match seeds[0].addr() {
+            ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => host.clone(),
+            _ => String::new(),
+        },
     };
     node.histories = node.histories_now().await?;
     let nodes = node.cluster_nodes().await?;
@@ -650,7 +662,7 @@ impl Node {
             .arg("NODES")
             .query_async(&mut self.conn.clone())
             .await?;
-        Ok(cluster_nodes(&text))
+        Ok(cluster_nodes(&text, &self.seed_host))
     }
 
     /// A Pub/Sub connection to the server, or to the first node of a cluster that answers.
@@ -725,8 +737,13 @@ c3 [::1]:7002@17002 slave a1 0 0 1 connected
 d4 :0@0 master,noaddr - 0 0 0 disconnected
 garbage
 ";
-        let nodes = cluster_nodes(text);
+        let nodes = cluster_nodes(text, "seed");
         assert_eq!(nodes.len(), 3);
+        let alone = cluster_nodes(
+            "a1 :7000@17000 myself,master - 0 0 0 connected 0-16383",
+            "h",
+        );
+        assert_eq!(alone[0].address.host, "h");
         assert!(nodes[0].primary && !nodes[0].failed);
         assert_eq!(
             nodes[0].address,

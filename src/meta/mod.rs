@@ -1031,6 +1031,9 @@ impl Meta {
                     .await
                     .map_err(FsError::from)?;
             }
+            if self.store.link.node().is_cluster() && self.store.replicated_node().is_some() {
+                self.wait_for_the_frees(&garbage, ids[0]).await?;
+            }
             let mut delete = redis::pipe();
             delete.cmd("DEL");
             for &id in &ids {
@@ -1056,6 +1059,20 @@ impl Meta {
                 tracing::info!("the primary moved while blocks were being deleted: starting over");
             }
         }
+    }
+
+    /// On a cluster, waits until a replica of the metadata's primary has the changes that
+    /// queued the blocks about to be deleted: there the blocks lie on other nodes, and a
+    /// failover that took such a change after its blocks went would leave a map naming
+    /// deleted blocks (on one server, the order of replication covers it). `WAIT` covers the
+    /// writes of its own connection, so one is made first, after those changes (marking the
+    /// weighed entry `queued` again).
+    async fn wait_for_the_frees(&self, garbage: &str, queued: u64) -> Result<(), FsError> {
+        let failed = |e: &redis::RedisError| redis_failure("waiting for a replica", e);
+        let mark = redis::cmd("HSET").arg(garbage).arg(queued).arg("w").clone();
+        self.store.cmd::<()>(&mark).await.map_err(|e| failed(&e))?;
+        self.store.reach_replicas().await.map_err(|e| failed(&e))?;
+        Ok(())
     }
 
     /// Block ids for `count` indexes from `first` (0 for holes), in one round trip.
