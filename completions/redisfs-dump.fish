@@ -2,7 +2,7 @@ complete -c redisfs-dump -l prefix -d 'Prefix of the filesystem to dump' -r
 complete -c redisfs-dump -l format -d 'Record encoding' -r -f -a "msgpack\t'MessagePack: compact, the default'
 json\t'JSON, one record per line, bytes in base64'"
 complete -c redisfs-dump -l to-dir -d 'Write the files themselves into DIR (created if missing, must be empty) instead' -r -F
-complete -c redisfs-dump -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, redis+unix:///path/to/socket?db=N, or redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/MASTER[/db] for the primary that sentinels name (rediss+sentinel:// for TLS; sentinels\' password from REDISFS_SENTINEL_PASSWORD). Overrides --host/--port/--db' -r
+complete -c redisfs-dump -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, redis://host:port,host:port.../0 for nodes of a Redis Cluster (any one node\'s URL finds the cluster too), redis+unix:///path/to/socket?db=N, or redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/MASTER[/db] for the primary that sentinels name (rediss+sentinel:// for TLS; sentinels\' password from REDISFS_SENTINEL_PASSWORD). Overrides --host/--port/--db' -r
 complete -c redisfs-dump -l host -l redis-host -d 'Redis host [default: 127.0.0.1]' -r
 complete -c redisfs-dump -l port -l redis-port -d 'Redis port [default: 6379]' -r
 complete -c redisfs-dump -l db -l redis-db -d 'Redis database number [default: 0]' -r

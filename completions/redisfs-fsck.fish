@@ -1,6 +1,6 @@
 complete -c redisfs-fsck -l prefix -d 'Prefix of the filesystem to check' -r
 complete -c redisfs-fsck -l session-timeout -d 'A mount silent for this long is dead (its session is expired on repair)' -r
-complete -c redisfs-fsck -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, redis+unix:///path/to/socket?db=N, or redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/MASTER[/db] for the primary that sentinels name (rediss+sentinel:// for TLS; sentinels\' password from REDISFS_SENTINEL_PASSWORD). Overrides --host/--port/--db' -r
+complete -c redisfs-fsck -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, redis://host:port,host:port.../0 for nodes of a Redis Cluster (any one node\'s URL finds the cluster too), redis+unix:///path/to/socket?db=N, or redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/MASTER[/db] for the primary that sentinels name (rediss+sentinel:// for TLS; sentinels\' password from REDISFS_SENTINEL_PASSWORD). Overrides --host/--port/--db' -r
 complete -c redisfs-fsck -l host -l redis-host -d 'Redis host [default: 127.0.0.1]' -r
 complete -c redisfs-fsck -l port -l redis-port -d 'Redis port [default: 6379]' -r
 complete -c redisfs-fsck -l db -l redis-db -d 'Redis database number [default: 0]' -r

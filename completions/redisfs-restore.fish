@@ -7,7 +7,7 @@ zlib\t'zlib level 6: the slowest, kept for compatibility'"
 complete -c redisfs-restore -l block-size -d 'Block size (Redis value size) of a filesystem imported with --from-dir' -r
 complete -c redisfs-restore -l acl -d 'Whether a filesystem imported with --from-dir keeps POSIX ACLs' -r -f -a "on\t''
 off\t''"
-complete -c redisfs-restore -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, redis+unix:///path/to/socket?db=N, or redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/MASTER[/db] for the primary that sentinels name (rediss+sentinel:// for TLS; sentinels\' password from REDISFS_SENTINEL_PASSWORD). Overrides --host/--port/--db' -r
+complete -c redisfs-restore -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, redis://host:port,host:port.../0 for nodes of a Redis Cluster (any one node\'s URL finds the cluster too), redis+unix:///path/to/socket?db=N, or redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/MASTER[/db] for the primary that sentinels name (rediss+sentinel:// for TLS; sentinels\' password from REDISFS_SENTINEL_PASSWORD). Overrides --host/--port/--db' -r
 complete -c redisfs-restore -l host -l redis-host -d 'Redis host [default: 127.0.0.1]' -r
 complete -c redisfs-restore -l port -l redis-port -d 'Redis port [default: 6379]' -r
 complete -c redisfs-restore -l db -l redis-db -d 'Redis database number [default: 0]' -r

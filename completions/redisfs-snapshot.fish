@@ -1,7 +1,7 @@
 complete -c redisfs-snapshot -l from -d 'Prefix of the filesystem to copy' -r
 complete -c redisfs-snapshot -l to -d 'Prefix of the copy; must hold no keys' -r
 complete -c redisfs-snapshot -l to-redis -d 'Redis URL for the copy, when it goes to another server [default: the source\'s]' -r
-complete -c redisfs-snapshot -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, redis+unix:///path/to/socket?db=N, or redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/MASTER[/db] for the primary that sentinels name (rediss+sentinel:// for TLS; sentinels\' password from REDISFS_SENTINEL_PASSWORD). Overrides --host/--port/--db' -r
+complete -c redisfs-snapshot -l redis -d 'Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, redis://host:port,host:port.../0 for nodes of a Redis Cluster (any one node\'s URL finds the cluster too), redis+unix:///path/to/socket?db=N, or redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/MASTER[/db] for the primary that sentinels name (rediss+sentinel:// for TLS; sentinels\' password from REDISFS_SENTINEL_PASSWORD). Overrides --host/--port/--db' -r
 complete -c redisfs-snapshot -l host -l redis-host -d 'Redis host [default: 127.0.0.1]' -r
 complete -c redisfs-snapshot -l port -l redis-port -d 'Redis port [default: 6379]' -r
 complete -c redisfs-snapshot -l db -l redis-db -d 'Redis database number [default: 0]' -r

@@ -18,7 +18,8 @@ pub const DEFAULT_PORT: u16 = 6379;
 #[derive(Args, Clone, Debug, Default)]
 pub struct ConnectionArgs {
     /// Redis URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS,
-    /// redis+unix:///path/to/socket?db=N, or
+    /// redis://host:port,host:port.../0 for nodes of a Redis Cluster (any one node's URL
+    /// finds the cluster too), redis+unix:///path/to/socket?db=N, or
     /// redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/MASTER[/db] for the
     /// primary that sentinels name (rediss+sentinel:// for TLS; sentinels' password from
     /// REDISFS_SENTINEL_PASSWORD). Overrides --host/--port/--db.

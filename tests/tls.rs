@@ -98,19 +98,36 @@ impl Certificates {
 
 /// A redis-server that also listens on `tls_port`, asking clients for a certificate.
 fn tls_redis(certs: &Certificates, tls_port: u16) -> Redis {
+    tls_redis_with(certs, tls_port, &[])
+}
+
+/// [`tls_redis`] with more arguments.
+fn tls_redis_with(certs: &Certificates, tls_port: u16, extra: &[&str]) -> Redis {
     let path = |n: &str| certs.file(n).display().to_string();
-    Redis::start_with(&[
-        "--tls-port",
-        &tls_port.to_string(),
-        "--tls-cert-file",
-        &path("server.pem"),
-        "--tls-key-file",
-        &path("server.key"),
-        "--tls-ca-cert-file",
-        &path("ca.pem"),
-        "--tls-auth-clients",
-        "yes",
-    ])
+    let mut args = vec![
+        "--tls-port".to_string(),
+        tls_port.to_string(),
+        "--tls-cert-file".into(),
+        path("server.pem"),
+        "--tls-key-file".into(),
+        path("server.key"),
+        "--tls-ca-cert-file".into(),
+        path("ca.pem"),
+        "--tls-auth-clients".into(),
+        "yes".into(),
+    ];
+    args.extend(strings(extra));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Redis::start_with(&args)
+}
+
+/// fsck of the filesystem `secure` at `url`, over TLS with a client certificate, says clean.
+fn assert_fsck_clean_over_tls(url: &str, certs: &Certificates) {
+    let mut args = tls_args(url, certs, true);
+    args.extend(strings(&["--prefix", "secure"]));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = tool_ok("fsck", &refs);
+    assert!(out.contains("clean"), "{out}");
 }
 
 fn strings(list: &[&str]) -> Vec<String> {
@@ -172,11 +189,7 @@ fn a_mount_over_mutual_tls_with_a_private_ca_keeps_its_files() {
     m.unmount();
 
     // The tools take the same options.
-    let mut tool_args = tls_args(&url, &certs, true);
-    tool_args.extend(strings(&["--prefix", "secure"]));
-    let refs: Vec<&str> = tool_args.iter().map(String::as_str).collect();
-    let out = tool_ok("fsck", &refs);
-    assert!(out.contains("clean"), "{out}");
+    assert_fsck_clean_over_tls(&url, &certs);
     assert_clean(&redis, "secure");
 }
 
@@ -287,4 +300,71 @@ fn a_mount_through_a_sentinel_over_mutual_tls_keeps_its_files() {
         "{}",
         refused.stderr
     );
+}
+
+/// A Redis Cluster whose nodes speak only TLS to each other and announce their TLS ports: a
+/// mount given one node's `rediss://` URL with a private CA and a client certificate finds
+/// every node over TLS, spreads its blocks over every primary, and reads everything back after
+/// a remount; fsck takes the same options.
+#[test]
+fn a_mount_on_a_cluster_over_mutual_tls_keeps_its_files() {
+    if !tls_ready() {
+        return;
+    }
+    let certs = Certificates::make();
+    let tls_ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
+    let nodes: Vec<Redis> = (tls_ports.iter())
+        .map(|port| {
+            tls_redis_with(
+                &certs,
+                *port,
+                &(common::cluster_node_args(&["--tls-cluster", "yes", "--tls-replication", "yes"])
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()),
+            )
+        })
+        .collect();
+    let path = |n: &str| certs.file(n).display().to_string();
+    let tls = [
+        "--tls",
+        "--cacert",
+        &path("ca.pem"),
+        "--cert",
+        &path("client.pem"),
+    ];
+    let tls = strings(&tls)
+        .into_iter()
+        .chain(strings(&["--key", &path("client.key")]));
+    common::create_cluster(&nodes, &tls.collect::<Vec<_>>(), &tls_ports, 0);
+    let url = format!("rediss://127.0.0.1:{}/0", tls_ports[0]);
+    let mut args = tls_args(&url, &certs, true);
+    args.extend(strings(&["--prefix", "secure"]));
+    let files: Vec<Vec<u8>> = (0..6).map(|i| random_bytes(1 << 20, i)).collect();
+    {
+        let m = Mount::with_args(&args).unwrap_or_else(|r| panic!("{}", r.stderr));
+        for (i, data) in files.iter().enumerate() {
+            std::fs::write(m.join(format!("f{i}")), data).unwrap();
+        }
+        m.unmount();
+    }
+    for node in &nodes {
+        assert!(
+            node.keys("secure")
+                .iter()
+                .any(|k| k.starts_with("secure:b:")),
+            "blocks on the node at TLS port {}",
+            node.port()
+        );
+    }
+    let m = Mount::with_args(&args).unwrap_or_else(|r| panic!("{}", r.stderr));
+    for (i, data) in files.iter().enumerate() {
+        assert_eq!(
+            &std::fs::read(m.join(format!("f{i}"))).unwrap(),
+            data,
+            "f{i}"
+        );
+    }
+    m.unmount();
+    assert_fsck_clean_over_tls(&url, &certs);
 }

@@ -380,33 +380,14 @@ impl Cluster {
 
     /// [`Cluster::start`] with more arguments for every `redis-server`.
     pub fn start_with(primaries: usize, replicas: usize, extra: &[&str]) -> Cluster {
-        let mut args = vec!["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"];
-        args.extend(extra);
         let nodes: Vec<Redis> = (0..primaries * (1 + replicas))
-            .map(|_| Redis::start_with(&args))
+            .map(|_| {
+                let args = cluster_node_args(extra);
+                Redis::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            })
             .collect();
-        let addresses: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        let out = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addresses)
-            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
-            .output()
-            .expect("run redis-cli --cluster create");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for node in &nodes {
-            eventually("the cluster to be ok", Duration::from_secs(30), || {
-                node.cmd::<String>(&["CLUSTER", "INFO"])
-                    .contains("cluster_state:ok")
-            });
-        }
+        let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+        create_cluster(&nodes, &[], &ports, replicas);
         Cluster { nodes }
     }
 
@@ -427,6 +408,42 @@ impl Cluster {
     pub fn primaries(&self) -> Vec<&Redis> {
         (self.nodes.iter()).filter(|n| !n.is_replica()).collect()
     }
+}
+
+/// Joins `nodes` into a cluster with `redis-cli` (`options` before `--cluster create`, such as
+/// TLS ones; `ports` where it reaches each node), `replicas` to a primary, and waits until every
+/// node says the cluster is `ok`.
+pub fn create_cluster(nodes: &[Redis], options: &[String], ports: &[u16], replicas: usize) {
+    let out = Command::new("redis-cli")
+        .args(options)
+        .args(["--cluster", "create"])
+        .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+        .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+        .output()
+        .expect("run redis-cli --cluster create");
+    assert!(
+        out.status.success(),
+        "redis-cli --cluster create: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for node in nodes {
+        eventually("the cluster to be ok", Duration::from_secs(30), || {
+            node.cmd::<String>(&["CLUSTER", "INFO"])
+                .contains("cluster_state:ok")
+        });
+    }
+}
+
+/// The arguments of a `redis-server` that is a node of a test cluster, with `extra`: its
+/// cluster bus on a free port of its own (by default it is the client port + 10000, which may
+/// lie in the ephemeral range and be taken by some connection).
+pub fn cluster_node_args(extra: &[&str]) -> Vec<String> {
+    let bus = free_port().to_string();
+    let args = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"];
+    (args.iter().chain(&["--cluster-port", &bus]).chain(extra))
+        .map(|a| a.to_string())
+        .collect()
 }
 
 /// A link to a Redis that serves until the test process ends (see [`Redis::link_at_distance`]).
