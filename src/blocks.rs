@@ -321,6 +321,10 @@ pub fn discard(store: &Store, ids: Vec<u64>) {
 /// cut short by a lost connection is simply sent again. Answers the node (its generation) that
 /// has them all: when the primary changed part-way, everything is stored again on the new one.
 pub async fn put(store: &Store, blocks: &[(u64, Encoded)]) -> redis::RedisResult<u64> {
+    if blocks.is_empty() {
+        // Nothing to store is on every node.
+        return Ok(store.link.node().generation);
+    }
     loop {
         let mut nodes = Vec::new();
         for chunk in blocks.chunks(PIPELINE_BLOCKS) {

@@ -8,20 +8,21 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use common::{cpath, Mount, Redis};
+use common::{cpath, Mount, On, Place, Redis};
 
 /// How long a change may take to be seen elsewhere (it takes milliseconds; the deadline is
 /// generous so that a slow machine does not fail the test).
 const PROPAGATION: Duration = Duration::from_secs(10);
 
-/// A Redis and two mounts of one filesystem on it, or `None` where tests cannot run.
-fn two_mounts() -> Option<(Redis, Mount, Mount)> {
+/// A Redis (a server or a cluster) and two mounts of one filesystem on it, or `None` where
+/// tests cannot run.
+fn two_mounts(on: On) -> Option<(Place, Mount, Mount)> {
     if !common::ready() {
         return None;
     }
-    let redis = Redis::start();
-    let a = Mount::new(&redis, "skx", &[]);
-    let b = Mount::new(&redis, "skx", &[]);
+    let redis = Place::start(on);
+    let a = Mount::on(&redis, "skx", &[]);
+    let b = Mount::on(&redis, "skx", &[]);
     Some((redis, a, b))
 }
 
@@ -39,13 +40,13 @@ fn names(dir: &Path) -> Vec<String> {
 /// A Redis and two mounts, A and B (mounted with `b_options`), of one filesystem, and a
 /// directory `d` that A made and B sees, not leased to either (so shared from the start);
 /// `None` where tests cannot run.
-fn shared_directory(b_options: &[&str]) -> Option<(Redis, Mount, Mount)> {
+fn shared_directory(on: On, b_options: &[&str]) -> Option<(Place, Mount, Mount)> {
     if !common::ready() {
         return None;
     }
-    let redis = Redis::start();
-    let a = Mount::new(&redis, "skx", &["--no-delegation"]);
-    let b = Mount::new(&redis, "skx", b_options);
+    let redis = Place::start(on);
+    let a = Mount::on(&redis, "skx", &["--no-delegation"]);
+    let b = Mount::on(&redis, "skx", b_options);
     fs::create_dir(a.join("d")).unwrap();
     common::eventually("mkdir", PROPAGATION, || b.join("d").is_dir());
     Some((redis, a, b))
@@ -66,12 +67,11 @@ fn getxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
     (len >= 0).then(|| buf[..len as usize].to_vec())
 }
 
-#[test]
-fn changes_on_one_mount_are_seen_on_the_others() {
-    let Some((redis, a, b)) = two_mounts() else {
+fn changes_on_one_mount_are_seen_on_the_others(on: On) {
+    let Some((redis, a, b)) = two_mounts(on) else {
         return;
     };
-    let c = Mount::new(&redis, "skx", &[]);
+    let c = Mount::on(&redis, "skx", &[]);
     let others = [&b, &c];
     // Each other mount first caches the current state, so that staleness would show.
     for m in others {
@@ -126,9 +126,8 @@ fn changes_on_one_mount_are_seen_on_the_others() {
     }
 }
 
-#[test]
-fn close_to_open_reads_the_new_bytes_even_with_old_pages_cached() {
-    let Some((_redis, a, b)) = two_mounts() else {
+fn close_to_open_reads_the_new_bytes_even_with_old_pages_cached(on: On) {
+    let Some((_redis, a, b)) = two_mounts(on) else {
         return;
     };
     fs::write(a.join("f"), b"version 0").unwrap();
@@ -155,9 +154,8 @@ fn close_to_open_reads_the_new_bytes_even_with_old_pages_cached() {
     }
 }
 
-#[test]
-fn concurrent_writers_of_disjoint_ranges_lose_nothing() {
-    let Some((redis, a, b)) = two_mounts() else {
+fn concurrent_writers_of_disjoint_ranges_lose_nothing(on: On) {
+    let Some((redis, a, b)) = two_mounts(on) else {
         return;
     };
     const CHUNK: usize = 1000;
@@ -179,7 +177,7 @@ fn concurrent_writers_of_disjoint_ranges_lose_nothing() {
     let (ta, tb) = (writer(a.join("shared"), 0), writer(b.join("shared"), 1));
     ta.join().unwrap();
     tb.join().unwrap();
-    let c = Mount::new(&redis, "skx", &[]);
+    let c = Mount::on(&redis, "skx", &[]);
     let data = fs::read(c.join("shared")).unwrap();
     assert_eq!(data.len(), CHUNK * CHUNKS);
     for i in 0..CHUNKS {
@@ -347,9 +345,8 @@ fn a_redis_restart_mid_workload_loses_nothing_and_fails_nothing() {
     assert_eq!(log, expected);
 }
 
-#[test]
-fn names_created_elsewhere_appear_in_directories_this_mount_created() {
-    let Some((_redis, a, b)) = two_mounts() else {
+fn names_created_elsewhere_appear_in_directories_this_mount_created(on: On) {
+    let Some((_redis, a, b)) = two_mounts(on) else {
         return;
     };
     // A knows every name of a directory it created, and answers misses there itself.
@@ -370,9 +367,8 @@ fn names_created_elsewhere_appear_in_directories_this_mount_created() {
     common::eventually("removal", PROPAGATION, || !b.join("fresh/z").exists());
 }
 
-#[test]
-fn attributes_set_elsewhere_on_a_file_this_mount_created_appear() {
-    let Some((_redis, a, b)) = two_mounts() else {
+fn attributes_set_elsewhere_on_a_file_this_mount_created_appear(on: On) {
+    let Some((_redis, a, b)) = two_mounts(on) else {
         return;
     };
     // B created the file, so it knows it has no extended attributes until told otherwise.
@@ -396,9 +392,8 @@ fn attributes_set_elsewhere_on_a_file_this_mount_created_appear() {
     });
 }
 
-#[test]
-fn bytes_written_into_a_file_kept_open_reach_other_mounts_without_a_close() {
-    let Some((_redis, a, b)) = two_mounts() else {
+fn bytes_written_into_a_file_kept_open_reach_other_mounts_without_a_close(on: On) {
+    let Some((_redis, a, b)) = two_mounts(on) else {
         return;
     };
     let mut log = fs::File::create(a.join("log")).unwrap();
@@ -531,9 +526,8 @@ fn a_file_removed_elsewhere_stays_readable_where_it_is_open() {
 
 /// A listing tells a mount which entries have no extended attributes (so `ls -l` asks Redis
 /// nothing for them); one set afterwards on another mount is seen all the same.
-#[test]
-fn xattrs_set_elsewhere_after_a_listing_are_seen() {
-    let Some((_redis, a, b)) = two_mounts() else {
+fn xattrs_set_elsewhere_after_a_listing_are_seen(on: On) {
+    let Some((_redis, a, b)) = two_mounts(on) else {
         return;
     };
     fs::create_dir(b.join("d")).unwrap();
@@ -564,9 +558,8 @@ fn xattrs_set_elsewhere_after_a_listing_are_seen() {
 /// create in it. A name it has not heard of yet (another mount's create whose event is still
 /// on its way; here an entry written with no event at all) is still opened by a plain
 /// `open(O_CREAT)`, and refused by `O_EXCL`: never `EEXIST` for a create-or-open.
-#[test]
-fn o_creat_opens_a_name_this_mount_has_not_heard_of_yet() {
-    let Some((redis, a, b)) = shared_directory(&[]) else {
+fn o_creat_opens_a_name_this_mount_has_not_heard_of_yet(on: On) {
+    let Some((redis, a, b)) = shared_directory(on, &[]) else {
         return;
     };
     fs::write(a.join("d/theirs"), b"made elsewhere").unwrap();
@@ -635,7 +628,7 @@ struct Monitor {
 }
 
 impl Monitor {
-    fn start(redis: &Redis) -> Monitor {
+    fn start(redis: &Place) -> Monitor {
         let mut watch = redis.conn();
         watch
             .send_packed_command(&redis::cmd("MONITOR").get_packed_command())
@@ -692,7 +685,7 @@ impl Monitor {
 /// says of the directory is the newest: its own create at once, the other's soon.
 #[test]
 fn a_create_in_a_shared_directory_costs_one_round_trip() {
-    let Some((redis, a, b)) = shared_directory(&[]) else {
+    let Some((redis, a, b)) = shared_directory(On::Server, &[]) else {
         return;
     };
     // B has listed it (as a user who looked first), so it knows which names are free there.
@@ -751,7 +744,7 @@ fn a_create_in_a_shared_directory_costs_one_round_trip() {
 #[test]
 fn a_small_directory_is_listed_with_its_attributes_in_one_round_trip() {
     // (B without access times, whose write would be a command of its own.)
-    let Some((redis, a, b)) = shared_directory(&["-o", "noatime"]) else {
+    let Some((redis, a, b)) = shared_directory(On::Server, &["-o", "noatime"]) else {
         return;
     };
     for i in 0..300 {
@@ -855,9 +848,8 @@ fn numbers_past_ten_to_the_fourteenth_name_the_same_files_everywhere() {
 /// deleted once and its bytes taken from the count once, though every mount deletes what it
 /// finds queued: two mounts overwrite and delete files at once, then nothing is left queued,
 /// no block is left over, and the count of stored bytes is what the blocks take.
-#[test]
-fn freed_blocks_leave_redis_once_whichever_mount_deletes_them() {
-    let Some((redis, a, b)) = two_mounts() else {
+fn freed_blocks_leave_redis_once_whichever_mount_deletes_them(on: On) {
+    let Some((redis, a, b)) = two_mounts(on) else {
         return;
     };
     for i in 0..40u64 {
@@ -879,7 +871,7 @@ fn freed_blocks_leave_redis_once_whichever_mount_deletes_them() {
         fs::remove_file(b.join(format!("f{i}"))).unwrap();
     }
     overwrite.join().unwrap();
-    let stored = |r: &Redis| -> (u64, u64) {
+    let stored = |r: &Place| -> (u64, u64) {
         let blocks = r
             .keys("skx")
             .into_iter()
@@ -901,5 +893,36 @@ fn freed_blocks_leave_redis_once_whichever_mount_deletes_them() {
     );
     a.unmount();
     b.unmount();
-    common::assert_clean(&redis, "skx");
+    common::assert_clean_at(&redis.url(), "skx");
 }
+
+/// Each test named runs twice: on one redis-server, and on a Redis Cluster of three primaries
+/// (where its blocks spread over every node and its metadata lies on one).
+macro_rules! on_a_server_and_on_a_cluster {
+    ($($name:ident),* $(,)?) => {
+        mod on_a_server {
+            $(#[test]
+            fn $name() {
+                super::$name(super::On::Server)
+            })*
+        }
+        mod on_a_cluster {
+            $(#[test]
+            fn $name() {
+                super::$name(super::On::Cluster)
+            })*
+        }
+    };
+}
+
+on_a_server_and_on_a_cluster!(
+    changes_on_one_mount_are_seen_on_the_others,
+    close_to_open_reads_the_new_bytes_even_with_old_pages_cached,
+    concurrent_writers_of_disjoint_ranges_lose_nothing,
+    names_created_elsewhere_appear_in_directories_this_mount_created,
+    attributes_set_elsewhere_on_a_file_this_mount_created_appear,
+    bytes_written_into_a_file_kept_open_reach_other_mounts_without_a_close,
+    xattrs_set_elsewhere_after_a_listing_are_seen,
+    o_creat_opens_a_name_this_mount_has_not_heard_of_yet,
+    freed_blocks_leave_redis_once_whichever_mount_deletes_them,
+);

@@ -534,8 +534,9 @@ impl Core {
             .filter_map(|(&id, e)| e.map(|e| (id, e)))
             .collect();
         let small = puts.iter().map(|(_, b)| b.stored_len()).sum::<usize>() <= INLINE_BYTES;
-        // (A cluster's transaction stays in one slot: blocks live in others.)
-        if small && !self.meta.store.link.node().is_cluster() {
+        // (A cluster's transaction stays in one slot: blocks live in others. A batch of holes
+        // alone has nothing to store.)
+        if puts.is_empty() || small && !self.meta.store.link.node().is_cluster() {
             return Ok(Placed {
                 new_ids,
                 new_lens,

@@ -446,6 +446,79 @@ pub fn cluster_node_args(extra: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// Which Redis a test that can run on either puts its filesystem on.
+#[derive(Clone, Copy, Debug)]
+pub enum On {
+    /// One redis-server.
+    Server,
+    /// A Redis Cluster of three primaries.
+    Cluster,
+}
+
+/// Where a test's filesystem lives: one server, or a cluster.
+pub enum Place {
+    Server(Redis),
+    Cluster(Cluster),
+}
+
+impl Place {
+    /// Starts a fresh one.
+    pub fn start(on: On) -> Place {
+        match on {
+            On::Server => Place::Server(Redis::start()),
+            On::Cluster => Place::Cluster(Cluster::start(3, 0)),
+        }
+    }
+
+    /// The URL mounts are given.
+    pub fn url(&self) -> String {
+        match self {
+            Place::Server(r) => r.url(),
+            Place::Cluster(c) => c.url(),
+        }
+    }
+
+    /// Runs one command (on a cluster, on the node that serves its key).
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        match self {
+            Place::Server(r) => r.cmd(args),
+            Place::Cluster(c) => {
+                let client = redis::cluster::ClusterClient::new(vec![c.url()]).expect("client");
+                let mut conn = client.get_connection().expect("connect to the cluster");
+                let mut cmd = redis::cmd(args[0]);
+                for a in &args[1..] {
+                    cmd.arg(*a);
+                }
+                cmd.query(&mut conn).expect("cluster command")
+            }
+        }
+    }
+
+    /// A plain connection to the server, or to the node of a cluster that holds the metadata
+    /// of `skx` (for commands on those keys, transactions and `MONITOR`).
+    pub fn conn(&self) -> redis::Connection {
+        match self {
+            Place::Server(r) => r.conn(),
+            Place::Cluster(c) => (c.primaries().into_iter())
+                .find(|n| {
+                    let owner: redis::RedisResult<i64> =
+                        redis::cmd("EXISTS").arg("{skx}:meta").query(&mut n.conn());
+                    owner.is_ok()
+                })
+                .expect("a node serving the slot of {skx}")
+                .conn(),
+        }
+    }
+
+    /// Every key of the filesystem `prefix`, on every node.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        match self {
+            Place::Server(r) => r.keys(prefix),
+            Place::Cluster(c) => c.nodes.iter().flat_map(|n| n.keys(prefix)).collect(),
+        }
+    }
+}
+
 /// A link to a Redis that serves until the test process ends (see [`Redis::link_at_distance`]).
 pub struct Link {
     /// Its port on 127.0.0.1.
@@ -638,6 +711,11 @@ impl Mount {
     /// Mounts `prefix` of `redis` with extra arguments; panics with the log if it fails.
     pub fn new(redis: &Redis, prefix: &str, extra: &[&str]) -> Mount {
         Mount::at_url(&redis.url(), prefix, extra)
+    }
+
+    /// [`Mount::new`] on a server or a cluster.
+    pub fn on(place: &Place, prefix: &str, extra: &[&str]) -> Mount {
+        Mount::at_url(&place.url(), prefix, extra)
     }
 
     /// Mounts `prefix` of the Redis at `url` (a cluster's, say) with extra arguments; panics
