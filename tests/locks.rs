@@ -5,7 +5,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Mount, Redis};
+use common::{Mount, On, Place};
 
 /// `flock -n FILE true`: whether the lock could be taken at once.
 fn flock_now(path: &std::path::Path, shared: bool) -> bool {
@@ -62,14 +62,13 @@ fn run_script(script: &str, on_a: &std::path::Path, on_b: &std::path::Path, ok: 
     );
 }
 
-#[test]
-fn flock_excludes_across_mounts_and_ends_with_its_process() {
+fn flock_excludes_across_mounts_and_ends_with_its_process(on: On) {
     if !common::ready() {
         return;
     }
-    let redis = Redis::start();
-    let a = Mount::new(&redis, "skx", &[]);
-    let b = Mount::new(&redis, "skx", &[]);
+    let redis = Place::start(on);
+    let a = Mount::on(&redis, "skx", &[]);
+    let b = Mount::on(&redis, "skx", &[]);
     std::fs::write(a.join("lock"), b"").unwrap();
     let mut holder = hold_flock(&a.join("lock"), false);
     assert!(
@@ -111,14 +110,13 @@ fn flock_excludes_across_mounts_and_ends_with_its_process() {
     });
 }
 
-#[test]
-fn a_blocked_waiter_can_be_interrupted() {
+fn a_blocked_waiter_can_be_interrupted(on: On) {
     if !common::ready() {
         return;
     }
-    let redis = Redis::start();
-    let a = Mount::new(&redis, "skx", &[]);
-    let b = Mount::new(&redis, "skx", &[]);
+    let redis = Place::start(on);
+    let a = Mount::on(&redis, "skx", &[]);
+    let b = Mount::on(&redis, "skx", &[]);
     std::fs::write(a.join("lock"), b"").unwrap();
     let mut holder = hold_flock(&a.join("lock"), false);
     let mut waiter = Command::new("flock")
@@ -182,14 +180,13 @@ assert try_lock(b, fcntl.LOCK_EX, 0, 40)
 print("fcntl ok")
 "#;
 
-#[test]
-fn fcntl_byte_range_locks_across_mounts() {
+fn fcntl_byte_range_locks_across_mounts(on: On) {
     if !common::ready() {
         return;
     }
-    let redis = Redis::start();
-    let a = Mount::new(&redis, "skx", &[]);
-    let b = Mount::new(&redis, "skx", &[]);
+    let redis = Place::start(on);
+    let a = Mount::on(&redis, "skx", &[]);
+    let b = Mount::on(&redis, "skx", &[]);
     std::fs::write(a.join("ranges"), vec![0u8; 200]).unwrap();
     // One process holds both descriptors, yet its two sides conflict: they go through two mounts,
     // as two machines would.
@@ -201,14 +198,13 @@ fn fcntl_byte_range_locks_across_mounts() {
     );
 }
 
-#[test]
-fn a_killed_holders_locks_go_when_its_session_expires() {
+fn a_killed_holders_locks_go_when_its_session_expires(on: On) {
     if !common::ready() {
         return;
     }
-    let redis = Redis::start();
-    let a = Mount::new(&redis, "skx", &["--session-timeout", "2"]);
-    let b = Mount::new(&redis, "skx", &["--session-timeout", "2"]);
+    let redis = Place::start(on);
+    let a = Mount::on(&redis, "skx", &["--session-timeout", "2"]);
+    let b = Mount::on(&redis, "skx", &["--session-timeout", "2"]);
     std::fs::write(a.join("lock"), b"").unwrap();
     let mut holder = hold_flock(&a.join("lock"), false);
     assert!(!flock_now(&b.join("lock"), false));
@@ -295,14 +291,13 @@ os.close(held)
 print("ofd ok")
 "#;
 
-#[test]
-fn ofd_locks_go_with_the_last_close_of_their_description() {
+fn ofd_locks_go_with_the_last_close_of_their_description(on: On) {
     if !common::ready() {
         return;
     }
-    let redis = Redis::start();
-    let a = Mount::new(&redis, "skx", &[]);
-    let b = Mount::new(&redis, "skx", &[]);
+    let redis = Place::start(on);
+    let a = Mount::on(&redis, "skx", &[]);
+    let b = Mount::on(&redis, "skx", &[]);
     std::fs::write(a.join("ofd"), b"").unwrap();
     run_script(OFD_SCRIPT, &a.join("ofd"), &b.join("ofd"), "ofd ok");
     common::eventually("no lock keys left", Duration::from_secs(10), || {
@@ -338,13 +333,12 @@ for take, kind in ((ofd, "OFD lock"), (flock, "flock")):
 print("gone ok")
 "#;
 
-#[test]
-fn locks_are_gone_when_the_last_close_returns() {
+fn locks_are_gone_when_the_last_close_returns(on: On) {
     if !common::ready() {
         return;
     }
-    let redis = Redis::start();
-    let a = Mount::new(&redis, "skx", &[]);
+    let redis = Place::start(on);
+    let a = Mount::on(&redis, "skx", &[]);
     std::fs::write(a.join("closed"), b"").unwrap();
     run_script(
         GONE_AT_CLOSE_SCRIPT,
@@ -406,14 +400,13 @@ assert soon(fcntl_free, b) and soon(flock_free, b)
 print("independent ok")
 "#;
 
-#[test]
-fn flock_and_fcntl_locks_are_independent() {
+fn flock_and_fcntl_locks_are_independent(on: On) {
     if !common::ready() {
         return;
     }
-    let redis = Redis::start();
-    let a = Mount::new(&redis, "skx", &[]);
-    let b = Mount::new(&redis, "skx", &[]);
+    let redis = Place::start(on);
+    let a = Mount::on(&redis, "skx", &[]);
+    let b = Mount::on(&redis, "skx", &[]);
     std::fs::write(a.join("both"), b"").unwrap();
     run_script(
         INDEPENDENT_SCRIPT,
@@ -422,3 +415,13 @@ fn flock_and_fcntl_locks_are_independent() {
         "independent ok",
     );
 }
+
+common::on_a_server_and_on_a_cluster!(
+    flock_excludes_across_mounts_and_ends_with_its_process,
+    a_blocked_waiter_can_be_interrupted,
+    fcntl_byte_range_locks_across_mounts,
+    a_killed_holders_locks_go_when_its_session_expires,
+    ofd_locks_go_with_the_last_close_of_their_description,
+    locks_are_gone_when_the_last_close_returns,
+    flock_and_fcntl_locks_are_independent,
+);

@@ -896,26 +896,7 @@ fn freed_blocks_leave_redis_once_whichever_mount_deletes_them(on: On) {
     common::assert_clean_at(&redis.url(), "skx");
 }
 
-/// Each test named runs twice: on one redis-server, and on a Redis Cluster of three primaries
-/// (where its blocks spread over every node and its metadata lies on one).
-macro_rules! on_a_server_and_on_a_cluster {
-    ($($name:ident),* $(,)?) => {
-        mod on_a_server {
-            $(#[test]
-            fn $name() {
-                super::$name(super::On::Server)
-            })*
-        }
-        mod on_a_cluster {
-            $(#[test]
-            fn $name() {
-                super::$name(super::On::Cluster)
-            })*
-        }
-    };
-}
-
-on_a_server_and_on_a_cluster!(
+common::on_a_server_and_on_a_cluster!(
     changes_on_one_mount_are_seen_on_the_others,
     close_to_open_reads_the_new_bytes_even_with_old_pages_cached,
     concurrent_writers_of_disjoint_ranges_lose_nothing,

@@ -17,14 +17,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{tool, Mount, Redis};
+use common::{tool, Mount, On, Place, Redis};
 
 /// Runs fsck (checking block contents too) and asserts that it finds nothing.
-fn assert_fsck_clean(redis: &Redis, prefix: &str) {
-    let url = redis.url();
+fn assert_fsck_clean(url: &str, prefix: &str) {
     let out = tool(
         "fsck",
-        &["--redis", &url, "--prefix", prefix, "--verify-data"],
+        &["--redis", url, "--prefix", prefix, "--verify-data"],
     );
     let text = format!(
         "{}{}",
@@ -137,7 +136,7 @@ fn unmount_checked(m: Mount, redis: &Redis) {
         "the mount dropped changes:\n{log}"
     );
     m.unmount();
-    assert_fsck_clean(redis, "skx");
+    assert_fsck_clean(&redis.url(), "skx");
 }
 
 /// Caught: a `stat` answered from a record read before the last store replaced the size the
@@ -161,7 +160,7 @@ fn fsynced_appends_survive_concurrent_stat_and_listing() {
     assert_records(&m.join("own/journal"), 3000);
     assert_records(&m.join("journal"), 3000);
     m.unmount();
-    assert_fsck_clean(&redis, "skx");
+    assert_fsck_clean(&redis.url(), "skx");
 }
 
 /// Caught: attributes read for a directory listing before a file's last store reached the
@@ -236,7 +235,7 @@ fn files_read_back_whole_while_their_directory_is_listed() {
     );
     m.unmount();
     other.unmount();
-    assert_fsck_clean(&redis, "skx");
+    assert_fsck_clean(&redis.url(), "skx");
 }
 
 /// Creates files `dir/f<i>` until `stop`; returns the names whose create succeeded and how
@@ -375,7 +374,7 @@ fn a_stall_shorter_than_the_io_timeout_is_only_a_pause() {
     assert_records(&other.join("journal"), appended.load(Ordering::Relaxed));
     m.unmount();
     other.unmount();
-    assert_fsck_clean(&redis, "skx");
+    assert_fsck_clean(&redis.url(), "skx");
 }
 
 /// Caught: a store whose reply was lost in a stall had committed after all; the next store
@@ -473,7 +472,7 @@ fn a_redis_crash_and_restart_keeps_every_acknowledged_change() {
         );
     }
     m.unmount();
-    assert_fsck_clean(&redis, "skx");
+    assert_fsck_clean(&redis.url(), "skx");
 }
 
 /// Caught: a small write's blocks go with its commit in one `MULTI` transaction, and a Redis
@@ -622,20 +621,19 @@ fn a_full_redis_answers_enospc_and_leaks_nothing() {
 /// Two, then three mounts rename, link, unlink and create overlapping names in one directory;
 /// all of them then agree on its contents, every link count matches the names, and fsck is
 /// clean.
-#[test]
-fn mounts_renaming_linking_and_unlinking_overlapping_names_agree() {
+fn mounts_renaming_linking_and_unlinking_overlapping_names_agree(on: On) {
     if !common::ready() {
         return;
     }
     for count in [2, 3] {
-        overlapping_names(count);
+        overlapping_names(on, count);
     }
 }
 
 /// `count` mounts of one filesystem, each making 1,500 random changes to twelve shared names.
-fn overlapping_names(count: usize) {
-    let redis = Redis::start();
-    let mounts: Vec<Mount> = (0..count).map(|_| Mount::new(&redis, "skx", &[])).collect();
+fn overlapping_names(on: On, count: usize) {
+    let redis = Place::start(on);
+    let mounts: Vec<Mount> = (0..count).map(|_| Mount::on(&redis, "skx", &[])).collect();
     fs::create_dir(mounts[0].join("arena")).unwrap();
     std::thread::scope(|s| {
         for (k, m) in mounts.iter().enumerate() {
@@ -690,7 +688,7 @@ fn overlapping_names(count: usize) {
     for m in mounts {
         m.unmount();
     }
-    assert_fsck_clean(&redis, "skx");
+    assert_fsck_clean(&redis.url(), "skx");
 }
 
 /// A mount killed with SIGKILL mid-run: what it fsync'd is there, its session expires, and
@@ -771,21 +769,20 @@ fn a_mount_killed_mid_run_loses_only_what_it_never_acknowledged() {
         "{}",
         String::from_utf8_lossy(&repair.stderr)
     );
-    assert_fsck_clean(&redis, "skx");
+    assert_fsck_clean(&redis.url(), "skx");
 }
 
 /// Caught: the kernel places an `O_APPEND` write at the end of file it knows, which another
 /// mount's appends had moved: two mounts appending in turn overwrote each other's records.
 /// Appends land at the end the mount knows, after an open (close-to-open) or after the other
 /// mount's change event, on a descriptor kept open.
-#[test]
-fn two_mounts_appending_in_turn_keep_every_record() {
+fn two_mounts_appending_in_turn_keep_every_record(on: On) {
     if !common::ready() {
         return;
     }
-    let redis = Redis::start();
-    let a = Mount::new(&redis, "skx", &[]);
-    let b = Mount::new(&redis, "skx", &[]);
+    let redis = Place::start(on);
+    let a = Mount::on(&redis, "skx", &[]);
+    let b = Mount::on(&redis, "skx", &[]);
     for i in 0..400 {
         let m = if i % 2 == 0 { &a } else { &b };
         let mut f = fs::OpenOptions::new()
@@ -824,7 +821,7 @@ fn two_mounts_appending_in_turn_keep_every_record() {
     assert_records(&b.join("journal"), 500);
     a.unmount();
     b.unmount();
-    assert_fsck_clean(&redis, "skx");
+    assert_fsck_clean(&redis.url(), "skx");
 }
 
 /// Caught: a change asked for while Redis was stalled failed with EIO once `--io-timeout`
@@ -940,7 +937,7 @@ fn a_mount_whose_session_expired_says_what_it_lost_and_blocks_no_one() {
     );
     a.unmount();
     b.unmount();
-    assert_fsck_clean(&redis, "skx");
+    assert_fsck_clean(&redis.url(), "skx");
 }
 
 /// Caught (in review): a readdirplus reply whose window of entries had all vanished since the
@@ -990,5 +987,10 @@ fn a_listing_goes_on_past_entries_removed_while_it_runs() {
     );
     a.unmount();
     b.unmount();
-    assert_fsck_clean(&redis, "skx");
+    assert_fsck_clean(&redis.url(), "skx");
 }
+
+common::on_a_server_and_on_a_cluster!(
+    mounts_renaming_linking_and_unlinking_overlapping_names_agree,
+    two_mounts_appending_in_turn_keep_every_record,
+);

@@ -455,6 +455,29 @@ pub enum On {
     Cluster,
 }
 
+/// Each test named (a function of [`On`]) runs twice: on one redis-server, and on a Redis
+/// Cluster of three primaries (where its blocks spread over every node and its metadata lies
+/// on one). (Not every test binary uses it.)
+#[allow(unused_macros)]
+macro_rules! on_a_server_and_on_a_cluster {
+    ($($name:ident),* $(,)?) => {
+        mod on_a_server {
+            $(#[test]
+            fn $name() {
+                super::$name(super::common::On::Server)
+            })*
+        }
+        mod on_a_cluster {
+            $(#[test]
+            fn $name() {
+                super::$name(super::common::On::Cluster)
+            })*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_a_server_and_on_a_cluster;
+
 /// Where a test's filesystem lives: one server, or a cluster.
 pub enum Place {
     Server(Redis),
