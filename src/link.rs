@@ -305,7 +305,7 @@ impl Link {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(response_timeout(io_timeout)));
         let certificates = target.certificates.clone();
-        let first = connect(&locator, &config, io_timeout, certificates.as_ref(), 1)
+        let first = connect(&locator, &[], &config, io_timeout, certificates.as_ref(), 1)
             .await
             .map_err(|e| e.found)?;
         Ok(Link {
@@ -352,8 +352,17 @@ impl Link {
         if let Some((_, err)) = recent.filter(|(when, _)| when.elapsed() < RETRY_REPLACEMENT) {
             return Err(err);
         }
+        // A cluster's nodes known now are seeds too: the ones given may be the ones that died.
+        let old = self.node();
+        let known: Vec<ConnectionInfo> = match old.is_cluster() {
+            true => (old.subscribers.iter())
+                .map(|c| c.get_connection_info().clone())
+                .collect(),
+            false => Vec::new(),
+        };
         let next = match connect(
             &self.locator,
+            &known,
             &self.config,
             self.io_timeout,
             self.certificates.as_ref(),
@@ -414,20 +423,23 @@ impl Link {
 }
 
 /// Connects to the primary `locator` finds; the node is generation `generation`.
+/// (`known`: more nodes of a cluster, learnt from it.)
 async fn connect(
     locator: &Locator,
+    known: &[ConnectionInfo],
     config: &AsyncConnectionConfig,
     io_timeout: Duration,
     certificates: Option<&redis::TlsCertificates>,
     generation: u64,
 ) -> Result<Node, NotConnected> {
     let client = match locator {
-        Locator::Addresses(seeds) => {
-            let (client, cluster) = first_answering(seeds).await?;
+        Locator::Addresses(given) => {
+            let seeds: Vec<ConnectionInfo> = given.iter().chain(known).cloned().collect();
+            let (client, cluster) = first_answering(&seeds).await?;
             if cluster {
-                return Ok(connect_cluster(seeds, io_timeout, certificates, generation).await?);
+                return Ok(connect_cluster(&seeds, io_timeout, certificates, generation).await?);
             }
-            if seeds.len() > 1 {
+            if given.len() > 1 {
                 return Err(RedisError::from((
                     ErrorKind::InvalidClientConfig,
                     "several addresses name nodes of a Redis Cluster",

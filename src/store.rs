@@ -465,9 +465,7 @@ impl Store {
                 through: self.answered.load(std::sync::atomic::Ordering::SeqCst),
             };
             let noted = self.losses.noted.load(std::sync::atomic::Ordering::SeqCst);
-            if node.replicas.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-                return Ok(confirmed);
-            }
+            let has_replicas = node.replicas.load(std::sync::atomic::Ordering::Relaxed) > 0;
             // WAIT covers its own connection's last write: a PUBLISH (which replicas receive
             // too) on it puts that after every change already answered on the other one. On
             // a cluster, the connection to each primary that carried the writes asks it (and
@@ -480,8 +478,16 @@ impl Store {
                     .ignore();
             }
             pipe.cmd("WAIT").arg(1).arg(REPLICA_WAIT.as_millis() as u64);
-            let (acknowledged,): (u64,) =
-                pipe.query_async(&mut node.replication_conn.clone()).await?;
+            let acknowledged = match has_replicas {
+                true => {
+                    pipe.query_async::<(u64,)>(&mut node.replication_conn.clone())
+                        .await?
+                        .0
+                }
+                false => 0,
+            };
+            // Asked even where no primary has a replica now: the replica promoted after a
+            // primary died has none, and what the dead one had not passed on is to be found.
             if node.failed_over().await? {
                 tracing::warn!(
                     "a primary of {} changed: what was answered before is checked and stored \
@@ -494,6 +500,9 @@ impl Store {
                     "a primary of the cluster changed",
                     node.address.clone(),
                 )));
+            }
+            if !has_replicas {
+                return Ok(confirmed);
             }
             // No replica answered in time and none is left: nothing to wait for.
             let answered = acknowledged >= 1 || node.count_replicas().await? == 0;

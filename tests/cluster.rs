@@ -212,10 +212,11 @@ fn record(i: usize) -> String {
     format!("{i:08}\n")
 }
 
-/// `kill -9` of the primary that holds the metadata (and blocks) while a writer appends
-/// records with an `fsync` after each and another writes large chunks: the cluster promotes
-/// its replica, the writers pause and go on without an error, and every fsync'd record and
-/// chunk is there, read through a new mount; fsck finds the filesystem clean.
+/// `kill -9` of the primary that holds the metadata (and blocks), the one node the mount was
+/// given, while a writer appends records with an `fsync` after each and another writes large
+/// chunks: the cluster promotes its replica, the writers pause and go on without an error, and
+/// every fsync'd record and chunk is there, read through a new mount; fsck finds the
+/// filesystem clean.
 #[test]
 fn fsynced_writes_survive_the_loss_of_the_metadata_primary() {
     use std::io::Write;
@@ -225,10 +226,12 @@ fn fsynced_writes_survive_the_loss_of_the_metadata_primary() {
         return;
     }
     let cluster = Cluster::start(3, 1);
-    let m = Mount::at_url(&cluster.seeds_url(), "skx", &["--io-timeout", "30"]);
+    Mount::at_url(&cluster.url(), "skx", &[]).unmount();
+    let victim = metadata_primary(&cluster, "skx");
+    // Given the victim's address alone: the mount must learn the others from the cluster.
+    let m = Mount::at_url(&victim.url(), "skx", &["--io-timeout", "30"]);
     let mut journal = fs::File::create(m.join("journal")).unwrap();
     let mut data = fs::File::create(m.join("data")).unwrap();
-    let victim = metadata_primary(&cluster, "skx");
     let stop = AtomicBool::new(false);
     let (appended, chunks) = (AtomicUsize::new(0), AtomicUsize::new(0));
     std::thread::scope(|s| {
