@@ -82,10 +82,13 @@ impl ServerInfo {
             maxmemory: capacity,
             total_system_memory: capacity,
             used_memory: primaries.iter().map(|p| p.used_memory).sum(),
-            run_id: (primaries.iter())
-                .map(|p| p.run_id.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
+            // Sorted: nodes list the primaries in orders of their own, and one cluster must
+            // always say the same (a snapshot tells its source from its target by it).
+            run_id: {
+                let mut ids: Vec<&str> = primaries.iter().map(|p| p.run_id.as_str()).collect();
+                ids.sort_unstable();
+                ids.join(",")
+            },
             replicas: primaries.iter().map(|p| p.replicas).min().unwrap_or(0),
             replication_id: String::new(),
             cluster: true,

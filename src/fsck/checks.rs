@@ -783,7 +783,8 @@ impl Checker<'_> {
             let blocks_in_size = attr.size.div_ceil(self.block_size);
             for (index, id) in map {
                 let at = format!("{map_key} block {index}");
-                let problem = if !self.pic.blocks.contains_key(&id) {
+                let unseen = !self.pic.blocks.contains_key(&id);
+                let problem = if unseen && !self.found_after_all(id).await? {
                     Some(("missing_block", format!("names {}, which is missing (those bytes are lost: they read as zeros after repair)", self.store.keys.block(id))))
                 } else if index >= blocks_in_size {
                     Some((
@@ -847,6 +848,19 @@ impl Checker<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Whether block `id`, which the walk did not see, exists after all, asked by its name (on
+    /// a cluster a block may move to a node already walked while slots are resharded); notes
+    /// it if so.
+    async fn found_after_all(&mut self, id: u64) -> Result<bool, Error> {
+        let key = self.store.keys.block(id);
+        let length: u64 = (self.store.cmd(redis::cmd("STRLEN").arg(&key)).await)
+            .map_err(self.store.failed("STRLEN"))?;
+        if length > 0 {
+            self.pic.blocks.insert(id, length);
+        }
+        Ok(length > 0)
     }
 
     /// A block named twice would be deleted under one file by a write to the other: give the
