@@ -6,11 +6,6 @@ use std::fs;
 
 use common::{Cluster, Mount};
 
-/// Keys of the filesystem under `prefix` that `node` holds.
-fn keys_on(node: &common::Redis, prefix: &str) -> Vec<String> {
-    node.keys(prefix)
-}
-
 /// A mount given one node's URL finds the whole cluster: files written there are read back
 /// whole after a remount through another node, their blocks lie on every primary, the
 /// metadata on one, another mount sees the changes, and fsck finds the filesystem clean.
@@ -43,7 +38,7 @@ fn a_filesystem_spreads_its_blocks_over_every_primary_of_a_cluster() {
     other.unmount();
 
     for node in cluster.primaries() {
-        let keys = keys_on(node, "skx");
+        let keys = node.keys("skx");
         assert!(
             keys.iter().any(|k| k.starts_with("skx:b:")),
             "blocks on the primary at {}",
@@ -51,7 +46,7 @@ fn a_filesystem_spreads_its_blocks_over_every_primary_of_a_cluster() {
         );
     }
     let with_metadata = (cluster.primaries().iter())
-        .filter(|n| keys_on(n, "skx").iter().any(|k| k.starts_with("{skx}:")))
+        .filter(|n| n.keys("skx").iter().any(|k| k.starts_with("{skx}:")))
         .count();
     assert_eq!(with_metadata, 1, "the metadata lies on one primary");
 
@@ -65,17 +60,6 @@ fn a_filesystem_spreads_its_blocks_over_every_primary_of_a_cluster() {
     }
     again.unmount();
     common::assert_clean_at(&cluster.url(), "skx");
-}
-
-/// Runs a command on the cluster at `url`, sent to the node that serves its key.
-fn cluster_cmd(url: &str, args: &[&str]) {
-    let client = redis::cluster::ClusterClient::new(vec![url]).expect("cluster client");
-    let mut conn = client.get_connection().expect("connect to the cluster");
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query::<()>(&mut conn).expect("cluster command");
 }
 
 /// Runs fsck on the cluster at `url`: its exit code and what it printed.
@@ -168,7 +152,7 @@ fn a_standalone_dump_restores_into_a_cluster_where_every_tool_works() {
         "{listed}"
     );
 
-    cluster_cmd(&url, &["SET", "copy:b:987654321", "\x00leak"]);
+    cluster.cmd::<()>(&["SET", "copy:b:987654321", "\x00leak"]);
     let (code, text) = fsck(&url, "copy", &[]);
     assert_eq!(code, Some(4), "the stray block not found:\n{text}");
     assert!(text.contains("leaked_blocks"), "{text}");
@@ -203,7 +187,7 @@ fn a_standalone_dump_restores_into_a_cluster_where_every_tool_works() {
 fn metadata_primary<'a>(cluster: &'a Cluster, prefix: &str) -> &'a common::Redis {
     let braced = format!("{{{prefix}}}:");
     (cluster.primaries().into_iter())
-        .find(|n| keys_on(n, prefix).iter().any(|k| k.starts_with(&braced)))
+        .find(|n| n.keys(prefix).iter().any(|k| k.starts_with(&braced)))
         .expect("a primary with the metadata")
 }
 
@@ -377,7 +361,7 @@ fn resharding_the_slots_of_blocks_under_a_workload_loses_nothing() {
         worker.join().unwrap()
     });
     assert!(
-        keys_on(source, "skx").is_empty(),
+        source.keys("skx").is_empty(),
         "the source primary still holds keys of the filesystem"
     );
     eprintln!("{made} files made while {slots_of_source} slots moved");

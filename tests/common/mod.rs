@@ -396,6 +396,17 @@ impl Cluster {
         self.nodes[0].url()
     }
 
+    /// Runs one command on the node that serves its key.
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let client = redis::cluster::ClusterClient::new(vec![self.url()]).expect("client");
+        let mut conn = client.get_connection().expect("connect to the cluster");
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut conn).expect("cluster command")
+    }
+
     /// One URL naming every node (`redis://127.0.0.1:p1,127.0.0.1:p2,…/0`).
     pub fn seeds_url(&self) -> String {
         let hosts: Vec<String> = (self.nodes.iter())
@@ -505,15 +516,7 @@ impl Place {
     pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
         match self {
             Place::Server(r) => r.cmd(args),
-            Place::Cluster(c) => {
-                let client = redis::cluster::ClusterClient::new(vec![c.url()]).expect("client");
-                let mut conn = client.get_connection().expect("connect to the cluster");
-                let mut cmd = redis::cmd(args[0]);
-                for a in &args[1..] {
-                    cmd.arg(*a);
-                }
-                cmd.query(&mut conn).expect("cluster command")
-            }
+            Place::Cluster(c) => c.cmd(args),
         }
     }
 
