@@ -168,13 +168,11 @@ pub struct NodeAddress {
 /// One node of a cluster, as `CLUSTER NODES` describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ClusterNode {
-    id: String,
     address: NodeAddress,
     primary: bool,
-    /// The primary it replicates, for a replica.
-    replicates: Option<String>,
-    /// Whether the cluster holds it failed (`fail`, or `fail?` for this node's view alone).
-    failed: bool,
+    /// Whether it serves, or is taking in, hash slots: a primary without any holds no keys
+    /// (one whose slots went to its promoted replica, before the cluster holds it failed).
+    has_slots: bool,
 }
 
 /// The nodes `CLUSTER NODES` lists, skipping lines it cannot read; a node that does not know
@@ -183,12 +181,7 @@ fn cluster_nodes(text: &str, reached_at: &str) -> Vec<ClusterNode> {
     (text.lines())
         .filter_map(|line| {
             let fields: Vec<&str> = line.split(' ').collect();
-            let (id, address, flags, primary_id) = (
-                fields.first()?,
-                fields.get(1)?,
-                fields.get(2)?,
-                fields.get(3)?,
-            );
+            let (address, flags) = (fields.get(1)?, fields.get(2)?);
             let host_port = address.split(['@', ',']).next()?;
             let (host, port) = host_port.rsplit_once(':')?;
             let flags: Vec<&str> = flags.split(',').collect();
@@ -197,18 +190,34 @@ fn cluster_nodes(text: &str, reached_at: &str) -> Vec<ClusterNode> {
                 false => host,
             };
             Some(ClusterNode {
-                id: id.to_string(),
                 address: NodeAddress {
                     host: host.trim_start_matches('[').trim_end_matches(']').into(),
                     port: port.parse().ok()?,
                 },
                 primary: flags.contains(&"master"),
-                replicates: (*primary_id != "-").then(|| primary_id.to_string()),
-                failed: flags.iter().any(|f| f.starts_with("fail")),
+                has_slots: fields.len() > 8,
             })
         })
         .filter(|node| !node.address.host.is_empty() && node.address.port != 0)
         .collect()
+}
+
+/// What a cluster's primaries said of their replication (see [`Node::replication_now`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterReplication {
+    /// A primary changed since the cluster was connected.
+    pub failed_over: bool,
+    /// Replicas linked to each primary: the fewest.
+    pub replicas: u64,
+}
+
+/// The replication of a cluster's primaries, as each says it.
+#[derive(Default)]
+struct PrimariesNow {
+    /// Their replication histories, sorted.
+    histories: Vec<String>,
+    /// The replicas linked to each: the fewest.
+    fewest_replicas: u64,
 }
 
 /// One connected server, or the connected cluster.
@@ -229,7 +238,7 @@ pub struct Node {
     /// node of a cluster known when it was connected.
     pub subscribers: Vec<Client>,
     /// Of a cluster, the replication histories of its primaries when it was connected (see
-    /// [`Node::failed_over`]).
+    /// [`Node::replication_now`]).
     histories: Vec<String>,
     /// Of a cluster, the host of its first seed.
     seed_host: String,
@@ -535,32 +544,13 @@ async fn connect_cluster(
             describe(seed),
         )));
     }
-    let mut builder = ClusterClientBuilder::new(seeds.to_vec())
-        .connection_timeout(CONNECT_TIMEOUT)
-        .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-    builder = builder.response_timeout(response_timeout(io_timeout));
-    if let Some(certificates) = certificates {
-        builder = builder.certs(certificates.clone());
-    }
-    let conn = builder.build()?.get_async_connection().await?;
-    let mut node = Node {
-        generation,
-        replication_conn: Conn::Cluster(conn.clone()),
-        conn: Conn::Cluster(conn),
-        replicas: AtomicU64::new(0),
-        writer: None,
-        address: describe_cluster(seeds),
-        subscribers: Vec::new(),
-        histories: Vec::new(),
-        seed_host: match seeds[0].addr() {
-            ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => host.clone(),
-            _ => String::new(),
-        },
+    let conn = cluster_client(seeds, io_timeout, certificates).await?;
+    let seed_host = match seeds[0].addr() {
+        ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => host.clone(),
+        _ => String::new(),
     };
-    node.histories = node.histories_now().await?;
-    let nodes = node.cluster_nodes().await?;
     let first = &seeds[0];
-    node.subscribers = (nodes.iter())
+    let nodes: Vec<ConnectionInfo> = (nodes_seen(conn.clone(), &seed_host).await?.iter())
         .map(|n| {
             let addr = match first.addr() {
                 ConnectionAddr::TcpTls {
@@ -575,11 +565,84 @@ async fn connect_cluster(
                 },
                 _ => ConnectionAddr::Tcp(n.address.host.clone(), n.address.port),
             };
-            Client::open(first.clone().set_addr(addr))
+            first.clone().set_addr(addr)
         })
-        .collect::<RedisResult<_>>()?;
+        .collect();
+    // Every node is a seed of the client kept: the ones given may be the ones that die, and
+    // the client goes back to its seeds when it has lost every connection.
+    let unknown: Vec<ConnectionInfo> = (nodes.iter())
+        .filter(|n| !seeds.iter().any(|s| s.addr() == n.addr()))
+        .cloned()
+        .collect();
+    let conn = match unknown.is_empty() {
+        true => conn,
+        false => {
+            let all: Vec<ConnectionInfo> = seeds.iter().chain(&unknown).cloned().collect();
+            cluster_client(&all, io_timeout, certificates).await?
+        }
+    };
+    // A client made while a failover is under way may hold a map of slots naming the primary
+    // that failed, and wait on it long after the cluster has moved on (its requests to every
+    // other primary skip it silently): such a client is not taken, and is asked for again.
+    let nodes_now = nodes_seen(conn.clone(), &seed_host).await?;
+    for primary in nodes_now.iter().filter(|n| n.primary && n.has_slots) {
+        let ping = Conn::Cluster(conn.clone())
+            .send_to(&redis::cmd("PING"), &primary.address)
+            .await
+            .and_then(Value::extract_error);
+        if let Err(e) = ping {
+            return Err(RedisError::from((
+                ErrorKind::Io,
+                "a primary of the cluster did not answer",
+                format!("{}:{}: {e}", primary.address.host, primary.address.port),
+            )));
+        }
+    }
+    let mut node = Node {
+        generation,
+        replication_conn: Conn::Cluster(conn.clone()),
+        conn: Conn::Cluster(conn),
+        replicas: AtomicU64::new(0),
+        writer: None,
+        address: describe_cluster(seeds),
+        subscribers: nodes
+            .into_iter()
+            .map(Client::open)
+            .collect::<RedisResult<_>>()?,
+        histories: Vec::new(),
+        seed_host,
+    };
+    node.histories = node.primaries_now().await?.histories;
     node.count_replicas().await?;
     Ok(node)
+}
+
+/// A client of the Redis Cluster of `seeds`, connected.
+async fn cluster_client(
+    seeds: &[ConnectionInfo],
+    io_timeout: Duration,
+    certificates: Option<&redis::TlsCertificates>,
+) -> RedisResult<ClusterConnection> {
+    let mut builder = ClusterClientBuilder::new(seeds.to_vec())
+        .connection_timeout(CONNECT_TIMEOUT)
+        .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
+        .response_timeout(response_timeout(io_timeout));
+    if let Some(certificates) = certificates {
+        builder = builder.certs(certificates.clone());
+    }
+    builder.build()?.get_async_connection().await
+}
+
+/// The nodes of a cluster as the node `conn` asks sees them (see [`cluster_nodes`]).
+async fn nodes_seen(
+    mut conn: impl redis::aio::ConnectionLike + Send,
+    reached_at: &str,
+) -> RedisResult<Vec<ClusterNode>> {
+    let text: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut conn)
+        .await?;
+    Ok(cluster_nodes(&text, reached_at))
 }
 
 /// A cluster's address for messages: its seeds.
@@ -596,42 +659,43 @@ impl Node {
 
     /// Asks how many replicas the server has now (each primary of a cluster: the fewest).
     pub async fn count_replicas(&self) -> RedisResult<u64> {
-        let count = if self.is_cluster() {
-            let nodes = self.cluster_nodes().await?;
-            let replicas_of = |primary: &ClusterNode| {
-                (nodes.iter())
-                    .filter(|n| !n.failed && n.replicates.as_ref() == Some(&primary.id))
-                    .count() as u64
-            };
-            (nodes.iter())
-                .filter(|n| n.primary && !n.failed)
-                .map(replicas_of)
-                .min()
-                .unwrap_or(0)
-        } else {
-            let info: String = redis::cmd("INFO")
-                .arg("replication")
-                .query_async(&mut self.conn.clone())
-                .await?;
-            crate::server::ServerInfo::parse(&info).replicas
+        let count = match self.is_cluster() {
+            true => self.primaries_now().await?.fewest_replicas,
+            false => {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut self.conn.clone())
+                    .await?;
+                crate::server::ServerInfo::parse(&info).replicas
+            }
         };
         self.replicas.store(count, Ordering::Relaxed);
         Ok(count)
     }
 
-    /// Whether a primary of the cluster changed since it was connected: a replica promoted,
-    /// or a primary restarted, begins a new replication history (`master_replid`), and the
-    /// writes its predecessor had not passed on are gone. (A cluster's connection follows
-    /// failovers by itself, unseen; a mount asks this before it confirms a replica has its
-    /// writes, and takes a change for a move to a new node.)
-    pub async fn failed_over(&self) -> RedisResult<bool> {
-        Ok(self.is_cluster() && self.histories_now().await? != self.histories)
+    /// Of a cluster, what its primaries say of their replication now: whether one changed
+    /// since the cluster was connected, a replica promoted, or a primary restarted, begins a
+    /// new replication history (`master_replid`), and the writes its predecessor had not
+    /// passed on are gone; and how many replicas each has (the count is kept). A cluster's
+    /// connection follows failovers by itself, unseen; a mount asks this before it confirms
+    /// a replica has its writes, and takes a change for a move to a new node. Each primary
+    /// counts the replicas linked to it, even while they load its data: the cluster's own
+    /// list of nodes may not name a new replica yet.
+    pub async fn replication_now(&self) -> RedisResult<ClusterReplication> {
+        let now = self.primaries_now().await?;
+        self.replicas.store(now.fewest_replicas, Ordering::Relaxed);
+        Ok(ClusterReplication {
+            failed_over: now.histories != self.histories,
+            replicas: now.fewest_replicas,
+        })
     }
 
-    /// The replication histories of a cluster's primaries now, sorted.
-    async fn histories_now(&self) -> RedisResult<Vec<String>> {
+    /// `INFO replication` of every primary of a cluster (of none, for one server). (One the
+    /// client holds no connection to is left out: the histories then differ, and the caller
+    /// takes that for a move, which is checked, rather than miss one.)
+    async fn primaries_now(&self) -> RedisResult<PrimariesNow> {
         let Conn::Cluster(conn) = &self.conn else {
-            return Ok(Vec::new());
+            return Ok(PrimariesNow::default());
         };
         let every_primary = RoutingInfo::MultiNode((
             MultipleNodeRoutingInfo::AllMasters,
@@ -646,35 +710,41 @@ impl Node {
                 format!("{replies:?}"),
             )));
         };
-        let mut histories = Vec::new();
+        let mut now = PrimariesNow {
+            fewest_replicas: u64::MAX,
+            ..PrimariesNow::default()
+        };
         for (_, reply) in replies {
             let text: String = redis::from_redis_value(reply.extract_error()?)?;
             let info = crate::server::ServerInfo::parse(&text);
-            histories.push(info.replication_id);
+            now.histories.push(info.replication_id);
+            now.fewest_replicas = now.fewest_replicas.min(info.replicas);
         }
-        histories.sort();
-        Ok(histories)
+        now.histories.sort();
+        if now.histories.is_empty() {
+            now.fewest_replicas = 0;
+        }
+        Ok(now)
     }
 
-    /// The primaries of a cluster now (none for one server: it is its own).
+    /// The primaries of a cluster that hold keys now (none for one server: it is its own).
+    /// One the cluster holds failed but with slots still is named: what it holds cannot be
+    /// reached, and asking it fails (until the cluster moves its slots, or this view learns
+    /// of a move), rather than its keys being passed over.
     pub async fn primaries(&self) -> RedisResult<Vec<NodeAddress>> {
         if !self.is_cluster() {
             return Ok(Vec::new());
         }
         let nodes = self.cluster_nodes().await?;
         Ok((nodes.into_iter())
-            .filter(|n| n.primary && !n.failed)
+            .filter(|n| n.primary && n.has_slots)
             .map(|n| n.address)
             .collect())
     }
 
     /// The nodes of the cluster, as one of them sees them now.
     async fn cluster_nodes(&self) -> RedisResult<Vec<ClusterNode>> {
-        let text: String = redis::cmd("CLUSTER")
-            .arg("NODES")
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(cluster_nodes(&text, &self.seed_host))
+        nodes_seen(self.conn.clone(), &self.seed_host).await
     }
 
     /// A Pub/Sub connection to the server, or to the first node of a cluster that answers.
@@ -741,22 +811,23 @@ mod tests {
     }
 
     #[test]
-    fn cluster_nodes_lists_primaries_replicas_and_failures() {
+    fn cluster_nodes_lists_addresses_and_primaries_with_slots() {
         let text = "\
 a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
 b2 127.0.0.1:7001@17001,node-b master,fail - 0 0 2 disconnected
 c3 [::1]:7002@17002 slave a1 0 0 1 connected
+e5 127.0.0.1:7003@17003 master - 0 0 3 connected [77-<-a1]
 d4 :0@0 master,noaddr - 0 0 0 disconnected
 garbage
 ";
         let nodes = cluster_nodes(text, "seed");
-        assert_eq!(nodes.len(), 3);
+        assert_eq!(nodes.len(), 4);
         let alone = cluster_nodes(
             "a1 :7000@17000 myself,master - 0 0 0 connected 0-16383",
             "h",
         );
         assert_eq!(alone[0].address.host, "h");
-        assert!(nodes[0].primary && !nodes[0].failed);
+        assert!(nodes[0].primary);
         assert_eq!(
             nodes[0].address,
             NodeAddress {
@@ -764,9 +835,12 @@ garbage
                 port: 7000
             }
         );
-        assert!(nodes[1].primary && nodes[1].failed);
+        assert!(nodes[1].primary && !nodes[1].has_slots);
+        assert!(
+            nodes[0].has_slots && nodes[3].has_slots,
+            "serving and importing"
+        );
         assert_eq!(nodes[2].address.host, "::1");
-        assert_eq!(nodes[2].replicates.as_deref(), Some("a1"));
         assert!(!nodes[2].primary);
     }
 }

@@ -486,26 +486,19 @@ impl Store {
                 }
                 false => 0,
             };
-            // Asked even where no primary has a replica now: the replica promoted after a
-            // primary died has none, and what the dead one had not passed on is to be found.
-            if node.failed_over().await? {
-                tracing::warn!(
-                    "a primary of {} changed: what was answered before is checked and stored \
-                     again",
-                    node.address
-                );
-                self.link.replace(node.generation).await?;
-                return Err(RedisError::from((
-                    ErrorKind::Server(ServerErrorKind::TryAgain),
-                    "a primary of the cluster changed",
-                    node.address.clone(),
-                )));
-            }
+            let replicas_left = match node.is_cluster() {
+                true => Some(self.cluster_unmoved(&node, has_replicas).await?),
+                false => None,
+            };
             if !has_replicas {
                 return Ok(confirmed);
             }
             // No replica answered in time and none is left: nothing to wait for.
-            let answered = acknowledged >= 1 || node.count_replicas().await? == 0;
+            let answered = acknowledged >= 1
+                || match replicas_left {
+                    Some(count) => count,
+                    None => node.count_replicas().await?,
+                } == 0;
             // (A node replaced meanwhile does not speak for the new one.)
             if answered && self.link.node().generation == node.generation {
                 self.changes_replicated(node.generation, noted);
@@ -519,6 +512,34 @@ impl Store {
             )))
         })
         .await
+    }
+
+    /// After a wait for replicas on a cluster (which followed any failover by itself), fails
+    /// with `TRYAGAIN` when a primary changed, replacing the node first (asked even where no
+    /// primary has a replica now: the replica promoted after a primary died has none, and
+    /// what the dead one had not passed on is to be found), or when replicas linked since
+    /// none was counted (`waited`: whether the wait asked any); answers the fewest replicas
+    /// of a primary.
+    async fn cluster_unmoved(&self, node: &Node, waited: bool) -> RedisResult<u64> {
+        let now = node.replication_now().await?;
+        if now.failed_over {
+            tracing::warn!(
+                "a primary of {} changed: what was answered before is checked and stored again",
+                node.address
+            );
+            self.link.replace(node.generation).await?;
+        }
+        if now.failed_over || !waited && now.replicas > 0 {
+            return Err(RedisError::from((
+                ErrorKind::Server(ServerErrorKind::TryAgain),
+                match now.failed_over {
+                    true => "a primary of the cluster changed",
+                    false => "replicas of the cluster linked since they were counted",
+                },
+                node.address.clone(),
+            )));
+        }
+        Ok(now.replicas)
     }
 
     /// The same connection, for the filesystem under another prefix.

@@ -191,7 +191,29 @@ pub struct Buffers {
     in_flight: BTreeMap<u64, Arc<BlockBuffer>>,
     /// Committed blocks no replica is known to have, in the order of their commits (which
     /// are one at a time per file).
-    unreplicated: Vec<(Answered, u64, Arc<BlockBuffer>)>,
+    unreplicated: Vec<Unreplicated>,
+}
+
+/// A block committed to a primary that no replica is known to have.
+struct Unreplicated {
+    /// The commit.
+    answered: Answered,
+    /// The block's index in its file.
+    idx: u64,
+    /// The id it was stored under (0: a hole).
+    id: u64,
+    /// Its bytes, to store again should the commit be lost.
+    buffer: Arc<BlockBuffer>,
+}
+
+/// A block whose commit went to a primary replaced since (see [`Buffers::sent_to_replaced`]).
+#[derive(Clone, Copy, Debug)]
+pub struct SentToReplaced {
+    pub answered: Answered,
+    /// The block's index in its file.
+    pub idx: u64,
+    /// The id it was stored under (0: a hole).
+    pub id: u64,
 }
 
 impl Buffers {
@@ -292,20 +314,32 @@ impl Buffers {
         self.in_flight.remove(&idx);
     }
 
-    /// Block `idx`'s store committed, `answered` by a primary with replicas: kept until a
-    /// replica has it.
-    pub fn committed_unreplicated(&mut self, idx: u64, answered: Answered) {
+    /// Block `idx`'s store committed, `answered` by a primary with replicas, under block
+    /// `id`: kept until a replica has it.
+    pub fn committed_unreplicated(&mut self, idx: u64, id: u64, answered: Answered) {
         if let Some(buffer) = self.in_flight.remove(&idx) {
-            self.unreplicated.push((answered, idx, buffer));
+            self.unreplicated.push(Unreplicated {
+                answered,
+                idx,
+                id,
+                buffer,
+            });
         }
     }
 
-    /// The commits of blocks kept here that went to a primary replaced since `confirmed`:
-    /// whether each reached the new one is for its ring of replies to say.
-    pub fn sent_to_replaced(&self, confirmed: Replicated) -> impl Iterator<Item = Answered> + '_ {
+    /// The blocks kept here whose commits went to a primary replaced since `confirmed`:
+    /// whether each reached the new one is for its ring of replies (and its map) to say.
+    pub fn sent_to_replaced(
+        &self,
+        confirmed: Replicated,
+    ) -> impl Iterator<Item = SentToReplaced> + '_ {
         (self.unreplicated.iter())
-            .map(|(answered, _, _)| *answered)
-            .filter(move |answered| confirmed.lost(*answered))
+            .filter(move |u| confirmed.lost(u.answered))
+            .map(|u| SentToReplaced {
+                answered: u.answered,
+                idx: u.idx,
+                id: u.id,
+            })
     }
 
     /// A replica has what `confirmed` covers, and the new primary has the commits `reached`
@@ -319,17 +353,17 @@ impl Buffers {
     ) -> bool {
         let lost = |answered: Answered| confirmed.lost(answered) && !reached(answered);
         let mut again: Vec<u64> = (self.unreplicated.iter())
-            .filter(|(answered, _, _)| lost(*answered))
-            .map(|(_, i, _)| *i)
+            .filter(|u| lost(u.answered))
+            .map(|u| u.idx)
             .collect();
         again.sort_unstable();
         again.dedup();
         for &idx in &again {
             // From the block's first lost layer on, oldest first, then what flies.
             let mut layers = (self.unreplicated.iter())
-                .filter(|(_, i, _)| *i == idx)
-                .skip_while(|(answered, _, _)| !lost(*answered))
-                .map(|(_, _, b)| b.clone());
+                .filter(|u| u.idx == idx)
+                .skip_while(|u| !lost(u.answered))
+                .map(|u| u.buffer.clone());
             let Some(oldest) = layers.next() else {
                 continue;
             };
@@ -344,15 +378,15 @@ impl Buffers {
         }
         // Kept: what neither a replica nor the new primary is known to have, and that is not
         // buffered again.
-        self.unreplicated.retain(|(answered, idx, _)| {
-            !confirmed.covers(*answered) && !confirmed.lost(*answered) && !again.contains(idx)
+        self.unreplicated.retain(|u| {
+            !confirmed.covers(u.answered) && !confirmed.lost(u.answered) && !again.contains(&u.idx)
         });
         !again.is_empty()
     }
 
     /// Whether a commit answered up to `through` still waits to reach a replica.
     pub fn unreplicated_through(&self, through: u64) -> bool {
-        (self.unreplicated.iter()).any(|(answered, _, _)| answered.serial <= through)
+        (self.unreplicated.iter()).any(|u| u.answered.serial <= through)
     }
 
     /// Block `idx`'s store of `older` failed: its bytes go back to dirty, under anything
@@ -477,7 +511,7 @@ mod tests {
         let commit = |buffers: &mut Buffers, idx, at, bytes: &[u8], answered| {
             buffers.write(idx, at, bytes, 4, &budget);
             buffers.start_store(false, 64);
-            buffers.committed_unreplicated(idx, answered);
+            buffers.committed_unreplicated(idx, 100 + idx, answered);
         };
         let none_reached = |_: Answered| false;
         commit(&mut buffers, 0, 0, b"aaaa", on(1, 1));
@@ -502,10 +536,10 @@ mod tests {
             generation: 2,
             through: 4,
         };
-        let sent_before: Vec<u64> = (buffers.sent_to_replaced(confirmed))
-            .map(|a| a.serial)
+        let sent_before: Vec<(u64, u64)> = (buffers.sent_to_replaced(confirmed))
+            .map(|sent| (sent.answered.serial, sent.id))
             .collect();
-        assert_eq!(sent_before, [2, 3]);
+        assert_eq!(sent_before, [(2, 101), (3, 102)]);
         // Node 2's ring of replies has commit 3 (block 2), not commit 2 (block 1).
         assert!(buffers.replicated(confirmed, |a| a.serial == 3));
         assert!(!buffers.has_unreplicated());

@@ -28,9 +28,9 @@ use crate::codec::Encoded;
 use crate::error::FsError;
 use crate::fs::notify::Invalidation;
 use crate::meta::{redis_failure, BlockSwap, NewBlocks};
-use crate::store::{Answered, Replicated};
+use crate::store::Replicated;
 
-use super::buffers::BlockBuffer;
+use super::buffers::{BlockBuffer, SentToReplaced};
 use super::file::FileState;
 use super::{Core, OpenFile, MAX_FILE_SIZE};
 
@@ -314,31 +314,39 @@ impl Core {
 
     /// Lets go, in every open file, of the blocks `confirmed` says a replica has, and of those
     /// sent to a primary replaced since that the new one ran (its ring of replies says so);
-    /// the rest of those are buffered again and stored now, in the background. Answers the
-    /// inodes stored again.
+    /// the rest of those are buffered again and stored now, in the background, and the
+    /// blocks their lost commits had stored are deleted. Answers the inodes stored again.
     async fn replicated(self: &Arc<Self>, confirmed: Replicated) -> Result<Vec<u64>, FsError> {
         let files = self.open.all();
-        let suspects: Vec<Answered> = (files.iter())
-            .flat_map(|f| {
-                f.state()
-                    .buffers
-                    .sent_to_replaced(confirmed)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
         let mut reached = HashSet::new();
         // On a cluster a commit's blocks lie on other primaries than its record: one the new
         // primary ran may name blocks a failed one lost, so every block is stored again.
-        let suspects = match self.meta.store.link.node().is_cluster() {
-            true => Vec::new(),
-            false => suspects,
-        };
-        for answered in suspects {
-            let ran = (self.meta.store.ran(&answered.request).await).map_err(|e| {
-                redis_failure("asking whether a commit reached the new primary", &e)
-            })?;
-            if ran {
-                reached.insert(answered.serial);
+        let on_cluster = self.meta.store.link.node().is_cluster();
+        for file in &files {
+            let sent: Vec<SentToReplaced> =
+                (file.state().buffers.sent_to_replaced(confirmed)).collect();
+            if !on_cluster {
+                for answered in sent.iter().map(|s| s.answered) {
+                    if !reached.contains(&answered.serial)
+                        && (self.meta.store.ran(&answered.request).await).map_err(|e| {
+                            redis_failure("asking whether a commit reached the new primary", &e)
+                        })?
+                    {
+                        reached.insert(answered.serial);
+                    }
+                }
+            }
+            // The blocks of a commit the new primary lacks are named by nothing there, yet
+            // may have outlived the old one (blocks stored first, passed on; or on another
+            // primary of a cluster): they go.
+            let stored: Vec<(u64, u64)> = (sent.iter())
+                .filter(|s| s.id != 0 && !reached.contains(&s.answered.serial))
+                .map(|s| (s.idx, s.id))
+                .collect();
+            let unnamed = self.meta.unnamed_blocks(file.ino, &stored).await?;
+            if !unnamed.is_empty() {
+                (crate::blocks::delete(&self.meta.store, &unnamed).await)
+                    .map_err(|e| redis_failure("deleting the blocks of lost commits", &e))?;
             }
         }
         let mut stored_again = Vec::new();
@@ -612,7 +620,7 @@ impl Core {
                 continue;
             }
             match answered {
-                Some(answered) => st.buffers.committed_unreplicated(idx, answered),
+                Some(answered) => st.buffers.committed_unreplicated(idx, new_id, answered),
                 None => st.buffers.committed(idx),
             }
             st.committed(idx, Some(new_id));

@@ -715,6 +715,37 @@ impl Meta {
         }
     }
 
+    /// Of the blocks `stored` for inode `ino` (index, id), those no map names now: neither
+    /// the inode's map at their index nor the queue of blocks to delete, and the inode has no
+    /// map waiting to be freed (which may name them). The blocks of a commit that never ran
+    /// are such, and deleting them leaks nothing; a block a commit that ran named, and that a
+    /// later change has taken out since, is in the queue (the change queued it).
+    pub async fn unnamed_blocks(
+        &self,
+        ino: u64,
+        stored: &[(u64, u64)],
+    ) -> Result<Vec<u64>, FsError> {
+        if stored.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = &self.store.keys;
+        let (idxs, ids): (Vec<u64>, Vec<u64>) = stored.iter().copied().unzip();
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET").arg(keys.map(ino)).arg(&idxs);
+        pipe.cmd("HMGET").arg(keys.garbage()).arg(&ids);
+        pipe.cmd("EXISTS").arg(keys.freed_map(ino));
+        type Named = (Vec<Option<u64>>, Vec<Option<Vec<u8>>>, bool);
+        let (in_map, queued, freeing): Named = (self.store.pipe(&pipe).await)
+            .map_err(|e| redis_failure("asking which stored blocks a map names", &e))?;
+        if freeing {
+            return Ok(Vec::new());
+        }
+        Ok((ids.iter().zip(in_map).zip(queued))
+            .filter(|((&id, named), queued)| named != &Some(id) && queued.is_none())
+            .map(|((&id, _), _)| id)
+            .collect())
+    }
+
     /// Learns what became of a commit whose reply never came, once no attempt of it can run
     /// any more (its deadline passed), and deletes the blocks stored for it if it never ran.
     /// (If it ran, its blocks are in the map, or deleted by its lost compare-and-swap.)

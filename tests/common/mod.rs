@@ -444,6 +444,14 @@ pub fn create_cluster(nodes: &[Redis], options: &[String], ports: &[u16], replic
                 .contains("cluster_state:ok")
         });
     }
+    // A replica takes its primary's data a moment later, in a full copy: until then it cannot
+    // take over from it.
+    for node in nodes {
+        eventually("every replica in step", Duration::from_secs(30), || {
+            let info = node.cmd::<String>(&["INFO", "replication"]);
+            !info.contains("role:slave") || info.contains("master_link_status:up")
+        });
+    }
 }
 
 /// The arguments of a `redis-server` that is a node of a test cluster, with `extra`: its
@@ -451,7 +459,15 @@ pub fn create_cluster(nodes: &[Redis], options: &[String], ports: &[u16], replic
 /// lie in the ephemeral range and be taken by some connection).
 pub fn cluster_node_args(extra: &[&str]) -> Vec<String> {
     let bus = free_port().to_string();
-    let args = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"];
+    // (No wait before a replica's first copy: every test starts with replicas in step.)
+    let args = [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-node-timeout",
+        "2000",
+        "--repl-diskless-sync-delay",
+        "0",
+    ];
     (args.iter().chain(&["--cluster-port", &bus]).chain(extra))
         .map(|a| a.to_string())
         .collect()
