@@ -27,6 +27,21 @@ pub trait Call {
     fn args(&self) -> ScriptArgs;
     /// Reads a reply whose status was 0.
     fn parse(&self, reply: Vec<Value>) -> Result<Self::Reply, FsError>;
+    /// Where the call puts new blocks, if it does.
+    fn places(&self) -> Option<Places> {
+        None
+    }
+}
+
+/// The inode whose map a call puts new blocks in, and where: (index, block id).
+pub type Places = (u64, Vec<(u64, u64)>);
+
+/// Where `swaps` put new blocks (holes left out) in the map of `ino`.
+fn places_of(ino: u64, swaps: &[BlockSwap]) -> Option<Places> {
+    let at = (swaps.iter())
+        .filter(|s| s.new != 0)
+        .map(|s| (s.idx, s.new));
+    Some((ino, at.collect()))
 }
 
 /// A reply's inode number at `at`.
@@ -360,6 +375,9 @@ impl Call for Setattr<'_> {
     fn parse(&self, reply: Vec<Value>) -> Result<Attr, FsError> {
         record(self.ino, reply.get(1))
     }
+    fn places(&self) -> Option<Places> {
+        places_of(self.ino, self.tail.as_slice())
+    }
 }
 
 /// `commit.lua`: swaps block-map entries (`swaps`), storing the `inline` blocks first; stamps
@@ -396,6 +414,9 @@ impl Call for Commit<'_> {
             .map(|i| i as u64)
             .collect();
         Ok((attr, lost))
+    }
+    fn places(&self) -> Option<Places> {
+        places_of(self.ino, self.swaps)
     }
 }
 

@@ -15,7 +15,7 @@ use crate::codec::Encoded;
 use crate::error::FsError;
 use crate::scripts::Scripts;
 use crate::store::{BlocksFirst, Request, ScriptArgs, Store};
-use calls::{Call, ListedEntries};
+use calls::{Call, ListedEntries, Places};
 use counters::Counters;
 use deferred::{leased_dir, Delegation};
 
@@ -141,6 +141,36 @@ impl NewBlocks<'_> {
             .map(|(id, _)| *id)
             .collect()
     }
+}
+
+/// Of the blocks `stored` for inode `ino` (index, id), those no map names now: neither the
+/// inode's map at their index nor the queue of blocks to delete, and the inode has no map
+/// waiting to be freed (which may name them). The blocks of a commit that never ran are such,
+/// and deleting them leaks nothing; a block a commit that ran named, and that a later change
+/// has taken out since, is in the queue (the change queued it).
+async fn unnamed_blocks(
+    store: &Store,
+    ino: u64,
+    stored: &[(u64, u64)],
+) -> redis::RedisResult<Vec<u64>> {
+    if stored.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys = &store.keys;
+    let (idxs, ids): (Vec<u64>, Vec<u64>) = stored.iter().copied().unzip();
+    let mut pipe = redis::pipe();
+    pipe.cmd("HMGET").arg(keys.map(ino)).arg(&idxs);
+    pipe.cmd("HMGET").arg(keys.garbage()).arg(&ids);
+    pipe.cmd("EXISTS").arg(keys.freed_map(ino));
+    type Named = (Vec<Option<u64>>, Vec<Option<Vec<u8>>>, bool);
+    let (in_map, queued, freeing): Named = store.pipe(&pipe).await?;
+    if freeing {
+        return Ok(Vec::new());
+    }
+    Ok((ids.iter().zip(in_map).zip(queued))
+        .filter(|((&id, named), queued)| named != &Some(id) && queued.is_none())
+        .map(|((&id, _), _)| id)
+        .collect())
 }
 
 /// A size cut's re-written last block (see [`Meta::setattr`]): its swap, and, unless it
@@ -425,10 +455,16 @@ impl Meta {
 
     /// Sees to the blocks `stored` for a call (sent as `request`) that failed: deleted at once
     /// if it did not run, or once its outcome is known (see [`Meta::settle_later`]).
-    fn blocks_of_failed(&self, failure: SendError, request: Request, stored: Vec<u64>) {
+    fn blocks_of_failed(
+        &self,
+        failure: SendError,
+        request: Request,
+        stored: Vec<u64>,
+        places: Option<Places>,
+    ) {
         match failure {
             SendError::NotRun(_) => crate::blocks::discard(&self.store, stored),
-            SendError::Unknown | SendError::Moved => self.settle_later(request, stored),
+            SendError::Unknown | SendError::Moved => self.settle_later(request, stored, places),
         }
     }
 
@@ -702,54 +738,40 @@ impl Meta {
                         Ok(node) => stored_on = Some(node),
                         Err(e) => {
                             redis_failure("storing blocks again on the new primary", &e);
-                            self.blocks_of_failed(SendError::Unknown, request, blocks.ids());
+                            let places = call.places();
+                            self.blocks_of_failed(
+                                SendError::Unknown,
+                                request,
+                                blocks.ids(),
+                                places,
+                            );
                             return Err(FsError::Io);
                         }
                     }
                 }
                 Err(failure) => {
-                    self.blocks_of_failed(failure, request, blocks.ids());
+                    self.blocks_of_failed(failure, request, blocks.ids(), call.places());
                     return Err(failure.into());
                 }
             }
         }
     }
 
-    /// Of the blocks `stored` for inode `ino` (index, id), those no map names now: neither
-    /// the inode's map at their index nor the queue of blocks to delete, and the inode has no
-    /// map waiting to be freed (which may name them). The blocks of a commit that never ran
-    /// are such, and deleting them leaks nothing; a block a commit that ran named, and that a
-    /// later change has taken out since, is in the queue (the change queued it).
+    /// [`unnamed_blocks`] of this filesystem.
     pub async fn unnamed_blocks(
         &self,
         ino: u64,
         stored: &[(u64, u64)],
     ) -> Result<Vec<u64>, FsError> {
-        if stored.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys = &self.store.keys;
-        let (idxs, ids): (Vec<u64>, Vec<u64>) = stored.iter().copied().unzip();
-        let mut pipe = redis::pipe();
-        pipe.cmd("HMGET").arg(keys.map(ino)).arg(&idxs);
-        pipe.cmd("HMGET").arg(keys.garbage()).arg(&ids);
-        pipe.cmd("EXISTS").arg(keys.freed_map(ino));
-        type Named = (Vec<Option<u64>>, Vec<Option<Vec<u8>>>, bool);
-        let (in_map, queued, freeing): Named = (self.store.pipe(&pipe).await)
-            .map_err(|e| redis_failure("asking which stored blocks a map names", &e))?;
-        if freeing {
-            return Ok(Vec::new());
-        }
-        Ok((ids.iter().zip(in_map).zip(queued))
-            .filter(|((&id, named), queued)| named != &Some(id) && queued.is_none())
-            .map(|((&id, _), _)| id)
-            .collect())
+        (unnamed_blocks(&self.store, ino, stored).await)
+            .map_err(|e| redis_failure("asking which stored blocks a map names", &e))
     }
 
     /// Learns what became of a commit whose reply never came, once no attempt of it can run
-    /// any more (its deadline passed), and deletes the blocks stored for it if it never ran.
-    /// (If it ran, its blocks are in the map, or deleted by its lost compare-and-swap.)
-    fn settle_later(&self, request: Request, stored: Vec<u64>) {
+    /// any more (its deadline passed), and deletes the blocks stored for it (at `places`) if
+    /// it never ran and no map names them. (If it ran, its blocks are in the map, or deleted
+    /// by its lost compare-and-swap.)
+    fn settle_later(&self, request: Request, stored: Vec<u64>, places: Option<Places>) {
         if stored.is_empty() {
             return;
         }
@@ -758,9 +780,19 @@ impl Meta {
             tokio::time::sleep(store.io_timeout() + Duration::from_secs(1)).await;
             let mut wait = Duration::from_millis(100);
             loop {
-                match store.ran(&request).await {
+                // A reply's slot of the ring is taken again 4,096 requests later: a commit
+                // that ran may look as if it had not, so its blocks go only if no map names
+                // them.
+                let unnamed = match store.ran(&request).await {
                     Ok(true) => return,
-                    Ok(false) => return crate::blocks::discard(&store, stored),
+                    Ok(false) => match &places {
+                        Some((ino, at)) => unnamed_blocks(&store, *ino, at).await,
+                        None => Ok(stored.clone()),
+                    },
+                    Err(e) => Err(e),
+                };
+                match unnamed {
+                    Ok(unnamed) => return crate::blocks::discard(&store, unnamed),
                     Err(e) => {
                         tracing::warn!("asking Redis what became of a commit: {e}; trying again");
                         tokio::time::sleep(wait).await;
