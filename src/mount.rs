@@ -682,14 +682,17 @@ async fn maintain(core: Arc<Core>, session: Option<Arc<Session>>, timeout: Durat
     }
 }
 
-/// Stores what is still buffered, then ends the session as a dead one would be ended: its
+/// Once no request comes in any more: lets the requests under way end, stores what is still
+/// buffered, stops the workers, then ends the session as a dead one would be ended: its
 /// unlinked files are deleted, its locks released and its keys removed.
 async fn shutdown(core: &Core, session: Option<&Session>) {
+    core.finish_requests().await;
     core.meta.delegation.release_all();
     if let Err(e) = core.flush_all().await {
         tracing::error!("unmounted with unstored data: {e}");
     }
     core.reclaims_sent(RECLAIMS_PATIENCE).await;
+    core.stop_workers().await;
     if let Some(session) = session {
         // Run as a tool (session 0): the session's own ring of replies must not outlive it.
         let mut as_tool = core.meta.clone();

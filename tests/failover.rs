@@ -17,6 +17,9 @@ use common::{Link, Mount, Redis, Sentinels};
 
 /// A primary, its replica (which reaches it through a link the test can cut) and three
 /// sentinels watching them.
+/// How long the sentinels leave a replica replicating through a link (see [`Watched::start`]).
+const LINK_KEPT: Duration = Duration::from_secs(600);
+
 struct Watched {
     primary: Redis,
     link: Link,
@@ -37,7 +40,20 @@ impl Watched {
                 .cmd::<String>(&["INFO", "replication"])
                 .contains("master_link_status:up")
         });
-        let sentinels = Sentinels::start(3, "fsprimary", &primary, 1);
+        // Sentinels rewire a replica that replicates from another address than the one they
+        // know the primary by, `failover-timeout` after they found it: a replica behind a
+        // link would bypass it a few seconds into the test. Until the primary dies, that
+        // wait is longer than any test (see `Watched::fail_over`).
+        let sentinels = Sentinels::start_configured(
+            3,
+            "fsprimary",
+            primary.port(),
+            1,
+            &format!(
+                "sentinel failover-timeout fsprimary {}",
+                LINK_KEPT.as_millis()
+            ),
+        );
         Watched {
             primary,
             link,
@@ -49,7 +65,17 @@ impl Watched {
     /// Kills the primary and holds it down until the sentinels promote the replica, then
     /// starts it again, empty (primary by its own account until the sentinels demote it).
     fn fail_over(&self) {
+        let replicating_from = self.replica.cmd::<String>(&["INFO", "replication"]);
+        assert!(
+            replicating_from.contains(&format!("master_port:{}\r\n", self.link.port)),
+            "the replica no longer replicates through the link:\n{replicating_from}"
+        );
         self.primary.kill_and_hold();
+        // A failover that fails is tried again after twice this: back to the usual.
+        self.sentinels.set(
+            "failover-timeout",
+            &common::SENTINEL_FAILOVER_TIMEOUT.as_millis().to_string(),
+        );
         common::eventually(
             "the sentinels to promote the replica",
             Duration::from_secs(30),
@@ -338,31 +364,28 @@ fn an_fsync_or_fsyncdir_that_a_failover_took_the_files_from_fails() {
     fs::File::open(a.join("d")).unwrap().sync_all().unwrap();
     let dir_key = format!("{{skx}}:d:{}", fs::metadata(a.join("d")).unwrap().ino());
     w.link.cut();
+    // Every change is made (and answered by the primary) before the failover, only the
+    // `fsync`s wait; and the files are created before the directory's `fsync` begins: the
+    // kernel holds a directory's lock through it, and would hold back a create in it.
     let fsync_new_file = |name: &str, size: usize| {
-        let path = a.join("d").join(name);
-        std::thread::spawn(move || -> std::io::Result<()> {
-            let mut f = fs::File::create(path)?;
-            f.write_all(&common::random_bytes(size, 1))?;
-            f.sync_all()
-        })
+        let mut f = fs::File::create(a.join("d").join(name)).unwrap();
+        f.write_all(&common::random_bytes(size, 1)).unwrap();
+        std::thread::spawn(move || f.sync_all())
     };
     let written = fsync_new_file("written", 100_000);
     let empty = fsync_new_file("empty", 0);
     let listed = {
-        let dir = a.join("d");
-        std::thread::spawn(move || -> std::io::Result<()> {
-            let handle = fs::File::open(&dir)?;
-            fs::write(dir.join("unsynced"), b"")?;
-            handle.sync_all()
-        })
+        let handle = fs::File::open(a.join("d")).unwrap();
+        fs::write(a.join("d/unsynced"), b"").unwrap();
+        std::thread::spawn(move || handle.sync_all())
     };
     let truncated = {
-        let path = a.join("t");
-        std::thread::spawn(move || -> std::io::Result<()> {
-            let f = fs::OpenOptions::new().write(true).open(path)?;
-            f.set_len(10)?;
-            f.sync_all()
-        })
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(a.join("t"))
+            .unwrap();
+        f.set_len(10).unwrap();
+        std::thread::spawn(move || f.sync_all())
     };
     common::eventually(
         "the primary to have the three files",

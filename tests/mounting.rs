@@ -171,6 +171,55 @@ fn signals_unmount_cleanly_after_storing_buffered_data() {
     );
 }
 
+/// Caught: an unmount under load ended the session while requests read just before were
+/// still under way; one that landed after left keys of a session that no longer existed.
+/// The session ends only once every request and the work it started have ended.
+#[test]
+fn an_unmount_under_load_ends_the_session_after_its_last_request() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    // Requests take a while, so that some are under way whenever the unmount comes.
+    let far = redis.url_at_distance(std::time::Duration::from_millis(5));
+    for round in 0..6 {
+        let m = Mount::with_args(&args(&["--redis", &far, "--prefix", "skx"]))
+            .unwrap_or_else(|r| panic!("mount failed: {}", r.stderr));
+        let busy: Vec<std::process::Child> = (0..4)
+            .map(|n| {
+                let file = m.join(format!("f{n}"));
+                let script = format!(
+                    "while :; do echo {round} > {f}; cat {f} > /dev/null; mv {f} {f}.old; \
+                     touch -a {f}.old; rm -f {f}.old; done",
+                    f = file.display()
+                );
+                std::process::Command::new("sh")
+                    .args(["-c", &script])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("a shell")
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let status = m.signal_and_wait(libc::SIGTERM);
+        for mut child in busy {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert!(
+            status.success(),
+            "round {round}: exit after SIGTERM: {status}"
+        );
+        common::assert_clean(&redis, "skx");
+        let left = redis.keys("skx");
+        assert!(
+            !left.iter().any(|k| k.contains(":session:")),
+            "round {round}: keys of ended sessions: {left:?}"
+        );
+    }
+}
+
 /// Unmounts a background mount (its process then exits by itself).
 fn unmount_background(mount_point: &std::path::Path) {
     assert!(Command::new("fusermount3")

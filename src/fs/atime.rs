@@ -71,7 +71,7 @@ impl Core {
         }
         let core = self.clone();
         let ino = attr.ino;
-        runtime.spawn(async move {
+        self.spawn(runtime, async move {
             let change = AttrChange {
                 atime: Some(now),
                 access_only: true,

@@ -184,7 +184,7 @@ impl RedisFs {
         let core = self.core.clone();
         let work = op(core.clone());
         let slots = self.slots.clone();
-        self.runtime.spawn(async move {
+        self.core.spawn(&self.runtime, async move {
             let mut timer = timer;
             let _slot = slots.acquire_owned().await;
             match work.await {
@@ -710,7 +710,7 @@ impl fuser::Filesystem for RedisFs {
         let timer = time_request!("readdir");
         let core = self.core.clone();
         let slots = self.slots.clone();
-        self.runtime.spawn(async move {
+        self.core.spawn(&self.runtime, async move {
             let mut timer = timer;
             let _slot = slots.acquire_owned().await;
             let handle = match core.load_dir(fh.0, false).await {
@@ -744,7 +744,7 @@ impl fuser::Filesystem for RedisFs {
         let timer = time_request!("readdirplus");
         let core = self.core.clone();
         let slots = self.slots.clone();
-        self.runtime.spawn(async move {
+        self.core.spawn(&self.runtime, async move {
             let mut timer = timer;
             let _slot = slots.acquire_owned().await;
             let page = match core.dir_page(fh.0, offset as usize).await {

@@ -104,6 +104,19 @@ pub struct Core {
     kernel: OnceLock<KernelNotifier>,
     /// Directories other mounts recalled (see [`Core::recaller`]).
     recalls: mpsc::UnboundedSender<u64>,
+    /// The tasks requests started and the workers, ended before the session is (see
+    /// [`Core::stop`]).
+    tasks: Tasks,
+}
+
+/// The tasks of a core: work that requests started (answering them, storing in the
+/// background, writing access times), and the workers that run for as long as the mount.
+/// A mount ends its session only once none of them runs: a request that landed after would
+/// change a filesystem its mount had left, and keep keys of a session that no longer exists.
+#[derive(Default)]
+struct Tasks {
+    started: tokio_util::task::TaskTracker,
+    workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -138,6 +151,7 @@ impl Core {
             kernel: OnceLock::new(),
             recalls: recalls_tx,
             settings,
+            tasks: Tasks::default(),
         };
         let queues = Queues {
             reclaims,
@@ -150,13 +164,44 @@ impl Core {
     /// Starts the tasks that work off the core's queues.
     pub fn start_workers(self: &Arc<Self>, queues: Queues) {
         let core = self.clone();
-        tokio::spawn(async move { core.reclaimer.run(&core.meta, queues.reclaims).await });
-        tokio::spawn(self.clone().answer_freezes(queues.freezes));
-        tokio::spawn(self.clone().write_back());
-        tokio::spawn(self.clone().replicate_in_background());
-        tokio::spawn(self.meta.clone().send_in_background());
-        tokio::spawn(self.meta.clone().delete_garbage_in_background());
-        tokio::spawn(self.clone().recaller(queues.recalls));
+        let workers = [
+            tokio::spawn(async move { core.reclaimer.run(&core.meta, queues.reclaims).await }),
+            tokio::spawn(self.clone().answer_freezes(queues.freezes)),
+            tokio::spawn(self.clone().write_back()),
+            tokio::spawn(self.clone().replicate_in_background()),
+            tokio::spawn(self.meta.clone().send_in_background()),
+            tokio::spawn(self.meta.clone().delete_garbage_in_background()),
+            tokio::spawn(self.clone().recaller(queues.recalls)),
+        ];
+        lock(&self.tasks.workers).extend(workers);
+    }
+
+    /// Runs `work`, which a request started, on `runtime`, as one of the tasks
+    /// [`Core::finish_requests`] waits for.
+    pub fn spawn<F>(&self, runtime: &tokio::runtime::Handle, work: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.started.spawn_on(work, runtime);
+    }
+
+    /// Waits until the work requests started has ended (once no request comes in any more).
+    pub async fn finish_requests(&self) {
+        self.tasks.started.close();
+        self.tasks.started.wait().await;
+    }
+
+    /// Stops the workers and waits until they and the work they started have ended: after
+    /// this, nothing of the mount sends to Redis but its caller.
+    pub async fn stop_workers(&self) {
+        let workers = std::mem::take(&mut *lock(&self.tasks.workers));
+        for worker in &workers {
+            worker.abort();
+        }
+        for worker in workers {
+            let _ = worker.await;
+        }
+        self.finish_requests().await;
     }
 
     /// Connects the kernel's caches, so that changes by other mounts invalidate them.

@@ -191,7 +191,7 @@ impl Core {
         };
         let core = self.clone();
         let file = file.clone();
-        runtime.spawn(async move {
+        self.spawn(runtime, async move {
             let Ok(ids) = core.block_ids(&file, &idxs).await else {
                 return;
             };

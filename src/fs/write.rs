@@ -359,7 +359,7 @@ impl Core {
             }
             stored_again.push(file.ino);
             let core = self.clone();
-            tokio::spawn(async move {
+            self.spawn(&tokio::runtime::Handle::current(), async move {
                 if let Err(e) = core.freeze.pass(core.flush_file(&file, false)).await {
                     tracing::warn!(
                         "inode {}: storing again after a failover failed ({e}); kept buffered",

@@ -576,6 +576,10 @@ impl Link {
     }
 }
 
+/// How long sentinels give a failover (one that failed is tried again after twice this), and a
+/// replica before they make it replicate from the address they know its primary by.
+pub const SENTINEL_FAILOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Redis Sentinels watching one primary, each a `redis-server --sentinel` on a free port, with
 /// a failover a second after the primary stops answering. Killed on drop.
 pub struct Sentinels {
@@ -618,10 +622,11 @@ impl Sentinels {
                 "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel-{i}.log\n\
                  sentinel monitor {name} 127.0.0.1 {primary} {quorum}\n\
                  sentinel down-after-milliseconds {name} 1000\n\
-                 sentinel failover-timeout {name} 5000\n{extra}\n",
+                 sentinel failover-timeout {name} {failover_timeout}\n{extra}\n",
                 dir = sentinels.dir.path().display(),
                 primary = primary_port,
                 quorum = count / 2 + 1,
+                failover_timeout = SENTINEL_FAILOVER_TIMEOUT.as_millis(),
             );
             std::fs::write(&conf, text).expect("sentinel configuration");
             let mut command = Command::new("redis-server");
@@ -662,6 +667,23 @@ impl Sentinels {
             );
         }
         sentinels
+    }
+
+    /// Sets `option` of the primary they watch to `value` on every sentinel (`SENTINEL SET`).
+    pub fn set(&self, option: &str, value: &str) {
+        for port in &self.ports {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"));
+            let set: redis::RedisResult<()> =
+                client.and_then(|c| c.get_connection()).and_then(|mut c| {
+                    (redis::cmd("SENTINEL")
+                        .arg("SET")
+                        .arg(&self.name)
+                        .arg(option)
+                        .arg(value))
+                    .query(&mut c)
+                });
+            set.unwrap_or_else(|e| panic!("SENTINEL SET {option} on port {port}: {e}"));
+        }
     }
 
     /// `redis+sentinel://` with every sentinel, naming the primary.

@@ -297,7 +297,7 @@ impl Core {
             && !file.storing.swap(true, std::sync::atomic::Ordering::AcqRel)
         {
             let core = self.clone();
-            spawner.spawn(async move {
+            self.spawn(spawner, async move {
                 if let Err(e) = core.flush_file(&file, true).await {
                     tracing::warn!(
                         "inode {}: storing in the background failed ({e}); kept buffered",
