@@ -132,8 +132,9 @@ async fn each_on_its_node(conn: ClusterConnection, pipeline: &Pipeline) -> Redis
             next += 1;
         }
         if by_slot.is_empty() {
-            let reply = conn.clone().req_packed_command(commands[next]).await;
-            replies[next] = reply.or_else(|e| ServerError::try_from(e).map(Value::ServerError))?;
+            replies[next] = one_at_a_time(&mut conn.clone(), &commands[next..=next])
+                .await?
+                .remove(0);
             next += 1;
             continue;
         }
@@ -143,10 +144,22 @@ async fn each_on_its_node(conn: ClusterConnection, pipeline: &Pipeline) -> Redis
                 part.add_command(commands[i].clone());
             }
             let mut conn = conn.clone();
+            let commands = &commands;
             async move {
                 let count = indexes.len();
                 let route = SingleNodeRoutingInfo::SpecificNode(slot);
-                (indexes, conn.route_pipeline(part, 0, count, route).await)
+                let values = match conn.route_pipeline(part, 0, count, route).await {
+                    // A slot on its way to another node answers a pipeline of several of its
+                    // keys in pieces (`ASK` for keys gone, `MOVED` at the target for those
+                    // not there yet), which the client cannot redirect as one: one command at
+                    // a time, each is.
+                    Err(e) if count > 1 && is_redirect(&e) => {
+                        let part: Vec<&Cmd> = indexes.iter().map(|&i| commands[i]).collect();
+                        one_at_a_time(&mut conn, &part).await
+                    }
+                    other => other,
+                };
+                (indexes, values)
             }
         });
         for (indexes, values) in futures_util::future::join_all(sent).await {
@@ -156,6 +169,30 @@ async fn each_on_its_node(conn: ClusterConnection, pipeline: &Pipeline) -> Redis
         }
     }
     Ok(replies)
+}
+
+/// Sends `commands` one after another, each routed by the cluster client on its own; a
+/// command's own error stays in its place among the replies, as in a pipeline.
+async fn one_at_a_time(conn: &mut ClusterConnection, commands: &[&Cmd]) -> RedisResult<Vec<Value>> {
+    let mut replies = Vec::new();
+    for command in commands {
+        let reply = conn.req_packed_command(command).await;
+        replies.push(reply.or_else(|e| ServerError::try_from(e).map(Value::ServerError))?);
+    }
+    Ok(replies)
+}
+
+/// Whether `err` says the server is loading its data (`LOADING`).
+fn is_loading(err: &RedisError) -> bool {
+    matches!(err.kind(), ErrorKind::Server(ServerErrorKind::BusyLoading))
+}
+
+/// Whether `err` sends a command to another node of a cluster (its slot moved, or is moving).
+fn is_redirect(err: &RedisError) -> bool {
+    matches!(
+        err.kind(),
+        ErrorKind::Server(ServerErrorKind::Ask | ServerErrorKind::Moved)
+    )
 }
 
 /// Where a node of a cluster listens.
@@ -314,9 +351,21 @@ impl Link {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(response_timeout(io_timeout)));
         let certificates = target.certificates.clone();
-        let first = connect(&locator, &[], &config, io_timeout, certificates.as_ref(), 1)
-            .await
-            .map_err(|e| e.found)?;
+        // A server loading its data (restarted, or a replica taking a full copy) is there
+        // and soon ready: waited for, within the I/O timeout. Anything else is reported now.
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(50);
+        let first = loop {
+            match connect(&locator, &[], &config, io_timeout, certificates.as_ref(), 1).await {
+                Ok(node) => break node,
+                Err(e) if is_loading(&e.found) && started.elapsed() < io_timeout => {
+                    tracing::warn!("{}: {}; waiting", target.display, e.found);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e.found),
+            }
+        };
         Ok(Link {
             locator,
             certificates,
@@ -337,6 +386,13 @@ impl Link {
     /// Whether `err`, from the node in use, means that node is not to be used again.
     pub fn is_lost(&self, err: &RedisError) -> bool {
         if err.is_unrecoverable_error() {
+            return true;
+        }
+        // A cluster client can stay wedged in a recovery of its own: during a resharding,
+        // one that went back to its seeds to refresh its slot map answered nothing more (two
+        // timeouts of 30 s in a row; fsck run over and over during a resharding found it). A
+        // new client starts again from the cluster as it is.
+        if err.is_timeout() && self.node().is_cluster() {
             return true;
         }
         // A node the sentinels demoted, or one whose primary is gone: ask them again.
@@ -617,13 +673,24 @@ async fn connect_cluster(
     Ok(node)
 }
 
+/// How often the cluster client tries a request again by itself (see [`cluster_client`]).
+const CLIENT_RETRIES: u32 = 8;
+
 /// A client of the Redis Cluster of `seeds`, connected.
 async fn cluster_client(
     seeds: &[ConnectionInfo],
     io_timeout: Duration,
     certificates: Option<&redis::TlsCertificates>,
 ) -> RedisResult<ClusterConnection> {
+    // The client's own retries are for redirects, which it follows at once; a cluster that
+    // cannot serve a request yet (`TRYAGAIN` while a slot moves, a failover) is waited out
+    // by the caller's retries within `--io-timeout`, not by the client's back-off (by
+    // default up to 16 tries with waits growing to 11 minutes: a resharding stalled a
+    // request for longer than any timeout).
     let mut builder = ClusterClientBuilder::new(seeds.to_vec())
+        .retries(CLIENT_RETRIES)
+        .min_retry_wait(10)
+        .max_retry_wait(500)
         .connection_timeout(CONNECT_TIMEOUT)
         .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
         .response_timeout(response_timeout(io_timeout));

@@ -194,6 +194,10 @@ fn holds_reply(slot: Option<&[u8]>, request: &Request) -> bool {
 }
 
 /// Whether an error means "Redis is away for now" rather than "the request is wrong".
+/// On a cluster in transition: `MOVED`/`ASK` that its client stopped following (a replica
+/// points at its dead primary until the cluster promotes it; a slot moves), and `NOSCRIPT`
+/// after the client loaded the script (the load can reach the nodes of a slot map one step
+/// behind the command's). A command refused so did not run.
 pub fn is_transient(err: &RedisError) -> bool {
     (err.is_io_error() && !is_tls_refusal(err))
         || err.is_connection_dropped()
@@ -206,6 +210,9 @@ pub fn is_transient(err: &RedisError) -> bool {
                     | ServerErrorKind::TryAgain
                     | ServerErrorKind::MasterDown
                     | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::NoScript
+                    | ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
             )
         )
 }
