@@ -305,10 +305,10 @@ pub fn discard(store: &Store, ids: Vec<u64>) {
     if ids.is_empty() {
         return;
     }
-    let store = store.clone();
-    tokio::spawn(async move {
+    let target = store.clone();
+    store.clean_up_later(async move {
         let mut wait = Duration::from_millis(100);
-        while let Err(e) = delete(&store, &ids).await {
+        while let Err(e) = delete(&target, &ids).await {
             tracing::warn!("deleting {} unneeded blocks: {e}; trying again", ids.len());
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));
@@ -335,14 +335,24 @@ pub async fn put(store: &Store, blocks: &[(u64, Encoded)]) -> redis::RedisResult
             let named = &named;
             let node = store
                 .retry_on_node(|node| async move {
-                    if let Some(writer) = &node.writer {
-                        writer.set(named).await?;
-                    } else {
+                    let through_client = match (&node.writer, &node.cluster_writers) {
+                        (Some(writer), _) => {
+                            writer.set(named).await?;
+                            Vec::new()
+                        }
+                        (None, Some(writers)) => writers.set(named).await?,
+                        (None, None) => named.clone(),
+                    };
+                    if !through_client.is_empty() {
                         let mut pipe = redis::pipe();
-                        for (key, data) in named {
+                        for (key, data) in &through_client {
                             pipe.cmd("SET").arg(key).arg(*data).ignore();
                         }
                         pipe.query_async::<()>(&mut node.conn.clone()).await?;
+                    }
+                    // Blocks a node sent elsewhere: their slots moved.
+                    if node.cluster_writers.is_some() && !through_client.is_empty() {
+                        node.reread_slots().await?;
                     }
                     Ok(node.generation)
                 })

@@ -30,7 +30,7 @@ use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, Error
 use redis::{ServerErrorKind, TlsMode};
 
 use crate::options::{describe, Place, RedisTarget, SentinelTarget};
-use crate::wire::BlockWriter;
+use crate::wire::{BlockWriter, ClusterWriters, Serving};
 
 /// How long connecting to one server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -210,6 +210,8 @@ struct ClusterNode {
     /// Whether it serves, or is taking in, hash slots: a primary without any holds no keys
     /// (one whose slots went to its promoted replica, before the cluster holds it failed).
     has_slots: bool,
+    /// The ranges of slots it serves (not those on their way in or out).
+    slots: Vec<(u16, u16)>,
 }
 
 /// The nodes `CLUSTER NODES` lists, skipping lines it cannot read; a node that does not know
@@ -233,6 +235,14 @@ fn cluster_nodes(text: &str, reached_at: &str) -> Vec<ClusterNode> {
                 },
                 primary: flags.contains(&"master"),
                 has_slots: fields.len() > 8,
+                slots: (fields.iter().skip(8))
+                    .filter_map(|range| match range.split_once('-') {
+                        // (`[slot->-node]`, `[slot-<-node]`: on their way.)
+                        _ if range.starts_with('[') => None,
+                        Some((first, last)) => Some((first.parse().ok()?, last.parse().ok()?)),
+                        None => range.parse().ok().map(|slot| (slot, slot)),
+                    })
+                    .collect(),
             })
         })
         .filter(|node| !node.address.host.is_empty() && node.address.port != 0)
@@ -281,6 +291,8 @@ pub struct Node {
     seed_host: String,
     /// Block writes without the general client's copies, where the address allows.
     pub writer: Option<BlockWriter>,
+    /// Of a cluster, the same: one for each primary (see [`ClusterWriters`]).
+    pub cluster_writers: Option<ClusterWriters>,
     /// The server's address, safe to print.
     pub address: String,
 }
@@ -543,6 +555,7 @@ async fn connect(
         replication_conn: Conn::Server(replication_conn),
         replicas: AtomicU64::new(0),
         writer: BlockWriter::new(info, io_timeout, certificates),
+        cluster_writers: None,
         address,
         subscribers: vec![client],
         histories: Vec::new(),
@@ -654,12 +667,15 @@ async fn connect_cluster(
             )));
         }
     }
+    let cluster_writers =
+        ClusterWriters::new(&serving(&nodes_now), &seeds[0], io_timeout, certificates);
     let mut node = Node {
         generation,
         replication_conn: Conn::Cluster(conn.clone()),
         conn: Conn::Cluster(conn),
         replicas: AtomicU64::new(0),
         writer: None,
+        cluster_writers,
         address: describe_cluster(seeds),
         subscribers: nodes
             .into_iter()
@@ -671,6 +687,13 @@ async fn connect_cluster(
     node.histories = node.primaries_now().await?.histories;
     node.count_replicas().await?;
     Ok(node)
+}
+
+/// The slots each primary of `nodes` serves, for [`ClusterWriters`].
+fn serving(nodes: &[ClusterNode]) -> Serving {
+    (nodes.iter().filter(|n| n.primary))
+        .map(|n| ((n.address.host.clone(), n.address.port), n.slots.clone()))
+        .collect()
 }
 
 /// How often the cluster client tries a request again by itself (see [`cluster_client`]).
@@ -809,6 +832,24 @@ impl Node {
             .collect())
     }
 
+    /// Waits up to `timeout` for replicas to have the blocks a cluster's block writers wrote
+    /// (see [`ClusterWriters::confirm`]); `None` where nothing was left to confirm.
+    pub async fn confirm_block_writes(&self, timeout: Duration) -> RedisResult<Option<u64>> {
+        match &self.cluster_writers {
+            Some(writers) => writers.confirm(timeout).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Reads again which primary serves each slot, for the block writers (after one said a
+    /// slot moved).
+    pub async fn reread_slots(&self) -> RedisResult<()> {
+        if let Some(writers) = &self.cluster_writers {
+            writers.update(&serving(&self.cluster_nodes().await?));
+        }
+        Ok(())
+    }
+
     /// The nodes of the cluster, as one of them sees them now.
     async fn cluster_nodes(&self) -> RedisResult<Vec<ClusterNode>> {
         nodes_seen(self.conn.clone(), &self.seed_host).await
@@ -909,5 +950,12 @@ garbage
         );
         assert_eq!(nodes[2].address.host, "::1");
         assert!(!nodes[2].primary);
+        assert_eq!(nodes[0].slots, vec![(0, 5460)]);
+        assert!(
+            nodes[3].slots.is_empty(),
+            "slots on their way in are not served yet"
+        );
+        let scattered = cluster_nodes("f6 h:1@2 master - 0 0 4 connected 3 7-9 [10->-a1]", "h");
+        assert_eq!(scattered[0].slots, vec![(3, 3), (7, 9)]);
     }
 }

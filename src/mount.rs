@@ -693,6 +693,12 @@ async fn shutdown(core: &Core, session: Option<&Session>) {
     }
     core.reclaims_sent(RECLAIMS_PATIENCE).await;
     core.stop_workers().await;
+    // A commit whose reply was lost is settled once no attempt of it can run any more: up to
+    // `--io-timeout` and a second after it failed (its blocks deleted if it never ran).
+    let patience = core.meta.store.io_timeout() + Duration::from_secs(2);
+    if !core.meta.store.cleanups_done(patience).await {
+        tracing::warn!("unmounted before blocks of failed writes were deleted: fsck finds them");
+    }
     if let Some(session) = session {
         // Run as a tool (session 0): the session's own ring of replies must not outlive it.
         let mut as_tool = core.meta.clone();

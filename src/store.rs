@@ -186,6 +186,9 @@ pub struct Store {
     answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
     losses: Arc<Losses>,
     waits: Arc<Waits>,
+    /// Clean-ups after failed requests (blocks to delete), run beside them and waited for
+    /// before a mount ends its session (see [`Store::clean_up_later`]).
+    cleanups: tokio_util::task::TaskTracker,
 }
 
 /// Whether a slot of a session's ring of replies holds the reply to `request`.
@@ -287,7 +290,25 @@ impl Store {
             answered: std::sync::Arc::default(),
             losses: Arc::default(),
             waits: Arc::default(),
+            cleanups: tokio_util::task::TaskTracker::new(),
         })
+    }
+
+    /// Runs `work`, a clean-up after a failed request, in the background; an unmount waits for
+    /// it (see [`Store::cleanups_done`]), so that what it deletes is not left behind.
+    pub fn clean_up_later<F>(&self, work: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.cleanups.spawn(work);
+    }
+
+    /// Waits for the clean-ups under way, at most `patience`; answers whether they all ended.
+    pub async fn cleanups_done(&self, patience: Duration) -> bool {
+        self.cleanups.close();
+        tokio::time::timeout(patience, self.cleanups.wait())
+            .await
+            .is_ok()
     }
 
     /// Measures how far Redis's clock is from this machine's, for the deadlines of bounded
@@ -485,11 +506,31 @@ impl Store {
                     .ignore();
             }
             pipe.cmd("WAIT").arg(1).arg(REPLICA_WAIT.as_millis() as u64);
+            // On a cluster, blocks went over connections of their own to each primary: they
+            // are waited for on those (see `BlockWriter::confirm`).
             let acknowledged = match has_replicas {
                 true => {
-                    pipe.query_async::<(u64,)>(&mut node.replication_conn.clone())
-                        .await?
-                        .0
+                    let mut conn = node.replication_conn.clone();
+                    let (general, blocks) = futures_util::future::join(
+                        pipe.query_async::<(u64,)>(&mut conn),
+                        node.confirm_block_writes(REPLICA_WAIT),
+                    )
+                    .await;
+                    let blocks = match blocks {
+                        Ok(blocks) => blocks.unwrap_or(u64::MAX),
+                        // Blocks written on a connection lost before they were confirmed: on
+                        // a new node every block kept for a replica is stored again.
+                        Err(e) => {
+                            tracing::warn!("{}: {e}; connecting again", node.address);
+                            self.link.replace(node.generation).await?;
+                            return Err(RedisError::from((
+                                ErrorKind::Server(ServerErrorKind::TryAgain),
+                                "block writes to store again",
+                                e.to_string(),
+                            )));
+                        }
+                    };
+                    general?.0.min(blocks)
                 }
                 false => 0,
             };

@@ -31,6 +31,13 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Duplex for T {}
 /// One connection for block writes, its replies read through a buffer.
 type Connection = BufReader<Box<dyn Duplex>>;
 
+/// A connection of the pool, and whether it carried writes that no replica has confirmed on it
+/// yet (see [`BlockWriter::confirm`]).
+struct Pooled {
+    conn: Connection,
+    unconfirmed: bool,
+}
+
 /// Writes blocks to one Redis server over a small pool of connections of its own.
 pub struct BlockWriter {
     host: String,
@@ -40,8 +47,16 @@ pub struct BlockWriter {
     /// AUTH and SELECT, sent on every new connection, and how many replies they draw.
     greeting: Vec<u8>,
     greeting_replies: usize,
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Pooled>>,
     reply_timeout: Duration,
+    /// Whether writes are confirmed on their own connections (a cluster's: see
+    /// [`BlockWriter::confirm`]); a single server's are confirmed on another.
+    confirms: bool,
+    /// Writes under way hold it shared; a confirmation holds it alone, so that every write
+    /// answered before it began is on a connection it waits on.
+    writing: tokio::sync::RwLock<()>,
+    /// A connection that carried unconfirmed writes was lost: they cannot be confirmed.
+    orphaned: std::sync::atomic::AtomicBool,
 }
 
 impl BlockWriter {
@@ -92,28 +107,112 @@ impl BlockWriter {
             greeting_replies,
             idle: Mutex::new(Vec::new()),
             reply_timeout: io_timeout.clamp(Duration::from_secs(5), Duration::from_secs(30)),
+            confirms: false,
+            writing: tokio::sync::RwLock::new(()),
+            orphaned: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The same writer, its writes confirmed on their own connections (see
+    /// [`BlockWriter::confirm`]).
+    fn confirming(self) -> BlockWriter {
+        BlockWriter {
+            confirms: true,
+            ..self
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Pooled>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Stores each block under its key, in one pipeline.
     pub async fn set(&self, blocks: &[(String, &Encoded)]) -> RedisResult<()> {
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut conn = match idle {
-            Some(conn) => conn,
-            None => self.connect().await?,
+        let _writing = self.writing.read().await;
+        let idle = self.idle().pop();
+        let mut pooled = match idle {
+            Some(pooled) => pooled,
+            None => Pooled {
+                conn: self.connect().await?,
+                unconfirmed: false,
+            },
         };
-        let refusal = tokio::time::timeout(self.reply_timeout, send_sets(&mut conn, blocks))
+        let sent = tokio::time::timeout(self.reply_timeout, send_sets(&mut pooled.conn, blocks))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no reply to block writes"))??;
-        // Every reply was read: the connection is in step, whatever they said.
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < IDLE_CONNECTIONS {
-            idle.push(conn);
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no reply to block writes"));
+        let refusal = match sent {
+            Ok(Ok(refusal)) => refusal,
+            Ok(Err(e)) | Err(e) => {
+                self.lose(&pooled);
+                return Err(e.into());
+            }
+        };
+        // Every reply was read: the connection is in step, whatever they said. One with
+        // writes to confirm is kept, however many are idle.
+        pooled.unconfirmed |= self.confirms;
+        let mut idle = self.idle();
+        if idle.len() < IDLE_CONNECTIONS || pooled.unconfirmed {
+            idle.push(pooled);
         }
         match refusal {
             None => Ok(()),
             Some(reason) => Err(refused(reason)),
         }
+    }
+
+    /// Drops a connection that failed: writes it carried unconfirmed cannot be confirmed.
+    fn lose(&self, pooled: &Pooled) {
+        if pooled.unconfirmed {
+            self.orphaned
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Waits up to `timeout` for a replica to have every write this writer had answered when
+    /// it was called: `WAIT` on each connection that carried writes since its last
+    /// confirmation (`WAIT` covers its own connection's writes; block writes wait meanwhile).
+    /// Answers the fewest replicas that acknowledged, or `None` if nothing was left to
+    /// confirm. Fails if a connection with unconfirmed writes was lost: its writes can only
+    /// be stored again.
+    pub async fn confirm(&self, timeout: Duration) -> RedisResult<Option<u64>> {
+        let _alone = self.writing.write().await;
+        let unconfirmed: Vec<Pooled> = {
+            let mut idle = self.idle();
+            let (unconfirmed, rest) = idle.drain(..).partition(|p| p.unconfirmed);
+            *idle = rest;
+            unconfirmed
+        };
+        if unconfirmed.is_empty() && !self.orphaned() {
+            return Ok(None);
+        }
+        let limit = timeout + self.reply_timeout;
+        let waits = unconfirmed.into_iter().map(|mut pooled| async move {
+            let acknowledged = tokio::time::timeout(limit, wait(&mut pooled.conn, timeout)).await;
+            (pooled, acknowledged)
+        });
+        let mut fewest = u64::MAX;
+        for (mut pooled, acknowledged) in futures_util::future::join_all(waits).await {
+            match acknowledged {
+                Ok(Ok(count)) => {
+                    fewest = fewest.min(count);
+                    pooled.unconfirmed = count == 0;
+                    self.idle().push(pooled);
+                }
+                _ => self.lose(&pooled),
+            }
+        }
+        if self.orphaned() {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "a connection that wrote blocks was lost before a replica confirmed them",
+            )
+            .into());
+        }
+        Ok(Some(fewest))
+    }
+
+    fn orphaned(&self) -> bool {
+        self.orphaned.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     async fn connect(&self) -> RedisResult<Connection> {
@@ -199,6 +298,29 @@ async fn send_sets(
     Ok(refusal)
 }
 
+/// Sends `WAIT 1 <timeout>` and reads how many replicas acknowledged.
+async fn wait(conn: &mut Connection, timeout: Duration) -> io::Result<u64> {
+    let ms = timeout.as_millis().to_string();
+    conn.get_mut()
+        .write_all(&command_header(&[b"WAIT", b"1", ms.as_bytes()], None))
+        .await?;
+    conn.get_mut().flush().await?;
+    let mut line = Vec::new();
+    if conn.read_until(b'\n', &mut line).await? == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    let text = String::from_utf8_lossy(&line);
+    (text
+        .strip_prefix(':')
+        .and_then(|n| n.trim_end().parse().ok()))
+    .ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected reply to WAIT: {:?}", text.trim_end()),
+        )
+    })
+}
+
 /// The RESP encoding of a command's arguments, with room announced for one more argument of
 /// `last_len` bytes that the caller writes itself.
 fn command_header(args: &[&[u8]], last_len: Option<usize>) -> Vec<u8> {
@@ -278,8 +400,189 @@ fn refused(reason: String) -> RedisError {
         ErrorKind::Server(ServerErrorKind::ReadOnly)
     } else if reason.starts_with("MASTERDOWN") {
         ErrorKind::Server(ServerErrorKind::MasterDown)
+    } else if reason.starts_with("CLUSTERDOWN") {
+        // A cluster between a primary's death and its replica's promotion: waited out.
+        ErrorKind::Server(ServerErrorKind::ClusterDown)
+    } else if reason.starts_with("MOVED") {
+        // A cluster's slot served elsewhere now (see `ClusterWriters::set`).
+        ErrorKind::Server(ServerErrorKind::Moved)
+    } else if reason.starts_with("ASK") {
+        ErrorKind::Server(ServerErrorKind::Ask)
     } else {
         ErrorKind::Extension
     };
     RedisError::from((kind, "Redis refused a block write", reason))
+}
+
+/// Block writes to a Redis Cluster: each block goes to the primary that serves its slot, over
+/// that node's own [`BlockWriter`], all nodes at once. Blocks whose slot moved since the map
+/// was read go the cluster client's way (which follows the move), and the map is read again.
+pub struct ClusterWriters {
+    map: Mutex<Arc<SlotMap>>,
+    /// How a node is connected to: the first seed's settings (TLS, user, password).
+    template: ConnectionInfo,
+    io_timeout: Duration,
+    certificates: Option<redis::TlsCertificates>,
+}
+
+/// The primary serving each slot, and a writer for every node written to so far (kept while
+/// the cluster is connected, so that writes on them are confirmed after their slots moved).
+#[derive(Default)]
+struct SlotMap {
+    owners: Vec<Option<usize>>,
+    writers: Vec<((String, u16), Arc<BlockWriter>)>,
+}
+
+/// The primaries of a cluster and the slot ranges each serves (see `Node::serving`).
+pub type Serving = Vec<((String, u16), Vec<(u16, u16)>)>;
+
+impl ClusterWriters {
+    /// Writers for the cluster whose primaries serve `serving`, connected as `template` is
+    /// (`None` for addresses a writer does not speak).
+    pub fn new(
+        serving: &Serving,
+        template: &ConnectionInfo,
+        io_timeout: Duration,
+        certificates: Option<&redis::TlsCertificates>,
+    ) -> Option<ClusterWriters> {
+        BlockWriter::new(template, io_timeout, certificates)?;
+        let writers = ClusterWriters {
+            map: Mutex::new(Arc::default()),
+            template: template.clone(),
+            io_timeout,
+            certificates: certificates.cloned(),
+        };
+        writers.update(serving);
+        Some(writers)
+    }
+
+    /// Takes `serving` as the map of slots, keeping the writers of nodes known before.
+    pub fn update(&self, serving: &Serving) {
+        let old = self.map().clone();
+        let mut map = SlotMap {
+            owners: vec![None; SLOTS],
+            writers: old.writers.clone(),
+        };
+        for (address, ranges) in serving {
+            let index = match map.writers.iter().position(|(a, _)| a == address) {
+                Some(index) => index,
+                None => {
+                    let info = (self.template.clone()).set_addr(match self.template.addr() {
+                        ConnectionAddr::TcpTls {
+                            insecure,
+                            tls_params,
+                            ..
+                        } => ConnectionAddr::TcpTls {
+                            host: address.0.clone(),
+                            port: address.1,
+                            insecure: *insecure,
+                            tls_params: tls_params.clone(),
+                        },
+                        _ => ConnectionAddr::Tcp(address.0.clone(), address.1),
+                    });
+                    let Some(writer) =
+                        BlockWriter::new(&info, self.io_timeout, self.certificates.as_ref())
+                    else {
+                        continue;
+                    };
+                    map.writers
+                        .push((address.clone(), Arc::new(writer.confirming())));
+                    map.writers.len() - 1
+                }
+            };
+            for &(first, last) in ranges {
+                for slot in first..=last.min(SLOTS as u16 - 1) {
+                    map.owners[slot as usize] = Some(index);
+                }
+            }
+        }
+        *self.map.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
+    }
+
+    fn map(&self) -> Arc<SlotMap> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Stores each block under its key, each node's in one pipeline, all at once. Answers the
+    /// blocks a node sent elsewhere (their slot moved): they are to go the cluster client's
+    /// way, and the map to be read again.
+    pub async fn set<'a>(
+        &self,
+        blocks: &[(String, &'a Encoded)],
+    ) -> RedisResult<Vec<(String, &'a Encoded)>> {
+        let map = self.map();
+        let mut by_node: Vec<Vec<(String, &Encoded)>> = vec![Vec::new(); map.writers.len()];
+        let mut elsewhere = Vec::new();
+        for (key, data) in blocks {
+            match map.owners[slot_of(key.as_bytes()) as usize] {
+                Some(index) => by_node[index].push((key.clone(), *data)),
+                None => elsewhere.push((key.clone(), *data)),
+            }
+        }
+        let sent = (map.writers.iter().zip(&by_node))
+            .filter(|(_, part)| !part.is_empty())
+            .map(|((_, writer), part)| async move { (part, writer.set(part).await) });
+        for (part, outcome) in futures_util::future::join_all(sent).await {
+            match outcome {
+                Ok(()) => {}
+                // (Setting a block again is harmless: the whole part goes again.)
+                Err(e) if is_moved(&e) => elsewhere.extend(part.iter().cloned()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(elsewhere)
+    }
+
+    /// Waits up to `timeout` for a replica of every node written to to have its writes (see
+    /// [`BlockWriter::confirm`]): the fewest replicas that acknowledged, `None` if nothing was
+    /// left to confirm.
+    pub async fn confirm(&self, timeout: Duration) -> RedisResult<Option<u64>> {
+        let map = self.map();
+        let waits = (map.writers.iter()).map(|(_, writer)| writer.confirm(timeout));
+        let mut fewest: Option<u64> = None;
+        for confirmed in futures_util::future::join_all(waits).await {
+            if let Some(count) = confirmed? {
+                fewest = Some(fewest.map_or(count, |f| f.min(count)));
+            }
+        }
+        Ok(fewest)
+    }
+}
+
+/// Hash slots of a Redis Cluster.
+const SLOTS: usize = 16384;
+
+/// The hash slot of `key`, by Redis Cluster's rule: the CRC16 of its first `{tag}` if that
+/// is not empty, of the whole key otherwise.
+fn slot_of(key: &[u8]) -> u16 {
+    let tag = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tag.unwrap_or(key)) % SLOTS as u16
+}
+
+/// Whether a refused write names another node for its slot.
+fn is_moved(err: &RedisError) -> bool {
+    matches!(
+        err.kind(),
+        ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slot_of;
+
+    #[test]
+    fn slots_follow_redis_cluster_rules() {
+        // As `CLUSTER KEYSLOT` answers.
+        assert_eq!(slot_of(b"foo"), 12182);
+        assert_eq!(slot_of(b"somekey"), 11058);
+        assert_eq!(slot_of(b"{foo}.bar"), 12182);
+        assert_eq!(slot_of(b"x{foo}{bar}"), 12182);
+        // An empty tag does not count: the whole key is hashed.
+        assert_ne!(slot_of(b"{}foo"), slot_of(b"foo"));
+    }
 }

@@ -547,3 +547,47 @@ fn a_tool_given_a_node_loading_its_data_waits_for_it() {
     common::assert_clean_at(&node.url(), "skx");
     reload.join().unwrap();
 }
+
+/// `fsync` returns only once a replica of every primary its file's blocks went to has them:
+/// blocks go to each primary over connections of their own, and the wait for replicas is
+/// sent on those (a `WAIT` on the general connection answers at once for a primary it wrote
+/// nothing to lately).
+#[test]
+fn fsync_waits_for_the_replica_of_every_primary_its_blocks_went_to() {
+    use std::io::Write;
+    use std::time::Duration;
+    if !common::ready() {
+        return;
+    }
+    let cluster = Cluster::start(3, 1);
+    let m = Mount::at_url(&cluster.url(), "skx", &[]);
+    fs::write(m.join("first"), b"made").unwrap();
+    let holder = metadata_primary(&cluster, "skx").port();
+    let other = (cluster.primaries().into_iter())
+        .find(|n| n.port() != holder)
+        .expect("a primary without the metadata");
+    let replica = replica_of(&cluster, other);
+    let stopped = replica.pause();
+    let path = m.join("data");
+    let fsynced = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut f = fs::File::create(path)?;
+        // 32 blocks: some lie on every primary.
+        f.write_all(&common::random_bytes(2 << 20, 7))?;
+        f.sync_all()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let waited = !fsynced.is_finished();
+    replica.resume(stopped);
+    let outcome = fsynced.join().unwrap();
+    assert!(
+        waited,
+        "fsync returned while a replica lacked blocks of the file"
+    );
+    outcome.expect("fsync once the replica answers");
+    assert_eq!(
+        fs::read(m.join("data")).unwrap(),
+        common::random_bytes(2 << 20, 7)
+    );
+    m.unmount();
+    common::assert_clean_at(&cluster.seeds_url(), "skx");
+}

@@ -776,7 +776,7 @@ impl Meta {
             return;
         }
         let store = self.store.clone();
-        tokio::spawn(async move {
+        self.store.clean_up_later(async move {
             tokio::time::sleep(store.io_timeout() + Duration::from_secs(1)).await;
             let mut wait = Duration::from_millis(100);
             loop {
