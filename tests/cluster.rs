@@ -591,3 +591,41 @@ fn fsync_waits_for_the_replica_of_every_primary_its_blocks_went_to() {
     m.unmount();
     common::assert_clean_at(&cluster.seeds_url(), "skx");
 }
+
+/// A primary that refuses writes for a while (here `NOREPLICAS`) only delays the deletion of
+/// the blocks a removal freed there: the queue lets go of them once they are gone, never
+/// before, and fsck finds the filesystem clean.
+#[test]
+fn blocks_a_node_refused_to_delete_go_once_it_takes_writes() {
+    use std::time::Duration;
+    if !common::ready() {
+        return;
+    }
+    let cluster = Cluster::start(3, 0);
+    let m = Mount::at_url(&cluster.url(), "skx", &[]);
+    // 32 blocks: some lie on every primary.
+    fs::write(m.join("doomed"), common::random_bytes(2 << 20, 3)).unwrap();
+    let holder = metadata_primary(&cluster, "skx").port();
+    let refusing = (cluster.primaries().into_iter())
+        .find(|n| n.port() != holder)
+        .expect("a primary without the metadata");
+    let blocks = || {
+        (cluster.nodes.iter())
+            .flat_map(|n| n.keys("skx"))
+            .filter(|k| k.starts_with("skx:b:"))
+            .count()
+    };
+    assert!(blocks() >= 32);
+    // A primary without a replica refuses writes (NOREPLICAS), deletions included.
+    let _: () = refusing.cmd(&["CONFIG", "SET", "min-replicas-to-write", "1"]);
+    fs::remove_file(m.join("doomed")).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let _: () = refusing.cmd(&["CONFIG", "SET", "min-replicas-to-write", "0"]);
+    common::eventually(
+        "every block of the removed file deleted",
+        Duration::from_secs(20),
+        || blocks() == 0,
+    );
+    m.unmount();
+    common::assert_clean_at(&cluster.seeds_url(), "skx");
+}

@@ -1097,21 +1097,25 @@ impl Meta {
             if self.store.link.node().is_cluster() && self.store.replicated_node().is_some() {
                 self.wait_for_the_frees(&garbage, ids[0]).await?;
             }
-            let mut delete = redis::pipe();
-            delete.cmd("DEL");
+            let mut delete = redis::cmd("DEL");
             for &id in &ids {
                 delete.arg(self.store.keys.block(id));
             }
-            delete.ignore().cmd("HDEL").arg(&garbage).arg(&ids).ignore();
+            let dequeue = redis::cmd("HDEL").arg(&garbage).arg(&ids).clone();
+            // The queue lets go of the blocks only once they are gone: on a cluster a `DEL`
+            // spans nodes and can fail on one (a node refusing writes, a slot moving) while
+            // an `HDEL` sent in the same pipeline goes through, leaving blocks no map or
+            // queue names.
             let still_there = self
                 .store
                 .retry_on_node(|node| {
-                    let (mut conn, delete) = (node.conn.clone(), &delete);
+                    let (mut conn, delete, dequeue) = (node.conn.clone(), &delete, &dequeue);
                     async move {
                         if node.generation != generation {
                             return Ok(false);
                         }
-                        delete.query_async::<()>(&mut conn).await.map(|()| true)
+                        delete.query_async::<()>(&mut conn).await?;
+                        dequeue.query_async::<()>(&mut conn).await.map(|()| true)
                     }
                 })
                 .await
