@@ -187,8 +187,26 @@ fn is_loading(err: &RedisError) -> bool {
     matches!(err.kind(), ErrorKind::Server(ServerErrorKind::BusyLoading))
 }
 
+/// `template`'s settings (TLS, user, password) for the node of a cluster at `host:port`.
+pub fn at_address(template: &ConnectionInfo, host: &str, port: u16) -> ConnectionInfo {
+    let addr = match template.addr() {
+        ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => ConnectionAddr::TcpTls {
+            host: host.to_string(),
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => ConnectionAddr::Tcp(host.to_string(), port),
+    };
+    template.clone().set_addr(addr)
+}
+
 /// Whether `err` sends a command to another node of a cluster (its slot moved, or is moving).
-fn is_redirect(err: &RedisError) -> bool {
+pub fn is_redirect(err: &RedisError) -> bool {
     matches!(
         err.kind(),
         ErrorKind::Server(ServerErrorKind::Ask | ServerErrorKind::Moved)
@@ -620,22 +638,7 @@ async fn connect_cluster(
     };
     let first = &seeds[0];
     let nodes: Vec<ConnectionInfo> = (nodes_seen(conn.clone(), &seed_host).await?.iter())
-        .map(|n| {
-            let addr = match first.addr() {
-                ConnectionAddr::TcpTls {
-                    insecure,
-                    tls_params,
-                    ..
-                } => ConnectionAddr::TcpTls {
-                    host: n.address.host.clone(),
-                    port: n.address.port,
-                    insecure: *insecure,
-                    tls_params: tls_params.clone(),
-                },
-                _ => ConnectionAddr::Tcp(n.address.host.clone(), n.address.port),
-            };
-            first.clone().set_addr(addr)
-        })
+        .map(|n| at_address(first, &n.address.host, n.address.port))
         .collect();
     // Every node is a seed of the client kept: the ones given may be the ones that die, and
     // the client goes back to its seeds when it has lost every connection.

@@ -467,19 +467,7 @@ impl ClusterWriters {
             let index = match map.writers.iter().position(|(a, _)| a == address) {
                 Some(index) => index,
                 None => {
-                    let info = (self.template.clone()).set_addr(match self.template.addr() {
-                        ConnectionAddr::TcpTls {
-                            insecure,
-                            tls_params,
-                            ..
-                        } => ConnectionAddr::TcpTls {
-                            host: address.0.clone(),
-                            port: address.1,
-                            insecure: *insecure,
-                            tls_params: tls_params.clone(),
-                        },
-                        _ => ConnectionAddr::Tcp(address.0.clone(), address.1),
-                    });
+                    let info = crate::link::at_address(&self.template, &address.0, address.1);
                     let Some(writer) =
                         BlockWriter::new(&info, self.io_timeout, self.certificates.as_ref())
                     else {
@@ -526,7 +514,7 @@ impl ClusterWriters {
             match outcome {
                 Ok(()) => {}
                 // (Setting a block again is harmless: the whole part goes again.)
-                Err(e) if is_moved(&e) => elsewhere.extend(part.iter().cloned()),
+                Err(e) if crate::link::is_redirect(&e) => elsewhere.extend(part.iter().cloned()),
                 Err(e) => return Err(e),
             }
         }
@@ -561,14 +549,6 @@ fn slot_of(key: &[u8]) -> u16 {
         (close > 0).then(|| &rest[..close])
     });
     crc16::State::<crc16::XMODEM>::calculate(tag.unwrap_or(key)) % SLOTS as u16
-}
-
-/// Whether a refused write names another node for its slot.
-fn is_moved(err: &RedisError) -> bool {
-    matches!(
-        err.kind(),
-        ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask)
-    )
 }
 
 #[cfg(test)]
