@@ -52,7 +52,10 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Server(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => match key_by_key(cmd) {
+                Some(parts) => Box::pin(counted_key_by_key(c.clone(), parts)),
+                None => c.req_packed_command(cmd),
+            },
         }
     }
 
@@ -104,15 +107,58 @@ const ONE_KEY_COMMANDS: [&str; 21] = [
     "HSETNX", "HDEL", "HMGET", "HGETALL", "HLEN", "HINCRBY", "SADD", "SREM", "SCARD", "ZADD",
 ];
 
-/// The key of a command that names one, as its first argument (see [`ONE_KEY_COMMANDS`]).
+/// Commands of any number of keys that answer how many of them they found. The cluster client
+/// splits one whose keys lie on several nodes by itself, and leaves out the part of a node its
+/// map names but it holds no connection to (its map read again while that node was down, and
+/// the node not yet failed over), answering the others' count as if it were the whole: a
+/// `DEL` of blocks so "succeeded" while some were never deleted. Such a command is sent here
+/// key by key instead, each to its node, and any part that fails fails the whole.
+const COUNTING_COMMANDS: [&str; 4] = ["DEL", "UNLINK", "EXISTS", "TOUCH"];
+
+/// Whether `name` is one of `commands`.
+fn is_one_of(name: &[u8], commands: &[&str]) -> bool {
+    (commands.iter()).any(|c| c.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// The key of a command that names one, as its first argument (see [`ONE_KEY_COMMANDS`]; a
+/// command of [`COUNTING_COMMANDS`] given one key alone).
 fn one_key(cmd: &Cmd) -> Option<&[u8]> {
     let mut args = cmd.args_iter();
     let (Some(Arg::Simple(name)), Some(Arg::Simple(key))) = (args.next(), args.next()) else {
         return None;
     };
-    (ONE_KEY_COMMANDS.iter())
-        .any(|c| c.as_bytes().eq_ignore_ascii_case(name))
+    let alone = args.next().is_none();
+    (is_one_of(name, &ONE_KEY_COMMANDS) || is_one_of(name, &COUNTING_COMMANDS) && alone)
         .then_some(key)
+}
+
+/// A command of [`COUNTING_COMMANDS`] on several keys, as one command per key.
+fn key_by_key(cmd: &Cmd) -> Option<Pipeline> {
+    let mut args = cmd.args_iter();
+    let Some(Arg::Simple(name)) = args.next() else {
+        return None;
+    };
+    if !is_one_of(name, &COUNTING_COMMANDS) || cmd.args_iter().count() <= 2 {
+        return None;
+    }
+    let mut parts = redis::pipe();
+    for key in args {
+        let Arg::Simple(key) = key else {
+            return None;
+        };
+        parts.add_command(redis::cmd(&String::from_utf8_lossy(name)).arg(key).clone());
+    }
+    Some(parts)
+}
+
+/// Sends the one-key commands `parts` (see [`key_by_key`]) each to its node and answers the
+/// sum of their counts; fails if any part failed.
+async fn counted_key_by_key(conn: ClusterConnection, parts: Pipeline) -> RedisResult<Value> {
+    let mut total = 0;
+    for reply in each_on_its_node(conn, &parts).await? {
+        total += redis::from_redis_value::<i64>(reply.extract_error()?)?;
+    }
+    Ok(Value::Int(total))
 }
 
 /// Sends a pipeline whose keys lie in many slots of a cluster (blocks are spread over all of
@@ -182,9 +228,13 @@ async fn one_at_a_time(conn: &mut ClusterConnection, commands: &[&Cmd]) -> Redis
     Ok(replies)
 }
 
-/// Whether `err` says the server is loading its data (`LOADING`).
-fn is_loading(err: &RedisError) -> bool {
-    matches!(err.kind(), ErrorKind::Server(ServerErrorKind::BusyLoading))
+/// Whether `err` says the server is there and soon ready: loading its data (`LOADING`), or,
+/// of a cluster, that a primary is down while a replica takes its place (`TRYAGAIN`).
+fn is_soon_ready(err: &RedisError) -> bool {
+    matches!(
+        err.kind(),
+        ErrorKind::Server(ServerErrorKind::BusyLoading | ServerErrorKind::TryAgain)
+    )
 }
 
 /// `template`'s settings (TLS, user, password) for the node of a cluster at `host:port`.
@@ -381,14 +431,15 @@ impl Link {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(response_timeout(io_timeout)));
         let certificates = target.certificates.clone();
-        // A server loading its data (restarted, or a replica taking a full copy) is there
-        // and soon ready: waited for, within the I/O timeout. Anything else is reported now.
+        // A server loading its data (restarted, or a replica taking a full copy), or a
+        // cluster with a primary down (a failover under way), is there and soon ready:
+        // waited for, within the I/O timeout. Anything else is reported now.
         let started = std::time::Instant::now();
         let mut pause = Duration::from_millis(50);
         let first = loop {
             match connect(&locator, &[], &config, io_timeout, certificates.as_ref(), 1).await {
                 Ok(node) => break node,
-                Err(e) if is_loading(&e.found) && started.elapsed() < io_timeout => {
+                Err(e) if is_soon_ready(&e.found) && started.elapsed() < io_timeout => {
                     tracing::warn!("{}: {}; waiting", target.display, e.found);
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(1));
@@ -664,7 +715,7 @@ async fn connect_cluster(
             .and_then(Value::extract_error);
         if let Err(e) = ping {
             return Err(RedisError::from((
-                ErrorKind::Io,
+                ErrorKind::Server(ServerErrorKind::TryAgain),
                 "a primary of the cluster did not answer",
                 format!("{}:{}: {e}", primary.address.host, primary.address.port),
             )));
@@ -914,6 +965,12 @@ mod tests {
             Some(&b"h"[..])
         );
         assert_eq!(one_key(redis::cmd("DEL").arg("a").arg("b")), None);
+        assert_eq!(one_key(redis::cmd("del").arg("a")), Some(&b"a"[..]));
+        assert!(key_by_key(redis::cmd("DEL").arg("a")).is_none());
+        assert!(key_by_key(redis::cmd("GET").arg("a")).is_none());
+        let parts = key_by_key(redis::cmd("UNLINK").arg("a").arg("b")).expect("split");
+        let keys: Vec<Option<&[u8]>> = parts.cmd_iter().map(one_key).collect();
+        assert_eq!(keys, [Some(&b"a"[..]), Some(&b"b"[..])]);
         assert_eq!(one_key(&redis::cmd("INFO")), None);
         assert_eq!(
             one_key(redis::cmd("EVALSHA").arg("x").arg(1).arg("k")),

@@ -629,3 +629,201 @@ fn blocks_a_node_refused_to_delete_go_once_it_takes_writes() {
     m.unmount();
     common::assert_clean_at(&cluster.seeds_url(), "skx");
 }
+
+/// Blocks removals free while the primary holding some of them fails over go once its replica
+/// takes over: the deletion of a batch spread over every primary fails while one of them is
+/// gone, or while the mount's view of the cluster names a primary it holds no connection to
+/// (never "succeeds" with that part left out, letting the queue drop them), and is done again
+/// on the promoted replica. Files are removed one by one from the kill until after the
+/// promotion, with an fsync of another file now and then; no block is left behind and fsck finds the
+/// filesystem clean.
+#[test]
+fn blocks_freed_while_their_primary_fails_over_go_from_its_successor() {
+    use std::time::Duration;
+    if !common::ready() {
+        return;
+    }
+    const FILES: usize = 80;
+    let cluster = Cluster::start(3, 1);
+    let m = Mount::at_url(&cluster.seeds_url(), "skx", &["--io-timeout", "30"]);
+    // Blocks on the primaries, but for a dead one.
+    let blocks = |dead: u16| {
+        (cluster.nodes.iter())
+            .filter(|n| n.port() != dead && !n.is_replica())
+            .flat_map(|n| n.keys("skx"))
+            .filter(|k| k.starts_with("skx:b:"))
+            .count()
+    };
+    // Four blocks each, on any primary; fsync'd, so that the replicas have them.
+    let write = |name: &str, seed: u64| {
+        let f = fs::File::create(m.join(name)).unwrap();
+        std::io::Write::write_all(&mut &f, &common::random_bytes(256 << 10, seed)).unwrap();
+        f.sync_all().unwrap();
+    };
+    for i in 0..FILES {
+        write(&format!("doomed-{i}"), i as u64);
+    }
+    assert!(blocks(0) >= 4 * FILES);
+    let holder = metadata_primary(&cluster, "skx").port();
+    let victim = (cluster.primaries().into_iter())
+        .find(|n| n.port() != holder)
+        .expect("a primary without the metadata");
+    victim.kill_and_hold();
+    // The metadata's primary takes each removal; the victim's share of each deletion has
+    // nowhere to go until its replica is promoted.
+    for i in 0..FILES {
+        fs::remove_file(m.join(format!("doomed-{i}"))).unwrap();
+        if i % 10 == 0 {
+            write("kept", i as u64);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fs::remove_file(m.join("kept")).unwrap();
+    common::eventually("a replica promoted", Duration::from_secs(30), || {
+        (cluster.nodes.iter())
+            .filter(|n| n.port() != victim.port())
+            .all(|n| {
+                n.cmd::<String>(&["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
+            })
+    });
+    common::eventually(
+        "every block of the removed files deleted",
+        Duration::from_secs(30),
+        || blocks(victim.port()) == 0,
+    );
+    m.unmount();
+    common::assert_clean_at(&cluster.seeds_url(), "skx");
+    victim.release();
+}
+
+/// A deletion over keys of several primaries, one of them dead, fails (and is tried again by
+/// its caller) rather than "succeeding" with the dead one's part left out: the cluster client
+/// splits such a command by node itself, and silently drops the part of a node its map still
+/// names but it holds no connection to (after a refresh of its map while that node was down),
+/// which let the garbage queue forget blocks that were never deleted.
+#[test]
+fn a_deletion_spanning_a_dead_primary_fails_rather_than_leave_its_keys() {
+    use std::time::Duration;
+    if !common::redis_ready() {
+        return;
+    }
+    // Without full coverage the other primaries go on serving their slots; the victim comes
+    // back with its keys.
+    let cluster = Cluster::start_with(
+        3,
+        0,
+        &[
+            "--cluster-require-full-coverage",
+            "no",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ],
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let target = redisfs::options::ConnectionArgs {
+        redis: Some(cluster.url()),
+        ..Default::default()
+    }
+    .target()
+    .unwrap();
+    let store = (runtime.block_on(redisfs::tool::connect(&target, "t", Duration::from_secs(3))))
+        .expect("connects");
+    let keys: Vec<String> = (0..30).map(|i| format!("t:b:{i}")).collect();
+    let set = |key: &String| runtime.block_on(store.cmd::<()>(redis::cmd("SET").arg(key).arg(1)));
+    keys.iter().for_each(|k| set(k).unwrap());
+    let slot_of = |key: &str| cluster.nodes[0].cmd::<i64>(&["CLUSTER", "KEYSLOT", key]);
+    let owner = |slot: i64| {
+        (cluster.primaries().into_iter())
+            .find(|n| {
+                n.cmd::<String>(&["CLUSTER", "NODES"]).lines().any(|line| {
+                    line.contains("myself")
+                        && line
+                            .split(' ')
+                            .skip(8)
+                            .any(|range| match range.split_once('-') {
+                                Some((a, b)) => {
+                                    (a.parse().unwrap()..=b.parse().unwrap()).contains(&slot)
+                                }
+                                None => range.parse() == Ok(slot),
+                            })
+                })
+            })
+            .expect("the slot's primary")
+    };
+    let victim = owner(slot_of(&keys[0]));
+    let (mover, taker) = {
+        let others: Vec<_> = (cluster.primaries().into_iter())
+            .filter(|n| n.port() != victim.port())
+            .collect();
+        (others[0], others[1])
+    };
+    let probe = (0..)
+        .map(|i| format!("probe-{i}"))
+        .find(|k| owner(slot_of(k)).port() == mover.port())
+        .unwrap();
+    victim.kill_and_hold();
+    common::eventually("the victim marked failed", Duration::from_secs(30), || {
+        mover
+            .cmd::<String>(&["CLUSTER", "NODES"])
+            .contains("master,fail ")
+    });
+    // An empty slot handed from one live primary to the other: asked there, the client is
+    // told MOVED and reads the cluster's map again, which names the dead primary still.
+    let slot = slot_of(&probe).to_string();
+    let taker_id: String = taker.cmd(&["CLUSTER", "MYID"]);
+    for node in [taker, mover] {
+        let () = node.cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &taker_id]);
+    }
+    let _ = runtime.block_on(store.cmd::<Option<String>>(redis::cmd("GET").arg(&probe)));
+    let mut delete = redis::cmd("DEL");
+    delete.arg(&keys);
+    let deleted = runtime.block_on(store.cmd::<i64>(&delete));
+    assert!(
+        deleted.is_err(),
+        "DEL over a dead primary's keys answered {deleted:?}"
+    );
+    victim.release();
+    assert!(
+        !victim.keys("t").is_empty(),
+        "the victim is back with its keys"
+    );
+    // As the garbage queue's deleter does, tried again until it succeeds.
+    common::eventually(
+        "a DEL once the primary is back",
+        Duration::from_secs(30),
+        || runtime.block_on(store.cmd::<i64>(&delete)).is_ok(),
+    );
+    let left: Vec<String> = (cluster.nodes.iter()).flat_map(|n| n.keys("t")).collect();
+    assert!(left.is_empty(), "keys left: {left:?}");
+}
+
+/// A mount, or a tool, started while a primary of the cluster is dead and its replica not yet
+/// promoted waits for the promotion (within `--io-timeout`) instead of failing at once: the
+/// file written before reads back whole and fsck, run in the same gap, finds the filesystem
+/// clean.
+#[test]
+fn a_mount_started_during_a_failover_waits_for_the_promoted_replica() {
+    if !common::ready() {
+        return;
+    }
+    let cluster = Cluster::start(3, 1);
+    let m = Mount::at_url(&cluster.seeds_url(), "skx", &[]);
+    let data = common::random_bytes(1 << 20, 5);
+    let f = fs::File::create(m.join("f")).unwrap();
+    std::io::Write::write_all(&mut &f, &data).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    m.unmount();
+    let victim = metadata_primary(&cluster, "skx");
+    victim.kill_and_hold();
+    let (code, out) = fsck(&cluster.seeds_url(), "skx", &["--io-timeout", "30"]);
+    assert_eq!(code, Some(0), "fsck during the failover:\n{out}");
+    let m = Mount::at_url(&cluster.seeds_url(), "skx", &["--io-timeout", "30"]);
+    assert!(fs::read(m.join("f")).unwrap() == data, "f reads back whole");
+    m.unmount();
+    victim.release();
+    common::assert_clean_at(&cluster.seeds_url(), "skx");
+}
