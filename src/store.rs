@@ -777,10 +777,15 @@ impl Store {
     ) -> RedisResult<(Vec<Value>, u64)> {
         let meta = self.keys.meta();
         let prefix = self.keys.prefix();
+        // On a cluster the scripts check that their slot is not moving (see the prelude).
+        let meta_slot = match self.link.node().is_cluster() {
+            true => crate::wire::slot_of(meta.as_bytes()).to_string(),
+            false => String::new(),
+        };
         let mut held = Duration::from_millis(1);
         loop {
             let deadline = if request.bounded { self.deadline() } else { 0 };
-            let identity = format!("{}:{}:{deadline}", request.session, request.id);
+            let identity = format!("{}:{}:{deadline}:{meta_slot}", request.session, request.id);
             let (reply, generation) = self
                 .retry_on_node(|node| {
                     let mut inv = script.key(&meta);

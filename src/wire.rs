@@ -542,7 +542,7 @@ const SLOTS: usize = 16384;
 
 /// The hash slot of `key`, by Redis Cluster's rule: the CRC16 of its first `{tag}` if that
 /// is not empty, of the whole key otherwise.
-fn slot_of(key: &[u8]) -> u16 {
+pub fn slot_of(key: &[u8]) -> u16 {
     let tag = key.iter().position(|&b| b == b'{').and_then(|open| {
         let rest = &key[open + 1..];
         let close = rest.iter().position(|&b| b == b'}')?;

@@ -380,8 +380,8 @@ fn replica_of<'a>(cluster: &'a Cluster, primary: &common::Redis) -> &'a common::
 /// Resharding under a workload: every slot of a primary that holds blocks but no metadata
 /// moves to another primary with `redis-cli --cluster reshard` while a mount creates, writes,
 /// fsyncs and reads back files; nothing fails, every file holds what was written, and fsck
-/// finds the filesystem clean. (No script touches a block, so their slots move freely; the
-/// metadata's slot is another matter, see the README.)
+/// finds the filesystem clean. (No script touches a block, so their slots move freely; for
+/// the metadata's slot see `moving_the_metadata_slot_under_a_workload_loses_nothing`.)
 #[test]
 fn resharding_the_slots_of_blocks_under_a_workload_loses_nothing() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -825,5 +825,99 @@ fn a_mount_started_during_a_failover_waits_for_the_promoted_replica() {
     assert!(fs::read(m.join("f")).unwrap() == data, "f reads back whole");
     m.unmount();
     victim.release();
+    common::assert_clean_at(&cluster.seeds_url(), "skx");
+}
+
+/// The metadata's slot moved to another primary under a workload, key by key as `redis-cli
+/// --cluster reshard` moves it (`SETSLOT IMPORTING`/`MIGRATING`, `MIGRATE` in small batches,
+/// `SETSLOT NODE`): no script runs while the slot is half moved (it would see the keys already
+/// gone as missing, and write beside them), the workload pauses and goes on without an error,
+/// every file holds what was written, and fsck finds the filesystem clean.
+#[test]
+fn moving_the_metadata_slot_under_a_workload_loses_nothing() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+    if !common::ready() {
+        return;
+    }
+    let cluster = Cluster::start(3, 0);
+    let m = Mount::at_url(&cluster.seeds_url(), "skx", &["--io-timeout", "60"]);
+    let source = metadata_primary(&cluster, "skx");
+    let target = (cluster.primaries().into_iter())
+        .find(|n| n.port() != source.port())
+        .expect("another primary");
+    let stop = AtomicBool::new(false);
+    let done = AtomicUsize::new(0);
+    let content = |i: usize| format!("file {i}\n").repeat(i % 7 + 1);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2)
+            .map(|w| {
+                let (m, stop, done) = (&m, &stop, &done);
+                s.spawn(move || {
+                    let dir = m.join(format!("w{w}"));
+                    fs::create_dir(&dir).unwrap();
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let f = dir.join(format!("new-{i}"));
+                        fs::write(&f, content(i)).expect("create and write");
+                        fs::File::open(&f).unwrap().sync_all().expect("fsync");
+                        fs::rename(&f, dir.join(format!("f-{i}"))).expect("rename");
+                        if i % 5 == 4 {
+                            fs::remove_file(dir.join(format!("f-{}", i - 2))).expect("unlink");
+                        }
+                        fs::read_dir(&dir).unwrap().count();
+                        i += 1;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    i
+                })
+            })
+            .collect();
+        common::eventually("work before the move", Duration::from_secs(30), || {
+            done.load(Ordering::Relaxed) >= 40
+        });
+        let slot = source
+            .cmd::<i64>(&["CLUSTER", "KEYSLOT", "{skx}"])
+            .to_string();
+        let (source_id, target_id): (String, String) = (
+            source.cmd(&["CLUSTER", "MYID"]),
+            target.cmd(&["CLUSTER", "MYID"]),
+        );
+        let () = target.cmd(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id]);
+        let () = source.cmd(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id]);
+        let port = target.port().to_string();
+        loop {
+            let keys: Vec<String> = source.cmd(&["CLUSTER", "GETKEYSINSLOT", &slot, "5"]);
+            if keys.is_empty() {
+                break;
+            }
+            let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            migrate.extend(keys.iter().map(String::as_str));
+            let () = source.cmd(&migrate);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for node in cluster.primaries() {
+            let () = node.cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &target_id]);
+        }
+        let moved = done.load(Ordering::Relaxed);
+        common::eventually("work after the move", Duration::from_secs(60), || {
+            done.load(Ordering::Relaxed) >= moved + 40
+        });
+        stop.store(true, Ordering::Relaxed);
+        for (w, worker) in workers.into_iter().enumerate() {
+            let made = worker
+                .join()
+                .expect("the workload went on without an error");
+            for i in 0..made {
+                let path = m.join(format!("w{w}/f-{i}"));
+                let removed = i % 5 == 2 && i + 2 < made;
+                match fs::read_to_string(&path) {
+                    Ok(text) => assert!(!removed && text == content(i), "{}", path.display()),
+                    Err(e) => assert!(removed, "{}: {e}", path.display()),
+                }
+            }
+        }
+    });
+    m.unmount();
     common::assert_clean_at(&cluster.seeds_url(), "skx");
 }

@@ -3,14 +3,27 @@
 -- name, see src/keys.rs; E, errno values; S_IFMT, S_IFDIR, S_IFREG and LETTER, the file type bits and
 -- their entry letters; PER_BUCKET, inode records per hash; AT, where each field of a record
 -- begins, see src/attr.rs).
--- ARGV[2] is 'session:request:deadline': the session id of the mount running the script (0 for
--- tools), the request's id (0: none), the same for every attempt of one request, and the time
--- on this server's clock (ms) after which the request must not run, because its caller gave up
--- on it (0: none).
+-- ARGV[2] is 'session:request:deadline:slot': the session id of the mount running the script
+-- (0 for tools), the request's id (0: none), the same for every attempt of one request, the
+-- time on this server's clock (ms) after which the request must not run, because its caller
+-- gave up on it (0: none), and on a Redis Cluster the hash slot of the metadata (else empty).
 -- Numbers are written into names and events by `decimal` (see src/keys.rs), never by `..`.
 -- Inode records are packed as described in src/attr.rs; these helpers read and patch them
 -- without unpacking the timestamps, which Lua's doubles could not hold exactly.
-local SID, REQ, DEADLINE = string.match(ARGV[2], '^(%d+):(%d+):(%d+)$')
+local SID, REQ, DEADLINE, META_SLOT = string.match(ARGV[2], '^(%d+):(%d+):(%d+):(%d*)$')
+
+-- While the metadata's slot moves to another node of a cluster (`redis-cli --cluster reshard`),
+-- its keys are some here, some there: a script would read the ones gone as missing and write
+-- beside them. Only the key a script declares is checked by Redis, so the script itself
+-- refuses to run while the slot is being moved out of or into this node (CLUSTER NODES marks
+-- it so on this node's own line), before it reads anything; the mount sends it again.
+if META_SLOT ~= '' then
+  local nodes = redis.call('CLUSTER', 'NODES')
+  if string.find(nodes, '[' .. META_SLOT .. '->-', 1, true)
+    or string.find(nodes, '[' .. META_SLOT .. '-<-', 1, true) then
+    return redis.error_reply('TRYAGAIN the slot of the metadata is moving')
+  end
+end
 
 local records, changed, events = {}, {}, {}
 
