@@ -496,6 +496,7 @@ async fn prepare(
         acl: args.acl.unwrap_or(true),
     };
     let fs_config = format::open(&store, &scripts, (!read_only).then_some(&create)).await?;
+    store.serve(&fs_config.uuid);
     warn_of_ignored_creation_options(args, &create, &fs_config);
     let metrics = match args.no_metrics {
         true => None,

@@ -92,8 +92,12 @@ impl Session {
         Ok(Session {
             store: store.clone(),
             id,
+            // (Not into a filesystem that is no longer the one served: see `Store::serve`.)
             beat: redis::Script::new(
                 "#!lua flags=allow-oom
+                if ARGV[3] ~= '' and redis.call('HGET', KEYS[2], 'uuid') ~= ARGV[3] then
+                  return -1
+                end
                 local alive = redis.call('ZSCORE', KEYS[1], ARGV[2])
                 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
                 if alive then return 1 end
@@ -105,16 +109,24 @@ impl Session {
     /// Tells other mounts this one is alive; says `false` if they had taken it for dead and
     /// expired its session (it was cut off for longer than the timeout), which it rejoins.
     pub async fn heartbeat(&self) -> bool {
-        let sessions = self.store.keys.sessions();
+        let (sessions, meta) = (self.store.keys.sessions(), self.store.keys.meta());
         let beat = self
             .store
             .retry(|mut c| {
                 let mut call = self.beat.key(&sessions);
-                call.arg(now_ms()).arg(self.id);
+                call.key(&meta)
+                    .arg(now_ms())
+                    .arg(self.id)
+                    .arg(self.store.serving());
                 async move { call.invoke_async::<i64>(&mut c).await }
             })
             .await;
         match beat {
+            Ok(-1) => {
+                self.store.lost_filesystem();
+                tracing::error!("{}", crate::store::FILESYSTEM_GONE);
+                true
+            }
             Ok(alive) => alive == 1,
             Err(e) => {
                 tracing::warn!("session heartbeat failed: {e}");

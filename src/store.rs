@@ -189,6 +189,31 @@ pub struct Store {
     /// Clean-ups after failed requests (blocks to delete), run beside them and waited for
     /// before a mount ends its session (see [`Store::clean_up_later`]).
     cleanups: tokio_util::task::TaskTracker,
+    /// The identity (`uuid`) of the filesystem a mount serves, once it checked it: every
+    /// script, and every read of a file's blocks, then makes sure the filesystem in Redis is
+    /// still that one (see [`Store::serve`]).
+    serving: Arc<std::sync::OnceLock<String>>,
+    /// Whether the filesystem served was found gone from Redis (see [`Store::lost_filesystem`]).
+    gone: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What a request answers once the filesystem a mount serves is no longer in Redis: the
+/// error the scripts answer too (`GONE`, see `src/lua/prelude.lua`).
+fn filesystem_gone() -> RedisError {
+    redis::make_extension_error(
+        "GONE".into(),
+        Some("the filesystem served is no longer here".into()),
+    )
+}
+
+/// What a mount logs once its filesystem is gone from Redis (see [`Store::serve`]).
+pub const FILESYSTEM_GONE: &str = "the filesystem this mount serves is no longer in Redis \
+    (Redis lost its data, or the filesystem was removed or replaced): unmount, and mount again";
+
+/// Whether `err` says the filesystem a mount serves is no longer in Redis (see
+/// [`Store::serve`]).
+pub fn is_filesystem_gone(err: &RedisError) -> bool {
+    err.code() == Some("GONE")
 }
 
 /// Whether a slot of a session's ring of replies holds the reply to `request`.
@@ -291,6 +316,8 @@ impl Store {
             losses: Arc::default(),
             waits: Arc::default(),
             cleanups: tokio_util::task::TaskTracker::new(),
+            serving: Arc::default(),
+            gone: Arc::default(),
         })
     }
 
@@ -590,6 +617,62 @@ impl Store {
         Ok(now.replicas)
     }
 
+    /// Makes every later request of this store (and its clones) check that the filesystem in
+    /// Redis is the one whose identity is `uuid`: Redis can lose a filesystem under a mount
+    /// (restarted without persistence, flushed) and another mount can then make a new one under
+    /// the same prefix, whose inodes the first must not write to (nor read zeros for its lost
+    /// blocks).
+    pub fn serve(&self, uuid: &str) {
+        let _ = self.serving.set(uuid.to_string());
+    }
+
+    /// Notes that the filesystem served is no longer in Redis: every later request fails
+    /// (see [`Store::retry_on_node`]).
+    pub fn lost_filesystem(&self) {
+        self.gone.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the filesystem served was found gone from Redis.
+    fn is_gone(&self) -> bool {
+        self.gone.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The identity of the filesystem served (see [`Store::serve`]), empty before a mount
+    /// checked it and for tools.
+    pub fn serving(&self) -> &str {
+        self.serving.get().map_or("", String::as_str)
+    }
+
+    /// `pipe`, of reads of the metadata, sent with a check that the filesystem is still the
+    /// one served (see [`Store::serve`]), in the same round trip; fails without retrying when
+    /// it is not. (A missing key reads as empty: only while the filesystem is the one served.)
+    pub async fn pipe_of_served(&self, pipe: &redis::Pipeline) -> RedisResult<Vec<Value>> {
+        if self.serving().is_empty() {
+            return self.pipe(pipe).await;
+        }
+        let mut checked = pipe.clone();
+        checked.cmd("HGET").arg(self.keys.meta()).arg("uuid");
+        let mut replies: Vec<Value> = self.pipe(&checked).await?;
+        match replies.pop() {
+            Some(Value::BulkString(uuid)) if uuid == self.serving().as_bytes() => Ok(replies),
+            _ => {
+                self.lost_filesystem();
+                Err(filesystem_gone())
+            }
+        }
+    }
+
+    /// [`Store::pipe_of_served`] of one command.
+    pub async fn cmd_of_served<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> RedisResult<T> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd.clone());
+        let reply = self.pipe_of_served(&pipe).await?.remove(0);
+        Ok(redis::from_redis_value(reply)?)
+    }
+
     /// The same connection, for the filesystem under another prefix.
     pub fn with_prefix(&self, prefix: &str) -> Store {
         Store {
@@ -620,7 +703,9 @@ impl Store {
     }
 
     /// Runs `op` on the node in use, retrying with back-off while Redis is unreachable, up
-    /// to the I/O timeout; a node lost is replaced before the next attempt.
+    /// to the I/O timeout; a node lost is replaced before the next attempt. Once the
+    /// filesystem served is found gone (see [`Store::serve`]) nothing is sent any more: not a
+    /// block, whose id may be one the new filesystem there uses, nor its deletion.
     pub async fn retry_on_node<T, F, Fut>(&self, op: F) -> RedisResult<T>
     where
         F: Fn(Arc<Node>) -> Fut,
@@ -630,10 +715,16 @@ impl Store {
             let started = std::time::Instant::now();
             let node = self.link.node();
             let generation = node.generation;
-            let reply = op(node);
+            let reply = (!self.is_gone()).then(|| op(node));
             async move {
+                let Some(reply) = reply else {
+                    return Err(filesystem_gone());
+                };
                 let reply = reply.await;
                 crate::metrics::metrics().round_trip(started.elapsed());
+                if reply.as_ref().is_err_and(is_filesystem_gone) {
+                    self.lost_filesystem();
+                }
                 match reply {
                     Err(e) if self.link.is_lost(&e) => match self.link.replace(generation).await {
                         // Sent again, to the new node (a retry runs nothing twice).
@@ -785,7 +876,12 @@ impl Store {
         let mut held = Duration::from_millis(1);
         loop {
             let deadline = if request.bounded { self.deadline() } else { 0 };
-            let identity = format!("{}:{}:{deadline}:{meta_slot}", request.session, request.id);
+            let identity = format!(
+                "{}:{}:{deadline}:{meta_slot}:{}",
+                request.session,
+                request.id,
+                self.serving()
+            );
             let (reply, generation) = self
                 .retry_on_node(|node| {
                     let mut inv = script.key(&meta);

@@ -994,3 +994,71 @@ common::on_a_server_and_on_a_cluster!(
     mounts_renaming_linking_and_unlinking_overlapping_names_agree,
     two_mounts_appending_in_turn_keep_every_record,
 );
+
+/// Noticed: a mount whose Redis lost the filesystem under it (restarted without persistence,
+/// flushed) went on as if nothing had happened, and once another mount made a new filesystem
+/// there under the same prefix, the old one's open files wrote into the new one's inodes. A
+/// mount checks, with every change and every read of a file's blocks, that the filesystem in
+/// Redis is still the one it mounted: everything fails with `EIO` and a line saying why, no
+/// read answers zeros for lost data, and the new filesystem stays untouched and clean.
+#[test]
+fn a_mount_whose_filesystem_vanished_from_redis_touches_nothing_there() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    // Written through another mount, so that none of it is in the old one's page cache.
+    let writer = Mount::new(&redis, "skx", &[]);
+    fs::write(writer.join("a"), common::random_bytes(32 << 20, 9)).unwrap();
+    writer.unmount();
+    let old = Mount::new(&redis, "skx", &[]);
+    fs::create_dir(old.join("d")).unwrap();
+    let mut open = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(old.join("a"))
+        .unwrap();
+    let mut first = vec![0; 4096];
+    open.read_exact(&mut first).unwrap();
+    let () = redis.cmd(&["FLUSHALL"]);
+    let is_eio =
+        |r: &std::io::Result<()>| matches!(r, Err(e) if e.raw_os_error() == Some(libc::EIO));
+    assert!(
+        is_eio(&fs::write(old.join("b"), b"b")),
+        "a create after the loss"
+    );
+    let mut rest = vec![0; 256 << 10];
+    let read = (open.seek(SeekFrom::Start(30 << 20))).and_then(|_| open.read_exact(&mut rest));
+    assert!(
+        matches!(&read, Err(e) if e.raw_os_error() == Some(libc::EIO)),
+        "a read of lost blocks answered {read:?}"
+    );
+    // Another mount makes a new filesystem there: the old one's open file must not reach it.
+    let new = Mount::new(&redis, "skx", &[]);
+    fs::write(new.join("n"), b"new").unwrap();
+    let wrote = open
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| open.write_all(b"stale"))
+        .and_then(|()| open.sync_all());
+    assert!(
+        is_eio(&wrote),
+        "a write through the old mount answered {wrote:?}"
+    );
+    assert!(
+        is_eio(&fs::create_dir(old.join("e"))),
+        "a mkdir after the loss"
+    );
+    drop(open);
+    assert!(
+        old.log_text().contains("no longer in Redis"),
+        "the old mount says why:\n{}",
+        old.log_text()
+    );
+    let listed: BTreeSet<String> = names(&new.join(""));
+    assert_eq!(listed, BTreeSet::from(["n".to_string()]));
+    assert_eq!(fs::read(new.join("n")).unwrap(), b"new");
+    new.unmount();
+    old.unmount();
+    assert_fsck_clean(&redis.url(), "skx");
+}

@@ -3,14 +3,16 @@
 -- name, see src/keys.rs; E, errno values; S_IFMT, S_IFDIR, S_IFREG and LETTER, the file type bits and
 -- their entry letters; PER_BUCKET, inode records per hash; AT, where each field of a record
 -- begins, see src/attr.rs).
--- ARGV[2] is 'session:request:deadline:slot': the session id of the mount running the script
--- (0 for tools), the request's id (0: none), the same for every attempt of one request, the
--- time on this server's clock (ms) after which the request must not run, because its caller
--- gave up on it (0: none), and on a Redis Cluster the hash slot of the metadata (else empty).
+-- ARGV[2] is 'session:request:deadline:slot:uuid': the session id of the mount running the
+-- script (0 for tools), the request's id (0: none), the same for every attempt of one request,
+-- the time on this server's clock (ms) after which the request must not run, because its
+-- caller gave up on it (0: none), on a Redis Cluster the hash slot of the metadata (else
+-- empty), and the identity of the filesystem the mount serves (empty for tools).
 -- Numbers are written into names and events by `decimal` (see src/keys.rs), never by `..`.
 -- Inode records are packed as described in src/attr.rs; these helpers read and patch them
 -- without unpacking the timestamps, which Lua's doubles could not hold exactly.
-local SID, REQ, DEADLINE, META_SLOT = string.match(ARGV[2], '^(%d+):(%d+):(%d+):(%d*)$')
+local SID, REQ, DEADLINE, META_SLOT, SERVING =
+  string.match(ARGV[2], '^(%d+):(%d+):(%d+):(%d*):(.*)$')
 
 -- While the metadata's slot moves to another node of a cluster (`redis-cli --cluster reshard`),
 -- its keys are some here, some there: a script would read the ones gone as missing and write
@@ -23,6 +25,13 @@ if META_SLOT ~= '' then
     or string.find(nodes, '[' .. META_SLOT .. '-<-', 1, true) then
     return redis.error_reply('TRYAGAIN the slot of the metadata is moving')
   end
+end
+
+-- A mount's filesystem can leave Redis under it (Redis restarted without its data, flushed),
+-- and another mount may then make a new one under the same prefix: a script of the old mount
+-- must not write into it, nor take what is missing for empty.
+if SERVING ~= '' and redis.call('HGET', META_KEY, 'uuid') ~= SERVING then
+  return redis.error_reply('GONE the filesystem served is no longer here')
 end
 
 local records, changed, events = {}, {}, {}

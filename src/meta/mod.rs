@@ -253,6 +253,10 @@ fn send_failure(what: &str, err: &RedisError) -> SendError {
         tracing::info!("{what}: {err}; storing them again");
         return SendError::Moved;
     }
+    // (The scripts check before they read or write anything.)
+    if crate::store::is_filesystem_gone(err) {
+        return SendError::NotRun(redis_failure(what, err));
+    }
     match redis_failure(what, err) {
         FsError::Io => SendError::Unknown,
         refused => SendError::NotRun(refused),
@@ -261,6 +265,10 @@ fn send_failure(what: &str, err: &RedisError) -> SendError {
 
 /// Logs a Redis failure with its context and maps it to an errno.
 pub fn redis_failure(what: &str, err: &RedisError) -> FsError {
+    if crate::store::is_filesystem_gone(err) {
+        tracing::error!("{what}: {}", crate::store::FILESYSTEM_GONE);
+        return FsError::Io;
+    }
     let text = err.to_string();
     if text.contains("READONLY") {
         return FsError::ReadOnly;
@@ -486,7 +494,7 @@ impl Meta {
         loop {
             let mut reply: Vec<Value> = self
                 .store
-                .pipe(pipe)
+                .pipe_of_served(pipe)
                 .await
                 .map_err(|e| redis_failure(what, &e))?;
             let holder = int(reply.last()).map_or(self.session, |h| h as u64);
@@ -1149,9 +1157,10 @@ impl Meta {
         for idx in first..first + count {
             cmd.arg(idx);
         }
+        // (A missing map reads as holes: only while the filesystem is the one served.)
         let ids: Vec<Option<u64>> = self
             .store
-            .cmd(&cmd)
+            .cmd_of_served(&cmd)
             .await
             .map_err(|e| redis_failure("read block map", &e))?;
         Ok(ids.into_iter().map(|i| i.unwrap_or(0)).collect())
@@ -1160,7 +1169,7 @@ impl Meta {
     /// The whole block map of a file.
     pub async fn map_all(&self, ino: u64) -> Result<HashMap<u64, u64>, FsError> {
         self.store
-            .cmd(redis::cmd("HGETALL").arg(self.store.keys.map(ino)))
+            .cmd_of_served(redis::cmd("HGETALL").arg(self.store.keys.map(ino)))
             .await
             .map_err(|e| redis_failure("read block map", &e))
     }
