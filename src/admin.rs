@@ -136,7 +136,8 @@ impl AdminCommand {
 #[derive(Serialize, Debug)]
 pub struct Listed {
     pub prefix: String,
-    /// `ready`, or the state of a restore that did not finish.
+    /// `ready`, the state of a restore that did not finish, or what to do with a filesystem
+    /// of an earlier key layout.
     pub state: String,
     pub inodes: u64,
     pub blocks: u64,
@@ -148,6 +149,23 @@ pub struct Listed {
     pub block_size: u32,
     pub codec: &'static str,
     pub live_mounts: u64,
+}
+
+impl Listed {
+    /// A filesystem listed by its state alone (one of an earlier key layout).
+    fn unreadable(prefix: String, state: String) -> Listed {
+        Listed {
+            prefix,
+            state,
+            inodes: 0,
+            blocks: 0,
+            file_bytes: None,
+            stored_bytes: None,
+            block_size: 0,
+            codec: "?",
+            live_mounts: 0,
+        }
+    }
 }
 
 /// A byte count for people: `1.5G`, `300K`, `?` when not known.
@@ -435,7 +453,7 @@ async fn list(store: &Store) -> Result<Listing, Error> {
     while let Some(keys) = scan.next_batch().await? {
         for key in keys {
             let key = String::from_utf8_lossy(&key);
-            if let Some(prefix) = crate::keys::prefix_of_meta_key(&key) {
+            if let Some((prefix, _)) = crate::keys::prefix_of_meta_key(&key) {
                 if tool::validate_prefix(prefix).is_ok() {
                     prefixes.push(prefix.to_string());
                 }
@@ -450,6 +468,11 @@ async fn list(store: &Store) -> Result<Listing, Error> {
         let (state, block_size, codec) = match format::read(&store).await {
             Ok(config) => ("ready".to_string(), config.block_size, config.codec.name()),
             Err(Error::Incomplete { state, .. }) => (state, 0, "?"),
+            // Counted once converted: its counters are under names this layout does not read.
+            Err(format_1 @ Error::Format1 { .. }) => {
+                filesystems.push(Listed::unreadable(prefix, format_1.to_string()));
+                continue;
+            }
             // A key that happens to be named like a filesystem's.
             Err(_) => continue,
         };

@@ -416,15 +416,18 @@ impl Keys {
 
 /// A SCAN pattern matching the `meta` key of every filesystem on a server.
 pub fn every_meta_key() -> String {
-    format!("{{*}}:{}", META.before)
+    format!("*:{}", META.before)
 }
 
-/// The prefix whose `meta` key `key` is, if it is one (a prefix has no `:`).
-pub fn prefix_of_meta_key(key: &str) -> Option<&str> {
-    key.strip_suffix(META.before)?
-        .strip_suffix("}:")?
-        .strip_prefix('{')
-        .filter(|p| !p.is_empty() && !p.contains([':', '{', '}']))
+/// The prefix whose `meta` key `key` is, if it is one (a prefix has no `:`), and whether it
+/// is named as in format 1 (`<prefix>:meta`, without the braces).
+pub fn prefix_of_meta_key(key: &str) -> Option<(&str, bool)> {
+    let named = key.strip_suffix(META.before)?.strip_suffix(':')?;
+    let (prefix, format_1) = match named.strip_prefix('{') {
+        Some(braced) => (braced.strip_suffix('}')?, false),
+        None => (named, true),
+    };
+    (!prefix.is_empty() && !prefix.contains([':', '{', '}'])).then_some((prefix, format_1))
 }
 
 /// What a key of a filesystem is, read back from its name.
@@ -617,8 +620,11 @@ mod tests {
             Some(b"{copy}:d:1".to_vec())
         );
         assert_eq!(keys.rebase(b"skx:b:5", &copy), Some(b"copy:b:5".to_vec()));
-        assert_eq!(prefix_of_meta_key("{skx}:meta"), Some("skx"));
-        assert_eq!(prefix_of_meta_key("skx:meta"), None);
+        assert_eq!(prefix_of_meta_key("{skx}:meta"), Some(("skx", false)));
+        assert_eq!(prefix_of_meta_key("skx:meta"), Some(("skx", true)));
+        assert_eq!(prefix_of_meta_key("a:b:meta"), None);
+        assert_eq!(prefix_of_meta_key("{a}b:meta"), None);
+        assert_eq!(prefix_of_meta_key("{}:meta"), None);
     }
 
     #[test]

@@ -288,6 +288,15 @@ fn upgrade_converts_a_format_1_filesystem_and_keeps_every_file() {
         "{}",
         refusal.stderr
     );
+    // `list` shows it, with what to do.
+    let listed = admin_json(&redis, "list", &[]);
+    let states: Vec<(&str, &str)> = (listed["filesystems"].as_array().unwrap().iter())
+        .map(|f| (f["prefix"].as_str().unwrap(), f["state"].as_str().unwrap()))
+        .collect();
+    assert!(
+        matches!(states[..], [("skx", state)] if state.contains("redisfs-admin upgrade --prefix skx")),
+        "{listed}"
+    );
     let fsck = common::tool("fsck", &["--redis", &url, "--prefix", "skx"]);
     assert!(
         String::from_utf8_lossy(&fsck.stderr).contains("redisfs-admin upgrade --prefix skx"),
