@@ -309,6 +309,16 @@ pub fn discard(store: &Store, ids: Vec<u64>) {
     store.clean_up_later(async move {
         let mut wait = Duration::from_millis(100);
         while let Err(e) = delete(&target, &ids).await {
+            if crate::store::is_filesystem_gone(&e) {
+                let keys: Vec<String> = ids.iter().map(|&id| target.keys.block(id)).collect();
+                if let Err(e) = target.delete_strays(&keys).await {
+                    tracing::warn!(
+                        "deleting {} blocks stored as the filesystem left: {e}",
+                        ids.len()
+                    );
+                }
+                return;
+            }
             tracing::warn!("deleting {} unneeded blocks: {e}; trying again", ids.len());
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));

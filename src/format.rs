@@ -118,11 +118,15 @@ pub async fn read(store: &Store) -> Result<FsConfig, Error> {
 /// converts it.
 async fn refuse_format_1(store: &Store) -> Result<(), Error> {
     let old_meta = store.keys.format_1(&store.keys.meta());
-    let exists: bool = store
-        .cmd(redis::cmd("EXISTS").arg(&old_meta))
+    // (A key of another program may have the name: only a hash of version 1 is one.)
+    let version: Option<String> = match store
+        .cmd(redis::cmd("HGET").arg(&old_meta).arg("version"))
         .await
-        .map_err(store.failed("EXISTS"))?;
-    if exists {
+    {
+        Err(e) if e.code() == Some("WRONGTYPE") => None,
+        other => other.map_err(store.failed("HGET"))?,
+    };
+    if version.as_deref() == Some("1") {
         return Err(Error::Format1 {
             prefix: store.keys.prefix().to_string(),
         });

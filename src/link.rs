@@ -714,8 +714,15 @@ async fn connect_cluster(
             .await
             .and_then(Value::extract_error);
         if let Err(e) = ping {
+            // (Waited for while it may come back: not when it refuses us for good.)
+            let gone_for_now =
+                crate::store::is_transient(&e) || e.kind() == ErrorKind::ClusterConnectionNotFound;
+            let kind = match gone_for_now {
+                true => ErrorKind::Server(ServerErrorKind::TryAgain),
+                false => ErrorKind::Io,
+            };
             return Err(RedisError::from((
-                ErrorKind::Server(ServerErrorKind::TryAgain),
+                kind,
                 "a primary of the cluster did not answer",
                 format!("{}:{}: {e}", primary.address.host, primary.address.port),
             )));

@@ -124,7 +124,6 @@ impl Session {
         match beat {
             Ok(-1) => {
                 self.store.lost_filesystem();
-                tracing::error!("{}", crate::store::FILESYSTEM_GONE);
                 true
             }
             Ok(alive) => alive == 1,

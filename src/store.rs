@@ -211,9 +211,10 @@ pub const FILESYSTEM_GONE: &str = "the filesystem this mount serves is no longer
     (Redis lost its data, or the filesystem was removed or replaced): unmount, and mount again";
 
 /// Whether `err` says the filesystem a mount serves is no longer in Redis (see
-/// [`Store::serve`]).
+/// [`Store::serve`]): alone, or as the error of a script in a pipeline or transaction.
 pub fn is_filesystem_gone(err: &RedisError) -> bool {
-    err.code() == Some("GONE")
+    (err.clone().into_server_errors())
+        .is_some_and(|all| all.iter().any(|(_, e)| e.code() == "GONE"))
 }
 
 /// Whether a slot of a session's ring of replies holds the reply to `request`.
@@ -627,13 +628,33 @@ impl Store {
     }
 
     /// Notes that the filesystem served is no longer in Redis: every later request fails
-    /// (see [`Store::retry_on_node`]).
+    /// (see [`Store::retry_on_node`]). Said once, in the log.
     pub fn lost_filesystem(&self) {
-        self.gone.store(true, std::sync::atomic::Ordering::Release);
+        if !self.gone.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            tracing::error!("{FILESYSTEM_GONE}");
+        }
+    }
+
+    /// After the filesystem served left Redis, deletes `keys`, blocks this mount stored before
+    /// it noticed, unless a filesystem is there again (its blocks may have the same ids):
+    /// once, without retries, past the refusal of everything else.
+    pub async fn delete_strays(&self, keys: &[String]) -> RedisResult<()> {
+        let mut conn = self.link.node().conn.clone();
+        let again: bool = redis::cmd("EXISTS")
+            .arg(self.keys.meta())
+            .query_async(&mut conn)
+            .await?;
+        if !again {
+            redis::cmd("DEL")
+                .arg(keys)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Whether the filesystem served was found gone from Redis.
-    fn is_gone(&self) -> bool {
+    pub fn is_gone(&self) -> bool {
         self.gone.load(std::sync::atomic::Ordering::Acquire)
     }
 
@@ -677,6 +698,8 @@ impl Store {
     pub fn with_prefix(&self, prefix: &str) -> Store {
         Store {
             keys: Keys::new(prefix),
+            serving: Arc::default(),
+            gone: Arc::default(),
             ..self.clone()
         }
     }

@@ -288,7 +288,8 @@ fn upgrade_converts_a_format_1_filesystem_and_keeps_every_file() {
         "{}",
         refusal.stderr
     );
-    // `list` shows it, with what to do.
+    // `list` shows it, with what to do (and not another program's key of such a name).
+    redis.cmd::<()>(&["SET", "other:meta", "not a filesystem"]);
     let listed = admin_json(&redis, "list", &[]);
     let states: Vec<(&str, &str)> = (listed["filesystems"].as_array().unwrap().iter())
         .map(|f| (f["prefix"].as_str().unwrap(), f["state"].as_str().unwrap()))

@@ -1021,9 +1021,20 @@ fn a_mount_whose_filesystem_vanished_from_redis_touches_nothing_there() {
         .unwrap();
     let mut first = vec![0; 4096];
     open.read_exact(&mut first).unwrap();
+    let mut small_file = fs::File::create(old.join("s")).unwrap();
+    small_file.write_all(&[7; 100]).unwrap();
+    small_file.sync_all().unwrap();
     let () = redis.cmd(&["FLUSHALL"]);
     let is_eio =
         |r: &std::io::Result<()>| matches!(r, Err(e) if e.raw_os_error() == Some(libc::EIO));
+    // First a small write: its block goes with its commit in one transaction.
+    let small = (small_file.seek(SeekFrom::Start(10)))
+        .and_then(|_| small_file.write_all(b"small"))
+        .and_then(|()| small_file.sync_all());
+    assert!(
+        is_eio(&small),
+        "a small write after the loss answered {small:?}"
+    );
     assert!(
         is_eio(&fs::write(old.join("b"), b"b")),
         "a create after the loss"
@@ -1034,7 +1045,12 @@ fn a_mount_whose_filesystem_vanished_from_redis_touches_nothing_there() {
         matches!(&read, Err(e) if e.raw_os_error() == Some(libc::EIO)),
         "a read of lost blocks answered {read:?}"
     );
-    // Another mount makes a new filesystem there: the old one's open file must not reach it.
+    // Nothing stays behind (the block stored with the failed commit is deleted) ...
+    common::eventually("an empty Redis", Duration::from_secs(10), || {
+        redis.cmd::<i64>(&["DBSIZE"]) == 0
+    });
+    // ... and another mount makes a new filesystem there: the old one's open file must not
+    // reach it.
     let new = Mount::new(&redis, "skx", &[]);
     fs::write(new.join("n"), b"new").unwrap();
     let wrote = open
@@ -1049,7 +1065,7 @@ fn a_mount_whose_filesystem_vanished_from_redis_touches_nothing_there() {
         is_eio(&fs::create_dir(old.join("e"))),
         "a mkdir after the loss"
     );
-    drop(open);
+    drop((open, small_file));
     assert!(
         old.log_text().contains("no longer in Redis"),
         "the old mount says why:\n{}",

@@ -23,7 +23,8 @@ if META_SLOT ~= '' then
   local nodes = redis.call('CLUSTER', 'NODES')
   if string.find(nodes, '[' .. META_SLOT .. '->-', 1, true)
     or string.find(nodes, '[' .. META_SLOT .. '-<-', 1, true) then
-    return redis.error_reply('TRYAGAIN the slot of the metadata is moving')
+    return redis.error_reply('TRYAGAIN the slot of the metadata (' .. META_SLOT ..
+      ') is moving; if no resharding runs, redis-cli --cluster fix ends the move')
   end
 end
 

@@ -580,6 +580,9 @@ impl Meta {
                 let _ = tokio::time::timeout(MAX_DELAY, d.wake.notified()).await;
             }
             if let Err(e) = self.send_deferred().await {
+                if self.store.is_gone() {
+                    return;
+                }
                 tracing::warn!("sending deferred changes: {e}; trying again");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

@@ -253,7 +253,8 @@ fn send_failure(what: &str, err: &RedisError) -> SendError {
         tracing::info!("{what}: {err}; storing them again");
         return SendError::Moved;
     }
-    // (The scripts check before they read or write anything.)
+    // (The script checks before it reads or writes anything; blocks stored with it in one
+    // transaction stay, as the store sends nothing more, not even their deletion.)
     if crate::store::is_filesystem_gone(err) {
         return SendError::NotRun(redis_failure(what, err));
     }
@@ -265,8 +266,9 @@ fn send_failure(what: &str, err: &RedisError) -> SendError {
 
 /// Logs a Redis failure with its context and maps it to an errno.
 pub fn redis_failure(what: &str, err: &RedisError) -> FsError {
+    // (Said once, by the store: see `Store::lost_filesystem`.)
     if crate::store::is_filesystem_gone(err) {
-        tracing::error!("{what}: {}", crate::store::FILESYSTEM_GONE);
+        tracing::debug!("{what}: the filesystem is gone from Redis");
         return FsError::Io;
     }
     let text = err.to_string();
@@ -801,6 +803,7 @@ impl Meta {
                 };
                 match unnamed {
                     Ok(unnamed) => return crate::blocks::discard(&store, unnamed),
+                    Err(e) if crate::store::is_filesystem_gone(&e) => return,
                     Err(e) => {
                         tracing::warn!("asking Redis what became of a commit: {e}; trying again");
                         tokio::time::sleep(wait).await;
@@ -1051,6 +1054,9 @@ impl Meta {
             // Removals come in runs (`rm -rf`): what a few milliseconds queue goes in one batch.
             tokio::time::sleep(GARBAGE_DELAY).await;
             if let Err(e) = self.delete_garbage().await {
+                if self.store.is_gone() {
+                    return;
+                }
                 tracing::warn!("deleting unneeded blocks: {e}; trying again");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 self.garbage_queued.notify_one();
