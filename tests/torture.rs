@@ -1078,3 +1078,33 @@ fn a_mount_whose_filesystem_vanished_from_redis_touches_nothing_there() {
     old.unmount();
     assert_fsck_clean(&redis.url(), "skx");
 }
+
+/// A filesystem made under a prefix whose filesystem Redis lost hands out block ids past every
+/// one the lost filesystem had: a mount of the lost one may still send a block under an id it
+/// had reserved before it notices the loss, and that must not be a block of the new one.
+#[test]
+fn a_new_filesystem_never_hands_out_the_block_ids_of_a_lost_one() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let block_ids = || -> Vec<u64> {
+        (redis.keys("skx").iter())
+            .filter_map(|k| k.strip_prefix("skx:b:")?.parse().ok())
+            .collect()
+    };
+    let old = Mount::new(&redis, "skx", &[]);
+    fs::write(old.join("f"), common::random_bytes(1 << 20, 1)).unwrap();
+    old.unmount();
+    let lost = block_ids();
+    assert!(!lost.is_empty());
+    let () = redis.cmd(&["FLUSHALL"]);
+    let new = Mount::new(&redis, "skx", &[]);
+    fs::write(new.join("g"), common::random_bytes(1 << 20, 2)).unwrap();
+    new.unmount();
+    let (highest_lost, lowest_new) = (lost.iter().max(), block_ids().into_iter().min());
+    assert!(
+        lowest_new > highest_lost.copied(),
+        "new block ids from {lowest_new:?}, lost ones up to {highest_lost:?}"
+    );
+}
