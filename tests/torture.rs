@@ -1107,4 +1107,26 @@ fn a_new_filesystem_never_hands_out_the_block_ids_of_a_lost_one() {
         lowest_new > highest_lost.copied(),
         "new block ids from {lowest_new:?}, lost ones up to {highest_lost:?}"
     );
+    // So do the blocks of a filesystem restored there from a dump.
+    let dump = tempfile::tempdir().unwrap().keep().join("fs.rfs");
+    let url = redis.url();
+    let dumped = common::tool(
+        "dump",
+        &["--redis", &url, "--prefix", "skx", dump.to_str().unwrap()],
+    );
+    assert!(dumped.status.success(), "{dumped:?}");
+    let lost = block_ids();
+    let () = redis.cmd(&["FLUSHALL"]);
+    let restored = common::tool(
+        "restore",
+        &["--redis", &url, "--prefix", "skx", dump.to_str().unwrap()],
+    );
+    assert!(restored.status.success(), "{restored:?}");
+    let (highest_lost, lowest_new) = (lost.iter().max(), block_ids().into_iter().min());
+    assert!(
+        lowest_new > highest_lost.copied(),
+        "restored block ids from {lowest_new:?}, lost ones up to {highest_lost:?}"
+    );
+    let _ = fs::remove_dir_all(dump.parent().unwrap());
+    assert_fsck_clean(&url, "skx");
 }

@@ -87,6 +87,12 @@ impl<'a> Importer<'a> {
                 .map_err(|reason: String| bad_dump(&header.source, 1, 0, &reason))?,
         };
         format::mark_unfinished(store, "restoring").await?;
+        // Block ids start where the clock puts them, past every id an earlier filesystem under
+        // the prefix can have handed out, as a new filesystem's do (see `src/lua/format.lua`):
+        // the first reservation on a prefix without a record of its issuers moves the counter.
+        let first_block = (store.reserve(crate::store::Counter::Block, 1))
+            .await
+            .map_err(store.failed("reserving block ids"))?;
         Ok(Importer {
             store,
             codec,
@@ -95,7 +101,7 @@ impl<'a> Importer<'a> {
             pipe: redis::pipe(),
             pipe_commands: 0,
             pipe_bytes: 0,
-            next_block: 0,
+            next_block: first_block - 1,
             max_ino: 1,
             file: None,
             last_entry: None,
