@@ -453,7 +453,7 @@ async fn list(store: &Store) -> Result<Listing, Error> {
     while let Some(keys) = scan.next_batch().await? {
         for key in keys {
             let key = String::from_utf8_lossy(&key);
-            if let Some((prefix, _)) = crate::keys::prefix_of_meta_key(&key) {
+            if let Some(prefix) = crate::keys::prefix_of_meta_key(&key) {
                 if tool::validate_prefix(prefix).is_ok() {
                     prefixes.push(prefix.to_string());
                 }

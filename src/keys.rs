@@ -419,15 +419,15 @@ pub fn every_meta_key() -> String {
     format!("*:{}", META.before)
 }
 
-/// The prefix whose `meta` key `key` is, if it is one (a prefix has no `:`), and whether it
-/// is named as in format 1 (`<prefix>:meta`, without the braces).
-pub fn prefix_of_meta_key(key: &str) -> Option<(&str, bool)> {
+/// The prefix whose `meta` key `key` is, if it is one (a prefix has no `:`): `{<prefix>}:meta`,
+/// or `<prefix>:meta` as format 1 named it.
+pub fn prefix_of_meta_key(key: &str) -> Option<&str> {
     let named = key.strip_suffix(META.before)?.strip_suffix(':')?;
-    let (prefix, format_1) = match named.strip_prefix('{') {
-        Some(braced) => (braced.strip_suffix('}')?, false),
-        None => (named, true),
+    let prefix = match named.strip_prefix('{') {
+        Some(braced) => braced.strip_suffix('}')?,
+        None => named,
     };
-    (!prefix.is_empty() && !prefix.contains([':', '{', '}'])).then_some((prefix, format_1))
+    (!prefix.is_empty() && !prefix.contains([':', '{', '}'])).then_some(prefix)
 }
 
 /// What a key of a filesystem is, read back from its name.
@@ -620,8 +620,8 @@ mod tests {
             Some(b"{copy}:d:1".to_vec())
         );
         assert_eq!(keys.rebase(b"skx:b:5", &copy), Some(b"copy:b:5".to_vec()));
-        assert_eq!(prefix_of_meta_key("{skx}:meta"), Some(("skx", false)));
-        assert_eq!(prefix_of_meta_key("skx:meta"), Some(("skx", true)));
+        assert_eq!(prefix_of_meta_key("{skx}:meta"), Some("skx"));
+        assert_eq!(prefix_of_meta_key("skx:meta"), Some("skx"));
         assert_eq!(prefix_of_meta_key("a:b:meta"), None);
         assert_eq!(prefix_of_meta_key("{a}b:meta"), None);
         assert_eq!(prefix_of_meta_key("{}:meta"), None);
