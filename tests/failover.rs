@@ -62,8 +62,9 @@ impl Watched {
         }
     }
 
-    /// Kills the primary and holds it down until the sentinels promote the replica, then
-    /// starts it again, empty (primary by its own account until the sentinels demote it).
+    /// Kills the primary and holds it down until the sentinels promote the replica and settle
+    /// on it, then starts it again, empty (primary by its own account until the sentinels
+    /// demote it).
     fn fail_over(&self) {
         let replicating_from = self.replica.cmd::<String>(&["INFO", "replication"]);
         assert!(
@@ -80,6 +81,14 @@ impl Watched {
             "the sentinels to promote the replica",
             Duration::from_secs(30),
             || self.sentinels.primary_port() == Some(self.replica.port()),
+        );
+        // Released before the sentinels settle, the old primary, empty, would be the replica
+        // a second failover promotes (see `Sentinels::settled_on`): Sentinel's loss, not the
+        // mount's, which then rightly finds its filesystem gone.
+        common::eventually(
+            "every sentinel to settle on the promoted replica",
+            Duration::from_secs(30),
+            || self.sentinels.settled_on(self.replica.port()),
         );
         self.primary.release();
     }

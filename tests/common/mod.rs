@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::net::TcpListener;
 use std::os::unix::ffi::OsStrExt;
@@ -692,6 +693,31 @@ impl Sentinels {
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
         format!("redis+sentinel://{}/{}", hosts.join(","), self.name)
+    }
+
+    /// Whether every sentinel names the server on `port` as primary, sees it up, and holds no
+    /// other sentinel's word that it is down. A sentinel keeps a peer's "down" answer about
+    /// the primary it failed over from for 5 s (`SENTINEL_ASK_PERIOD * 5` in Redis) and counts
+    /// it for the new one: until then a single missed ping to the new primary (one second, as
+    /// configured here, on a loaded machine) is a quorum and a second failover, to any replica
+    /// it knows, such as a former primary restarted empty (which wipes the data everywhere).
+    pub fn settled_on(&self, port: u16) -> bool {
+        self.ports.iter().all(|&sentinel| {
+            let settled = || -> redis::RedisResult<bool> {
+                let client = redis::Client::open(format!("redis://127.0.0.1:{sentinel}/"))?;
+                let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
+                let ask = |what: &str| redis::cmd("SENTINEL").arg(what).arg(&self.name).clone();
+                let (_, primary): (String, u16) =
+                    ask("get-master-addr-by-name").query(&mut conn)?;
+                let primary_flags: HashMap<String, String> = ask("master").query(&mut conn)?;
+                let peers: Vec<HashMap<String, String>> = ask("sentinels").query(&mut conn)?;
+                Ok(primary == port
+                    && primary_flags.get("flags").is_some_and(|f| f == "master")
+                    && (peers.iter())
+                        .all(|p| p.get("flags").is_some_and(|f| !f.contains("master_down"))))
+            };
+            settled().unwrap_or(false)
+        })
     }
 
     /// The port of the server the sentinels name as primary now.
