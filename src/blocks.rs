@@ -168,6 +168,11 @@ impl BlockStore {
         discard(&self.store, ids);
     }
 
+    /// The most bytes the cache of blocks holds.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).limit
+    }
+
     /// A block from the cache, if it is there.
     pub fn cached(&self, id: u64) -> Option<Block> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(id)

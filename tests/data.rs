@@ -39,11 +39,24 @@ fn a_256_mib_file_round_trips_by_sha256() {
     }
     let written = hasher.finalize();
     assert_eq!(fs::metadata(&path).unwrap().len(), 256 << 20);
-    // Read back through a fresh mount, so nothing comes from this mount's caches.
+    // Read back through fresh mounts, so nothing comes from this mount's caches: one with
+    // the default block cache, which read-ahead runs far ahead in, and one whose cache is
+    // smaller than the widest read-ahead window.
     m.unmount();
-    let m = Mount::new(&redis, "skx", &[]);
+    for extra in [&[][..], &["--cache-size", "2M"][..]] {
+        let m = Mount::new(&redis, "skx", extra);
+        assert_eq!(
+            sha256_of(&m.join("big")),
+            written.to_vec(),
+            "read back with {extra:?}"
+        );
+    }
+}
+
+/// The SHA-256 of the file at `path`, read in order, a MiB at a time.
+fn sha256_of(path: &std::path::Path) -> Vec<u8> {
     let mut hasher = Sha256::new();
-    let mut f = fs::File::open(m.join("big")).unwrap();
+    let mut f = fs::File::open(path).unwrap();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f.read(&mut buf).unwrap();
@@ -52,7 +65,7 @@ fn a_256_mib_file_round_trips_by_sha256() {
         }
         hasher.update(&buf[..n]);
     }
-    assert_eq!(hasher.finalize(), written);
+    hasher.finalize().to_vec()
 }
 
 #[test]

@@ -38,6 +38,8 @@ pub struct FileState {
     pub changed_elsewhere: bool,
     /// Where the last sequential read ended.
     pub read_end: u64,
+    /// Where the run of sequential reads that ended at `read_end` began.
+    pub run_start: u64,
     /// The block index up to which read-ahead has been started.
     pub ahead_to: u64,
     /// Whether this mount sets mtime/ctime on writes (the kernel does with its writeback cache).
@@ -159,6 +161,7 @@ impl OpenFile {
                 unnamed: false,
                 changed_elsewhere: false,
                 read_end: 0,
+                run_start: 0,
                 ahead_to: 0,
                 stamps_times,
                 lost: false,

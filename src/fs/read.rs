@@ -14,8 +14,14 @@ use super::file::FileState;
 use super::write::ATTEMPTS;
 use super::{Core, OpenFile};
 
-/// Blocks read ahead of a sequential reader.
+/// Blocks read ahead of a reader that just began reading sequentially.
 const READ_AHEAD: u64 = 64;
+
+/// Most blocks read ahead of a sequential reader: the window grows with the length of the
+/// run the reader has read in order, as the kernel's does, up to this many (and a quarter of
+/// the block cache). 4 MiB hides a round trip on loopback; 1 ms away, it held a cold `dd` to
+/// 590 MiB/s, which 16 MiB raises to 735.
+const READ_AHEAD_MAX: u64 = 256;
 
 /// Blocks per read-ahead fetch: a reader waiting for one block of a fetch waits for all of it.
 const READ_AHEAD_STEP: usize = 16;
@@ -55,7 +61,7 @@ impl Core {
                 let Some(plan) = st.plan_read(offset, size, self.block_size as u64) else {
                     return Ok(Vec::new());
                 };
-                st.read_end = plan.end;
+                st.note_read(offset, &plan);
                 plan
             };
             let needed: Vec<u64> = plan.bases_needed().collect();
@@ -112,7 +118,7 @@ impl Core {
                     ids.push((idx, id));
                 }
             }
-            st.read_end = plan.end;
+            st.note_read(offset, &plan);
             (plan, ids)
         };
         let mut fetches = Vec::new();
@@ -168,6 +174,13 @@ impl Core {
         out
     }
 
+    /// The widest read-ahead, in blocks: [`READ_AHEAD_MAX`], or a quarter of the block cache
+    /// if that is less (a window its own fetches would evict is no help).
+    fn read_ahead_max(&self) -> u64 {
+        let quarter = self.blocks.cache_bytes() / 4 / self.block_size as u64;
+        quarter.clamp(READ_AHEAD_STEP as u64, READ_AHEAD_MAX)
+    }
+
     /// Starts fetching the blocks from the one holding byte `from` into the cache, each block
     /// once, with the block map ahead of them: a reader that finds both in memory is answered
     /// on the FUSE thread, leaving the runtime's worker to Redis.
@@ -182,7 +195,8 @@ impl Core {
             let mut st = file.state();
             let last = st.attr.size.div_ceil(self.block_size as u64);
             let start = from.max(st.ahead_to);
-            let end = (from + READ_AHEAD).min(last);
+            let run = from.saturating_sub(st.run_start / self.block_size as u64);
+            let end = (from + run.max(READ_AHEAD).min(self.read_ahead_max())).min(last);
             if start >= end {
                 return;
             }
@@ -206,6 +220,15 @@ impl Core {
 }
 
 impl FileState {
+    /// Notes that a read at `offset` was planned as `plan`: where the next sequential read
+    /// starts, and where the run of sequential reads it belongs to began.
+    fn note_read(&mut self, offset: u64, plan: &ReadPlan) {
+        if !plan.sequential {
+            self.run_start = offset;
+        }
+        self.read_end = plan.end;
+    }
+
     /// Plans a read of up to `size` bytes at `offset`; `None` at or past the end of the file.
     fn plan_read(&self, offset: u64, size: u32, bs: u64) -> Option<ReadPlan> {
         let end = (offset + u64::from(size)).min(self.attr.size);
