@@ -83,6 +83,8 @@ pub struct BlockStore {
     pub block_size: usize,
     codec: Codec,
     cache: Mutex<BlockCache>,
+    /// The cache's bound, fixed at mount: read without taking the cache's lock.
+    cache_bytes: u64,
     ids: tokio::sync::Mutex<(u64, u64)>,
     /// Blocks being fetched, with what their fetch's end wakes.
     loading: Mutex<HashMap<u64, Done>>,
@@ -101,6 +103,7 @@ impl BlockStore {
                 bytes: 0,
                 limit: cache_bytes,
             }),
+            cache_bytes,
             ids: tokio::sync::Mutex::new((0, 0)),
             loading: Mutex::new(HashMap::new()),
             store,
@@ -170,7 +173,7 @@ impl BlockStore {
 
     /// The most bytes the cache of blocks holds.
     pub fn cache_bytes(&self) -> u64 {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).limit
+        self.cache_bytes
     }
 
     /// A block from the cache, if it is there.

@@ -19,8 +19,8 @@ const READ_AHEAD: u64 = 64;
 
 /// Most blocks read ahead of a sequential reader: the window grows with the length of the
 /// run the reader has read in order, as the kernel's does, up to this many (and a quarter of
-/// the block cache). 4 MiB hides a round trip on loopback; 1 ms away, it held a cold `dd` to
-/// 590 MiB/s, which 16 MiB raises to 735.
+/// the block cache). 4 MiB hides a round trip on loopback; 1 ms away, by hand, it held a cold
+/// `dd` to about 590 MiB/s, which 16 MiB raises to about 740.
 const READ_AHEAD_MAX: u64 = 256;
 
 /// Blocks per read-ahead fetch: a reader waiting for one block of a fetch waits for all of it.
