@@ -328,3 +328,106 @@ fn every_file_made_is_in_the_next_listing() {
     drop(m);
     assert_clean(&redis, "skx");
 }
+
+/// What `touch`, `chmod`, `chown` and `tar` do to what they just made (a mode, an owner,
+/// times) rides with its creation while that waits in the log: with Redis stopped, such
+/// changes of new files, directories and special files in a leased directory are answered
+/// (where any change through Redis fails after `--io-timeout`), and once Redis is back every
+/// mount sees exactly them, as if each had gone through Redis.
+#[test]
+fn attributes_set_on_what_was_just_made_ride_with_its_creation() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &["--io-timeout", "2"]);
+    let dir = a.join("d");
+    fs::create_dir(&dir).unwrap();
+    let stopped = redis.pause();
+    // The first creation leaves in a batch, which waits for Redis from now on; every later
+    // one stays in the log behind it (the sender takes it within milliseconds: a second is
+    // plenty).
+    fs::File::create(dir.join("first")).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+
+    let times = |secs: u64| {
+        fs::FileTimes::new()
+            .set_accessed(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+            .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(secs + 1))
+    };
+    for i in 0..20u32 {
+        // touch -d: create, then set both times on the open file.
+        let file = fs::File::create(dir.join(format!("f{i}"))).unwrap();
+        file.set_times(times(1_000_000 + u64::from(i))).unwrap();
+        file.set_permissions(fs::Permissions::from_mode(0o600 + i))
+            .unwrap();
+        drop(file);
+        chown(dir.join(format!("f{i}")), Some(1000 + i), Some(2000 + i)).unwrap();
+    }
+    // tar x: create, write, set the times, the owner and the mode, close; then the next.
+    let contents: Vec<Vec<u8>> = (0..20)
+        .map(|i| common::random_bytes(10_000 + i, i as u64))
+        .collect();
+    for (i, data) in contents.iter().enumerate() {
+        let mut file = fs::File::create(dir.join(format!("g{i}"))).unwrap();
+        std::io::Write::write_all(&mut file, data).unwrap();
+        file.set_times(times(2_000_000)).unwrap();
+        std::os::unix::fs::fchown(&file, Some(3), Some(4)).unwrap();
+        file.set_permissions(fs::Permissions::from_mode(0o640))
+            .unwrap();
+    }
+    let sub = dir.join("sub");
+    fs::create_dir(&sub).unwrap();
+    fs::set_permissions(&sub, fs::Permissions::from_mode(0o2750)).unwrap();
+    chown(&sub, Some(7), Some(8)).unwrap();
+    let fifo = common::cpath(&dir.join("fifo"));
+    // SAFETY: a valid path.
+    assert_eq!(
+        unsafe { libc::mknod(fifo.as_ptr(), libc::S_IFIFO | 0o644, 0) },
+        0
+    );
+    fs::set_permissions(dir.join("fifo"), fs::Permissions::from_mode(0o4600)).unwrap();
+    // A change needing Redis fails meanwhile: the stop is real.
+    let through_redis = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
+    redis.resume(stopped);
+    assert_eq!(
+        through_redis.map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EIO)),
+        "a chmod of a directory whose creation Redis had, during the stop"
+    );
+
+    let expect = |m: &Mount| {
+        for i in 0..20u32 {
+            let meta = fs::metadata(m.join(format!("d/f{i}"))).unwrap();
+            let what = format!("d/f{i} on {}", m.join("").display());
+            assert_eq!(meta.mode(), libc::S_IFREG | (0o600 + i), "{what}");
+            assert_eq!((meta.uid(), meta.gid()), (1000 + i, 2000 + i), "{what}");
+            let secs = 1_000_000 + i64::from(i);
+            assert_eq!((meta.atime(), meta.mtime()), (secs, secs + 1), "{what}");
+            assert!(meta.ctime() > secs + 1, "{what}: ctime {}", meta.ctime());
+        }
+        for (i, data) in contents.iter().enumerate() {
+            let path = m.join(format!("d/g{i}"));
+            let meta = fs::metadata(&path).unwrap();
+            assert_eq!(meta.mode(), libc::S_IFREG | 0o640, "d/g{i}");
+            assert_eq!((meta.uid(), meta.gid()), (3, 4), "d/g{i}");
+            // (Reading it moves its access time: relatime, the access time being older.)
+            assert_eq!(meta.mtime(), 2_000_001, "d/g{i}");
+            assert_eq!(&fs::read(&path).unwrap(), data, "d/g{i}'s bytes");
+        }
+        let sub = fs::metadata(m.join("d/sub")).unwrap();
+        assert_eq!(sub.mode(), libc::S_IFDIR | 0o2750);
+        assert_eq!((sub.uid(), sub.gid()), (7, 8));
+        let fifo = fs::symlink_metadata(m.join("d/fifo")).unwrap();
+        assert_eq!(fifo.mode(), libc::S_IFIFO | 0o4600);
+    };
+    expect(&a);
+    let b = Mount::new(&redis, "skx", &[]);
+    expect(&b);
+    drop((a, b));
+    let fresh = Mount::new(&redis, "skx", &[]);
+    expect(&fresh);
+    drop(fresh);
+    assert_clean(&redis, "skx");
+}

@@ -31,6 +31,11 @@ pub trait Call {
     fn places(&self) -> Option<Places> {
         None
     }
+    /// The one inode the call changes, if its script touches nothing else: only the deferred
+    /// changes up to the last one touching it need to go first, not the whole log.
+    fn after_changes_to(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The inode whose map a call puts new blocks in, and where: (index, block id).
@@ -417,6 +422,9 @@ impl Call for Commit<'_> {
     }
     fn places(&self) -> Option<Places> {
         places_of(self.ino, self.swaps)
+    }
+    fn after_changes_to(&self) -> Option<u64> {
+        Some(self.ino)
     }
 }
 

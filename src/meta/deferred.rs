@@ -65,6 +65,13 @@ struct Deferred {
     time: [u8; 10],
 }
 
+impl Deferred {
+    /// Whether the change creates its inode (a removal carries no record).
+    fn is_creation(&self) -> bool {
+        !self.record.is_empty()
+    }
+}
+
 /// Changes sent in one script call, with the directories handed back after them: once built,
 /// sent unchanged under one request identity until Redis answers.
 struct Batch {
@@ -297,6 +304,19 @@ impl Delegation {
         }
     }
 
+    /// Changes the record of `ino` in its creation, if that is still in the log and not yet
+    /// in a batch: no other mount can see an inode before its creation is sent, so the
+    /// creation carries the change, and a `touch` or `chmod` of a file just made costs no
+    /// round trip. Returns the record as changed; `None`: the change must go through Redis.
+    pub fn amend_creation(&self, ino: u64, change: impl FnOnce(&mut Attr)) -> Option<Attr> {
+        let mut log = lock(&self.log);
+        let creation = (log.changes.iter_mut()).find(|c| c.ino == ino && c.is_creation())?;
+        let mut attr = Attr::decode(ino, &creation.record)?;
+        change(&mut attr);
+        creation.record = attr.encode();
+        Some(attr)
+    }
+
     /// Another mount asks for `dir`: it is no longer deferred here, and its lease goes with
     /// the batch that sends the last change appended before now. Every mount hears every
     /// recall; one that does not hold `dir` has nothing to do.
@@ -351,7 +371,8 @@ impl Delegation {
         if log.settled >= upto && !log.changes.is_empty() {
             return None;
         }
-        let n = log.changes.len().min(BATCH);
+        let needed = upto.saturating_sub(log.settled) as usize;
+        let n = log.changes.len().min(BATCH).min(needed);
         let changes: Vec<Deferred> = log.changes.drain(..n).collect();
         let sent = log.settled + n as u64;
         let mut recalled = Vec::new();
@@ -395,6 +416,22 @@ impl Delegation {
     /// created or unlinked).
     pub fn touches(&self, ino: u64) -> bool {
         lock(&self.log).touching.contains_key(&ino)
+    }
+
+    /// How many changes must be settled for every change touching one of `inos` to be (see
+    /// [`Meta::send_deferred_through`]); `None` when none waits.
+    fn through(&self, inos: &[u64]) -> Option<u64> {
+        let log = lock(&self.log);
+        if !inos.iter().any(|ino| log.touching.contains_key(ino)) {
+            return None;
+        }
+        let in_flight = log
+            .unanswered
+            .as_ref()
+            .map_or(0, |b| b.changes.len() as u64);
+        let touching = |c: &Deferred| inos.iter().any(|&i| i == c.parent || i == c.ino);
+        let last_unsent = log.changes.iter().rposition(touching);
+        Some(log.settled + in_flight + last_unsent.map_or(0, |at| at as u64 + 1))
     }
 
     /// A batch Redis refused: this mount's leases are not what it thought (its session was
@@ -467,13 +504,28 @@ impl Meta {
     /// Sends every deferred change appended so far, in order (not those appended while it
     /// sends); waits for a batch already under way.
     pub async fn send_deferred(&self) -> Result<(), FsError> {
+        self.send_deferred_upto(self.delegation.appended()).await
+    }
+
+    /// Sends the deferred changes up to the last one touching any of `inos`, in order: all a
+    /// script about them or a read of them needs. The log is sent as a prefix, so nothing
+    /// lands out of program order, and what was made after (the next file of a `tar x`) stays
+    /// in the log, where changes to it can still ride with its creation.
+    pub async fn send_deferred_through(&self, inos: &[u64]) -> Result<(), FsError> {
+        match self.delegation.through(inos) {
+            Some(upto) => self.send_deferred_upto(upto).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Sends deferred changes until the first `upto` appended are settled.
+    async fn send_deferred_upto(&self, upto: u64) -> Result<(), FsError> {
         let d = &self.delegation;
         // Session 0 is a tool's view of this mount's connection (a clean unmount expires its
         // session as a tool would): the log is the session's to send, never a tool's.
         if self.session == 0 || !d.unsent() {
             return Ok(());
         }
-        let upto = d.appended();
         let _turn = d.sending.lock().await;
         while let Some(batch) = d.next_batch(upto, || self.store.request(self.session)) {
             let script = Batch::script(&self.scripts);
@@ -576,8 +628,18 @@ impl Meta {
                 d.wake.notified().await;
                 continue;
             }
-            if !d.urgent() {
-                let _ = tokio::time::timeout(MAX_DELAY, d.wake.notified()).await;
+            // Only a full batch, a recall or a want of inode numbers cuts the wait short: not
+            // the wake-up a change gave while the last batch was under way, or batches would
+            // go back to back and take creations before what a program does to the file it
+            // just made (a `touch`, a `tar x`) can ride with them.
+            let deadline = tokio::time::Instant::now() + MAX_DELAY;
+            while !d.urgent() && !d.needs_inos() {
+                if tokio::time::timeout_at(deadline, d.wake.notified())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
             }
             if let Err(e) = self.send_deferred().await {
                 if self.store.is_gone() {
@@ -587,5 +649,67 @@ impl Meta {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mount's log with directory 1 leased and inode numbers 100… at hand.
+    fn leased_log() -> Delegation {
+        let d = Delegation::new(true, Duration::from_secs(30));
+        d.leased(1);
+        lock(&d.log).inos = 100..200;
+        d
+    }
+
+    fn create(d: &Delegation, name: &str) -> u64 {
+        let mut attr = Attr::new(FileKind::File, 0o644, 0, 0, Timestamp::now());
+        assert!(d.create(1, name.as_bytes(), &mut attr));
+        attr.ino
+    }
+
+    #[test]
+    fn what_is_sent_for_one_inode_ends_at_its_last_change() {
+        let d = leased_log();
+        let (a, b, c) = (create(&d, "a"), create(&d, "b"), create(&d, "c"));
+        assert_eq!(d.through(&[a]), Some(1));
+        assert_eq!(d.through(&[b, a]), Some(2));
+        assert_eq!(
+            d.through(&[1]),
+            Some(3),
+            "the directory: every change in it"
+        );
+        assert_eq!(d.through(&[999]), None);
+        let batch = d.next_batch(1, || Request::sent(1, 1)).unwrap();
+        assert_eq!(batch.changes.len(), 1, "a prefix, not the whole log");
+        assert_eq!(batch.changes[0].ino, a);
+        // In flight, the change still counts until Redis answers.
+        assert_eq!(d.through(&[a]), Some(1));
+        assert_eq!(d.through(&[c]), Some(3));
+        d.settled(&batch);
+        assert_eq!(d.through(&[a]), None);
+        assert_eq!(d.through(&[c]), Some(3));
+    }
+
+    #[test]
+    fn a_change_rides_with_a_creation_only_while_it_waits_in_the_log() {
+        let d = leased_log();
+        let (a, b) = (create(&d, "a"), create(&d, "b"));
+        let batch = d.next_batch(1, || Request::sent(1, 1)).unwrap();
+        assert_eq!(
+            d.amend_creation(a, |attr| attr.uid = 7),
+            None,
+            "a is in flight"
+        );
+        let amended = d.amend_creation(b, |attr| attr.uid = 7).unwrap();
+        assert_eq!((amended.ino, amended.uid), (b, 7));
+        d.settled(&batch);
+        let rest = d.next_batch(2, || Request::sent(1, 2)).unwrap();
+        let sent = Attr::decode(b, &rest.changes[0].record).unwrap();
+        assert_eq!(sent.uid, 7, "the creation sent carries the change");
+        d.remove(1, b"b", b, Removal::File, Timestamp::now());
+        assert_eq!(d.amend_creation(b, |attr| attr.uid = 8), None);
     }
 }

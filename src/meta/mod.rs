@@ -75,6 +75,27 @@ pub struct AttrChange {
     pub access_only: bool,
 }
 
+impl AttrChange {
+    /// Applies every change but a size to `attr` as `setattr.lua` does to a record (`now`:
+    /// the change time unless given), for a creation not yet sent to carry it (see
+    /// [`Delegation::amend_creation`]).
+    fn apply_to(&self, attr: &mut Attr, now: Timestamp) {
+        debug_assert!(self.size.is_none(), "a size change goes through Redis");
+        if let Some(mode) = self.mode {
+            attr.mode = attr.mode & libc::S_IFMT | mode & 0o7777;
+        }
+        attr.uid = self.uid.unwrap_or(attr.uid);
+        attr.gid = self.gid.unwrap_or(attr.gid);
+        attr.atime = self.atime.unwrap_or(attr.atime);
+        attr.mtime = self.mtime.unwrap_or(attr.mtime);
+        attr.ctime = match self.ctime {
+            Some(ctime) => ctime,
+            None if self.access_only => attr.ctime,
+            None => now,
+        };
+    }
+}
+
 /// What a mount is done with, for [`Meta::reclaim`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Closed {
@@ -487,9 +508,7 @@ impl Meta {
         dir: u64,
         pipe: &mut redis::Pipeline,
     ) -> Result<Vec<Value>, FsError> {
-        if self.delegation.touches(dir) {
-            self.send_deferred().await?;
-        }
+        self.send_deferred_through(&[dir]).await?;
         pipe.cmd("HGET").arg(self.store.keys.lease()).arg(dir);
         let started = std::time::Instant::now();
         let mut delay = std::time::Duration::from_millis(1);
@@ -539,9 +558,7 @@ impl Meta {
         inos: &[u64],
         with_xattrs: bool,
     ) -> Result<(Vec<Stored>, Vec<bool>), FsError> {
-        if inos.iter().any(|&ino| self.delegation.touches(ino)) {
-            self.send_deferred().await?;
-        }
+        self.send_deferred_through(inos).await?;
         self.call_unsent(&calls::Records { with_xattrs, inos })
             .await
     }
@@ -665,10 +682,17 @@ impl Meta {
         change: &AttrChange,
         block_size: u32,
         tail: Option<&Tail>,
-    ) -> Result<(Attr, Request), FsError> {
+    ) -> Result<(Attr, Option<Request>), FsError> {
+        let ts = Timestamp::now();
+        if change.size.is_none() {
+            let amended = (self.delegation).amend_creation(ino, |attr| change.apply_to(attr, ts));
+            if let Some(attr) = amended {
+                return Ok((attr, None));
+            }
+        }
         let call = calls::Setattr {
             ino,
-            ts: Timestamp::now(),
+            ts,
             change,
             block_size,
             tail: tail.map(|t| t.swap),
@@ -681,7 +705,8 @@ impl Meta {
             },
             None => NewBlocks::default(),
         };
-        self.send_or_forget(&call, blocks).await
+        let (attr, request) = self.send_or_forget(&call, blocks).await?;
+        Ok((attr, Some(request)))
     }
 
     /// Swaps block-map entries; id 0 is a hole. Returns the new record and the indexes whose
@@ -722,7 +747,11 @@ impl Meta {
         call: &C,
         blocks: NewBlocks<'_>,
     ) -> Result<(C::Reply, Request), FsError> {
-        if let Err(e) = self.send_deferred().await {
+        let sent = match call.after_changes_to() {
+            Some(ino) => self.send_deferred_through(&[ino]).await,
+            None => self.send_deferred().await,
+        };
+        if let Err(e) = sent {
             crate::blocks::discard(&self.store, blocks.ids());
             return Err(e);
         }
@@ -820,9 +849,7 @@ impl Meta {
         records_up_to: usize,
         with_xattrs: bool,
     ) -> Result<Listing, FsError> {
-        if self.delegation.touches(ino) {
-            self.send_deferred().await?;
-        }
+        self.send_deferred_through(&[ino]).await?;
         let call = calls::ListDir {
             dir: ino,
             whole: ENTRIES_PER_REPLY,

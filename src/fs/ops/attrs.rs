@@ -110,10 +110,17 @@ impl Core {
                 other => break other?,
             }
         };
-        self.cache.forget_attr(ino);
+        match request {
+            Some(_) => self.cache.forget_attr(ino),
+            // The inode's creation, not yet sent, carries the change: what this mount made is
+            // all there is of it.
+            None => self.cache.set(None, attr),
+        }
         if let Some(f) = &open {
             let mut st = f.state();
-            st.last_attr_change = Some(request);
+            if request.is_some() {
+                st.last_attr_change = request;
+            }
             st.refresh(attr);
             // Explicitly set times win over those of buffered writes.
             if change.mtime.is_some() {
