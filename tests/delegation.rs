@@ -344,53 +344,48 @@ fn attributes_set_on_what_was_just_made_ride_with_its_creation() {
     let a = Mount::new(&redis, "skx", &["--io-timeout", "2"]);
     let dir = a.join("d");
     fs::create_dir(&dir).unwrap();
-    let stopped = redis.pause();
-    // The first creation leaves in a batch, which waits for Redis from now on; every later
-    // one stays in the log behind it (the sender takes it within milliseconds: a second is
-    // plenty).
-    fs::File::create(dir.join("first")).unwrap();
-    std::thread::sleep(Duration::from_secs(1));
-
     let times = |secs: u64| {
         fs::FileTimes::new()
             .set_accessed(std::time::UNIX_EPOCH + Duration::from_secs(secs))
             .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(secs + 1))
     };
-    for i in 0..20u32 {
-        // touch -d: create, then set both times on the open file.
-        let file = fs::File::create(dir.join(format!("f{i}"))).unwrap();
-        file.set_times(times(1_000_000 + u64::from(i))).unwrap();
-        file.set_permissions(fs::Permissions::from_mode(0o600 + i))
-            .unwrap();
-        drop(file);
-        chown(dir.join(format!("f{i}")), Some(1000 + i), Some(2000 + i)).unwrap();
-    }
-    // tar x: create, write, set the times, the owner and the mode, close; then the next.
     let contents: Vec<Vec<u8>> = (0..20)
         .map(|i| common::random_bytes(10_000 + i, i as u64))
         .collect();
-    for (i, data) in contents.iter().enumerate() {
-        let mut file = fs::File::create(dir.join(format!("g{i}"))).unwrap();
-        std::io::Write::write_all(&mut file, data).unwrap();
-        file.set_times(times(2_000_000)).unwrap();
-        std::os::unix::fs::fchown(&file, Some(3), Some(4)).unwrap();
-        file.set_permissions(fs::Permissions::from_mode(0o640))
-            .unwrap();
-    }
-    let sub = dir.join("sub");
-    fs::create_dir(&sub).unwrap();
-    fs::set_permissions(&sub, fs::Permissions::from_mode(0o2750)).unwrap();
-    chown(&sub, Some(7), Some(8)).unwrap();
-    let fifo = common::cpath(&dir.join("fifo"));
-    // SAFETY: a valid path.
-    assert_eq!(
-        unsafe { libc::mknod(fifo.as_ptr(), libc::S_IFIFO | 0o644, 0) },
-        0
-    );
-    fs::set_permissions(dir.join("fifo"), fs::Permissions::from_mode(0o4600)).unwrap();
-    // A change needing Redis fails meanwhile: the stop is real.
-    let through_redis = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
-    redis.resume(stopped);
+    // Redis stays stopped well past the `--io-timeout`: what needs it fails meanwhile.
+    let mut through_redis = Ok(());
+    with_the_log_held(&redis, &dir, Duration::from_secs(10), || {
+        for i in 0..20u32 {
+            // touch -d: create, then set both times on the open file.
+            let file = fs::File::create(dir.join(format!("f{i}"))).unwrap();
+            file.set_times(times(1_000_000 + u64::from(i))).unwrap();
+            file.set_permissions(fs::Permissions::from_mode(0o600 + i))
+                .unwrap();
+            drop(file);
+            chown(dir.join(format!("f{i}")), Some(1000 + i), Some(2000 + i)).unwrap();
+        }
+        // tar x: create, write, set the times, the owner and the mode, close; then the next.
+        for (i, data) in contents.iter().enumerate() {
+            let mut file = fs::File::create(dir.join(format!("g{i}"))).unwrap();
+            std::io::Write::write_all(&mut file, data).unwrap();
+            file.set_times(times(2_000_000)).unwrap();
+            std::os::unix::fs::fchown(&file, Some(3), Some(4)).unwrap();
+            file.set_permissions(fs::Permissions::from_mode(0o640))
+                .unwrap();
+        }
+        let sub = dir.join("sub");
+        fs::create_dir(&sub).unwrap();
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o2750)).unwrap();
+        chown(&sub, Some(7), Some(8)).unwrap();
+        let fifo = common::cpath(&dir.join("fifo"));
+        // SAFETY: a valid path.
+        assert_eq!(
+            unsafe { libc::mknod(fifo.as_ptr(), libc::S_IFIFO | 0o644, 0) },
+            0
+        );
+        fs::set_permissions(dir.join("fifo"), fs::Permissions::from_mode(0o4600)).unwrap();
+        through_redis = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
+    });
     assert_eq!(
         through_redis.map_err(|e| e.raw_os_error()),
         Err(Some(libc::EIO)),
@@ -429,5 +424,92 @@ fn attributes_set_on_what_was_just_made_ride_with_its_creation() {
     let fresh = Mount::new(&redis, "skx", &[]);
     expect(&fresh);
     drop(fresh);
+    assert_clean(&redis, "skx");
+}
+
+/// Runs `body` while this mount's deferred log is held: Redis stopped, its first batch sent
+/// and unanswered, every later change waiting behind it; Redis runs again `resume_after` into
+/// `body` (what waits for it meanwhile succeeds where that is shorter than the mount's
+/// `--io-timeout`, and fails with `EIO` where it is longer).
+fn with_the_log_held(redis: &Redis, dir: &Path, resume_after: Duration, body: impl FnOnce()) {
+    static HELD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let held = HELD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let stopped = redis.pause();
+    fs::File::create_new(dir.join(format!("first-of-held-log-{held}"))).unwrap();
+    // The sender takes the first change within milliseconds: a second is plenty.
+    std::thread::sleep(Duration::from_secs(1));
+    let resumer = std::thread::spawn(move || {
+        std::thread::sleep(resume_after);
+        // SAFETY: kill with the test server's pid.
+        unsafe { libc::kill(stopped, libc::SIGCONT) };
+    });
+    body();
+    resumer.join().unwrap();
+}
+
+/// A change of a new inode that later changes in the log also touch (a child made in a new
+/// directory moves its times and link count; a removal its links) cannot ride with the
+/// creation, which they would be applied over: it goes through Redis, in order, and what
+/// every mount sees is what the one that made the change answered.
+#[test]
+fn a_change_that_later_changes_would_undo_goes_through_redis_in_order() {
+    use std::os::unix::fs::PermissionsExt;
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &["--io-timeout", "10"]);
+    let dir = a.join("d");
+    fs::create_dir(&dir).unwrap();
+    let times = fs::FileTimes::new()
+        .set_accessed(std::time::UNIX_EPOCH + Duration::from_secs(1_000))
+        .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_001));
+    with_the_log_held(&redis, &dir, Duration::from_secs(2), || {
+        // cp -a of a directory: its contents, then its times.
+        fs::create_dir(dir.join("copied")).unwrap();
+        fs::File::create(dir.join("copied/inside")).unwrap();
+        let copied = fs::File::open(dir.join("copied")).unwrap();
+        copied.set_times(times).unwrap();
+    });
+    let seen = fs::metadata(dir.join("copied")).unwrap();
+    assert_eq!(seen.mtime(), 1_001, "what the mount that set it says");
+    with_the_log_held(&redis, &dir, Duration::from_secs(2), || {
+        // A file made, opened, removed while open, then changed through its descriptor.
+        let path = dir.join("held");
+        let file = fs::File::create(&path).unwrap();
+        fs::remove_file(&path).unwrap();
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .unwrap();
+        let meta = file.metadata().unwrap();
+        assert_eq!(meta.nlink(), 0, "a removed file's links after a chmod");
+        assert_eq!(meta.mode() & 0o777, 0o600);
+    });
+    let b = Mount::new(&redis, "skx", &[]);
+    let there = fs::metadata(b.join("d/copied")).unwrap();
+    assert_eq!(there.mtime(), 1_001, "what another mount sees");
+    assert_eq!(there.atime(), 1_000);
+    drop((a, b));
+    assert_clean(&redis, "skx");
+}
+
+/// A listing's records of subdirectories whose own changes still wait in the log (children
+/// made in them) are older than what the mount knows: `ls -l` right after `mkdir -p` shows
+/// what the mount knows, not them.
+#[test]
+fn a_listing_shows_new_subdirectories_as_the_mount_knows_them() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &["--io-timeout", "10"]);
+    let dir = a.join("d");
+    fs::create_dir(&dir).unwrap();
+    with_the_log_held(&redis, &dir, Duration::from_secs(2), || {
+        fs::create_dir_all(dir.join("sub/deeper")).unwrap();
+        let listed: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap()).collect();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+    });
+    assert_eq!(fs::metadata(dir.join("sub")).unwrap().nlink(), 3);
+    drop(a);
     assert_clean(&redis, "skx");
 }

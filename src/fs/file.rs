@@ -51,6 +51,9 @@ pub struct FileState {
     /// The last change of attributes made through this mount while open (a truncation, a
     /// chmod): after a failover, `fsync` asks whether the new primary has it.
     pub last_attr_change: Option<crate::store::Request>,
+    /// How many changes the deferred log held when this file was last written: stores of what
+    /// is buffered send the log up to there first, so that they land in program order.
+    pub log_position: u64,
 }
 
 impl FileState {
@@ -166,6 +169,7 @@ impl OpenFile {
                 stamps_times,
                 lost: false,
                 last_attr_change: None,
+                log_position: 0,
             }),
             flush_lock: tokio::sync::Mutex::new(()),
             commit_lock: tokio::sync::Mutex::new(()),

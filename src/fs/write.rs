@@ -154,6 +154,7 @@ impl Core {
             pos += n;
         }
         st.attr.size = st.attr.size.max(end);
+        st.log_position = self.meta.delegation.position();
         // With the writeback cache the kernel owns the times of regular files and sends them
         // with SETATTR; stamping them here as well would make the two disagree.
         if st.stamps_times {
@@ -221,6 +222,9 @@ impl Core {
         let store = &self.meta.store;
         let started = std::time::Instant::now();
         self.recount_replicas().await;
+        // A file made in a leased directory, and what was done to it there, may still be in the
+        // deferred log, with nothing to store to send it.
+        self.meta.send_deferred_through(&[file.ino]).await?;
         loop {
             self.flush_file(file, false).await?;
             self.still_there(file, store.link.node().generation).await?;
@@ -598,15 +602,22 @@ impl Core {
         // Commits of one file go one at a time, each with the file's mtime as it is then:
         // batches finishing out of order never store an older mtime over a newer one.
         let _in_order = file.commit_lock.lock().await;
-        let mtime = {
+        let (mtime, written_at) = {
             let st = file.state();
-            st.stamps_times.then_some(st.attr.mtime)
+            (st.stamps_times.then_some(st.attr.mtime), st.log_position)
         };
         let epoch = self.cache.epoch();
         let replicated_node = self.meta.store.replicated_node();
         let (attr, lost, request) = self
             .meta
-            .commit(file.ino, mtime, end, &swaps, placed.new_blocks())
+            .commit(
+                file.ino,
+                mtime,
+                end,
+                &swaps,
+                placed.new_blocks(),
+                Some(written_at),
+            )
             .await?;
         let answered = replicated_node.map(|node| self.meta.store.answered(node, request));
         // What the commit left is the truth, unless something changed since it began.

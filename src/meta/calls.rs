@@ -31,9 +31,10 @@ pub trait Call {
     fn places(&self) -> Option<Places> {
         None
     }
-    /// The one inode the call changes, if its script touches nothing else: only the deferred
-    /// changes up to the last one touching it need to go first, not the whole log.
-    fn after_changes_to(&self) -> Option<u64> {
+    /// For a call that changes one inode only (a data commit), that inode and how many changes
+    /// the deferred log held when the call's data was written: only those, and the changes
+    /// touching the inode, go first. `None`: the whole log.
+    fn follows_log_at(&self) -> Option<(u64, u64)> {
         None
     }
 }
@@ -393,6 +394,9 @@ pub struct Commit<'a> {
     pub mtime: Option<Timestamp>,
     pub end_size: u64,
     pub swaps: &'a [BlockSwap],
+    /// How many changes the deferred log held when the data was written (`None`: unknown,
+    /// the whole log goes first).
+    pub written_at: Option<u64>,
 }
 
 impl Call for Commit<'_> {
@@ -423,8 +427,8 @@ impl Call for Commit<'_> {
     fn places(&self) -> Option<Places> {
         places_of(self.ino, self.swaps)
     }
-    fn after_changes_to(&self) -> Option<u64> {
-        Some(self.ino)
+    fn follows_log_at(&self) -> Option<(u64, u64)> {
+        self.written_at.map(|at| (self.ino, at))
     }
 }
 

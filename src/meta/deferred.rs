@@ -31,7 +31,7 @@
 //! through Redis succeeds: they then meet `ENOSPC` honestly.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -162,6 +162,9 @@ pub struct Delegation {
     /// does it at once, a dead one loses its leases when its session expires.
     recall_wait: Duration,
     log: Mutex<Log>,
+    /// How many changes were appended so far (the log's `appended`, readable without its lock
+    /// on the write path: see [`Delegation::position`]).
+    position: AtomicU64,
     /// One batch at a time, so that batches land in order.
     sending: tokio::sync::Mutex<()>,
     /// Wakes the background sender: the first change, a full batch, or a recall.
@@ -182,6 +185,7 @@ impl Delegation {
             // Expiry runs up to a sixth of the timeout (at most 5 s) after it is due.
             recall_wait: session_timeout * 2 + Duration::from_secs(10),
             log: Mutex::default(),
+            position: AtomicU64::new(0),
             sending: tokio::sync::Mutex::new(()),
             wake: tokio::sync::Notify::new(),
         }
@@ -297,6 +301,7 @@ impl Delegation {
         }
         log.changes.push_back(change);
         log.appended += 1;
+        self.position.store(log.appended, Ordering::Release);
         let waiting = log.changes.len();
         drop(log);
         if waiting == 1 || waiting == BATCH {
@@ -308,8 +313,16 @@ impl Delegation {
     /// in a batch: no other mount can see an inode before its creation is sent, so the
     /// creation carries the change, and a `touch` or `chmod` of a file just made costs no
     /// round trip. Returns the record as changed; `None`: the change must go through Redis.
+    /// Only while the creation is the one change of the inode waiting: later ones (a child
+    /// made in a new directory, a removal) would be applied over the change in Redis.
     pub fn amend_creation(&self, ino: u64, change: impl FnOnce(&mut Attr)) -> Option<Attr> {
+        if !self.enabled() {
+            return None;
+        }
         let mut log = lock(&self.log);
+        if log.touching.get(&ino) != Some(&1) {
+            return None;
+        }
         let creation = (log.changes.iter_mut()).find(|c| c.ino == ino && c.is_creation())?;
         let mut attr = Attr::decode(ino, &creation.record)?;
         change(&mut attr);
@@ -356,6 +369,17 @@ impl Delegation {
     /// How many changes were appended so far: [`Delegation::next_batch`] sends up to there.
     fn appended(&self) -> u64 {
         lock(&self.log).appended
+    }
+
+    /// How many changes were appended so far, without taking the log's lock: a write notes it,
+    /// and the store of what it wrote sends the log up to there first (program order).
+    pub fn position(&self) -> u64 {
+        self.position.load(Ordering::Acquire)
+    }
+
+    /// How many changes Redis has settled.
+    fn settled_count(&self) -> u64 {
+        lock(&self.log).settled
     }
 
     /// The next batch to send: the one Redis has not answered yet, or up to [`BATCH`] new
@@ -422,14 +446,17 @@ impl Delegation {
     /// [`Meta::send_deferred_through`]); `None` when none waits.
     fn through(&self, inos: &[u64]) -> Option<u64> {
         let log = lock(&self.log);
-        if !inos.iter().any(|ino| log.touching.contains_key(ino)) {
+        let wanted: HashSet<u64> = (inos.iter().copied())
+            .filter(|ino| log.touching.contains_key(ino))
+            .collect();
+        if wanted.is_empty() {
             return None;
         }
         let in_flight = log
             .unanswered
             .as_ref()
             .map_or(0, |b| b.changes.len() as u64);
-        let touching = |c: &Deferred| inos.iter().any(|&i| i == c.parent || i == c.ino);
+        let touching = |c: &Deferred| wanted.contains(&c.parent) || wanted.contains(&c.ino);
         let last_unsent = log.changes.iter().rposition(touching);
         Some(log.settled + in_flight + last_unsent.map_or(0, |at| at as u64 + 1))
     }
@@ -488,7 +515,7 @@ impl Delegation {
 
     fn needs_inos(&self) -> bool {
         let log = lock(&self.log);
-        self.enabled() && log.inos.end - log.inos.start < INO_RANGE / 4
+        self.enabled() && log.inos.end - log.inos.start <= INO_RANGE / 4
     }
 }
 
@@ -508,14 +535,23 @@ impl Meta {
     }
 
     /// Sends the deferred changes up to the last one touching any of `inos`, in order: all a
-    /// script about them or a read of them needs. The log is sent as a prefix, so nothing
-    /// lands out of program order, and what was made after (the next file of a `tar x`) stays
-    /// in the log, where changes to it can still ride with its creation.
+    /// read of them needs. The log is sent as a prefix, so nothing lands out of program order.
     pub async fn send_deferred_through(&self, inos: &[u64]) -> Result<(), FsError> {
         match self.delegation.through(inos) {
             Some(upto) => self.send_deferred_upto(upto).await,
             None => Ok(()),
         }
+    }
+
+    /// Sends what must reach Redis before a change of `ino` alone whose data was written when
+    /// the log held `written_at` changes: those, and every change touching `ino`.
+    pub async fn send_deferred_for(&self, ino: u64, written_at: u64) -> Result<(), FsError> {
+        let touching = self.delegation.through(&[ino]).unwrap_or(0);
+        let upto = touching.max(written_at);
+        if self.delegation.settled_count() >= upto {
+            return Ok(());
+        }
+        self.send_deferred_upto(upto).await
     }
 
     /// Sends deferred changes until the first `upto` appended are settled.

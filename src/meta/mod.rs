@@ -711,7 +711,9 @@ impl Meta {
 
     /// Swaps block-map entries; id 0 is a hole. Returns the new record and the indexes whose
     /// expected id no longer held (their new blocks are gone). `EAGAIN`: the primary changed
-    /// since the blocks were stored; store them again.
+    /// since the blocks were stored; store them again. `written_at`: the deferred log's
+    /// [`position`](deferred::Delegation::position) when the data was written, if known (only
+    /// the changes before it, and those touching `ino`, need go first).
     pub async fn commit(
         &self,
         ino: u64,
@@ -719,12 +721,14 @@ impl Meta {
         end_size: u64,
         swaps: &[BlockSwap],
         blocks: NewBlocks<'_>,
+        written_at: Option<u64>,
     ) -> Result<(Attr, Vec<u64>, Request), FsError> {
         let call = calls::Commit {
             ino,
             mtime,
             end_size,
             swaps,
+            written_at,
         };
         let ((attr, lost), request) = self.send_or_forget(&call, blocks).await?;
         // The script queued a loser's new block for deletion, but a run replayed from the
@@ -747,8 +751,8 @@ impl Meta {
         call: &C,
         blocks: NewBlocks<'_>,
     ) -> Result<(C::Reply, Request), FsError> {
-        let sent = match call.after_changes_to() {
-            Some(ino) => self.send_deferred_through(&[ino]).await,
+        let sent = match call.follows_log_at() {
+            Some((ino, written_at)) => self.send_deferred_for(ino, written_at).await,
             None => self.send_deferred().await,
         };
         if let Err(e) = sent {

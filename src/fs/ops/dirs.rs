@@ -287,12 +287,22 @@ impl Core {
                 )
             })
             .collect();
-        for (entry, stored) in entries[dots..].iter().zip(&named) {
-            if let Stored::Attr(attr) = stored {
-                self.cache.remember(epoch, Some((dir, &entry.name)), *attr);
-            }
+        for (entry, stored) in entries[dots..].iter().zip(named) {
+            // Redis's record of an entry the deferred log still changes (a new directory's
+            // count of links and times, as its first children are made) is older than what
+            // this mount knows of it.
+            let stored = match stored {
+                Stored::Attr(_) if self.meta.delegation.touches(entry.ino) => {
+                    self.getattr_cached(entry.ino).map_or(stored, Stored::Attr)
+                }
+                Stored::Attr(attr) => {
+                    self.cache.remember(epoch, Some((dir, &entry.name)), attr);
+                    stored
+                }
+                other => other,
+            };
+            attrs.push(stored);
         }
-        attrs.extend(named);
         attrs
     }
 

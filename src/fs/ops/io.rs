@@ -546,6 +546,7 @@ impl Core {
                         0,
                         &swaps,
                         NewBlocks::default(),
+                        None,
                     )
                     .await?;
                 self.cache.forget_attr(file.ino);
