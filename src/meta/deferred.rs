@@ -323,7 +323,7 @@ impl Delegation {
         if log.touching.get(&ino) != Some(&1) {
             return None;
         }
-        let creation = (log.changes.iter_mut()).find(|c| c.ino == ino && c.is_creation())?;
+        let creation = (log.changes.iter_mut().rev()).find(|c| c.ino == ino && c.is_creation())?;
         let mut attr = Attr::decode(ino, &creation.record)?;
         change(&mut attr);
         creation.record = attr.encode();
