@@ -427,6 +427,108 @@ fn attributes_set_on_what_was_just_made_ride_with_its_creation() {
     assert_clean(&redis, "skx");
 }
 
+/// `tar x` sets each directory's times, owner and mode after its contents. A directory made
+/// here in a directory leased here is one no other mount can have seen: those changes join the
+/// deferred log behind its contents and cost no round trip. One another mount may have seen
+/// (moved, or whose parent another mount looked into; made in a shared directory, as `d`
+/// here, see the test above) changes through Redis.
+#[test]
+fn a_directory_no_other_mount_has_seen_changes_its_attributes_without_redis() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &["--io-timeout", "2"]);
+    let b = Mount::new(&redis, "skx", &[]);
+    fs::create_dir_all(a.join("m/moved")).unwrap();
+    fs::rename(a.join("m/moved"), a.join("moved")).unwrap();
+    let (dir, looked_into) = (a.join("d"), a.join("e"));
+    fs::create_dir(&dir).unwrap();
+    fs::create_dir(&looked_into).unwrap();
+    fs::create_dir(looked_into.join("seen")).unwrap();
+    // Another mount sees `moved` where it went, and looks into `e`.
+    assert!(fs::metadata(b.join("moved")).unwrap().is_dir());
+    assert_eq!(fs::read_dir(b.join("e")).unwrap().count(), 1);
+    let times = |secs: u64| {
+        fs::FileTimes::new()
+            .set_accessed(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+            .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(secs + 1))
+    };
+    // Changed through descriptors opened (and their attributes read) before Redis stops: only
+    // the change itself needs Redis.
+    let seen: Vec<(fs::File, &str)> = ["moved", "e/seen"]
+        .into_iter()
+        .map(|name| (fs::File::open(a.join(name)).unwrap(), name))
+        .inspect(|(file, _)| assert!(file.metadata().unwrap().is_dir()))
+        .collect();
+    let mut through_redis = Vec::new();
+    let stop = Instant::now();
+    // Redis stays stopped past the `--io-timeout` of the first change that needs it (the
+    // second, waiting behind it, fails with it).
+    with_the_log_held(&redis, &dir, Duration::from_secs(10), || {
+        for top in 0..3u32 {
+            let t = dir.join(format!("t{top}"));
+            fs::create_dir_all(t.join("sub")).unwrap();
+            for i in 0..5 {
+                fs::File::create(t.join(format!("sub/f{i}"))).unwrap();
+            }
+            for (depth, d) in [t.join("sub"), t].iter().enumerate() {
+                let n = top * 2 + depth as u32;
+                fs::File::open(d)
+                    .unwrap()
+                    .set_times(times(1_000_000 + u64::from(n)))
+                    .unwrap();
+                chown(d, Some(100 + n), Some(200 + n)).unwrap();
+                fs::set_permissions(d, fs::Permissions::from_mode(0o2700 + n)).unwrap();
+            }
+        }
+        for (file, name) in &seen {
+            let started = Instant::now();
+            let chmod = file.set_permissions(fs::Permissions::from_mode(0o700));
+            let what = format!(
+                "chmod of {name} {:?} into the stop, answered in {:?}",
+                started - stop,
+                started.elapsed()
+            );
+            through_redis.push((what, chmod.map_err(|e| e.raw_os_error())));
+        }
+    });
+    drop(seen);
+    for (what, chmod) in through_redis {
+        assert_eq!(chmod, Err(Some(libc::EIO)), "{what}");
+    }
+    let expect = |m: &Mount| {
+        for top in 0..3u32 {
+            for (depth, d) in [format!("d/t{top}/sub"), format!("d/t{top}")]
+                .iter()
+                .enumerate()
+            {
+                let n = top * 2 + depth as u32;
+                let meta = fs::metadata(m.join(d)).unwrap();
+                let what = format!("{d} on {}", m.join("").display());
+                assert_eq!(meta.mode(), libc::S_IFDIR | (0o2700 + n), "{what}");
+                assert_eq!((meta.uid(), meta.gid()), (100 + n, 200 + n), "{what}");
+                let secs = 1_000_000 + i64::from(n);
+                assert_eq!((meta.atime(), meta.mtime()), (secs, secs + 1), "{what}");
+                assert_eq!(meta.nlink(), 2 + depth as u64, "{what}");
+            }
+        }
+    };
+    expect(&a);
+    expect(&b);
+    drop((a, b));
+    let fresh = Mount::new(&redis, "skx", &[]);
+    expect(&fresh);
+    // (Last: a listing is an access, which moves these access times, older than a day.)
+    for top in 0..3u32 {
+        let listed = fs::read_dir(fresh.join(format!("d/t{top}/sub"))).unwrap();
+        assert_eq!(listed.count(), 5, "d/t{top}/sub");
+    }
+    drop(fresh);
+    assert_clean(&redis, "skx");
+}
+
 /// Runs `body` while this mount's deferred log is held: Redis stopped, its first batch sent
 /// and unanswered, every later change waiting behind it; Redis runs again `resume_after` into
 /// `body` (what waits for it meanwhile succeeds where that is shorter than the mount's

@@ -70,11 +70,11 @@ impl Core {
             return;
         }
         let core = self.clone();
-        let ino = attr.ino;
+        let (ino, seen) = (attr.ino, attr.atime);
         self.spawn(runtime, async move {
             let change = AttrChange {
                 atime: Some(now),
-                access_only: true,
+                accessed: Some(seen),
                 ..Default::default()
             };
             match core.freeze.pass(core.write_access_time(ino, change)).await {
@@ -93,7 +93,7 @@ impl Core {
         self.writable()?;
         let (attr, _) = self
             .meta
-            .setattr(ino, &change, self.block_size, None)
+            .setattr(ino, &change, self.block_size, None, None)
             .await?;
         self.cache.forget_attr(ino);
         if let Some(f) = self.open.get(ino) {

@@ -336,7 +336,7 @@ impl fuser::Filesystem for RedisFs {
             atime: atime.map(time),
             mtime: mtime.map(time),
             ctime: ctime.map(Timestamp::from_system),
-            access_only: false,
+            accessed: None,
         };
         let truncating = size.is_some().then(|| caller(req));
         self.serve_change(timer, reply, move |c| async move {

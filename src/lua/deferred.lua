@@ -4,7 +4,8 @@
 -- ARGV: P, sid, recalled dirs (space-separated), then per change: op, parent, name, ino,
 -- record, ts; op is a kind letter (create), 'u' (unlink of a file this mount does not have
 -- open), 'h' (unlink of a file it has open: its session holds the file until its last close)
--- or 'r' (rmdir of an empty directory leased here).
+-- 'r' (rmdir of an empty directory leased here) or 'a' (a change of attributes of the leased
+-- directory `parent`, which is `ino`; no name; the record is the change, see `attr_change`).
 --   ->  {0, 1 if Redis is over its maxmemory} or {errno, index of the change at fault}
 -- Run with allow-oom (src/scripts.rs): these changes were answered already, and must land even
 -- when Redis is full; the mount then stops deferring creates.
@@ -14,6 +15,15 @@ local n = (#ARGV - FIRST + 1) / WIDTH
 -- parents already found live and leased here (nothing before the batch's end changes that).
 local names, born, kinds, added, held = {}, {}, {}, {}, {}
 local function count(dir, n) added[dir] = (added[dir] or 0) + n end
+-- A change of attributes as Delegation::change_dir packs it: setattr.lua's mask, the mode bits,
+-- uid and gid (each 4 bytes, little-endian), then the access, modification and change times
+-- and the access time an access saw.
+local function attr_change(r, ts, packed)
+  local mask, perm, uid, gid = struct.unpack('<I4I4I4I4', packed)
+  local width = (#packed - 16) / 4
+  local function time(k) return string.sub(packed, 17 + k * width, 16 + (k + 1) * width) end
+  return change_attrs(r, ts, mask, perm, uid, gid, time(0), time(1), time(2), time(3))
+end
 local function entry_now(parent, name)
   local e = names[decimal(parent) .. '/' .. name]
   if e == nil then e = redis.call('HGET', dir_key(parent), name) or false end
@@ -28,8 +38,10 @@ for i = 0, n - 1 do
     if err then return { err, i } end
     held[parent] = true
   end
-  local e = entry_now(parent, name)
-  if op == 'u' or op == 'h' or op == 'r' then
+  local e = op ~= 'a' and entry_now(parent, name)
+  if op == 'a' then
+    -- The directory itself, checked above as a parent is.
+  elseif op == 'u' or op == 'h' or op == 'r' then
     if not e then return { E.NOENT, i } end
     local kind, named = split_entry(e)
     if (kind == 'd') ~= (op == 'r') or named ~= ino then return { E.NOENT, i } end
@@ -51,7 +63,9 @@ end
 for i = 0, n - 1 do
   local at = FIRST + i * WIDTH
   local op, parent, name, ino, ts = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 5]
-  if op == 'u' or op == 'h' or op == 'r' then
+  if op == 'a' then
+    put(ino, attr_change(rec(ino), ts, ARGV[at + 4]))
+  elseif op == 'u' or op == 'h' or op == 'r' then
     local closed = ino
     if op == 'h' then closed = 0 end
     drop_child(parent, name, kinds[i], ino, ts, closed)

@@ -120,6 +120,23 @@ local function set_size(r, s)
 end
 local function touch_mc(r, ts) return splice(r, AT.MTIME, ts .. ts) end
 local function touch_c(r, ts) return splice(r, AT.CTIME, ts) end
+-- Applies a change of attributes other than the size to record `r` (`mask` as setattr.lua's;
+-- `ts` is the change time unless one is given, or unless only an access is recorded: then the
+-- access time moves only if it still is `seen`, the one the access saw).
+local function change_attrs(r, ts, mask, perm, uid, gid, atime, mtime, ctime, seen)
+  local function has(b) return bit.band(mask, b) ~= 0 end
+  if has(1) then
+    r = splice(r, AT.MODE, struct.pack('<I2', bit.bor(bit.band(mode(r), S_IFMT), bit.band(perm, 4095))))
+  end
+  if has(2) then r = splice(r, AT.UID, struct.pack('<I4', uid)) end
+  if has(4) then r = splice(r, AT.GID, struct.pack('<I4', gid)) end
+  if has(16) and (not has(128) or string.sub(r, AT.ATIME + 1, AT.ATIME + #seen) == seen) then
+    r = splice(r, AT.ATIME, atime)
+  end
+  if has(32) then r = splice(r, AT.MTIME, mtime) end
+  if has(64) then r = splice(r, AT.CTIME, ctime) elseif not has(128) then r = touch_c(r, ts) end
+  return r
+end
 -- A regular file's record ends with the number of blocks its map names (src/attr.rs): called
 -- after every change of the map, it counts them there (a record without the count gains it).
 local function count_blocks(ino, r)

@@ -1,7 +1,7 @@
 -- ARGV: P, sid, ino, ts, mask, mode, uid, gid, atime, mtime, ctime, size, block_size,
---       tail_index, tail_old, tail_new, tail_new's length in Redis     ->  {0, record}
+--       tail_index, tail_old, tail_new, tail_new's length in Redis, seen   ->  {0, record}
 -- mask bits: 1 mode, 2 uid, 4 gid, 8 size, 16 atime, 32 mtime, 64 ctime, 128 an access recorded
--- (ctime stays).
+-- (atime is set only if it still is `seen`, the one the access saw; ctime stays).
 -- On a size cut that ends inside a block, the caller passes that block re-written with zeros
 -- past the new end (tail_new, stored before on this node) in place of tail_old; a lost race
 -- answers EAGAIN.
@@ -48,14 +48,7 @@ if has(8) then
   if new ~= size(r) then data_changed(ino); r = touch_mc(r, ts) end
   r = set_size(r, new)
 end
-if has(1) then
-  r = splice(r, AT.MODE, struct.pack('<I2', bit.bor(bit.band(mode(r), S_IFMT), bit.band(tonumber(ARGV[6]), 4095))))
-end
-if has(2) then r = splice(r, AT.UID, struct.pack('<I4', tonumber(ARGV[7]))) end
-if has(4) then r = splice(r, AT.GID, struct.pack('<I4', tonumber(ARGV[8]))) end
-if has(16) then r = splice(r, AT.ATIME, ARGV[9]) end
-if has(32) then r = splice(r, AT.MTIME, ARGV[10]) end
-if has(64) then r = splice(r, AT.CTIME, ARGV[11]) elseif not has(128) then r = touch_c(r, ts) end
+r = change_attrs(r, ts, mask, tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], ARGV[10], ARGV[11], ARGV[18])
 put(ino, r)
 save()
 return { 0, records[ino] }

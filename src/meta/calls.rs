@@ -326,28 +326,6 @@ pub struct Setattr<'a> {
     pub tail: Option<BlockSwap>,
 }
 
-impl Setattr<'_> {
-    /// The script's mask of which fields change.
-    fn mask(&self) -> u32 {
-        let c = self.change;
-        [
-            c.mode.is_some(),
-            c.uid.is_some(),
-            c.gid.is_some(),
-            c.size.is_some(),
-            c.atime.is_some(),
-            c.mtime.is_some(),
-            c.ctime.is_some(),
-            c.access_only,
-        ]
-        .iter()
-        .enumerate()
-        .filter(|(_, &set)| set)
-        .map(|(bit, _)| 1 << bit)
-        .sum()
-    }
-}
-
 impl Call for Setattr<'_> {
     type Reply = Attr;
     const NAME: &'static str = "setattr";
@@ -364,7 +342,7 @@ impl Call for Setattr<'_> {
         ScriptArgs::default()
             .num(self.ino)
             .bytes(self.ts.encode())
-            .num(self.mask())
+            .num(c.mask())
             .num(c.mode.unwrap_or(0))
             .num(c.uid.unwrap_or(0))
             .num(c.gid.unwrap_or(0))
@@ -377,6 +355,7 @@ impl Call for Setattr<'_> {
             .num(tail_old)
             .num(tail_new)
             .num(tail_len)
+            .bytes(time(c.accessed))
     }
     fn parse(&self, reply: Vec<Value>) -> Result<Attr, FsError> {
         record(self.ino, reply.get(1))

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use redis::{RedisError, Script, Value};
 
 use super::calls::Call;
-use super::{checked, redis_failure, Meta};
+use super::{checked, redis_failure, AttrChange, Meta};
 use crate::attr::{Attr, FileKind, Timestamp};
 use crate::error::FsError;
 use crate::scripts::Scripts;
@@ -55,20 +55,21 @@ const INO_RANGE: u64 = 1024;
 
 /// One deferred change, as the batch script takes it.
 struct Deferred {
-    /// A kind letter (create) or `u` (unlink).
+    /// A kind letter (create), `u`, `h` (unlink), `r` (rmdir) or `a` (attributes of a
+    /// directory): see `deferred.lua`.
     op: u8,
     parent: u64,
     name: Vec<u8>,
     ino: u64,
-    /// The new inode's record (create only).
+    /// The new inode's record (create), or the change of attributes.
     record: Vec<u8>,
     time: [u8; 10],
 }
 
 impl Deferred {
-    /// Whether the change creates its inode (a removal carries no record).
+    /// Whether the change creates its inode.
     fn is_creation(&self) -> bool {
-        !self.record.is_empty()
+        !matches!(self.op, b'u' | b'h' | b'r' | b'a')
     }
 }
 
@@ -109,8 +110,10 @@ impl Call for Batch {
 
 #[derive(Default)]
 struct Log {
-    /// Directories leased to this session.
-    leased: HashSet<u64>,
+    /// Directories leased to this session, each with the leased directory this mount made it
+    /// in, while it has been nowhere else: no other mount has seen such a directory, nor
+    /// can see it before its parent is recalled (see [`Delegation::change_dir`]).
+    leased: HashMap<u64, Option<u64>>,
     /// How many entries leased directories hold, where this mount knows it (every change
     /// there was its own deferred one): a directory known empty can be removed deferred too.
     entries: HashMap<u64, u64>,
@@ -134,7 +137,7 @@ impl Log {
     /// Hands back every directory leased here, after the changes appended so far.
     fn release_leases(&mut self) {
         let upto = self.appended;
-        let leased: Vec<(u64, u64)> = self.leased.drain().map(|dir| (dir, upto)).collect();
+        let leased: Vec<(u64, u64)> = self.leased.drain().map(|(dir, _)| (dir, upto)).collect();
         self.recalled.extend(leased);
     }
 }
@@ -167,6 +170,9 @@ pub struct Delegation {
     position: AtomicU64,
     /// One batch at a time, so that batches land in order.
     sending: tokio::sync::Mutex<()>,
+    /// Sends that failed without an answer (Redis away): one that fails while others wait for
+    /// their turn fails them too, or each would wait out a timeout of its own in turn.
+    failed_sends: AtomicU64,
     /// Wakes the background sender: the first change, a full batch, or a recall.
     wake: tokio::sync::Notify,
 }
@@ -187,6 +193,7 @@ impl Delegation {
             log: Mutex::default(),
             position: AtomicU64::new(0),
             sending: tokio::sync::Mutex::new(()),
+            failed_sends: AtomicU64::new(0),
             wake: tokio::sync::Notify::new(),
         }
     }
@@ -204,7 +211,7 @@ impl Delegation {
     /// Records that the directory `dir` was created leased to this session.
     pub fn leased(&self, dir: u64) {
         let mut log = lock(&self.log);
-        log.leased.insert(dir);
+        log.leased.insert(dir, None);
         log.entries.insert(dir, 0);
     }
 
@@ -215,7 +222,7 @@ impl Delegation {
 
     /// Whether `dir` is leased to this session.
     pub fn holds(&self, dir: u64) -> bool {
-        lock(&self.log).leased.contains(&dir)
+        lock(&self.log).leased.contains_key(&dir)
     }
 
     /// Defers the creation of `attr` as `parent/name`, giving it an inode number, if `parent`
@@ -225,7 +232,7 @@ impl Delegation {
             return false;
         }
         let mut log = lock(&self.log);
-        if !log.leased.contains(&parent) || log.changes.len() >= LOG_LIMIT {
+        if !log.leased.contains_key(&parent) || log.changes.len() >= LOG_LIMIT {
             return false;
         }
         let Some(ino) = self.next_ino(&mut log) else {
@@ -233,7 +240,7 @@ impl Delegation {
         };
         attr.ino = ino;
         if attr.kind() == FileKind::Dir {
-            log.leased.insert(ino);
+            log.leased.insert(ino, Some(parent));
             log.entries.insert(ino, 0);
         }
         if let Some(n) = log.entries.get_mut(&parent) {
@@ -264,11 +271,11 @@ impl Delegation {
         time: Timestamp,
     ) -> bool {
         let mut log = lock(&self.log);
-        if !log.leased.contains(&parent) || log.changes.len() >= LOG_LIMIT {
+        if !log.leased.contains_key(&parent) || log.changes.len() >= LOG_LIMIT {
             return false;
         }
         if removal == Removal::Dir {
-            if !log.leased.contains(&ino) || log.entries.get(&ino) != Some(&0) {
+            if !log.leased.contains_key(&ino) || log.entries.get(&ino) != Some(&0) {
                 return false;
             }
             log.leased.remove(&ino);
@@ -330,12 +337,49 @@ impl Delegation {
         Some(attr)
     }
 
+    /// Defers a change of attributes (no size) of `dir`, a directory this mount made in a
+    /// directory leased here, if both are still leased here and `dir` has been nowhere else:
+    /// no other mount can have seen it (a look into its parent would have recalled that, a
+    /// read of it it), so the change is this mount's alone until the log is sent, as a change
+    /// in it is. `tar` sets a directory's times and mode after its contents. `now`: the change
+    /// time, unless given.
+    pub fn change_dir(&self, dir: u64, change: &AttrChange, now: Timestamp) -> bool {
+        let log = lock(&self.log);
+        let unseen = match log.leased.get(&dir) {
+            Some(&Some(parent)) => log.leased.contains_key(&parent),
+            _ => false,
+        };
+        if !unseen || !self.enabled() || log.changes.len() >= LOG_LIMIT {
+            return false;
+        }
+        self.append(
+            log,
+            Deferred {
+                op: b'a',
+                parent: dir,
+                name: Vec::new(),
+                ino: dir,
+                record: change.packed(),
+                time: now.encode(),
+            },
+        );
+        true
+    }
+
+    /// A rename moved `ino`: if it is a directory leased here, other mounts may have seen it
+    /// where it was or may see it where it is now.
+    pub fn moved(&self, ino: u64) {
+        if let Some(made_in) = lock(&self.log).leased.get_mut(&ino) {
+            *made_in = None;
+        }
+    }
+
     /// Another mount asks for `dir`: it is no longer deferred here, and its lease goes with
     /// the batch that sends the last change appended before now. Every mount hears every
     /// recall; one that does not hold `dir` has nothing to do.
     pub fn recall(&self, dir: u64) {
         let mut log = lock(&self.log);
-        if log.leased.remove(&dir) {
+        if log.leased.remove(&dir).is_some() {
             let upto = log.appended;
             log.recalled.push((dir, upto));
             drop(log);
@@ -364,11 +408,6 @@ impl Delegation {
     fn urgent(&self) -> bool {
         let log = lock(&self.log);
         log.changes.len() >= BATCH || !log.recalled.is_empty()
-    }
-
-    /// How many changes were appended so far: [`Delegation::next_batch`] sends up to there.
-    fn appended(&self) -> u64 {
-        lock(&self.log).appended
     }
 
     /// How many changes were appended so far, without taking the log's lock: a write notes it,
@@ -531,23 +570,26 @@ impl Meta {
     /// Sends every deferred change appended so far, in order (not those appended while it
     /// sends); waits for a batch already under way.
     pub async fn send_deferred(&self) -> Result<(), FsError> {
-        self.send_deferred_upto(self.delegation.appended()).await
+        self.send_deferred_upto(self.delegation.position()).await
     }
 
     /// Sends the deferred changes up to the last one touching any of `inos`, in order: all a
     /// read of them needs. The log is sent as a prefix, so nothing lands out of program order.
     pub async fn send_deferred_through(&self, inos: &[u64]) -> Result<(), FsError> {
-        match self.delegation.through(inos) {
-            Some(upto) => self.send_deferred_upto(upto).await,
-            None => Ok(()),
-        }
+        self.send_deferred_unsettled(self.delegation.through(inos).unwrap_or(0))
+            .await
     }
 
     /// Sends what must reach Redis before a change of `ino` alone whose data was written when
     /// the log held `written_at` changes: those, and every change touching `ino`.
     pub async fn send_deferred_for(&self, ino: u64, written_at: u64) -> Result<(), FsError> {
         let touching = self.delegation.through(&[ino]).unwrap_or(0);
-        let upto = touching.max(written_at);
+        self.send_deferred_unsettled(touching.max(written_at)).await
+    }
+
+    /// Sends the first `upto` changes, unless Redis settled them already (without waiting for
+    /// a batch of later ones under way).
+    async fn send_deferred_unsettled(&self, upto: u64) -> Result<(), FsError> {
         if self.delegation.settled_count() >= upto {
             return Ok(());
         }
@@ -562,7 +604,11 @@ impl Meta {
         if self.session == 0 || !d.unsent() {
             return Ok(());
         }
+        let failed_before = d.failed_sends.load(Ordering::Acquire);
         let _turn = d.sending.lock().await;
+        if d.failed_sends.load(Ordering::Acquire) != failed_before {
+            return Err(FsError::Io);
+        }
         while let Some(batch) = d.next_batch(upto, || self.store.request(self.session)) {
             let script = Batch::script(&self.scripts);
             let reply = self
@@ -582,7 +628,10 @@ impl Meta {
                 // Only the script's own answer refuses a batch: Redis away, busy, failing over
                 // or unable to persist (MISCONF) ran nothing, and the batch is sent again as
                 // it is.
-                Err(e) => return Err(redis_failure("sending deferred changes", &e)),
+                Err(e) => {
+                    d.failed_sends.fetch_add(1, Ordering::AcqRel);
+                    return Err(redis_failure("sending deferred changes", &e));
+                }
             };
             tracing::error!(
                 "Redis refused {} changes this mount had already answered ({refusal}), as it \
@@ -701,9 +750,47 @@ mod tests {
     }
 
     fn create(d: &Delegation, name: &str) -> u64 {
-        let mut attr = Attr::new(FileKind::File, 0o644, 0, 0, Timestamp::now());
-        assert!(d.create(1, name.as_bytes(), &mut attr));
+        make(d, 1, name, FileKind::File)
+    }
+
+    fn make(d: &Delegation, parent: u64, name: &str, kind: FileKind) -> u64 {
+        let mut attr = Attr::new(kind, 0o755, 0, 0, Timestamp::now());
+        assert!(d.create(parent, name.as_bytes(), &mut attr));
         attr.ino
+    }
+
+    #[test]
+    fn only_a_directory_no_other_mount_can_have_seen_changes_in_the_log() {
+        let d = leased_log();
+        let chmod = AttrChange {
+            mode: Some(0o700),
+            ..AttrChange::default()
+        };
+        let now = Timestamp::now();
+        let (made, moving) = (
+            make(&d, 1, "a", FileKind::Dir),
+            make(&d, 1, "b", FileKind::Dir),
+        );
+        let inner = make(&d, made, "c", FileKind::Dir);
+        assert!(d.change_dir(made, &chmod, now));
+        assert!(d.change_dir(inner, &chmod, now));
+        assert!(!d.change_dir(1, &chmod, now), "made through Redis: seen");
+        d.moved(moving);
+        assert!(
+            !d.change_dir(moving, &chmod, now),
+            "moved: seen where it went"
+        );
+        d.recall(made);
+        assert!(!d.change_dir(made, &chmod, now), "recalled");
+        assert!(!d.change_dir(inner, &chmod, now), "its parent recalled");
+        let log = lock(&d.log);
+        let change = log.changes.iter().find(|c| c.op == b'a').unwrap();
+        assert_eq!((change.parent, change.ino), (made, made));
+        assert_eq!(change.record, chmod.packed());
+        assert_eq!(
+            log.touching[&made], 4,
+            "made, its child, and the change (as dir and inode)"
+        );
     }
 
     #[test]

@@ -71,14 +71,52 @@ pub struct AttrChange {
     pub mtime: Option<Timestamp>,
     /// New change time (otherwise: now).
     pub ctime: Option<Timestamp>,
-    /// An access recorded, not a change: the change time stays.
-    pub access_only: bool,
+    /// An access recorded, not a change (`atime` is when): the access time the access saw,
+    /// which the change replaces only if it is still there (an explicit change made since
+    /// wins, whichever reaches Redis first); the change time stays.
+    pub accessed: Option<Timestamp>,
 }
 
 impl AttrChange {
+    /// Which fields change, as `setattr.lua` takes it.
+    fn mask(&self) -> u32 {
+        [
+            self.mode.is_some(),
+            self.uid.is_some(),
+            self.gid.is_some(),
+            self.size.is_some(),
+            self.atime.is_some(),
+            self.mtime.is_some(),
+            self.ctime.is_some(),
+            self.accessed.is_some(),
+        ]
+        .iter()
+        .enumerate()
+        .filter(|(_, &set)| set)
+        .map(|(bit, _)| 1 << bit)
+        .sum()
+    }
+
+    /// Every change but a size, packed as `deferred.lua`'s `attr_change` reads it.
+    fn packed(&self) -> Vec<u8> {
+        debug_assert!(self.size.is_none(), "a size change goes through Redis");
+        let numbers = [
+            self.mask(),
+            self.mode.unwrap_or(0),
+            self.uid.unwrap_or(0),
+            self.gid.unwrap_or(0),
+        ];
+        let times = [self.atime, self.mtime, self.ctime, self.accessed]
+            .map(|t| t.unwrap_or_default().encode());
+        (numbers.iter().flat_map(|n| n.to_le_bytes()))
+            .chain(times.into_iter().flatten())
+            .collect()
+    }
+
     /// Applies every change but a size to `attr` as `setattr.lua` does to a record (`now`:
     /// the change time unless given), for a creation not yet sent to carry it (see
-    /// [`Delegation::amend_creation`]).
+    /// [`Delegation::amend_creation`]), or to this mount's copy of a directory whose change
+    /// waits in the deferred log.
     fn apply_to(&self, attr: &mut Attr, now: Timestamp) {
         debug_assert!(self.size.is_none(), "a size change goes through Redis");
         if let Some(mode) = self.mode {
@@ -86,11 +124,13 @@ impl AttrChange {
         }
         attr.uid = self.uid.unwrap_or(attr.uid);
         attr.gid = self.gid.unwrap_or(attr.gid);
-        attr.atime = self.atime.unwrap_or(attr.atime);
+        if self.accessed.is_none_or(|seen| seen == attr.atime) {
+            attr.atime = self.atime.unwrap_or(attr.atime);
+        }
         attr.mtime = self.mtime.unwrap_or(attr.mtime);
         attr.ctime = match self.ctime {
             Some(ctime) => ctime,
-            None if self.access_only => attr.ctime,
+            None if self.accessed.is_some() => attr.ctime,
             None => now,
         };
     }
@@ -646,7 +686,9 @@ impl Meta {
 
     /// Renames `from` to `to` (directory, name); `flags` are the kernel's RENAME_* bits.
     /// Returns an inode whose last link the rename removed, if any, and the inodes it changed
-    /// (the moved one, a replaced one).
+    /// (the moved one, a replaced one). A directory leased here that moved is no longer
+    /// one only this mount can have seen (the caller tells the delegation of what it is
+    /// about to move, in case the reply is lost).
     pub async fn rename(
         &self,
         from: (u64, &[u8]),
@@ -670,24 +712,38 @@ impl Meta {
             flags,
             ts: Timestamp::now(),
         };
-        self.call(&call).await
+        let (victim, moved) = self.call(&call).await?;
+        for ino in moved {
+            self.delegation.moved(ino);
+        }
+        Ok((victim, moved))
     }
 
     /// Applies attribute changes; a size cut may carry a re-written last block (`tail`,
     /// stored on the node of `tail_on`), which nothing keeps when the change fails (as with
-    /// [`Meta::commit`]'s blocks). `EAGAIN`: store the tail again.
+    /// [`Meta::commit`]'s blocks). `EAGAIN`: store the tail again. `known`: the inode's
+    /// attributes as this mount knows them, if it does (a directory no other mount can see
+    /// changes in the deferred log, see [`Delegation::change_dir`]). No request is returned
+    /// where the change was deferred.
     pub async fn setattr(
         &self,
         ino: u64,
         change: &AttrChange,
         block_size: u32,
         tail: Option<&Tail>,
+        known: Option<Attr>,
     ) -> Result<(Attr, Option<Request>), FsError> {
         let ts = Timestamp::now();
         if change.size.is_none() {
             let amended = (self.delegation).amend_creation(ino, |attr| change.apply_to(attr, ts));
             if let Some(attr) = amended {
                 return Ok((attr, None));
+            }
+            if let Some(mut dir) = known.filter(|a| a.kind() == FileKind::Dir) {
+                if self.delegation.change_dir(ino, change, ts) {
+                    change.apply_to(&mut dir, ts);
+                    return Ok((dir, None));
+                }
             }
         }
         let call = calls::Setattr {

@@ -96,6 +96,8 @@ impl Core {
             Some(f) => Some(f.commit_lock.lock().await),
             None => None,
         };
+        // A directory leased here is as this mount knows it (see `Delegation::change_dir`).
+        let known = open.is_none().then(|| self.cache.attr(ino)).flatten();
         let mut attempts = 0;
         let (attr, request) = loop {
             let tail = match change.size {
@@ -103,7 +105,7 @@ impl Core {
                 None => None,
             };
             match (self.meta)
-                .setattr(ino, &change, self.block_size, tail.as_ref())
+                .setattr(ino, &change, self.block_size, tail.as_ref(), known)
                 .await
             {
                 Err(FsError::Again) if attempts < 16 => attempts += 1,
@@ -112,8 +114,8 @@ impl Core {
         };
         match request {
             Some(_) => self.cache.forget_attr(ino),
-            // The inode's creation, not yet sent, carries the change: what this mount made is
-            // all there is of it.
+            // The change was deferred (it rides with the inode's creation, or follows the
+            // changes made in a new directory): this mount's copy is all there is of it.
             None => self.cache.set(None, attr),
         }
         if let Some(f) = &open {

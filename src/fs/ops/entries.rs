@@ -406,6 +406,12 @@ impl Core {
         let whiteout = flags & libc::RENAME_WHITEOUT != 0;
         let flags = flags & !libc::RENAME_WHITEOUT;
         self.publish_born_in(&[parent, new_parent], 0).await?;
+        // (Also where the rename's reply is lost: see `Meta::rename`.)
+        for (dir, name) in [(parent, name), (new_parent, new_name)] {
+            if let Some(moving) = self.cache.entry(dir, name) {
+                self.meta.delegation.moved(moving.ino);
+            }
+        }
         let (victim, touched) = self
             .meta
             .rename((parent, name), (new_parent, new_name), flags)
