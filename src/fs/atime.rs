@@ -98,7 +98,8 @@ impl Core {
         self.cache.forget_attr(ino);
         if let Some(f) = self.open.get(ino) {
             let mut st = f.state();
-            st.attr.atime = st.attr.atime.max(attr.atime);
+            // Redis's, even if older: an access that found another time there left it.
+            st.attr.atime = attr.atime;
         }
         Ok(())
     }

@@ -181,8 +181,12 @@ impl MetaCache {
 
     /// The attributes of the inode `parent/name`, if both are remembered.
     pub fn entry(&self, parent: u64, name: &[u8]) -> Option<Attr> {
-        let ino = *lock(&self.names).get(&(parent, name.to_vec()))?;
-        self.attr(ino)
+        self.attr(self.named(parent, name)?)
+    }
+
+    /// The inode `parent/name` names, if remembered (its attributes may not be).
+    pub fn named(&self, parent: u64, name: &[u8]) -> Option<u64> {
+        lock(&self.names).get(&(parent, name.to_vec())).copied()
     }
 
     /// The attributes of `ino`, if remembered.

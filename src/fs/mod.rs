@@ -277,6 +277,11 @@ impl Core {
     pub async fn flush_all(&self) -> Result<(), FsError> {
         let files = self.open.all();
         let mut result = self.meta.send_deferred().await;
+        if result.is_err() {
+            // A send that failed while this one waited fails it too (see
+            // `Meta::send_deferred`): this is the last chance, so it makes its own attempt.
+            result = self.meta.send_deferred().await;
+        }
         if let Err(e) = result {
             tracing::error!("changes in leased directories could not be sent: {e}");
         }

@@ -13,7 +13,7 @@ local FIRST, WIDTH = 4, 6
 local n = (#ARGV - FIRST + 1) / WIDTH
 -- What the batch has done so far to names and leases, seen by the later checks, and the
 -- parents already found live and leased here (nothing before the batch's end changes that).
-local names, born, kinds, added, held = {}, {}, {}, {}, {}
+local names, born, kinds, added, held, moot = {}, {}, {}, {}, {}, {}
 local function count(dir, n) added[dir] = (added[dir] or 0) + n end
 -- A change of attributes as Delegation::change_dir packs it: setattr.lua's mask, the mode bits,
 -- uid and gid (each 4 bytes, little-endian), then the access, modification and change times
@@ -32,7 +32,10 @@ end
 for i = 0, n - 1 do
   local at = FIRST + i * WIDTH
   local op, parent, name, ino = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2], tonumber(ARGV[at + 3])
-  if not born[parent] and not held[parent] then
+  if op == 'a' then
+    -- A directory removed since (its lease went with it): the change has nothing to change.
+    if not born[ino] and (redis.call('HGET', LEASE_KEY, ino) ~= SID or not rec(ino)) then moot[i] = true end
+  elseif not born[parent] and not held[parent] then
     if redis.call('HGET', LEASE_KEY, parent) ~= SID then return { E.PERM, i } end
     local _, err = live_dir(parent)
     if err then return { err, i } end
@@ -40,7 +43,7 @@ for i = 0, n - 1 do
   end
   local e = op ~= 'a' and entry_now(parent, name)
   if op == 'a' then
-    -- The directory itself, checked above as a parent is.
+    -- The directory itself, checked above.
   elseif op == 'u' or op == 'h' or op == 'r' then
     if not e then return { E.NOENT, i } end
     local kind, named = split_entry(e)
@@ -64,7 +67,7 @@ for i = 0, n - 1 do
   local at = FIRST + i * WIDTH
   local op, parent, name, ino, ts = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 5]
   if op == 'a' then
-    put(ino, attr_change(rec(ino), ts, ARGV[at + 4]))
+    if not moot[i] then put(ino, attr_change(rec(ino), ts, ARGV[at + 4])) end
   elseif op == 'u' or op == 'h' or op == 'r' then
     local closed = ino
     if op == 'h' then closed = 0 end

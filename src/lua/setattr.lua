@@ -48,7 +48,10 @@ if has(8) then
   if new ~= size(r) then data_changed(ino); r = touch_mc(r, ts) end
   r = set_size(r, new)
 end
+local before = r
 r = change_attrs(r, ts, mask, tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], ARGV[10], ARGV[11], ARGV[18])
+-- An access whose time was changed since it saw it changes nothing: nothing to write or tell.
+if mask == 16 + 128 and r == before then return { 0, r } end
 put(ino, r)
 save()
 return { 0, records[ino] }

@@ -374,6 +374,13 @@ impl Delegation {
         }
     }
 
+    /// `dir` was removed through Redis: its lease went with it.
+    pub fn removed_dir(&self, dir: u64) {
+        let mut log = lock(&self.log);
+        log.leased.remove(&dir);
+        log.entries.remove(&dir);
+    }
+
     /// Another mount asks for `dir`: it is no longer deferred here, and its lease goes with
     /// the batch that sends the last change appended before now. Every mount hears every
     /// recall; one that does not hold `dir` has nothing to do.
@@ -607,7 +614,11 @@ impl Meta {
         let failed_before = d.failed_sends.load(Ordering::Acquire);
         let _turn = d.sending.lock().await;
         if d.failed_sends.load(Ordering::Acquire) != failed_before {
-            return Err(FsError::Io);
+            // (Unless what this caller needs was settled before the failure.)
+            return match d.settled_count() >= upto {
+                true => Ok(()),
+                false => Err(FsError::Io),
+            };
         }
         while let Some(batch) = d.next_batch(upto, || self.store.request(self.session)) {
             let script = Batch::script(&self.scripts);

@@ -681,7 +681,11 @@ impl Meta {
             ts: now,
             closed,
         };
-        self.call(&call).await
+        let removed = self.call(&call).await?;
+        if dir {
+            self.delegation.removed_dir(removed.0);
+        }
+        Ok(removed)
     }
 
     /// Renames `from` to `to` (directory, name); `flags` are the kernel's RENAME_* bits.
@@ -739,7 +743,7 @@ impl Meta {
             if let Some(attr) = amended {
                 return Ok((attr, None));
             }
-            if let Some(mut dir) = known.filter(|a| a.kind() == FileKind::Dir) {
+            if let Some(mut dir) = known.filter(|a| a.kind() == FileKind::Dir && a.nlink > 0) {
                 if self.delegation.change_dir(ino, change, ts) {
                     change.apply_to(&mut dir, ts);
                     return Ok((dir, None));

@@ -408,8 +408,8 @@ impl Core {
         self.publish_born_in(&[parent, new_parent], 0).await?;
         // (Also where the rename's reply is lost: see `Meta::rename`.)
         for (dir, name) in [(parent, name), (new_parent, new_name)] {
-            if let Some(moving) = self.cache.entry(dir, name) {
-                self.meta.delegation.moved(moving.ino);
+            if let Some(moving) = self.cache.named(dir, name) {
+                self.meta.delegation.moved(moving);
             }
         }
         let (victim, touched) = self
