@@ -42,9 +42,7 @@ for i = 0, n - 1 do
     held[parent] = true
   end
   local e = op ~= 'a' and entry_now(parent, name)
-  if op == 'a' then
-    -- The directory itself, checked above.
-  elseif op == 'u' or op == 'h' or op == 'r' then
+  if op == 'u' or op == 'h' or op == 'r' then
     if not e then return { E.NOENT, i } end
     local kind, named = split_entry(e)
     if (kind == 'd') ~= (op == 'r') or named ~= ino then return { E.NOENT, i } end
@@ -55,7 +53,7 @@ for i = 0, n - 1 do
     kinds[i] = kind
     names[decimal(parent) .. '/' .. name] = false
     count(parent, -1)
-  else
+  elseif op ~= 'a' then
     if e then return { E.EXIST, i } end
     if rec(ino) then return { E.EXIST, i } end
     names[decimal(parent) .. '/' .. name] = op .. decimal(ino)

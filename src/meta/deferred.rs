@@ -134,6 +134,12 @@ struct Log {
 }
 
 impl Log {
+    /// Forgets `dir` as leased here (removed: its lease goes with it).
+    fn drop_lease(&mut self, dir: u64) {
+        self.leased.remove(&dir);
+        self.entries.remove(&dir);
+    }
+
     /// Hands back every directory leased here, after the changes appended so far.
     fn release_leases(&mut self) {
         let upto = self.appended;
@@ -278,8 +284,7 @@ impl Delegation {
             if !log.leased.contains_key(&ino) || log.entries.get(&ino) != Some(&0) {
                 return false;
             }
-            log.leased.remove(&ino);
-            log.entries.remove(&ino);
+            log.drop_lease(ino);
         }
         if let Some(n) = log.entries.get_mut(&parent) {
             *n = n.saturating_sub(1);
@@ -376,9 +381,7 @@ impl Delegation {
 
     /// `dir` was removed through Redis: its lease went with it.
     pub fn removed_dir(&self, dir: u64) {
-        let mut log = lock(&self.log);
-        log.leased.remove(&dir);
-        log.entries.remove(&dir);
+        lock(&self.log).drop_lease(dir);
     }
 
     /// Another mount asks for `dir`: it is no longer deferred here, and its lease goes with
