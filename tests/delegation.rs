@@ -652,3 +652,60 @@ fn a_listing_shows_new_subdirectories_as_the_mount_knows_them() {
     drop(a);
     assert_clean(&redis, "skx");
 }
+
+/// A listing too big for one round trip reads its entries' records a chunk at a time; a
+/// directory among them that another mount holds (its changes may not be in Redis yet) is
+/// recalled before its record is read, so the lister sees what its holder answered.
+#[test]
+fn a_big_listing_recalls_the_directories_among_its_entries_that_another_mount_holds() {
+    if !common::ready() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &[]);
+    let b = Mount::new(&redis, "skx", &[]);
+    fs::create_dir(a.join("big")).unwrap();
+    // More than one chunk of records (2,048 entries with `.` and `..`); `sub`, made last,
+    // has the highest inode and is read in the second chunk.
+    for i in 0..2_100 {
+        fs::File::create_new(a.join(format!("big/f{i:04}"))).unwrap();
+    }
+    fs::create_dir(b.join("big/sub")).unwrap();
+    for i in 0..5 {
+        fs::create_dir(b.join(format!("big/sub/c{i}"))).unwrap();
+    }
+    let sub = fs::metadata(b.join("big/sub")).unwrap().ino().to_string();
+    let lease = || redis.cmd::<Option<String>>(&["HGET", "{skx}:lease", &sub]);
+    assert!(
+        lease().is_some(),
+        "a new directory is leased to the mount that made it"
+    );
+    // A mount that knows none of the entries lists them with their attributes (readdirplus).
+    let c = Mount::new(&redis, "skx", &[]);
+    let listed: Vec<(String, fs::Metadata)> = fs::read_dir(c.join("big"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().into_string().unwrap(), e.metadata().unwrap())
+        })
+        .collect();
+    assert_eq!(listed.len(), 2_101);
+    let (_, seen) = listed.iter().find(|(name, _)| name == "sub").unwrap();
+    assert!(seen.is_dir());
+    assert_eq!(
+        seen.nlink(),
+        7,
+        "sub's links as the mount that made them answered"
+    );
+    assert_eq!(
+        lease(),
+        None,
+        "the listing recalled the directory from its holder"
+    );
+    assert!(listed
+        .iter()
+        .filter(|(name, _)| name != "sub")
+        .all(|(_, m)| m.is_file() && m.len() == 0));
+    drop((a, b, c));
+    assert_clean(&redis, "skx");
+}

@@ -599,8 +599,89 @@ impl Meta {
         with_xattrs: bool,
     ) -> Result<(Vec<Stored>, Vec<bool>), FsError> {
         self.send_deferred_through(inos).await?;
-        self.call_unsent(&calls::Records { with_xattrs, inos })
+        match self.read_records(inos, with_xattrs).await? {
+            Some(read) => Ok(read),
+            // A directory among them is leased elsewhere: the script recalls it first.
+            None => {
+                self.call_unsent(&calls::Records { with_xattrs, inos })
+                    .await
+            }
+        }
+    }
+
+    /// The records of `inos` (and their extended-attribute marks) read with plain commands
+    /// in one pipeline: an `HMGET` per run of inodes sharing a bucket, an `EXISTS` per inode
+    /// for the marks. For a listing's thousands of entries this costs Redis a fifth of what
+    /// `records.lua` does (its loop, the arguments and the reply converted through Lua).
+    /// The leases of all of them are read first: `None` if a directory among them is leased
+    /// to another mount, whose changes may not be in Redis yet. Read before the records, a
+    /// free lease means any change made under a lease taken later is concurrent with this
+    /// read.
+    async fn read_records(
+        &self,
+        inos: &[u64],
+        with_xattrs: bool,
+    ) -> Result<Option<(Vec<Stored>, Vec<bool>)>, FsError> {
+        if inos.is_empty() {
+            return Ok(Some((Vec::new(), Vec::new())));
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET").arg(self.store.keys.lease()).arg(inos);
+        let mut runs = Vec::new();
+        let places: Vec<(String, u64)> =
+            inos.iter().map(|&ino| self.store.keys.inode(ino)).collect();
+        for run in places.chunk_by(|a, b| a.0 == b.0) {
+            let fields: Vec<u64> = run.iter().map(|(_, field)| *field).collect();
+            pipe.cmd("HMGET").arg(&run[0].0).arg(fields);
+            runs.push(run.len());
+        }
+        if with_xattrs {
+            for &ino in inos {
+                pipe.cmd("EXISTS").arg(self.store.keys.xattrs(ino));
+            }
+        }
+        let malformed = || {
+            tracing::error!(
+                "a pipelined read of {} records had an unexpected reply",
+                inos.len()
+            );
+            FsError::Io
+        };
+        let reply = self
+            .store
+            .pipe_of_served(&pipe)
             .await
+            .map_err(|e| redis_failure("records", &e))?;
+        let mut reply = reply.into_iter();
+        let Some(Value::Array(holders)) = reply.next() else {
+            return Err(malformed());
+        };
+        let held_elsewhere = |h: &Value| int(Some(h)).is_some_and(|h| h as u64 != self.session);
+        if self.session != 0 && holders.iter().any(held_elsewhere) {
+            return Ok(None);
+        }
+        let mut raw = Vec::with_capacity(inos.len());
+        for len in runs {
+            match reply.next() {
+                Some(Value::Array(values)) if values.len() == len => raw.extend(values),
+                _ => return Err(malformed()),
+            }
+        }
+        let marks: Option<Vec<u8>> = with_xattrs.then(|| {
+            reply
+                .map(|exists| {
+                    if int(Some(&exists)) == Some(0) {
+                        b'0'
+                    } else {
+                        b'1'
+                    }
+                })
+                .collect()
+        });
+        if marks.as_ref().is_some_and(|m| m.len() != inos.len()) {
+            return Err(malformed());
+        }
+        Ok(Some(stored_records(inos, &raw, marks.as_deref())))
     }
 
     /// Creates an inode described by `attr` under `parent` as `name` (a file this mount
