@@ -539,29 +539,35 @@ impl Meta {
         }
     }
 
-    /// Runs a pipeline of reads of inode `dir` and a last command that reads its lease,
-    /// after sending this mount's deferred changes that touch it; while another mount holds
-    /// `dir`, recalls it and runs again. Returns the replies before the lease.
+    /// Runs `reads` of inode `dir` in one pipeline after a command that reads its lease,
+    /// once this mount's deferred changes that touch it are sent; while another mount holds
+    /// `dir`, recalls it and runs again. Returns the replies to `reads`. (The lease is read
+    /// first: Redis may run another client's commands between two of a pipeline's, and a
+    /// lease given back between a read of the record and a later read of the lease would
+    /// pass off a record older than changes its holder had answered.)
     async fn read_unleased(
         &self,
         what: &str,
         dir: u64,
-        pipe: &mut redis::Pipeline,
+        reads: &redis::Pipeline,
     ) -> Result<Vec<Value>, FsError> {
         self.send_deferred_through(&[dir]).await?;
+        let mut pipe = redis::pipe();
         pipe.cmd("HGET").arg(self.store.keys.lease()).arg(dir);
+        for read in reads.cmd_iter() {
+            pipe.add_command(read.clone());
+        }
         let started = std::time::Instant::now();
         let mut delay = std::time::Duration::from_millis(1);
         loop {
-            let mut reply: Vec<Value> = self
+            let reply: Vec<Value> = self
                 .store
-                .pipe_of_served(pipe)
+                .pipe_of_served(&pipe)
                 .await
                 .map_err(|e| redis_failure(what, &e))?;
-            let holder = int(reply.last()).map_or(self.session, |h| h as u64);
+            let holder = int(reply.first()).map_or(self.session, |h| h as u64);
             if holder == self.session || self.session == 0 {
-                reply.pop();
-                return Ok(reply);
+                return Ok(reply.into_iter().skip(1).collect());
             }
             self.recall(dir, started, &mut delay).await?;
         }
@@ -577,7 +583,7 @@ impl Meta {
         let (key, field) = self.store.keys.inode(ino);
         let mut pipe = redis::pipe();
         pipe.cmd("HGET").arg(key).arg(field);
-        let reply = self.read_unleased("getattr", ino, &mut pipe).await?;
+        let reply = self.read_unleased("getattr", ino, &pipe).await?;
         match reply.first() {
             Some(Value::Nil) | None => Err(FsError::NotFound),
             raw => record(ino, raw),
