@@ -605,7 +605,7 @@ impl Meta {
         with_xattrs: bool,
     ) -> Result<(Vec<Stored>, Vec<bool>), FsError> {
         self.send_deferred_through(inos).await?;
-        match self.read_records(inos, with_xattrs).await? {
+        match self.records_pipelined(inos, with_xattrs).await? {
             Some(read) => Ok(read),
             // A directory among them is leased elsewhere: the script recalls it first.
             None => {
@@ -617,13 +617,12 @@ impl Meta {
 
     /// The records of `inos` (and their extended-attribute marks) read with plain commands
     /// in one pipeline: an `HMGET` per run of inodes sharing a bucket, an `EXISTS` per inode
-    /// for the marks. For a listing's thousands of entries this costs Redis a fifth of what
-    /// `records.lua` does (its loop, the arguments and the reply converted through Lua).
+    /// for the marks. For a listing's thousands of entries this costs Redis about a fifth of
+    /// what `records.lua` does (its loop, the arguments and the reply converted through Lua).
     /// The leases of all of them are read first: `None` if a directory among them is leased
-    /// to another mount, whose changes may not be in Redis yet. Read before the records, a
-    /// free lease means any change made under a lease taken later is concurrent with this
-    /// read.
-    async fn read_records(
+    /// to another mount, whose changes may not be in Redis yet. A lease read as free stays
+    /// free (a directory is leased only when made, and given back with its last changes).
+    async fn records_pipelined(
         &self,
         inos: &[u64],
         with_xattrs: bool,
