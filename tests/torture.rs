@@ -990,6 +990,85 @@ fn a_listing_goes_on_past_entries_removed_while_it_runs() {
     assert_fsck_clean(&redis.url(), "skx");
 }
 
+/// A directory too big for one reply is listed in pieces, its first pages answered while the
+/// rest is read, each piece's entries taking the next positions. Another mount grows it past
+/// the size at which Redis doubles its table (HSCAN may then return an entry twice), making
+/// and removing files, while a mount 20 ms away lists it again and again: every listing names
+/// each file present throughout, and no name twice.
+#[test]
+fn a_listing_in_pieces_names_each_file_once_while_another_mount_grows_the_directory() {
+    if !common::ready() {
+        return;
+    }
+    const BASE: usize = 30_000;
+    // Enough for the directory to pass 32,768 entries, where Redis doubles its table.
+    const MOST_ADDED: usize = 20_000;
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &[]);
+    fs::create_dir(a.join("d")).unwrap();
+    for i in 0..BASE {
+        fs::File::create(a.join(format!("d/f{i}"))).unwrap();
+    }
+    let far = Mount::at_url(
+        &redis.url_at_distance(Duration::from_millis(20)),
+        "skx",
+        &[],
+    );
+    let listings = AtomicUsize::new(0);
+    let done = AtomicBool::new(false);
+    let made = std::thread::scope(|s| {
+        let changes = s.spawn(|| {
+            // One file of every two made is removed again: the directory grows meanwhile.
+            let mut made = 0;
+            while made < MOST_ADDED && (made < 6_000 || listings.load(Ordering::Relaxed) < 3) {
+                fs::File::create(a.join(format!("d/n{made}"))).unwrap();
+                if made % 2 == 1 {
+                    fs::remove_file(a.join(format!("d/n{}", made - 1))).unwrap();
+                }
+                made += 1;
+            }
+            done.store(true, Ordering::Relaxed);
+            made
+        });
+        while !done.load(Ordering::Relaxed) {
+            let mut seen = BTreeSet::new();
+            let mut twice = Vec::new();
+            for entry in fs::read_dir(far.join("d")).unwrap() {
+                let entry = entry.unwrap();
+                // A stat in between makes the kernel ask for attributes with the next
+                // entries (readdirplus), as `ls -l` does.
+                let _ = entry.metadata();
+                let name = entry.file_name().into_string().unwrap();
+                if !seen.insert(name.clone()) {
+                    twice.push(name);
+                }
+            }
+            let n = listings.fetch_add(1, Ordering::Relaxed);
+            assert!(twice.is_empty(), "listing {n} named twice: {twice:?}");
+            let missing: Vec<String> = (0..BASE)
+                .map(|i| format!("f{i}"))
+                .filter(|name| !seen.contains(name))
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "listing {n} left out {} files present throughout, first {:?}",
+                missing.len(),
+                missing.first()
+            );
+        }
+        changes.join().unwrap()
+    });
+    assert!(
+        listings.into_inner() > 0,
+        "no listing ran while the directory changed"
+    );
+    let names = fs::read_dir(far.join("d")).unwrap().count();
+    assert_eq!(names, BASE + made.div_ceil(2));
+    far.unmount();
+    a.unmount();
+    assert_fsck_clean(&redis.url(), "skx");
+}
+
 common::on_a_server_and_on_a_cluster!(
     mounts_renaming_linking_and_unlinking_overlapping_names_agree,
     two_mounts_appending_in_turn_keep_every_record,

@@ -23,7 +23,7 @@ use crate::metrics::{metrics, Cache, RequestTimer};
 use crate::time_request;
 
 use super::ops::attrs::XattrReply;
-use super::ops::dirs::stand_in;
+use super::ops::dirs::{stand_in, DirPage};
 use super::ops::locks::Lock;
 use super::ops::{Caller, NewInode, NAME_MAX};
 use super::{lock, Core, WriteAnswer};
@@ -247,6 +247,31 @@ impl RedisFs {
 
 fn bytes(name: &OsStr) -> Vec<u8> {
     name.as_bytes().to_vec()
+}
+
+/// Answers a readdirplus with as much of `page` as the kernel's buffer takes.
+fn answer_dir_page(core: &Core, mut reply: ReplyDirectoryPlus, page: DirPage) {
+    for (i, e, stored) in page {
+        let (attr, ttl) = match stored {
+            Stored::Attr(attr) => (attr, core.settings.ttl),
+            // (`dir_page` leaves out entries whose inode vanished since the listing.)
+            Stored::Missing => continue,
+            // Listed, never dropped; its look-up and stat fail with EIO.
+            Stored::Corrupt => (stand_in(e.ino, e.kind), Duration::ZERO),
+        };
+        let full = reply.add(
+            INodeNo(e.ino),
+            i as u64 + 1,
+            OsStr::from_bytes(&e.name),
+            &ttl,
+            &attr.to_fuser(core.block_size),
+            Generation(0),
+        );
+        if full {
+            break;
+        }
+    }
+    reply.ok();
 }
 
 impl fuser::Filesystem for RedisFs {
@@ -713,13 +738,13 @@ impl fuser::Filesystem for RedisFs {
         self.core.spawn(&self.runtime, async move {
             let mut timer = timer;
             let _slot = slots.acquire_owned().await;
-            let handle = match core.load_dir(fh.0, false).await {
+            let handle = match core.dir_listed_to(fh.0, offset as usize).await {
                 Ok(h) => h,
                 Err(e) => return reply.error(timer.failed(e)),
             };
             let mut reply = reply;
             let h = lock(&handle);
-            for (i, e) in h.entries.iter().flatten().enumerate().skip(offset as usize) {
+            for (i, e) in h.entries.iter().enumerate().skip(offset as usize) {
                 if reply.add(
                     INodeNo(e.ino),
                     i as u64 + 1,
@@ -742,37 +767,23 @@ impl fuser::Filesystem for RedisFs {
         reply: ReplyDirectoryPlus,
     ) {
         let timer = time_request!("readdirplus");
+        let fast = {
+            // (Reading ahead starts tasks.)
+            let _in_runtime = self.runtime.enter();
+            self.core.dir_page_now(fh.0, offset as usize)
+        };
+        if let Some(page) = fast {
+            return answer_dir_page(&self.core, reply, page);
+        }
         let core = self.core.clone();
         let slots = self.slots.clone();
         self.core.spawn(&self.runtime, async move {
             let mut timer = timer;
             let _slot = slots.acquire_owned().await;
-            let page = match core.dir_page(fh.0, offset as usize).await {
-                Ok(page) => page,
-                Err(e) => return reply.error(timer.failed(e)),
-            };
-            let mut reply = reply;
-            for (i, e, stored) in page {
-                let (attr, ttl) = match stored {
-                    Stored::Attr(attr) => (attr, core.settings.ttl),
-                    // (`dir_page` leaves out entries whose inode vanished since the listing.)
-                    Stored::Missing => continue,
-                    // Listed, never dropped; its look-up and stat fail with EIO.
-                    Stored::Corrupt => (stand_in(e.ino, e.kind), Duration::ZERO),
-                };
-                let full = reply.add(
-                    INodeNo(e.ino),
-                    i as u64 + 1,
-                    OsStr::from_bytes(&e.name),
-                    &ttl,
-                    &attr.to_fuser(core.block_size),
-                    Generation(0),
-                );
-                if full {
-                    break;
-                }
+            match core.dir_page(fh.0, offset as usize).await {
+                Ok(page) => answer_dir_page(&core, reply, page),
+                Err(e) => reply.error(timer.failed(e)),
             }
-            reply.ok();
         });
     }
 

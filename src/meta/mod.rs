@@ -395,8 +395,9 @@ fn stored_records(inos: &[u64], raw: &[Value], xattrs: Option<&[u8]>) -> (Vec<St
 pub struct Listing {
     /// The directory's own record.
     pub attr: Attr,
-    /// Its entries.
-    pub entries: Vec<DirEntry>,
+    /// Its entries, if they were few enough for one reply; a bigger directory's are read in
+    /// pieces with [`Meta::scan_dir`].
+    pub entries: Option<Vec<DirEntry>>,
     /// For a small directory, its entries' records and which have extended attributes.
     pub records: Option<(Vec<Stored>, Vec<bool>)>,
 }
@@ -993,6 +994,8 @@ impl Meta {
         });
     }
 
+    /// The listing of directory `ino`: its record and, if it has at most [`ENTRIES_PER_REPLY`]
+    /// entries, all of them; with their records too if there are at most `records_up_to`.
     pub async fn read_dir(
         &self,
         ino: u64,
@@ -1008,13 +1011,16 @@ impl Meta {
         };
         let reply = self.call_unsent(&call).await?;
         let entries = match reply.entries {
-            ListedEntries::Count(count) => self.scan_entries(ino, count).await?,
-            ListedEntries::All(entries) => self.parse_entries(ino, entries),
+            ListedEntries::Count(_) => None,
+            ListedEntries::All(entries) => Some(self.parse_entries(ino, entries)),
         };
-        let records = reply.records.map(|(records, marks)| {
-            let inos: Vec<u64> = entries.iter().map(|e| e.ino).collect();
-            stored_records(&inos, &records, marks.as_deref())
-        });
+        let records = match (&entries, reply.records) {
+            (Some(entries), Some((records, marks))) => {
+                let inos: Vec<u64> = entries.iter().map(|e| e.ino).collect();
+                Some(stored_records(&inos, &records, marks.as_deref()))
+            }
+            _ => None,
+        };
         Ok(Listing {
             attr: reply.attr,
             entries,
@@ -1022,33 +1028,28 @@ impl Meta {
         })
     }
 
-    /// The entries of a big directory (about `count` of them), read in pieces: memory holds
-    /// the listing, not a reply as big. HSCAN returns every entry present throughout at least
-    /// once, and one changed meanwhile possibly twice: the listing keeps each name once.
-    async fn scan_entries(&self, ino: u64, count: i64) -> Result<Vec<DirEntry>, FsError> {
-        let key = self.store.keys.dir(ino);
-        let mut list = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
-        let mut cursor = 0u64;
-        loop {
-            let mut scan = redis::cmd("HSCAN");
-            scan.arg(&key)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(ENTRIES_PER_REPLY);
-            let (next, piece): (u64, RawEntries) = self
-                .store
-                .cmd(&scan)
-                .await
-                .map_err(|e| redis_failure("readdir", &e))?;
-            list.extend(self.parse_entries(ino, piece));
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
-        list.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        list.dedup_by(|a, b| a.name == b.name);
-        Ok(list)
+    /// A piece of a big directory's entries (about `size`, at most [`ENTRIES_PER_REPLY`]),
+    /// from `cursor` on (0: the start), and the cursor of the next piece (0: there is none):
+    /// memory holds the listing, never a reply as big. Together the pieces hold every entry
+    /// present throughout at least once, and one changed meanwhile possibly twice (HSCAN's
+    /// promise).
+    pub async fn scan_dir(
+        &self,
+        ino: u64,
+        cursor: u64,
+        size: usize,
+    ) -> Result<(u64, Vec<DirEntry>), FsError> {
+        let mut scan = redis::cmd("HSCAN");
+        scan.arg(self.store.keys.dir(ino))
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(size.min(ENTRIES_PER_REPLY));
+        let (next, piece): (u64, RawEntries) = self
+            .store
+            .cmd(&scan)
+            .await
+            .map_err(|e| redis_failure("readdir", &e))?;
+        Ok((next, self.parse_entries(ino, piece)))
     }
 
     /// Entries as HGETALL gives them, decoded; one that does not decode is named as such.
