@@ -1069,6 +1069,79 @@ fn a_listing_in_pieces_names_each_file_once_while_another_mount_grows_the_direct
     assert_fsck_clean(&redis.url(), "skx");
 }
 
+/// A listing in pieces whose Redis stops answering part way reports the failure to the read
+/// that needs what was lost, and the next reads go on where the listing was, once Redis is
+/// back: every file once over the whole stream, none twice (the resumed scan reads the pieces
+/// again from the first, keeping the names listed where they are).
+#[test]
+fn a_listing_in_pieces_goes_on_after_redis_stalls_part_way() {
+    if !common::ready() {
+        return;
+    }
+    const FILES: usize = 25_000;
+    let redis = Redis::start();
+    let a = Mount::new(&redis, "skx", &[]);
+    fs::create_dir(a.join("d")).unwrap();
+    for i in 0..FILES {
+        fs::File::create(a.join(format!("d/f{i}"))).unwrap();
+    }
+    a.unmount();
+    let far = Mount::at_url(
+        &redis.url_at_distance(Duration::from_millis(100)),
+        "skx",
+        &["--io-timeout", "2"],
+    );
+    let dir = common::cpath(&far.join("d"));
+    // SAFETY: a valid path; the stream is used only here and closed at the end.
+    let stream = unsafe { libc::opendir(dir.as_ptr()) };
+    assert!(!stream.is_null());
+    // (std's `ReadDir` ends at the first error; the stream itself goes on.)
+    let next = || -> Option<Result<String, i32>> {
+        // SAFETY: resets errno, which readdir sets only on failure.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: `stream` is open; the entry is read before the next call.
+        let entry = unsafe { libc::readdir(stream) };
+        if entry.is_null() {
+            // SAFETY: errno of this thread.
+            let errno = unsafe { *libc::__errno_location() };
+            return (errno != 0).then_some(Err(errno));
+        }
+        // SAFETY: as above, a NUL-terminated name.
+        let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
+        Some(Ok(name.to_string_lossy().into_owned()))
+    };
+    let mut seen = BTreeSet::new();
+    seen.insert(next().expect("an entry").expect("the first entry"));
+    // The first piece is in; the rest of the listing, and the entries' attributes, are not.
+    let paused = redis.pause();
+    let mut failures = Vec::new();
+    while let Some(read) = next() {
+        match read {
+            Ok(name) => assert!(seen.insert(name.clone()), "{name} listed twice"),
+            Err(errno) => {
+                failures.push(errno);
+                assert!(
+                    failures.len() < 10,
+                    "the listing keeps failing: {failures:?}"
+                );
+                redis.resume(paused);
+            }
+        }
+    }
+    redis.resume(paused);
+    // SAFETY: open, and not used after.
+    unsafe { libc::closedir(stream) };
+    assert!(
+        !failures.is_empty(),
+        "the listing never waited for the stalled Redis"
+    );
+    assert!(failures.iter().all(|&e| e == libc::EIO), "{failures:?}");
+    let files = seen.iter().filter(|n| n.starts_with('f')).count();
+    assert_eq!(files, FILES, "every file once over the whole listing");
+    far.unmount();
+    assert_fsck_clean(&redis.url(), "skx");
+}
+
 common::on_a_server_and_on_a_cluster!(
     mounts_renaming_linking_and_unlinking_overlapping_names_agree,
     two_mounts_appending_in_turn_keep_every_record,
