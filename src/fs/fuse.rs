@@ -766,14 +766,16 @@ impl fuser::Filesystem for RedisFs {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        let timer = time_request!("readdirplus");
+        let mut timer = time_request!("readdirplus");
         let fast = {
             // (Reading ahead starts tasks.)
             let _in_runtime = self.runtime.enter();
             self.core.dir_page_now(fh.0, offset as usize)
         };
-        if let Some(page) = fast {
-            return answer_dir_page(&self.core, reply, page);
+        match fast {
+            Some(Ok(page)) => return answer_dir_page(&self.core, reply, page),
+            Some(Err(e)) => return reply.error(timer.failed(e)),
+            None => {}
         }
         let core = self.core.clone();
         let slots = self.slots.clone();

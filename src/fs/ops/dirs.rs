@@ -275,7 +275,10 @@ impl Core {
                 let mut h = lock(handle);
                 match h.progress {
                     Progress::Whole => return Ok(()),
-                    Progress::Taking if h.entries.len() >= upto => return Ok(()),
+                    // (A failure after them is told to a read that needs more.)
+                    Progress::Taking | Progress::Failed(_) if h.entries.len() >= upto => {
+                        return Ok(())
+                    }
                     Progress::Taking => Next::Wait,
                     Progress::NotBegun => {
                         h.progress = Progress::Taking;
@@ -421,14 +424,17 @@ impl Core {
     /// each to the listing as it comes, until the last, a failure, or the handle's closing.
     fn read_pieces(self: &Arc<Self>, handle: &Arc<Mutex<DirHandle>>) {
         let (core, handle) = (self.clone(), handle.clone());
-        tokio::spawn(async move {
+        // (Tracked: the mount waits for it before it stops.)
+        self.tasks.started.spawn(async move {
             let ino = lock(&handle).ino;
             let mut cursor = 0;
             // (Closed: the task holds the last reference.)
             while Arc::strong_count(&handle) > 1 {
-                // The first piece is a chunk's worth: the first page waits for no more.
+                // The first piece is small, so that the first page waits for little more than
+                // a chunk (HSCAN's count is of buckets visited, not entries: a table about
+                // half full returns about half as many).
                 let size = if cursor == 0 {
-                    RECORDS_PER_CALL
+                    2 * RECORDS_PER_CALL
                 } else {
                     usize::MAX
                 };
@@ -536,7 +542,8 @@ impl Core {
     /// Starts reading chunk `chunk` of handle `handle` in a task.
     fn start_chunk_read(self: &Arc<Self>, handle: &Arc<Mutex<DirHandle>>, chunk: usize) {
         let (core, handle) = (self.clone(), handle.clone());
-        tokio::spawn(async move {
+        // (Tracked: the mount waits for it before it stops.)
+        self.tasks.started.spawn(async move {
             let read = core.read_chunk(&handle, chunk).await;
             let mut h = lock(&handle);
             h.chunks[chunk] = match read {
@@ -697,16 +704,23 @@ impl Core {
     /// [`Core::dir_page`] if it needs nothing from Redis: its chunk read, nothing in it to
     /// read again, and something left in it. (Most pages of a big listing are, and are
     /// answered without a task.)
-    pub fn dir_page_now(self: &Arc<Self>, fh: u64, offset: usize) -> Option<DirPage> {
+    pub fn dir_page_now(
+        self: &Arc<Self>,
+        fh: u64,
+        offset: usize,
+    ) -> Option<Result<DirPage, FsError>> {
         let handle = self.dirs.get(fh).ok()?;
-        let PageRead::Page(mut page, epoch) = self.page_if_read(&handle, offset) else {
-            return None;
+        let (mut page, epoch) = match self.page_if_read(&handle, offset) {
+            PageRead::Page(page, epoch) => (page, epoch),
+            // The read that needs a chunk whose read failed gets the error.
+            PageRead::Failed(e) => return Some(Err(e)),
+            PageRead::End | PageRead::NotYet => return None,
         };
         if !self.bring_up_to_date_here(&mut page, epoch).is_empty() {
             return None;
         }
         page.retain(|(_, _, stored)| !matches!(stored, Stored::Missing));
-        (!page.is_empty()).then_some(page)
+        (!page.is_empty()).then_some(Ok(page))
     }
 
     /// Replaces the attributes of `page` (read in `epoch`) that may be older than what this
